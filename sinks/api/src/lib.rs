@@ -1,0 +1,162 @@
+//! The contract between auditship's pipeline and its sinks.
+//!
+//! A sink receives numbered [`Batch`]es of [`Event`]s, writes them (it may buffer), and on
+//! [`Sink::flush`] makes everything written so far durable. Only then does the pipeline count the
+//! batches as taken, and only when *every* sink has taken a batch may the checkpoint pass it.
+//!
+//! Sinks that can make a crash exact (no duplicate after `kill -9`) return [`StateEntry`]s from
+//! `flush`: small key/value facts (a file's durable length, say) that the pipeline commits in the
+//! same SQLite transaction as the checkpoint. On the next start the sink gets the committed entries
+//! back in [`SinkContext::recovered`] and rolls its output back to exactly that point.
+//!
+//! Errors say whether retrying helps ([`SinkError::is_retryable`]); on a retryable error the
+//! pipeline calls [`Sink::reset`], waits, and writes every batch that was not yet flushed again.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+/// One audit event as it travels through the pipeline: the raw JSON plus the few fields the
+/// pipeline reads. The raw bytes are the event exactly as the API sent it (envelopes removed,
+/// line breaks between tokens replaced by spaces so it fits one NDJSON line).
+#[derive(Debug, Clone)]
+pub struct Event {
+    /// The event's JSON object, on one line.
+    pub raw: Bytes,
+    /// The event id: opaque, never ordered.
+    pub id: Arc<str>,
+    /// The sandbox this event was tailed for.
+    pub resource_id: Arc<str>,
+    /// Cursor time (`inserted_at`, else `timestamp`) in microseconds since the Unix epoch.
+    pub cursor_us: Option<i64>,
+    /// Event time (`timestamp`, else `inserted_at`) in microseconds since the Unix epoch.
+    pub time_us: Option<i64>,
+    /// Per-sandbox sequence number assigned by the source as it emits.
+    pub seq: u64,
+}
+
+/// A numbered group of events handed to every sink of a pipeline.
+#[derive(Debug, Default)]
+pub struct Batch {
+    /// Batch number, increasing by one per batch within one run of a pipeline.
+    pub number: u64,
+    /// The events, in emission order per sandbox.
+    pub events: Vec<Event>,
+}
+
+/// A fact a sink wants committed atomically with the checkpoint (e.g. a file's durable length).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateEntry {
+    /// A key unique within the sink, e.g. a relative file path.
+    pub key: String,
+    /// The value, e.g. a length in bytes.
+    pub value: i64,
+}
+
+/// Durable registration of sink state outside the checkpoint cadence.
+///
+/// The file sink registers a file before it creates it, so that after a crash every file it ever
+/// wrote is known and can be rolled back to its committed length.
+#[async_trait]
+pub trait StateRegistry: Send + Sync {
+    /// Commit `entry` for this sink now, unless an entry with the same key already exists.
+    async fn register(&self, entry: StateEntry) -> Result<(), SinkError>;
+}
+
+/// What a sink gets when it is built.
+#[derive(Clone)]
+pub struct SinkContext {
+    /// The pipeline's name (for `{pipeline}` templates and logs).
+    pub pipeline: String,
+    /// The sink's name (the key of its `[sinks.NAME]` table).
+    pub sink: String,
+    /// State entries committed with the last checkpoint.
+    pub recovered: Vec<StateEntry>,
+    /// Where to register state that must be durable before writing.
+    pub registry: Arc<dyn StateRegistry>,
+}
+
+/// A sink: takes batches, makes them durable on flush.
+#[async_trait]
+pub trait Sink: Send {
+    /// Take a batch. The sink may buffer; nothing is durable until [`Sink::flush`] returns.
+    async fn write(&mut self, batch: Arc<Batch>) -> Result<(), SinkError>;
+
+    /// Make everything written so far durable and return the state entries that changed since
+    /// the previous flush (to be committed with the checkpoint).
+    async fn flush(&mut self) -> Result<Vec<StateEntry>, SinkError>;
+
+    /// Forget everything written since the last successful flush and return to that state, so
+    /// that the same batches can be written again after a retryable error.
+    async fn reset(&mut self) -> Result<(), SinkError>;
+
+    /// Flush and release resources. Returns the final state entries.
+    async fn close(&mut self) -> Result<Vec<StateEntry>, SinkError> {
+        self.flush().await
+    }
+}
+
+/// Errors from sinks. [`SinkError::is_retryable`] tells the pipeline whether to wait and retry
+/// (the data stays queued) or stop (the configuration or environment needs a human).
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    /// An I/O error that may pass (disk full, a network blip).
+    #[error("{context}: {source}")]
+    Io {
+        /// What the sink was doing.
+        context: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The sink's configuration cannot work; the message names the fix.
+    #[error("{0}")]
+    Config(String),
+    /// A remote service refused or failed; `retryable` says whether waiting helps.
+    #[error("{message}")]
+    Remote {
+        /// What happened, naming the service.
+        message: String,
+        /// Whether a retry can help.
+        retryable: bool,
+    },
+}
+
+impl SinkError {
+    /// Whether retrying the same operation later can succeed.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            SinkError::Io { source, .. } => !matches!(
+                source.kind(),
+                std::io::ErrorKind::PermissionDenied
+                    | std::io::ErrorKind::InvalidInput
+                    | std::io::ErrorKind::ReadOnlyFilesystem
+            ),
+            SinkError::Config(_) => false,
+            SinkError::Remote { retryable, .. } => *retryable,
+        }
+    }
+
+    /// Wrap an I/O error with what the sink was doing.
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        SinkError::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn permission_denied_is_not_retryable_but_disk_full_is() {
+        let denied = SinkError::io("open", std::io::Error::from(std::io::ErrorKind::PermissionDenied));
+        assert!(!denied.is_retryable());
+        let full = SinkError::io("write", std::io::Error::from(std::io::ErrorKind::StorageFull));
+        assert!(full.is_retryable());
+        assert!(!SinkError::Config("x".into()).is_retryable());
+    }
+}

@@ -1,0 +1,516 @@
+//! auditship's file sink: NDJSON archives, one event per line, exactly as received.
+//!
+//! # Crash exactness
+//! Every file the sink appends to is *registered* (committed to the state store with its current
+//! length) before the first byte is written. On each flush the sink writes, fsyncs and reports the
+//! new durable length of every file it touched; the pipeline commits those lengths in the same
+//! SQLite transaction as the checkpoint. On start, every registered file is truncated back to its
+//! committed length, which drops exactly the bytes whose checkpoint never committed (a torn last
+//! line included). Compressed files are flushed as independent gzip members / zstd frames, so every
+//! committed length is a valid end of the stream.
+//!
+//! # Files
+//! The `path` template picks a file per event. Rotation (by size or age) moves a template path to
+//! its next *generation*: `2026-11-25.ndjson`, then `2026-11-25.1.ndjson`, `2026-11-25.2.ndjson`.
+//! Files are created with mode 0640 and directories with 0750.
+
+mod template;
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::Write as _;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use auditship_sink::{Batch, Sink, SinkContext, SinkError, StateEntry};
+use serde::Deserialize;
+
+pub use template::{PathTemplate, Values, Var};
+
+/// Configuration of a `type = "file"` sink.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSinkConfig {
+    /// Path template, relative to the working directory: `{resource_id}`, `{date}` (UTC date of
+    /// the event) and `{pipeline}` are replaced; values are made into safe path components.
+    pub path: String,
+    /// Compression of the files: `none` (default), `gzip` or `zstd`.
+    #[serde(default)]
+    pub compression: Compression,
+    /// Compression level (gzip 0–9, zstd 1–22). Default: 6 for gzip, 3 for zstd.
+    #[serde(default)]
+    pub compression_level: Option<u32>,
+    /// Start a new generation of a file once it holds this many bytes (on disk).
+    #[serde(default)]
+    pub rotate_max_bytes: Option<u64>,
+    /// Start a new generation of a file once it has been open this long.
+    #[serde(default)]
+    pub rotate_max_age_ms: Option<u64>,
+    /// How many files may stay open at once; the least recently written are closed beyond it.
+    #[serde(default = "default_max_open_files")]
+    pub max_open_files: usize,
+}
+
+/// 256 open files: a few hundred sandboxes per day fit without reopening, far below `ulimit -n`.
+fn default_max_open_files() -> usize {
+    256
+}
+
+/// File compression.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    /// Plain NDJSON.
+    #[default]
+    None,
+    /// gzip, one member per flush.
+    Gzip,
+    /// zstd, one frame per flush.
+    Zstd,
+}
+
+impl FileSinkConfig {
+    /// Check the configuration without touching the disk.
+    pub fn validate(&self) -> Result<PathTemplate, String> {
+        let template = PathTemplate::parse(&self.path)?;
+        if let Some(level) = self.compression_level {
+            let ok = match self.compression {
+                Compression::None => false,
+                Compression::Gzip => level <= 9,
+                Compression::Zstd => (1..=22).contains(&level),
+            };
+            if !ok {
+                return Err(format!(
+                    "compression_level {level} does not fit compression {:?}; gzip takes 0-9, zstd 1-22, none takes no level",
+                    self.compression
+                ));
+            }
+        }
+        if self.rotate_max_bytes == Some(0) || self.rotate_max_age_ms == Some(0) {
+            return Err("rotate_max_bytes and rotate_max_age_ms must be greater than 0 (leave them out to never rotate)".into());
+        }
+        if self.max_open_files == 0 {
+            return Err("max_open_files must be at least 1".into());
+        }
+        Ok(template)
+    }
+}
+
+/// One template path and its current generation.
+struct Slot {
+    generation: u32,
+    /// The current generation's relative path.
+    path: String,
+    /// Bytes committed (or found on disk, for a file that predates the sink's state).
+    durable_len: u64,
+    /// Uncompressed lines written since the last flush.
+    pending: Vec<u8>,
+    file: Option<File>,
+    opened_at: Instant,
+    /// Monotonic counter of the last write, for closing the least recently used file.
+    last_write: u64,
+    /// The file was created by this process and its directory entry is not yet fsync'd.
+    new_file: bool,
+    /// Rotation was decided at the last flush; the next write opens the next generation.
+    rotate: bool,
+}
+
+/// The file sink. See the crate documentation for its guarantees.
+pub struct FileSink {
+    inner: Option<Inner>,
+    ctx: SinkContext,
+}
+
+struct Inner {
+    config: FileSinkConfig,
+    template: PathTemplate,
+    pipeline: String,
+    slots: HashMap<String, Slot>,
+    /// Committed lengths from the last run, by relative path.
+    recovered: HashMap<String, u64>,
+    /// Cache of rendered template paths, by (sandbox, day number).
+    rendered: HashMap<(Arc<str>, i64), Arc<str>>,
+    clock: u64,
+}
+
+impl FileSink {
+    /// Build the sink and roll back every file it wrote to its committed length.
+    pub fn open(config: FileSinkConfig, ctx: SinkContext) -> Result<Self, SinkError> {
+        let template = config.validate().map_err(SinkError::Config)?;
+        let mut recovered = HashMap::new();
+        for entry in &ctx.recovered {
+            let len = u64::try_from(entry.value).unwrap_or(0);
+            roll_back(Path::new(&entry.key), len)?;
+            recovered.insert(entry.key.clone(), len);
+        }
+        Ok(FileSink {
+            inner: Some(Inner {
+                config,
+                template,
+                pipeline: ctx.pipeline.clone(),
+                slots: HashMap::new(),
+                recovered,
+                rendered: HashMap::new(),
+                clock: 0,
+            }),
+            ctx,
+        })
+    }
+
+    fn inner(&mut self) -> Result<&mut Inner, SinkError> {
+        self.inner
+            .as_mut()
+            .ok_or_else(|| SinkError::Config("file sink used after a failed flush task".into()))
+    }
+
+    /// Run blocking file work off the async workers.
+    async fn blocking<T: Send + 'static>(
+        &mut self,
+        f: impl FnOnce(&mut Inner) -> Result<T, SinkError> + Send + 'static,
+    ) -> Result<T, SinkError> {
+        let mut inner = self
+            .inner
+            .take()
+            .ok_or_else(|| SinkError::Config("file sink used after a failed flush task".into()))?;
+        let (inner, result) = tokio::task::spawn_blocking(move || {
+            let r = f(&mut inner);
+            (inner, r)
+        })
+        .await
+        .map_err(|e| SinkError::Remote {
+            message: format!("file sink flush task failed: {e}"),
+            retryable: false,
+        })?;
+        self.inner = Some(inner);
+        result
+    }
+}
+
+/// Truncate `path` to `len` if it is longer; a shorter file means data was removed by someone
+/// else, which we report loudly but cannot repair.
+fn roll_back(path: &Path, len: u64) -> Result<(), SinkError> {
+    let file = match OpenOptions::new().write(true).open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if len > 0 {
+                tracing::error!(path = %path.display(), committed_bytes = len, "archive file is missing although its checkpoint says it holds data");
+            }
+            return Ok(());
+        }
+        Err(e) => return Err(SinkError::io(format!("opening {} for recovery", path.display()), e)),
+    };
+    let actual = file
+        .metadata()
+        .map_err(|e| SinkError::io(format!("reading {}", path.display()), e))?
+        .len();
+    if actual > len {
+        tracing::info!(path = %path.display(), dropped_bytes = actual - len, "rolling back bytes written after the last checkpoint");
+        file.set_len(len)
+            .and_then(|_| file.sync_all())
+            .map_err(|e| SinkError::io(format!("truncating {}", path.display()), e))?;
+    } else if actual < len {
+        tracing::error!(path = %path.display(), committed_bytes = len, actual_bytes = actual, "archive file is shorter than its checkpoint says: it was changed outside auditship");
+    }
+    Ok(())
+}
+
+/// The relative path of generation `generation` of a template path: the number goes before the
+/// first extension, `2026-11-25.ndjson.gz` → `2026-11-25.1.ndjson.gz`.
+fn generation_path(rendered: &str, generation: u32) -> String {
+    if generation == 0 {
+        return rendered.to_string();
+    }
+    let name_start = rendered.rfind('/').map_or(0, |i| i + 1);
+    let name = &rendered[name_start..];
+    match name[1.min(name.len())..].find('.') {
+        Some(dot) => {
+            let at = name_start + 1 + dot;
+            format!("{}.{generation}{}", &rendered[..at], &rendered[at..])
+        }
+        None => format!("{rendered}.{generation}"),
+    }
+}
+
+const MICROS_PER_DAY: i64 = 86_400_000_000;
+
+fn format_day(day: i64) -> String {
+    match chrono::DateTime::from_timestamp_micros(day.saturating_mul(MICROS_PER_DAY)) {
+        Some(t) if day != i64::MIN => t.format("%Y-%m-%d").to_string(),
+        _ => "undated".to_string(),
+    }
+}
+
+impl Inner {
+    fn render(&mut self, resource_id: &Arc<str>, time_us: Option<i64>) -> Arc<str> {
+        let day = time_us.map_or(i64::MIN, |t| t.div_euclid(MICROS_PER_DAY));
+        if let Some(p) = self.rendered.get(&(resource_id.clone(), day)) {
+            return p.clone();
+        }
+        let date = format_day(day);
+        let path: Arc<str> = self
+            .template
+            .render(&Values {
+                resource_id,
+                date: &date,
+                pipeline: &self.pipeline,
+            })
+            .into();
+        if self.rendered.len() > 65_536 {
+            self.rendered.clear();
+        }
+        self.rendered.insert((resource_id.clone(), day), path.clone());
+        path
+    }
+
+    /// Compress (if configured) `pending` into one independent member/frame.
+    fn encode(&self, pending: &[u8]) -> Result<Vec<u8>, std::io::Error> {
+        match self.config.compression {
+            Compression::None => Ok(pending.to_vec()),
+            Compression::Gzip => {
+                let level = self.config.compression_level.unwrap_or(6);
+                let mut enc = flate2::write::GzEncoder::new(
+                    Vec::with_capacity(pending.len() / 4),
+                    flate2::Compression::new(level),
+                );
+                enc.write_all(pending)?;
+                enc.finish()
+            }
+            Compression::Zstd => {
+                let level = self.config.compression_level.unwrap_or(3) as i32;
+                zstd::bulk::compress(pending, level)
+            }
+        }
+    }
+
+    /// Write every pending buffer and fsync. All or nothing: on error no durable length moves,
+    /// and [`Inner::reset`] truncates whatever this attempt wrote.
+    fn flush(&mut self) -> Result<Vec<StateEntry>, SinkError> {
+        let mut new_lens: Vec<(String, u64)> = Vec::new();
+        let mut dirs_to_sync: Vec<PathBuf> = Vec::new();
+        let keys: Vec<String> = self
+            .slots
+            .iter()
+            .filter(|(_, s)| !s.pending.is_empty())
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in keys {
+            let encoded = {
+                let slot = &self.slots[&key];
+                self.encode(&slot.pending)
+                    .map_err(|e| SinkError::io(format!("compressing for {}", slot.path), e))?
+            };
+            let Some(slot) = self.slots.get_mut(&key) else { continue };
+            if slot.file.is_none() {
+                let (file, created) = open_for_append(Path::new(&slot.path), slot.durable_len)?;
+                slot.file = Some(file);
+                slot.new_file = created;
+                slot.opened_at = Instant::now();
+            }
+            let Some(file) = slot.file.as_mut() else { continue };
+            file.write_all(&encoded)
+                .and_then(|_| file.sync_data())
+                .map_err(|e| SinkError::io(format!("writing {}", slot.path), e))?;
+            if slot.new_file {
+                if let Some(dir) = Path::new(&slot.path).parent() {
+                    dirs_to_sync.push(dir.to_path_buf());
+                }
+            }
+            new_lens.push((key, slot.durable_len + encoded.len() as u64));
+        }
+        dirs_to_sync.sort();
+        dirs_to_sync.dedup();
+        for dir in dirs_to_sync {
+            let dir = if dir.as_os_str().is_empty() { PathBuf::from(".") } else { dir };
+            File::open(&dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| SinkError::io(format!("syncing directory {}", dir.display()), e))?;
+        }
+        // Everything is durable: now, and only now, move the lengths.
+        let mut entries = Vec::with_capacity(new_lens.len());
+        for (key, len) in new_lens {
+            if let Some(slot) = self.slots.get_mut(&key) {
+                slot.durable_len = len;
+                slot.pending.clear();
+                slot.new_file = false;
+                entries.push(StateEntry {
+                    key: slot.path.clone(),
+                    value: i64::try_from(len).unwrap_or(i64::MAX),
+                });
+            }
+        }
+        self.decide_rotation();
+        self.close_idle();
+        Ok(entries)
+    }
+
+    fn decide_rotation(&mut self) {
+        let max_bytes = self.config.rotate_max_bytes;
+        let max_age = self.config.rotate_max_age_ms.map(Duration::from_millis);
+        for slot in self.slots.values_mut() {
+            let too_big = max_bytes.is_some_and(|m| slot.durable_len >= m);
+            let too_old = max_age.is_some_and(|m| slot.file.is_some() && slot.opened_at.elapsed() >= m);
+            if slot.durable_len > 0 && (too_big || too_old) {
+                slot.rotate = true;
+                slot.file = None;
+            }
+        }
+    }
+
+    fn close_idle(&mut self) {
+        let open = self.slots.values().filter(|s| s.file.is_some()).count();
+        if open <= self.config.max_open_files {
+            return;
+        }
+        let mut by_age: Vec<(u64, String)> = self
+            .slots
+            .iter()
+            .filter(|(_, s)| s.file.is_some())
+            .map(|(k, s)| (s.last_write, k.clone()))
+            .collect();
+        by_age.sort();
+        for (_, key) in by_age.into_iter().take(open - self.config.max_open_files) {
+            if let Some(slot) = self.slots.get_mut(&key) {
+                slot.file = None;
+            }
+        }
+        // Forget slots that are closed and idle so a long run does not grow without bound.
+        if self.slots.len() > self.config.max_open_files * 4 {
+            self.slots.retain(|_, s| s.file.is_some() || !s.pending.is_empty() || s.rotate);
+        }
+    }
+
+    fn reset(&mut self) -> Result<(), SinkError> {
+        for slot in self.slots.values_mut() {
+            slot.pending.clear();
+            if slot.file.take().is_some() || Path::new(&slot.path).exists() {
+                roll_back(Path::new(&slot.path), slot.durable_len)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Open `path` for appending at `expected_len`, creating it (and its directories) if needed.
+fn open_for_append(path: &Path, expected_len: u64) -> Result<(File, bool), SinkError> {
+    if let Some(dir) = path.parent() {
+        if !dir.as_os_str().is_empty() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o750)
+                .create(dir)
+                .map_err(|e| SinkError::io(format!("creating directory {}", dir.display()), e))?;
+        }
+    }
+    let existed = path.exists();
+    let file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o640)
+        .open(path)
+        .map_err(|e| SinkError::io(format!("opening {}", path.display()), e))?;
+    let len = file
+        .metadata()
+        .map_err(|e| SinkError::io(format!("reading {}", path.display()), e))?
+        .len();
+    if len > expected_len {
+        // Bytes past the durable length were never committed (an earlier failed attempt).
+        file.set_len(expected_len)
+            .map_err(|e| SinkError::io(format!("truncating {}", path.display()), e))?;
+    }
+    Ok((file, !existed))
+}
+
+#[async_trait]
+impl Sink for FileSink {
+    async fn write(&mut self, batch: Arc<Batch>) -> Result<(), SinkError> {
+        // Registration must reach the store before a new file gets its first byte; collect the
+        // new paths first, register them, then append.
+        let mut to_register: Vec<StateEntry> = Vec::new();
+        {
+            let inner = self.inner()?;
+            for event in &batch.events {
+                let rendered = inner.render(&event.resource_id, event.time_us.or(event.cursor_us));
+                inner.clock += 1;
+                let clock = inner.clock;
+                let needs_slot = match inner.slots.get(&*rendered) {
+                    Some(slot) => slot.rotate,
+                    None => true,
+                };
+                if needs_slot {
+                    let generation = match inner.slots.get(&*rendered) {
+                        Some(slot) => slot.generation + 1,
+                        None => starting_generation(&inner.recovered, &rendered),
+                    };
+                    let path = generation_path(&rendered, generation);
+                    let durable_len = match inner.recovered.get(&path) {
+                        Some(len) => *len,
+                        None => {
+                            // A file that exists but was never registered was not written by
+                            // this pipeline: append after its content and never truncate it.
+                            let existing = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+                            if existing > 0 {
+                                tracing::warn!(path = %path, bytes = existing, "appending to a file this pipeline did not create");
+                            }
+                            to_register.push(StateEntry {
+                                key: path.clone(),
+                                value: i64::try_from(existing).unwrap_or(i64::MAX),
+                            });
+                            inner.recovered.insert(path.clone(), existing);
+                            existing
+                        }
+                    };
+                    inner.slots.insert(
+                        rendered.to_string(),
+                        Slot {
+                            generation,
+                            path,
+                            durable_len,
+                            pending: Vec::new(),
+                            file: None,
+                            opened_at: Instant::now(),
+                            last_write: clock,
+                            new_file: false,
+                            rotate: false,
+                        },
+                    );
+                }
+                if let Some(slot) = inner.slots.get_mut(&*rendered) {
+                    slot.pending.extend_from_slice(&event.raw);
+                    slot.pending.push(b'\n');
+                    slot.last_write = clock;
+                }
+            }
+        }
+        for entry in to_register {
+            self.ctx.registry.register(entry).await?;
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> Result<Vec<StateEntry>, SinkError> {
+        let dirty = self.inner()?.slots.values().any(|s| !s.pending.is_empty());
+        if !dirty {
+            return Ok(Vec::new());
+        }
+        self.blocking(|inner| inner.flush()).await
+    }
+
+    async fn reset(&mut self) -> Result<(), SinkError> {
+        self.blocking(|inner| inner.reset()).await
+    }
+}
+
+/// Where a template path starts this run: the newest generation committed before, or 0.
+fn starting_generation(recovered: &HashMap<String, u64>, rendered: &str) -> u32 {
+    let mut generation = 0;
+    while recovered.contains_key(&generation_path(rendered, generation + 1)) {
+        generation += 1;
+    }
+    generation
+}
+
+#[cfg(test)]
+mod tests;

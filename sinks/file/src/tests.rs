@@ -1,0 +1,175 @@
+use std::io::Read as _;
+use std::sync::Mutex;
+
+use auditship_sink::{Event, StateRegistry};
+
+use super::*;
+
+#[derive(Default)]
+struct MemRegistry(Mutex<Vec<StateEntry>>);
+
+#[async_trait]
+impl StateRegistry for MemRegistry {
+    async fn register(&self, entry: StateEntry) -> Result<(), SinkError> {
+        self.0.lock().unwrap().push(entry);
+        Ok(())
+    }
+}
+
+fn ctx(recovered: Vec<StateEntry>) -> (SinkContext, Arc<MemRegistry>) {
+    let registry = Arc::new(MemRegistry::default());
+    (
+        SinkContext {
+            pipeline: "p".into(),
+            sink: "archive".into(),
+            recovered,
+            registry: registry.clone(),
+        },
+        registry,
+    )
+}
+
+fn event(rid: &str, n: u64) -> Event {
+    Event {
+        raw: format!(r#"{{"id":"e{n}","resource_id":"{rid}","n":1.50}}"#).into(),
+        id: format!("e{n}").into(),
+        resource_id: rid.into(),
+        cursor_us: Some(1_764_000_000_000_000 + n as i64),
+        time_us: Some(1_764_000_000_000_000 + n as i64),
+        seq: n,
+    }
+}
+
+fn batch(number: u64, rid: &str, range: std::ops::Range<u64>) -> Arc<Batch> {
+    Arc::new(Batch {
+        number,
+        events: range.map(|n| event(rid, n)).collect(),
+    })
+}
+
+fn config(dir: &Path, extra: impl FnOnce(&mut FileSinkConfig)) -> FileSinkConfig {
+    let mut c = FileSinkConfig {
+        path: format!("{}/{{resource_id}}/{{date}}.ndjson", dir.display()),
+        compression: Compression::None,
+        compression_level: None,
+        rotate_max_bytes: None,
+        rotate_max_age_ms: None,
+        max_open_files: 256,
+    };
+    extra(&mut c);
+    c
+}
+
+#[tokio::test]
+async fn writes_events_verbatim_and_reports_durable_lengths() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ctx, registry) = ctx(vec![]);
+    let mut sink = FileSink::open(config(dir.path(), |_| {}), ctx).unwrap();
+    sink.write(batch(1, "sb/1", 0..3)).await.unwrap();
+    let state = sink.flush().await.unwrap();
+    let path = dir.path().join("sb%2F1/2025-11-24.ndjson");
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert_eq!(text.lines().count(), 3);
+    assert!(text.starts_with(r#"{"id":"e0","resource_id":"sb/1","n":1.50}"#));
+    assert_eq!(state, vec![StateEntry { key: path.display().to_string(), value: text.len() as i64 }]);
+    let registered = registry.0.lock().unwrap().clone();
+    assert_eq!(registered, vec![StateEntry { key: path.display().to_string(), value: 0 }]);
+    let mode = std::fs::metadata(&path).unwrap().permissions();
+    assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777, 0o640);
+}
+
+#[tokio::test]
+async fn reopening_truncates_uncommitted_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (c, _) = ctx(vec![]);
+    let mut sink = FileSink::open(config(dir.path(), |_| {}), c).unwrap();
+    sink.write(batch(1, "a", 0..2)).await.unwrap();
+    let committed = sink.flush().await.unwrap();
+    sink.write(batch(2, "a", 2..4)).await.unwrap();
+    sink.flush().await.unwrap(); // durable but never committed: a crash follows
+    let path = PathBuf::from(&committed[0].key);
+    std::fs::OpenOptions::new().append(true).open(&path).unwrap().write_all(b"{\"torn").unwrap();
+    drop(sink);
+
+    let (c, _) = ctx(committed.clone());
+    let mut sink = FileSink::open(config(dir.path(), |_| {}), c).unwrap();
+    assert_eq!(std::fs::metadata(&path).unwrap().len() as i64, committed[0].value);
+    sink.write(batch(1, "a", 2..4)).await.unwrap();
+    sink.flush().await.unwrap();
+    let text = std::fs::read_to_string(&path).unwrap();
+    let ids: Vec<_> = text.lines().map(|l| l[7..9].to_string()).collect();
+    assert_eq!(ids, ["e0", "e1", "e2", "e3"]);
+}
+
+#[tokio::test]
+async fn gzip_and_zstd_members_decode_to_all_lines() {
+    for compression in [Compression::Gzip, Compression::Zstd] {
+        let dir = tempfile::tempdir().unwrap();
+        let (c, _) = ctx(vec![]);
+        let mut sink = FileSink::open(config(dir.path(), |c| c.compression = compression), c).unwrap();
+        for i in 0..3 {
+            sink.write(batch(i, "a", i * 10..i * 10 + 10)).await.unwrap();
+            sink.flush().await.unwrap();
+        }
+        let path = dir.path().join("a/2025-11-24.ndjson");
+        let raw = std::fs::read(&path).unwrap();
+        let mut text = String::new();
+        match compression {
+            Compression::Gzip => {
+                flate2::read::MultiGzDecoder::new(&raw[..]).read_to_string(&mut text).unwrap();
+            }
+            _ => {
+                text = String::from_utf8(zstd::stream::decode_all(&raw[..]).unwrap()).unwrap();
+            }
+        }
+        assert_eq!(text.lines().count(), 30, "{compression:?}");
+    }
+}
+
+#[tokio::test]
+async fn rotates_by_size_into_numbered_generations() {
+    let dir = tempfile::tempdir().unwrap();
+    let (c, _) = ctx(vec![]);
+    let mut sink = FileSink::open(config(dir.path(), |c| c.rotate_max_bytes = Some(100)), c).unwrap();
+    let mut committed = Vec::new();
+    for i in 0..3 {
+        sink.write(batch(i, "a", i * 5..i * 5 + 5)).await.unwrap();
+        committed.extend(sink.flush().await.unwrap());
+    }
+    for name in ["2025-11-24.ndjson", "2025-11-24.1.ndjson", "2025-11-24.2.ndjson"] {
+        let text = std::fs::read_to_string(dir.path().join("a").join(name)).unwrap();
+        assert_eq!(text.lines().count(), 5, "{name}");
+    }
+    // A restart continues in the newest generation.
+    drop(sink);
+    let (c, reg) = ctx(committed);
+    let mut sink = FileSink::open(config(dir.path(), |c| c.rotate_max_bytes = Some(1000)), c).unwrap();
+    sink.write(batch(9, "a", 100..101)).await.unwrap();
+    sink.flush().await.unwrap();
+    assert!(reg.0.lock().unwrap().is_empty());
+    let text = std::fs::read_to_string(dir.path().join("a/2025-11-24.2.ndjson")).unwrap();
+    assert_eq!(text.lines().count(), 6);
+}
+
+#[tokio::test]
+async fn reset_forgets_unflushed_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (c, _) = ctx(vec![]);
+    let mut sink = FileSink::open(config(dir.path(), |_| {}), c).unwrap();
+    sink.write(batch(1, "a", 0..2)).await.unwrap();
+    sink.flush().await.unwrap();
+    sink.write(batch(2, "a", 2..4)).await.unwrap();
+    sink.reset().await.unwrap();
+    sink.write(batch(2, "a", 2..4)).await.unwrap();
+    sink.flush().await.unwrap();
+    let text = std::fs::read_to_string(dir.path().join("a/2025-11-24.ndjson")).unwrap();
+    assert_eq!(text.lines().count(), 4);
+}
+
+#[test]
+fn generation_paths_put_the_number_before_the_extension() {
+    assert_eq!(generation_path("a/2026-11-25.ndjson.gz", 0), "a/2026-11-25.ndjson.gz");
+    assert_eq!(generation_path("a/2026-11-25.ndjson.gz", 2), "a/2026-11-25.2.ndjson.gz");
+    assert_eq!(generation_path("a/log", 1), "a/log.1");
+    assert_eq!(generation_path(".hidden", 1), ".hidden.1");
+}
