@@ -1,0 +1,41 @@
+//! auditship ships the egress-audit events of Miosa sandboxes to files, Kafka and S3: every
+//! event once, checkpointed, resumable.
+//!
+//! # Layout
+//! - [`client`]: the Miosa egress-audit client, usable on its own: `list`, `get`, and `tail` as
+//!   a `Stream` (socket first, polling fallback, catch-up after every reconnect).
+//! - [`source`]: one task per sandbox, built on [`client`]'s tail; turns audit events into
+//!   pipeline events with per-sandbox sequence numbers, and bad frames into dead letters.
+//! - [`checkpoint`]: the SQLite store (one writer thread): per-sandbox positions and sink state,
+//!   committed together; migrations from `migrations/`.
+//! - [`pipeline`]: the runner. Sources → batcher → every sink → acknowledgements → checkpointer.
+//!   A checkpoint passes a batch only when every sink has made it durable.
+//! - [`config`]: pipeline files (TOML): the model, `${VAR}` interpolation, errors with file:line.
+//! - [`sim`]: the bundled Miosa simulator used by the demo, the tests and the benchmarks.
+//! - [`secret`]: the API key type that never prints, and redaction.
+//! - [`metrics`]: process-wide counters.
+//! - Sinks live in their own crates under `sinks/`: the contract in `auditship-sink`, the file
+//!   sink in `auditship-sink-file`.
+//!
+//! Events flow one way: `client` → `source` → `pipeline` (batches) → sinks; acknowledgements
+//! flow back from sinks to the checkpointer, which commits positions and sink state in one
+//! transaction.
+
+pub mod checkpoint;
+pub mod client;
+pub mod config;
+pub mod metrics;
+pub mod pipeline;
+pub mod secret;
+pub mod sim;
+pub mod source;
+
+/// rustls needs one process-wide crypto provider; install ring's once (both the HTTP client and
+/// the socket use rustls).
+pub fn install_crypto_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // Fails only if another provider was installed first, which is just as good.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}

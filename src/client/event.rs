@@ -1,0 +1,412 @@
+//! Audit events and the tolerant decoding of everything the API sends.
+//!
+//! An event is kept as its raw JSON bytes; decoding reads only `id`, `inserted_at`, `timestamp`
+//! and the envelope keys through a borrowed struct, so unknown fields and number formatting
+//! survive untouched and nothing is re-serialized.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use chrono::{DateTime, NaiveDateTime, SecondsFormat, Utc};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use super::Error;
+
+/// One egress-audit event: the raw JSON exactly as received, plus the fields the client reads.
+#[derive(Clone, Debug)]
+pub struct AuditEvent {
+    raw: Bytes,
+    id: Arc<str>,
+    cursor_us: Option<i64>,
+    time_us: Option<i64>,
+}
+
+/// The documented fields of an event, for typed access ([`AuditEvent::fields`]). Every field is
+/// optional except `id`; fields the contract does not list are in [`AuditEvent::raw`] only.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct AuditFields {
+    /// Event id (opaque).
+    pub id: String,
+    /// Tenant.
+    pub tenant_id: Option<String>,
+    /// Sandbox (or computer) id.
+    pub resource_id: Option<String>,
+    /// `sandbox` or `computer`.
+    pub resource_type: Option<String>,
+    /// `allow`, `reject`, `stub`, `error`, `client_cancel` (and `denied` in some fixtures).
+    pub action: Option<String>,
+    /// `allow` / `deny` in some SDK fixtures.
+    pub effect: Option<String>,
+    /// Destination host.
+    pub host: Option<String>,
+    /// HTTP method.
+    pub method: Option<String>,
+    /// Request path, query redacted server-side.
+    pub path: Option<String>,
+    /// Response status, 0 if none.
+    pub status_code: Option<i64>,
+    /// Duration in milliseconds.
+    pub duration_ms: Option<i64>,
+    /// Bytes received.
+    pub bytes_in: Option<i64>,
+    /// Bytes sent.
+    pub bytes_out: Option<i64>,
+    /// Policy that decided.
+    pub policy_id: Option<String>,
+    /// Rule that decided.
+    pub rule_id: Option<String>,
+    /// What rejected the call.
+    pub rejected_by: Option<String>,
+    /// Acting user or agent.
+    pub actor_id: Option<String>,
+    /// Caller-supplied user id.
+    pub external_user_id: Option<String>,
+    /// Caller-supplied workspace id.
+    pub external_workspace_id: Option<String>,
+    /// Transforms applied at the boundary.
+    pub request_transforms: Option<Vec<serde_json::Value>>,
+    /// MCP details.
+    pub mcp: Option<serde_json::Value>,
+    /// Free-form metadata.
+    pub metadata: Option<serde_json::Value>,
+    /// Server insert time (RFC 3339).
+    pub inserted_at: Option<String>,
+    /// Event time (RFC 3339).
+    pub timestamp: Option<String>,
+}
+
+impl AuditEvent {
+    /// Decode one event from JSON: a bare event object, or an envelope `{"event": {...}}` /
+    /// `{"data": {...}}`. Line breaks between tokens become spaces (JSON strings cannot hold a
+    /// raw line break, so the value is unchanged and the event fits one NDJSON line).
+    pub fn from_json(bytes: impl Into<Bytes>) -> Result<Self, Error> {
+        decode_event(bytes.into(), "event")
+    }
+
+    /// The event id. Opaque: not sortable, not monotonic.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The id as a shared string (cheap to clone).
+    pub fn id_arc(&self) -> &Arc<str> {
+        &self.id
+    }
+
+    /// The event's JSON, exactly as received (envelope removed).
+    pub fn raw(&self) -> &Bytes {
+        &self.raw
+    }
+
+    /// The event's JSON as text.
+    pub fn json(&self) -> &str {
+        // Decoding checked the bytes are JSON, which is UTF-8.
+        std::str::from_utf8(&self.raw).unwrap_or_default()
+    }
+
+    /// Take the raw JSON.
+    pub fn into_raw(self) -> Bytes {
+        self.raw
+    }
+
+    /// Cursor time (`inserted_at`, else `timestamp`), microseconds since the Unix epoch.
+    pub fn cursor_us(&self) -> Option<i64> {
+        self.cursor_us
+    }
+
+    /// Event time (`timestamp`, else `inserted_at`), microseconds since the Unix epoch.
+    pub fn time_us(&self) -> Option<i64> {
+        self.time_us
+    }
+
+    /// Cursor time as a date-time.
+    pub fn cursor_time(&self) -> Option<DateTime<Utc>> {
+        self.cursor_us.and_then(DateTime::from_timestamp_micros)
+    }
+
+    /// The documented fields, typed.
+    pub fn fields(&self) -> Result<AuditFields, Error> {
+        serde_json::from_slice(&self.raw).map_err(|e| Error::Decode {
+            what: "event fields".into(),
+            message: e.to_string(),
+            raw: Some(self.raw.clone()),
+        })
+    }
+
+    /// The whole event as a JSON value (unknown fields included).
+    pub fn to_value(&self) -> Result<serde_json::Value, Error> {
+        serde_json::from_slice(&self.raw).map_err(|e| Error::Decode {
+            what: "event".into(),
+            message: e.to_string(),
+            raw: Some(self.raw.clone()),
+        })
+    }
+}
+
+#[derive(Deserialize)]
+struct Head<'a> {
+    #[serde(borrow, default)]
+    id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    inserted_at: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    timestamp: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    event: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    data: Option<&'a RawValue>,
+}
+
+/// Parse an RFC 3339 time (or one without offset, taken as UTC) to microseconds.
+pub fn parse_time(s: &str) -> Option<i64> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Some(t.timestamp_micros());
+    }
+    NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S%.f")
+        .ok()
+        .map(|t| t.and_utc().timestamp_micros())
+}
+
+/// Format microseconds as RFC 3339 with microseconds, `Z` offset.
+pub fn format_time(us: i64) -> String {
+    DateTime::from_timestamp_micros(us)
+        .unwrap_or_default()
+        .to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+fn raw_time(raw: Option<&RawValue>) -> Option<i64> {
+    let raw = raw?;
+    let s: Cow<'_, str> = serde_json::from_str(raw.get()).ok()?;
+    parse_time(&s)
+}
+
+fn raw_id(raw: &RawValue) -> Result<Arc<str>, String> {
+    let text = raw.get();
+    match text.as_bytes().first() {
+        Some(b'"') => {
+            let s: Cow<'_, str> = serde_json::from_str(text).map_err(|e| e.to_string())?;
+            if s.is_empty() {
+                return Err("`id` is empty".into());
+            }
+            Ok(s.into())
+        }
+        Some(b'-' | b'0'..=b'9') => Ok(text.into()),
+        _ => Err(format!("`id` must be a string, found {text}")),
+    }
+}
+
+/// Decode an event out of `buf` (a frame, a `get` body, or a list element sliced from a page).
+pub(crate) fn decode_event(buf: Bytes, what: &str) -> Result<AuditEvent, Error> {
+    let fail = |message: String, buf: &Bytes| Error::Decode {
+        what: what.to_string(),
+        message,
+        raw: Some(buf.clone()),
+    };
+    let trimmed = buf.trim_ascii();
+    if trimmed.first() != Some(&b'{') {
+        return Err(fail("not a JSON object".into(), &buf));
+    }
+    let head: Head<'_> = serde_json::from_slice(trimmed).map_err(|e| fail(e.to_string(), &buf))?;
+    let (object, head) = match head.id {
+        Some(_) => (trimmed, head),
+        None => {
+            let inner = head
+                .event
+                .or(head.data)
+                .filter(|r| r.get().starts_with('{'))
+                .ok_or_else(|| fail("object has no `id` and no `event`/`data` envelope".into(), &buf))?;
+            let inner_bytes = inner.get().as_bytes();
+            let inner_head: Head<'_> =
+                serde_json::from_slice(inner_bytes).map_err(|e| fail(e.to_string(), &buf))?;
+            if inner_head.id.is_none() {
+                return Err(fail("enveloped object has no `id`".into(), &buf));
+            }
+            (inner_bytes, inner_head)
+        }
+    };
+    let id = match head.id {
+        Some(raw) => raw_id(raw).map_err(|m| fail(m, &buf))?,
+        None => return Err(fail("object has no `id`".into(), &buf)),
+    };
+    let inserted = raw_time(head.inserted_at);
+    let stamped = raw_time(head.timestamp);
+    let raw = if memchr::memchr2(b'\n', b'\r', object).is_some() {
+        Bytes::from(
+            object
+                .iter()
+                .map(|&b| if b == b'\n' || b == b'\r' { b' ' } else { b })
+                .collect::<Vec<u8>>(),
+        )
+    } else {
+        buf.slice_ref(object)
+    };
+    Ok(AuditEvent {
+        raw,
+        id,
+        cursor_us: inserted.or(stamped),
+        time_us: stamped.or(inserted),
+    })
+}
+
+/// One response of the list endpoint, whatever its shape.
+#[derive(Debug, Default)]
+pub struct Page {
+    /// The events, in the order the server sent them.
+    pub events: Vec<AuditEvent>,
+    /// Elements that are not events (no `id`, not an object), with why.
+    pub invalid: Vec<Error>,
+    /// `next_cursor`, when the server gave one.
+    pub next_cursor: Option<String>,
+    /// `has_more`, when the server gave it.
+    pub has_more: Option<bool>,
+}
+
+#[derive(Deserialize)]
+struct ListObject<'a> {
+    #[serde(borrow, default)]
+    data: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    events: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    audit: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    items: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    next_cursor: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    has_more: Option<&'a RawValue>,
+}
+
+/// Decode a list response: a bare array, or an object holding the array under the first of
+/// `data`, `events`, `audit`, `items`, with optional `next_cursor`/`has_more`.
+pub(crate) fn decode_page(buf: Bytes) -> Result<Page, Error> {
+    let fail = |message: String| Error::Decode {
+        what: "list response".into(),
+        message,
+        raw: Some(buf.clone()),
+    };
+    let trimmed = buf.trim_ascii();
+    let mut page = Page::default();
+    let array: &RawValue = match trimmed.first() {
+        Some(b'[') => serde_json::from_slice(trimmed).map_err(|e| fail(e.to_string()))?,
+        Some(b'{') => {
+            let obj: ListObject<'_> = serde_json::from_slice(trimmed).map_err(|e| fail(e.to_string()))?;
+            page.next_cursor = obj
+                .next_cursor
+                .and_then(|r| serde_json::from_str::<Option<String>>(r.get()).ok().flatten())
+                .filter(|c| !c.is_empty());
+            page.has_more = obj.has_more.and_then(|r| serde_json::from_str::<bool>(r.get()).ok());
+            let found = [obj.data, obj.events, obj.audit, obj.items]
+                .into_iter()
+                .flatten()
+                .find(|r| r.get().starts_with('['));
+            match found {
+                Some(a) => a,
+                None => {
+                    let empty = [obj.data, obj.events, obj.audit, obj.items]
+                        .into_iter()
+                        .all(|r| r.is_none_or(|r| r.get() == "null"));
+                    if empty && page.next_cursor.is_none() {
+                        return Err(fail(
+                            "object holds no event array under `data`, `events`, `audit` or `items`".into(),
+                        ));
+                    }
+                    return Ok(page);
+                }
+            }
+        }
+        _ => return Err(fail("not a JSON array or object".into())),
+    };
+    let elements: Vec<&RawValue> = serde_json::from_str(array.get()).map_err(|e| fail(e.to_string()))?;
+    page.events.reserve(elements.len());
+    for element in elements {
+        let slice = buf.slice_ref(element.get().as_bytes());
+        match decode_event(slice, "list element") {
+            Ok(event) => page.events.push(event),
+            Err(e) => page.invalid.push(e),
+        }
+    }
+    Ok(page)
+}
+
+/// Decode a `get` response: the event, bare or wrapped in `data`/`event`.
+pub(crate) fn decode_single(buf: Bytes) -> Result<AuditEvent, Error> {
+    decode_event(buf, "event response")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EV: &str = r#"{"id":"evt_1","resource_id":"sb-1","amount":1.50,"x":{"y":[1e3]},"inserted_at":"2026-11-25T10:00:00.000001Z","timestamp":"2026-11-25T09:59:59Z"}"#;
+
+    #[test]
+    fn bare_and_enveloped_events_keep_their_bytes() {
+        for frame in [EV.to_string(), format!(r#"{{"event":{EV}}}"#), format!(r#" {{"data":{EV}}}"#)] {
+            let ev = AuditEvent::from_json(frame).unwrap();
+            assert_eq!(ev.json(), EV);
+            assert_eq!(ev.id(), "evt_1");
+            assert_eq!(ev.cursor_us(), parse_time("2026-11-25T10:00:00.000001Z"));
+            assert_eq!(ev.time_us(), parse_time("2026-11-25T09:59:59Z"));
+        }
+    }
+
+    #[test]
+    fn pretty_printed_events_fit_one_line_with_the_same_value() {
+        let pretty = "{\n  \"id\": \"e\",\r\n  \"s\": \"a\\nb\"\n}";
+        let ev = AuditEvent::from_json(pretty).unwrap();
+        assert!(!ev.json().contains('\n'));
+        let a: serde_json::Value = serde_json::from_str(pretty).unwrap();
+        assert_eq!(ev.to_value().unwrap(), a);
+    }
+
+    #[test]
+    fn non_events_are_decode_errors_with_the_payload() {
+        for bad in ["not json{", "[1,2]", "{\"no_id\":1}", "{\"id\":null}", "{\"event\":{\"x\":1}}", "\"str\""] {
+            match AuditEvent::from_json(bad.to_string()) {
+                Err(Error::Decode { raw: Some(raw), .. }) => assert_eq!(raw, bad.as_bytes()),
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn numeric_ids_are_kept_as_text() {
+        assert_eq!(AuditEvent::from_json(r#"{"id":12}"#).unwrap().id(), "12");
+    }
+
+    #[test]
+    fn every_list_shape_decodes() {
+        let arr = format!("[{EV},{EV}]");
+        for body in [
+            arr.clone(),
+            format!(r#"{{"data":{arr}}}"#),
+            format!(r#"{{"events":{arr},"has_more":false}}"#),
+            format!(r#"{{"audit":{arr},"next_cursor":null}}"#),
+            format!(r#"{{"items":{arr},"next_cursor":"c2","page":{{"page":1,"page_size":20,"total":2}}}}"#),
+            format!(r#"{{"data":null,"events":{arr}}}"#),
+        ] {
+            let page = decode_page(Bytes::from(body.clone())).unwrap();
+            assert_eq!(page.events.len(), 2, "{body}");
+            assert_eq!(page.events[0].json(), EV);
+        }
+        let page = decode_page(Bytes::from(format!(r#"{{"items":[],"next_cursor":"c2"}}"#))).unwrap();
+        assert_eq!(page.next_cursor.as_deref(), Some("c2"));
+        assert!(decode_page(Bytes::from_static(b"{\"foo\":1}")).is_err());
+        assert!(decode_page(Bytes::from_static(b"<html>")).is_err());
+        let mixed = decode_page(Bytes::from(format!(r#"[{EV},{{"x":1}},3]"#))).unwrap();
+        assert_eq!((mixed.events.len(), mixed.invalid.len()), (1, 2));
+    }
+
+    #[test]
+    fn times_round_trip() {
+        let us = parse_time("2026-11-25T10:00:00.123456Z").unwrap();
+        assert_eq!(format_time(us), "2026-11-25T10:00:00.123456Z");
+        assert_eq!(parse_time("2026-11-25T11:00:00+01:00"), parse_time("2026-11-25T10:00:00Z"));
+        assert_eq!(parse_time("2026-11-25T10:00:00"), parse_time("2026-11-25T10:00:00Z"));
+        assert_eq!(parse_time("yesterday"), None);
+    }
+}

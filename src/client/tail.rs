@@ -1,0 +1,665 @@
+//! `tail`: follow one sandbox, and `list_all`: page through a window, each event once.
+//!
+//! # The tail state machine
+//! ```text
+//! start ─▶ CatchUp ─▶ Live(socket) ─drop─▶ CatchUp ─▶ Live …
+//!             │ handshake fails
+//!             ▼
+//!          Poll(every poll_interval) ─ after backoff ─▶ try the socket again
+//! ```
+//! The socket has no resume cursor, so after every (re)connect the task first catches up through
+//! the list endpoint from its position, *while the open socket buffers*, then replays the buffer
+//! and goes live. Listing before connecting would lose what is written between the last page and
+//! the socket's first frame. The overlap is removed by id ([`Seen`]).
+//!
+//! The task runs beside the [`Tail`] stream and hands events over a bounded channel: a slow
+//! consumer stops the task reading its socket, and TCP pushes back to the server. If the server
+//! drops the slow socket, the next catch-up fetches what was missed.
+
+use std::collections::{HashMap, VecDeque};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, Stream, StreamExt};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message;
+
+use super::event::decode_event;
+use super::{format_time, parse_time, ws, AuditEvent, Backoff, Client, Error, Filters, RetryPolicy};
+
+/// Which transport a tail may use.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// The socket when it can be had, polling while it cannot.
+    #[default]
+    Auto,
+    /// The socket only (retried with backoff; never polls between catch-ups).
+    #[serde(rename = "websocket")]
+    WebSocket,
+    /// Polling only.
+    Poll,
+}
+
+/// Where a tail starts.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum StartAt {
+    /// The sandbox's full history.
+    Earliest,
+    /// Only events from now on.
+    #[default]
+    Now,
+    /// Events from this time on (microseconds since the Unix epoch).
+    Time(i64),
+    /// Resume after a checkpoint.
+    Position(Position),
+}
+
+/// A resume point: the newest cursor time shipped and every id shipped at exactly that time
+/// (several events can share one timestamp, and `since` is inclusive).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Position {
+    /// Cursor time in microseconds since the Unix epoch; `None` means the beginning.
+    pub cursor_us: Option<i64>,
+    /// The ids already shipped at `cursor_us`.
+    pub ids_at_cursor: Vec<Arc<str>>,
+}
+
+/// Options of [`SandboxAudit::tail`](super::SandboxAudit::tail).
+#[derive(Clone, Debug)]
+pub struct TailOptions {
+    /// Polling cadence on the fallback path. Default 2 s (the SDKs' default).
+    pub poll_interval: Duration,
+    /// Socket, polling, or both.
+    pub transport: Transport,
+    /// Where to begin.
+    pub start: StartAt,
+    /// Page size for catch-up and polling. Default 100 (the API's maximum).
+    pub page_limit: u32,
+    /// How long ids are remembered for de-duplication, in cursor time. Default 5 min.
+    pub dedupe_window: Duration,
+    /// The longest wait between socket attempts while polling. Default 5 min.
+    pub socket_retry_max: Duration,
+    /// Ping after this long without a frame; drop the socket after twice this. Default 30 s.
+    pub ping_after: Duration,
+    /// Events handed to the consumer ahead of time. Default 256.
+    pub buffer: usize,
+    /// Frames the socket may buffer during a catch-up before it is closed and reopened after
+    /// the catch-up instead. Default 10,000.
+    pub catch_up_buffer_frames: usize,
+}
+
+impl Default for TailOptions {
+    fn default() -> Self {
+        TailOptions {
+            poll_interval: Duration::from_secs(2),
+            transport: Transport::Auto,
+            start: StartAt::Now,
+            page_limit: 100,
+            dedupe_window: Duration::from_secs(300),
+            socket_retry_max: Duration::from_secs(300),
+            ping_after: Duration::from_secs(30),
+            buffer: 256,
+            catch_up_buffer_frames: 10_000,
+        }
+    }
+}
+
+/// What a tail is doing now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ActiveTransport {
+    /// Opening the socket or catching up.
+    Connecting,
+    /// Live on the socket.
+    WebSocket,
+    /// On the polling fallback.
+    Polling,
+    /// Stopped (a fatal error, or the sandbox is gone).
+    Stopped,
+}
+
+impl ActiveTransport {
+    fn from_u8(v: u8) -> Self {
+        match v {
+            1 => ActiveTransport::WebSocket,
+            2 => ActiveTransport::Polling,
+            3 => ActiveTransport::Stopped,
+            _ => ActiveTransport::Connecting,
+        }
+    }
+}
+
+/// A live tail of one sandbox: a `Stream` of events, each yielded once.
+///
+/// Items are `Ok(event)`, or `Err(e)`: a [`Error::Decode`] for a frame that is not an event (the
+/// stream goes on), or a fatal error (unauthorized, sandbox not found) after which it ends.
+/// Retryable failures are retried inside, forever, and logged. Dropping the stream closes the
+/// socket.
+pub struct Tail {
+    rx: mpsc::Receiver<Result<AuditEvent, Error>>,
+    task: JoinHandle<()>,
+    status: Arc<AtomicU8>,
+}
+
+impl Tail {
+    pub(crate) fn start(client: Client, resource_id: String, options: TailOptions) -> Tail {
+        let (tx, rx) = mpsc::channel(options.buffer.max(1));
+        let status = Arc::new(AtomicU8::new(0));
+        let seen = Seen::new(&options.start, options.dedupe_window);
+        let task = TailTask {
+            pager_base: Filters {
+                resource_id: Some(resource_id.clone()),
+                resource_type: Some("sandbox".into()),
+                ..Default::default()
+            },
+            client,
+            resource_id,
+            options,
+            seen,
+            status: status.clone(),
+            tx,
+            warned_ties: false,
+        };
+        Tail {
+            rx,
+            task: tokio::spawn(task.run()),
+            status,
+        }
+    }
+
+    /// What the tail is doing now.
+    pub fn transport(&self) -> ActiveTransport {
+        ActiveTransport::from_u8(self.status.load(Ordering::Relaxed))
+    }
+}
+
+impl Stream for Tail {
+    type Item = Result<AuditEvent, Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.rx.poll_recv(cx)
+    }
+}
+
+impl Drop for Tail {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Ids emitted recently, for removing the overlap of list pages and socket frames. Ids are
+/// opaque, so they are remembered by cursor time: every id within `window` of the newest cursor
+/// time seen.
+pub(crate) struct Seen {
+    ids: HashMap<Arc<str>, i64>,
+    newest: Option<i64>,
+    window_us: i64,
+    inserts_since_prune: usize,
+}
+
+impl Seen {
+    pub(crate) fn new(start: &StartAt, window: Duration) -> Self {
+        let mut seen = Seen {
+            ids: HashMap::new(),
+            newest: None,
+            window_us: i64::try_from(window.as_micros()).unwrap_or(i64::MAX),
+            inserts_since_prune: 0,
+        };
+        match start {
+            StartAt::Earliest => {}
+            StartAt::Now => seen.newest = Some(chrono::Utc::now().timestamp_micros()),
+            StartAt::Time(t) => seen.newest = Some(*t),
+            StartAt::Position(p) => {
+                seen.newest = p.cursor_us;
+                let at = p.cursor_us.unwrap_or(i64::MIN);
+                for id in &p.ids_at_cursor {
+                    seen.ids.insert(id.clone(), at);
+                }
+            }
+        }
+        seen
+    }
+
+    /// The newest cursor time seen (the next `since`).
+    pub(crate) fn newest(&self) -> Option<i64> {
+        self.newest
+    }
+
+    /// Record `event`; `false` if it was seen already.
+    pub(crate) fn insert(&mut self, event: &AuditEvent) -> bool {
+        if self.ids.contains_key(event.id()) {
+            return false;
+        }
+        let cursor = event.cursor_us().or(self.newest).unwrap_or(i64::MIN);
+        self.ids.insert(event.id_arc().clone(), cursor);
+        if self.newest.is_none_or(|n| cursor > n) {
+            self.newest = Some(cursor);
+        }
+        self.inserts_since_prune += 1;
+        // Prune when the map may have doubled: amortized O(1) per event.
+        if self.inserts_since_prune >= 4096.max(self.ids.len() / 2) {
+            self.prune();
+        }
+        true
+    }
+
+    fn prune(&mut self) {
+        self.inserts_since_prune = 0;
+        if let Some(newest) = self.newest {
+            let floor = newest.saturating_sub(self.window_us);
+            self.ids.retain(|_, c| *c >= floor);
+        }
+    }
+}
+
+/// Pages through the list endpoint from a [`Seen`]'s newest cursor time: follows `next_cursor`
+/// when the server gives one, otherwise asks again with `since` = the newest cursor time and drops
+/// ids already seen, until a page adds nothing.
+pub(crate) struct Pager {
+    base: Filters,
+    until_us: Option<i64>,
+    cursor: Option<String>,
+    /// `since` and its parsed floor for the current cursor chain.
+    chain: (Option<String>, Option<i64>),
+    first: bool,
+    finished: bool,
+    warned_ties: bool,
+}
+
+/// One step of a [`Pager`]: the new events (oldest first) and the elements that were not events.
+pub(crate) struct PagerStep {
+    pub events: Vec<AuditEvent>,
+    pub invalid: Vec<Error>,
+}
+
+impl Pager {
+    pub(crate) fn new(mut base: Filters, limit: u32) -> Self {
+        base.limit = Some(base.limit.unwrap_or(limit).clamp(1, 1000));
+        base.cursor = None;
+        let until_us = base.until.as_deref().and_then(parse_time);
+        Pager {
+            base,
+            until_us,
+            cursor: None,
+            chain: (None, None),
+            first: true,
+            finished: false,
+            warned_ties: false,
+        }
+    }
+
+    /// Start over from the seen position (a new catch-up).
+    pub(crate) fn restart(&mut self) {
+        self.cursor = None;
+        self.finished = false;
+    }
+
+    pub(crate) async fn next(
+        &mut self,
+        client: &Client,
+        seen: &mut Seen,
+        policy: &RetryPolicy,
+    ) -> Result<Option<PagerStep>, Error> {
+        if self.finished {
+            return Ok(None);
+        }
+        let mut filters = self.base.clone();
+        match &self.cursor {
+            Some(c) => {
+                filters.cursor = Some(c.clone());
+                filters.since = self.chain.0.clone();
+            }
+            None => {
+                // The first request of a list_all may carry the caller's own `since` (even a
+                // relative one like `24h`); after that, the newest cursor time seen.
+                let since = match seen.newest() {
+                    Some(t) if !(self.first && self.base.since.is_some()) => Some(format_time(t)),
+                    _ => self.base.since.clone(),
+                };
+                let floor = since.as_deref().and_then(parse_time);
+                self.chain = (since.clone(), floor);
+                filters.since = since;
+            }
+        }
+        self.first = false;
+        let page = client.list_page_with(&filters, policy).await?;
+        let floor = self.chain.1;
+        let mut ordered: Vec<(i64, usize, AuditEvent)> = page
+            .events
+            .into_iter()
+            .enumerate()
+            .map(|(i, e)| (e.cursor_us().unwrap_or(i64::MIN), i, e))
+            .collect();
+        // Order inside a page is not documented: sort by (cursor time, arrival).
+        ordered.sort_by_key(|(c, i, _)| (*c, *i));
+        let returned = ordered.len();
+        let mut events = Vec::with_capacity(returned);
+        for (_, _, event) in ordered {
+            let cursor = event.cursor_us();
+            if floor.is_some_and(|f| cursor.is_some_and(|c| c < f)) {
+                continue;
+            }
+            if self.until_us.is_some_and(|u| cursor.is_some_and(|c| c > u)) {
+                continue;
+            }
+            if seen.insert(&event) {
+                events.push(event);
+            }
+        }
+        self.cursor = page.next_cursor.filter(|_| page.has_more != Some(false));
+        if self.cursor.is_none() && (events.is_empty() || page.has_more == Some(false)) {
+            self.finished = true;
+            let limit = self.base.limit.unwrap_or(100) as usize;
+            if events.is_empty() && returned >= limit && !self.warned_ties {
+                self.warned_ties = true;
+                tracing::warn!(
+                    resource_id = self.base.resource_id.as_deref().unwrap_or("*"),
+                    page_limit = limit,
+                    "a full page shares one timestamp and the server gives no next_cursor; events past it cannot be paged by time"
+                );
+            }
+        }
+        Ok(Some(PagerStep {
+            events,
+            invalid: page.invalid,
+        }))
+    }
+}
+
+/// The stream behind `list_all`.
+pub(crate) fn list_all(
+    client: Client,
+    filters: Filters,
+) -> impl Stream<Item = Result<AuditEvent, Error>> + Send + 'static {
+    let seen = Seen::new(&StartAt::Earliest, Duration::from_secs(300));
+    let pager = Pager::new(filters, 100);
+    let policy = client.retry_policy().clone();
+    let state = (client, pager, seen, VecDeque::<Result<AuditEvent, Error>>::new(), policy, false);
+    futures_util::stream::unfold(state, |(client, mut pager, mut seen, mut queue, policy, mut done)| async move {
+        loop {
+            if let Some(item) = queue.pop_front() {
+                return Some((item, (client, pager, seen, queue, policy, done)));
+            }
+            if done {
+                return None;
+            }
+            match pager.next(&client, &mut seen, &policy).await {
+                Ok(Some(step)) => {
+                    queue.extend(step.invalid.into_iter().map(Err));
+                    queue.extend(step.events.into_iter().map(Ok));
+                }
+                Ok(None) => done = true,
+                Err(e) => {
+                    done = true;
+                    queue.push_back(Err(e));
+                }
+            }
+        }
+    })
+}
+
+/// The consumer is gone: stop quietly.
+struct Gone;
+
+enum SocketEnd {
+    /// The consumer dropped the stream.
+    Gone,
+    /// The socket closed or failed; reconnect after `reason` is logged.
+    Dropped(String),
+    /// A fatal error was handed to the consumer.
+    Fatal,
+}
+
+struct TailTask {
+    client: Client,
+    resource_id: String,
+    options: TailOptions,
+    seen: Seen,
+    pager_base: Filters,
+    status: Arc<AtomicU8>,
+    tx: mpsc::Sender<Result<AuditEvent, Error>>,
+    warned_ties: bool,
+}
+
+impl TailTask {
+    fn set_status(&self, s: ActiveTransport) {
+        self.status.store(s as u8, Ordering::Relaxed);
+    }
+
+    async fn run(mut self) {
+        let mut socket_backoff = Backoff::new(Duration::from_secs(5), self.options.socket_retry_max);
+        let mut reconnect_backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(30));
+        let mut next_socket_try = Instant::now();
+        let mut on_fallback = false;
+        loop {
+            let try_socket = self.options.transport != Transport::Poll && Instant::now() >= next_socket_try;
+            if try_socket {
+                self.set_status(ActiveTransport::Connecting);
+                let connected = tokio::select! {
+                    r = ws::connect(&self.client, &self.resource_id) => r,
+                    _ = self.tx.closed() => return,
+                };
+                match connected {
+                    Ok(socket) => {
+                        socket_backoff.reset();
+                        if on_fallback {
+                            tracing::info!(resource_id = %self.resource_id, "audit socket is back; leaving the polling fallback");
+                            on_fallback = false;
+                        }
+                        let opened = Instant::now();
+                        match self.follow_socket(socket).await {
+                            SocketEnd::Gone | SocketEnd::Fatal => {
+                                self.set_status(ActiveTransport::Stopped);
+                                return;
+                            }
+                            SocketEnd::Dropped(reason) => {
+                                crate::metrics::SOCKET_DROPS.inc();
+                                if opened.elapsed() >= Duration::from_secs(10) {
+                                    reconnect_backoff.reset();
+                                }
+                                let delay = reconnect_backoff.next_delay();
+                                tracing::info!(resource_id = %self.resource_id, reason, reconnect_in_ms = delay.as_millis() as u64, "audit socket dropped; reconnecting and catching up");
+                                if self.sleep(delay).await.is_err() {
+                                    return;
+                                }
+                                continue;
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        let delay = socket_backoff.next_delay();
+                        next_socket_try = Instant::now() + delay;
+                        if !on_fallback {
+                            tracing::warn!(resource_id = %self.resource_id, error = %e, retry_socket_in_ms = delay.as_millis() as u64, "audit socket unavailable; falling back to polling");
+                            on_fallback = true;
+                        } else {
+                            tracing::debug!(resource_id = %self.resource_id, error = %e, "audit socket still unavailable");
+                        }
+                        if self.options.transport == Transport::WebSocket {
+                            // Socket-only: catch up through the list (no gap), then wait.
+                            if self.catch_up().await.is_err() {
+                                self.set_status(ActiveTransport::Stopped);
+                                return;
+                            }
+                            if self.sleep(delay).await.is_err() {
+                                return;
+                            }
+                            continue;
+                        }
+                    }
+                }
+            }
+            self.set_status(ActiveTransport::Polling);
+            if self.catch_up().await.is_err() {
+                self.set_status(ActiveTransport::Stopped);
+                return;
+            }
+            if self.sleep(self.options.poll_interval).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    async fn sleep(&self, d: Duration) -> Result<(), Gone> {
+        tokio::select! {
+            _ = tokio::time::sleep(d) => Ok(()),
+            _ = self.tx.closed() => Err(Gone),
+        }
+    }
+
+    async fn send(&self, item: Result<AuditEvent, Error>) -> Result<(), Gone> {
+        self.tx.send(item).await.map_err(|_| Gone)
+    }
+
+    /// Drain the list endpoint from the current position. `Err` means stop: the consumer is
+    /// gone or a fatal error was handed over.
+    async fn catch_up(&mut self) -> Result<(), Gone> {
+        let mut pager = Pager::new(self.pager_base.clone(), self.options.page_limit);
+        pager.warned_ties = self.warned_ties;
+        let forever = RetryPolicy {
+            max_attempts: None,
+            ..self.client.retry_policy().clone()
+        };
+        let mut decode_backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+        loop {
+            match pager.next(&self.client, &mut self.seen, &forever).await {
+                Ok(Some(step)) => {
+                    for bad in step.invalid {
+                        self.send(Err(bad)).await?;
+                    }
+                    for event in step.events {
+                        self.send(Ok(event)).await?;
+                    }
+                }
+                Ok(None) => {
+                    self.warned_ties = pager.warned_ties;
+                    return Ok(());
+                }
+                Err(e @ Error::Decode { .. }) => {
+                    // A whole page that does not decode is a server glitch: hand it over for the
+                    // dead-letter file and try again, the position has not moved.
+                    self.send(Err(e)).await?;
+                    let delay = decode_backoff.next_delay();
+                    self.sleep(delay).await?;
+                    pager.restart();
+                }
+                Err(e) => {
+                    tracing::error!(resource_id = %self.resource_id, error = %e, "stopping the tail of this sandbox");
+                    let _ = self.send(Err(e)).await;
+                    return Err(Gone);
+                }
+            }
+        }
+    }
+
+    /// Catch up while the socket buffers, replay the buffer, then follow the socket live.
+    async fn follow_socket(&mut self, mut socket: ws::Socket) -> SocketEnd {
+        let mut buffer: VecDeque<Message> = VecDeque::new();
+        let mut overflowed = false;
+        let mut socket_failed: Option<String> = None;
+        // The catch-up borrows `self`; the loop below touches only locals.
+        let cap = self.options.catch_up_buffer_frames;
+        let key = self.client.key().clone();
+        let caught_up = {
+            let catching_up = self.catch_up();
+            tokio::pin!(catching_up);
+            loop {
+                tokio::select! {
+                    r = &mut catching_up => break r,
+                    frame = socket.next(), if !overflowed && socket_failed.is_none() => match frame {
+                        Some(Ok(msg)) => {
+                            buffer.push_back(msg);
+                            if buffer.len() >= cap {
+                                overflowed = true;
+                            }
+                        }
+                        Some(Err(e)) => socket_failed = Some(key.redact(&e.to_string())),
+                        None => socket_failed = Some("closed by the server".into()),
+                    },
+                }
+            }
+        };
+        if caught_up.is_err() {
+            return SocketEnd::Fatal;
+        }
+        for msg in buffer {
+            match self.on_message(msg).await {
+                Ok(None) => {}
+                Ok(Some(reason)) => return SocketEnd::Dropped(reason),
+                Err(Gone) => return SocketEnd::Gone,
+            }
+        }
+        if let Some(reason) = socket_failed {
+            return SocketEnd::Dropped(reason);
+        }
+        if overflowed {
+            let _ = socket.close(None).await;
+            return SocketEnd::Dropped("catch-up took longer than the socket buffer; catching up again".into());
+        }
+        self.set_status(ActiveTransport::WebSocket);
+        let ping_after = self.options.ping_after;
+        let mut pinged = false;
+        loop {
+            let frame = tokio::select! {
+                f = tokio::time::timeout(ping_after, socket.next()) => f,
+                _ = self.tx.closed() => {
+                    let _ = socket.close(None).await;
+                    return SocketEnd::Gone;
+                }
+            };
+            match frame {
+                Ok(Some(Ok(msg))) => {
+                    pinged = false;
+                    match self.on_message(msg).await {
+                        Ok(None) => {}
+                        Ok(Some(reason)) => return SocketEnd::Dropped(reason),
+                        Err(Gone) => return SocketEnd::Gone,
+                    }
+                }
+                Ok(Some(Err(e))) => return SocketEnd::Dropped(self.client.key().redact(&e.to_string())),
+                Ok(None) => return SocketEnd::Dropped("closed by the server".into()),
+                Err(_idle) if pinged => {
+                    return SocketEnd::Dropped(format!("no frame or pong for {} s", 2 * ping_after.as_secs()));
+                }
+                Err(_idle) => {
+                    pinged = true;
+                    if let Err(e) = socket.send(Message::Ping(Bytes::new())).await {
+                        return SocketEnd::Dropped(self.client.key().redact(&e.to_string()));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Handle one socket message. `Ok(Some(reason))` means the socket is closing.
+    async fn on_message(&mut self, msg: Message) -> Result<Option<String>, Gone> {
+        let payload: Bytes = match msg {
+            Message::Text(t) => Bytes::from(t),
+            Message::Binary(b) => b,
+            Message::Close(frame) => {
+                let reason = match frame {
+                    Some(f) => format!("closed by the server ({} {})", u16::from(f.code), f.reason),
+                    None => "closed by the server".into(),
+                };
+                return Ok(Some(reason));
+            }
+            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => return Ok(None),
+        };
+        crate::metrics::FRAMES_RECEIVED.inc();
+        match decode_event(payload, "socket frame") {
+            Ok(event) => {
+                if self.seen.insert(&event) {
+                    self.send(Ok(event)).await?;
+                }
+            }
+            Err(e) => self.send(Err(e)).await?,
+        }
+        Ok(None)
+    }
+}

@@ -1,0 +1,95 @@
+//! The per-sandbox WebSocket: `…/egress/audit/resource/{id}?token=…`, subprotocol
+//! `miosa-egress-audit-v1`, frames capped at 1 MiB.
+
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use super::{encode_segment, Client, Error, SUBPROTOCOL};
+
+/// An open audit socket.
+pub(crate) type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// The largest frame or message we accept (the Elixir SDK's cap; larger closes with 1009).
+pub(crate) const MAX_FRAME_BYTES: usize = 1 << 20;
+
+/// Open the socket for `resource_id`. Any failure (connect error, HTTP status >= 400, a missing
+/// or different subprotocol, the connect timeout) is an `Err`: the caller falls back to polling.
+pub(crate) async fn connect(client: &Client, resource_id: &str) -> Result<Socket, Error> {
+    let base = client.base_url();
+    let mut url = base.clone();
+    let scheme = if base.scheme() == "https" { "wss" } else { "ws" };
+    url.set_scheme(scheme)
+        .map_err(|_| Error::Config(format!("cannot derive a socket URL from {}", base)))?;
+    let path = format!(
+        "{}/egress/audit/resource/{}",
+        base.path().trim_end_matches('/'),
+        encode_segment(resource_id)
+    );
+    url.set_path(&path);
+    url.query_pairs_mut().append_pair("token", client.key().expose());
+    let endpoint = format!("{scheme}://{}{}", url.host_str().unwrap_or(""), url.port().map(|p| format!(":{p}")).unwrap_or_default());
+    let redact = |e: &dyn std::fmt::Display| client.key().redact(&e.to_string());
+
+    let mut request = url
+        .as_str()
+        .into_client_request()
+        .map_err(|e| Error::Config(format!("socket request: {}", redact(&e))))?;
+    request
+        .headers_mut()
+        .insert("sec-websocket-protocol", HeaderValue::from_static(SUBPROTOCOL));
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(MAX_FRAME_BYTES))
+        .max_frame_size(Some(MAX_FRAME_BYTES));
+    let timeout = client.inner.connect_timeout;
+    let connecting = tokio_tungstenite::connect_async_with_config(request, Some(config), true);
+    let (socket, response) = match tokio::time::timeout(timeout, connecting).await {
+        Err(_) => {
+            return Err(Error::Transport {
+                endpoint,
+                message: format!("socket handshake timed out after {} ms", timeout.as_millis()),
+            })
+        }
+        Ok(Err(tokio_tungstenite::tungstenite::Error::Http(resp))) => {
+            let status = resp.status().as_u16();
+            let request_id = resp
+                .headers()
+                .get("x-request-id")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            let message = "socket upgrade refused".to_string();
+            return Err(match status {
+                401 | 403 => Error::Unauthorized { status, message, request_id },
+                404 => Error::NotFound {
+                    what: format!("audit socket of {resource_id}"),
+                    request_id,
+                },
+                500..=599 => Error::Server { status, message, retry_after: None, request_id },
+                _ => Error::Rejected { status, message, request_id },
+            });
+        }
+        Ok(Err(e)) => {
+            return Err(Error::Transport {
+                endpoint,
+                message: format!("socket handshake failed: {}", redact(&e)),
+            })
+        }
+        Ok(Ok(pair)) => pair,
+    };
+    let selected = response
+        .headers()
+        .get("sec-websocket-protocol")
+        .and_then(|v| v.to_str().ok());
+    if selected != Some(SUBPROTOCOL) {
+        return Err(Error::Transport {
+            endpoint,
+            message: format!(
+                "socket server selected subprotocol {:?}, not {SUBPROTOCOL:?}",
+                selected.unwrap_or("(none)")
+            ),
+        });
+    }
+    Ok(socket)
+}
