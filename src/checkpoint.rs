@@ -1,1 +1,577 @@
-//! todo
+//! The checkpoint store: one SQLite file (WAL, `synchronous=FULL`) owned by one dedicated thread.
+//!
+//! Async code talks to the thread over a channel and awaits a reply, so SQLite never blocks an
+//! async worker. The schema lives in `migrations/` as numbered SQL files, applied in order on
+//! open and recorded in `schema_migrations`.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use auditship_sink::{SinkError, StateEntry, StateRegistry};
+use rusqlite::{params, Connection, OptionalExtension};
+use tokio::sync::oneshot;
+
+/// The numbered migrations, in order.
+const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../migrations/0001_checkpoints.sql"))];
+
+/// Errors of the checkpoint store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database could not be opened or migrated.
+    #[error("cannot open the checkpoint database {path}: {message}")]
+    Open {
+        /// The database file.
+        path: PathBuf,
+        /// Why, with the fix where we know it.
+        message: String,
+    },
+    /// A statement failed.
+    #[error("checkpoint database {path}: {source}")]
+    Sqlite {
+        /// The database file.
+        path: PathBuf,
+        /// The SQLite error.
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// The store's thread is gone (it panicked or was shut down).
+    #[error("the checkpoint store has stopped")]
+    Closed,
+    /// Another process runs this pipeline.
+    #[error("pipeline {pipeline:?} is already running against {path} (lock {lock}); stop the other process first")]
+    Locked {
+        /// The pipeline.
+        pipeline: String,
+        /// The database.
+        path: PathBuf,
+        /// The lock file.
+        lock: PathBuf,
+    },
+}
+
+impl StoreError {
+    /// Whether retrying can help (a busy or locked database can free up).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            StoreError::Sqlite { source, .. } => matches!(
+                source.sqlite_error_code(),
+                Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+            ),
+            _ => false,
+        }
+    }
+}
+
+/// A sandbox's committed position in one stream.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Checkpoint {
+    /// The sandbox.
+    pub resource_id: String,
+    /// The last event shipped.
+    pub last_event_id: Option<String>,
+    /// Newest cursor time shipped (µs since the Unix epoch).
+    pub cursor_us: Option<i64>,
+    /// Every id shipped at exactly `cursor_us`.
+    pub tie_ids: Vec<String>,
+    /// Events shipped in this stream so far.
+    pub events_shipped: u64,
+    /// When the row was last written (µs since the Unix epoch).
+    pub updated_at_us: i64,
+}
+
+/// One commit: positions and sink state, applied in one transaction.
+#[derive(Debug, Default)]
+pub struct Commit {
+    /// Positions to write, whole rows.
+    pub positions: Vec<Checkpoint>,
+    /// Sink state to upsert, by sink name.
+    pub sink_state: Vec<(String, StateEntry)>,
+}
+
+type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
+
+enum Command {
+    Load {
+        pipeline: String,
+        stream: String,
+        reply: Reply<HashMap<String, Checkpoint>>,
+    },
+    Streams {
+        pipeline: String,
+        reply: Reply<Vec<(String, Checkpoint)>>,
+    },
+    SinkState {
+        pipeline: String,
+        sink: String,
+        reply: Reply<Vec<StateEntry>>,
+    },
+    Register {
+        pipeline: String,
+        sink: String,
+        entry: StateEntry,
+        reply: Reply<()>,
+    },
+    Commit {
+        pipeline: String,
+        stream: String,
+        commit: Commit,
+        reply: Reply<()>,
+    },
+}
+
+/// A handle to the store's thread. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    tx: std::sync::mpsc::Sender<Command>,
+    path: Arc<PathBuf>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.path).finish()
+    }
+}
+
+impl Store {
+    /// Open (creating, mode 0600) and migrate the database, and start its thread.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let open_err = |message: String| StoreError::Open {
+            path: path.to_path_buf(),
+            message,
+        };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o750)
+                .create(dir)
+                .map_err(|e| open_err(format!("creating directory {}: {e}", dir.display())))?;
+        }
+        // Create the file ourselves so it is never world-readable.
+        OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(|e| open_err(format!("{e}; check the directory exists and is writable")))?;
+        let mut conn = Connection::open(path).map_err(|e| open_err(e.to_string()))?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(|e| open_err(e.to_string()))?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .and_then(|_| conn.pragma_update(None, "synchronous", "FULL"))
+            .map_err(|e| open_err(format!("{e}; is the file a SQLite database and writable?")))?;
+        migrate(&mut conn).map_err(|e| open_err(format!("applying migrations: {e}")))?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let thread_path = path.to_path_buf();
+        std::thread::Builder::new()
+            .name("auditship-sqlite".into())
+            .spawn(move || serve(conn, rx, thread_path))
+            .map_err(|e| open_err(format!("starting the store thread: {e}")))?;
+        Ok(Store {
+            tx,
+            path: Arc::new(path.to_path_buf()),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(make(reply)).map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// The positions of every sandbox in `stream`.
+    pub async fn load(
+        &self,
+        pipeline: &str,
+        stream: &str,
+    ) -> Result<HashMap<String, Checkpoint>, StoreError> {
+        let (pipeline, stream) = (pipeline.to_string(), stream.to_string());
+        self.ask(|reply| Command::Load {
+            pipeline,
+            stream,
+            reply,
+        })
+        .await
+    }
+
+    /// Every (stream, position) of a pipeline.
+    pub async fn streams(&self, pipeline: &str) -> Result<Vec<(String, Checkpoint)>, StoreError> {
+        let pipeline = pipeline.to_string();
+        self.ask(|reply| Command::Streams { pipeline, reply }).await
+    }
+
+    /// A sink's committed state.
+    pub async fn sink_state(
+        &self,
+        pipeline: &str,
+        sink: &str,
+    ) -> Result<Vec<StateEntry>, StoreError> {
+        let (pipeline, sink) = (pipeline.to_string(), sink.to_string());
+        self.ask(|reply| Command::SinkState {
+            pipeline,
+            sink,
+            reply,
+        })
+        .await
+    }
+
+    /// Insert a sink state entry now, unless its key exists.
+    pub async fn register(
+        &self,
+        pipeline: &str,
+        sink: &str,
+        entry: StateEntry,
+    ) -> Result<(), StoreError> {
+        let (pipeline, sink) = (pipeline.to_string(), sink.to_string());
+        self.ask(|reply| Command::Register {
+            pipeline,
+            sink,
+            entry,
+            reply,
+        })
+        .await
+    }
+
+    /// Apply one commit in one transaction.
+    pub async fn commit(
+        &self,
+        pipeline: &str,
+        stream: &str,
+        commit: Commit,
+    ) -> Result<(), StoreError> {
+        let (pipeline, stream) = (pipeline.to_string(), stream.to_string());
+        self.ask(|reply| Command::Commit {
+            pipeline,
+            stream,
+            commit,
+            reply,
+        })
+        .await
+    }
+
+    /// A [`StateRegistry`] for one sink of one pipeline.
+    pub fn registry(&self, pipeline: &str, sink: &str) -> Arc<dyn StateRegistry> {
+        Arc::new(SinkRegistry {
+            store: self.clone(),
+            pipeline: pipeline.to_string(),
+            sink: sink.to_string(),
+        })
+    }
+
+    /// Take the exclusive lock of `pipeline` on this database, held until the guard drops.
+    pub fn lock(&self, pipeline: &str) -> Result<PipelineLock, StoreError> {
+        let mut name = self.path.file_name().unwrap_or_default().to_os_string();
+        let safe: String = pipeline
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        name.push(format!(".{safe}.lock"));
+        let lock_path = self.path.with_file_name(name);
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&lock_path)
+            .map_err(|e| StoreError::Open {
+                path: lock_path.clone(),
+                message: e.to_string(),
+            })?;
+        match file.try_lock() {
+            Ok(()) => Ok(PipelineLock { _file: file }),
+            Err(_) => Err(StoreError::Locked {
+                pipeline: pipeline.to_string(),
+                path: self.path.to_path_buf(),
+                lock: lock_path,
+            }),
+        }
+    }
+}
+
+/// Holds a pipeline's lock file locked (released on drop, or by the kernel when the process
+/// dies, so a `kill -9` never leaves a stale lock).
+#[derive(Debug)]
+pub struct PipelineLock {
+    _file: File,
+}
+
+struct SinkRegistry {
+    store: Store,
+    pipeline: String,
+    sink: String,
+}
+
+#[async_trait::async_trait]
+impl StateRegistry for SinkRegistry {
+    async fn register(&self, entry: StateEntry) -> Result<(), SinkError> {
+        self.store
+            .register(&self.pipeline, &self.sink, entry)
+            .await
+            .map_err(|e| SinkError::Remote {
+                retryable: e.is_retryable(),
+                message: e.to_string(),
+            })
+    }
+}
+
+fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at_us INTEGER NOT NULL)",
+    )?;
+    for (version, sql) in MIGRATIONS {
+        let tx = conn.transaction()?;
+        let applied: Option<i64> = tx
+            .query_row(
+                "SELECT version FROM schema_migrations WHERE version = ?1",
+                [version],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if applied.is_none() {
+            tx.execute_batch(sql)?;
+            tx.execute(
+                "INSERT INTO schema_migrations (version, applied_at_us) VALUES (?1, ?2)",
+                params![version, chrono::Utc::now().timestamp_micros()],
+            )?;
+        }
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+fn serve(mut conn: Connection, rx: std::sync::mpsc::Receiver<Command>, path: PathBuf) {
+    let wrap = |source: rusqlite::Error| StoreError::Sqlite {
+        path: path.clone(),
+        source,
+    };
+    while let Ok(cmd) = rx.recv() {
+        match cmd {
+            Command::Load {
+                pipeline,
+                stream,
+                reply,
+            } => {
+                let r = load(&conn, &pipeline, Some(&stream)).map(|rows| {
+                    rows.into_iter()
+                        .map(|(_, c)| (c.resource_id.clone(), c))
+                        .collect()
+                });
+                let _ = reply.send(r.map_err(wrap));
+            }
+            Command::Streams { pipeline, reply } => {
+                let _ = reply.send(load(&conn, &pipeline, None).map_err(wrap));
+            }
+            Command::SinkState {
+                pipeline,
+                sink,
+                reply,
+            } => {
+                let r = (|| {
+                    let mut stmt = conn.prepare_cached(
+                        "SELECT key, value FROM sink_state WHERE pipeline = ?1 AND sink = ?2",
+                    )?;
+                    let rows = stmt.query_map(params![pipeline, sink], |r| {
+                        Ok(StateEntry {
+                            key: r.get(0)?,
+                            value: r.get(1)?,
+                        })
+                    })?;
+                    rows.collect::<rusqlite::Result<Vec<_>>>()
+                })();
+                let _ = reply.send(r.map_err(wrap));
+            }
+            Command::Register {
+                pipeline,
+                sink,
+                entry,
+                reply,
+            } => {
+                let r = conn
+                    .execute(
+                        "INSERT OR IGNORE INTO sink_state (pipeline, sink, key, value) VALUES (?1, ?2, ?3, ?4)",
+                        params![pipeline, sink, entry.key, entry.value],
+                    )
+                    .map(|_| ());
+                let _ = reply.send(r.map_err(wrap));
+            }
+            Command::Commit {
+                pipeline,
+                stream,
+                commit,
+                reply,
+            } => {
+                let _ = reply.send(apply(&mut conn, &pipeline, &stream, &commit).map_err(wrap));
+            }
+        }
+    }
+}
+
+fn load(
+    conn: &Connection,
+    pipeline: &str,
+    stream: Option<&str>,
+) -> rusqlite::Result<Vec<(String, Checkpoint)>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT stream, resource_id, last_event_id, cursor_us, tie_ids, events_shipped, updated_at_us
+         FROM checkpoints WHERE pipeline = ?1 AND (?2 IS NULL OR stream = ?2)
+         ORDER BY stream, resource_id",
+    )?;
+    let rows = stmt.query_map(params![pipeline, stream], |r| {
+        let ties: String = r.get(4)?;
+        Ok((
+            r.get::<_, String>(0)?,
+            Checkpoint {
+                resource_id: r.get(1)?,
+                last_event_id: r.get(2)?,
+                cursor_us: r.get(3)?,
+                tie_ids: serde_json::from_str(&ties).unwrap_or_default(),
+                events_shipped: r.get::<_, i64>(5)?.max(0) as u64,
+                updated_at_us: r.get(6)?,
+            },
+        ))
+    })?;
+    rows.collect()
+}
+
+fn apply(
+    conn: &mut Connection,
+    pipeline: &str,
+    stream: &str,
+    commit: &Commit,
+) -> rusqlite::Result<()> {
+    let tx = conn.transaction()?;
+    {
+        let mut upsert = tx.prepare_cached(
+            "INSERT INTO checkpoints (pipeline, stream, resource_id, last_event_id, cursor_us, tie_ids, events_shipped, updated_at_us)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+             ON CONFLICT (pipeline, stream, resource_id) DO UPDATE SET
+               last_event_id = excluded.last_event_id, cursor_us = excluded.cursor_us,
+               tie_ids = excluded.tie_ids, events_shipped = excluded.events_shipped,
+               updated_at_us = excluded.updated_at_us",
+        )?;
+        for p in &commit.positions {
+            let ties = serde_json::to_string(&p.tie_ids).unwrap_or_else(|_| "[]".into());
+            upsert.execute(params![
+                pipeline,
+                stream,
+                p.resource_id,
+                p.last_event_id,
+                p.cursor_us,
+                ties,
+                p.events_shipped as i64,
+                p.updated_at_us
+            ])?;
+        }
+        let mut state = tx.prepare_cached(
+            "INSERT INTO sink_state (pipeline, sink, key, value) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (pipeline, sink, key) DO UPDATE SET value = excluded.value",
+        )?;
+        for (sink, entry) in &commit.sink_state {
+            state.execute(params![pipeline, sink, entry.key, entry.value])?;
+        }
+    }
+    tx.commit()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn commits_positions_and_sink_state_together_and_reloads_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state/cp.db");
+        let store = Store::open(&path).unwrap();
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(&path).unwrap().permissions(),
+        );
+        assert_eq!(mode & 0o077, 0, "database must not be readable by others");
+        store
+            .register(
+                "p",
+                "archive",
+                StateEntry {
+                    key: "a.ndjson".into(),
+                    value: 0,
+                },
+            )
+            .await
+            .unwrap();
+        let cp = Checkpoint {
+            resource_id: "sb-1".into(),
+            last_event_id: Some("e2".into()),
+            cursor_us: Some(42),
+            tie_ids: vec!["e1".into(), "e2".into()],
+            events_shipped: 2,
+            updated_at_us: 1,
+        };
+        store
+            .commit(
+                "p",
+                "live",
+                Commit {
+                    positions: vec![cp.clone()],
+                    sink_state: vec![(
+                        "archive".into(),
+                        StateEntry {
+                            key: "a.ndjson".into(),
+                            value: 99,
+                        },
+                    )],
+                },
+            )
+            .await
+            .unwrap();
+        // Registering an existing key never moves its committed value.
+        store
+            .register(
+                "p",
+                "archive",
+                StateEntry {
+                    key: "a.ndjson".into(),
+                    value: 0,
+                },
+            )
+            .await
+            .unwrap();
+        drop(store);
+        let store = Store::open(&path).unwrap();
+        assert_eq!(
+            store.load("p", "live").await.unwrap().get("sb-1"),
+            Some(&cp)
+        );
+        assert!(store.load("p", "backfill:x").await.unwrap().is_empty());
+        assert_eq!(
+            store.sink_state("p", "archive").await.unwrap(),
+            vec![StateEntry {
+                key: "a.ndjson".into(),
+                value: 99
+            }]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_second_runner_of_the_same_pipeline_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("cp.db")).unwrap();
+        let guard = store.lock("p").unwrap();
+        let err = store.lock("p").unwrap_err();
+        assert!(err.to_string().contains("already running"), "{err}");
+        assert!(store.lock("other").is_ok());
+        drop(guard);
+        assert!(store.lock("p").is_ok());
+    }
+}

@@ -1,1 +1,739 @@
-//! todo
+//! Pipeline files (TOML): the model users write, `${VAR}` interpolation, and errors that name
+//! the file, line and column.
+//!
+//! ```toml
+//! [source]
+//! base_url = "https://api.miosa.ai/api/v1"
+//! api_key = "${MIOSA_API_KEY}"
+//! sandboxes = ["sb-1", "sb-2"]
+//!
+//! [checkpoint]
+//! path = "state/checkpoints.db"
+//!
+//! [sinks.archive]
+//! type = "file"
+//! path = "archive/{resource_id}/{date}.ndjson"
+//! ```
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use auditship_sink_file::FileSinkConfig;
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::client::{parse_time, StartAt, Transport};
+use crate::secret::ApiKey;
+
+/// A pipeline file as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineFile {
+    /// The pipeline's name: keys its checkpoints and fills `{pipeline}`. Default: the file name
+    /// without `.toml`.
+    #[serde(default)]
+    pub name: Option<Spanned<String>>,
+    /// Where events come from.
+    pub source: SourceConfig,
+    /// Where positions are kept.
+    #[serde(default)]
+    pub checkpoint: CheckpointConfig,
+    /// How events are grouped on their way to the sinks.
+    #[serde(default)]
+    pub batch: BatchConfig,
+    /// Where frames that are not events go.
+    #[serde(default)]
+    pub dead_letter: DeadLetterConfig,
+    /// Named sinks; `type` picks the kind.
+    pub sinks: BTreeMap<String, Spanned<SinkConfig>>,
+}
+
+/// `[source]`: the Miosa API and the sandboxes to follow.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// API base URL. Default `https://api.miosa.ai/api/v1`.
+    #[serde(default = "default_base_url")]
+    pub base_url: Spanned<String>,
+    /// The API key, normally `"${MIOSA_API_KEY}"`. A literal key works but is warned about.
+    #[serde(default)]
+    pub api_key: Option<Spanned<String>>,
+    /// A file holding the key (a Kubernetes secret mount, say). Exclusive with `api_key`.
+    #[serde(default)]
+    pub api_key_file: Option<Spanned<String>>,
+    /// Sent as `X-MIOSA-Tenant`.
+    #[serde(default)]
+    pub tenant: Option<String>,
+    /// Sandbox ids to follow.
+    pub sandboxes: Spanned<Vec<String>>,
+    /// `auto` (socket, polling while it cannot be had), `websocket` or `poll`.
+    #[serde(default)]
+    pub transport: Transport,
+    /// Polling cadence on the fallback path.
+    #[serde(default = "default_poll_interval_ms")]
+    pub poll_interval_ms: u64,
+    /// Where a sandbox without a checkpoint begins: `earliest`, `now` or an RFC 3339 time.
+    #[serde(default = "default_start")]
+    pub start: Spanned<String>,
+    /// The key's request budget per minute, shared by every sandbox.
+    #[serde(default = "default_rpm")]
+    pub requests_per_minute: u32,
+    /// Timeout of one HTTP request.
+    #[serde(default = "default_request_timeout_ms")]
+    pub request_timeout_ms: u64,
+    /// Timeout of a connection or socket handshake (the contract says 5 s).
+    #[serde(default = "default_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    /// Page size of catch-up and polling requests (the API's maximum is 100).
+    #[serde(default = "default_page_limit")]
+    pub page_limit: u32,
+    /// How long event ids are remembered to remove overlaps, in event time.
+    #[serde(default = "default_dedupe_window_ms")]
+    pub dedupe_window_ms: u64,
+    /// Longest wait between socket attempts while on the polling fallback.
+    #[serde(default = "default_socket_retry_max_ms")]
+    pub socket_retry_max_ms: u64,
+}
+
+/// The SDKs' documented default.
+fn default_base_url() -> Spanned<String> {
+    Spanned::new(0..0, crate::client::DEFAULT_BASE_URL.to_string())
+}
+/// The SDKs' polling default.
+fn default_poll_interval_ms() -> u64 {
+    2_000
+}
+/// Full history: an archive should not start with a hole.
+fn default_start() -> Spanned<String> {
+    Spanned::new(0..0, "earliest".to_string())
+}
+/// Ten times the documented example budget (60 rpm); set it to your key's.
+fn default_rpm() -> u32 {
+    600
+}
+fn default_request_timeout_ms() -> u64 {
+    30_000
+}
+/// The contract's handshake timeout.
+fn default_connect_timeout_ms() -> u64 {
+    5_000
+}
+/// The API's maximum page.
+fn default_page_limit() -> u32 {
+    100
+}
+/// Five minutes of ids covers every catch-up/socket overlap we have seen.
+fn default_dedupe_window_ms() -> u64 {
+    300_000
+}
+/// The contract's suggested cap.
+fn default_socket_retry_max_ms() -> u64 {
+    300_000
+}
+
+/// `[checkpoint]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointConfig {
+    /// The SQLite file.
+    #[serde(default = "default_checkpoint_path")]
+    pub path: Spanned<String>,
+    /// How often positions are committed.
+    #[serde(default = "default_commit_interval_ms")]
+    pub commit_interval_ms: u64,
+}
+
+impl Default for CheckpointConfig {
+    fn default() -> Self {
+        CheckpointConfig {
+            path: default_checkpoint_path(),
+            commit_interval_ms: default_commit_interval_ms(),
+        }
+    }
+}
+
+fn default_checkpoint_path() -> Spanned<String> {
+    Spanned::new(0..0, "state/checkpoints.db".to_string())
+}
+/// Four commits a second: a restart re-fetches at most a quarter second of events.
+fn default_commit_interval_ms() -> u64 {
+    250
+}
+
+/// `[batch]`: how events are grouped before the sinks.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchConfig {
+    /// A batch closes at this many events…
+    #[serde(default = "default_batch_max_events")]
+    pub max_events: usize,
+    /// …or this long after its first event.
+    #[serde(default = "default_batch_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        BatchConfig {
+            max_events: default_batch_max_events(),
+            timeout_ms: default_batch_timeout_ms(),
+        }
+    }
+}
+
+fn default_batch_max_events() -> usize {
+    2_000
+}
+/// Short enough that a quiet sandbox's events are durable within a fraction of a second.
+fn default_batch_timeout_ms() -> u64 {
+    100
+}
+
+/// `[dead_letter]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeadLetterConfig {
+    /// NDJSON file of payloads that are not events. Default: `dead-letter.ndjson` beside the
+    /// checkpoint database.
+    #[serde(default)]
+    pub path: Option<String>,
+}
+
+/// A sink, picked by `type`.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum SinkConfig {
+    /// NDJSON files.
+    File(FileSinkConfig),
+}
+
+/// One problem in a pipeline file, with where it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The file.
+    pub file: PathBuf,
+    /// 1-based line and column, when known.
+    pub location: Option<(usize, usize)>,
+    /// What is wrong and how to fix it.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.location {
+            Some((line, col)) => {
+                write!(f, "{}:{line}:{col}: {}", self.file.display(), self.message)
+            }
+            None => write!(f, "{}: {}", self.file.display(), self.message),
+        }
+    }
+}
+
+/// Every problem found in one or more files.
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Whether a missing `${VAR}` is an error (`Run`) or a warning (`Validate`, which is offline and
+/// may run where secrets are not set).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LoadMode {
+    /// Loading to run: everything must resolve.
+    Run,
+    /// Loading to validate.
+    Validate,
+}
+
+/// A pipeline, loaded and resolved.
+#[derive(Debug)]
+pub struct Pipeline {
+    /// Its name.
+    pub name: String,
+    /// The file it came from.
+    pub file: PathBuf,
+    /// The API base URL.
+    pub base_url: String,
+    /// The key (absent only when validating without the secret).
+    pub api_key: Option<ApiKey>,
+    /// `X-MIOSA-Tenant`.
+    pub tenant: Option<String>,
+    /// Sandboxes to follow.
+    pub sandboxes: Vec<String>,
+    /// Transport.
+    pub transport: Transport,
+    /// Where new sandboxes begin.
+    pub start: StartAt,
+    /// Polling cadence.
+    pub poll_interval: Duration,
+    /// Request budget.
+    pub requests_per_minute: u32,
+    /// One HTTP request's timeout.
+    pub request_timeout: Duration,
+    /// Handshake timeout.
+    pub connect_timeout: Duration,
+    /// Page size.
+    pub page_limit: u32,
+    /// De-duplication window.
+    pub dedupe_window: Duration,
+    /// Socket retry cap.
+    pub socket_retry_max: Duration,
+    /// The SQLite file.
+    pub checkpoint_path: PathBuf,
+    /// Commit cadence.
+    pub commit_interval: Duration,
+    /// Batch size bound.
+    pub batch_max_events: usize,
+    /// Batch time bound.
+    pub batch_timeout: Duration,
+    /// Dead-letter file.
+    pub dead_letter_path: PathBuf,
+    /// Sinks by name.
+    pub sinks: BTreeMap<String, SinkConfig>,
+    /// Things that work but deserve a look.
+    pub warnings: Vec<String>,
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before
+        .rfind('\n')
+        .map_or(before.len(), |i| before.len() - i - 1)
+        + 1;
+    (line, col)
+}
+
+/// Replace `${VAR}` and `${VAR:-default}` with the environment's values.
+pub fn interpolate(value: &str) -> Result<String, String> {
+    let mut out = String::with_capacity(value.len());
+    let mut rest = value;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let Some(end) = rest[start..].find('}') else {
+            return Err("unclosed `${` (write ${VAR})".into());
+        };
+        let expr = &rest[start + 2..start + end];
+        let (name, default) = match expr.split_once(":-") {
+            Some((n, d)) => (n, Some(d)),
+            None => (expr, None),
+        };
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(format!("`${{{expr}}}` is not a variable name"));
+        }
+        match (std::env::var(name), default) {
+            (Ok(v), _) if !v.is_empty() => out.push_str(&v),
+            (_, Some(d)) => out.push_str(d),
+            _ => return Err(format!("environment variable {name} is not set")),
+        }
+        rest = &rest[start + end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// Load a pipeline file. Every problem found is returned, each with its file and line.
+pub fn load(path: &Path, mode: LoadMode) -> Result<Pipeline, ConfigErrors> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigErrors(vec![ConfigError {
+            file: path.to_path_buf(),
+            location: None,
+            message: format!("cannot read the pipeline file: {e}"),
+        }])
+    })?;
+    parse(path, &text, mode)
+}
+
+/// Parse a pipeline from text (`path` names it in errors and gives the default name).
+pub fn parse(path: &Path, text: &str, mode: LoadMode) -> Result<Pipeline, ConfigErrors> {
+    let mut errors = Vec::new();
+    let mut warnings = Vec::new();
+    let at = |span: std::ops::Range<usize>| -> Option<(usize, usize)> {
+        if span.is_empty() && span.start == 0 {
+            None
+        } else {
+            Some(line_col(text, span.start))
+        }
+    };
+    let err = |errors: &mut Vec<ConfigError>, span: std::ops::Range<usize>, message: String| {
+        errors.push(ConfigError {
+            file: path.to_path_buf(),
+            location: at(span),
+            message,
+        });
+    };
+    let file: PipelineFile = match toml::from_str(text) {
+        Ok(f) => f,
+        Err(e) => {
+            let location = e.span().map(|s| line_col(text, s.start));
+            let mut message = e.message().trim().to_string();
+            if message.starts_with("missing field `sinks`") {
+                message.push_str("; add at least one sink, e.g. [sinks.archive] type = \"file\"");
+            }
+            return Err(ConfigErrors(vec![ConfigError {
+                file: path.to_path_buf(),
+                location,
+                message,
+            }]));
+        }
+    };
+
+    let name = match &file.name {
+        Some(n) => n.get_ref().clone(),
+        None => path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "pipeline".into()),
+    };
+    if name.is_empty() {
+        err(
+            &mut errors,
+            file.name.as_ref().map_or(0..0, |n| n.span()),
+            "name must not be empty".into(),
+        );
+    }
+
+    let src = &file.source;
+    let base_url = match interpolate(src.base_url.get_ref()) {
+        Ok(u) => {
+            match url::Url::parse(&u) {
+                Ok(parsed) if matches!(parsed.scheme(), "http" | "https") => {}
+                Ok(parsed) => err(
+                    &mut errors,
+                    src.base_url.span(),
+                    format!(
+                        "base_url must be http:// or https://, not {}://",
+                        parsed.scheme()
+                    ),
+                ),
+                Err(e) => err(
+                    &mut errors,
+                    src.base_url.span(),
+                    format!("base_url {u:?} is not a URL: {e}"),
+                ),
+            }
+            u
+        }
+        Err(m) => {
+            err(&mut errors, src.base_url.span(), format!("base_url: {m}"));
+            String::new()
+        }
+    };
+
+    let mut api_key = None;
+    match (&src.api_key, &src.api_key_file) {
+        (Some(k), Some(f)) => {
+            err(&mut errors, f.span(), "set api_key or api_key_file, not both".into());
+            let _ = k;
+        }
+        (Some(k), None) => {
+            if !k.get_ref().contains("${") {
+                warnings.push(format!(
+                    "{}:{}: the API key is written literally in the pipeline file; use api_key = \"${{MIOSA_API_KEY}}\" or api_key_file",
+                    path.display(),
+                    at(k.span()).map_or(0, |l| l.0)
+                ));
+            }
+            match interpolate(k.get_ref()) {
+                Ok(v) if !v.trim().is_empty() => api_key = Some(ApiKey::new(v)),
+                Ok(_) => err(&mut errors, k.span(), "api_key is empty".into()),
+                Err(m) if mode == LoadMode::Validate => warnings.push(format!("{}: api_key: {m} (needed to run)", path.display())),
+                Err(m) => err(&mut errors, k.span(), format!("api_key: {m}; export it before running")),
+            }
+        }
+        (None, Some(f)) => match interpolate(f.get_ref()) {
+            Ok(p) => match std::fs::read_to_string(&p) {
+                Ok(v) if !v.trim().is_empty() => api_key = Some(ApiKey::new(v)),
+                Ok(_) => err(&mut errors, f.span(), format!("api_key_file {p:?} is empty")),
+                Err(e) if mode == LoadMode::Validate => warnings.push(format!("{}: api_key_file {p:?}: {e} (needed to run)", path.display())),
+                Err(e) => err(&mut errors, f.span(), format!("cannot read api_key_file {p:?}: {e}")),
+            },
+            Err(m) => err(&mut errors, f.span(), format!("api_key_file: {m}")),
+        },
+        (None, None) => match std::env::var("MIOSA_API_KEY") {
+            Ok(v) if !v.trim().is_empty() => api_key = Some(ApiKey::new(v)),
+            _ if mode == LoadMode::Validate => warnings.push(format!(
+                "{}: no api_key in [source]; MIOSA_API_KEY will be read when running",
+                path.display()
+            )),
+            _ => err(&mut errors, 0..0, "no API key: set api_key = \"${MIOSA_API_KEY}\" (or api_key_file) in [source], or export MIOSA_API_KEY".into()),
+        },
+    }
+
+    let sandboxes = src.sandboxes.get_ref().clone();
+    if sandboxes.is_empty() {
+        err(
+            &mut errors,
+            src.sandboxes.span(),
+            "sandboxes is empty; list the sandbox ids to follow".into(),
+        );
+    }
+    let mut seen = std::collections::HashSet::new();
+    for s in &sandboxes {
+        if s.is_empty() {
+            err(
+                &mut errors,
+                src.sandboxes.span(),
+                "a sandbox id is empty".into(),
+            );
+        } else if !seen.insert(s) {
+            err(
+                &mut errors,
+                src.sandboxes.span(),
+                format!("sandbox {s:?} is listed twice"),
+            );
+        }
+    }
+
+    let start = match src.start.get_ref().as_str() {
+        "earliest" => StartAt::Earliest,
+        "now" => StartAt::Now,
+        other => match parse_time(other) {
+            Some(t) => StartAt::Time(t),
+            None => {
+                err(&mut errors, src.start.span(), format!("start {other:?} is not `earliest`, `now` or an RFC 3339 time like 2026-11-01T00:00:00Z"));
+                StartAt::Earliest
+            }
+        },
+    };
+
+    for (value, name, min) in [
+        (src.poll_interval_ms, "poll_interval_ms", 50),
+        (src.request_timeout_ms, "request_timeout_ms", 100),
+        (src.connect_timeout_ms, "connect_timeout_ms", 100),
+        (file.checkpoint.commit_interval_ms, "commit_interval_ms", 1),
+        (file.batch.timeout_ms, "timeout_ms", 1),
+    ] {
+        if value < min {
+            err(
+                &mut errors,
+                0..0,
+                format!("{name} = {value} is too small; use at least {min}"),
+            );
+        }
+    }
+    if src.requests_per_minute == 0 {
+        err(
+            &mut errors,
+            0..0,
+            "requests_per_minute must be at least 1".into(),
+        );
+    }
+    if !(1..=1000).contains(&src.page_limit) {
+        err(
+            &mut errors,
+            0..0,
+            format!("page_limit = {} must be between 1 and 1000", src.page_limit),
+        );
+    }
+    if file.batch.max_events == 0 {
+        err(
+            &mut errors,
+            0..0,
+            "batch.max_events must be at least 1".into(),
+        );
+    }
+
+    let checkpoint_path = match interpolate(file.checkpoint.path.get_ref()) {
+        Ok(p) if !p.is_empty() => PathBuf::from(p),
+        Ok(_) => {
+            err(
+                &mut errors,
+                file.checkpoint.path.span(),
+                "checkpoint.path is empty".into(),
+            );
+            PathBuf::new()
+        }
+        Err(m) => {
+            err(
+                &mut errors,
+                file.checkpoint.path.span(),
+                format!("checkpoint.path: {m}"),
+            );
+            PathBuf::new()
+        }
+    };
+    let dead_letter_path = match &file.dead_letter.path {
+        Some(p) => match interpolate(p) {
+            Ok(p) => PathBuf::from(p),
+            Err(m) => {
+                err(&mut errors, 0..0, format!("dead_letter.path: {m}"));
+                PathBuf::new()
+            }
+        },
+        None => checkpoint_path.with_file_name("dead-letter.ndjson"),
+    };
+
+    if file.sinks.is_empty() {
+        err(
+            &mut errors,
+            0..0,
+            "no sinks; add one, e.g. [sinks.archive] type = \"file\"".into(),
+        );
+    }
+    let mut sinks = BTreeMap::new();
+    for (sink_name, sink) in file.sinks {
+        let span = sink.span();
+        let mut sink = sink.into_inner();
+        match &mut sink {
+            SinkConfig::File(f) => match interpolate(&f.path) {
+                Ok(p) => {
+                    f.path = p;
+                    if let Err(m) = f.validate() {
+                        err(&mut errors, span.clone(), format!("sinks.{sink_name}: {m}"));
+                    }
+                }
+                Err(m) => err(
+                    &mut errors,
+                    span.clone(),
+                    format!("sinks.{sink_name}.path: {m}"),
+                ),
+            },
+        }
+        sinks.insert(sink_name, sink);
+    }
+
+    if !errors.is_empty() {
+        return Err(ConfigErrors(errors));
+    }
+    Ok(Pipeline {
+        name,
+        file: path.to_path_buf(),
+        base_url,
+        api_key,
+        tenant: src.tenant.clone(),
+        sandboxes,
+        transport: src.transport,
+        start,
+        poll_interval: Duration::from_millis(src.poll_interval_ms),
+        requests_per_minute: src.requests_per_minute,
+        request_timeout: Duration::from_millis(src.request_timeout_ms),
+        connect_timeout: Duration::from_millis(src.connect_timeout_ms),
+        page_limit: src.page_limit,
+        dedupe_window: Duration::from_millis(src.dedupe_window_ms),
+        socket_retry_max: Duration::from_millis(src.socket_retry_max_ms),
+        checkpoint_path,
+        commit_interval: Duration::from_millis(file.checkpoint.commit_interval_ms),
+        batch_max_events: file.batch.max_events,
+        batch_timeout: Duration::from_millis(file.batch.timeout_ms),
+        dead_letter_path,
+        sinks,
+        warnings,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[source]
+base_url = "http://127.0.0.1:1/api/v1"
+api_key = "${AUDITSHIP_TEST_KEY_GOOD}"
+sandboxes = ["sb-1", "sb/2"]
+transport = "poll"
+start = "2026-11-01T00:00:00Z"
+
+[checkpoint]
+path = "state/cp.db"
+
+[sinks.archive]
+type = "file"
+path = "archive/{resource_id}/{date}.ndjson"
+compression = "zstd"
+"#;
+
+    #[test]
+    fn a_good_pipeline_resolves() {
+        std::env::set_var("AUDITSHIP_TEST_KEY_GOOD", "msk_test_123");
+        let p = parse(Path::new("pipes/good.toml"), GOOD, LoadMode::Run).unwrap();
+        assert_eq!(p.name, "good");
+        assert_eq!(p.api_key.unwrap().expose(), "msk_test_123");
+        assert_eq!(p.transport, Transport::Poll);
+        assert_eq!(
+            p.start,
+            StartAt::Time(parse_time("2026-11-01T00:00:00Z").unwrap())
+        );
+        assert_eq!(
+            p.dead_letter_path,
+            PathBuf::from("state/dead-letter.ndjson")
+        );
+        assert!(p.warnings.is_empty(), "{:?}", p.warnings);
+    }
+
+    #[test]
+    fn unknown_keys_name_file_line_and_column() {
+        let text = GOOD.replace("transport = \"poll\"", "transprot = \"poll\"");
+        let e = parse(Path::new("p.toml"), &text, LoadMode::Validate).unwrap_err();
+        let shown = e.to_string();
+        assert!(
+            shown.starts_with("p.toml:6:1: unknown field `transprot`"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn bad_values_are_errors_with_lines() {
+        let text = GOOD
+            .replace("\"2026-11-01T00:00:00Z\"", "\"yesterday\"")
+            .replace("{date}", "{day}");
+        let e = parse(Path::new("p.toml"), &text, LoadMode::Validate).unwrap_err();
+        assert_eq!(e.0.len(), 2, "{e}");
+        assert!(
+            e.0[0]
+                .to_string()
+                .starts_with("p.toml:7:9: start \"yesterday\""),
+            "{e}"
+        );
+        assert!(
+            e.0[1].to_string().contains("unknown placeholder `{day}`"),
+            "{e}"
+        );
+        let text = GOOD.replace("\"poll\"", "\"carrier-pigeon\"");
+        let e = parse(Path::new("p.toml"), &text, LoadMode::Validate).unwrap_err();
+        assert!(e.to_string().starts_with("p.toml:6:13:"), "{e}");
+    }
+
+    #[test]
+    fn missing_variables_fail_runs_but_only_warn_validation() {
+        let text = GOOD.replace("AUDITSHIP_TEST_KEY_GOOD", "AUDITSHIP_TEST_KEY_UNSET");
+        let e = parse(Path::new("p.toml"), &text, LoadMode::Run).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("AUDITSHIP_TEST_KEY_UNSET is not set"),
+            "{e}"
+        );
+        let p = parse(Path::new("p.toml"), &text, LoadMode::Validate).unwrap();
+        assert!(p.warnings[0].contains("needed to run"));
+    }
+
+    #[test]
+    fn a_literal_key_works_but_is_warned_about_without_printing_it() {
+        let text = GOOD.replace("${AUDITSHIP_TEST_KEY_GOOD}", "msk_live_literal");
+        let p = parse(Path::new("p.toml"), &text, LoadMode::Run).unwrap();
+        assert_eq!(p.api_key.unwrap().expose(), "msk_live_literal");
+        assert!(p.warnings[0].contains("literally"));
+        assert!(!p.warnings[0].contains("msk_live_literal"));
+    }
+
+    #[test]
+    fn interpolation() {
+        std::env::set_var("AUDITSHIP_TEST_X", "x");
+        assert_eq!(interpolate("a${AUDITSHIP_TEST_X}b").unwrap(), "axb");
+        assert_eq!(interpolate("${AUDITSHIP_TEST_NOPE:-dflt}").unwrap(), "dflt");
+        assert!(interpolate("${AUDITSHIP_TEST_NOPE}").is_err());
+        assert!(interpolate("${bad name}").is_err());
+    }
+}

@@ -1,1 +1,937 @@
-//! todo
+//! The pipeline runner.
+//!
+//! ```text
+//! per sandbox:  source ──(bounded mpsc)──▶ batcher ──(bounded, per sink)──▶ sink task
+//!                                            │ batch positions                 │ acks (through batch N,
+//!                                            ▼                                 ▼  + sink state)
+//!                                        checkpointer ──▶ SQLite (one transaction: positions + sink state)
+//! ```
+//! - Every channel is bounded: a slow sink blocks the batcher, which blocks the sources, which
+//!   stop reading their sockets; TCP pushes back to the server. Memory stays bounded.
+//! - The batcher numbers batches and records, for each, the position every touched sandbox has
+//!   reached (newest cursor time and the ids at it). It tells the checkpointer *before* any sink
+//!   sees the batch, so an ack never arrives for an unknown batch.
+//! - A sink acknowledges "through batch N" only after N is durable, with the state entries (file
+//!   lengths) that describe exactly that point.
+//! - Every `commit_interval` the checkpointer finds W, the highest batch every sink has
+//!   acknowledged, and commits the positions of batches ≤ W with the sinks' state as of W in one
+//!   transaction. A crash at any moment leaves positions and sink state that agree.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::fs::OpenOptions;
+use std::io::Write as _;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use auditship_sink::{Batch, Event, Sink, SinkContext, SinkError, StateEntry};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::checkpoint::{Checkpoint, Commit, Store, StoreError};
+use crate::client::{
+    format_time, ActiveTransport, Backoff, Client, Position, StartAt, TailOptions,
+};
+use crate::config::{Pipeline, SinkConfig};
+use crate::secret::ApiKey;
+use crate::source::{self, DeadLetter, SourceEnd, SourceKind, SourceMsg};
+
+/// Errors that stop a pipeline. [`PipelineError::is_retryable`] says whether running it again
+/// later can help (cron uses the exit code built from it).
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// The configuration cannot work.
+    #[error("{0}")]
+    Config(String),
+    /// The checkpoint store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A sink failed in a way waiting will not fix.
+    #[error("sink {sink:?}: {source}")]
+    Sink {
+        /// The sink's name.
+        sink: String,
+        /// What failed.
+        #[source]
+        source: SinkError,
+    },
+    /// The Miosa API refused us in a way waiting will not fix (a bad key, say).
+    #[error("sandbox {resource_id}: {source}")]
+    Source {
+        /// The sandbox.
+        resource_id: String,
+        /// What failed.
+        #[source]
+        source: crate::client::Error,
+    },
+    /// Building the client failed.
+    #[error(transparent)]
+    Client(#[from] crate::client::Error),
+}
+
+impl PipelineError {
+    /// Whether running again later can succeed without a change of configuration.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            PipelineError::Config(_) | PipelineError::Client(_) => false,
+            PipelineError::Store(e) => e.is_retryable() || matches!(e, StoreError::Locked { .. }),
+            PipelineError::Sink { source, .. } => source.is_retryable(),
+            PipelineError::Source { source, .. } => source.is_retryable(),
+        }
+    }
+}
+
+/// A window of the past for `auditship backfill`.
+#[derive(Clone, Debug)]
+pub struct Window {
+    /// Inclusive start, µs since the Unix epoch.
+    pub since_us: i64,
+    /// Inclusive end; `None` means "now, whenever the run happens".
+    pub until_us: Option<i64>,
+    /// Sandboxes to backfill; empty means every sandbox of the pipeline.
+    pub sandboxes: Vec<String>,
+}
+
+impl Window {
+    /// The checkpoint stream of this window: its progress is kept apart from the live
+    /// checkpoint, so a backfill never moves a live position.
+    pub fn stream_key(&self) -> String {
+        format!(
+            "backfill:{}:{}",
+            format_time(self.since_us),
+            self.until_us
+                .map_or_else(|| "open".to_string(), format_time)
+        )
+    }
+}
+
+/// Live or backfill.
+#[derive(Clone, Debug)]
+pub enum Mode {
+    /// Follow the sandboxes until stopped.
+    Live,
+    /// Ship a window and stop.
+    Backfill(Window),
+}
+
+/// Counters a caller can watch while the pipeline runs (the backfill progress bar does).
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Events handed to the sinks.
+    pub emitted: AtomicU64,
+    /// Events whose checkpoint has committed.
+    pub committed: AtomicU64,
+    /// Payloads dead-lettered.
+    pub dead_lettered: AtomicU64,
+}
+
+/// How to run.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// Live or backfill.
+    pub mode: Mode,
+    /// Cancel to drain and stop.
+    pub shutdown: CancellationToken,
+    /// Counters to watch.
+    pub progress: Arc<Progress>,
+    /// How long a drain may take before pending work is abandoned (it is safe: nothing past
+    /// the last commit counts as shipped).
+    pub drain_timeout: Duration,
+}
+
+impl RunOptions {
+    /// Options for `mode` with a fresh token and counters and an 8 s drain (inside the 10 s a
+    /// service manager usually allows).
+    pub fn new(mode: Mode) -> Self {
+        RunOptions {
+            mode,
+            shutdown: CancellationToken::new(),
+            progress: Arc::new(Progress::default()),
+            drain_timeout: Duration::from_secs(8),
+        }
+    }
+}
+
+/// What a run did.
+#[derive(Debug, Default)]
+pub struct RunReport {
+    /// The pipeline.
+    pub pipeline: String,
+    /// Per sandbox: events committed this run.
+    pub shipped: BTreeMap<String, u64>,
+    /// Per sandbox: the transport it ended on (live runs).
+    pub transports: BTreeMap<String, ActiveTransport>,
+    /// Sandboxes that stopped early, with why.
+    pub stopped: BTreeMap<String, String>,
+    /// Payloads dead-lettered.
+    pub dead_lettered: u64,
+    /// The dead-letter file.
+    pub dead_letter_path: PathBuf,
+    /// Whether every source finished its work (always false for a live run stopped by signal).
+    pub complete: bool,
+}
+
+/// Build the API client of a pipeline.
+pub fn client_for(p: &Pipeline) -> Result<Client, PipelineError> {
+    let key: ApiKey = p.api_key.clone().ok_or_else(|| {
+        PipelineError::Config(format!(
+            "{}: no API key; set api_key = \"${{MIOSA_API_KEY}}\" in [source] and export the variable",
+            p.file.display()
+        ))
+    })?;
+    let mut b = Client::builder()
+        .base_url(&p.base_url)
+        .api_key(key)
+        .requests_per_minute(p.requests_per_minute)
+        .timeout(p.request_timeout)
+        .connect_timeout(p.connect_timeout);
+    if let Some(t) = &p.tenant {
+        b = b.tenant(t);
+    }
+    Ok(b.build()?)
+}
+
+fn build_sink(cfg: &SinkConfig, ctx: SinkContext) -> Result<Box<dyn Sink>, SinkError> {
+    match cfg {
+        SinkConfig::File(c) => Ok(Box::new(auditship_sink_file::FileSink::open(
+            c.clone(),
+            ctx,
+        )?)),
+    }
+}
+
+/// Where one sandbox stands, as events pass the batcher.
+#[derive(Clone, Debug, Default)]
+struct Running {
+    cursor_us: Option<i64>,
+    ties: Vec<Arc<str>>,
+    last_id: Option<Arc<str>>,
+    shipped: u64,
+    /// Whether the open batch holds an event of this sandbox.
+    in_batch: bool,
+}
+
+impl Running {
+    fn from_checkpoint(c: &Checkpoint) -> Self {
+        Running {
+            cursor_us: c.cursor_us,
+            ties: c.tie_ids.iter().map(|s| Arc::from(s.as_str())).collect(),
+            last_id: c.last_event_id.as_deref().map(Arc::from),
+            shipped: c.events_shipped,
+            in_batch: false,
+        }
+    }
+
+    fn advance(&mut self, e: &Event) {
+        match (e.cursor_us, self.cursor_us) {
+            (Some(c), Some(p)) if c > p => {
+                self.cursor_us = Some(c);
+                self.ties.clear();
+                self.ties.push(e.id.clone());
+            }
+            (Some(c), None) => {
+                self.cursor_us = Some(c);
+                self.ties.clear();
+                self.ties.push(e.id.clone());
+            }
+            (Some(c), Some(p)) if c < p => {}
+            // Same cursor time, or an event without one (it cannot move the cursor; remember
+            // its id at the current one so a resume skips it).
+            _ => self.ties.push(e.id.clone()),
+        }
+        self.last_id = Some(e.id.clone());
+        self.shipped += 1;
+    }
+
+    fn checkpoint(&self, resource_id: &str) -> Checkpoint {
+        Checkpoint {
+            resource_id: resource_id.to_string(),
+            last_event_id: self.last_id.as_deref().map(str::to_string),
+            cursor_us: self.cursor_us,
+            tie_ids: self.ties.iter().map(|s| s.to_string()).collect(),
+            events_shipped: self.shipped,
+            updated_at_us: chrono::Utc::now().timestamp_micros(),
+        }
+    }
+}
+
+enum CkMsg {
+    /// A new batch and the positions it brings (sent before any sink sees it).
+    Batch {
+        number: u64,
+        positions: Vec<Checkpoint>,
+        events: u64,
+    },
+    /// Sink `sink` has made every batch through `through` durable; `state` describes that point.
+    Ack {
+        sink: usize,
+        through: u64,
+        state: Vec<StateEntry>,
+    },
+}
+
+/// Run a pipeline until it is stopped (live) or its window is shipped (backfill).
+pub async fn run(p: &Pipeline, opts: RunOptions) -> Result<RunReport, PipelineError> {
+    let client = client_for(p)?;
+    let store = Store::open(&p.checkpoint_path)?;
+    let _lock = store.lock(&p.name)?;
+    let stream_key = match &opts.mode {
+        Mode::Live => "live".to_string(),
+        Mode::Backfill(w) => w.stream_key(),
+    };
+    let loaded = store.load(&p.name, &stream_key).await?;
+
+    // Sinks first: they roll their output back to the last commit before anything new arrives.
+    let mut sinks: Vec<(String, Box<dyn Sink>)> = Vec::new();
+    for (name, cfg) in &p.sinks {
+        let recovered = store.sink_state(&p.name, name).await?;
+        let ctx = SinkContext {
+            pipeline: p.name.clone(),
+            sink: name.clone(),
+            recovered,
+            registry: store.registry(&p.name, name),
+        };
+        let cfg_owned = cfg_clone(cfg);
+        let built = tokio::task::spawn_blocking(move || build_sink(&cfg_owned, ctx))
+            .await
+            .map_err(|e| PipelineError::Config(format!("building sink {name}: {e}")))?;
+        let sink = built.map_err(|source| PipelineError::Sink {
+            sink: name.clone(),
+            source,
+        })?;
+        sinks.push((name.clone(), sink));
+    }
+
+    let sandboxes: Vec<String> = match &opts.mode {
+        Mode::Backfill(w) if !w.sandboxes.is_empty() => w.sandboxes.clone(),
+        _ => p.sandboxes.clone(),
+    };
+    let (fatal_tx, mut fatal_rx) = mpsc::unbounded_channel::<PipelineError>();
+    let (ck_tx, ck_rx) = mpsc::unbounded_channel::<CkMsg>();
+    let (src_tx, src_rx) = mpsc::channel::<SourceMsg>(8_192);
+    let (dl_tx, dl_rx) = mpsc::unbounded_channel::<DeadLetter>();
+    // Sinks stop retrying on this token; sources stop on `sources_stop`.
+    let abandon = CancellationToken::new();
+    let sources_stop = CancellationToken::new();
+
+    let dead_letters = tokio::spawn(dead_letter_task(
+        p.dead_letter_path.clone(),
+        p.name.clone(),
+        client.key().clone(),
+        dl_rx,
+        opts.progress.clone(),
+    ));
+
+    let mut sink_txs = Vec::new();
+    let mut sink_tasks = JoinSet::new();
+    let sink_names: Vec<String> = sinks.iter().map(|(n, _)| n.clone()).collect();
+    for (idx, (name, sink)) in sinks.into_iter().enumerate() {
+        let (tx, rx) = mpsc::channel::<Arc<Batch>>(4);
+        sink_txs.push(tx);
+        sink_tasks.spawn(sink_task(
+            idx,
+            name,
+            sink,
+            rx,
+            ck_tx.clone(),
+            fatal_tx.clone(),
+            abandon.clone(),
+        ));
+    }
+
+    let running: HashMap<Arc<str>, Running> = loaded
+        .iter()
+        .map(|(rid, c)| (Arc::from(rid.as_str()), Running::from_checkpoint(c)))
+        .collect();
+    let initial_shipped: HashMap<String, u64> = loaded
+        .iter()
+        .map(|(k, c)| (k.clone(), c.events_shipped))
+        .collect();
+    let batcher = tokio::spawn(batcher_task(
+        src_rx,
+        sink_txs,
+        ck_tx.clone(),
+        dl_tx,
+        running,
+        p.batch_max_events,
+        p.batch_timeout,
+        opts.progress.clone(),
+    ));
+    drop(ck_tx);
+    let checkpointer = tokio::spawn(checkpointer_task(
+        store.clone(),
+        p.name.clone(),
+        stream_key.clone(),
+        sink_names.clone(),
+        ck_rx,
+        p.commit_interval,
+        opts.progress.clone(),
+        fatal_tx.clone(),
+    ));
+
+    let mut sources = JoinSet::new();
+    for rid in &sandboxes {
+        let start = match loaded.get(rid) {
+            Some(c) => StartAt::Position(Position {
+                cursor_us: c.cursor_us,
+                ids_at_cursor: c.tie_ids.iter().map(|s| Arc::from(s.as_str())).collect(),
+            }),
+            None => match &opts.mode {
+                Mode::Live => p.start.clone(),
+                Mode::Backfill(w) => StartAt::Time(w.since_us),
+            },
+        };
+        let kind = match &opts.mode {
+            Mode::Live => SourceKind::Live(TailOptions {
+                poll_interval: p.poll_interval,
+                transport: p.transport,
+                start,
+                page_limit: p.page_limit,
+                dedupe_window: p.dedupe_window,
+                socket_retry_max: p.socket_retry_max,
+                ..TailOptions::default()
+            }),
+            Mode::Backfill(w) => SourceKind::Window {
+                start,
+                until: Some(format_time(
+                    w.until_us
+                        .unwrap_or_else(|| chrono::Utc::now().timestamp_micros()),
+                )),
+                page_limit: p.page_limit,
+            },
+        };
+        sources.spawn(source::run(
+            client.clone(),
+            Arc::from(rid.as_str()),
+            kind,
+            src_tx.clone(),
+            sources_stop.clone(),
+        ));
+    }
+    drop(src_tx);
+    tracing::info!(pipeline = %p.name, sandboxes = sandboxes.len(), sinks = sink_names.len(), stream = %stream_key, "pipeline started");
+
+    // Wait for a stop request, a fatal error, or every source to end.
+    let mut report = RunReport {
+        pipeline: p.name.clone(),
+        dead_letter_path: p.dead_letter_path.clone(),
+        ..Default::default()
+    };
+    let mut fatal: Option<PipelineError> = None;
+    let mut finished_sources = 0usize;
+    let total_sources = sandboxes.len();
+    loop {
+        tokio::select! {
+            _ = opts.shutdown.cancelled() => {
+                tracing::info!(pipeline = %p.name, "stopping: draining sources and sinks");
+                break;
+            }
+            Some(e) = fatal_rx.recv() => {
+                tracing::error!(pipeline = %p.name, error = %e, "pipeline stopping on a fatal error");
+                fatal = Some(e);
+                break;
+            }
+            joined = sources.join_next(), if finished_sources < total_sources => {
+                finished_sources += 1;
+                if let Some(Ok(r)) = joined {
+                    record_source(&mut report, r, &mut fatal);
+                }
+                if fatal.is_some() || finished_sources == total_sources {
+                    break;
+                }
+            }
+        }
+    }
+
+    // Drain: stop sources; the batcher closes its last batch when their channel closes, sinks
+    // flush it, the checkpointer commits what every sink acknowledged.
+    sources_stop.cancel();
+    let drain = async {
+        while let Some(joined) = sources.join_next().await {
+            if let Ok(r) = joined {
+                record_source(&mut report, r, &mut fatal);
+            }
+        }
+        let _ = batcher.await;
+        while sink_tasks.join_next().await.is_some() {}
+        let _ = checkpointer.await;
+        let _ = dead_letters.await;
+    };
+    if tokio::time::timeout(opts.drain_timeout, drain)
+        .await
+        .is_err()
+    {
+        tracing::warn!(pipeline = %p.name, "drain timed out; work past the last commit will be shipped again on the next start");
+        abandon.cancel();
+    }
+    abandon.cancel();
+    while let Ok(e) = fatal_rx.try_recv() {
+        fatal.get_or_insert(e);
+    }
+    if let Some(e) = fatal {
+        return Err(e);
+    }
+
+    let committed = store.load(&p.name, &stream_key).await?;
+    for rid in &sandboxes {
+        let now = committed.get(rid).map_or(0, |c| c.events_shipped);
+        let before = initial_shipped.get(rid).copied().unwrap_or(0);
+        report
+            .shipped
+            .insert(rid.clone(), now.saturating_sub(before));
+    }
+    report.dead_lettered = opts.progress.dead_lettered.load(Ordering::Relaxed);
+    report.complete = matches!(opts.mode, Mode::Backfill(_))
+        && report.stopped.is_empty()
+        && finished_sources == total_sources
+        && !opts.shutdown.is_cancelled();
+    Ok(report)
+}
+
+fn cfg_clone(cfg: &SinkConfig) -> SinkConfig {
+    match cfg {
+        SinkConfig::File(c) => SinkConfig::File(c.clone()),
+    }
+}
+
+fn record_source(
+    report: &mut RunReport,
+    r: source::SourceReport,
+    fatal: &mut Option<PipelineError>,
+) {
+    if let Some(t) = r.transport {
+        report.transports.insert(r.resource_id.to_string(), t);
+    }
+    match r.end {
+        SourceEnd::Stopped | SourceEnd::Finished => {}
+        SourceEnd::Deleted => {
+            report.stopped.insert(
+                r.resource_id.to_string(),
+                "sandbox not found (deleted?)".into(),
+            );
+        }
+        SourceEnd::Fatal(e) => {
+            report
+                .stopped
+                .insert(r.resource_id.to_string(), e.to_string());
+            if fatal.is_none() {
+                *fatal = Some(PipelineError::Source {
+                    resource_id: r.resource_id.to_string(),
+                    source: e,
+                });
+            }
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn batcher_task(
+    mut rx: mpsc::Receiver<SourceMsg>,
+    sinks: Vec<mpsc::Sender<Arc<Batch>>>,
+    ck: mpsc::UnboundedSender<CkMsg>,
+    dead_letters: mpsc::UnboundedSender<DeadLetter>,
+    mut running: HashMap<Arc<str>, Running>,
+    max_events: usize,
+    timeout: Duration,
+    progress: Arc<Progress>,
+) {
+    let mut number: u64 = 0;
+    let mut events: Vec<Event> = Vec::with_capacity(max_events.min(65_536));
+    let mut touched: Vec<Arc<str>> = Vec::new();
+    let mut deadline = Instant::now() + timeout;
+    loop {
+        let msg = if events.is_empty() {
+            rx.recv().await
+        } else {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(m) => m,
+                Err(_) => {
+                    number += 1;
+                    if !close_batch(
+                        number,
+                        &mut events,
+                        &mut touched,
+                        &mut running,
+                        &sinks,
+                        &ck,
+                        &progress,
+                    )
+                    .await
+                    {
+                        return;
+                    }
+                    continue;
+                }
+            }
+        };
+        match msg {
+            Some(SourceMsg::Event(e)) => {
+                if events.is_empty() {
+                    deadline = Instant::now() + timeout;
+                }
+                let r = running.entry(e.resource_id.clone()).or_default();
+                if !r.in_batch {
+                    r.in_batch = true;
+                    touched.push(e.resource_id.clone());
+                }
+                r.advance(&e);
+                events.push(e);
+                if events.len() >= max_events {
+                    number += 1;
+                    if !close_batch(
+                        number,
+                        &mut events,
+                        &mut touched,
+                        &mut running,
+                        &sinks,
+                        &ck,
+                        &progress,
+                    )
+                    .await
+                    {
+                        return;
+                    }
+                }
+            }
+            Some(SourceMsg::DeadLetter(d)) => {
+                let _ = dead_letters.send(d);
+            }
+            None => {
+                if !events.is_empty() {
+                    number += 1;
+                    close_batch(
+                        number,
+                        &mut events,
+                        &mut touched,
+                        &mut running,
+                        &sinks,
+                        &ck,
+                        &progress,
+                    )
+                    .await;
+                }
+                return;
+            }
+        }
+    }
+}
+
+/// Hand a batch to the checkpointer (positions) and then to every sink. `false` when the sinks
+/// are gone (a fatal sink error): the batcher stops.
+async fn close_batch(
+    number: u64,
+    events: &mut Vec<Event>,
+    touched: &mut Vec<Arc<str>>,
+    running: &mut HashMap<Arc<str>, Running>,
+    sinks: &[mpsc::Sender<Arc<Batch>>],
+    ck: &mpsc::UnboundedSender<CkMsg>,
+    progress: &Progress,
+) -> bool {
+    let positions = touched
+        .drain(..)
+        .filter_map(|rid| {
+            running.get_mut(&rid).map(|r| {
+                r.in_batch = false;
+                r.checkpoint(&rid)
+            })
+        })
+        .collect();
+    let count = events.len() as u64;
+    let batch = Arc::new(Batch {
+        number,
+        events: std::mem::take(events),
+    });
+    if ck
+        .send(CkMsg::Batch {
+            number,
+            positions,
+            events: count,
+        })
+        .is_err()
+    {
+        return false;
+    }
+    for sink in sinks {
+        if sink.send(batch.clone()).await.is_err() {
+            return false;
+        }
+    }
+    progress.emitted.fetch_add(count, Ordering::Relaxed);
+    crate::metrics::EVENTS_EMITTED.add(count);
+    true
+}
+
+/// Most batches one flush covers: bounds memory held for a retry.
+const MAX_UNFLUSHED_BATCHES: usize = 64;
+
+/// Write batches to one sink and acknowledge them once durable.
+///
+/// Group commit: the task takes every batch already queued (up to a bound), writes them, and
+/// flushes once, so a busy pipeline pays one fsync for many batches and a quiet one flushes each
+/// batch at once. On a retryable failure the sink is reset to its last durable state and the
+/// same batches are written again after a backoff, forever, until the pipeline is abandoned; a
+/// failure that waiting cannot fix stops the pipeline.
+async fn sink_task(
+    idx: usize,
+    name: String,
+    mut sink: Box<dyn Sink>,
+    mut rx: mpsc::Receiver<Arc<Batch>>,
+    ck: mpsc::UnboundedSender<CkMsg>,
+    fatal: mpsc::UnboundedSender<PipelineError>,
+    abandon: CancellationToken,
+) {
+    let mut unflushed: Vec<Arc<Batch>> = Vec::new();
+    loop {
+        let first = tokio::select! {
+            b = rx.recv() => b,
+            _ = abandon.cancelled() => None,
+        };
+        let Some(first) = first else { break };
+        unflushed.push(first);
+        while unflushed.len() < MAX_UNFLUSHED_BATCHES {
+            match rx.try_recv() {
+                Ok(b) => unflushed.push(b),
+                Err(_) => break,
+            }
+        }
+        match write_durably(&name, sink.as_mut(), &unflushed, &abandon).await {
+            Ok(state) => {
+                let through = unflushed.last().map_or(0, |b| b.number);
+                unflushed.clear();
+                if ck
+                    .send(CkMsg::Ack {
+                        sink: idx,
+                        through,
+                        state,
+                    })
+                    .is_err()
+                {
+                    break;
+                }
+            }
+            Err(Some(source)) => {
+                let _ = fatal.send(PipelineError::Sink {
+                    sink: name.clone(),
+                    source,
+                });
+                break;
+            }
+            Err(None) => break,
+        }
+    }
+    let _ = idx;
+}
+
+/// `Err(None)`: abandoned while retrying.
+async fn write_durably(
+    name: &str,
+    sink: &mut dyn Sink,
+    batches: &[Arc<Batch>],
+    abandon: &CancellationToken,
+) -> Result<Vec<StateEntry>, Option<SinkError>> {
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
+    let mut failures: u32 = 0;
+    let mut last_warn: Option<Instant> = None;
+    loop {
+        let attempt = async {
+            for b in batches {
+                sink.write(b.clone()).await?;
+            }
+            sink.flush().await
+        };
+        match attempt.await {
+            Ok(state) => {
+                if failures > 0 {
+                    tracing::info!(
+                        sink = name,
+                        failures,
+                        "sink recovered; writes are durable again"
+                    );
+                }
+                return Ok(state);
+            }
+            Err(e) if e.is_retryable() => {
+                failures += 1;
+                if last_warn.is_none_or(|t| t.elapsed() >= Duration::from_secs(30)) {
+                    tracing::error!(sink = name, failures, error = %e, "sink write failed; checkpoints wait, retrying (data is kept)");
+                    last_warn = Some(Instant::now());
+                }
+                if let Err(reset) = sink.reset().await {
+                    tracing::error!(sink = name, error = %reset, "sink reset failed; retrying");
+                }
+                let delay = backoff.next_delay();
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = abandon.cancelled() => return Err(None),
+                }
+            }
+            Err(e) => return Err(Some(e)),
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn checkpointer_task(
+    store: Store,
+    pipeline: String,
+    stream: String,
+    sink_names: Vec<String>,
+    mut rx: mpsc::UnboundedReceiver<CkMsg>,
+    interval: Duration,
+    progress: Arc<Progress>,
+    fatal: mpsc::UnboundedSender<PipelineError>,
+) {
+    let sink_count = sink_names.len();
+    let mut pending: VecDeque<(u64, Vec<Checkpoint>, u64)> = VecDeque::new();
+    let mut acked: Vec<u64> = vec![0; sink_count];
+    let mut states: Vec<VecDeque<(u64, Vec<StateEntry>)>> = vec![VecDeque::new(); sink_count];
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failures = 0u32;
+    loop {
+        // Commit on the tick (not per message): one transaction per interval, whatever the rate.
+        let (due, closed) = tokio::select! {
+            m = rx.recv() => match m {
+                Some(CkMsg::Batch { number, positions, events }) => {
+                    pending.push_back((number, positions, events));
+                    (false, false)
+                }
+                Some(CkMsg::Ack { sink, through, state }) => {
+                    if let Some(a) = acked.get_mut(sink) {
+                        *a = (*a).max(through);
+                    }
+                    if let Some(q) = states.get_mut(sink) {
+                        q.push_back((through, state));
+                    }
+                    (false, false)
+                }
+                None => (true, true),
+            },
+            _ = tick.tick() => (true, false),
+        };
+        let watermark = acked.iter().copied().min().unwrap_or(0);
+        let ready = pending.front().is_some_and(|(n, _, _)| *n <= watermark)
+            || states
+                .iter()
+                .any(|q| q.front().is_some_and(|(n, _)| *n <= watermark));
+        if due && ready {
+            let mut positions: HashMap<String, Checkpoint> = HashMap::new();
+            let mut events = 0;
+            let mut taken = 0;
+            for (n, ps, ev) in pending.iter() {
+                if *n > watermark {
+                    break;
+                }
+                for p in ps {
+                    positions.insert(p.resource_id.clone(), p.clone());
+                }
+                events += ev;
+                taken += 1;
+            }
+            let mut sink_state: Vec<(String, StateEntry)> = Vec::new();
+            let mut state_taken = vec![0; sink_count];
+            for (i, q) in states.iter().enumerate() {
+                let mut merged: HashMap<&str, i64> = HashMap::new();
+                for (n, entries) in q.iter() {
+                    if *n > watermark {
+                        break;
+                    }
+                    for e in entries {
+                        merged.insert(&e.key, e.value);
+                    }
+                    state_taken[i] += 1;
+                }
+                for (k, v) in merged {
+                    sink_state.push((
+                        sink_names[i].clone(),
+                        StateEntry {
+                            key: k.to_string(),
+                            value: v,
+                        },
+                    ));
+                }
+            }
+            let commit = Commit {
+                positions: positions.into_values().collect(),
+                sink_state,
+            };
+            match store.commit(&pipeline, &stream, commit).await {
+                Ok(()) => {
+                    failures = 0;
+                    pending.drain(..taken);
+                    for (i, q) in states.iter_mut().enumerate() {
+                        q.drain(..state_taken[i]);
+                    }
+                    progress.committed.fetch_add(events, Ordering::Relaxed);
+                }
+                Err(e) if e.is_retryable() && !closed => {
+                    failures += 1;
+                    if failures == 1 || failures % 40 == 0 {
+                        tracing::error!(pipeline = %pipeline, error = %e, "checkpoint commit failed; will retry");
+                    }
+                }
+                Err(e) => {
+                    let _ = fatal.send(PipelineError::Store(e));
+                    return;
+                }
+            }
+        }
+        if closed {
+            return;
+        }
+    }
+}
+
+/// Append dead letters to their NDJSON file, each fsync'd (they are rare).
+async fn dead_letter_task(
+    path: PathBuf,
+    pipeline: String,
+    key: ApiKey,
+    mut rx: mpsc::UnboundedReceiver<DeadLetter>,
+    progress: Arc<Progress>,
+) {
+    while let Some(d) = rx.recv().await {
+        let raw = d
+            .raw
+            .as_ref()
+            .map(|r| key.redact(&String::from_utf8_lossy(r)));
+        let line = serde_json::json!({
+            "time": format_time(chrono::Utc::now().timestamp_micros()),
+            "pipeline": pipeline,
+            "resource_id": &*d.resource_id,
+            "reason": key.redact(&d.reason),
+            "raw": raw,
+        })
+        .to_string();
+        let p = path.clone();
+        let written = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir)?;
+            }
+            let mut f = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode(0o640)
+                .open(&p)?;
+            f.write_all(line.as_bytes())?;
+            f.write_all(b"\n")?;
+            f.sync_data()
+        })
+        .await;
+        progress.dead_lettered.fetch_add(1, Ordering::Relaxed);
+        crate::metrics::DEAD_LETTERED.inc();
+        match written {
+            Ok(Ok(())) => {
+                tracing::warn!(resource_id = %d.resource_id, reason = %key.redact(&d.reason), file = %path.display(), "payload is not an event; dead-lettered")
+            }
+            Ok(Err(e)) => {
+                tracing::error!(resource_id = %d.resource_id, error = %e, file = %path.display(), "could not write a dead letter")
+            }
+            Err(e) => tracing::error!(error = %e, "dead-letter writer failed"),
+        }
+    }
+}

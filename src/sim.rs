@@ -1,1 +1,721 @@
-//! todo
+//! The bundled Miosa simulator: serves the whole egress-audit contract on loopback, with knobs
+//! for every awkward thing a real server may do (every list shape, enveloped/binary/garbage
+//! frames, timestamp ties, dropped sockets, sandboxes without a socket, 429s and 5xx).
+//!
+//! The demo, the tests and the benchmarks run it in-process ([`Simulator::start`]);
+//! `auditship sim` runs it standalone.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use serde::Deserialize;
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+
+use crate::client::{format_time, parse_time, SUBPROTOCOL};
+
+/// The shape of list responses.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ListShape {
+    /// A bare array.
+    Bare,
+    /// `{"data": [...]}`.
+    Data,
+    /// `{"events": [...], "has_more": …}`.
+    Events,
+    /// `{"audit": [...]}`.
+    Audit,
+    /// `{"items": [...], "page": {…}}`.
+    Items,
+    /// `{"data": [...], "next_cursor": …, "has_more": …}`: cursor paging.
+    Cursor,
+    /// Every shape in turn, one per response.
+    #[default]
+    Mixed,
+}
+
+/// Simulator knobs.
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    /// The key clients must send (Bearer header or `?token=`).
+    pub api_key: String,
+    /// Port on 127.0.0.1; 0 picks a free one.
+    pub port: u16,
+    /// Sandbox ids.
+    pub sandboxes: Vec<String>,
+    /// Past events per sandbox, present at start.
+    pub backlog_per_sandbox: usize,
+    /// Live events per second per sandbox (0: none).
+    pub live_rate_per_sec: f64,
+    /// Stop generating live events after this many per sandbox.
+    pub live_events_per_sandbox: Option<u64>,
+    /// Sandboxes whose socket answers 404.
+    pub no_socket: Vec<String>,
+    /// Sandboxes whose socket accepts without selecting the subprotocol.
+    pub wrong_subprotocol: Vec<String>,
+    /// Close each socket after this many frames.
+    pub drop_every_frames: Option<u64>,
+    /// Share of list/get requests answered 429.
+    pub ratio_429: f64,
+    /// Share of list/get requests answered 500/502/503.
+    pub ratio_5xx: f64,
+    /// `Retry-After` sent with 429s, in seconds.
+    pub retry_after_secs: f64,
+    /// Share of socket frames preceded by a garbage frame.
+    pub garbage_ratio: f64,
+    /// Consecutive events sharing one `inserted_at` (1: no ties).
+    pub ties: usize,
+    /// List response shape.
+    pub list_shape: ListShape,
+    /// Shuffle the order of events inside each page.
+    pub shuffle_pages: bool,
+    /// Send frames in every style in turn (plain, `{"event"}`, `{"data"}`, binary).
+    pub mixed_frames: bool,
+    /// Largest page the list endpoint returns.
+    pub max_page: usize,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        SimConfig {
+            api_key: "msk_sim_demo_key".into(),
+            port: 0,
+            sandboxes: vec!["sb-1".into()],
+            backlog_per_sandbox: 0,
+            live_rate_per_sec: 0.0,
+            live_events_per_sandbox: None,
+            no_socket: Vec::new(),
+            wrong_subprotocol: Vec::new(),
+            drop_every_frames: None,
+            ratio_429: 0.0,
+            ratio_5xx: 0.0,
+            retry_after_secs: 0.2,
+            garbage_ratio: 0.0,
+            ties: 1,
+            list_shape: ListShape::Mixed,
+            shuffle_pages: true,
+            mixed_frames: true,
+            max_page: 100,
+        }
+    }
+}
+
+/// One stored event.
+#[derive(Debug)]
+pub struct SimEvent {
+    /// Its id.
+    pub id: String,
+    /// Its `inserted_at`, microseconds.
+    pub inserted_us: i64,
+    /// Its JSON, one line.
+    pub json: String,
+}
+
+#[derive(Default)]
+struct SandboxData {
+    events: Vec<Arc<SimEvent>>,
+    generated: u64,
+    last_time: i64,
+    in_group: usize,
+}
+
+struct SimSandbox {
+    id: String,
+    salt: u64,
+    data: Mutex<SandboxData>,
+    tx: broadcast::Sender<Arc<SimEvent>>,
+}
+
+struct SimState {
+    config: SimConfig,
+    sandboxes: HashMap<String, Arc<SimSandbox>>,
+    order: Vec<String>,
+    requests: AtomicU64,
+    frames_garbage: AtomicU64,
+    live_done: AtomicBool,
+}
+
+/// A running simulator. Stops when dropped or on [`Simulator::stop`].
+pub struct Simulator {
+    addr: SocketAddr,
+    state: Arc<SimState>,
+    shutdown: CancellationToken,
+}
+
+fn splitmix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
+}
+
+const ACTIONS: [&str; 6] = ["allow", "allow", "reject", "stub", "error", "client_cancel"];
+const HOSTS: [&str; 4] = ["api.openai.com", "pypi.org", "github.com", "evil.example"];
+
+impl SimSandbox {
+    /// Append one event at `time_hint` (or now), under the lock so the store and the broadcast
+    /// agree on order.
+    fn append(&self, ties: usize, time_hint: Option<i64>) -> Arc<SimEvent> {
+        let mut d = self.data.lock().unwrap_or_else(|e| e.into_inner());
+        let n = d.generated;
+        d.generated += 1;
+        let now = time_hint.unwrap_or_else(|| chrono::Utc::now().timestamp_micros());
+        let time = if d.in_group > 0 && d.in_group < ties.max(1) {
+            d.in_group += 1;
+            d.last_time
+        } else {
+            d.in_group = 1;
+            now.max(d.last_time + 1)
+        };
+        d.last_time = time;
+        let h = splitmix(self.salt ^ n);
+        let id = format!("evt_{h:016x}");
+        let action = ACTIONS[(h % ACTIONS.len() as u64) as usize];
+        let host = HOSTS[((h >> 8) % HOSTS.len() as u64) as usize];
+        let json = format!(
+            concat!(
+                r#"{{"id":"{id}","tenant_id":"tn_demo","resource_id":{rid},"resource_type":"sandbox","#,
+                r#""action":"{action}","effect":"{effect}","host":"{host}","method":"POST","path":"/v1/items?q=[REDACTED]","#,
+                r#""status_code":{status},"duration_ms":{dur},"bytes_in":{bin},"bytes_out":{bout},"policy_id":"pol_default","#,
+                r#""rule_id":"rule_{rule}","actor_id":"agent-7","request_transforms":[{{"type":"secret_placeholder","name":"OPENAI_KEY"}}],"#,
+                r#""metadata":{{"seq":{n},"cost_usd":1.50,"ratio":1e-3,"note":"caf\u00e9 \"quoted\""}},"#,
+                r#""inserted_at":"{ins}","timestamp":"{ts}"}}"#
+            ),
+            id = id,
+            rid = serde_json::Value::String(self.id.clone()),
+            action = action,
+            effect = if action == "allow" { "allow" } else { "deny" },
+            host = host,
+            status = if action == "allow" { 200 } else { 0 },
+            dur = h % 900,
+            bin = h % 65536,
+            bout = (h >> 16) % 4096,
+            rule = h % 17,
+            n = n,
+            ins = format_time(time),
+            ts = format_time(time - 1500),
+        );
+        let event = Arc::new(SimEvent {
+            id,
+            inserted_us: time,
+            json,
+        });
+        d.events.push(event.clone());
+        // No receivers is fine: nobody is tailing.
+        let _ = self.tx.send(event.clone());
+        event
+    }
+}
+
+impl Simulator {
+    /// Start serving on 127.0.0.1.
+    pub async fn start(config: SimConfig) -> std::io::Result<Simulator> {
+        let mut sandboxes = HashMap::new();
+        for (i, id) in config.sandboxes.iter().enumerate() {
+            let (tx, _) = broadcast::channel(65_536);
+            sandboxes.insert(
+                id.clone(),
+                Arc::new(SimSandbox {
+                    id: id.clone(),
+                    salt: splitmix(i as u64 ^ 0xA0D1_7000),
+                    data: Mutex::new(SandboxData::default()),
+                    tx,
+                }),
+            );
+        }
+        // The backlog: past events 1 ms apart, ending an hour ago.
+        let start = chrono::Utc::now().timestamp_micros()
+            - 3_600_000_000
+            - config.backlog_per_sandbox as i64 * 1_000;
+        for sb in sandboxes.values() {
+            for k in 0..config.backlog_per_sandbox {
+                sb.append(config.ties, Some(start + k as i64 * 1_000));
+            }
+        }
+        let state = Arc::new(SimState {
+            order: config.sandboxes.clone(),
+            config,
+            sandboxes,
+            requests: AtomicU64::new(0),
+            frames_garbage: AtomicU64::new(0),
+            live_done: AtomicBool::new(false),
+        });
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", state.config.port)).await?;
+        let addr = listener.local_addr()?;
+        let shutdown = CancellationToken::new();
+        let app = Router::new()
+            .route("/api/v1/egress/audit", get(list_handler))
+            .route("/api/v1/egress/audit/{id}", get(get_handler))
+            .route("/api/v1/egress/audit/resource/{rid}", get(socket_handler))
+            .route("/api/v1/sandboxes", get(sandboxes_handler))
+            .with_state(state.clone());
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            let serve = axum::serve(listener, app)
+                .with_graceful_shutdown(async move { stop.cancelled().await });
+            if let Err(e) = serve.await {
+                tracing::error!(error = %e, "simulator server failed");
+            }
+        });
+        if state.config.live_rate_per_sec > 0.0 {
+            tokio::spawn(generate_live(state.clone(), shutdown.clone()));
+        } else {
+            state.live_done.store(true, Ordering::Relaxed);
+        }
+        Ok(Simulator {
+            addr,
+            state,
+            shutdown,
+        })
+    }
+
+    /// The API base URL, `http://127.0.0.1:PORT/api/v1`.
+    pub fn base_url(&self) -> String {
+        format!("http://{}/api/v1", self.addr)
+    }
+
+    /// The listening address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The key clients must send.
+    pub fn api_key(&self) -> &str {
+        &self.state.config.api_key
+    }
+
+    /// Append `n` events to `sandbox` now (stored and pushed to open sockets).
+    pub fn append(&self, sandbox: &str, n: usize) {
+        if let Some(sb) = self.state.sandboxes.get(sandbox) {
+            for _ in 0..n {
+                sb.append(self.state.config.ties, None);
+            }
+        }
+    }
+
+    /// Every event of `sandbox`, in insertion order.
+    pub fn events(&self, sandbox: &str) -> Vec<Arc<SimEvent>> {
+        self.state
+            .sandboxes
+            .get(sandbox)
+            .map(|sb| {
+                sb.data
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .events
+                    .clone()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Events of every sandbox.
+    pub fn total_events(&self) -> usize {
+        self.state
+            .sandboxes
+            .values()
+            .map(|sb| {
+                sb.data
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .events
+                    .len()
+            })
+            .sum()
+    }
+
+    /// Whether live generation has finished.
+    pub fn live_done(&self) -> bool {
+        self.state.live_done.load(Ordering::Relaxed)
+    }
+
+    /// Requests served (list, get, socket, sandboxes).
+    pub fn requests(&self) -> u64 {
+        self.state.requests.load(Ordering::Relaxed)
+    }
+
+    /// Garbage frames sent.
+    pub fn garbage_frames(&self) -> u64 {
+        self.state.frames_garbage.load(Ordering::Relaxed)
+    }
+
+    /// Stop serving.
+    pub fn stop(&self) {
+        self.shutdown.cancel();
+    }
+}
+
+impl Drop for Simulator {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+async fn generate_live(state: Arc<SimState>, stop: CancellationToken) {
+    let tick = Duration::from_millis(10);
+    let per_tick = state.config.live_rate_per_sec * tick.as_secs_f64();
+    let mut owed = 0.0;
+    let mut made: u64 = 0;
+    let mut interval = tokio::time::interval(tick);
+    loop {
+        tokio::select! {
+            _ = interval.tick() => {}
+            _ = stop.cancelled() => return,
+        }
+        owed += per_tick;
+        let n = owed.floor() as u64;
+        owed -= n as f64;
+        for _ in 0..n {
+            if state
+                .config
+                .live_events_per_sandbox
+                .is_some_and(|max| made >= max)
+            {
+                state.live_done.store(true, Ordering::Relaxed);
+                return;
+            }
+            for id in &state.order {
+                if let Some(sb) = state.sandboxes.get(id) {
+                    sb.append(state.config.ties, None);
+                }
+            }
+            made += 1;
+        }
+    }
+}
+
+fn authorized(state: &SimState, headers: &HeaderMap, query: &HashMap<String, String>) -> bool {
+    let key = &state.config.api_key;
+    let bearer = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    bearer == Some(key.as_str()) || query.get("token") == Some(key)
+}
+
+fn json_response(status: StatusCode, body: String) -> Response {
+    let mut resp = (status, body).into_response();
+    resp.headers_mut().insert(
+        "content-type",
+        axum::http::HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+/// A 401, or an injected 429/5xx, before the real answer.
+fn precheck(
+    state: &SimState,
+    headers: &HeaderMap,
+    query: &HashMap<String, String>,
+) -> Option<Response> {
+    let n = state.requests.fetch_add(1, Ordering::Relaxed);
+    if !authorized(state, headers, query) {
+        return Some(json_response(
+            StatusCode::UNAUTHORIZED,
+            r#"{"error":{"code":"unauthorized","message":"invalid API key","request_id":"req_sim_401"}}"#.into(),
+        ));
+    }
+    let roll = rand::random::<f64>();
+    if roll < state.config.ratio_429 {
+        let secs = state.config.retry_after_secs;
+        let mut resp = json_response(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                r#"{{"error":"rate limit exceeded","code":"rate_limited","retry_after":{secs}}}"#
+            ),
+        );
+        if let Ok(v) = axum::http::HeaderValue::from_str(&format!("{secs}")) {
+            resp.headers_mut().insert("retry-after", v);
+        }
+        resp.headers_mut().insert(
+            "x-request-id",
+            axum::http::HeaderValue::from_static("req_sim_429"),
+        );
+        return Some(resp);
+    }
+    if roll < state.config.ratio_429 + state.config.ratio_5xx {
+        let (status, body) = match n % 3 {
+            0 => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                r#"{"message":"internal error"}"#,
+            ),
+            1 => (StatusCode::BAD_GATEWAY, r#"{"errors":["upstream failed"]}"#),
+            _ => (StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable"),
+        };
+        let mut resp = json_response(status, body.into());
+        resp.headers_mut().insert(
+            "x-request-id",
+            axum::http::HeaderValue::from_static("req_sim_5xx"),
+        );
+        return Some(resp);
+    }
+    None
+}
+
+async fn list_handler(
+    State(state): State<Arc<SimState>>,
+    headers: HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    if let Some(resp) = precheck(&state, &headers, &query) {
+        return resp;
+    }
+    let since = match query.get("since") {
+        Some(s) => match parse_time(s) {
+            Some(t) => Some(t),
+            None => {
+                return json_response(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        r#"{{"error":{{"code":"bad_since","message":"since {s:?} is not RFC 3339"}}}}"#
+                    ),
+                )
+            }
+        },
+        None => None,
+    };
+    let until = query.get("until").and_then(|s| parse_time(s));
+    let limit = query
+        .get("limit")
+        .and_then(|l| l.parse::<usize>().ok())
+        .unwrap_or(20)
+        .clamp(1, state.config.max_page);
+    let offset = query
+        .get("cursor")
+        .and_then(|c| c.strip_prefix("c_"))
+        .and_then(|c| usize::from_str_radix(c, 16).ok())
+        .unwrap_or(0);
+    let action = query.get("action");
+    let host = query.get("host");
+    let mut matching: Vec<Arc<SimEvent>> = Vec::new();
+    let targets: Vec<&Arc<SimSandbox>> = match query.get("resource_id") {
+        Some(rid) => match state.sandboxes.get(rid) {
+            Some(sb) => vec![sb],
+            None => {
+                return json_response(
+                    StatusCode::NOT_FOUND,
+                    r#"{"error":{"code":"not_found","message":"no such sandbox"}}"#.into(),
+                )
+            }
+        },
+        None => state
+            .order
+            .iter()
+            .filter_map(|id| state.sandboxes.get(id))
+            .collect(),
+    };
+    for sb in targets {
+        let d = sb.data.lock().unwrap_or_else(|e| e.into_inner());
+        let from = match since {
+            Some(s) => d.events.partition_point(|e| e.inserted_us < s),
+            None => 0,
+        };
+        for e in &d.events[from..] {
+            if until.is_some_and(|u| e.inserted_us > u) {
+                break;
+            }
+            let wanted = action.is_none_or(|a| e.json.contains(&format!(r#""action":"{a}""#)))
+                && host.is_none_or(|h| e.json.contains(&format!(r#""host":"{h}""#)));
+            if wanted {
+                matching.push(e.clone());
+            }
+        }
+    }
+    matching.sort_by_key(|e| e.inserted_us);
+    let total = matching.len();
+    let end = (offset + limit).min(total);
+    let mut page: Vec<Arc<SimEvent>> = matching
+        .get(offset..end)
+        .map(<[_]>::to_vec)
+        .unwrap_or_default();
+    if state.config.shuffle_pages {
+        // Reverse pairs: a cheap, deterministic disorder.
+        for pair in page.chunks_mut(2) {
+            pair.reverse();
+        }
+    }
+    let array = format!(
+        "[{}]",
+        page.iter()
+            .map(|e| e.json.as_str())
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    let shape = match state.config.list_shape {
+        ListShape::Mixed => {
+            const ALL: [ListShape; 6] = [
+                ListShape::Bare,
+                ListShape::Data,
+                ListShape::Events,
+                ListShape::Audit,
+                ListShape::Items,
+                ListShape::Cursor,
+            ];
+            ALL[(state.requests.load(Ordering::Relaxed) % 6) as usize]
+        }
+        s => s,
+    };
+    let has_more = end < total;
+    let body = match shape {
+        ListShape::Bare | ListShape::Mixed => array,
+        ListShape::Data => format!(r#"{{"data":{array}}}"#),
+        ListShape::Events => format!(r#"{{"events":{array},"has_more":{has_more}}}"#),
+        ListShape::Audit => format!(r#"{{"audit":{array},"next_cursor":null}}"#),
+        ListShape::Items => format!(
+            r#"{{"items":{array},"page":{{"page":{},"page_size":{limit},"total":{total}}}}}"#,
+            offset / limit + 1
+        ),
+        ListShape::Cursor => {
+            let next = if has_more {
+                format!(r#""c_{end:x}""#)
+            } else {
+                "null".into()
+            };
+            format!(r#"{{"data":{array},"next_cursor":{next},"has_more":{has_more}}}"#)
+        }
+    };
+    json_response(StatusCode::OK, body)
+}
+
+async fn get_handler(
+    State(state): State<Arc<SimState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    if let Some(resp) = precheck(&state, &headers, &query) {
+        return resp;
+    }
+    for sb in state.sandboxes.values() {
+        let d = sb.data.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(e) = d.events.iter().find(|e| e.id == id) {
+            let body = match state.requests.load(Ordering::Relaxed) % 3 {
+                0 => e.json.clone(),
+                1 => format!(r#"{{"data":{}}}"#, e.json),
+                _ => format!(r#"{{"event":{}}}"#, e.json),
+            };
+            return json_response(StatusCode::OK, body);
+        }
+    }
+    json_response(
+        StatusCode::NOT_FOUND,
+        r#"{"error":{"code":"not_found","message":"no such event"}}"#.into(),
+    )
+}
+
+async fn sandboxes_handler(
+    State(state): State<Arc<SimState>>,
+    headers: HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    if let Some(resp) = precheck(&state, &headers, &query) {
+        return resp;
+    }
+    let items: Vec<serde_json::Value> = state
+        .order
+        .iter()
+        .map(|id| serde_json::json!({"id": id, "status": "running", "template_type": "miosa-sandbox"}))
+        .collect();
+    json_response(
+        StatusCode::OK,
+        serde_json::json!({ "data": items }).to_string(),
+    )
+}
+
+async fn socket_handler(
+    State(state): State<Arc<SimState>>,
+    headers: HeaderMap,
+    Path(rid): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    state.requests.fetch_add(1, Ordering::Relaxed);
+    if !authorized(&state, &headers, &query) {
+        return (StatusCode::UNAUTHORIZED, "invalid token").into_response();
+    }
+    let Some(sb) = state.sandboxes.get(&rid).cloned() else {
+        return (StatusCode::NOT_FOUND, "no such sandbox").into_response();
+    };
+    if state.config.no_socket.contains(&rid) {
+        return (StatusCode::NOT_FOUND, "socket endpoint not available").into_response();
+    }
+    // Subscribe before answering the upgrade: every event stored after the client sees the 101
+    // reaches this socket, so a client that lists after connecting misses nothing.
+    let rx = sb.tx.subscribe();
+    let upgrade = if state.config.wrong_subprotocol.contains(&rid) {
+        upgrade
+    } else {
+        upgrade.protocols([SUBPROTOCOL])
+    };
+    let upgrade = upgrade.max_message_size(1 << 20);
+    upgrade.on_upgrade(move |socket| push_events(state, socket, rx))
+}
+
+async fn push_events(
+    state: Arc<SimState>,
+    mut socket: WebSocket,
+    mut rx: broadcast::Receiver<Arc<SimEvent>>,
+) {
+    let mut frames: u64 = 0;
+    loop {
+        let event = tokio::select! {
+            e = rx.recv() => e,
+            incoming = socket.recv() => match incoming {
+                // Reading lets axum answer pings; a close or error ends the socket.
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+                Some(Ok(_)) => continue,
+            },
+        };
+        let event = match event {
+            Ok(e) => e,
+            Err(broadcast::error::RecvError::Lagged(_)) => {
+                // A real server drops a consumer that cannot keep up.
+                let _ = socket.send(Message::Close(None)).await;
+                return;
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        };
+        if state.config.garbage_ratio > 0.0 && rand::random::<f64>() < state.config.garbage_ratio {
+            state.frames_garbage.fetch_add(1, Ordering::Relaxed);
+            let garbage = if frames % 2 == 0 {
+                "this is not json{"
+            } else {
+                r#"{"no_id":true}"#
+            };
+            if socket.send(Message::Text(garbage.into())).await.is_err() {
+                return;
+            }
+        }
+        let message = if state.config.mixed_frames {
+            match frames % 4 {
+                0 => Message::Text(event.json.clone().into()),
+                1 => Message::Text(format!(r#"{{"event":{}}}"#, event.json).into()),
+                2 => Message::Text(format!(r#"{{"data":{}}}"#, event.json).into()),
+                _ => Message::Binary(event.json.clone().into_bytes().into()),
+            }
+        } else {
+            Message::Text(event.json.clone().into())
+        };
+        if socket.send(message).await.is_err() {
+            return;
+        }
+        frames += 1;
+        if state
+            .config
+            .drop_every_frames
+            .is_some_and(|n| frames % n == 0)
+        {
+            // Drop without a close frame: the client sees a broken connection.
+            return;
+        }
+    }
+}

@@ -28,7 +28,11 @@ pub enum Error {
         request_id: Option<String>,
     },
     /// 429: over the key's request budget. Retryable after `retry_after`.
-    #[error("rate limited by the Miosa API (HTTP 429){}{}", RetryAfter(retry_after), RequestId(request_id))]
+    #[error(
+        "rate limited by the Miosa API (HTTP 429){}{}",
+        RetryAfter(retry_after),
+        RequestId(request_id)
+    )]
     RateLimited {
         /// How long the server asked us to wait.
         retry_after: Option<Duration>,
@@ -36,7 +40,11 @@ pub enum Error {
         request_id: Option<String>,
     },
     /// 5xx: the server failed. Retryable.
-    #[error("the Miosa API failed (HTTP {status}: {message}){}{}", RetryAfter(retry_after), RequestId(request_id))]
+    #[error(
+        "the Miosa API failed (HTTP {status}: {message}){}{}",
+        RetryAfter(retry_after),
+        RequestId(request_id)
+    )]
     Server {
         /// HTTP status.
         status: u16,
@@ -48,7 +56,10 @@ pub enum Error {
         request_id: Option<String>,
     },
     /// Another 4xx: the request itself is wrong (a bad filter value, say). Fatal.
-    #[error("the Miosa API rejected the request (HTTP {status}: {message}){}", RequestId(request_id))]
+    #[error(
+        "the Miosa API rejected the request (HTTP {status}: {message}){}",
+        RequestId(request_id)
+    )]
     Rejected {
         /// HTTP status.
         status: u16,
@@ -93,7 +104,9 @@ impl Error {
     /// How long the server asked us to wait before retrying, if it said.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
-            Error::RateLimited { retry_after, .. } | Error::Server { retry_after, .. } => *retry_after,
+            Error::RateLimited { retry_after, .. } | Error::Server { retry_after, .. } => {
+                *retry_after
+            }
             _ => None,
         }
     }

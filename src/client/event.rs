@@ -217,7 +217,12 @@ pub(crate) fn decode_event(buf: Bytes, what: &str) -> Result<AuditEvent, Error> 
                 .event
                 .or(head.data)
                 .filter(|r| r.get().starts_with('{'))
-                .ok_or_else(|| fail("object has no `id` and no `event`/`data` envelope".into(), &buf))?;
+                .ok_or_else(|| {
+                    fail(
+                        "object has no `id` and no `event`/`data` envelope".into(),
+                        &buf,
+                    )
+                })?;
             let inner_bytes = inner.get().as_bytes();
             let inner_head: Head<'_> =
                 serde_json::from_slice(inner_bytes).map_err(|e| fail(e.to_string(), &buf))?;
@@ -293,12 +298,19 @@ pub(crate) fn decode_page(buf: Bytes) -> Result<Page, Error> {
     let array: &RawValue = match trimmed.first() {
         Some(b'[') => serde_json::from_slice(trimmed).map_err(|e| fail(e.to_string()))?,
         Some(b'{') => {
-            let obj: ListObject<'_> = serde_json::from_slice(trimmed).map_err(|e| fail(e.to_string()))?;
+            let obj: ListObject<'_> =
+                serde_json::from_slice(trimmed).map_err(|e| fail(e.to_string()))?;
             page.next_cursor = obj
                 .next_cursor
-                .and_then(|r| serde_json::from_str::<Option<String>>(r.get()).ok().flatten())
+                .and_then(|r| {
+                    serde_json::from_str::<Option<String>>(r.get())
+                        .ok()
+                        .flatten()
+                })
                 .filter(|c| !c.is_empty());
-            page.has_more = obj.has_more.and_then(|r| serde_json::from_str::<bool>(r.get()).ok());
+            page.has_more = obj
+                .has_more
+                .and_then(|r| serde_json::from_str::<bool>(r.get()).ok());
             let found = [obj.data, obj.events, obj.audit, obj.items]
                 .into_iter()
                 .flatten()
@@ -320,7 +332,8 @@ pub(crate) fn decode_page(buf: Bytes) -> Result<Page, Error> {
         }
         _ => return Err(fail("not a JSON array or object".into())),
     };
-    let elements: Vec<&RawValue> = serde_json::from_str(array.get()).map_err(|e| fail(e.to_string()))?;
+    let elements: Vec<&RawValue> =
+        serde_json::from_str(array.get()).map_err(|e| fail(e.to_string()))?;
     page.events.reserve(elements.len());
     for element in elements {
         let slice = buf.slice_ref(element.get().as_bytes());
@@ -345,7 +358,11 @@ mod tests {
 
     #[test]
     fn bare_and_enveloped_events_keep_their_bytes() {
-        for frame in [EV.to_string(), format!(r#"{{"event":{EV}}}"#), format!(r#" {{"data":{EV}}}"#)] {
+        for frame in [
+            EV.to_string(),
+            format!(r#"{{"event":{EV}}}"#),
+            format!(r#" {{"data":{EV}}}"#),
+        ] {
             let ev = AuditEvent::from_json(frame).unwrap();
             assert_eq!(ev.json(), EV);
             assert_eq!(ev.id(), "evt_1");
@@ -365,7 +382,14 @@ mod tests {
 
     #[test]
     fn non_events_are_decode_errors_with_the_payload() {
-        for bad in ["not json{", "[1,2]", "{\"no_id\":1}", "{\"id\":null}", "{\"event\":{\"x\":1}}", "\"str\""] {
+        for bad in [
+            "not json{",
+            "[1,2]",
+            "{\"no_id\":1}",
+            "{\"id\":null}",
+            "{\"event\":{\"x\":1}}",
+            "\"str\"",
+        ] {
             match AuditEvent::from_json(bad.to_string()) {
                 Err(Error::Decode { raw: Some(raw), .. }) => assert_eq!(raw, bad.as_bytes()),
                 other => panic!("{bad}: {other:?}"),
@@ -386,14 +410,17 @@ mod tests {
             format!(r#"{{"data":{arr}}}"#),
             format!(r#"{{"events":{arr},"has_more":false}}"#),
             format!(r#"{{"audit":{arr},"next_cursor":null}}"#),
-            format!(r#"{{"items":{arr},"next_cursor":"c2","page":{{"page":1,"page_size":20,"total":2}}}}"#),
+            format!(
+                r#"{{"items":{arr},"next_cursor":"c2","page":{{"page":1,"page_size":20,"total":2}}}}"#
+            ),
             format!(r#"{{"data":null,"events":{arr}}}"#),
         ] {
             let page = decode_page(Bytes::from(body.clone())).unwrap();
             assert_eq!(page.events.len(), 2, "{body}");
             assert_eq!(page.events[0].json(), EV);
         }
-        let page = decode_page(Bytes::from(format!(r#"{{"items":[],"next_cursor":"c2"}}"#))).unwrap();
+        let page =
+            decode_page(Bytes::from(format!(r#"{{"items":[],"next_cursor":"c2"}}"#))).unwrap();
         assert_eq!(page.next_cursor.as_deref(), Some("c2"));
         assert!(decode_page(Bytes::from_static(b"{\"foo\":1}")).is_err());
         assert!(decode_page(Bytes::from_static(b"<html>")).is_err());
@@ -405,8 +432,14 @@ mod tests {
     fn times_round_trip() {
         let us = parse_time("2026-11-25T10:00:00.123456Z").unwrap();
         assert_eq!(format_time(us), "2026-11-25T10:00:00.123456Z");
-        assert_eq!(parse_time("2026-11-25T11:00:00+01:00"), parse_time("2026-11-25T10:00:00Z"));
-        assert_eq!(parse_time("2026-11-25T10:00:00"), parse_time("2026-11-25T10:00:00Z"));
+        assert_eq!(
+            parse_time("2026-11-25T11:00:00+01:00"),
+            parse_time("2026-11-25T10:00:00Z")
+        );
+        assert_eq!(
+            parse_time("2026-11-25T10:00:00"),
+            parse_time("2026-11-25T10:00:00Z")
+        );
         assert_eq!(parse_time("yesterday"), None);
     }
 }

@@ -136,7 +136,11 @@ pub struct Backoff {
 impl Backoff {
     /// A backoff from `initial` doubling up to `max`.
     pub fn new(initial: Duration, max: Duration) -> Self {
-        Backoff { initial, max, step: 0 }
+        Backoff {
+            initial,
+            max,
+            step: 0,
+        }
     }
 
     /// The next delay.
@@ -184,8 +188,11 @@ impl ClientBuilder {
 
     /// Read the API key from an environment variable.
     pub fn api_key_from_env(mut self, var: &str) -> Result<Self, Error> {
-        let key = std::env::var(var)
-            .map_err(|_| Error::Config(format!("environment variable {var} is not set; export your Miosa API key in it")))?;
+        let key = std::env::var(var).map_err(|_| {
+            Error::Config(format!(
+                "environment variable {var} is not set; export your Miosa API key in it"
+            ))
+        })?;
         self.api_key = Some(ApiKey::new(key));
         Ok(self)
     }
@@ -230,7 +237,9 @@ impl ClientBuilder {
     /// Build the client.
     pub fn build(self) -> Result<Client, Error> {
         crate::install_crypto_provider();
-        let base_text = self.base_url.unwrap_or_else(|| DEFAULT_BASE_URL.to_string());
+        let base_text = self
+            .base_url
+            .unwrap_or_else(|| DEFAULT_BASE_URL.to_string());
         let base = Url::parse(&base_text)
             .map_err(|e| Error::Config(format!("base_url {base_text:?} is not a URL: {e}")))?;
         if !matches!(base.scheme(), "http" | "https") {
@@ -239,21 +248,22 @@ impl ClientBuilder {
                 base.scheme()
             )));
         }
-        let key = self
-            .api_key
-            .filter(|k| !k.is_empty())
-            .ok_or_else(|| Error::Config("no API key; set api_key (e.g. \"${MIOSA_API_KEY}\") or api_key_file".into()))?;
+        let key = self.api_key.filter(|k| !k.is_empty()).ok_or_else(|| {
+            Error::Config(
+                "no API key; set api_key (e.g. \"${MIOSA_API_KEY}\") or api_key_file".into(),
+            )
+        })?;
         let timeout = self.timeout.unwrap_or(Duration::from_secs(30));
         let connect_timeout = self.connect_timeout.unwrap_or(Duration::from_secs(5));
-        let http = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(connect_timeout)
-            .user_agent(
-                self.user_agent
-                    .unwrap_or_else(|| concat!("auditship/", env!("CARGO_PKG_VERSION")).to_string()),
-            )
-            .build()
-            .map_err(|e| Error::Config(format!("building the HTTP client: {e}")))?;
+        let http =
+            reqwest::Client::builder()
+                .timeout(timeout)
+                .connect_timeout(connect_timeout)
+                .user_agent(self.user_agent.unwrap_or_else(|| {
+                    concat!("auditship/", env!("CARGO_PKG_VERSION")).to_string()
+                }))
+                .build()
+                .map_err(|e| Error::Config(format!("building the HTTP client: {e}")))?;
         let limiter = RateLimiter::shared(&key, self.requests_per_minute.unwrap_or(600));
         Ok(Client {
             inner: Arc::new(Inner {
@@ -319,7 +329,9 @@ impl Client {
 
     /// The org-wide audit view (the seed's `Miosa.Audit`).
     pub fn audit(&self) -> OrgAudit {
-        OrgAudit { client: self.clone() }
+        OrgAudit {
+            client: self.clone(),
+        }
     }
 
     /// One sandbox.
@@ -362,7 +374,12 @@ impl Client {
     }
 
     /// One GET, no retry. `what` names the resource for 404 messages.
-    async fn get_once(&self, path: &str, query: &[(&str, String)], what: &str) -> Result<Bytes, Error> {
+    async fn get_once(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+        what: &str,
+    ) -> Result<Bytes, Error> {
         self.inner.limiter.acquire().await;
         let url = self.url(path, query);
         let mut req = self
@@ -396,11 +413,30 @@ impl Client {
         let message = self.inner.key.redact(&message);
         let retry_after = header_retry.or(body_retry);
         Err(match status {
-            401 | 403 => Error::Unauthorized { status, message, request_id },
-            404 => Error::NotFound { what: what.to_string(), request_id },
-            429 => Error::RateLimited { retry_after, request_id },
-            500..=599 => Error::Server { status, message, retry_after, request_id },
-            _ => Error::Rejected { status, message, request_id },
+            401 | 403 => Error::Unauthorized {
+                status,
+                message,
+                request_id,
+            },
+            404 => Error::NotFound {
+                what: what.to_string(),
+                request_id,
+            },
+            429 => Error::RateLimited {
+                retry_after,
+                request_id,
+            },
+            500..=599 => Error::Server {
+                status,
+                message,
+                retry_after,
+                request_id,
+            },
+            _ => Error::Rejected {
+                status,
+                message,
+                request_id,
+            },
         })
     }
 
@@ -436,12 +472,18 @@ impl Client {
             match self.get_once(path, query, what).await {
                 Ok(body) => {
                     if attempt > 1 {
-                        tracing::info!(what, attempts = attempt, "Miosa API request succeeded after retrying");
+                        tracing::info!(
+                            what,
+                            attempts = attempt,
+                            "Miosa API request succeeded after retrying"
+                        );
                     }
                     return Ok(body);
                 }
                 Err(e) if e.is_retryable() && policy.max_attempts.is_none_or(|m| attempt < m) => {
-                    let delay = backoff.next_delay().max(e.retry_after().unwrap_or_default());
+                    let delay = backoff
+                        .next_delay()
+                        .max(e.retry_after().unwrap_or_default());
                     crate::metrics::API_RETRIES.inc();
                     if last_warn.is_none_or(|t| t.elapsed() >= Duration::from_secs(30)) {
                         tracing::warn!(what, attempt, retry_in_ms = delay.as_millis() as u64, request_id = e.request_id(), error = %e, "Miosa API request failed; retrying");
@@ -466,12 +508,18 @@ impl Client {
         self.list_page_with(filters, &self.inner.retry).await
     }
 
-    pub(crate) async fn list_page_with(&self, filters: &Filters, policy: &RetryPolicy) -> Result<Page, Error> {
+    pub(crate) async fn list_page_with(
+        &self,
+        filters: &Filters,
+        policy: &RetryPolicy,
+    ) -> Result<Page, Error> {
         let what = match &filters.resource_id {
             Some(id) => format!("audit events of {id}"),
             None => "audit events".to_string(),
         };
-        let body = self.get_retrying("/egress/audit", &filters.query(), &what, policy).await?;
+        let body = self
+            .get_retrying("/egress/audit", &filters.query(), &what, policy)
+            .await?;
         event::decode_page(body)
     }
 
@@ -479,7 +527,12 @@ impl Client {
     pub async fn get_event(&self, event_id: &str) -> Result<AuditEvent, Error> {
         let path = format!("/egress/audit/{}", encode_segment(event_id));
         let body = self
-            .get_retrying(&path, &[], &format!("audit event {event_id}"), &self.inner.retry)
+            .get_retrying(
+                &path,
+                &[],
+                &format!("audit event {event_id}"),
+                &self.inner.retry,
+            )
             .await?;
         event::decode_single(body)
     }
@@ -515,15 +568,21 @@ fn error_body(body: &[u8]) -> (String, Option<Duration>) {
         return (text(), None);
     };
     let secs = |v: Option<&serde_json::Value>| {
-        v.and_then(|v| v.as_f64().or_else(|| v.as_str().and_then(|s| s.parse().ok())))
-            .filter(|s| s.is_finite() && *s >= 0.0)
-            .map(|s| Duration::from_secs_f64(s.min(3600.0)))
+        v.and_then(|v| {
+            v.as_f64()
+                .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+        })
+        .filter(|s| s.is_finite() && *s >= 0.0)
+        .map(|s| Duration::from_secs_f64(s.min(3600.0)))
     };
     let mut retry = secs(v.get("retry_after"));
     let message = match v.get("error") {
         Some(serde_json::Value::Object(e)) => {
             retry = retry.or_else(|| secs(e.get("retry_after")));
-            let msg = e.get("message").and_then(|m| m.as_str()).unwrap_or("no message");
+            let msg = e
+                .get("message")
+                .and_then(|m| m.as_str())
+                .unwrap_or("no message");
             match e.get("code").and_then(|c| c.as_str()) {
                 Some(code) => format!("{code}: {msg}"),
                 None => msg.to_string(),
@@ -559,7 +618,10 @@ impl OrgAudit {
     }
 
     /// Every event matching `filters` from `filters.since` on, page after page, each once.
-    pub fn list_all(&self, filters: Filters) -> impl Stream<Item = Result<AuditEvent, Error>> + Send + 'static {
+    pub fn list_all(
+        &self,
+        filters: Filters,
+    ) -> impl Stream<Item = Result<AuditEvent, Error>> + Send + 'static {
         tail::list_all(self.client.clone(), filters)
     }
 
@@ -614,8 +676,28 @@ impl SandboxAudit {
 
     /// Every event of this sandbox matching `filters` from `filters.since` on, each once, oldest
     /// first, following `next_cursor` when the server gives one and `since`-paging when not.
-    pub fn list_all(&self, filters: Filters) -> impl Stream<Item = Result<AuditEvent, Error>> + Send + 'static {
+    pub fn list_all(
+        &self,
+        filters: Filters,
+    ) -> impl Stream<Item = Result<AuditEvent, Error>> + Send + 'static {
         tail::list_all(self.client.clone(), self.scoped(&filters))
+    }
+
+    /// Like [`SandboxAudit::list_all`], but starting after `start`: a time, or a resume
+    /// [`Position`] (the newest cursor time shipped and the ids shipped at it). Backfills resume
+    /// with it.
+    pub fn list_from(
+        &self,
+        filters: Filters,
+        start: StartAt,
+        page_limit: u32,
+    ) -> impl Stream<Item = Result<AuditEvent, Error>> + Send + 'static {
+        tail::list_from(
+            self.client.clone(),
+            self.scoped(&filters),
+            start,
+            page_limit,
+        )
     }
 
     /// Fetch one event by id.
@@ -637,10 +719,18 @@ mod tests {
 
     #[test]
     fn error_bodies_of_every_shape() {
-        let (m, r) = error_body(br#"{"error":{"code":"rate","message":"slow down","request_id":"r1","retry_after":2}}"#);
-        assert_eq!((m.as_str(), r), ("rate: slow down", Some(Duration::from_secs(2))));
+        let (m, r) = error_body(
+            br#"{"error":{"code":"rate","message":"slow down","request_id":"r1","retry_after":2}}"#,
+        );
+        assert_eq!(
+            (m.as_str(), r),
+            ("rate: slow down", Some(Duration::from_secs(2)))
+        );
         assert_eq!(error_body(br#"{"error":"nope","code":"c"}"#).0, "c: nope");
-        assert_eq!(error_body(br#"{"message":"m","retry_after":"1.5"}"#), ("m".into(), Some(Duration::from_millis(1500))));
+        assert_eq!(
+            error_body(br#"{"message":"m","retry_after":"1.5"}"#),
+            ("m".into(), Some(Duration::from_millis(1500)))
+        );
         assert_eq!(error_body(br#"{"errors":["a","b"]}"#).0, "a; b");
         assert_eq!(error_body(b"Bad Gateway").0, "Bad Gateway");
     }
@@ -659,8 +749,15 @@ mod tests {
 
     #[test]
     fn filters_become_query_parameters() {
-        let f = Filters { action: Some("reject".into()), limit: Some(5), ..Default::default() };
-        assert_eq!(f.query(), vec![("action", "reject".to_string()), ("limit", "5".to_string())]);
+        let f = Filters {
+            action: Some("reject".into()),
+            limit: Some(5),
+            ..Default::default()
+        };
+        assert_eq!(
+            f.query(),
+            vec![("action", "reject".to_string()), ("limit", "5".to_string())]
+        );
         assert_eq!(encode_segment("sb/gamma x"), "sb%2Fgamma%20x");
     }
 }

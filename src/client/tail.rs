@@ -31,7 +31,9 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::event::decode_event;
-use super::{format_time, parse_time, ws, AuditEvent, Backoff, Client, Error, Filters, RetryPolicy};
+use super::{
+    format_time, parse_time, ws, AuditEvent, Backoff, Client, Error, Filters, RetryPolicy,
+};
 
 /// Which transport a tail may use.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
@@ -377,31 +379,56 @@ pub(crate) fn list_all(
     client: Client,
     filters: Filters,
 ) -> impl Stream<Item = Result<AuditEvent, Error>> + Send + 'static {
-    let seen = Seen::new(&StartAt::Earliest, Duration::from_secs(300));
-    let pager = Pager::new(filters, 100);
+    list_from(client, filters, StartAt::Earliest, 100)
+}
+
+/// Every event matching `filters` after `start` (a time or a resume position; `Earliest` uses
+/// `filters.since`), page after page, each once, then the stream ends.
+pub(crate) fn list_from(
+    client: Client,
+    mut filters: Filters,
+    start: StartAt,
+    page_limit: u32,
+) -> impl Stream<Item = Result<AuditEvent, Error>> + Send + 'static {
+    if start != StartAt::Earliest {
+        // The position decides where paging begins.
+        filters.since = None;
+    }
+    let seen = Seen::new(&start, Duration::from_secs(300));
+    let pager = Pager::new(filters, page_limit);
     let policy = client.retry_policy().clone();
-    let state = (client, pager, seen, VecDeque::<Result<AuditEvent, Error>>::new(), policy, false);
-    futures_util::stream::unfold(state, |(client, mut pager, mut seen, mut queue, policy, mut done)| async move {
-        loop {
-            if let Some(item) = queue.pop_front() {
-                return Some((item, (client, pager, seen, queue, policy, done)));
-            }
-            if done {
-                return None;
-            }
-            match pager.next(&client, &mut seen, &policy).await {
-                Ok(Some(step)) => {
-                    queue.extend(step.invalid.into_iter().map(Err));
-                    queue.extend(step.events.into_iter().map(Ok));
+    let state = (
+        client,
+        pager,
+        seen,
+        VecDeque::<Result<AuditEvent, Error>>::new(),
+        policy,
+        false,
+    );
+    futures_util::stream::unfold(
+        state,
+        |(client, mut pager, mut seen, mut queue, policy, mut done)| async move {
+            loop {
+                if let Some(item) = queue.pop_front() {
+                    return Some((item, (client, pager, seen, queue, policy, done)));
                 }
-                Ok(None) => done = true,
-                Err(e) => {
-                    done = true;
-                    queue.push_back(Err(e));
+                if done {
+                    return None;
+                }
+                match pager.next(&client, &mut seen, &policy).await {
+                    Ok(Some(step)) => {
+                        queue.extend(step.invalid.into_iter().map(Err));
+                        queue.extend(step.events.into_iter().map(Ok));
+                    }
+                    Ok(None) => done = true,
+                    Err(e) => {
+                        done = true;
+                        queue.push_back(Err(e));
+                    }
                 }
             }
-        }
-    })
+        },
+    )
 }
 
 /// The consumer is gone: stop quietly.
@@ -433,12 +460,15 @@ impl TailTask {
     }
 
     async fn run(mut self) {
-        let mut socket_backoff = Backoff::new(Duration::from_secs(5), self.options.socket_retry_max);
-        let mut reconnect_backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(30));
+        let mut socket_backoff =
+            Backoff::new(Duration::from_secs(5), self.options.socket_retry_max);
+        let mut reconnect_backoff =
+            Backoff::new(Duration::from_millis(100), Duration::from_secs(30));
         let mut next_socket_try = Instant::now();
         let mut on_fallback = false;
         loop {
-            let try_socket = self.options.transport != Transport::Poll && Instant::now() >= next_socket_try;
+            let try_socket =
+                self.options.transport != Transport::Poll && Instant::now() >= next_socket_try;
             if try_socket {
                 self.set_status(ActiveTransport::Connecting);
                 let connected = tokio::select! {
@@ -600,7 +630,9 @@ impl TailTask {
         }
         if overflowed {
             let _ = socket.close(None).await;
-            return SocketEnd::Dropped("catch-up took longer than the socket buffer; catching up again".into());
+            return SocketEnd::Dropped(
+                "catch-up took longer than the socket buffer; catching up again".into(),
+            );
         }
         self.set_status(ActiveTransport::WebSocket);
         let ping_after = self.options.ping_after;
@@ -622,10 +654,15 @@ impl TailTask {
                         Err(Gone) => return SocketEnd::Gone,
                     }
                 }
-                Ok(Some(Err(e))) => return SocketEnd::Dropped(self.client.key().redact(&e.to_string())),
+                Ok(Some(Err(e))) => {
+                    return SocketEnd::Dropped(self.client.key().redact(&e.to_string()))
+                }
                 Ok(None) => return SocketEnd::Dropped("closed by the server".into()),
                 Err(_idle) if pinged => {
-                    return SocketEnd::Dropped(format!("no frame or pong for {} s", 2 * ping_after.as_secs()));
+                    return SocketEnd::Dropped(format!(
+                        "no frame or pong for {} s",
+                        2 * ping_after.as_secs()
+                    ));
                 }
                 Err(_idle) => {
                     pinged = true;

@@ -20,7 +20,11 @@ pub(crate) const MAX_FRAME_BYTES: usize = 1 << 20;
 pub(crate) async fn connect(client: &Client, resource_id: &str) -> Result<Socket, Error> {
     let base = client.base_url();
     let mut url = base.clone();
-    let scheme = if base.scheme() == "https" { "wss" } else { "ws" };
+    let scheme = if base.scheme() == "https" {
+        "wss"
+    } else {
+        "ws"
+    };
     url.set_scheme(scheme)
         .map_err(|_| Error::Config(format!("cannot derive a socket URL from {}", base)))?;
     let path = format!(
@@ -29,17 +33,23 @@ pub(crate) async fn connect(client: &Client, resource_id: &str) -> Result<Socket
         encode_segment(resource_id)
     );
     url.set_path(&path);
-    url.query_pairs_mut().append_pair("token", client.key().expose());
-    let endpoint = format!("{scheme}://{}{}", url.host_str().unwrap_or(""), url.port().map(|p| format!(":{p}")).unwrap_or_default());
+    url.query_pairs_mut()
+        .append_pair("token", client.key().expose());
+    let endpoint = format!(
+        "{scheme}://{}{}",
+        url.host_str().unwrap_or(""),
+        url.port().map(|p| format!(":{p}")).unwrap_or_default()
+    );
     let redact = |e: &dyn std::fmt::Display| client.key().redact(&e.to_string());
 
     let mut request = url
         .as_str()
         .into_client_request()
         .map_err(|e| Error::Config(format!("socket request: {}", redact(&e))))?;
-    request
-        .headers_mut()
-        .insert("sec-websocket-protocol", HeaderValue::from_static(SUBPROTOCOL));
+    request.headers_mut().insert(
+        "sec-websocket-protocol",
+        HeaderValue::from_static(SUBPROTOCOL),
+    );
     let config = WebSocketConfig::default()
         .max_message_size(Some(MAX_FRAME_BYTES))
         .max_frame_size(Some(MAX_FRAME_BYTES));
@@ -49,7 +59,10 @@ pub(crate) async fn connect(client: &Client, resource_id: &str) -> Result<Socket
         Err(_) => {
             return Err(Error::Transport {
                 endpoint,
-                message: format!("socket handshake timed out after {} ms", timeout.as_millis()),
+                message: format!(
+                    "socket handshake timed out after {} ms",
+                    timeout.as_millis()
+                ),
             })
         }
         Ok(Err(tokio_tungstenite::tungstenite::Error::Http(resp))) => {
@@ -61,13 +74,26 @@ pub(crate) async fn connect(client: &Client, resource_id: &str) -> Result<Socket
                 .map(str::to_string);
             let message = "socket upgrade refused".to_string();
             return Err(match status {
-                401 | 403 => Error::Unauthorized { status, message, request_id },
+                401 | 403 => Error::Unauthorized {
+                    status,
+                    message,
+                    request_id,
+                },
                 404 => Error::NotFound {
                     what: format!("audit socket of {resource_id}"),
                     request_id,
                 },
-                500..=599 => Error::Server { status, message, retry_after: None, request_id },
-                _ => Error::Rejected { status, message, request_id },
+                500..=599 => Error::Server {
+                    status,
+                    message,
+                    retry_after: None,
+                    request_id,
+                },
+                _ => Error::Rejected {
+                    status,
+                    message,
+                    request_id,
+                },
             });
         }
         Ok(Err(e)) => {

@@ -200,7 +200,12 @@ fn roll_back(path: &Path, len: u64) -> Result<(), SinkError> {
             }
             return Ok(());
         }
-        Err(e) => return Err(SinkError::io(format!("opening {} for recovery", path.display()), e)),
+        Err(e) => {
+            return Err(SinkError::io(
+                format!("opening {} for recovery", path.display()),
+                e,
+            ))
+        }
     };
     let actual = file
         .metadata()
@@ -261,7 +266,8 @@ impl Inner {
         if self.rendered.len() > 65_536 {
             self.rendered.clear();
         }
-        self.rendered.insert((resource_id.clone(), day), path.clone());
+        self.rendered
+            .insert((resource_id.clone(), day), path.clone());
         path
     }
 
@@ -302,14 +308,18 @@ impl Inner {
                 self.encode(&slot.pending)
                     .map_err(|e| SinkError::io(format!("compressing for {}", slot.path), e))?
             };
-            let Some(slot) = self.slots.get_mut(&key) else { continue };
+            let Some(slot) = self.slots.get_mut(&key) else {
+                continue;
+            };
             if slot.file.is_none() {
                 let (file, created) = open_for_append(Path::new(&slot.path), slot.durable_len)?;
                 slot.file = Some(file);
                 slot.new_file = created;
                 slot.opened_at = Instant::now();
             }
-            let Some(file) = slot.file.as_mut() else { continue };
+            let Some(file) = slot.file.as_mut() else {
+                continue;
+            };
             file.write_all(&encoded)
                 .and_then(|_| file.sync_data())
                 .map_err(|e| SinkError::io(format!("writing {}", slot.path), e))?;
@@ -323,7 +333,11 @@ impl Inner {
         dirs_to_sync.sort();
         dirs_to_sync.dedup();
         for dir in dirs_to_sync {
-            let dir = if dir.as_os_str().is_empty() { PathBuf::from(".") } else { dir };
+            let dir = if dir.as_os_str().is_empty() {
+                PathBuf::from(".")
+            } else {
+                dir
+            };
             File::open(&dir)
                 .and_then(|d| d.sync_all())
                 .map_err(|e| SinkError::io(format!("syncing directory {}", dir.display()), e))?;
@@ -351,7 +365,8 @@ impl Inner {
         let max_age = self.config.rotate_max_age_ms.map(Duration::from_millis);
         for slot in self.slots.values_mut() {
             let too_big = max_bytes.is_some_and(|m| slot.durable_len >= m);
-            let too_old = max_age.is_some_and(|m| slot.file.is_some() && slot.opened_at.elapsed() >= m);
+            let too_old =
+                max_age.is_some_and(|m| slot.file.is_some() && slot.opened_at.elapsed() >= m);
             if slot.durable_len > 0 && (too_big || too_old) {
                 slot.rotate = true;
                 slot.file = None;
@@ -378,7 +393,8 @@ impl Inner {
         }
         // Forget slots that are closed and idle so a long run does not grow without bound.
         if self.slots.len() > self.config.max_open_files * 4 {
-            self.slots.retain(|_, s| s.file.is_some() || !s.pending.is_empty() || s.rotate);
+            self.slots
+                .retain(|_, s| s.file.is_some() || !s.pending.is_empty() || s.rotate);
         }
     }
 

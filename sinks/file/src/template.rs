@@ -48,7 +48,10 @@ impl PathTemplate {
     /// Parse a template; the error names the problem and the placeholders that exist.
     pub fn parse(template: &str) -> Result<Self, String> {
         if template.is_empty() {
-            return Err("path is empty; give a file path such as \"archive/{resource_id}/{date}.ndjson\"".into());
+            return Err(
+                "path is empty; give a file path such as \"archive/{resource_id}/{date}.ndjson\""
+                    .into(),
+            );
         }
         let mut parts = Vec::new();
         let mut rest = template;
@@ -80,7 +83,9 @@ impl PathTemplate {
             parts.push(Part::Literal(rest.to_string()));
         }
         if template.ends_with('/') {
-            return Err(format!("path template {template:?} names a directory; end it with a file name"));
+            return Err(format!(
+                "path template {template:?} names a directory; end it with a file name"
+            ));
         }
         // The base directory: the literal prefix up to the last separator before the first
         // placeholder. `..` is allowed there (the user chose it) but nowhere after it.
@@ -139,7 +144,8 @@ fn push_component(out: &mut String, value: &str) {
         return;
     }
     for (i, c) in value.chars().enumerate() {
-        let unsafe_char = matches!(c, '/' | '\\' | '%' | ':') || c.is_control() || (i == 0 && c == '.');
+        let unsafe_char =
+            matches!(c, '/' | '\\' | '%' | ':') || c.is_control() || (i == 0 && c == '.');
         if unsafe_char {
             let mut buf = [0u8; 4];
             for b in c.encode_utf8(&mut buf).bytes() {
@@ -166,13 +172,25 @@ mod tests {
 
     #[test]
     fn renders_placeholders() {
-        assert_eq!(render("archive/{resource_id}/{date}.ndjson", "sb-1"), "archive/sb-1/2026-11-25.ndjson");
+        assert_eq!(
+            render("archive/{resource_id}/{date}.ndjson", "sb-1"),
+            "archive/sb-1/2026-11-25.ndjson"
+        );
         assert_eq!(render("{pipeline}-{resource_id}.log", "x"), "p-x.log");
     }
 
     #[test]
     fn hostile_ids_cannot_escape_the_base_directory() {
-        for id in ["../x", "sb/gamma", "..", ".", "/etc/passwd", "a\\b", "a/../../b", ""] {
+        for id in [
+            "../x",
+            "sb/gamma",
+            "..",
+            ".",
+            "/etc/passwd",
+            "a\\b",
+            "a/../../b",
+            "",
+        ] {
             let path = render("archive/{resource_id}/{date}.ndjson", id);
             let p = Path::new(&path);
             assert!(p.starts_with("archive"), "{id:?} rendered {path}");
@@ -186,17 +204,31 @@ mod tests {
 
     #[test]
     fn encoding_is_injective() {
-        assert_ne!(render("{resource_id}", "a/b"), render("{resource_id}", "a%2Fb"));
-        assert_ne!(render("{resource_id}", ".x"), render("{resource_id}", "%2Ex"));
+        assert_ne!(
+            render("{resource_id}", "a/b"),
+            render("{resource_id}", "a%2Fb")
+        );
+        assert_ne!(
+            render("{resource_id}", ".x"),
+            render("{resource_id}", "%2Ex")
+        );
     }
 
     #[test]
     fn bad_templates_are_rejected_with_the_fix() {
-        assert!(PathTemplate::parse("a/{nope}.log").unwrap_err().contains("{resource_id}"));
+        assert!(PathTemplate::parse("a/{nope}.log")
+            .unwrap_err()
+            .contains("{resource_id}"));
         assert!(PathTemplate::parse("a/{date").is_err());
         assert!(PathTemplate::parse("a/{date}/../x").is_err());
         assert!(PathTemplate::parse("a/{date}/").is_err());
-        assert_eq!(PathTemplate::parse("../up/{date}.log").unwrap().base(), Path::new("../up"));
-        assert_eq!(PathTemplate::parse("{date}.log").unwrap().base(), Path::new("."));
+        assert_eq!(
+            PathTemplate::parse("../up/{date}.log").unwrap().base(),
+            Path::new("../up")
+        );
+        assert_eq!(
+            PathTemplate::parse("{date}.log").unwrap().base(),
+            Path::new(".")
+        );
     }
 }

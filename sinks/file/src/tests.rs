@@ -71,11 +71,26 @@ async fn writes_events_verbatim_and_reports_durable_lengths() {
     let text = std::fs::read_to_string(&path).unwrap();
     assert_eq!(text.lines().count(), 3);
     assert!(text.starts_with(r#"{"id":"e0","resource_id":"sb/1","n":1.50}"#));
-    assert_eq!(state, vec![StateEntry { key: path.display().to_string(), value: text.len() as i64 }]);
+    assert_eq!(
+        state,
+        vec![StateEntry {
+            key: path.display().to_string(),
+            value: text.len() as i64
+        }]
+    );
     let registered = registry.0.lock().unwrap().clone();
-    assert_eq!(registered, vec![StateEntry { key: path.display().to_string(), value: 0 }]);
+    assert_eq!(
+        registered,
+        vec![StateEntry {
+            key: path.display().to_string(),
+            value: 0
+        }]
+    );
     let mode = std::fs::metadata(&path).unwrap().permissions();
-    assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777, 0o640);
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+        0o640
+    );
 }
 
 #[tokio::test]
@@ -88,12 +103,20 @@ async fn reopening_truncates_uncommitted_bytes() {
     sink.write(batch(2, "a", 2..4)).await.unwrap();
     sink.flush().await.unwrap(); // durable but never committed: a crash follows
     let path = PathBuf::from(&committed[0].key);
-    std::fs::OpenOptions::new().append(true).open(&path).unwrap().write_all(b"{\"torn").unwrap();
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .unwrap()
+        .write_all(b"{\"torn")
+        .unwrap();
     drop(sink);
 
     let (c, _) = ctx(committed.clone());
     let mut sink = FileSink::open(config(dir.path(), |_| {}), c).unwrap();
-    assert_eq!(std::fs::metadata(&path).unwrap().len() as i64, committed[0].value);
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().len() as i64,
+        committed[0].value
+    );
     sink.write(batch(1, "a", 2..4)).await.unwrap();
     sink.flush().await.unwrap();
     let text = std::fs::read_to_string(&path).unwrap();
@@ -106,9 +129,12 @@ async fn gzip_and_zstd_members_decode_to_all_lines() {
     for compression in [Compression::Gzip, Compression::Zstd] {
         let dir = tempfile::tempdir().unwrap();
         let (c, _) = ctx(vec![]);
-        let mut sink = FileSink::open(config(dir.path(), |c| c.compression = compression), c).unwrap();
+        let mut sink =
+            FileSink::open(config(dir.path(), |c| c.compression = compression), c).unwrap();
         for i in 0..3 {
-            sink.write(batch(i, "a", i * 10..i * 10 + 10)).await.unwrap();
+            sink.write(batch(i, "a", i * 10..i * 10 + 10))
+                .await
+                .unwrap();
             sink.flush().await.unwrap();
         }
         let path = dir.path().join("a/2025-11-24.ndjson");
@@ -116,7 +142,9 @@ async fn gzip_and_zstd_members_decode_to_all_lines() {
         let mut text = String::new();
         match compression {
             Compression::Gzip => {
-                flate2::read::MultiGzDecoder::new(&raw[..]).read_to_string(&mut text).unwrap();
+                flate2::read::MultiGzDecoder::new(&raw[..])
+                    .read_to_string(&mut text)
+                    .unwrap();
             }
             _ => {
                 text = String::from_utf8(zstd::stream::decode_all(&raw[..]).unwrap()).unwrap();
@@ -130,20 +158,26 @@ async fn gzip_and_zstd_members_decode_to_all_lines() {
 async fn rotates_by_size_into_numbered_generations() {
     let dir = tempfile::tempdir().unwrap();
     let (c, _) = ctx(vec![]);
-    let mut sink = FileSink::open(config(dir.path(), |c| c.rotate_max_bytes = Some(100)), c).unwrap();
+    let mut sink =
+        FileSink::open(config(dir.path(), |c| c.rotate_max_bytes = Some(100)), c).unwrap();
     let mut committed = Vec::new();
     for i in 0..3 {
         sink.write(batch(i, "a", i * 5..i * 5 + 5)).await.unwrap();
         committed.extend(sink.flush().await.unwrap());
     }
-    for name in ["2025-11-24.ndjson", "2025-11-24.1.ndjson", "2025-11-24.2.ndjson"] {
+    for name in [
+        "2025-11-24.ndjson",
+        "2025-11-24.1.ndjson",
+        "2025-11-24.2.ndjson",
+    ] {
         let text = std::fs::read_to_string(dir.path().join("a").join(name)).unwrap();
         assert_eq!(text.lines().count(), 5, "{name}");
     }
     // A restart continues in the newest generation.
     drop(sink);
     let (c, reg) = ctx(committed);
-    let mut sink = FileSink::open(config(dir.path(), |c| c.rotate_max_bytes = Some(1000)), c).unwrap();
+    let mut sink =
+        FileSink::open(config(dir.path(), |c| c.rotate_max_bytes = Some(1000)), c).unwrap();
     sink.write(batch(9, "a", 100..101)).await.unwrap();
     sink.flush().await.unwrap();
     assert!(reg.0.lock().unwrap().is_empty());
@@ -168,8 +202,14 @@ async fn reset_forgets_unflushed_writes() {
 
 #[test]
 fn generation_paths_put_the_number_before_the_extension() {
-    assert_eq!(generation_path("a/2026-11-25.ndjson.gz", 0), "a/2026-11-25.ndjson.gz");
-    assert_eq!(generation_path("a/2026-11-25.ndjson.gz", 2), "a/2026-11-25.2.ndjson.gz");
+    assert_eq!(
+        generation_path("a/2026-11-25.ndjson.gz", 0),
+        "a/2026-11-25.ndjson.gz"
+    );
+    assert_eq!(
+        generation_path("a/2026-11-25.ndjson.gz", 2),
+        "a/2026-11-25.2.ndjson.gz"
+    );
     assert_eq!(generation_path("a/log", 1), "a/log.1");
     assert_eq!(generation_path(".hidden", 1), ".hidden.1");
 }

@@ -1,0 +1,827 @@
+use std::io::{IsTerminal, Write as _};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use auditship::client::{format_time, parse_time, Filters, StartAt, TailOptions};
+use auditship::config::{self, LoadMode, Pipeline};
+use auditship::pipeline::{self, Mode, RunOptions, Window};
+use auditship::sim::{ListShape, SimConfig, Simulator};
+use clap::{Parser, Subcommand, ValueEnum};
+use futures_util::StreamExt;
+use tokio_util::sync::CancellationToken;
+
+/// Ship Miosa sandbox egress-audit events to files, exactly once, with checkpoints.
+///
+/// Start with `auditship demo` (no credentials needed), then copy a pipeline from
+/// `pipelines/` and `auditship validate` it.
+#[derive(Parser, Debug)]
+#[command(name = "auditship", version, max_term_width = 100)]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
+    log_format: LogFormat,
+    /// Log level (error, warn, info, debug, trace) or a tracing filter; RUST_LOG overrides.
+    #[arg(long, global = true, default_value = "info")]
+    log_level: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    /// Readable lines.
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Follow every sandbox of the pipelines and ship their events until stopped.
+    ///
+    /// SIGTERM or Ctrl-C drains: sources stop, sinks flush, checkpoints commit, exit 0.
+    Run {
+        /// Pipeline files (TOML).
+        #[arg(required = true)]
+        pipelines: Vec<PathBuf>,
+    },
+    /// Ship a window of past events through the list endpoint, then exit.
+    ///
+    /// Resumable: run the same command again after a kill and it continues where it stopped;
+    /// a finished window ships nothing twice. Never moves the live checkpoint.
+    /// Exit codes: 0 done, 1 bad configuration or credentials, 2 interrupted or partial.
+    Backfill {
+        /// Pipeline file.
+        pipeline: PathBuf,
+        /// Window start: RFC 3339 (2026-11-01T00:00:00Z) or relative (24h, 7d, 30m).
+        #[arg(long)]
+        since: String,
+        /// Window end (inclusive): RFC 3339 or relative. Default: now.
+        #[arg(long)]
+        until: Option<String>,
+        /// Only these sandboxes (repeatable). Default: the pipeline's.
+        #[arg(long = "sandbox")]
+        sandboxes: Vec<String>,
+    },
+    /// List a sandbox's events (NDJSON on stdout), like the SDK's `list`.
+    List {
+        /// Pipeline file (for the API settings).
+        pipeline: PathBuf,
+        /// The sandbox.
+        #[arg(long)]
+        sandbox: String,
+        /// Only this action (allow, reject, stub, error, client_cancel).
+        #[arg(long)]
+        action: Option<String>,
+        /// Only this destination host.
+        #[arg(long)]
+        host: Option<String>,
+        /// From this time (RFC 3339 or relative like 24h).
+        #[arg(long)]
+        since: Option<String>,
+        /// Until this time (RFC 3339).
+        #[arg(long)]
+        until: Option<String>,
+        /// Page size.
+        #[arg(long)]
+        limit: Option<u32>,
+        /// Follow pages until the end instead of printing one page.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Fetch one event by id (JSON on stdout), like the SDK's `get`.
+    Get {
+        /// Pipeline file (for the API settings).
+        pipeline: PathBuf,
+        /// The event id.
+        event_id: String,
+    },
+    /// Follow one sandbox live (NDJSON on stdout), like the SDK's `tail`. Ctrl-C stops.
+    Tail {
+        /// Pipeline file (for the API settings).
+        pipeline: PathBuf,
+        /// The sandbox.
+        #[arg(long)]
+        sandbox: String,
+        /// Where to begin: now (default), earliest, or an RFC 3339 time.
+        #[arg(long, default_value = "now")]
+        start: String,
+    },
+    /// Check pipeline files offline; print every error with file:line:column. Exit 1 if any.
+    Validate {
+        /// Pipeline files.
+        #[arg(required = true)]
+        pipelines: Vec<PathBuf>,
+    },
+    /// Show each sandbox's checkpoint: last event, cursor time, lag.
+    Checkpoints {
+        /// Pipeline file.
+        pipeline: PathBuf,
+    },
+    /// Run the bundled simulator and a pipeline against it: no credentials, no services.
+    Demo {
+        /// Where the demo writes its archive and state (replaced on each run).
+        #[arg(long, default_value = "auditship-demo")]
+        dir: PathBuf,
+    },
+    /// Run the bundled Miosa simulator (for trying pipelines and for tests).
+    Sim(SimArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct SimArgs {
+    /// Port on 127.0.0.1 (0 picks a free one).
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// Number of sandboxes (sb-1 … sb-N), or use --sandbox.
+    #[arg(long, default_value_t = 3)]
+    sandboxes: usize,
+    /// Explicit sandbox ids (repeatable; replaces --sandboxes).
+    #[arg(long = "sandbox")]
+    ids: Vec<String>,
+    /// Past events per sandbox.
+    #[arg(long, default_value_t = 1000)]
+    backlog: usize,
+    /// Live events per second per sandbox.
+    #[arg(long, default_value_t = 10.0)]
+    rate: f64,
+    /// Stop live events after this many per sandbox.
+    #[arg(long)]
+    live_events: Option<u64>,
+    /// Sandboxes whose socket answers 404 (repeatable).
+    #[arg(long)]
+    no_socket: Vec<String>,
+    /// Close sockets after this many frames.
+    #[arg(long)]
+    drop_every: Option<u64>,
+    /// Share of requests answered 429.
+    #[arg(long, default_value_t = 0.0)]
+    ratio_429: f64,
+    /// Share of requests answered 5xx.
+    #[arg(long, default_value_t = 0.0)]
+    ratio_5xx: f64,
+    /// Share of socket frames preceded by garbage.
+    #[arg(long, default_value_t = 0.0)]
+    garbage: f64,
+    /// Events per shared timestamp.
+    #[arg(long, default_value_t = 1)]
+    ties: usize,
+    /// List response shape.
+    #[arg(long, value_enum, default_value_t = ListShape::Mixed)]
+    list_shape: ListShape,
+    /// API key clients must send (default: msk_sim_demo_key).
+    #[arg(long, env = "MIOSA_SIM_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format, &cli.log_level);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(dispatch(cli.command)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn init_logging(format: LogFormat, level: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    match format {
+        LogFormat::Human => builder
+            .compact()
+            .with_ansi(std::io::stderr().is_terminal())
+            .init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Run { pipelines } => run(pipelines).await,
+        Command::Backfill {
+            pipeline,
+            since,
+            until,
+            sandboxes,
+        } => backfill(pipeline, since, until, sandboxes).await,
+        Command::List {
+            pipeline,
+            sandbox,
+            action,
+            host,
+            since,
+            until,
+            limit,
+            all,
+        } => {
+            let p = load_one(&pipeline)?;
+            let client = pipeline::client_for(&p)?;
+            let filters = Filters {
+                action,
+                host,
+                since: since
+                    .map(|s| resolve_time(&s))
+                    .transpose()?
+                    .map(format_time),
+                until: until
+                    .map(|s| resolve_time(&s))
+                    .transpose()?
+                    .map(format_time),
+                limit,
+                ..Default::default()
+            };
+            let audit = client.sandbox(sandbox).audit();
+            let mut out = std::io::stdout().lock();
+            if all {
+                let mut stream = std::pin::pin!(audit.list_all(filters));
+                while let Some(item) = stream.next().await {
+                    match item {
+                        Ok(e) => writeln!(out, "{}", e.json())?,
+                        Err(e @ auditship::client::Error::Decode { .. }) => {
+                            tracing::warn!(error = %e, "skipping an element that is not an event")
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+            } else {
+                for e in audit.list(&filters).await? {
+                    writeln!(out, "{}", e.json())?;
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Get { pipeline, event_id } => {
+            let p = load_one(&pipeline)?;
+            let client = pipeline::client_for(&p)?;
+            let event = client.audit().get(&event_id).await?;
+            println!("{}", event.json());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Tail {
+            pipeline,
+            sandbox,
+            start,
+        } => {
+            let p = load_one(&pipeline)?;
+            let client = pipeline::client_for(&p)?;
+            let start = match start.as_str() {
+                "now" => StartAt::Now,
+                "earliest" => StartAt::Earliest,
+                t => StartAt::Time(resolve_time(t)?),
+            };
+            let mut tail = client.sandbox(sandbox).audit().tail(TailOptions {
+                poll_interval: p.poll_interval,
+                transport: p.transport,
+                start,
+                ..TailOptions::default()
+            });
+            let stop = shutdown_signal();
+            loop {
+                let item = tokio::select! {
+                    i = tail.next() => i,
+                    _ = stop.cancelled() => break,
+                };
+                match item {
+                    Some(Ok(e)) => {
+                        let mut out = std::io::stdout().lock();
+                        writeln!(out, "{}", e.json())?;
+                        out.flush()?;
+                    }
+                    Some(Err(e @ auditship::client::Error::Decode { .. })) => {
+                        tracing::warn!(error = %e, "frame is not an event; skipped")
+                    }
+                    Some(Err(e)) => return Err(e.into()),
+                    None => break,
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Validate { pipelines } => Ok(validate(&pipelines)),
+        Command::Checkpoints { pipeline } => checkpoints(&pipeline).await,
+        Command::Demo { dir } => demo(&dir).await,
+        Command::Sim(args) => sim(args).await,
+    }
+}
+
+fn load_one(path: &Path) -> anyhow::Result<Pipeline> {
+    let p = config::load(path, LoadMode::Run)?;
+    for w in &p.warnings {
+        tracing::warn!("{w}");
+    }
+    Ok(p)
+}
+
+/// A token cancelled on SIGTERM or SIGINT.
+fn shutdown_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot listen for SIGTERM");
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("interrupt received"),
+        }
+        t.cancel();
+    });
+    token
+}
+
+/// RFC 3339, or a duration before now: `30s`, `15m`, `24h`, `7d`.
+fn resolve_time(s: &str) -> anyhow::Result<i64> {
+    if let Some(t) = parse_time(s) {
+        return Ok(t);
+    }
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: i64 = num.parse().ok().filter(|_| !num.is_empty()).with_context(|| {
+        format!("{s:?} is not a time: use RFC 3339 (2026-11-01T00:00:00Z) or a relative span (30m, 24h, 7d)")
+    })?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3_600,
+        "d" => n * 86_400,
+        "w" => n * 604_800,
+        _ => bail!("{s:?} has an unknown unit; use s, m, h, d or w (e.g. 24h)"),
+    };
+    Ok(chrono::Utc::now().timestamp_micros() - secs * 1_000_000)
+}
+
+async fn run(paths: Vec<PathBuf>) -> anyhow::Result<ExitCode> {
+    let mut pipelines = Vec::new();
+    let mut errors = Vec::new();
+    for path in &paths {
+        match config::load(path, LoadMode::Run) {
+            Ok(p) => pipelines.push(p),
+            Err(e) => errors.extend(e.0),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(config::ConfigErrors(errors).into());
+    }
+    let stop = shutdown_signal();
+    let mut tasks = tokio::task::JoinSet::new();
+    for p in pipelines {
+        for w in &p.warnings {
+            tracing::warn!("{w}");
+        }
+        let mut opts = RunOptions::new(Mode::Live);
+        opts.shutdown = stop.child_token();
+        tasks.spawn(async move {
+            let r = pipeline::run(&p, opts).await;
+            (p.name.clone(), r)
+        });
+    }
+    let mut code = ExitCode::SUCCESS;
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok((name, Ok(report))) => {
+                let total: u64 = report.shipped.values().sum();
+                tracing::info!(pipeline = %name, events_shipped = total, dead_lettered = report.dead_lettered, "pipeline stopped");
+            }
+            Ok((name, Err(e))) => {
+                eprintln!("error: pipeline {name}: {e}");
+                code = ExitCode::from(if e.is_retryable() { 2 } else { 1 });
+                // One pipeline failing stops the others: a supervisor restarts the process.
+                stop.cancel();
+            }
+            Err(e) => {
+                eprintln!("error: a pipeline task failed: {e}");
+                code = ExitCode::from(2);
+                stop.cancel();
+            }
+        }
+    }
+    Ok(code)
+}
+
+async fn backfill(
+    path: PathBuf,
+    since: String,
+    until: Option<String>,
+    sandboxes: Vec<String>,
+) -> anyhow::Result<ExitCode> {
+    let p = match config::load(&path, LoadMode::Run) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(ExitCode::from(1));
+        }
+    };
+    let since_us = match resolve_time(&since) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: --since: {e:#}");
+            return Ok(ExitCode::from(1));
+        }
+    };
+    let until_us = match until.as_deref().map(resolve_time).transpose() {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: --until: {e:#}");
+            return Ok(ExitCode::from(1));
+        }
+    };
+    if until_us.is_some_and(|u| u < since_us) {
+        eprintln!("error: --until is before --since");
+        return Ok(ExitCode::from(1));
+    }
+    let window = Window {
+        since_us,
+        until_us,
+        sandboxes,
+    };
+    let mut opts = RunOptions::new(Mode::Backfill(window.clone()));
+    opts.shutdown = shutdown_signal();
+    let progress = opts.progress.clone();
+    let bar = if std::io::stderr().is_terminal() {
+        let bar = indicatif::ProgressBar::new_spinner();
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} {elapsed} {msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+        );
+        bar.enable_steady_tick(Duration::from_millis(120));
+        Some(bar)
+    } else {
+        None
+    };
+    let ticker = bar.clone().map(|bar| {
+        let progress = progress.clone();
+        tokio::spawn(async move {
+            loop {
+                bar.set_message(format!(
+                    "{} events read, {} shipped and checkpointed, {} dead-lettered",
+                    progress.emitted.load(Ordering::Relaxed),
+                    progress.committed.load(Ordering::Relaxed),
+                    progress.dead_lettered.load(Ordering::Relaxed)
+                ));
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+    });
+    let result = pipeline::run(&p, opts).await;
+    if let Some(t) = ticker {
+        t.abort();
+    }
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    let resume = format!(
+        "auditship backfill {} --since {}{}",
+        path.display(),
+        format_time(since_us),
+        until_us
+            .map(|u| format!(" --until {}", format_time(u)))
+            .unwrap_or_default()
+    );
+    match result {
+        Ok(report) if report.complete => {
+            let total: u64 = report.shipped.values().sum();
+            eprintln!(
+                "backfill of {} ({}) done: {total} events shipped, {} dead-lettered",
+                p.name,
+                window.stream_key(),
+                report.dead_lettered
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Ok(report) => {
+            let total: u64 = report.shipped.values().sum();
+            eprintln!(
+                "backfill of {} interrupted after {total} events; progress is saved.",
+                p.name
+            );
+            for (sb, why) in &report.stopped {
+                eprintln!("  {sb}: {why}");
+            }
+            if until_us.is_none() {
+                eprintln!("note: with no --until the window ends at the time of each run.");
+            }
+            eprintln!("resume with: {resume}");
+            Ok(ExitCode::from(2))
+        }
+        Err(e) => {
+            eprintln!("error: backfill of {}: {e}", p.name);
+            if e.is_retryable() {
+                eprintln!("resume with: {resume}");
+                Ok(ExitCode::from(2))
+            } else {
+                Ok(ExitCode::from(1))
+            }
+        }
+    }
+}
+
+fn validate(paths: &[PathBuf]) -> ExitCode {
+    let mut failed = false;
+    for path in paths {
+        match config::load(path, LoadMode::Validate) {
+            Ok(p) => {
+                for w in &p.warnings {
+                    eprintln!("warning: {w}");
+                }
+                println!(
+                    "ok: {} (pipeline {:?}: {} sandbox(es), sinks: {})",
+                    path.display(),
+                    p.name,
+                    p.sandboxes.len(),
+                    p.sinks.keys().cloned().collect::<Vec<_>>().join(", ")
+                );
+            }
+            Err(errors) => {
+                failed = true;
+                for e in errors.0 {
+                    println!("error: {e}");
+                }
+            }
+        }
+    }
+    if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+async fn checkpoints(path: &Path) -> anyhow::Result<ExitCode> {
+    let p = config::load(path, LoadMode::Validate)?;
+    if !p.checkpoint_path.exists() {
+        println!(
+            "no checkpoints yet: {} does not exist",
+            p.checkpoint_path.display()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let store = auditship::checkpoint::Store::open(&p.checkpoint_path)?;
+    let rows = store.streams(&p.name).await?;
+    if rows.is_empty() {
+        println!(
+            "no checkpoints for pipeline {:?} in {}",
+            p.name,
+            p.checkpoint_path.display()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let now = chrono::Utc::now().timestamp_micros();
+    println!(
+        "{:<34} {:<24} {:<24} {:<28} {:>10} {:>10}",
+        "STREAM", "SANDBOX", "LAST EVENT", "CURSOR TIME", "LAG", "SHIPPED"
+    );
+    for (stream, c) in rows {
+        let lag = c
+            .cursor_us
+            .map(|t| human_duration(Duration::from_micros((now - t).max(0) as u64)))
+            .unwrap_or_else(|| "-".into());
+        println!(
+            "{:<34} {:<24} {:<24} {:<28} {:>10} {:>10}",
+            stream,
+            c.resource_id,
+            c.last_event_id.unwrap_or_else(|| "-".into()),
+            c.cursor_us.map(format_time).unwrap_or_else(|| "-".into()),
+            lag,
+            c.events_shipped
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn human_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3_599 => format!("{}m{}s", s / 60, s % 60),
+        3_600..=86_399 => format!("{}h{}m", s / 3_600, (s % 3_600) / 60),
+        _ => format!("{}d{}h", s / 86_400, (s % 86_400) / 3_600),
+    }
+}
+
+async fn sim(args: SimArgs) -> anyhow::Result<ExitCode> {
+    let sandboxes = if args.ids.is_empty() {
+        (1..=args.sandboxes).map(|i| format!("sb-{i}")).collect()
+    } else {
+        args.ids
+    };
+    let mut config = SimConfig {
+        port: args.port,
+        sandboxes,
+        backlog_per_sandbox: args.backlog,
+        live_rate_per_sec: args.rate,
+        live_events_per_sandbox: args.live_events,
+        no_socket: args.no_socket,
+        drop_every_frames: args.drop_every,
+        ratio_429: args.ratio_429,
+        ratio_5xx: args.ratio_5xx,
+        garbage_ratio: args.garbage,
+        ties: args.ties.max(1),
+        list_shape: args.list_shape,
+        ..SimConfig::default()
+    };
+    if let Some(k) = args.api_key {
+        config.api_key = k;
+    }
+    let sim = Simulator::start(config.clone())
+        .await
+        .with_context(|| format!("starting the simulator on 127.0.0.1:{}", args.port))?;
+    println!(
+        "Miosa simulator serving {} sandbox(es)",
+        config.sandboxes.len()
+    );
+    println!("  base_url = \"{}\"", sim.base_url());
+    println!("  sandboxes = {:?}", config.sandboxes);
+    println!(
+        "  key: the simulator accepts the key in MIOSA_SIM_API_KEY (default msk_sim_demo_key)"
+    );
+    println!("Ctrl-C stops it.");
+    shutdown_signal().cancelled().await;
+    sim.stop();
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The embedded default: simulator + demo pipeline + file sink, end to end.
+async fn demo(dir: &Path) -> anyhow::Result<ExitCode> {
+    const MARKER: &str = ".auditship-demo";
+    if dir.exists() {
+        if !dir.join(MARKER).exists() && std::fs::read_dir(dir)?.next().is_some() {
+            bail!(
+                "{} exists and was not made by `auditship demo`; pass --dir with a new directory",
+                dir.display()
+            );
+        }
+        std::fs::remove_dir_all(dir).with_context(|| format!("clearing {}", dir.display()))?;
+    }
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(
+        dir.join(MARKER),
+        "made by auditship demo; deleted and rebuilt on each run\n",
+    )?;
+
+    let sandboxes: Vec<String> = ["sb-alpha", "sb-beta", "sb/gamma", "sb-delta", "sb-epsilon"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let sim = Simulator::start(SimConfig {
+        sandboxes: sandboxes.clone(),
+        backlog_per_sandbox: 400,
+        live_rate_per_sec: 150.0,
+        live_events_per_sandbox: Some(300),
+        no_socket: vec!["sb-delta".into()],
+        drop_every_frames: Some(250),
+        garbage_ratio: 0.005,
+        ties: 3,
+        ratio_429: 0.03,
+        ratio_5xx: 0.03,
+        retry_after_secs: 0.05,
+        ..SimConfig::default()
+    })
+    .await
+    .context("starting the bundled simulator")?;
+
+    let text = include_str!("../pipelines/demo.toml");
+    let mut p = config::parse(Path::new("pipelines/demo.toml"), text, LoadMode::Validate)?;
+    p.base_url = sim.base_url();
+    p.api_key = Some(auditship::secret::ApiKey::new(sim.api_key()));
+    p.poll_interval = Duration::from_millis(250);
+    p.checkpoint_path = dir.join("state/checkpoints.db");
+    p.dead_letter_path = dir.join("state/dead-letter.ndjson");
+    for sink in p.sinks.values_mut() {
+        let config::SinkConfig::File(f) = sink;
+        f.path = format!(
+            "{}/{}",
+            dir.display(),
+            f.path.trim_start_matches("auditship-demo/")
+        );
+    }
+
+    println!(
+        "auditship demo: a simulated Miosa API with {} sandboxes on {}",
+        sandboxes.len(),
+        sim.base_url()
+    );
+    println!("  (one sandbox has no socket, sockets drop every 250 frames, some requests fail with 429/5xx, a few frames are garbage)");
+    let started = Instant::now();
+    let opts = RunOptions::new(Mode::Live);
+    let stop = opts.shutdown.clone();
+    let progress = opts.progress.clone();
+    let runner = tokio::spawn(async move {
+        let r = pipeline::run(&p, opts).await;
+        (p, r)
+    });
+    // Ship until every event the simulator made is checkpointed, or a minute passes.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let done = sim.live_done()
+            && progress.committed.load(Ordering::Relaxed) as usize >= sim.total_events();
+        if done || Instant::now() >= deadline || runner.is_finished() {
+            break;
+        }
+    }
+    stop.cancel();
+    let (p, result) = runner.await.context("the demo pipeline task failed")?;
+    let report = result?;
+    let elapsed = started.elapsed();
+    sim.stop();
+
+    let archive_root = dir.join("archive");
+    let mut files = Vec::new();
+    collect_files(&archive_root, &mut files)?;
+    files.sort();
+    let mut lines = 0usize;
+    for f in &files {
+        lines += std::fs::read_to_string(f)?.lines().count();
+    }
+    let expected = sim.total_events();
+    println!();
+    println!(
+        "{:<12} {:>8}  {}",
+        "SANDBOX", "EVENTS", "TRANSPORT AT THE END"
+    );
+    for sb in &sandboxes {
+        let t = report
+            .transports
+            .get(sb)
+            .map(|t| format!("{t:?}"))
+            .unwrap_or_else(|| "-".into());
+        println!(
+            "{:<12} {:>8}  {}",
+            sb,
+            report.shipped.get(sb).copied().unwrap_or(0),
+            t
+        );
+    }
+    println!();
+    println!(
+        "shipped {lines} of {expected} events in {:.1}s into {} files under {}:",
+        elapsed.as_secs_f64(),
+        files.len(),
+        archive_root.display()
+    );
+    for f in files.iter().take(8) {
+        println!("  {}", f.display());
+    }
+    if files.len() > 8 {
+        println!("  … and {} more", files.len() - 8);
+    }
+    println!(
+        "dead-lettered {} garbage frames into {}",
+        report.dead_lettered,
+        report.dead_letter_path.display()
+    );
+    println!(
+        "checkpoints in {} (see: auditship checkpoints pipelines/demo.toml)",
+        p.checkpoint_path.display()
+    );
+    if lines != expected {
+        eprintln!("error: the archive holds {lines} events, the simulator made {expected}");
+        return Ok(ExitCode::from(2));
+    }
+    println!("every event archived exactly once.");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    if !dir.exists() {
+        return Ok(());
+    }
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            collect_files(&path, out)?;
+        } else {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+#[allow(dead_code)]
+fn _assert_send(_: Arc<()>) {}
