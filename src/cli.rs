@@ -2,7 +2,6 @@ use std::io::{IsTerminal, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
@@ -200,14 +199,44 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// Writes log lines to stderr with every known key and `token=` value removed. The fmt layer
+/// writes each event with one `write` call, so a secret is never split across two calls.
+struct RedactingStderr;
+
+impl std::io::Write for RedactingStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let text = auditship::secret::redact_all(&String::from_utf8_lossy(buf));
+        std::io::stderr().write_all(text.as_bytes())?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
+
 fn init_logging(format: LogFormat, level: &str) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
+    // The HTTP and socket libraries are noisy below info and print request lines; our own
+    // events say what matters. (The writer redacts secrets even if someone turns them on.)
+    let filter = [
+        "tungstenite=info",
+        "tokio_tungstenite=info",
+        "hyper=info",
+        "hyper_util=info",
+        "reqwest=info",
+        "h2=info",
+        "rustls=info",
+    ]
+    .iter()
+    .filter_map(|d| d.parse().ok())
+    .fold(filter, |f, d| f.add_directive(d));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(|| RedactingStderr)
         .with_target(false);
     match format {
         LogFormat::Human => builder
@@ -761,10 +790,7 @@ async fn demo(dir: &Path) -> anyhow::Result<ExitCode> {
     }
     let expected = sim.total_events();
     println!();
-    println!(
-        "{:<12} {:>8}  {}",
-        "SANDBOX", "EVENTS", "TRANSPORT AT THE END"
-    );
+    println!("{:<12} {:>8}  TRANSPORT AT THE END", "SANDBOX", "EVENTS");
     for sb in &sandboxes {
         let t = report
             .transports
@@ -822,6 +848,3 @@ fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
     }
     Ok(())
 }
-
-#[allow(dead_code)]
-fn _assert_send(_: Arc<()>) {}

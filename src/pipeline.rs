@@ -723,7 +723,6 @@ async fn sink_task(
             Err(None) => break,
         }
     }
-    let _ = idx;
 }
 
 /// `Err(None)`: abandoned while retrying.
@@ -870,7 +869,7 @@ async fn checkpointer_task(
                 }
                 Err(e) if e.is_retryable() && !closed => {
                     failures += 1;
-                    if failures == 1 || failures % 40 == 0 {
+                    if failures == 1 || failures.is_multiple_of(40) {
                         tracing::error!(pipeline = %pipeline, error = %e, "checkpoint commit failed; will retry");
                     }
                 }

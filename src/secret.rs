@@ -1,7 +1,11 @@
 //! The API key, and the redaction that keeps it out of every log line, error and file.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
+
+/// Every key this process has seen, so that any text bound for a log can be scrubbed of all of
+/// them ([`redact_all`]) without knowing which pipeline it came from.
+static KNOWN_KEYS: RwLock<Vec<Arc<str>>> = RwLock::new(Vec::new());
 
 /// A Miosa API key. `Debug` and `Display` print `***`; only [`ApiKey::expose`] gives the text,
 /// and it is called in exactly two places: the `Authorization` header and the socket URL.
@@ -11,7 +15,14 @@ pub struct ApiKey(Arc<str>);
 impl ApiKey {
     /// Wrap a key. Surrounding whitespace (a trailing newline in a key file) is removed.
     pub fn new(key: impl AsRef<str>) -> Self {
-        ApiKey(key.as_ref().trim().into())
+        let key: Arc<str> = key.as_ref().trim().into();
+        if key.len() >= 4 {
+            let mut known = KNOWN_KEYS.write().unwrap_or_else(|e| e.into_inner());
+            if !known.iter().any(|k| **k == *key) {
+                known.push(key.clone());
+            }
+        }
+        ApiKey(key)
     }
 
     /// The key's text. Never log or format the result.
@@ -45,6 +56,20 @@ impl fmt::Display for ApiKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("***")
     }
+}
+
+/// Remove every key this process knows, and every `token=`/`Bearer` value, from `text`. The log
+/// writer runs every line through this: a dependency that logs a request URL at trace level
+/// cannot leak the key.
+pub fn redact_all(text: &str) -> String {
+    let known = KNOWN_KEYS.read().unwrap_or_else(|e| e.into_inner());
+    let mut out = redact_tokens(text);
+    for key in known.iter() {
+        if out.contains(&**key) {
+            out = out.replace(&**key, "***");
+        }
+    }
+    out
 }
 
 /// Replace the value of every `token=` query parameter and every `Bearer` credential in `text`.
@@ -83,6 +108,12 @@ mod tests {
         let key = ApiKey::new("msk_live_supersecret\n");
         assert_eq!(key.expose(), "msk_live_supersecret");
         assert_eq!(format!("{key} {key:?}"), "*** ApiKey(***)");
+    }
+
+    #[test]
+    fn redact_all_knows_every_key_made() {
+        let _key = ApiKey::new("msk_p_registered_elsewhere");
+        assert_eq!(redact_all("x msk_p_registered_elsewhere y"), "x *** y");
     }
 
     #[test]

@@ -686,7 +686,7 @@ async fn push_events(
         };
         if state.config.garbage_ratio > 0.0 && rand::random::<f64>() < state.config.garbage_ratio {
             state.frames_garbage.fetch_add(1, Ordering::Relaxed);
-            let garbage = if frames % 2 == 0 {
+            let garbage = if frames.is_multiple_of(2) {
                 "this is not json{"
             } else {
                 r#"{"no_id":true}"#
@@ -712,7 +712,7 @@ async fn push_events(
         if state
             .config
             .drop_every_frames
-            .is_some_and(|n| frames % n == 0)
+            .is_some_and(|n| frames.is_multiple_of(n))
         {
             // Drop without a close frame: the client sees a broken connection.
             return;

@@ -437,8 +437,9 @@ struct Gone;
 enum SocketEnd {
     /// The consumer dropped the stream.
     Gone,
-    /// The socket closed or failed; reconnect after `reason` is logged.
-    Dropped(String),
+    /// The socket closed or failed; reconnect after `reason` is logged. `worked` says whether it
+    /// delivered live frames first (then the reconnect backoff starts over).
+    Dropped { reason: String, worked: bool },
     /// A fatal error was handed to the consumer.
     Fatal,
 }
@@ -482,15 +483,16 @@ impl TailTask {
                             tracing::info!(resource_id = %self.resource_id, "audit socket is back; leaving the polling fallback");
                             on_fallback = false;
                         }
-                        let opened = Instant::now();
                         match self.follow_socket(socket).await {
                             SocketEnd::Gone | SocketEnd::Fatal => {
                                 self.set_status(ActiveTransport::Stopped);
                                 return;
                             }
-                            SocketEnd::Dropped(reason) => {
+                            SocketEnd::Dropped { reason, worked } => {
                                 crate::metrics::SOCKET_DROPS.inc();
-                                if opened.elapsed() >= Duration::from_secs(10) {
+                                // A socket that delivered live frames was healthy: reconnect
+                                // promptly. One that fails before that backs off further.
+                                if worked {
                                     reconnect_backoff.reset();
                                 }
                                 let delay = reconnect_backoff.next_delay();
@@ -621,22 +623,33 @@ impl TailTask {
         for msg in buffer {
             match self.on_message(msg).await {
                 Ok(None) => {}
-                Ok(Some(reason)) => return SocketEnd::Dropped(reason),
+                Ok(Some(reason)) => {
+                    return SocketEnd::Dropped {
+                        reason,
+                        worked: false,
+                    }
+                }
                 Err(Gone) => return SocketEnd::Gone,
             }
         }
         if let Some(reason) = socket_failed {
-            return SocketEnd::Dropped(reason);
+            return SocketEnd::Dropped {
+                reason,
+                worked: false,
+            };
         }
         if overflowed {
             let _ = socket.close(None).await;
-            return SocketEnd::Dropped(
-                "catch-up took longer than the socket buffer; catching up again".into(),
-            );
+            let reason = "catch-up took longer than the socket buffer; catching up again".into();
+            return SocketEnd::Dropped {
+                reason,
+                worked: true,
+            };
         }
         self.set_status(ActiveTransport::WebSocket);
         let ping_after = self.options.ping_after;
         let mut pinged = false;
+        let mut worked = false;
         loop {
             let frame = tokio::select! {
                 f = tokio::time::timeout(ping_after, socket.next()) => f,
@@ -645,32 +658,30 @@ impl TailTask {
                     return SocketEnd::Gone;
                 }
             };
-            match frame {
+            let reason = match frame {
                 Ok(Some(Ok(msg))) => {
                     pinged = false;
+                    worked |= matches!(msg, Message::Text(_) | Message::Binary(_));
                     match self.on_message(msg).await {
-                        Ok(None) => {}
-                        Ok(Some(reason)) => return SocketEnd::Dropped(reason),
+                        Ok(None) => continue,
+                        Ok(Some(reason)) => reason,
                         Err(Gone) => return SocketEnd::Gone,
                     }
                 }
-                Ok(Some(Err(e))) => {
-                    return SocketEnd::Dropped(self.client.key().redact(&e.to_string()))
-                }
-                Ok(None) => return SocketEnd::Dropped("closed by the server".into()),
+                Ok(Some(Err(e))) => self.client.key().redact(&e.to_string()),
+                Ok(None) => "closed by the server".into(),
                 Err(_idle) if pinged => {
-                    return SocketEnd::Dropped(format!(
-                        "no frame or pong for {} s",
-                        2 * ping_after.as_secs()
-                    ));
+                    format!("no frame or pong for {} s", 2 * ping_after.as_secs())
                 }
                 Err(_idle) => {
                     pinged = true;
-                    if let Err(e) = socket.send(Message::Ping(Bytes::new())).await {
-                        return SocketEnd::Dropped(self.client.key().redact(&e.to_string()));
+                    match socket.send(Message::Ping(Bytes::new())).await {
+                        Ok(()) => continue,
+                        Err(e) => self.client.key().redact(&e.to_string()),
                     }
                 }
-            }
+            };
+            return SocketEnd::Dropped { reason, worked };
         }
     }
 

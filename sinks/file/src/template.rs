@@ -119,7 +119,7 @@ impl PathTemplate {
 
     /// Whether the template uses a placeholder.
     pub fn uses(&self, var: Var) -> bool {
-        self.parts.iter().any(|p| *p == Part::Var(var))
+        self.parts.contains(&Part::Var(var))
     }
 
     /// Render the template. Every value becomes one safe path component.

@@ -1,0 +1,253 @@
+//! The real binary: signals, kill -9, restarts, backfills, secrets.
+
+use std::time::{Duration, Instant};
+
+use auditship::sim::SimConfig;
+
+use crate::util::{assert_exactly_once, finish, signal, sim, sim_lines, wait_for, Workspace};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_drains_and_exits_zero_and_a_restart_adds_nothing() {
+    let ids = ["sb-t1", "sb-t2"];
+    let sim = sim(
+        &ids,
+        SimConfig {
+            backlog_per_sandbox: 300,
+            live_rate_per_sec: 200.0,
+            live_events_per_sandbox: Some(200),
+            ..SimConfig::default()
+        },
+    )
+    .await;
+    let ws = Workspace::new(&sim, &ids, "", "");
+    let key = sim.api_key().to_string();
+    let child = ws.spawn(&key, &["run", "pipe.toml"]);
+    wait_for("the archive to fill", Duration::from_secs(60), || {
+        sim.live_done() && ws.archive_lines().len() >= sim.total_events()
+    })
+    .await;
+    signal(&child, libc::SIGTERM);
+    let stopped = Instant::now();
+    let out = finish(child, Duration::from_secs(30));
+    assert_eq!(out.code, Some(0), "stderr: {}", out.stderr);
+    assert!(
+        stopped.elapsed() < Duration::from_secs(10),
+        "drained in {:?}",
+        stopped.elapsed()
+    );
+    assert_exactly_once(&ws.archive_lines(), &sim_lines(&sim, &ids));
+
+    let child = ws.spawn(&key, &["run", "pipe.toml"]);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    signal(&child, libc::SIGTERM);
+    let out = finish(child, Duration::from_secs(30));
+    assert_eq!(out.code, Some(0), "stderr: {}", out.stderr);
+    assert_exactly_once(&ws.archive_lines(), &sim_lines(&sim, &ids));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_at_random_moments_loses_nothing_and_duplicates_nothing() {
+    let ids = ["sb-k1", "sb-k2", "sb-k3"];
+    let sim = sim(
+        &ids,
+        SimConfig {
+            backlog_per_sandbox: 400,
+            live_rate_per_sec: 250.0,
+            live_events_per_sandbox: Some(1500),
+            drop_every_frames: Some(97),
+            ties: 3,
+            ..SimConfig::default()
+        },
+    )
+    .await;
+    // Small batches and frequent commits: more moments for a kill to land between a write and
+    // its commit.
+    let ws = Workspace::new(&sim, &ids, "", "rotate_max_bytes = 20000");
+    let key = sim.api_key().to_string();
+    for round in 0..6u64 {
+        let child = ws.spawn(&key, &["run", "pipe.toml"]);
+        let pause = 300 + (round * 337) % 700;
+        tokio::time::sleep(Duration::from_millis(pause)).await;
+        signal(&child, libc::SIGKILL);
+        let out = finish(child, Duration::from_secs(10));
+        assert_eq!(out.code, None, "killed by a signal");
+    }
+    let child = ws.spawn(&key, &["run", "pipe.toml"]);
+    wait_for(
+        "the archive to hold every event",
+        Duration::from_secs(90),
+        || sim.live_done() && ws.archive_lines().len() >= sim.total_events(),
+    )
+    .await;
+    signal(&child, libc::SIGTERM);
+    let out = finish(child, Duration::from_secs(30));
+    assert_eq!(out.code, Some(0), "stderr: {}", out.stderr);
+    assert_exactly_once(&ws.archive_lines(), &sim_lines(&sim, &ids));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_key_never_appears_in_output_logs_or_files() {
+    let key = "msk_live_TOPSECRET_4f1c9a7e";
+    let ids = ["sb-s1", "sb-nosock"];
+    let sim = sim(
+        &ids,
+        SimConfig {
+            api_key: key.into(),
+            backlog_per_sandbox: 50,
+            live_rate_per_sec: 100.0,
+            live_events_per_sandbox: Some(50),
+            no_socket: vec!["sb-nosock".into()],
+            drop_every_frames: Some(9),
+            ratio_429: 0.2,
+            ratio_5xx: 0.2,
+            garbage_ratio: 0.2,
+            ..SimConfig::default()
+        },
+    )
+    .await;
+    let ws = Workspace::new(&sim, &ids, "", "");
+    let child = ws.spawn(key, &["--log-level", "trace", "run", "pipe.toml"]);
+    wait_for("the archive to fill", Duration::from_secs(60), || {
+        sim.live_done() && ws.archive_lines().len() >= sim.total_events()
+    })
+    .await;
+    signal(&child, libc::SIGTERM);
+    let out = finish(child, Duration::from_secs(30));
+    assert_eq!(out.code, Some(0));
+    assert!(!out.stderr.is_empty(), "trace logging produced output");
+    for (name, text) in [("stdout", &out.stdout), ("stderr", &out.stderr)] {
+        let leak = text.lines().find(|l| l.contains(key));
+        assert!(
+            leak.is_none(),
+            "the key is in {name}: {}",
+            leak.unwrap_or_default()
+        );
+    }
+    for f in ws.all_files() {
+        let bytes = std::fs::read(ws.path().join(&f)).unwrap();
+        let name = f.display().to_string();
+        if name == "pipe.toml" {
+            continue;
+        }
+        assert!(
+            !bytes.windows(key.len()).any(|w| w == key.as_bytes()),
+            "the key is in {name}"
+        );
+    }
+    // A refused key: a clear error that names the fix, still without the key.
+    let wrong = "msk_live_WRONGSECRET_99";
+    let out = ws.run(wrong, &["--log-level", "debug", "run", "pipe.toml"]);
+    assert_eq!(out.code, Some(1), "stderr: {}", out.stderr);
+    assert!(out.stderr.contains("refused the key"), "{}", out.stderr);
+    assert!(!out.stderr.contains(wrong) && !out.stdout.contains(wrong));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn backfill_ships_20000_past_events_exactly_once_and_a_rerun_is_a_no_op() {
+    let ids = ["sb-b1", "sb-b2"];
+    let sim = sim(
+        &ids,
+        SimConfig {
+            backlog_per_sandbox: 10_000,
+            ties: 3,
+            ..SimConfig::default()
+        },
+    )
+    .await;
+    let ws = Workspace::new(&sim, &ids, "requests_per_minute = 100000", "");
+    let key = sim.api_key().to_string();
+    let out = ws.run(&key, &["backfill", "pipe.toml", "--since", "7d"]);
+    assert_eq!(out.code, Some(0), "stderr: {}", out.stderr);
+    assert!(
+        out.stderr.contains("20000 events shipped"),
+        "{}",
+        out.stderr
+    );
+    assert_exactly_once(&ws.archive_lines(), &sim_lines(&sim, &ids));
+    // Same window again: nothing new.
+    let since = auditship::client::format_time(sim.events("sb-b1")[0].inserted_us - 1_000_000);
+    let out = ws.run(&key, &["backfill", "pipe.toml", "--since", &since]);
+    assert_eq!(out.code, Some(0), "stderr: {}", out.stderr);
+    let again = ws.run(&key, &["backfill", "pipe.toml", "--since", &since]);
+    assert_eq!(again.code, Some(0));
+    assert!(
+        again.stderr.contains(" 0 events shipped"),
+        "{}",
+        again.stderr
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_backfill_resumes_where_it_stopped() {
+    let ids = ["sb-bk"];
+    let sim = sim(
+        &ids,
+        SimConfig {
+            backlog_per_sandbox: 6_000,
+            ..SimConfig::default()
+        },
+    )
+    .await;
+    let ws = Workspace::new(
+        &sim,
+        &ids,
+        "requests_per_minute = 1200\npage_limit = 50",
+        "",
+    );
+    let key = sim.api_key().to_string();
+    // Absolute bounds: a window is resumed by naming it again (a relative `--since 1d` is a new
+    // window each time; the resume hint prints the absolute one).
+    let now = chrono::Utc::now().timestamp_micros();
+    let since = auditship::client::format_time(now - 86_400_000_000);
+    let until = auditship::client::format_time(now);
+    let args = [
+        "backfill",
+        "pipe.toml",
+        "--since",
+        since.as_str(),
+        "--until",
+        until.as_str(),
+    ];
+    let child = ws.spawn(&key, &args);
+    wait_for(
+        "part of the window to be shipped",
+        Duration::from_secs(60),
+        || ws.archive_lines().len() > 500,
+    )
+    .await;
+    signal(&child, libc::SIGKILL);
+    finish(child, Duration::from_secs(10));
+    let partial = ws.archive_lines().len();
+    assert!(partial < 6_000, "killed before the end ({partial})");
+    let out = ws.run(&key, &args);
+    assert_eq!(out.code, Some(0), "stderr: {}", out.stderr);
+    assert_exactly_once(&ws.archive_lines(), &sim_lines(&sim, &ids));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_interrupted_backfill_exits_2_with_a_resume_hint() {
+    let ids = ["sb-bi"];
+    let sim = sim(
+        &ids,
+        SimConfig {
+            backlog_per_sandbox: 3_000,
+            ..SimConfig::default()
+        },
+    )
+    .await;
+    let ws = Workspace::new(&sim, &ids, "requests_per_minute = 600\npage_limit = 20", "");
+    let child = ws.spawn(sim.api_key(), &["backfill", "pipe.toml", "--since", "1d"]);
+    wait_for("some progress", Duration::from_secs(60), || {
+        !ws.archive_lines().is_empty()
+    })
+    .await;
+    signal(&child, libc::SIGTERM);
+    let out = finish(child, Duration::from_secs(30));
+    assert_eq!(out.code, Some(2), "stderr: {}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("resume with: auditship backfill pipe.toml --since"),
+        "{}",
+        out.stderr
+    );
+}

@@ -1,0 +1,273 @@
+//! The pipeline in-process: every transport and every awkward server behaviour ends with every
+//! event archived exactly once, byte for byte.
+
+use std::time::Duration;
+
+use auditship::client::ActiveTransport;
+use auditship::config::{self, LoadMode};
+use auditship::pipeline::{self, Mode, RunOptions, RunReport};
+use auditship::secret::ApiKey;
+use auditship::sim::{ListShape, SimConfig, Simulator};
+
+use crate::util::{assert_exactly_once, sim, sim_lines, wait_for, Workspace};
+
+/// Run the workspace's pipeline until the archive holds every event the simulator made (and it
+/// is done generating), then stop it gracefully: the drain commits the checkpoint.
+async fn ship(ws: &Workspace, sim: &Simulator, sandboxes: &[&str]) -> RunReport {
+    let mut p = config::load(&ws.pipeline, LoadMode::Validate).unwrap();
+    p.api_key = Some(ApiKey::new(sim.api_key()));
+    let opts = RunOptions::new(Mode::Live);
+    let stop = opts.shutdown.clone();
+    let handle = tokio::spawn(async move { pipeline::run(&p, opts).await });
+    wait_for(
+        "every event to be archived",
+        Duration::from_secs(60),
+        || {
+            let expected: usize = sandboxes.iter().map(|s| sim.events(s).len()).sum();
+            sim.live_done() && ws.archive_lines().len() >= expected
+        },
+    )
+    .await;
+    stop.cancel();
+    handle.await.unwrap().expect("the pipeline stops cleanly")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn socket_path_ships_backlog_and_live_events_once_verbatim() {
+    let ids = ["sb-a", "sb-b"];
+    let sim = sim(
+        &ids,
+        SimConfig {
+            backlog_per_sandbox: 120,
+            live_rate_per_sec: 400.0,
+            live_events_per_sandbox: Some(200),
+            ..SimConfig::default()
+        },
+    )
+    .await;
+    let ws = Workspace::new(&sim, &ids, "", "");
+    let report = ship(&ws, &sim, &ids).await;
+    assert_exactly_once(&ws.archive_lines(), &sim_lines(&sim, &ids));
+    for id in ids {
+        assert_eq!(
+            report.transports.get(id),
+            Some(&ActiveTransport::WebSocket),
+            "{id}"
+        );
+        assert_eq!(report.shipped[id], 320);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sandboxes_without_a_socket_fall_back_to_polling() {
+    let ids = ["sb-404", "sb-wrong-proto", "sb-ok"];
+    let sim = sim(
+        &ids,
+        SimConfig {
+            backlog_per_sandbox: 50,
+            live_rate_per_sec: 200.0,
+            live_events_per_sandbox: Some(100),
+            no_socket: vec!["sb-404".into()],
+            wrong_subprotocol: vec!["sb-wrong-proto".into()],
+            ..SimConfig::default()
+        },
+    )
+    .await;
+    let ws = Workspace::new(&sim, &ids, "", "");
+    let report = ship(&ws, &sim, &ids).await;
+    assert_exactly_once(&ws.archive_lines(), &sim_lines(&sim, &ids));
+    assert_eq!(report.transports["sb-404"], ActiveTransport::Polling);
+    assert_eq!(
+        report.transports["sb-wrong-proto"],
+        ActiveTransport::Polling
+    );
+    assert_eq!(report.transports["sb-ok"], ActiveTransport::WebSocket);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dropped_sockets_reconnect_and_catch_up_without_a_gap() {
+    let ids = ["sb-drop-1", "sb-drop-2"];
+    let sim = sim(
+        &ids,
+        SimConfig {
+            backlog_per_sandbox: 30,
+            live_rate_per_sec: 300.0,
+            live_events_per_sandbox: Some(400),
+            drop_every_frames: Some(7),
+            ..SimConfig::default()
+        },
+    )
+    .await;
+    let ws = Workspace::new(&sim, &ids, "", "");
+    let before = auditship::metrics::SOCKET_DROPS.get();
+    ship(&ws, &sim, &ids).await;
+    assert_exactly_once(&ws.archive_lines(), &sim_lines(&sim, &ids));
+    let drops = auditship::metrics::SOCKET_DROPS.get() - before;
+    assert!(drops > 10, "sockets were dropped and reopened: {drops}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn timestamp_ties_across_page_boundaries_in_every_list_shape() {
+    for shape in [
+        ListShape::Bare,
+        ListShape::Data,
+        ListShape::Events,
+        ListShape::Audit,
+        ListShape::Items,
+        ListShape::Cursor,
+    ] {
+        let ids = ["sb-ties"];
+        let sim = sim(
+            &ids,
+            SimConfig {
+                backlog_per_sandbox: 233,
+                ties: 7,
+                list_shape: shape,
+                shuffle_pages: true,
+                ..SimConfig::default()
+            },
+        )
+        .await;
+        let ws = Workspace::new(&sim, &ids, "transport = \"poll\"\npage_limit = 10", "");
+        ship(&ws, &sim, &ids).await;
+        let lines = ws.archive_lines();
+        assert_exactly_once(&lines, &sim_lines(&sim, &ids));
+        // Within a sandbox the archive is in cursor order even though pages were shuffled.
+        let times: Vec<&str> = lines
+            .iter()
+            .map(|l| &l[l.find("\"inserted_at\"").unwrap()..])
+            .collect();
+        assert!(
+            times.windows(2).all(|w| w[0] <= w[1]),
+            "{shape:?}: archive out of order"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn garbage_frames_are_dead_lettered_and_never_stop_the_stream() {
+    let ids = ["sb-garbage"];
+    let sim = sim(
+        &ids,
+        SimConfig {
+            live_rate_per_sec: 300.0,
+            live_events_per_sandbox: Some(300),
+            garbage_ratio: 0.2,
+            ..SimConfig::default()
+        },
+    )
+    .await;
+    let ws = Workspace::new(&sim, &ids, "", "");
+    let report = ship(&ws, &sim, &ids).await;
+    assert_exactly_once(&ws.archive_lines(), &sim_lines(&sim, &ids));
+    let dead = std::fs::read_to_string(ws.path().join("state/dead-letter.ndjson")).unwrap();
+    let entries: Vec<serde_json::Value> = dead
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(!entries.is_empty());
+    assert_eq!(entries.len() as u64, report.dead_lettered);
+    assert!(entries.len() as u64 <= sim.garbage_frames());
+    for e in &entries {
+        assert_eq!(e["resource_id"], "sb-garbage");
+        let reason = e["reason"].as_str().unwrap();
+        assert!(reason.starts_with("socket frame:"), "{reason}");
+        let raw = e["raw"].as_str().unwrap();
+        assert!(
+            raw == "this is not json{" || raw == r#"{"no_id":true}"#,
+            "{raw}"
+        );
+        assert!(e["time"].is_string());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rate_limits_and_server_errors_are_retried_without_loss() {
+    let ids = ["sb-flaky-1", "sb-flaky-2"];
+    let sim = sim(
+        &ids,
+        SimConfig {
+            backlog_per_sandbox: 150,
+            live_rate_per_sec: 200.0,
+            live_events_per_sandbox: Some(100),
+            ratio_429: 0.15,
+            ratio_5xx: 0.15,
+            drop_every_frames: Some(20),
+            ..SimConfig::default()
+        },
+    )
+    .await;
+    let ws = Workspace::new(&sim, &ids, "page_limit = 25", "");
+    ship(&ws, &sim, &ids).await;
+    assert_exactly_once(&ws.archive_lines(), &sim_lines(&sim, &ids));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_sandbox_ids_stay_inside_the_archive_directory() {
+    let ids = ["../evil", "sb/gamma", ".", "..", "a\\b"];
+    let sim = sim(
+        &ids,
+        SimConfig {
+            backlog_per_sandbox: 5,
+            ..SimConfig::default()
+        },
+    )
+    .await;
+    let ws = Workspace::new(&sim, &ids, "", "");
+    ship(&ws, &sim, &ids).await;
+    assert_exactly_once(&ws.archive_lines(), &sim_lines(&sim, &ids));
+    for f in ws.all_files() {
+        let top = f
+            .components()
+            .next()
+            .unwrap()
+            .as_os_str()
+            .to_string_lossy()
+            .into_owned();
+        assert!(
+            top == "archive" || top == "state" || top == "pipe.toml",
+            "{} is outside archive/ and state/",
+            f.display()
+        );
+    }
+    assert!(!ws.path().parent().unwrap().join("evil").exists());
+    let dirs: Vec<String> = std::fs::read_dir(ws.path().join("archive"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(dirs.len(), 5, "one directory per sandbox: {dirs:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restart_resumes_from_the_checkpoint_without_duplicates() {
+    let ids = ["sb-r1", "sb-r2"];
+    let sim = sim(
+        &ids,
+        SimConfig {
+            backlog_per_sandbox: 100,
+            ties: 4,
+            ..SimConfig::default()
+        },
+    )
+    .await;
+    for sink_extra in [
+        "",
+        "compression = \"gzip\"",
+        "compression = \"zstd\"\nrotate_max_bytes = 2000",
+    ] {
+        let ws = Workspace::new(&sim, &ids, "", sink_extra);
+        ship(&ws, &sim, &ids).await;
+        for id in ids {
+            sim.append(id, 13);
+        }
+        let report = ship(&ws, &sim, &ids).await;
+        // A fresh workspace ships the whole history on its first run; the second run ships only
+        // what was appended in between.
+        assert_eq!(
+            report.shipped["sb-r1"] + report.shipped["sb-r2"],
+            26,
+            "{sink_extra}"
+        );
+        assert_exactly_once(&ws.archive_lines(), &sim_lines(&sim, &ids));
+    }
+}

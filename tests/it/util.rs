@@ -1,0 +1,254 @@
+//! Helpers shared by the integration tests: a temp workspace with a pipeline file pointing at a
+//! simulator, the real binary as a child process, and archive readers that compare what was
+//! shipped with what the simulator made.
+
+use std::collections::HashMap;
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use std::time::{Duration, Instant};
+
+use auditship::sim::{SimConfig, Simulator};
+
+/// A temporary directory holding a pipeline file, its archive and its state.
+pub struct Workspace {
+    pub dir: tempfile::TempDir,
+    pub pipeline: PathBuf,
+    /// Child output goes to files here (a pipe would fill up and block a chatty child).
+    logs: tempfile::TempDir,
+}
+
+/// A running `auditship` child and the files its output goes to.
+pub struct Proc {
+    pub child: Child,
+    stdout: PathBuf,
+    stderr: PathBuf,
+}
+
+impl Workspace {
+    /// A workspace whose `pipe.toml` follows `sandboxes` on `sim`. `extra_source` is appended to
+    /// `[source]`, `sink_extra` to the file sink.
+    pub fn new(
+        sim: &Simulator,
+        sandboxes: &[&str],
+        extra_source: &str,
+        sink_extra: &str,
+    ) -> Workspace {
+        let dir = tempfile::tempdir().unwrap();
+        let pipeline = dir.path().join("pipe.toml");
+        let list = sandboxes
+            .iter()
+            .map(|s| format!("{s:?}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let root = dir.path().display().to_string();
+        let text = format!(
+            r#"
+[source]
+base_url = "{base}"
+api_key = "${{MIOSA_API_KEY}}"
+sandboxes = [{list}]
+poll_interval_ms = 100
+{extra_source}
+
+[checkpoint]
+path = "{root}/state/checkpoints.db"
+commit_interval_ms = 50
+
+[batch]
+timeout_ms = 20
+
+[sinks.archive]
+type = "file"
+path = "{root}/archive/{{resource_id}}/{{date}}.ndjson"
+{sink_extra}
+"#,
+            base = sim.base_url()
+        );
+        std::fs::write(&pipeline, text).unwrap();
+        Workspace {
+            dir,
+            pipeline,
+            logs: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Start `auditship ARGS` in the workspace with the key in the environment.
+    pub fn spawn(&self, key: &str, args: &[&str]) -> Proc {
+        let n = std::fs::read_dir(self.logs.path()).unwrap().count();
+        let stdout = self.logs.path().join(format!("{n}.out"));
+        let stderr = self.logs.path().join(format!("{n}.err"));
+        let child = Command::new(env!("CARGO_BIN_EXE_auditship"))
+            .args(args)
+            .current_dir(self.path())
+            .env("MIOSA_API_KEY", key)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&stdout).unwrap())
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .spawn()
+            .expect("the auditship binary runs");
+        Proc {
+            child,
+            stdout,
+            stderr,
+        }
+    }
+
+    /// Run `auditship ARGS` to completion.
+    pub fn run(&self, key: &str, args: &[&str]) -> Output {
+        let child = self.spawn(key, args);
+        finish(child, Duration::from_secs(120))
+    }
+
+    /// Every archived line, across all files (decompressing .gz/.zst).
+    pub fn archive_lines(&self) -> Vec<String> {
+        let mut files = Vec::new();
+        walk(&self.path().join("archive"), &mut files);
+        let mut lines = Vec::new();
+        for f in files {
+            let raw = std::fs::read(&f).unwrap();
+            let text = match raw.get(..4) {
+                Some([0x1f, 0x8b, _, _]) => {
+                    let mut s = String::new();
+                    flate2::read::MultiGzDecoder::new(&raw[..])
+                        .read_to_string(&mut s)
+                        .unwrap();
+                    s
+                }
+                Some([0x28, 0xb5, 0x2f, 0xfd]) => {
+                    String::from_utf8(zstd::stream::decode_all(&raw[..]).unwrap()).unwrap()
+                }
+                _ => String::from_utf8(raw).unwrap(),
+            };
+            lines.extend(text.lines().map(str::to_string));
+        }
+        lines
+    }
+
+    /// Every file below the workspace, relative.
+    pub fn all_files(&self) -> Vec<PathBuf> {
+        let mut files = Vec::new();
+        walk(self.path(), &mut files);
+        files
+            .into_iter()
+            .map(|f| f.strip_prefix(self.path()).unwrap().to_path_buf())
+            .collect()
+    }
+}
+
+pub fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            walk(&path, out);
+        } else {
+            out.push(path);
+        }
+    }
+}
+
+/// What a finished child printed.
+pub struct Output {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Wait for the child (SIGKILL after `timeout`) and read what it printed.
+pub fn finish(mut proc: Proc, timeout: Duration) -> Output {
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = proc.child.try_wait().unwrap() {
+            break status;
+        }
+        if start.elapsed() > timeout {
+            signal(&proc, libc::SIGKILL);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Output {
+        code: status.code(),
+        stdout: std::fs::read_to_string(&proc.stdout).unwrap_or_default(),
+        stderr: std::fs::read_to_string(&proc.stderr).unwrap_or_default(),
+    }
+}
+
+pub fn signal(proc: &Proc, sig: i32) {
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(proc.child.id() as i32, sig) };
+}
+
+/// Wait until `f` holds, or panic with `what` after `timeout`.
+pub async fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        if start.elapsed() > timeout {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The JSON lines the simulator made, all sandboxes.
+pub fn sim_lines(sim: &Simulator, sandboxes: &[&str]) -> Vec<String> {
+    sandboxes
+        .iter()
+        .flat_map(|s| sim.events(s))
+        .map(|e| e.json.clone())
+        .collect()
+}
+
+/// Assert `archived` holds every expected line exactly once and nothing else.
+pub fn assert_exactly_once(archived: &[String], expected: &[String]) {
+    let mut counts: HashMap<&str, i64> = HashMap::new();
+    for l in archived {
+        *counts.entry(l.as_str()).or_default() += 1;
+    }
+    let duplicated: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
+    let expected_set: std::collections::HashSet<&str> =
+        expected.iter().map(String::as_str).collect();
+    let missing = expected
+        .iter()
+        .filter(|l| !counts.contains_key(l.as_str()))
+        .count();
+    let unexpected = counts.keys().filter(|l| !expected_set.contains(*l)).count();
+    assert!(
+        duplicated.is_empty() && missing == 0 && unexpected == 0,
+        "archive vs simulator: {} lines archived, {} expected; {} duplicated, {} missing, {} unexpected (first duplicate: {:?})",
+        archived.len(),
+        expected.len(),
+        duplicated.len(),
+        missing,
+        unexpected,
+        duplicated.first()
+    );
+}
+
+/// A simulator with `sandboxes` and the rest from `config`.
+///
+/// Each simulator gets its own key unless the test names one: the client shares one rate
+/// limiter per key across the process, and tests running in parallel must not share a budget.
+pub async fn sim(sandboxes: &[&str], config: SimConfig) -> Simulator {
+    let api_key = if config.api_key == SimConfig::default().api_key {
+        format!("msk_sim_{:016x}", rand::random::<u64>())
+    } else {
+        config.api_key.clone()
+    };
+    Simulator::start(SimConfig {
+        sandboxes: sandboxes.iter().map(|s| s.to_string()).collect(),
+        retry_after_secs: 0.05,
+        api_key,
+        ..config
+    })
+    .await
+    .unwrap()
+}
