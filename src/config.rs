@@ -316,6 +316,33 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
     (line, col)
 }
 
+/// serde reports an unknown field inside a sink table at the table's span; point at the key's own
+/// line instead when it can be found there.
+fn precise_start(text: &str, start: usize, message: &str) -> usize {
+    let Some(name) = message
+        .strip_prefix("unknown field `")
+        .and_then(|rest| rest.split('`').next())
+    else {
+        return start;
+    };
+    // The span may cover only the table header: look from it to the next header.
+    let region = &text[start.min(text.len())..];
+    let mut offset = start;
+    for (i, line) in region.split_inclusive('\n').enumerate() {
+        let trimmed = line.trim_start();
+        if i > 0 && trimmed.starts_with('[') {
+            break;
+        }
+        if let Some(rest) = trimmed.strip_prefix(name) {
+            if rest.trim_start().starts_with('=') {
+                return offset + (line.len() - trimmed.len());
+            }
+        }
+        offset += line.len();
+    }
+    start
+}
+
 /// Replace `${VAR}` and `${VAR:-default}` with the environment's values.
 pub fn interpolate(value: &str) -> Result<String, String> {
     let mut out = String::with_capacity(value.len());
@@ -377,8 +404,8 @@ pub fn parse(path: &Path, text: &str, mode: LoadMode) -> Result<Pipeline, Config
     let file: PipelineFile = match toml::from_str(text) {
         Ok(f) => f,
         Err(e) => {
-            let location = e.span().map(|s| line_col(text, s.start));
             let mut message = e.message().trim().to_string();
+            let location = e.span().map(|span| line_col(text, precise_start(text, span.start, &message)));
             if message.starts_with("missing field `sinks`") {
                 message.push_str("; add at least one sink, e.g. [sinks.archive] type = \"file\"");
             }

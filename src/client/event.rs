@@ -160,14 +160,35 @@ struct Head<'a> {
     data: Option<&'a RawValue>,
 }
 
-/// Parse an RFC 3339 time (or one without offset, taken as UTC) to microseconds.
+/// Parse an RFC 3339 time to microseconds. Also accepted, because servers vary: a space instead
+/// of `T`, no offset (taken as UTC).
 pub fn parse_time(s: &str) -> Option<i64> {
+    let s = s.trim();
     if let Ok(t) = DateTime::parse_from_rfc3339(s) {
         return Some(t.timestamp_micros());
     }
-    NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S%.f")
+    let t_form = s.replacen(' ', "T", 1);
+    if let Ok(t) = DateTime::parse_from_rfc3339(&t_form) {
+        return Some(t.timestamp_micros());
+    }
+    NaiveDateTime::parse_from_str(&t_form, "%Y-%m-%dT%H:%M:%S%.f")
         .ok()
         .map(|t| t.and_utc().timestamp_micros())
+}
+
+/// Epoch numbers: seconds below 10^11, milliseconds below 10^14, microseconds above.
+fn epoch_micros(n: f64) -> Option<i64> {
+    if !n.is_finite() || n < 0.0 {
+        return None;
+    }
+    let us = if n < 1e11 {
+        n * 1e6
+    } else if n < 1e14 {
+        n * 1e3
+    } else {
+        n
+    };
+    Some(us as i64)
 }
 
 /// Format microseconds as RFC 3339 with microseconds, `Z` offset.
@@ -178,9 +199,13 @@ pub fn format_time(us: i64) -> String {
 }
 
 fn raw_time(raw: Option<&RawValue>) -> Option<i64> {
-    let raw = raw?;
-    let s: Cow<'_, str> = serde_json::from_str(raw.get()).ok()?;
-    parse_time(&s)
+    let text = raw?.get();
+    if text.starts_with('"') {
+        let s: Cow<'_, str> = serde_json::from_str(text).ok()?;
+        parse_time(&s)
+    } else {
+        epoch_micros(text.parse::<f64>().ok()?)
+    }
 }
 
 fn raw_id(raw: &RawValue) -> Result<Arc<str>, String> {

@@ -320,9 +320,12 @@ impl Pager {
             None => {
                 // The first request of a list_all may carry the caller's own `since` (even a
                 // relative one like `24h`); after that, the newest cursor time seen.
+                // Full history is asked for as `since` = the epoch rather than no `since` at
+                // all: a server may answer a bare list with its *newest* page, and paging
+                // forward from there would skip everything older.
                 let since = match seen.newest() {
                     Some(t) if !(self.first && self.base.since.is_some()) => Some(format_time(t)),
-                    _ => self.base.since.clone(),
+                    _ => Some(self.base.since.clone().unwrap_or_else(|| format_time(0))),
                 };
                 let floor = since.as_deref().and_then(parse_time);
                 self.chain = (since.clone(), floor);
