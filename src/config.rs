@@ -405,7 +405,9 @@ pub fn parse(path: &Path, text: &str, mode: LoadMode) -> Result<Pipeline, Config
         Ok(f) => f,
         Err(e) => {
             let mut message = e.message().trim().to_string();
-            let location = e.span().map(|span| line_col(text, precise_start(text, span.start, &message)));
+            let location = e
+                .span()
+                .map(|span| line_col(text, precise_start(text, span.start, &message)));
             if message.starts_with("missing field `sinks`") {
                 message.push_str("; add at least one sink, e.g. [sinks.archive] type = \"file\"");
             }
