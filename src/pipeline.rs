@@ -351,16 +351,16 @@ pub async fn run(p: &Pipeline, opts: RunOptions) -> Result<RunReport, PipelineEr
         .iter()
         .map(|(k, c)| (k.clone(), c.events_shipped))
         .collect();
-    let batcher = tokio::spawn(batcher_task(
-        src_rx,
-        sink_txs,
-        ck_tx.clone(),
-        dl_tx,
+    let batcher = Batcher {
+        sinks: sink_txs,
+        ck: ck_tx.clone(),
         running,
-        p.batch_max_events,
-        p.batch_timeout,
-        opts.progress.clone(),
-    ));
+        number: 0,
+        events: Vec::with_capacity(p.batch_max_events.min(65_536)),
+        touched: Vec::new(),
+        progress: opts.progress.clone(),
+    };
+    let batcher = tokio::spawn(batcher.run(src_rx, dl_tx, p.batch_max_events, p.batch_timeout));
     drop(ck_tx);
     let checkpointer = tokio::spawn(checkpointer_task(
         store.clone(),
@@ -528,141 +528,117 @@ fn record_source(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn batcher_task(
-    mut rx: mpsc::Receiver<SourceMsg>,
+/// The batcher: numbers batches, tracks each sandbox's position as events pass, and hands every
+/// batch to the checkpointer (positions first) and then to every sink.
+struct Batcher {
     sinks: Vec<mpsc::Sender<Arc<Batch>>>,
     ck: mpsc::UnboundedSender<CkMsg>,
-    dead_letters: mpsc::UnboundedSender<DeadLetter>,
-    mut running: HashMap<Arc<str>, Running>,
-    max_events: usize,
-    timeout: Duration,
+    running: HashMap<Arc<str>, Running>,
+    number: u64,
+    events: Vec<Event>,
+    /// Sandboxes with an event in the open batch.
+    touched: Vec<Arc<str>>,
     progress: Arc<Progress>,
-) {
-    let mut number: u64 = 0;
-    let mut events: Vec<Event> = Vec::with_capacity(max_events.min(65_536));
-    let mut touched: Vec<Arc<str>> = Vec::new();
-    let mut deadline = Instant::now() + timeout;
-    loop {
-        let msg = if events.is_empty() {
-            rx.recv().await
-        } else {
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(m) => m,
-                Err(_) => {
-                    number += 1;
-                    if !close_batch(
-                        number,
-                        &mut events,
-                        &mut touched,
-                        &mut running,
-                        &sinks,
-                        &ck,
-                        &progress,
-                    )
-                    .await
-                    {
-                        return;
-                    }
-                    continue;
-                }
-            }
-        };
-        match msg {
-            Some(SourceMsg::Event(e)) => {
-                if events.is_empty() {
-                    deadline = Instant::now() + timeout;
-                }
-                let r = running.entry(e.resource_id.clone()).or_default();
-                if !r.in_batch {
-                    r.in_batch = true;
-                    touched.push(e.resource_id.clone());
-                }
-                r.advance(&e);
-                events.push(e);
-                if events.len() >= max_events {
-                    number += 1;
-                    if !close_batch(
-                        number,
-                        &mut events,
-                        &mut touched,
-                        &mut running,
-                        &sinks,
-                        &ck,
-                        &progress,
-                    )
-                    .await
-                    {
-                        return;
-                    }
-                }
-            }
-            Some(SourceMsg::DeadLetter(d)) => {
-                let _ = dead_letters.send(d);
-            }
-            None => {
-                if !events.is_empty() {
-                    number += 1;
-                    close_batch(
-                        number,
-                        &mut events,
-                        &mut touched,
-                        &mut running,
-                        &sinks,
-                        &ck,
-                        &progress,
-                    )
-                    .await;
-                }
-                return;
-            }
-        }
-    }
 }
 
-/// Hand a batch to the checkpointer (positions) and then to every sink. `false` when the sinks
-/// are gone (a fatal sink error): the batcher stops.
-async fn close_batch(
-    number: u64,
-    events: &mut Vec<Event>,
-    touched: &mut Vec<Arc<str>>,
-    running: &mut HashMap<Arc<str>, Running>,
-    sinks: &[mpsc::Sender<Arc<Batch>>],
-    ck: &mpsc::UnboundedSender<CkMsg>,
-    progress: &Progress,
-) -> bool {
-    let positions = touched
-        .drain(..)
-        .filter_map(|rid| {
-            running.get_mut(&rid).map(|r| {
-                r.in_batch = false;
-                r.checkpoint(&rid)
-            })
-        })
-        .collect();
-    let count = events.len() as u64;
-    let batch = Arc::new(Batch {
-        number,
-        events: std::mem::take(events),
-    });
-    if ck
-        .send(CkMsg::Batch {
-            number,
-            positions,
-            events: count,
-        })
-        .is_err()
-    {
-        return false;
+impl Batcher {
+    fn push(&mut self, e: Event) {
+        let r = self.running.entry(e.resource_id.clone()).or_default();
+        if !r.in_batch {
+            r.in_batch = true;
+            self.touched.push(e.resource_id.clone());
+        }
+        r.advance(&e);
+        self.events.push(e);
     }
-    for sink in sinks {
-        if sink.send(batch.clone()).await.is_err() {
+
+    /// Close the open batch. `false` when the sinks or the checkpointer are gone (a fatal
+    /// error elsewhere): the batcher stops.
+    async fn close(&mut self) -> bool {
+        if self.events.is_empty() {
+            return true;
+        }
+        self.number += 1;
+        let number = self.number;
+        let running = &mut self.running;
+        let positions = self
+            .touched
+            .drain(..)
+            .filter_map(|rid| {
+                running.get_mut(&rid).map(|r| {
+                    r.in_batch = false;
+                    r.checkpoint(&rid)
+                })
+            })
+            .collect();
+        let count = self.events.len() as u64;
+        let batch = Arc::new(Batch {
+            number,
+            events: std::mem::take(&mut self.events),
+        });
+        if self
+            .ck
+            .send(CkMsg::Batch {
+                number,
+                positions,
+                events: count,
+            })
+            .is_err()
+        {
             return false;
         }
+        for sink in &self.sinks {
+            if sink.send(batch.clone()).await.is_err() {
+                return false;
+            }
+        }
+        self.progress.emitted.fetch_add(count, Ordering::Relaxed);
+        crate::metrics::EVENTS_EMITTED.add(count);
+        true
     }
-    progress.emitted.fetch_add(count, Ordering::Relaxed);
-    crate::metrics::EVENTS_EMITTED.add(count);
-    true
+
+    async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<SourceMsg>,
+        dead_letters: mpsc::UnboundedSender<DeadLetter>,
+        max_events: usize,
+        timeout: Duration,
+    ) {
+        let mut deadline = Instant::now() + timeout;
+        loop {
+            let msg = if self.events.is_empty() {
+                rx.recv().await
+            } else {
+                match tokio::time::timeout_at(deadline, rx.recv()).await {
+                    Ok(m) => m,
+                    Err(_elapsed) => {
+                        if !self.close().await {
+                            return;
+                        }
+                        continue;
+                    }
+                }
+            };
+            match msg {
+                Some(SourceMsg::Event(e)) => {
+                    if self.events.is_empty() {
+                        deadline = Instant::now() + timeout;
+                    }
+                    self.push(e);
+                    if self.events.len() >= max_events && !self.close().await {
+                        return;
+                    }
+                }
+                Some(SourceMsg::DeadLetter(d)) => {
+                    let _ = dead_letters.send(d);
+                }
+                None => {
+                    self.close().await;
+                    return;
+                }
+            }
+        }
+    }
 }
 
 /// Most batches one flush covers: bounds memory held for a retry.

@@ -393,11 +393,7 @@ impl Client {
         }
         let resp = req.send().await.map_err(|e| self.transport(&e))?;
         let status = resp.status().as_u16();
-        let request_id = resp
-            .headers()
-            .get("x-request-id")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
+        let request_id = request_id(resp.headers());
         let header_retry = resp
             .headers()
             .get("retry-after")
@@ -411,33 +407,13 @@ impl Client {
         }
         let (message, body_retry) = error_body(&body);
         let message = self.inner.key.redact(&message);
-        let retry_after = header_retry.or(body_retry);
-        Err(match status {
-            401 | 403 => Error::Unauthorized {
-                status,
-                message,
-                request_id,
-            },
-            404 => Error::NotFound {
-                what: what.to_string(),
-                request_id,
-            },
-            429 => Error::RateLimited {
-                retry_after,
-                request_id,
-            },
-            500..=599 => Error::Server {
-                status,
-                message,
-                retry_after,
-                request_id,
-            },
-            _ => Error::Rejected {
-                status,
-                message,
-                request_id,
-            },
-        })
+        Err(status_error(
+            status,
+            message,
+            header_retry.or(body_retry),
+            request_id,
+            what,
+        ))
     }
 
     fn transport(&self, e: &reqwest::Error) -> Error {
@@ -540,6 +516,50 @@ impl Client {
     /// The retry policy for `list`/`get`.
     pub(crate) fn retry_policy(&self) -> &RetryPolicy {
         &self.inner.retry
+    }
+}
+
+/// The `X-Request-ID` of a response, worth logging with every error.
+pub(crate) fn request_id(headers: &reqwest::header::HeaderMap) -> Option<String> {
+    headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+}
+
+/// The typed error for an HTTP status of the REST API or the socket upgrade.
+pub(crate) fn status_error(
+    status: u16,
+    message: String,
+    retry_after: Option<Duration>,
+    request_id: Option<String>,
+    what: &str,
+) -> Error {
+    match status {
+        401 | 403 => Error::Unauthorized {
+            status,
+            message,
+            request_id,
+        },
+        404 => Error::NotFound {
+            what: what.to_string(),
+            request_id,
+        },
+        429 => Error::RateLimited {
+            retry_after,
+            request_id,
+        },
+        500..=599 => Error::Server {
+            status,
+            message,
+            retry_after,
+            request_id,
+        },
+        _ => Error::Rejected {
+            status,
+            message,
+            request_id,
+        },
     }
 }
 

@@ -7,7 +7,7 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use super::{encode_segment, Client, Error, SUBPROTOCOL};
+use super::{encode_segment, request_id, status_error, Client, Error, SUBPROTOCOL};
 
 /// An open audit socket.
 pub(crate) type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -66,35 +66,13 @@ pub(crate) async fn connect(client: &Client, resource_id: &str) -> Result<Socket
             })
         }
         Ok(Err(tokio_tungstenite::tungstenite::Error::Http(resp))) => {
-            let status = resp.status().as_u16();
-            let request_id = resp
-                .headers()
-                .get("x-request-id")
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string);
-            let message = "socket upgrade refused".to_string();
-            return Err(match status {
-                401 | 403 => Error::Unauthorized {
-                    status,
-                    message,
-                    request_id,
-                },
-                404 => Error::NotFound {
-                    what: format!("audit socket of {resource_id}"),
-                    request_id,
-                },
-                500..=599 => Error::Server {
-                    status,
-                    message,
-                    retry_after: None,
-                    request_id,
-                },
-                _ => Error::Rejected {
-                    status,
-                    message,
-                    request_id,
-                },
-            });
+            return Err(status_error(
+                resp.status().as_u16(),
+                "socket upgrade refused".into(),
+                None,
+                request_id(resp.headers()),
+                &format!("audit socket of {resource_id}"),
+            ));
         }
         Ok(Err(e)) => {
             return Err(Error::Transport {
