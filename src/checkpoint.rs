@@ -41,7 +41,9 @@ pub enum StoreError {
     #[error("the checkpoint store has stopped")]
     Closed,
     /// Another process runs this pipeline.
-    #[error("pipeline {pipeline:?} is already running against {path} (lock {lock}); stop the other process first")]
+    #[error(
+        "pipeline {pipeline:?} is already running against {path} (lock {lock}); stop the other process first"
+    )]
     Locked {
         /// The pipeline.
         pipeline: String,
@@ -208,11 +210,7 @@ impl Store {
     }
 
     /// A sink's committed state.
-    pub async fn sink_state(
-        &self,
-        pipeline: &str,
-        sink: &str,
-    ) -> Result<Vec<StateEntry>, StoreError> {
+    pub async fn sink_state(&self, pipeline: &str, sink: &str) -> Result<Vec<StateEntry>, StoreError> {
         let (pipeline, sink) = (pipeline.to_string(), sink.to_string());
         self.ask(|reply| Command::SinkState {
             pipeline,
@@ -223,12 +221,7 @@ impl Store {
     }
 
     /// Insert a sink state entry now, unless its key exists.
-    pub async fn register(
-        &self,
-        pipeline: &str,
-        sink: &str,
-        entry: StateEntry,
-    ) -> Result<(), StoreError> {
+    pub async fn register(&self, pipeline: &str, sink: &str, entry: StateEntry) -> Result<(), StoreError> {
         let (pipeline, sink) = (pipeline.to_string(), sink.to_string());
         self.ask(|reply| Command::Register {
             pipeline,
@@ -240,12 +233,7 @@ impl Store {
     }
 
     /// Apply one commit in one transaction.
-    pub async fn commit(
-        &self,
-        pipeline: &str,
-        stream: &str,
-        commit: Commit,
-    ) -> Result<(), StoreError> {
+    pub async fn commit(&self, pipeline: &str, stream: &str, commit: Commit) -> Result<(), StoreError> {
         let (pipeline, stream) = (pipeline.to_string(), stream.to_string());
         self.ask(|reply| Command::Commit {
             pipeline,
@@ -446,12 +434,7 @@ fn load(
     rows.collect()
 }
 
-fn apply(
-    conn: &mut Connection,
-    pipeline: &str,
-    stream: &str,
-    commit: &Commit,
-) -> rusqlite::Result<()> {
+fn apply(conn: &mut Connection, pipeline: &str, stream: &str, commit: &Commit) -> rusqlite::Result<()> {
     let tx = conn.transaction()?;
     {
         let mut upsert = tx.prepare_cached(
@@ -495,9 +478,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state/cp.db");
         let store = Store::open(&path).unwrap();
-        let mode = std::os::unix::fs::PermissionsExt::mode(
-            &std::fs::metadata(&path).unwrap().permissions(),
-        );
+        let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&path).unwrap().permissions());
         assert_eq!(mode & 0o077, 0, "database must not be readable by others");
         store
             .register(
@@ -549,10 +530,7 @@ mod tests {
             .unwrap();
         drop(store);
         let store = Store::open(&path).unwrap();
-        assert_eq!(
-            store.load("p", "live").await.unwrap().get("sb-1"),
-            Some(&cp)
-        );
+        assert_eq!(store.load("p", "live").await.unwrap().get("sb-1"), Some(&cp));
         assert!(store.load("p", "backfill:x").await.unwrap().is_empty());
         assert_eq!(
             store.sink_state("p", "archive").await.unwrap(),

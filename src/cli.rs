@@ -136,9 +136,9 @@ struct SimArgs {
     /// Port on 127.0.0.1 (0 picks a free one).
     #[arg(long, default_value_t = 8080)]
     port: u16,
-    /// Number of sandboxes (sb-1 … sb-N), or use --sandbox.
-    #[arg(long, default_value_t = 3)]
-    sandboxes: usize,
+    /// Number of sandboxes (sb-1 … sb-N). Default: the five of pipelines/demo.toml.
+    #[arg(long)]
+    sandboxes: Option<usize>,
     /// Explicit sandbox ids (repeatable; replaces --sandboxes).
     #[arg(long = "sandbox")]
     ids: Vec<String>,
@@ -180,10 +180,7 @@ struct SimArgs {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format, &cli.log_level);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -271,14 +268,8 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             let filters = Filters {
                 action,
                 host,
-                since: since
-                    .map(|s| resolve_time(&s))
-                    .transpose()?
-                    .map(format_time),
-                until: until
-                    .map(|s| resolve_time(&s))
-                    .transpose()?
-                    .map(format_time),
+                since: since.map(|s| resolve_time(&s)).transpose()?.map(format_time),
+                until: until.map(|s| resolve_time(&s)).transpose()?.map(format_time),
                 limit,
                 ..Default::default()
             };
@@ -368,14 +359,13 @@ fn shutdown_signal() -> CancellationToken {
     let token = CancellationToken::new();
     let t = token.clone();
     tokio::spawn(async move {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot listen for SIGTERM");
-                    return;
-                }
-            };
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                return;
+            }
+        };
         tokio::select! {
             _ = term.recv() => tracing::info!("SIGTERM received"),
             _ = tokio::signal::ctrl_c() => tracing::info!("interrupt received"),
@@ -654,10 +644,10 @@ fn human_duration(d: Duration) -> String {
 }
 
 async fn sim(args: SimArgs) -> anyhow::Result<ExitCode> {
-    let sandboxes = if args.ids.is_empty() {
-        (1..=args.sandboxes).map(|i| format!("sb-{i}")).collect()
-    } else {
-        args.ids
+    let sandboxes = match (args.ids.is_empty(), args.sandboxes) {
+        (false, _) => args.ids,
+        (true, Some(n)) => (1..=n).map(|i| format!("sb-{i}")).collect(),
+        (true, None) => DEMO_SANDBOXES.iter().map(|s| s.to_string()).collect(),
     };
     let mut config = SimConfig {
         port: args.port,
@@ -680,20 +670,18 @@ async fn sim(args: SimArgs) -> anyhow::Result<ExitCode> {
     let sim = Simulator::start(config.clone())
         .await
         .with_context(|| format!("starting the simulator on 127.0.0.1:{}", args.port))?;
-    println!(
-        "Miosa simulator serving {} sandbox(es)",
-        config.sandboxes.len()
-    );
+    println!("Miosa simulator serving {} sandbox(es)", config.sandboxes.len());
     println!("  base_url = \"{}\"", sim.base_url());
     println!("  sandboxes = {:?}", config.sandboxes);
-    println!(
-        "  key: the simulator accepts the key in MIOSA_SIM_API_KEY (default msk_sim_demo_key)"
-    );
+    println!("  key: the simulator accepts the key in MIOSA_SIM_API_KEY (default msk_sim_demo_key)");
     println!("Ctrl-C stops it.");
     shutdown_signal().cancelled().await;
     sim.stop();
     Ok(ExitCode::SUCCESS)
 }
+
+/// The sandboxes of `pipelines/demo.toml`, which `auditship sim` serves by default.
+const DEMO_SANDBOXES: [&str; 5] = ["sb-alpha", "sb-beta", "sb/gamma", "sb-delta", "sb-epsilon"];
 
 /// The embedded default: simulator + demo pipeline + file sink, end to end.
 async fn demo(dir: &Path) -> anyhow::Result<ExitCode> {
@@ -713,10 +701,7 @@ async fn demo(dir: &Path) -> anyhow::Result<ExitCode> {
         "made by auditship demo; deleted and rebuilt on each run\n",
     )?;
 
-    let sandboxes: Vec<String> = ["sb-alpha", "sb-beta", "sb/gamma", "sb-delta", "sb-epsilon"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let sandboxes: Vec<String> = DEMO_SANDBOXES.iter().map(|s| s.to_string()).collect();
     let sim = Simulator::start(SimConfig {
         sandboxes: sandboxes.clone(),
         backlog_per_sandbox: 400,
@@ -768,8 +753,8 @@ async fn demo(dir: &Path) -> anyhow::Result<ExitCode> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let done = sim.live_done()
-            && progress.committed.load(Ordering::Relaxed) as usize >= sim.total_events();
+        let done =
+            sim.live_done() && progress.committed.load(Ordering::Relaxed) as usize >= sim.total_events();
         if done || Instant::now() >= deadline || runner.is_finished() {
             break;
         }

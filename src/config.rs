@@ -309,10 +309,7 @@ pub struct Pipeline {
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
-    let col = before
-        .rfind('\n')
-        .map_or(before.len(), |i| before.len() - i - 1)
-        + 1;
+    let col = before.rfind('\n').map_or(before.len(), |i| before.len() - i - 1) + 1;
     (line, col)
 }
 
@@ -442,10 +439,7 @@ pub fn parse(path: &Path, text: &str, mode: LoadMode) -> Result<Pipeline, Config
                 Ok(parsed) => err(
                     &mut errors,
                     src.base_url.span(),
-                    format!(
-                        "base_url must be http:// or https://, not {}://",
-                        parsed.scheme()
-                    ),
+                    format!("base_url must be http:// or https://, not {}://", parsed.scheme()),
                 ),
                 Err(e) => err(
                     &mut errors,
@@ -512,11 +506,7 @@ pub fn parse(path: &Path, text: &str, mode: LoadMode) -> Result<Pipeline, Config
     let mut seen = std::collections::HashSet::new();
     for s in &sandboxes {
         if s.is_empty() {
-            err(
-                &mut errors,
-                src.sandboxes.span(),
-                "a sandbox id is empty".into(),
-            );
+            err(&mut errors, src.sandboxes.span(), "a sandbox id is empty".into());
         } else if !seen.insert(s) {
             err(
                 &mut errors,
@@ -554,11 +544,7 @@ pub fn parse(path: &Path, text: &str, mode: LoadMode) -> Result<Pipeline, Config
         }
     }
     if src.requests_per_minute == 0 {
-        err(
-            &mut errors,
-            0..0,
-            "requests_per_minute must be at least 1".into(),
-        );
+        err(&mut errors, 0..0, "requests_per_minute must be at least 1".into());
     }
     if !(1..=1000).contains(&src.page_limit) {
         err(
@@ -568,11 +554,7 @@ pub fn parse(path: &Path, text: &str, mode: LoadMode) -> Result<Pipeline, Config
         );
     }
     if file.batch.max_events == 0 {
-        err(
-            &mut errors,
-            0..0,
-            "batch.max_events must be at least 1".into(),
-        );
+        err(&mut errors, 0..0, "batch.max_events must be at least 1".into());
     }
 
     let checkpoint_path = match interpolate(file.checkpoint.path.get_ref()) {
@@ -624,11 +606,7 @@ pub fn parse(path: &Path, text: &str, mode: LoadMode) -> Result<Pipeline, Config
                         err(&mut errors, span.clone(), format!("sinks.{sink_name}: {m}"));
                     }
                 }
-                Err(m) => err(
-                    &mut errors,
-                    span.clone(),
-                    format!("sinks.{sink_name}.path: {m}"),
-                ),
+                Err(m) => err(&mut errors, span.clone(), format!("sinks.{sink_name}.path: {m}")),
             },
         }
         sinks.insert(sink_name, sink);
@@ -695,10 +673,7 @@ compression = "zstd"
             p.start,
             StartAt::Time(parse_time("2026-11-01T00:00:00Z").unwrap())
         );
-        assert_eq!(
-            p.dead_letter_path,
-            PathBuf::from("state/dead-letter.ndjson")
-        );
+        assert_eq!(p.dead_letter_path, PathBuf::from("state/dead-letter.ndjson"));
         assert!(p.warnings.is_empty(), "{:?}", p.warnings);
     }
 
@@ -721,15 +696,10 @@ compression = "zstd"
         let e = parse(Path::new("p.toml"), &text, LoadMode::Validate).unwrap_err();
         assert_eq!(e.0.len(), 2, "{e}");
         assert!(
-            e.0[0]
-                .to_string()
-                .starts_with("p.toml:7:9: start \"yesterday\""),
+            e.0[0].to_string().starts_with("p.toml:7:9: start \"yesterday\""),
             "{e}"
         );
-        assert!(
-            e.0[1].to_string().contains("unknown placeholder `{day}`"),
-            "{e}"
-        );
+        assert!(e.0[1].to_string().contains("unknown placeholder `{day}`"), "{e}");
         let text = GOOD.replace("\"poll\"", "\"carrier-pigeon\"");
         let e = parse(Path::new("p.toml"), &text, LoadMode::Validate).unwrap_err();
         assert!(e.to_string().starts_with("p.toml:6:13:"), "{e}");
@@ -740,8 +710,7 @@ compression = "zstd"
         let text = GOOD.replace("AUDITSHIP_TEST_KEY_GOOD", "AUDITSHIP_TEST_KEY_UNSET");
         let e = parse(Path::new("p.toml"), &text, LoadMode::Run).unwrap_err();
         assert!(
-            e.to_string()
-                .contains("AUDITSHIP_TEST_KEY_UNSET is not set"),
+            e.to_string().contains("AUDITSHIP_TEST_KEY_UNSET is not set"),
             "{e}"
         );
         let p = parse(Path::new("p.toml"), &text, LoadMode::Validate).unwrap();

@@ -33,9 +33,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::checkpoint::{Checkpoint, Commit, Store, StoreError};
-use crate::client::{
-    format_time, ActiveTransport, Backoff, Client, Position, StartAt, TailOptions,
-};
+use crate::client::{format_time, ActiveTransport, Backoff, Client, Position, StartAt, TailOptions};
 use crate::config::{Pipeline, SinkConfig};
 use crate::secret::ApiKey;
 use crate::source::{self, DeadLetter, SourceEnd, SourceKind, SourceMsg};
@@ -103,8 +101,7 @@ impl Window {
         format!(
             "backfill:{}:{}",
             format_time(self.since_us),
-            self.until_us
-                .map_or_else(|| "open".to_string(), format_time)
+            self.until_us.map_or_else(|| "open".to_string(), format_time)
         )
     }
 }
@@ -197,10 +194,7 @@ pub fn client_for(p: &Pipeline) -> Result<Client, PipelineError> {
 
 fn build_sink(cfg: &SinkConfig, ctx: SinkContext) -> Result<Box<dyn Sink>, SinkError> {
     match cfg {
-        SinkConfig::File(c) => Ok(Box::new(auditship_sink_file::FileSink::open(
-            c.clone(),
-            ctx,
-        )?)),
+        SinkConfig::File(c) => Ok(Box::new(auditship_sink_file::FileSink::open(c.clone(), ctx)?)),
     }
 }
 
@@ -461,10 +455,7 @@ pub async fn run(p: &Pipeline, opts: RunOptions) -> Result<RunReport, PipelineEr
         let _ = checkpointer.await;
         let _ = dead_letters.await;
     };
-    if tokio::time::timeout(opts.drain_timeout, drain)
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(opts.drain_timeout, drain).await.is_err() {
         tracing::warn!(pipeline = %p.name, "drain timed out; work past the last commit will be shipped again on the next start");
         abandon.cancel();
     }
@@ -480,9 +471,7 @@ pub async fn run(p: &Pipeline, opts: RunOptions) -> Result<RunReport, PipelineEr
     for rid in &sandboxes {
         let now = committed.get(rid).map_or(0, |c| c.events_shipped);
         let before = initial_shipped.get(rid).copied().unwrap_or(0);
-        report
-            .shipped
-            .insert(rid.clone(), now.saturating_sub(before));
+        report.shipped.insert(rid.clone(), now.saturating_sub(before));
     }
     report.dead_lettered = opts.progress.dead_lettered.load(Ordering::Relaxed);
     report.complete = matches!(opts.mode, Mode::Backfill(_))
@@ -498,26 +487,19 @@ fn cfg_clone(cfg: &SinkConfig) -> SinkConfig {
     }
 }
 
-fn record_source(
-    report: &mut RunReport,
-    r: source::SourceReport,
-    fatal: &mut Option<PipelineError>,
-) {
+fn record_source(report: &mut RunReport, r: source::SourceReport, fatal: &mut Option<PipelineError>) {
     if let Some(t) = r.transport {
         report.transports.insert(r.resource_id.to_string(), t);
     }
     match r.end {
         SourceEnd::Stopped | SourceEnd::Finished => {}
         SourceEnd::Deleted => {
-            report.stopped.insert(
-                r.resource_id.to_string(),
-                "sandbox not found (deleted?)".into(),
-            );
-        }
-        SourceEnd::Fatal(e) => {
             report
                 .stopped
-                .insert(r.resource_id.to_string(), e.to_string());
+                .insert(r.resource_id.to_string(), "sandbox not found (deleted?)".into());
+        }
+        SourceEnd::Fatal(e) => {
+            report.stopped.insert(r.resource_id.to_string(), e.to_string());
             if fatal.is_none() {
                 *fatal = Some(PipelineError::Source {
                     resource_id: r.resource_id.to_string(),
@@ -721,11 +703,7 @@ async fn write_durably(
         match attempt.await {
             Ok(state) => {
                 if failures > 0 {
-                    tracing::info!(
-                        sink = name,
-                        failures,
-                        "sink recovered; writes are durable again"
-                    );
+                    tracing::info!(sink = name, failures, "sink recovered; writes are durable again");
                 }
                 return Ok(state);
             }
@@ -870,10 +848,7 @@ async fn dead_letter_task(
     progress: Arc<Progress>,
 ) {
     while let Some(d) = rx.recv().await {
-        let raw = d
-            .raw
-            .as_ref()
-            .map(|r| key.redact(&String::from_utf8_lossy(r)));
+        let raw = d.raw.as_ref().map(|r| key.redact(&String::from_utf8_lossy(r)));
         let line = serde_json::json!({
             "time": format_time(chrono::Utc::now().timestamp_micros()),
             "pipeline": pipeline,

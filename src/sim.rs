@@ -73,6 +73,8 @@ pub struct SimConfig {
     pub retry_after_secs: f64,
     /// Share of socket frames preceded by a garbage frame.
     pub garbage_ratio: f64,
+    /// Share of socket frames preceded by a frame over the 1 MiB cap.
+    pub oversize_ratio: f64,
     /// Consecutive events sharing one `inserted_at` (1: no ties).
     pub ties: usize,
     /// List response shape.
@@ -101,6 +103,7 @@ impl Default for SimConfig {
             ratio_5xx: 0.0,
             retry_after_secs: 0.2,
             garbage_ratio: 0.0,
+            oversize_ratio: 0.0,
             ties: 1,
             list_shape: ListShape::Mixed,
             shuffle_pages: true,
@@ -234,9 +237,8 @@ impl Simulator {
             );
         }
         // The backlog: past events 1 ms apart, ending an hour ago.
-        let start = chrono::Utc::now().timestamp_micros()
-            - 3_600_000_000
-            - config.backlog_per_sandbox as i64 * 1_000;
+        let start =
+            chrono::Utc::now().timestamp_micros() - 3_600_000_000 - config.backlog_per_sandbox as i64 * 1_000;
         for sb in sandboxes.values() {
             for k in 0..config.backlog_per_sandbox {
                 sb.append(config.ties, Some(start + k as i64 * 1_000));
@@ -261,8 +263,8 @@ impl Simulator {
             .with_state(state.clone());
         let stop = shutdown.clone();
         tokio::spawn(async move {
-            let serve = axum::serve(listener, app)
-                .with_graceful_shutdown(async move { stop.cancelled().await });
+            let serve =
+                axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await });
             if let Err(e) = serve.await {
                 tracing::error!(error = %e, "simulator server failed");
             }
@@ -308,13 +310,7 @@ impl Simulator {
         self.state
             .sandboxes
             .get(sandbox)
-            .map(|sb| {
-                sb.data
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .events
-                    .clone()
-            })
+            .map(|sb| sb.data.lock().unwrap_or_else(|e| e.into_inner()).events.clone())
             .unwrap_or_default()
     }
 
@@ -323,13 +319,7 @@ impl Simulator {
         self.state
             .sandboxes
             .values()
-            .map(|sb| {
-                sb.data
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .events
-                    .len()
-            })
+            .map(|sb| sb.data.lock().unwrap_or_else(|e| e.into_inner()).events.len())
             .sum()
     }
 
@@ -343,7 +333,7 @@ impl Simulator {
         self.state.requests.load(Ordering::Relaxed)
     }
 
-    /// Garbage frames sent.
+    /// Garbage and oversized frames sent.
     pub fn garbage_frames(&self) -> u64 {
         self.state.frames_garbage.load(Ordering::Relaxed)
     }
@@ -412,16 +402,13 @@ fn json_response(status: StatusCode, body: String) -> Response {
 }
 
 /// A 401, or an injected 429/5xx, before the real answer.
-fn precheck(
-    state: &SimState,
-    headers: &HeaderMap,
-    query: &HashMap<String, String>,
-) -> Option<Response> {
+fn precheck(state: &SimState, headers: &HeaderMap, query: &HashMap<String, String>) -> Option<Response> {
     let n = state.requests.fetch_add(1, Ordering::Relaxed);
     if !authorized(state, headers, query) {
         return Some(json_response(
             StatusCode::UNAUTHORIZED,
-            r#"{"error":{"code":"unauthorized","message":"invalid API key","request_id":"req_sim_401"}}"#.into(),
+            r#"{"error":{"code":"unauthorized","message":"invalid API key","request_id":"req_sim_401"}}"#
+                .into(),
         ));
     }
     let roll = rand::random::<f64>();
@@ -429,9 +416,7 @@ fn precheck(
         let secs = state.config.retry_after_secs;
         let mut resp = json_response(
             StatusCode::TOO_MANY_REQUESTS,
-            format!(
-                r#"{{"error":"rate limit exceeded","code":"rate_limited","retry_after":{secs}}}"#
-            ),
+            format!(r#"{{"error":"rate limit exceeded","code":"rate_limited","retry_after":{secs}}}"#),
         );
         if let Ok(v) = axum::http::HeaderValue::from_str(&format!("{secs}")) {
             resp.headers_mut().insert("retry-after", v);
@@ -475,9 +460,7 @@ async fn list_handler(
             None => {
                 return json_response(
                     StatusCode::BAD_REQUEST,
-                    format!(
-                        r#"{{"error":{{"code":"bad_since","message":"since {s:?} is not RFC 3339"}}}}"#
-                    ),
+                    format!(r#"{{"error":{{"code":"bad_since","message":"since {s:?} is not RFC 3339"}}}}"#),
                 )
             }
         },
@@ -533,10 +516,7 @@ async fn list_handler(
     matching.sort_by_key(|e| e.inserted_us);
     let total = matching.len();
     let end = (offset + limit).min(total);
-    let mut page: Vec<Arc<SimEvent>> = matching
-        .get(offset..end)
-        .map(<[_]>::to_vec)
-        .unwrap_or_default();
+    let mut page: Vec<Arc<SimEvent>> = matching.get(offset..end).map(<[_]>::to_vec).unwrap_or_default();
     if state.config.shuffle_pages {
         // Reverse pairs: a cheap, deterministic disorder.
         for pair in page.chunks_mut(2) {
@@ -545,10 +525,7 @@ async fn list_handler(
     }
     let array = format!(
         "[{}]",
-        page.iter()
-            .map(|e| e.json.as_str())
-            .collect::<Vec<_>>()
-            .join(",")
+        page.iter().map(|e| e.json.as_str()).collect::<Vec<_>>().join(",")
     );
     let shape = match state.config.list_shape {
         ListShape::Mixed => {
@@ -625,10 +602,7 @@ async fn sandboxes_handler(
         .iter()
         .map(|id| serde_json::json!({"id": id, "status": "running", "template_type": "miosa-sandbox"}))
         .collect();
-    json_response(
-        StatusCode::OK,
-        serde_json::json!({ "data": items }).to_string(),
-    )
+    json_response(StatusCode::OK, serde_json::json!({ "data": items }).to_string())
 }
 
 async fn socket_handler(
@@ -692,6 +666,13 @@ async fn push_events(
                 r#"{"no_id":true}"#
             };
             if socket.send(Message::Text(garbage.into())).await.is_err() {
+                return;
+            }
+        }
+        if state.config.oversize_ratio > 0.0 && rand::random::<f64>() < state.config.oversize_ratio {
+            state.frames_garbage.fetch_add(1, Ordering::Relaxed);
+            let huge = format!(r#"{{"id":"evt_huge","pad":"{}"}}"#, "x".repeat(1_100_000));
+            if socket.send(Message::Text(huge.into())).await.is_err() {
                 return;
             }
         }

@@ -104,9 +104,7 @@ impl Error {
     /// How long the server asked us to wait before retrying, if it said.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
-            Error::RateLimited { retry_after, .. } | Error::Server { retry_after, .. } => {
-                *retry_after
-            }
+            Error::RateLimited { retry_after, .. } | Error::Server { retry_after, .. } => *retry_after,
             _ => None,
         }
     }

@@ -242,12 +242,7 @@ pub(crate) fn decode_event(buf: Bytes, what: &str) -> Result<AuditEvent, Error> 
                 .event
                 .or(head.data)
                 .filter(|r| r.get().starts_with('{'))
-                .ok_or_else(|| {
-                    fail(
-                        "object has no `id` and no `event`/`data` envelope".into(),
-                        &buf,
-                    )
-                })?;
+                .ok_or_else(|| fail("object has no `id` and no `event`/`data` envelope".into(), &buf))?;
             let inner_bytes = inner.get().as_bytes();
             let inner_head: Head<'_> =
                 serde_json::from_slice(inner_bytes).map_err(|e| fail(e.to_string(), &buf))?;
@@ -323,15 +318,10 @@ pub(crate) fn decode_page(buf: Bytes) -> Result<Page, Error> {
     let array: &RawValue = match trimmed.first() {
         Some(b'[') => serde_json::from_slice(trimmed).map_err(|e| fail(e.to_string()))?,
         Some(b'{') => {
-            let obj: ListObject<'_> =
-                serde_json::from_slice(trimmed).map_err(|e| fail(e.to_string()))?;
+            let obj: ListObject<'_> = serde_json::from_slice(trimmed).map_err(|e| fail(e.to_string()))?;
             page.next_cursor = obj
                 .next_cursor
-                .and_then(|r| {
-                    serde_json::from_str::<Option<String>>(r.get())
-                        .ok()
-                        .flatten()
-                })
+                .and_then(|r| serde_json::from_str::<Option<String>>(r.get()).ok().flatten())
                 .filter(|c| !c.is_empty());
             page.has_more = obj
                 .has_more
@@ -357,8 +347,7 @@ pub(crate) fn decode_page(buf: Bytes) -> Result<Page, Error> {
         }
         _ => return Err(fail("not a JSON array or object".into())),
     };
-    let elements: Vec<&RawValue> =
-        serde_json::from_str(array.get()).map_err(|e| fail(e.to_string()))?;
+    let elements: Vec<&RawValue> = serde_json::from_str(array.get()).map_err(|e| fail(e.to_string()))?;
     page.events.reserve(elements.len());
     for element in elements {
         let slice = buf.slice_ref(element.get().as_bytes());
@@ -435,9 +424,7 @@ mod tests {
             format!(r#"{{"data":{arr}}}"#),
             format!(r#"{{"events":{arr},"has_more":false}}"#),
             format!(r#"{{"audit":{arr},"next_cursor":null}}"#),
-            format!(
-                r#"{{"items":{arr},"next_cursor":"c2","page":{{"page":1,"page_size":20,"total":2}}}}"#
-            ),
+            format!(r#"{{"items":{arr},"next_cursor":"c2","page":{{"page":1,"page_size":20,"total":2}}}}"#),
             format!(r#"{{"data":null,"events":{arr}}}"#),
         ] {
             let page = decode_page(Bytes::from(body.clone())).unwrap();

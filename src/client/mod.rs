@@ -237,9 +237,7 @@ impl ClientBuilder {
     /// Build the client.
     pub fn build(self) -> Result<Client, Error> {
         crate::install_crypto_provider();
-        let base_text = self
-            .base_url
-            .unwrap_or_else(|| DEFAULT_BASE_URL.to_string());
+        let base_text = self.base_url.unwrap_or_else(|| DEFAULT_BASE_URL.to_string());
         let base = Url::parse(&base_text)
             .map_err(|e| Error::Config(format!("base_url {base_text:?} is not a URL: {e}")))?;
         if !matches!(base.scheme(), "http" | "https") {
@@ -249,21 +247,19 @@ impl ClientBuilder {
             )));
         }
         let key = self.api_key.filter(|k| !k.is_empty()).ok_or_else(|| {
-            Error::Config(
-                "no API key; set api_key (e.g. \"${MIOSA_API_KEY}\") or api_key_file".into(),
-            )
+            Error::Config("no API key; set api_key (e.g. \"${MIOSA_API_KEY}\") or api_key_file".into())
         })?;
         let timeout = self.timeout.unwrap_or(Duration::from_secs(30));
         let connect_timeout = self.connect_timeout.unwrap_or(Duration::from_secs(5));
-        let http =
-            reqwest::Client::builder()
-                .timeout(timeout)
-                .connect_timeout(connect_timeout)
-                .user_agent(self.user_agent.unwrap_or_else(|| {
-                    concat!("auditship/", env!("CARGO_PKG_VERSION")).to_string()
-                }))
-                .build()
-                .map_err(|e| Error::Config(format!("building the HTTP client: {e}")))?;
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(connect_timeout)
+            .user_agent(
+                self.user_agent
+                    .unwrap_or_else(|| concat!("auditship/", env!("CARGO_PKG_VERSION")).to_string()),
+            )
+            .build()
+            .map_err(|e| Error::Config(format!("building the HTTP client: {e}")))?;
         let limiter = RateLimiter::shared(&key, self.requests_per_minute.unwrap_or(600));
         Ok(Client {
             inner: Arc::new(Inner {
@@ -329,9 +325,7 @@ impl Client {
 
     /// The org-wide audit view (the seed's `Miosa.Audit`).
     pub fn audit(&self) -> OrgAudit {
-        OrgAudit {
-            client: self.clone(),
-        }
+        OrgAudit { client: self.clone() }
     }
 
     /// One sandbox.
@@ -374,12 +368,7 @@ impl Client {
     }
 
     /// One GET, no retry. `what` names the resource for 404 messages.
-    async fn get_once(
-        &self,
-        path: &str,
-        query: &[(&str, String)],
-        what: &str,
-    ) -> Result<Bytes, Error> {
+    async fn get_once(&self, path: &str, query: &[(&str, String)], what: &str) -> Result<Bytes, Error> {
         self.inner.limiter.acquire().await;
         let url = self.url(path, query);
         let mut req = self
@@ -457,9 +446,7 @@ impl Client {
                     return Ok(body);
                 }
                 Err(e) if e.is_retryable() && policy.max_attempts.is_none_or(|m| attempt < m) => {
-                    let delay = backoff
-                        .next_delay()
-                        .max(e.retry_after().unwrap_or_default());
+                    let delay = backoff.next_delay().max(e.retry_after().unwrap_or_default());
                     crate::metrics::API_RETRIES.inc();
                     if last_warn.is_none_or(|t| t.elapsed() >= Duration::from_secs(30)) {
                         tracing::warn!(what, attempt, retry_in_ms = delay.as_millis() as u64, request_id = e.request_id(), error = %e, "Miosa API request failed; retrying");
@@ -503,12 +490,7 @@ impl Client {
     pub async fn get_event(&self, event_id: &str) -> Result<AuditEvent, Error> {
         let path = format!("/egress/audit/{}", encode_segment(event_id));
         let body = self
-            .get_retrying(
-                &path,
-                &[],
-                &format!("audit event {event_id}"),
-                &self.inner.retry,
-            )
+            .get_retrying(&path, &[], &format!("audit event {event_id}"), &self.inner.retry)
             .await?;
         event::decode_single(body)
     }
@@ -588,21 +570,15 @@ fn error_body(body: &[u8]) -> (String, Option<Duration>) {
         return (text(), None);
     };
     let secs = |v: Option<&serde_json::Value>| {
-        v.and_then(|v| {
-            v.as_f64()
-                .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
-        })
-        .filter(|s| s.is_finite() && *s >= 0.0)
-        .map(|s| Duration::from_secs_f64(s.min(3600.0)))
+        v.and_then(|v| v.as_f64().or_else(|| v.as_str().and_then(|s| s.parse().ok())))
+            .filter(|s| s.is_finite() && *s >= 0.0)
+            .map(|s| Duration::from_secs_f64(s.min(3600.0)))
     };
     let mut retry = secs(v.get("retry_after"));
     let message = match v.get("error") {
         Some(serde_json::Value::Object(e)) => {
             retry = retry.or_else(|| secs(e.get("retry_after")));
-            let msg = e
-                .get("message")
-                .and_then(|m| m.as_str())
-                .unwrap_or("no message");
+            let msg = e.get("message").and_then(|m| m.as_str()).unwrap_or("no message");
             match e.get("code").and_then(|c| c.as_str()) {
                 Some(code) => format!("{code}: {msg}"),
                 None => msg.to_string(),
@@ -712,12 +688,7 @@ impl SandboxAudit {
         start: StartAt,
         page_limit: u32,
     ) -> impl Stream<Item = Result<AuditEvent, Error>> + Send + 'static {
-        tail::list_from(
-            self.client.clone(),
-            self.scoped(&filters),
-            start,
-            page_limit,
-        )
+        tail::list_from(self.client.clone(), self.scoped(&filters), start, page_limit)
     }
 
     /// Fetch one event by id.
@@ -742,10 +713,7 @@ mod tests {
         let (m, r) = error_body(
             br#"{"error":{"code":"rate","message":"slow down","request_id":"r1","retry_after":2}}"#,
         );
-        assert_eq!(
-            (m.as_str(), r),
-            ("rate: slow down", Some(Duration::from_secs(2)))
-        );
+        assert_eq!((m.as_str(), r), ("rate: slow down", Some(Duration::from_secs(2))));
         assert_eq!(error_body(br#"{"error":"nope","code":"c"}"#).0, "c: nope");
         assert_eq!(
             error_body(br#"{"message":"m","retry_after":"1.5"}"#),

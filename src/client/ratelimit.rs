@@ -57,8 +57,8 @@ impl RateLimiter {
                 let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
                 let now = Instant::now();
                 let (tokens, last) = *state;
-                let tokens = (tokens + now.duration_since(last).as_secs_f64() * self.per_second)
-                    .min(self.capacity);
+                let tokens =
+                    (tokens + now.duration_since(last).as_secs_f64() * self.per_second).min(self.capacity);
                 if tokens >= 1.0 {
                     *state = (tokens - 1.0, now);
                     return;

@@ -31,9 +31,7 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::event::decode_event;
-use super::{
-    format_time, parse_time, ws, AuditEvent, Backoff, Client, Error, Filters, RetryPolicy,
-};
+use super::{format_time, parse_time, ws, AuditEvent, Backoff, Client, Error, Filters, RetryPolicy};
 
 /// Which transport a tail may use.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
@@ -434,6 +432,25 @@ pub(crate) fn list_from(
     )
 }
 
+/// Whether a socket error is a frame or message over the 1 MiB cap.
+fn is_oversized(e: &tokio_tungstenite::tungstenite::Error) -> bool {
+    matches!(e, tokio_tungstenite::tungstenite::Error::Capacity(_))
+}
+
+/// The dead letter for a frame over the cap: its bytes were never read, so there is no payload;
+/// the socket closes and the catch-up after the reconnect fetches the event, if it was one,
+/// through the list endpoint.
+fn oversized_frame() -> Error {
+    Error::Decode {
+        what: "socket frame".into(),
+        message: format!(
+            "larger than {} bytes; the socket was closed (1009) and the list endpoint is used to catch up",
+            ws::MAX_FRAME_BYTES
+        ),
+        raw: None,
+    }
+}
+
 /// The consumer is gone: stop quietly.
 struct Gone;
 
@@ -464,15 +481,12 @@ impl TailTask {
     }
 
     async fn run(mut self) {
-        let mut socket_backoff =
-            Backoff::new(Duration::from_secs(5), self.options.socket_retry_max);
-        let mut reconnect_backoff =
-            Backoff::new(Duration::from_millis(100), Duration::from_secs(30));
+        let mut socket_backoff = Backoff::new(Duration::from_secs(5), self.options.socket_retry_max);
+        let mut reconnect_backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(30));
         let mut next_socket_try = Instant::now();
         let mut on_fallback = false;
         loop {
-            let try_socket =
-                self.options.transport != Transport::Poll && Instant::now() >= next_socket_try;
+            let try_socket = self.options.transport != Transport::Poll && Instant::now() >= next_socket_try;
             if try_socket {
                 self.set_status(ActiveTransport::Connecting);
                 let connected = tokio::select! {
@@ -598,6 +612,7 @@ impl TailTask {
         let mut buffer: VecDeque<Message> = VecDeque::new();
         let mut overflowed = false;
         let mut socket_failed: Option<String> = None;
+        let mut oversized = false;
         // The catch-up borrows `self`; the loop below touches only locals.
         let cap = self.options.catch_up_buffer_frames;
         let key = self.client.key().clone();
@@ -614,7 +629,10 @@ impl TailTask {
                                 overflowed = true;
                             }
                         }
-                        Some(Err(e)) => socket_failed = Some(key.redact(&e.to_string())),
+                        Some(Err(e)) => {
+                            oversized |= is_oversized(&e);
+                            socket_failed = Some(key.redact(&e.to_string()));
+                        }
                         None => socket_failed = Some("closed by the server".into()),
                     },
                 }
@@ -635,6 +653,9 @@ impl TailTask {
                 Err(Gone) => return SocketEnd::Gone,
             }
         }
+        if oversized && self.send(Err(oversized_frame())).await.is_err() {
+            return SocketEnd::Gone;
+        }
         if let Some(reason) = socket_failed {
             return SocketEnd::Dropped {
                 reason,
@@ -644,10 +665,7 @@ impl TailTask {
         if overflowed {
             let _ = socket.close(None).await;
             let reason = "catch-up took longer than the socket buffer; catching up again".into();
-            return SocketEnd::Dropped {
-                reason,
-                worked: true,
-            };
+            return SocketEnd::Dropped { reason, worked: true };
         }
         self.set_status(ActiveTransport::WebSocket);
         let ping_after = self.options.ping_after;
@@ -671,7 +689,12 @@ impl TailTask {
                         Err(Gone) => return SocketEnd::Gone,
                     }
                 }
-                Ok(Some(Err(e))) => self.client.key().redact(&e.to_string()),
+                Ok(Some(Err(e))) => {
+                    if is_oversized(&e) && self.send(Err(oversized_frame())).await.is_err() {
+                        return SocketEnd::Gone;
+                    }
+                    self.client.key().redact(&e.to_string())
+                }
                 Ok(None) => "closed by the server".into(),
                 Err(_idle) if pinged => {
                     format!("no frame or pong for {} s", 2 * ping_after.as_secs())

@@ -20,11 +20,7 @@ pub(crate) const MAX_FRAME_BYTES: usize = 1 << 20;
 pub(crate) async fn connect(client: &Client, resource_id: &str) -> Result<Socket, Error> {
     let base = client.base_url();
     let mut url = base.clone();
-    let scheme = if base.scheme() == "https" {
-        "wss"
-    } else {
-        "ws"
-    };
+    let scheme = if base.scheme() == "https" { "wss" } else { "ws" };
     url.set_scheme(scheme)
         .map_err(|_| Error::Config(format!("cannot derive a socket URL from {}", base)))?;
     let path = format!(
@@ -33,8 +29,7 @@ pub(crate) async fn connect(client: &Client, resource_id: &str) -> Result<Socket
         encode_segment(resource_id)
     );
     url.set_path(&path);
-    url.query_pairs_mut()
-        .append_pair("token", client.key().expose());
+    url.query_pairs_mut().append_pair("token", client.key().expose());
     let endpoint = format!(
         "{scheme}://{}{}",
         url.host_str().unwrap_or(""),
@@ -46,10 +41,9 @@ pub(crate) async fn connect(client: &Client, resource_id: &str) -> Result<Socket
         .as_str()
         .into_client_request()
         .map_err(|e| Error::Config(format!("socket request: {}", redact(&e))))?;
-    request.headers_mut().insert(
-        "sec-websocket-protocol",
-        HeaderValue::from_static(SUBPROTOCOL),
-    );
+    request
+        .headers_mut()
+        .insert("sec-websocket-protocol", HeaderValue::from_static(SUBPROTOCOL));
     let config = WebSocketConfig::default()
         .max_message_size(Some(MAX_FRAME_BYTES))
         .max_frame_size(Some(MAX_FRAME_BYTES));
@@ -59,10 +53,7 @@ pub(crate) async fn connect(client: &Client, resource_id: &str) -> Result<Socket
         Err(_) => {
             return Err(Error::Transport {
                 endpoint,
-                message: format!(
-                    "socket handshake timed out after {} ms",
-                    timeout.as_millis()
-                ),
+                message: format!("socket handshake timed out after {} ms", timeout.as_millis()),
             })
         }
         Ok(Err(tokio_tungstenite::tungstenite::Error::Http(resp))) => {

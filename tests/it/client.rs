@@ -61,10 +61,7 @@ async fn list_get_and_list_all() {
         .all(|e| e.fields().unwrap().action.as_deref() == Some("reject")));
 
     let all: Vec<_> = audit.list_all(Filters::default()).collect().await;
-    let ids: Vec<String> = all
-        .into_iter()
-        .map(|e| e.unwrap().id().to_string())
-        .collect();
+    let ids: Vec<String> = all.into_iter().map(|e| e.unwrap().id().to_string()).collect();
     assert_in_order_once(&sim, "sb-1", &ids);
 
     let org: Vec<_> = c.audit().list_all(Filters::default()).collect().await;
@@ -90,10 +87,7 @@ async fn a_bad_key_is_a_typed_error_without_the_key() {
         .list(&Filters::default())
         .await
         .unwrap_err();
-    assert!(
-        matches!(err, Error::Unauthorized { status: 401, .. }),
-        "{err:?}"
-    );
+    assert!(matches!(err, Error::Unauthorized { status: 401, .. }), "{err:?}");
     assert!(!err.is_retryable());
     assert!(!format!("{err} {err:?}").contains("msk_u_not_the_right_one"));
 }
@@ -112,11 +106,7 @@ async fn tail_yields_every_event_once_in_order_through_drops_and_fallback() {
                 live_rate_per_sec: 300.0,
                 live_events_per_sandbox: Some(300),
                 drop_every_frames: Some(11),
-                no_socket: if no_socket {
-                    vec!["sb-tail".into()]
-                } else {
-                    vec![]
-                },
+                no_socket: if no_socket { vec!["sb-tail".into()] } else { vec![] },
                 ties: 2,
                 ..SimConfig::default()
             },
@@ -139,11 +129,9 @@ async fn tail_yields_every_event_once_in_order_through_drops_and_fallback() {
         }
         assert_in_order_once(&sim, "sb-tail", &got);
         // Nothing more arrives: no duplicate later either.
-        assert!(
-            tokio::time::timeout(Duration::from_millis(500), tail.next())
-                .await
-                .is_err()
-        );
+        assert!(tokio::time::timeout(Duration::from_millis(500), tail.next())
+            .await
+            .is_err());
     }
 }
 
@@ -151,10 +139,8 @@ async fn tail_yields_every_event_once_in_order_through_drops_and_fallback() {
 /// that share one timestamp is not defined by the API, so ties may come in any order.
 fn assert_in_order_once(sim: &auditship::sim::Simulator, sandbox: &str, ids: &[String]) {
     let events = sim.events(sandbox);
-    let time: std::collections::HashMap<&str, i64> = events
-        .iter()
-        .map(|e| (e.id.as_str(), e.inserted_us))
-        .collect();
+    let time: std::collections::HashMap<&str, i64> =
+        events.iter().map(|e| (e.id.as_str(), e.inserted_us)).collect();
     assert_eq!(
         ids.iter().collect::<HashSet<_>>().len(),
         ids.len(),
@@ -165,8 +151,5 @@ fn assert_in_order_once(sim: &auditship::sim::Simulator, sandbox: &str, ids: &[S
         .iter()
         .map(|id| *time.get(id.as_str()).expect("a known id"))
         .collect();
-    assert!(
-        times.windows(2).all(|w| w[0] <= w[1]),
-        "in cursor-time order"
-    );
+    assert!(times.windows(2).all(|w| w[0] <= w[1]), "in cursor-time order");
 }

@@ -26,11 +26,7 @@ fn every_shipped_pipeline_validates() {
         .args(std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()))
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
 }
 
 #[test]
@@ -43,11 +39,7 @@ fn validate_names_file_line_and_column_and_exits_1() {
     )
     .unwrap();
     let unknown = dir.path().join("unknown.toml");
-    std::fs::write(
-        &unknown,
-        "[source]\nsandboxes = [\"a\"]\npoll_intervall_ms = 5\n",
-    )
-    .unwrap();
+    std::fs::write(&unknown, "[source]\nsandboxes = [\"a\"]\npoll_intervall_ms = 5\n").unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_auditship"))
         .args(["validate"])
         .arg(&bad)

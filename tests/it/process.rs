@@ -73,11 +73,9 @@ async fn kill_9_at_random_moments_loses_nothing_and_duplicates_nothing() {
         assert_eq!(out.code, None, "killed by a signal");
     }
     let child = ws.spawn(&key, &["run", "pipe.toml"]);
-    wait_for(
-        "the archive to hold every event",
-        Duration::from_secs(90),
-        || sim.live_done() && ws.archive_lines().len() >= sim.total_events(),
-    )
+    wait_for("the archive to hold every event", Duration::from_secs(90), || {
+        sim.live_done() && ws.archive_lines().len() >= sim.total_events()
+    })
     .await;
     signal(&child, libc::SIGTERM);
     let out = finish(child, Duration::from_secs(30));
@@ -158,11 +156,7 @@ async fn backfill_ships_20000_past_events_exactly_once_and_a_rerun_is_a_no_op() 
     let key = sim.api_key().to_string();
     let out = ws.run(&key, &["backfill", "pipe.toml", "--since", "7d"]);
     assert_eq!(out.code, Some(0), "stderr: {}", out.stderr);
-    assert!(
-        out.stderr.contains("20000 events shipped"),
-        "{}",
-        out.stderr
-    );
+    assert!(out.stderr.contains("20000 events shipped"), "{}", out.stderr);
     assert_exactly_once(&ws.archive_lines(), &sim_lines(&sim, &ids));
     // Same window again: nothing new.
     let since = auditship::client::format_time(sim.events("sb-b1")[0].inserted_us - 1_000_000);
@@ -170,11 +164,7 @@ async fn backfill_ships_20000_past_events_exactly_once_and_a_rerun_is_a_no_op() 
     assert_eq!(out.code, Some(0), "stderr: {}", out.stderr);
     let again = ws.run(&key, &["backfill", "pipe.toml", "--since", &since]);
     assert_eq!(again.code, Some(0));
-    assert!(
-        again.stderr.contains(" 0 events shipped"),
-        "{}",
-        again.stderr
-    );
+    assert!(again.stderr.contains(" 0 events shipped"), "{}", again.stderr);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -188,12 +178,7 @@ async fn a_killed_backfill_resumes_where_it_stopped() {
         },
     )
     .await;
-    let ws = Workspace::new(
-        &sim,
-        &ids,
-        "requests_per_minute = 1200\npage_limit = 50",
-        "",
-    );
+    let ws = Workspace::new(&sim, &ids, "requests_per_minute = 1200\npage_limit = 50", "");
     let key = sim.api_key().to_string();
     // Absolute bounds: a window is resumed by naming it again (a relative `--since 1d` is a new
     // window each time; the resume hint prints the absolute one).

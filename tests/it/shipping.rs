@@ -19,14 +19,10 @@ async fn ship(ws: &Workspace, sim: &Simulator, sandboxes: &[&str]) -> RunReport 
     let opts = RunOptions::new(Mode::Live);
     let stop = opts.shutdown.clone();
     let handle = tokio::spawn(async move { pipeline::run(&p, opts).await });
-    wait_for(
-        "every event to be archived",
-        Duration::from_secs(60),
-        || {
-            let expected: usize = sandboxes.iter().map(|s| sim.events(s).len()).sum();
-            sim.live_done() && ws.archive_lines().len() >= expected
-        },
-    )
+    wait_for("every event to be archived", Duration::from_secs(60), || {
+        let expected: usize = sandboxes.iter().map(|s| sim.events(s).len()).sum();
+        sim.live_done() && ws.archive_lines().len() >= expected
+    })
     .await;
     stop.cancel();
     handle.await.unwrap().expect("the pipeline stops cleanly")
@@ -77,10 +73,7 @@ async fn sandboxes_without_a_socket_fall_back_to_polling() {
     let report = ship(&ws, &sim, &ids).await;
     assert_exactly_once(&ws.archive_lines(), &sim_lines(&sim, &ids));
     assert_eq!(report.transports["sb-404"], ActiveTransport::Polling);
-    assert_eq!(
-        report.transports["sb-wrong-proto"],
-        ActiveTransport::Polling
-    );
+    assert_eq!(report.transports["sb-wrong-proto"], ActiveTransport::Polling);
     assert_eq!(report.transports["sb-ok"], ActiveTransport::WebSocket);
 }
 
@@ -153,6 +146,7 @@ async fn garbage_frames_are_dead_lettered_and_never_stop_the_stream() {
             live_rate_per_sec: 300.0,
             live_events_per_sandbox: Some(300),
             garbage_ratio: 0.2,
+            oversize_ratio: 0.02,
             ..SimConfig::default()
         },
     )
@@ -161,24 +155,25 @@ async fn garbage_frames_are_dead_lettered_and_never_stop_the_stream() {
     let report = ship(&ws, &sim, &ids).await;
     assert_exactly_once(&ws.archive_lines(), &sim_lines(&sim, &ids));
     let dead = std::fs::read_to_string(ws.path().join("state/dead-letter.ndjson")).unwrap();
-    let entries: Vec<serde_json::Value> = dead
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let entries: Vec<serde_json::Value> = dead.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert!(!entries.is_empty());
     assert_eq!(entries.len() as u64, report.dead_lettered);
     assert!(entries.len() as u64 <= sim.garbage_frames());
+    let mut oversized = 0;
     for e in &entries {
         assert_eq!(e["resource_id"], "sb-garbage");
         let reason = e["reason"].as_str().unwrap();
         assert!(reason.starts_with("socket frame:"), "{reason}");
-        let raw = e["raw"].as_str().unwrap();
-        assert!(
-            raw == "this is not json{" || raw == r#"{"no_id":true}"#,
-            "{raw}"
-        );
         assert!(e["time"].is_string());
+        if reason.contains("larger than 1048576 bytes") {
+            oversized += 1;
+            assert!(e["raw"].is_null());
+        } else {
+            let raw = e["raw"].as_str().unwrap();
+            assert!(raw == "this is not json{" || raw == r#"{"no_id":true}"#, "{raw}");
+        }
     }
+    assert!(oversized > 0, "an oversized frame was dead-lettered");
 }
 
 #[tokio::test(flavor = "multi_thread")]

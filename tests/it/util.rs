@@ -29,12 +29,7 @@ pub struct Proc {
 impl Workspace {
     /// A workspace whose `pipe.toml` follows `sandboxes` on `sim`. `extra_source` is appended to
     /// `[source]`, `sink_extra` to the file sink.
-    pub fn new(
-        sim: &Simulator,
-        sandboxes: &[&str],
-        extra_source: &str,
-        sink_extra: &str,
-    ) -> Workspace {
+    pub fn new(sim: &Simulator, sandboxes: &[&str], extra_source: &str, sink_extra: &str) -> Workspace {
         let dir = tempfile::tempdir().unwrap();
         let pipeline = dir.path().join("pipe.toml");
         let list = sandboxes
@@ -214,8 +209,7 @@ pub fn assert_exactly_once(archived: &[String], expected: &[String]) {
         *counts.entry(l.as_str()).or_default() += 1;
     }
     let duplicated: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
-    let expected_set: std::collections::HashSet<&str> =
-        expected.iter().map(String::as_str).collect();
+    let expected_set: std::collections::HashSet<&str> = expected.iter().map(String::as_str).collect();
     let missing = expected
         .iter()
         .filter(|l| !counts.contains_key(l.as_str()))

@@ -153,15 +153,9 @@ mod tests {
 
     #[test]
     fn permission_denied_is_not_retryable_but_disk_full_is() {
-        let denied = SinkError::io(
-            "open",
-            std::io::Error::from(std::io::ErrorKind::PermissionDenied),
-        );
+        let denied = SinkError::io("open", std::io::Error::from(std::io::ErrorKind::PermissionDenied));
         assert!(!denied.is_retryable());
-        let full = SinkError::io(
-            "write",
-            std::io::Error::from(std::io::ErrorKind::StorageFull),
-        );
+        let full = SinkError::io("write", std::io::Error::from(std::io::ErrorKind::StorageFull));
         assert!(full.is_retryable());
         assert!(!SinkError::Config("x".into()).is_retryable());
     }

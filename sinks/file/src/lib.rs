@@ -266,8 +266,7 @@ impl Inner {
         if self.rendered.len() > 65_536 {
             self.rendered.clear();
         }
-        self.rendered
-            .insert((resource_id.clone(), day), path.clone());
+        self.rendered.insert((resource_id.clone(), day), path.clone());
         path
     }
 
@@ -365,8 +364,7 @@ impl Inner {
         let max_age = self.config.rotate_max_age_ms.map(Duration::from_millis);
         for slot in self.slots.values_mut() {
             let too_big = max_bytes.is_some_and(|m| slot.durable_len >= m);
-            let too_old =
-                max_age.is_some_and(|m| slot.file.is_some() && slot.opened_at.elapsed() >= m);
+            let too_old = max_age.is_some_and(|m| slot.file.is_some() && slot.opened_at.elapsed() >= m);
             if slot.durable_len > 0 && (too_big || too_old) {
                 slot.rotate = true;
                 slot.file = None;

@@ -49,8 +49,7 @@ impl PathTemplate {
     pub fn parse(template: &str) -> Result<Self, String> {
         if template.is_empty() {
             return Err(
-                "path is empty; give a file path such as \"archive/{resource_id}/{date}.ndjson\""
-                    .into(),
+                "path is empty; give a file path such as \"archive/{resource_id}/{date}.ndjson\"".into(),
             );
         }
         let mut parts = Vec::new();
@@ -144,8 +143,7 @@ fn push_component(out: &mut String, value: &str) {
         return;
     }
     for (i, c) in value.chars().enumerate() {
-        let unsafe_char =
-            matches!(c, '/' | '\\' | '%' | ':') || c.is_control() || (i == 0 && c == '.');
+        let unsafe_char = matches!(c, '/' | '\\' | '%' | ':') || c.is_control() || (i == 0 && c == '.');
         if unsafe_char {
             let mut buf = [0u8; 4];
             for b in c.encode_utf8(&mut buf).bytes() {
@@ -204,14 +202,8 @@ mod tests {
 
     #[test]
     fn encoding_is_injective() {
-        assert_ne!(
-            render("{resource_id}", "a/b"),
-            render("{resource_id}", "a%2Fb")
-        );
-        assert_ne!(
-            render("{resource_id}", ".x"),
-            render("{resource_id}", "%2Ex")
-        );
+        assert_ne!(render("{resource_id}", "a/b"), render("{resource_id}", "a%2Fb"));
+        assert_ne!(render("{resource_id}", ".x"), render("{resource_id}", "%2Ex"));
     }
 
     #[test]
@@ -226,9 +218,6 @@ mod tests {
             PathTemplate::parse("../up/{date}.log").unwrap().base(),
             Path::new("../up")
         );
-        assert_eq!(
-            PathTemplate::parse("{date}.log").unwrap().base(),
-            Path::new(".")
-        );
+        assert_eq!(PathTemplate::parse("{date}.log").unwrap().base(), Path::new("."));
     }
 }

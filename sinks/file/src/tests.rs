@@ -87,10 +87,7 @@ async fn writes_events_verbatim_and_reports_durable_lengths() {
         }]
     );
     let mode = std::fs::metadata(&path).unwrap().permissions();
-    assert_eq!(
-        std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
-        0o640
-    );
+    assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777, 0o640);
 }
 
 #[tokio::test]
@@ -113,10 +110,7 @@ async fn reopening_truncates_uncommitted_bytes() {
 
     let (c, _) = ctx(committed.clone());
     let mut sink = FileSink::open(config(dir.path(), |_| {}), c).unwrap();
-    assert_eq!(
-        std::fs::metadata(&path).unwrap().len() as i64,
-        committed[0].value
-    );
+    assert_eq!(std::fs::metadata(&path).unwrap().len() as i64, committed[0].value);
     sink.write(batch(1, "a", 2..4)).await.unwrap();
     sink.flush().await.unwrap();
     let text = std::fs::read_to_string(&path).unwrap();
@@ -129,12 +123,9 @@ async fn gzip_and_zstd_members_decode_to_all_lines() {
     for compression in [Compression::Gzip, Compression::Zstd] {
         let dir = tempfile::tempdir().unwrap();
         let (c, _) = ctx(vec![]);
-        let mut sink =
-            FileSink::open(config(dir.path(), |c| c.compression = compression), c).unwrap();
+        let mut sink = FileSink::open(config(dir.path(), |c| c.compression = compression), c).unwrap();
         for i in 0..3 {
-            sink.write(batch(i, "a", i * 10..i * 10 + 10))
-                .await
-                .unwrap();
+            sink.write(batch(i, "a", i * 10..i * 10 + 10)).await.unwrap();
             sink.flush().await.unwrap();
         }
         let path = dir.path().join("a/2025-11-24.ndjson");
@@ -158,26 +149,20 @@ async fn gzip_and_zstd_members_decode_to_all_lines() {
 async fn rotates_by_size_into_numbered_generations() {
     let dir = tempfile::tempdir().unwrap();
     let (c, _) = ctx(vec![]);
-    let mut sink =
-        FileSink::open(config(dir.path(), |c| c.rotate_max_bytes = Some(100)), c).unwrap();
+    let mut sink = FileSink::open(config(dir.path(), |c| c.rotate_max_bytes = Some(100)), c).unwrap();
     let mut committed = Vec::new();
     for i in 0..3 {
         sink.write(batch(i, "a", i * 5..i * 5 + 5)).await.unwrap();
         committed.extend(sink.flush().await.unwrap());
     }
-    for name in [
-        "2025-11-24.ndjson",
-        "2025-11-24.1.ndjson",
-        "2025-11-24.2.ndjson",
-    ] {
+    for name in ["2025-11-24.ndjson", "2025-11-24.1.ndjson", "2025-11-24.2.ndjson"] {
         let text = std::fs::read_to_string(dir.path().join("a").join(name)).unwrap();
         assert_eq!(text.lines().count(), 5, "{name}");
     }
     // A restart continues in the newest generation.
     drop(sink);
     let (c, reg) = ctx(committed);
-    let mut sink =
-        FileSink::open(config(dir.path(), |c| c.rotate_max_bytes = Some(1000)), c).unwrap();
+    let mut sink = FileSink::open(config(dir.path(), |c| c.rotate_max_bytes = Some(1000)), c).unwrap();
     sink.write(batch(9, "a", 100..101)).await.unwrap();
     sink.flush().await.unwrap();
     assert!(reg.0.lock().unwrap().is_empty());
