@@ -9,6 +9,8 @@ CREATE TABLE checkpoints (
     last_event_id  TEXT,
     -- newest cursor time shipped, microseconds since the Unix epoch
     cursor_us      INTEGER,
+    -- the same time as the server spelled it; sent back as `since` on resume
+    cursor_text    TEXT,
     -- JSON array of every id shipped at exactly cursor_us (several events share a timestamp)
     tie_ids        TEXT    NOT NULL DEFAULT '[]',
     events_shipped INTEGER NOT NULL DEFAULT 0,

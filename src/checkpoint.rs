@@ -76,6 +76,8 @@ pub struct Checkpoint {
     pub last_event_id: Option<String>,
     /// Newest cursor time shipped (µs since the Unix epoch).
     pub cursor_us: Option<i64>,
+    /// The same time as the server spelled it.
+    pub cursor_text: Option<String>,
     /// Every id shipped at exactly `cursor_us`.
     pub tie_ids: Vec<String>,
     /// Events shipped in this stream so far.
@@ -413,7 +415,7 @@ fn load(
     stream: Option<&str>,
 ) -> rusqlite::Result<Vec<(String, Checkpoint)>> {
     let mut stmt = conn.prepare_cached(
-        "SELECT stream, resource_id, last_event_id, cursor_us, tie_ids, events_shipped, updated_at_us
+        "SELECT stream, resource_id, last_event_id, cursor_us, tie_ids, events_shipped, updated_at_us, cursor_text
          FROM checkpoints WHERE pipeline = ?1 AND (?2 IS NULL OR stream = ?2)
          ORDER BY stream, resource_id",
     )?;
@@ -428,6 +430,7 @@ fn load(
                 tie_ids: serde_json::from_str(&ties).unwrap_or_default(),
                 events_shipped: r.get::<_, i64>(5)?.max(0) as u64,
                 updated_at_us: r.get(6)?,
+                cursor_text: r.get(7)?,
             },
         ))
     })?;
@@ -438,12 +441,12 @@ fn apply(conn: &mut Connection, pipeline: &str, stream: &str, commit: &Commit) -
     let tx = conn.transaction()?;
     {
         let mut upsert = tx.prepare_cached(
-            "INSERT INTO checkpoints (pipeline, stream, resource_id, last_event_id, cursor_us, tie_ids, events_shipped, updated_at_us)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+            "INSERT INTO checkpoints (pipeline, stream, resource_id, last_event_id, cursor_us, tie_ids, events_shipped, updated_at_us, cursor_text)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
              ON CONFLICT (pipeline, stream, resource_id) DO UPDATE SET
                last_event_id = excluded.last_event_id, cursor_us = excluded.cursor_us,
                tie_ids = excluded.tie_ids, events_shipped = excluded.events_shipped,
-               updated_at_us = excluded.updated_at_us",
+               updated_at_us = excluded.updated_at_us, cursor_text = excluded.cursor_text",
         )?;
         for p in &commit.positions {
             let ties = serde_json::to_string(&p.tie_ids).unwrap_or_else(|_| "[]".into());
@@ -455,7 +458,8 @@ fn apply(conn: &mut Connection, pipeline: &str, stream: &str, commit: &Commit) -
                 p.cursor_us,
                 ties,
                 p.events_shipped as i64,
-                p.updated_at_us
+                p.updated_at_us,
+                p.cursor_text
             ])?;
         }
         let mut state = tx.prepare_cached(
@@ -495,6 +499,7 @@ mod tests {
             resource_id: "sb-1".into(),
             last_event_id: Some("e2".into()),
             cursor_us: Some(42),
+            cursor_text: Some("1970-01-01T00:00:00.000042Z".into()),
             tie_ids: vec!["e1".into(), "e2".into()],
             events_shipped: 2,
             updated_at_us: 1,

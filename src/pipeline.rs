@@ -198,10 +198,31 @@ fn build_sink(cfg: &SinkConfig, ctx: SinkContext) -> Result<Box<dyn Sink>, SinkE
     }
 }
 
+#[derive(Clone, Debug)]
+enum CursorText {
+    InEvent(bytes::Bytes, (u32, u32)),
+    Loaded(String),
+}
+
+impl CursorText {
+    fn text(&self) -> Option<String> {
+        match self {
+            CursorText::InEvent(raw, (a, b)) => raw
+                .get(*a as usize..*b as usize)
+                .and_then(|s| std::str::from_utf8(s).ok())
+                .map(str::to_string),
+            CursorText::Loaded(s) => Some(s.clone()),
+        }
+    }
+}
+
 /// Where one sandbox stands, as events pass the batcher.
 #[derive(Clone, Debug, Default)]
 struct Running {
     cursor_us: Option<i64>,
+    /// The cursor time as the server spelled it: the newest event's bytes and the span in them
+    /// (a refcount, not a copy), or the text loaded from the checkpoint.
+    cursor_src: Option<CursorText>,
     ties: Vec<Arc<str>>,
     last_id: Option<Arc<str>>,
     shipped: u64,
@@ -213,6 +234,7 @@ impl Running {
     fn from_checkpoint(c: &Checkpoint) -> Self {
         Running {
             cursor_us: c.cursor_us,
+            cursor_src: c.cursor_text.clone().map(CursorText::Loaded),
             ties: c.tie_ids.iter().map(|s| Arc::from(s.as_str())).collect(),
             last_id: c.last_event_id.as_deref().map(Arc::from),
             shipped: c.events_shipped,
@@ -222,13 +244,9 @@ impl Running {
 
     fn advance(&mut self, e: &Event) {
         match (e.cursor_us, self.cursor_us) {
-            (Some(c), Some(p)) if c > p => {
+            (Some(c), p) if p.is_none_or(|p| c > p) => {
                 self.cursor_us = Some(c);
-                self.ties.clear();
-                self.ties.push(e.id.clone());
-            }
-            (Some(c), None) => {
-                self.cursor_us = Some(c);
+                self.cursor_src = e.cursor_span.map(|span| CursorText::InEvent(e.raw.clone(), span));
                 self.ties.clear();
                 self.ties.push(e.id.clone());
             }
@@ -246,6 +264,7 @@ impl Running {
             resource_id: resource_id.to_string(),
             last_event_id: self.last_id.as_deref().map(str::to_string),
             cursor_us: self.cursor_us,
+            cursor_text: self.cursor_src.as_ref().and_then(CursorText::text),
             tie_ids: self.ties.iter().map(|s| s.to_string()).collect(),
             events_shipped: self.shipped,
             updated_at_us: chrono::Utc::now().timestamp_micros(),
@@ -372,6 +391,7 @@ pub async fn run(p: &Pipeline, opts: RunOptions) -> Result<RunReport, PipelineEr
         let start = match loaded.get(rid) {
             Some(c) => StartAt::Position(Position {
                 cursor_us: c.cursor_us,
+                cursor_text: c.cursor_text.clone(),
                 ids_at_cursor: c.tie_ids.iter().map(|s| Arc::from(s.as_str())).collect(),
             }),
             None => match &opts.mode {

@@ -44,6 +44,16 @@ pub enum ListShape {
     Mixed,
 }
 
+/// How the simulator spells times.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TimeFormat {
+    /// `2026-11-25T10:00:00.123456Z`.
+    #[default]
+    Micros,
+    /// `2026-11-25T10:00:00.123+00:00`: millisecond precision, numeric offset.
+    MillisOffset,
+}
+
 /// Simulator knobs.
 #[derive(Clone, Debug)]
 pub struct SimConfig {
@@ -85,6 +95,12 @@ pub struct SimConfig {
     pub mixed_frames: bool,
     /// Largest page the list endpoint returns.
     pub max_page: usize,
+    /// How times are spelled.
+    pub time_format: TimeFormat,
+    /// Compare `since`/`until` with the stored text, character by character, the way a naive
+    /// server comparing strings would: only a client that sends back the server's own spelling
+    /// pages correctly.
+    pub lexicographic_since: bool,
 }
 
 impl Default for SimConfig {
@@ -109,6 +125,8 @@ impl Default for SimConfig {
             shuffle_pages: true,
             mixed_frames: true,
             max_page: 100,
+            time_format: TimeFormat::Micros,
+            lexicographic_since: false,
         }
     }
 }
@@ -120,6 +138,8 @@ pub struct SimEvent {
     pub id: String,
     /// Its `inserted_at`, microseconds.
     pub inserted_us: i64,
+    /// Its `inserted_at` as written in the JSON.
+    pub inserted_text: String,
     /// Its JSON, one line.
     pub json: String,
 }
@@ -168,7 +188,12 @@ const HOSTS: [&str; 4] = ["api.openai.com", "pypi.org", "github.com", "evil.exam
 impl SimSandbox {
     /// Append one event at `time_hint` (or now), under the lock so the store and the broadcast
     /// agree on order.
-    fn append(&self, ties: usize, time_hint: Option<i64>) -> Arc<SimEvent> {
+    fn append(&self, config: &SimConfig, time_hint: Option<i64>) -> Arc<SimEvent> {
+        let ties = config.ties;
+        let step = match config.time_format {
+            TimeFormat::Micros => 1,
+            TimeFormat::MillisOffset => 1_000,
+        };
         let mut d = self.data.lock().unwrap_or_else(|e| e.into_inner());
         let n = d.generated;
         d.generated += 1;
@@ -178,7 +203,8 @@ impl SimSandbox {
             d.last_time
         } else {
             d.in_group = 1;
-            now.max(d.last_time + 1)
+            let t = now.max(d.last_time + step);
+            (t + step - 1) / step * step
         };
         d.last_time = time;
         let h = splitmix(self.salt ^ n);
@@ -205,18 +231,29 @@ impl SimSandbox {
             bout = (h >> 16) % 4096,
             rule = h % 17,
             n = n,
-            ins = format_time(time),
-            ts = format_time(time - 1500),
+            ins = spell_time(config.time_format, time),
+            ts = spell_time(config.time_format, time - 1500),
         );
         let event = Arc::new(SimEvent {
             id,
             inserted_us: time,
+            inserted_text: spell_time(config.time_format, time),
             json,
         });
         d.events.push(event.clone());
         // No receivers is fine: nobody is tailing.
         let _ = self.tx.send(event.clone());
         event
+    }
+}
+
+fn spell_time(format: TimeFormat, us: i64) -> String {
+    match format {
+        TimeFormat::Micros => format_time(us),
+        TimeFormat::MillisOffset => chrono::DateTime::from_timestamp_micros(us)
+            .unwrap_or_default()
+            .format("%Y-%m-%dT%H:%M:%S%.3f+00:00")
+            .to_string(),
     }
 }
 
@@ -241,7 +278,7 @@ impl Simulator {
             chrono::Utc::now().timestamp_micros() - 3_600_000_000 - config.backlog_per_sandbox as i64 * 1_000;
         for sb in sandboxes.values() {
             for k in 0..config.backlog_per_sandbox {
-                sb.append(config.ties, Some(start + k as i64 * 1_000));
+                sb.append(&config, Some(start + k as i64 * 1_000));
             }
         }
         let state = Arc::new(SimState {
@@ -300,7 +337,7 @@ impl Simulator {
     pub fn append(&self, sandbox: &str, n: usize) {
         if let Some(sb) = self.state.sandboxes.get(sandbox) {
             for _ in 0..n {
-                sb.append(self.state.config.ties, None);
+                sb.append(&self.state.config, None);
             }
         }
     }
@@ -375,7 +412,7 @@ async fn generate_live(state: Arc<SimState>, stop: CancellationToken) {
             }
             for id in &state.order {
                 if let Some(sb) = state.sandboxes.get(id) {
-                    sb.append(state.config.ties, None);
+                    sb.append(&state.config, None);
                 }
             }
             made += 1;
@@ -454,7 +491,11 @@ async fn list_handler(
     if let Some(resp) = precheck(&state, &headers, &query) {
         return resp;
     }
+    let lexicographic = state.config.lexicographic_since;
+    let since_text = query.get("since").cloned();
+    let until_text = query.get("until").cloned();
     let since = match query.get("since") {
+        Some(_) if lexicographic => None,
         Some(s) => match parse_time(s) {
             Some(t) => Some(t),
             None => {
@@ -500,10 +541,19 @@ async fn list_handler(
         let d = sb.data.lock().unwrap_or_else(|e| e.into_inner());
         let from = match since {
             Some(s) => d.events.partition_point(|e| e.inserted_us < s),
-            None => 0,
+            None => match (&since_text, lexicographic) {
+                (Some(t), true) => d
+                    .events
+                    .partition_point(|e| e.inserted_text.as_str() < t.as_str()),
+                _ => 0,
+            },
         };
         for e in &d.events[from..] {
-            if until.is_some_and(|u| e.inserted_us > u) {
+            let past_until = match (&until_text, lexicographic) {
+                (Some(t), true) => e.inserted_text.as_str() > t.as_str(),
+                _ => until.is_some_and(|u| e.inserted_us > u),
+            };
+            if past_until {
                 break;
             }
             let wanted = action.is_none_or(|a| e.json.contains(&format!(r#""action":"{a}""#)))

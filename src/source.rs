@@ -118,6 +118,7 @@ pub async fn run(
             Some(Ok(event)) => {
                 seq += 1;
                 let cursor_us = event.cursor_us();
+                let cursor_span = event.cursor_span();
                 let time_us = event.time_us();
                 let id = event.id_arc().clone();
                 SourceMsg::Event(Event {
@@ -125,6 +126,7 @@ pub async fn run(
                     id,
                     resource_id: resource_id.clone(),
                     cursor_us,
+                    cursor_span,
                     time_us,
                     seq,
                 })

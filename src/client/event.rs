@@ -20,6 +20,8 @@ pub struct AuditEvent {
     raw: Bytes,
     id: Arc<str>,
     cursor_us: Option<i64>,
+    /// Byte range of the cursor time's text inside `raw`.
+    cursor_span: Option<(u32, u32)>,
     time_us: Option<i64>,
 }
 
@@ -115,6 +117,18 @@ impl AuditEvent {
     /// Cursor time (`inserted_at`, else `timestamp`), microseconds since the Unix epoch.
     pub fn cursor_us(&self) -> Option<i64> {
         self.cursor_us
+    }
+
+    /// The cursor time exactly as the server wrote it. Paging asks with this text as `since`,
+    /// as the SDKs do, so the server compares against its own spelling of the time.
+    pub fn cursor_text(&self) -> Option<&str> {
+        let (start, end) = self.cursor_span?;
+        std::str::from_utf8(self.raw.get(start as usize..end as usize)?).ok()
+    }
+
+    /// Byte offsets of [`AuditEvent::cursor_text`] inside [`AuditEvent::raw`].
+    pub fn cursor_span(&self) -> Option<(u32, u32)> {
+        self.cursor_span
     }
 
     /// Event time (`timestamp`, else `inserted_at`), microseconds since the Unix epoch.
@@ -258,6 +272,21 @@ pub(crate) fn decode_event(buf: Bytes, what: &str) -> Result<AuditEvent, Error> 
     };
     let inserted = raw_time(head.inserted_at);
     let stamped = raw_time(head.timestamp);
+    let cursor_raw = if inserted.is_some() {
+        head.inserted_at
+    } else {
+        head.timestamp
+    };
+    // The text between the quotes, when it is a plain string (no escapes to undo).
+    let cursor_span = cursor_raw.and_then(|r| {
+        let text = r.get();
+        if !(text.len() >= 2 && text.starts_with('"') && !text.contains('\\')) {
+            return None;
+        }
+        let start = (text.as_ptr() as usize).checked_sub(object.as_ptr() as usize)? + 1;
+        let end = start + text.len() - 2;
+        Some((u32::try_from(start).ok()?, u32::try_from(end).ok()?))
+    });
     let raw = if memchr::memchr2(b'\n', b'\r', object).is_some() {
         Bytes::from(
             object
@@ -272,6 +301,7 @@ pub(crate) fn decode_event(buf: Bytes, what: &str) -> Result<AuditEvent, Error> 
         raw,
         id,
         cursor_us: inserted.or(stamped),
+        cursor_span,
         time_us: stamped.or(inserted),
     })
 }
@@ -381,6 +411,7 @@ mod tests {
             assert_eq!(ev.json(), EV);
             assert_eq!(ev.id(), "evt_1");
             assert_eq!(ev.cursor_us(), parse_time("2026-11-25T10:00:00.000001Z"));
+            assert_eq!(ev.cursor_text(), Some("2026-11-25T10:00:00.000001Z"));
             assert_eq!(ev.time_us(), parse_time("2026-11-25T09:59:59Z"));
         }
     }
@@ -390,6 +421,9 @@ mod tests {
         let pretty = "{\n  \"id\": \"e\",\r\n  \"s\": \"a\\nb\"\n}";
         let ev = AuditEvent::from_json(pretty).unwrap();
         assert!(!ev.json().contains('\n'));
+        let only_stamp =
+            AuditEvent::from_json("{\n\"id\": \"e\",\n \"timestamp\": \"2026-11-25 10:00:00Z\"}").unwrap();
+        assert_eq!(only_stamp.cursor_text(), Some("2026-11-25 10:00:00Z"));
         let a: serde_json::Value = serde_json::from_str(pretty).unwrap();
         assert_eq!(ev.to_value().unwrap(), a);
     }

@@ -67,6 +67,8 @@ pub enum StartAt {
 pub struct Position {
     /// Cursor time in microseconds since the Unix epoch; `None` means the beginning.
     pub cursor_us: Option<i64>,
+    /// The same time as the server spelled it, when known (paging sends it back as `since`).
+    pub cursor_text: Option<String>,
     /// The ids already shipped at `cursor_us`.
     pub ids_at_cursor: Vec<Arc<str>>,
 }
@@ -199,6 +201,8 @@ impl Drop for Tail {
 pub(crate) struct Seen {
     ids: HashMap<Arc<str>, i64>,
     newest: Option<i64>,
+    /// `newest` as the server spelled it.
+    newest_text: Option<String>,
     window_us: i64,
     inserts_since_prune: usize,
 }
@@ -208,6 +212,7 @@ impl Seen {
         let mut seen = Seen {
             ids: HashMap::new(),
             newest: None,
+            newest_text: None,
             window_us: i64::try_from(window.as_micros()).unwrap_or(i64::MAX),
             inserts_since_prune: 0,
         };
@@ -217,6 +222,7 @@ impl Seen {
             StartAt::Time(t) => seen.newest = Some(*t),
             StartAt::Position(p) => {
                 seen.newest = p.cursor_us;
+                seen.newest_text = p.cursor_text.clone();
                 let at = p.cursor_us.unwrap_or(i64::MIN);
                 for id in &p.ids_at_cursor {
                     seen.ids.insert(id.clone(), at);
@@ -226,9 +232,16 @@ impl Seen {
         seen
     }
 
-    /// The newest cursor time seen (the next `since`).
+    /// The newest cursor time seen.
     pub(crate) fn newest(&self) -> Option<i64> {
         self.newest
+    }
+
+    /// The next `since`: the newest cursor time, in the server's own spelling when known (as
+    /// the SDKs do: a server that compares times as text still pages correctly).
+    pub(crate) fn since(&self) -> Option<String> {
+        let newest = self.newest?;
+        Some(self.newest_text.clone().unwrap_or_else(|| format_time(newest)))
     }
 
     /// Record `event`; `false` if it was seen already.
@@ -240,6 +253,7 @@ impl Seen {
         self.ids.insert(event.id_arc().clone(), cursor);
         if self.newest.is_none_or(|n| cursor > n) {
             self.newest = Some(cursor);
+            self.newest_text = event.cursor_text().map(str::to_string);
         }
         self.inserts_since_prune += 1;
         // Prune when the map may have doubled: amortized O(1) per event.
@@ -321,11 +335,11 @@ impl Pager {
                 // Full history is asked for as `since` = the epoch rather than no `since` at
                 // all: a server may answer a bare list with its *newest* page, and paging
                 // forward from there would skip everything older.
-                let since = match seen.newest() {
-                    Some(t) if !(self.first && self.base.since.is_some()) => Some(format_time(t)),
+                let since = match seen.since() {
+                    Some(t) if !(self.first && self.base.since.is_some()) => Some(t),
                     _ => Some(self.base.since.clone().unwrap_or_else(|| format_time(0))),
                 };
-                let floor = since.as_deref().and_then(parse_time);
+                let floor = since.as_deref().and_then(parse_time).or(seen.newest());
                 self.chain = (since.clone(), floor);
                 filters.since = since;
             }

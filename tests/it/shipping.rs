@@ -7,7 +7,7 @@ use auditship::client::ActiveTransport;
 use auditship::config::{self, LoadMode};
 use auditship::pipeline::{self, Mode, RunOptions, RunReport};
 use auditship::secret::ApiKey;
-use auditship::sim::{ListShape, SimConfig, Simulator};
+use auditship::sim::{ListShape, SimConfig, Simulator, TimeFormat};
 
 use crate::util::{assert_exactly_once, sim, sim_lines, wait_for, Workspace};
 
@@ -135,6 +135,33 @@ async fn timestamp_ties_across_page_boundaries_in_every_list_shape() {
             "{shape:?}: archive out of order"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn since_is_sent_back_in_the_servers_own_spelling() {
+    // A server that spells times with milliseconds and an offset and compares `since` as text:
+    // `2026-…T10:00:00.123000Z` sorts before `2026-…T10:00:00.123+00:00`, so a client that
+    // reformats the time would drop the events at the boundary of every page.
+    let ids = ["sb-spelling"];
+    let sim = sim(
+        &ids,
+        SimConfig {
+            backlog_per_sandbox: 180,
+            ties: 6,
+            time_format: TimeFormat::MillisOffset,
+            lexicographic_since: true,
+            list_shape: ListShape::Data,
+            ..SimConfig::default()
+        },
+    )
+    .await;
+    let ws = Workspace::new(&sim, &ids, "transport = \"poll\"\npage_limit = 10", "");
+    ship(&ws, &sim, &ids).await;
+    assert_exactly_once(&ws.archive_lines(), &sim_lines(&sim, &ids));
+    // And a restart resumes from the checkpoint with the same spelling.
+    sim.append("sb-spelling", 40);
+    ship(&ws, &sim, &ids).await;
+    assert_exactly_once(&ws.archive_lines(), &sim_lines(&sim, &ids));
 }
 
 #[tokio::test(flavor = "multi_thread")]

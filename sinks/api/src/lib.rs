@@ -30,10 +30,21 @@ pub struct Event {
     pub resource_id: Arc<str>,
     /// Cursor time (`inserted_at`, else `timestamp`) in microseconds since the Unix epoch.
     pub cursor_us: Option<i64>,
+    /// Where the cursor time's text stands in `raw` (byte offsets of the string's content), so a
+    /// checkpoint can hand the server back its own spelling of the time.
+    pub cursor_span: Option<(u32, u32)>,
     /// Event time (`timestamp`, else `inserted_at`) in microseconds since the Unix epoch.
     pub time_us: Option<i64>,
     /// Per-sandbox sequence number assigned by the source as it emits.
     pub seq: u64,
+}
+
+impl Event {
+    /// The cursor time exactly as the server wrote it, e.g. `2026-11-25T10:00:00.123456Z`.
+    pub fn cursor_text(&self) -> Option<&str> {
+        let (start, end) = self.cursor_span?;
+        std::str::from_utf8(self.raw.get(start as usize..end as usize)?).ok()
+    }
 }
 
 /// A numbered group of events handed to every sink of a pipeline.

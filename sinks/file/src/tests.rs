@@ -35,6 +35,7 @@ fn event(rid: &str, n: u64) -> Event {
         id: format!("e{n}").into(),
         resource_id: rid.into(),
         cursor_us: Some(1_764_000_000_000_000 + n as i64),
+        cursor_span: None,
         time_us: Some(1_764_000_000_000_000 + n as i64),
         seq: n,
     }
