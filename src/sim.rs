@@ -97,6 +97,8 @@ pub struct SimConfig {
     pub max_page: usize,
     /// How times are spelled.
     pub time_format: TimeFormat,
+    /// Answer 400 to any request that carries a `cursor` (a server whose cursors expire).
+    pub reject_cursors: bool,
     /// Compare `since`/`until` with the stored text, character by character, the way a naive
     /// server comparing strings would: only a client that sends back the server's own spelling
     /// pages correctly.
@@ -126,6 +128,7 @@ impl Default for SimConfig {
             mixed_frames: true,
             max_page: 100,
             time_format: TimeFormat::Micros,
+            reject_cursors: false,
             lexicographic_since: false,
         }
     }
@@ -490,6 +493,12 @@ async fn list_handler(
 ) -> Response {
     if let Some(resp) = precheck(&state, &headers, &query) {
         return resp;
+    }
+    if state.config.reject_cursors && query.contains_key("cursor") {
+        return json_response(
+            StatusCode::BAD_REQUEST,
+            r#"{"error":{"code":"invalid_cursor","message":"cursor expired"}}"#.into(),
+        );
     }
     let lexicographic = state.config.lexicographic_since;
     let since_text = query.get("since").cloned();

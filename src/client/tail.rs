@@ -284,6 +284,8 @@ pub(crate) struct Pager {
     first: bool,
     finished: bool,
     warned_ties: bool,
+    /// The server refused a `next_cursor` it gave us: page by `since` from now on.
+    ignore_cursor: bool,
 }
 
 /// One step of a [`Pager`]: the new events (oldest first) and the elements that were not events.
@@ -305,6 +307,7 @@ impl Pager {
             first: true,
             finished: false,
             warned_ties: false,
+            ignore_cursor: false,
         }
     }
 
@@ -345,7 +348,21 @@ impl Pager {
             }
         }
         self.first = false;
-        let page = client.list_page_with(&filters, policy).await?;
+        let page = match client.list_page_with(&filters, policy).await {
+            Ok(page) => page,
+            // No SDK reads a cursor back, so servers' cursors are untested ground: if one we were
+            // given is refused, `since`-paging from the position reached is always correct.
+            Err(e @ (Error::Rejected { .. } | Error::NotFound { .. })) if self.cursor.is_some() => {
+                tracing::warn!(error = %e, "the server refused its own next_cursor; paging by since instead");
+                self.ignore_cursor = true;
+                self.cursor = None;
+                return Ok(Some(PagerStep {
+                    events: Vec::new(),
+                    invalid: Vec::new(),
+                }));
+            }
+            Err(e) => return Err(e),
+        };
         let floor = self.chain.1;
         let mut ordered: Vec<(i64, usize, AuditEvent)> = page
             .events
@@ -369,7 +386,9 @@ impl Pager {
                 events.push(event);
             }
         }
-        self.cursor = page.next_cursor.filter(|_| page.has_more != Some(false));
+        self.cursor = page
+            .next_cursor
+            .filter(|_| page.has_more != Some(false) && !self.ignore_cursor);
         if self.cursor.is_none() && (events.is_empty() || page.has_more == Some(false)) {
             self.finished = true;
             let limit = self.base.limit.unwrap_or(100) as usize;

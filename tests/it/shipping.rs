@@ -138,6 +138,25 @@ async fn timestamp_ties_across_page_boundaries_in_every_list_shape() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_refused_next_cursor_falls_back_to_since_paging() {
+    let ids = ["sb-cursor"];
+    let sim = sim(
+        &ids,
+        SimConfig {
+            backlog_per_sandbox: 120,
+            ties: 3,
+            list_shape: ListShape::Cursor,
+            reject_cursors: true,
+            ..SimConfig::default()
+        },
+    )
+    .await;
+    let ws = Workspace::new(&sim, &ids, "transport = \"poll\"\npage_limit = 10", "");
+    ship(&ws, &sim, &ids).await;
+    assert_exactly_once(&ws.archive_lines(), &sim_lines(&sim, &ids));
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn since_is_sent_back_in_the_servers_own_spelling() {
     // A server that spells times with milliseconds and an offset and compares `since` as text:
     // `2026-…T10:00:00.123000Z` sorts before `2026-…T10:00:00.123+00:00`, so a client that
