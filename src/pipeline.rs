@@ -765,6 +765,9 @@ async fn checkpointer_task(
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut failures = 0u32;
+    // A steady heartbeat for operators: one line a minute with what was committed.
+    let mut status_at = Instant::now() + STATUS_EVERY;
+    let mut since_status: u64 = 0;
     loop {
         // Commit on the tick (not per message): one transaction per interval, whatever the rate.
         let (due, closed) = tokio::select! {
@@ -840,6 +843,7 @@ async fn checkpointer_task(
                         q.drain(..state_taken[i]);
                     }
                     progress.committed.fetch_add(events, Ordering::Relaxed);
+                    since_status += events;
                 }
                 Err(e) if e.is_retryable() && !closed => {
                     failures += 1;
@@ -853,11 +857,26 @@ async fn checkpointer_task(
                 }
             }
         }
+        if Instant::now() >= status_at {
+            status_at = Instant::now() + STATUS_EVERY;
+            tracing::info!(
+                pipeline = %pipeline,
+                stream = %stream,
+                events_committed = since_status,
+                dead_lettered = progress.dead_lettered.load(Ordering::Relaxed),
+                uncommitted_batches = pending.len(),
+                "status: events shipped and checkpointed in the last minute"
+            );
+            since_status = 0;
+        }
         if closed {
             return;
         }
     }
 }
+
+/// How often the checkpointer logs its status line.
+const STATUS_EVERY: Duration = Duration::from_secs(60);
 
 /// Append dead letters to their NDJSON file, each fsync'd (they are rare).
 async fn dead_letter_task(

@@ -311,7 +311,13 @@ impl Inner {
                 continue;
             };
             if slot.file.is_none() {
-                let (file, created) = open_for_append(Path::new(&slot.path), slot.durable_len)?;
+                let (file, created, len) = open_for_append(Path::new(&slot.path), slot.durable_len)?;
+                if len < slot.durable_len {
+                    // Moved away, compressed or truncated by someone else since we last wrote:
+                    // continue from what is there, so the committed length stays true.
+                    tracing::warn!(path = %slot.path, committed_bytes = slot.durable_len, actual_bytes = len, "archive file is shorter than committed (changed outside auditship); appending after its current end");
+                    slot.durable_len = len;
+                }
                 slot.file = Some(file);
                 slot.new_file = created;
                 slot.opened_at = Instant::now();
@@ -408,7 +414,8 @@ impl Inner {
 }
 
 /// Open `path` for appending at `expected_len`, creating it (and its directories) if needed.
-fn open_for_append(path: &Path, expected_len: u64) -> Result<(File, bool), SinkError> {
+/// Returns the file, whether it was created, and its length after any truncation.
+fn open_for_append(path: &Path, expected_len: u64) -> Result<(File, bool, u64), SinkError> {
     if let Some(dir) = path.parent() {
         if !dir.as_os_str().is_empty() {
             std::fs::DirBuilder::new()
@@ -433,8 +440,9 @@ fn open_for_append(path: &Path, expected_len: u64) -> Result<(File, bool), SinkE
         // Bytes past the durable length were never committed (an earlier failed attempt).
         file.set_len(expected_len)
             .map_err(|e| SinkError::io(format!("truncating {}", path.display()), e))?;
+        return Ok((file, !existed, expected_len));
     }
-    Ok((file, !existed))
+    Ok((file, !existed, len))
 }
 
 #[async_trait]

@@ -199,3 +199,26 @@ fn generation_paths_put_the_number_before_the_extension() {
     assert_eq!(generation_path("a/log", 1), "a/log.1");
     assert_eq!(generation_path(".hidden", 1), ".hidden.1");
 }
+
+#[tokio::test]
+async fn a_file_removed_behind_our_back_is_started_again_with_true_lengths() {
+    let dir = tempfile::tempdir().unwrap();
+    let (c, _) = ctx(vec![]);
+    let mut sink = FileSink::open(config(dir.path(), |_| {}), c).unwrap();
+    sink.write(batch(1, "a", 0..2)).await.unwrap();
+    let committed = sink.flush().await.unwrap();
+    drop(sink);
+    let path = PathBuf::from(&committed[0].key);
+    std::fs::remove_file(&path).unwrap();
+
+    let (c, _) = ctx(committed);
+    let mut sink = FileSink::open(config(dir.path(), |_| {}), c).unwrap();
+    sink.write(batch(2, "a", 2..3)).await.unwrap();
+    let state = sink.flush().await.unwrap();
+    let len = std::fs::metadata(&path).unwrap().len() as i64;
+    assert_eq!(
+        state[0].value, len,
+        "the committed length is the file's real length"
+    );
+    assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 1);
+}
