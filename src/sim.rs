@@ -99,6 +99,9 @@ pub struct SimConfig {
     pub time_format: TimeFormat,
     /// Answer 400 to any request that carries a `cursor` (a server whose cursors expire).
     pub reject_cursors: bool,
+    /// Start delivering to a new socket only this long after the upgrade (events stored in
+    /// between never reach it: the client must list them).
+    pub subscribe_delay_ms: u64,
     /// Compare `since`/`until` with the stored text, character by character, the way a naive
     /// server comparing strings would: only a client that sends back the server's own spelling
     /// pages correctly.
@@ -129,6 +132,7 @@ impl Default for SimConfig {
             max_page: 100,
             time_format: TimeFormat::Micros,
             reject_cursors: false,
+            subscribe_delay_ms: 0,
             lexicographic_since: false,
         }
     }
@@ -683,14 +687,24 @@ async fn socket_handler(
     }
     // Subscribe before answering the upgrade: every event stored after the client sees the 101
     // reaches this socket, so a client that lists after connecting misses nothing.
-    let rx = sb.tx.subscribe();
+    let delay = Duration::from_millis(state.config.subscribe_delay_ms);
+    let early = delay.is_zero().then(|| sb.tx.subscribe());
     let upgrade = if state.config.wrong_subprotocol.contains(&rid) {
         upgrade
     } else {
         upgrade.protocols([SUBPROTOCOL])
     };
     let upgrade = upgrade.max_message_size(1 << 20);
-    upgrade.on_upgrade(move |socket| push_events(state, socket, rx))
+    upgrade.on_upgrade(move |socket| async move {
+        let rx = match early {
+            Some(rx) => rx,
+            None => {
+                tokio::time::sleep(delay).await;
+                sb.tx.subscribe()
+            }
+        };
+        push_events(state, socket, rx).await
+    })
 }
 
 async fn push_events(

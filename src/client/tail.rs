@@ -167,6 +167,7 @@ impl Tail {
             status: status.clone(),
             tx,
             warned_ties: false,
+            unswept: None,
         };
         Tail {
             rx,
@@ -232,11 +233,6 @@ impl Seen {
         seen
     }
 
-    /// The newest cursor time seen.
-    pub(crate) fn newest(&self) -> Option<i64> {
-        self.newest
-    }
-
     /// The next `since`: the newest cursor time, in the server's own spelling when known (as
     /// the SDKs do: a server that compares times as text still pages correctly).
     pub(crate) fn since(&self) -> Option<String> {
@@ -279,9 +275,13 @@ pub(crate) struct Pager {
     base: Filters,
     until_us: Option<i64>,
     cursor: Option<String>,
-    /// `since` and its parsed floor for the current cursor chain.
+    /// `since` and its parsed floor for the current request (or cursor chain).
     chain: (Option<String>, Option<i64>),
-    first: bool,
+    /// The newest cursor time in this pager's own pages, with the server's spelling of it.
+    /// Paging moves by this, not by the newest time seen anywhere: a sweep must walk past
+    /// events the socket already delivered to reach the ones it did not.
+    frontier: Option<(i64, Option<String>)>,
+    started: bool,
     finished: bool,
     warned_ties: bool,
     /// The server refused a `next_cursor` it gave us: page by `since` from now on.
@@ -295,6 +295,10 @@ pub(crate) struct PagerStep {
 }
 
 impl Pager {
+    /// A pager over `base`. Its first request uses `base.since` when set (a sweep's start, or a
+    /// caller's own `since`, even a relative one like `24h`), else the newest time `seen`
+    /// holds, else the epoch: full history is asked for as `since` = the epoch rather than no
+    /// `since` at all, because a server may answer a bare list with its *newest* page.
     pub(crate) fn new(mut base: Filters, limit: u32) -> Self {
         base.limit = Some(base.limit.unwrap_or(limit).clamp(1, 1000));
         base.cursor = None;
@@ -304,17 +308,33 @@ impl Pager {
             until_us,
             cursor: None,
             chain: (None, None),
-            first: true,
+            frontier: None,
+            started: false,
             finished: false,
             warned_ties: false,
             ignore_cursor: false,
         }
     }
 
-    /// Start over from the seen position (a new catch-up).
+    /// Ask the same page again (after a page that did not decode).
     pub(crate) fn restart(&mut self) {
         self.cursor = None;
         self.finished = false;
+    }
+
+    fn next_since(&self, seen: &Seen) -> Option<String> {
+        if !self.started {
+            return self
+                .base
+                .since
+                .clone()
+                .or_else(|| seen.since())
+                .or_else(|| Some(format_time(0)));
+        }
+        match &self.frontier {
+            Some((us, text)) => Some(text.clone().unwrap_or_else(|| format_time(*us))),
+            None => self.chain.0.clone(),
+        }
     }
 
     pub(crate) async fn next(
@@ -333,21 +353,16 @@ impl Pager {
                 filters.since = self.chain.0.clone();
             }
             None => {
-                // The first request of a list_all may carry the caller's own `since` (even a
-                // relative one like `24h`); after that, the newest cursor time seen.
-                // Full history is asked for as `since` = the epoch rather than no `since` at
-                // all: a server may answer a bare list with its *newest* page, and paging
-                // forward from there would skip everything older.
-                let since = match seen.since() {
-                    Some(t) if !(self.first && self.base.since.is_some()) => Some(t),
-                    _ => Some(self.base.since.clone().unwrap_or_else(|| format_time(0))),
-                };
-                let floor = since.as_deref().and_then(parse_time).or(seen.newest());
+                let since = self.next_since(seen);
+                let floor = since
+                    .as_deref()
+                    .and_then(parse_time)
+                    .or(self.frontier.as_ref().map(|f| f.0));
                 self.chain = (since.clone(), floor);
                 filters.since = since;
             }
         }
-        self.first = false;
+        self.started = true;
         let page = match client.list_page_with(&filters, policy).await {
             Ok(page) => page,
             // No SDK reads a cursor back, so servers' cursors are untested ground: if one we were
@@ -373,11 +388,20 @@ impl Pager {
         // Order inside a page is not documented: sort by (cursor time, arrival).
         ordered.sort_by_key(|(c, i, _)| (*c, *i));
         let returned = ordered.len();
+        let mut advanced = false;
         let mut events = Vec::with_capacity(returned);
         for (_, _, event) in ordered {
             let cursor = event.cursor_us();
             if floor.is_some_and(|f| cursor.is_some_and(|c| c < f)) {
                 continue;
+            }
+            if let Some(c) = cursor {
+                if floor.is_none_or(|f| c > f) {
+                    advanced = true;
+                }
+                if self.frontier.as_ref().is_none_or(|(f, _)| c > *f) {
+                    self.frontier = Some((c, event.cursor_text().map(str::to_string)));
+                }
             }
             if self.until_us.is_some_and(|u| cursor.is_some_and(|c| c > u)) {
                 continue;
@@ -389,10 +413,11 @@ impl Pager {
         self.cursor = page
             .next_cursor
             .filter(|_| page.has_more != Some(false) && !self.ignore_cursor);
-        if self.cursor.is_none() && (events.is_empty() || page.has_more == Some(false)) {
+        // Done when the server says so, or when a page brings nothing past its `since`.
+        if self.cursor.is_none() && (!advanced || page.has_more == Some(false)) {
             self.finished = true;
             let limit = self.base.limit.unwrap_or(100) as usize;
-            if events.is_empty() && returned >= limit && !self.warned_ties {
+            if !advanced && returned >= limit && !self.warned_ties {
                 self.warned_ties = true;
                 tracing::warn!(
                     resource_id = self.base.resource_id.as_deref().unwrap_or("*"),
@@ -465,6 +490,9 @@ pub(crate) fn list_from(
     )
 }
 
+/// How long into the live phase the one-time sweep runs (see `follow_socket`).
+const SWEEP_AFTER: Duration = Duration::from_secs(2);
+
 /// Whether a socket error is a frame or message over the 1 MiB cap.
 fn is_oversized(e: &tokio_tungstenite::tungstenite::Error) -> bool {
     matches!(e, tokio_tungstenite::tungstenite::Error::Capacity(_))
@@ -506,6 +534,9 @@ struct TailTask {
     status: Arc<AtomicU8>,
     tx: mpsc::Sender<Result<AuditEvent, Error>>,
     warned_ties: bool,
+    /// Where the last catch-up before a socket ended, while that socket's sweep has not run
+    /// (see `follow_socket`): the next listing starts here, whatever came in between.
+    unswept: Option<String>,
 }
 
 impl TailTask {
@@ -565,7 +596,7 @@ impl TailTask {
                         }
                         if self.options.transport == Transport::WebSocket {
                             // Socket-only: catch up through the list (no gap), then wait.
-                            if self.catch_up().await.is_err() {
+                            if self.catch_up(None).await.is_err() {
                                 self.set_status(ActiveTransport::Stopped);
                                 return;
                             }
@@ -578,7 +609,8 @@ impl TailTask {
                 }
             }
             self.set_status(ActiveTransport::Polling);
-            if self.catch_up().await.is_err() {
+            let from = self.unswept.take();
+            if self.catch_up(from).await.is_err() {
                 self.set_status(ActiveTransport::Stopped);
                 return;
             }
@@ -599,10 +631,14 @@ impl TailTask {
         self.tx.send(item).await.map_err(|_| Gone)
     }
 
-    /// Drain the list endpoint from the current position. `Err` means stop: the consumer is
-    /// gone or a fatal error was handed over.
-    async fn catch_up(&mut self) -> Result<(), Gone> {
-        let mut pager = Pager::new(self.pager_base.clone(), self.options.page_limit);
+    /// Drain the list endpoint from the current position (or from `from`, a cursor-time text,
+    /// for a sweep). `Err` means stop: the consumer is gone or a fatal error was handed over.
+    async fn catch_up(&mut self, from: Option<String>) -> Result<(), Gone> {
+        let base = Filters {
+            since: from,
+            ..self.pager_base.clone()
+        };
+        let mut pager = Pager::new(base, self.options.page_limit);
         pager.warned_ties = self.warned_ties;
         let forever = RetryPolicy {
             max_attempts: None,
@@ -640,21 +676,26 @@ impl TailTask {
         }
     }
 
-    /// Catch up while the socket buffers, replay the buffer, then follow the socket live.
-    async fn follow_socket(&mut self, mut socket: ws::Socket) -> SocketEnd {
+    /// Run a list catch-up while the socket keeps being read into a buffer, then replay the
+    /// buffer. `Ok(())` means the socket is still good to follow live.
+    async fn list_while_buffering(
+        &mut self,
+        socket: &mut ws::Socket,
+        from: Option<String>,
+    ) -> Result<(), SocketEnd> {
         let mut buffer: VecDeque<Message> = VecDeque::new();
         let mut overflowed = false;
         let mut socket_failed: Option<String> = None;
         let mut oversized = false;
-        // The catch-up borrows `self`; the loop below touches only locals.
+        // The catch-up borrows `self`; the loop below touches only locals and the socket.
         let cap = self.options.catch_up_buffer_frames;
         let key = self.client.key().clone();
-        let caught_up = {
-            let catching_up = self.catch_up();
-            tokio::pin!(catching_up);
+        let listed = {
+            let listing = self.catch_up(from);
+            tokio::pin!(listing);
             loop {
                 tokio::select! {
-                    r = &mut catching_up => break r,
+                    r = &mut listing => break r,
                     frame = socket.next(), if !overflowed && socket_failed.is_none() => match frame {
                         Some(Ok(msg)) => {
                             buffer.push_back(msg);
@@ -671,35 +712,55 @@ impl TailTask {
                 }
             }
         };
-        if caught_up.is_err() {
-            return SocketEnd::Fatal;
+        if listed.is_err() {
+            return Err(SocketEnd::Fatal);
         }
         for msg in buffer {
             match self.on_message(msg).await {
                 Ok(None) => {}
                 Ok(Some(reason)) => {
-                    return SocketEnd::Dropped {
+                    return Err(SocketEnd::Dropped {
                         reason,
                         worked: false,
-                    }
+                    })
                 }
-                Err(Gone) => return SocketEnd::Gone,
+                Err(Gone) => return Err(SocketEnd::Gone),
             }
         }
         if oversized && self.send(Err(oversized_frame())).await.is_err() {
-            return SocketEnd::Gone;
+            return Err(SocketEnd::Gone);
         }
         if let Some(reason) = socket_failed {
-            return SocketEnd::Dropped {
+            return Err(SocketEnd::Dropped {
                 reason,
                 worked: false,
-            };
+            });
         }
         if overflowed {
             let _ = socket.close(None).await;
             let reason = "catch-up took longer than the socket buffer; catching up again".into();
-            return SocketEnd::Dropped { reason, worked: true };
+            return Err(SocketEnd::Dropped { reason, worked: true });
         }
+        Ok(())
+    }
+
+    /// Catch up while the socket buffers, replay the buffer, then follow the socket live.
+    ///
+    /// A server may start delivering to a new socket a moment after it answers the upgrade; an
+    /// event stored in that moment, after our last catch-up page, would reach neither. So
+    /// [`SWEEP_AFTER`] into the live phase the task lists once more from where the catch-up
+    /// ended (ids already seen are dropped), which closes that window.
+    ///
+    /// If the socket drops before its sweep, the next catch-up starts from the same point.
+    async fn follow_socket(&mut self, mut socket: ws::Socket) -> SocketEnd {
+        let from = self.unswept.take();
+        if let Err(end) = self.list_while_buffering(&mut socket, from.clone()).await {
+            self.unswept = from;
+            return end;
+        }
+        self.unswept = self.seen.since();
+        let mut sweep_pending = self.unswept.is_some();
+        let sweep_at = Instant::now() + SWEEP_AFTER;
         self.set_status(ActiveTransport::WebSocket);
         let ping_after = self.options.ping_after;
         let mut pinged = false;
@@ -707,6 +768,15 @@ impl TailTask {
         loop {
             let frame = tokio::select! {
                 f = tokio::time::timeout(ping_after, socket.next()) => f,
+                _ = tokio::time::sleep_until(sweep_at), if sweep_pending => {
+                    sweep_pending = false;
+                    let from = self.unswept.clone();
+                    if let Err(end) = self.list_while_buffering(&mut socket, from).await {
+                        return end;
+                    }
+                    self.unswept = None;
+                    continue;
+                }
                 _ = self.tx.closed() => {
                     let _ = socket.close(None).await;
                     return SocketEnd::Gone;
@@ -729,9 +799,7 @@ impl TailTask {
                     self.client.key().redact(&e.to_string())
                 }
                 Ok(None) => "closed by the server".into(),
-                Err(_idle) if pinged => {
-                    format!("no frame or pong for {} s", 2 * ping_after.as_secs())
-                }
+                Err(_idle) if pinged => format!("no frame or pong for {} s", 2 * ping_after.as_secs()),
                 Err(_idle) => {
                     pinged = true;
                     match socket.send(Message::Ping(Bytes::new())).await {

@@ -100,6 +100,27 @@ async fn dropped_sockets_reconnect_and_catch_up_without_a_gap() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_server_that_starts_delivering_late_leaves_no_gap() {
+    // Events stored between the upgrade and the server's subscription reach no socket; the
+    // catch-up may have finished before them. The sweep after going live finds them.
+    let ids = ["sb-late-1", "sb-late-2"];
+    let sim = sim(
+        &ids,
+        SimConfig {
+            live_rate_per_sec: 400.0,
+            live_events_per_sandbox: Some(1600),
+            subscribe_delay_ms: 300,
+            drop_every_frames: Some(150),
+            ..SimConfig::default()
+        },
+    )
+    .await;
+    let ws = Workspace::new(&sim, &ids, "", "");
+    ship(&ws, &sim, &ids).await;
+    assert_exactly_once(&ws.archive_lines(), &sim_lines(&sim, &ids));
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn timestamp_ties_across_page_boundaries_in_every_list_shape() {
     for shape in [
         ListShape::Bare,
