@@ -83,8 +83,8 @@ pub struct SimConfig {
     pub retry_after_secs: f64,
     /// Share of socket frames preceded by a garbage frame.
     pub garbage_ratio: f64,
-    /// Share of socket frames preceded by a frame over the 1 MiB cap.
-    pub oversize_ratio: f64,
+    /// Precede every Nth frame of a socket with a frame over the 1 MiB cap.
+    pub oversize_every_frames: Option<u64>,
     /// Consecutive events sharing one `inserted_at` (1: no ties).
     pub ties: usize,
     /// List response shape.
@@ -124,7 +124,7 @@ impl Default for SimConfig {
             ratio_5xx: 0.0,
             retry_after_secs: 0.2,
             garbage_ratio: 0.0,
-            oversize_ratio: 0.0,
+            oversize_every_frames: None,
             ties: 1,
             list_shape: ListShape::Mixed,
             shuffle_pages: true,
@@ -742,7 +742,11 @@ async fn push_events(
                 return;
             }
         }
-        if state.config.oversize_ratio > 0.0 && rand::random::<f64>() < state.config.oversize_ratio {
+        if state
+            .config
+            .oversize_every_frames
+            .is_some_and(|n| (frames + 1).is_multiple_of(n))
+        {
             state.frames_garbage.fetch_add(1, Ordering::Relaxed);
             let huge = format!(r#"{{"id":"evt_huge","pad":"{}"}}"#, "x".repeat(1_100_000));
             if socket.send(Message::Text(huge.into())).await.is_err() {

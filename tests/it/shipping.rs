@@ -213,7 +213,7 @@ async fn garbage_frames_are_dead_lettered_and_never_stop_the_stream() {
             live_rate_per_sec: 300.0,
             live_events_per_sandbox: Some(300),
             garbage_ratio: 0.2,
-            oversize_ratio: 0.02,
+            oversize_every_frames: Some(40),
             ..SimConfig::default()
         },
     )
