@@ -20,6 +20,26 @@
 //! Events flow one way: `client` → `source` → `pipeline` (batches) → sinks; acknowledgements
 //! flow back from sinks to the checkpointer, which commits positions and sink state in one
 //! transaction.
+//!
+//! # As a library
+//! Programs that want audit events without running the shipper use [`client`]: the SDK's
+//! `list`, `get` and `tail` (a `Stream` that prefers the socket, falls back to polling,
+//! reconnects and never yields an event twice). `examples/tail_sandbox.rs` tails one sandbox;
+//! every public function of the client has a runnable example against the bundled [`sim`].
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let sim = auditship::sim::Simulator::start(auditship::sim::SimConfig { backlog_per_sandbox: 3, ..Default::default() }).await?;
+//! use auditship::client::{Client, Filters};
+//! use auditship::secret::ApiKey;
+//!
+//! let client = Client::builder().base_url(sim.base_url()).api_key(ApiKey::new(sim.api_key())).build()?;
+//! for event in client.sandbox("sb-1").audit().list(&Filters::default()).await? {
+//!     println!("{} {}", event.id(), event.json());
+//! }
+//! # Ok(()) }
+//! ```
 
 pub mod checkpoint;
 pub mod client;

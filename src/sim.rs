@@ -172,6 +172,7 @@ struct SimState {
     order: Vec<String>,
     requests: AtomicU64,
     frames_garbage: AtomicU64,
+    open_sockets: AtomicU64,
     live_done: AtomicBool,
 }
 
@@ -294,6 +295,7 @@ impl Simulator {
             sandboxes,
             requests: AtomicU64::new(0),
             frames_garbage: AtomicU64::new(0),
+            open_sockets: AtomicU64::new(0),
             live_done: AtomicBool::new(false),
         });
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", state.config.port)).await?;
@@ -375,6 +377,11 @@ impl Simulator {
     /// Requests served (list, get, socket, sandboxes).
     pub fn requests(&self) -> u64 {
         self.state.requests.load(Ordering::Relaxed)
+    }
+
+    /// Sockets open now.
+    pub fn open_sockets(&self) -> u64 {
+        self.state.open_sockets.load(Ordering::Relaxed)
     }
 
     /// Garbage and oversized frames sent.
@@ -703,7 +710,9 @@ async fn socket_handler(
                 sb.tx.subscribe()
             }
         };
-        push_events(state, socket, rx).await
+        state.open_sockets.fetch_add(1, Ordering::Relaxed);
+        push_events(state.clone(), socket, rx).await;
+        state.open_sockets.fetch_sub(1, Ordering::Relaxed);
     })
 }
 

@@ -84,6 +84,17 @@ impl AuditEvent {
     /// Decode one event from JSON: a bare event object, or an envelope `{"event": {...}}` /
     /// `{"data": {...}}`. Line breaks between tokens become spaces (JSON strings cannot hold a
     /// raw line break, so the value is unchanged and the event fits one NDJSON line).
+    ///
+    /// ```
+    /// use auditship::client::AuditEvent;
+    ///
+    /// let event = AuditEvent::from_json(r#"{"event":{"id":"evt_1","action":"reject","cost":1.50,"x":{}}}"#)?;
+    /// assert_eq!(event.id(), "evt_1");
+    /// assert_eq!(event.json(), r#"{"id":"evt_1","action":"reject","cost":1.50,"x":{}}"#);
+    /// assert_eq!(event.fields()?.action.as_deref(), Some("reject"));
+    /// assert!(AuditEvent::from_json("not json{").is_err());
+    /// # Ok::<(), auditship::client::Error>(())
+    /// ```
     pub fn from_json(bytes: impl Into<Bytes>) -> Result<Self, Error> {
         decode_event(bytes.into(), "event")
     }
@@ -141,7 +152,18 @@ impl AuditEvent {
         self.cursor_us.and_then(DateTime::from_timestamp_micros)
     }
 
-    /// The documented fields, typed.
+    /// The documented fields, typed. Fields the contract does not list stay in
+    /// [`AuditEvent::raw`].
+    ///
+    /// ```
+    /// use auditship::client::AuditEvent;
+    ///
+    /// let event = AuditEvent::from_json(r#"{"id":"e","host":"pypi.org","status_code":200,"new_field":true}"#)?;
+    /// let fields = event.fields()?;
+    /// assert_eq!((fields.host.as_deref(), fields.status_code), (Some("pypi.org"), Some(200)));
+    /// assert_eq!(event.to_value()?["new_field"], true);
+    /// # Ok::<(), auditship::client::Error>(())
+    /// ```
     pub fn fields(&self) -> Result<AuditFields, Error> {
         serde_json::from_slice(&self.raw).map_err(|e| Error::Decode {
             what: "event fields".into(),
@@ -174,7 +196,16 @@ struct Head<'a> {
     data: Option<&'a RawValue>,
 }
 
-/// Parse an RFC 3339 time to microseconds. Also accepted, because servers vary: a space instead
+/// Parse an RFC 3339 time to microseconds since the Unix epoch.
+///
+/// ```
+/// use auditship::client::{format_time, parse_time};
+///
+/// let us = parse_time("2026-11-25T10:00:00.25+01:00").unwrap();
+/// assert_eq!(format_time(us), "2026-11-25T09:00:00.250000Z");
+/// ```
+///
+/// Also accepted, because servers vary: a space instead
 /// of `T`, no offset (taken as UTC).
 pub fn parse_time(s: &str) -> Option<i64> {
     let s = s.trim();

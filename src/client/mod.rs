@@ -319,16 +319,62 @@ impl From<&String> for Sandbox {
 
 impl Client {
     /// Start building a client.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let sim = auditship::sim::Simulator::start(Default::default()).await?;
+    /// use std::time::Duration;
+    /// use auditship::client::Client;
+    /// use auditship::secret::ApiKey;
+    ///
+    /// let client = Client::builder()
+    ///     .base_url(sim.base_url()) // default: https://api.miosa.ai/api/v1
+    ///     .api_key(ApiKey::new(sim.api_key()))
+    ///     .requests_per_minute(120)
+    ///     .timeout(Duration::from_secs(10))
+    ///     .build()?;
+    /// assert_eq!(client.base_url().as_str(), sim.base_url());
+    /// # Ok(()) }
+    /// ```
     pub fn builder() -> ClientBuilder {
         ClientBuilder::default()
     }
 
     /// The org-wide audit view (the seed's `Miosa.Audit`).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # use auditship::sim::{SimConfig, Simulator};
+    /// # let sim = Simulator::start(SimConfig { sandboxes: vec!["sb-123".into(), "sb-456".into()], backlog_per_sandbox: 30, ..SimConfig::default() }).await?;
+    /// # let client = auditship::client::Client::builder().base_url(sim.base_url()).api_key(auditship::secret::ApiKey::new(sim.api_key())).build()?;
+    /// use auditship::client::Filters;
+    ///
+    /// // Every sandbox's events, one page.
+    /// let page = client.audit().list(&Filters { limit: Some(50), ..Default::default() }).await?;
+    /// assert_eq!(page.len(), 50);
+    /// # Ok(()) }
+    /// ```
     pub fn audit(&self) -> OrgAudit {
         OrgAudit { client: self.clone() }
     }
 
-    /// One sandbox.
+    /// One sandbox: by id (`&str`, `String`) or a [`Sandbox`] value.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # use auditship::sim::{SimConfig, Simulator};
+    /// # let sim = Simulator::start(SimConfig { sandboxes: vec!["sb-123".into(), "sb-456".into()], backlog_per_sandbox: 30, ..SimConfig::default() }).await?;
+    /// # let client = auditship::client::Client::builder().base_url(sim.base_url()).api_key(auditship::secret::ApiKey::new(sim.api_key())).build()?;
+    /// use auditship::client::Sandbox;
+    ///
+    /// let by_id = client.sandbox("sb-123").audit();
+    /// let by_value = client.sandbox(Sandbox { id: "sb-123".into() }).audit();
+    /// assert_eq!(by_id.resource_id(), by_value.resource_id());
+    /// # Ok(()) }
+    /// ```
     pub fn sandbox(&self, sandbox: impl Into<Sandbox>) -> SandboxHandle {
         SandboxHandle {
             client: self.clone(),
@@ -608,12 +654,39 @@ pub struct OrgAudit {
 }
 
 impl OrgAudit {
-    /// One page of events matching `filters`.
+    /// One page of events matching `filters`, from every resource.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # use auditship::sim::{SimConfig, Simulator};
+    /// # let sim = Simulator::start(SimConfig { sandboxes: vec!["sb-123".into(), "sb-456".into()], backlog_per_sandbox: 30, ..SimConfig::default() }).await?;
+    /// # let client = auditship::client::Client::builder().base_url(sim.base_url()).api_key(auditship::secret::ApiKey::new(sim.api_key())).build()?;
+    /// use auditship::client::Filters;
+    ///
+    /// let rejected = client.audit().list(&Filters { action: Some("reject".into()), ..Default::default() }).await?;
+    /// assert!(rejected.iter().all(|e| e.fields().unwrap().action.as_deref() == Some("reject")));
+    /// # Ok(()) }
+    /// ```
     pub async fn list(&self, filters: &Filters) -> Result<Vec<AuditEvent>, Error> {
         Ok(self.client.list_page(filters).await?.events)
     }
 
     /// Every event matching `filters` from `filters.since` on, page after page, each once.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # use auditship::sim::{SimConfig, Simulator};
+    /// # let sim = Simulator::start(SimConfig { sandboxes: vec!["sb-123".into(), "sb-456".into()], backlog_per_sandbox: 30, ..SimConfig::default() }).await?;
+    /// # let client = auditship::client::Client::builder().base_url(sim.base_url()).api_key(auditship::secret::ApiKey::new(sim.api_key())).build()?;
+    /// use auditship::client::Filters;
+    /// use futures_util::StreamExt;
+    ///
+    /// let all: Vec<_> = client.audit().list_all(Filters::default()).collect().await;
+    /// assert_eq!(all.len(), 60); // two sandboxes, thirty events each
+    /// # Ok(()) }
+    /// ```
     pub fn list_all(
         &self,
         filters: Filters,
@@ -621,7 +694,22 @@ impl OrgAudit {
         tail::list_all(self.client.clone(), filters)
     }
 
-    /// Fetch one event by id.
+    /// Fetch one event by id (the response may be bare or wrapped in `data`/`event`).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # use auditship::sim::{SimConfig, Simulator};
+    /// # let sim = Simulator::start(SimConfig { sandboxes: vec!["sb-123".into(), "sb-456".into()], backlog_per_sandbox: 30, ..SimConfig::default() }).await?;
+    /// # let client = auditship::client::Client::builder().base_url(sim.base_url()).api_key(auditship::secret::ApiKey::new(sim.api_key())).build()?;
+    /// use auditship::client::{Error, Filters};
+    ///
+    /// let some = client.audit().list(&Filters::default()).await?;
+    /// let again = client.audit().get(some[0].id()).await?;
+    /// assert_eq!(again.raw(), some[0].raw());
+    /// assert!(matches!(client.audit().get("evt_nope").await, Err(Error::NotFound { .. })));
+    /// # Ok(()) }
+    /// ```
     pub async fn get(&self, event_id: &str) -> Result<AuditEvent, Error> {
         self.client.get_event(event_id).await
     }
@@ -665,13 +753,44 @@ impl SandboxAudit {
         }
     }
 
-    /// One page of this sandbox's events matching `filters`.
+    /// One page of this sandbox's events matching `filters` (`resource_id` and
+    /// `resource_type = "sandbox"` are set for you).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # use auditship::sim::{SimConfig, Simulator};
+    /// # let sim = Simulator::start(SimConfig { sandboxes: vec!["sb-123".into(), "sb-456".into()], backlog_per_sandbox: 30, ..SimConfig::default() }).await?;
+    /// # let client = auditship::client::Client::builder().base_url(sim.base_url()).api_key(auditship::secret::ApiKey::new(sim.api_key())).build()?;
+    /// use auditship::client::Filters;
+    ///
+    /// let audit = client.sandbox("sb-123").audit();
+    /// let page = audit.list(&Filters { limit: Some(10), ..Default::default() }).await?;
+    /// assert_eq!(page.len(), 10);
+    /// assert!(page.iter().all(|e| e.fields().unwrap().resource_id.as_deref() == Some("sb-123")));
+    /// # Ok(()) }
+    /// ```
     pub async fn list(&self, filters: &Filters) -> Result<Vec<AuditEvent>, Error> {
         Ok(self.client.list_page(&self.scoped(filters)).await?.events)
     }
 
     /// Every event of this sandbox matching `filters` from `filters.since` on, each once, oldest
     /// first, following `next_cursor` when the server gives one and `since`-paging when not.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # use auditship::sim::{SimConfig, Simulator};
+    /// # let sim = Simulator::start(SimConfig { sandboxes: vec!["sb-123".into(), "sb-456".into()], backlog_per_sandbox: 30, ..SimConfig::default() }).await?;
+    /// # let client = auditship::client::Client::builder().base_url(sim.base_url()).api_key(auditship::secret::ApiKey::new(sim.api_key())).build()?;
+    /// use auditship::client::Filters;
+    /// use futures_util::TryStreamExt;
+    ///
+    /// let events: Vec<_> = client.sandbox("sb-123").audit().list_all(Filters::default()).try_collect().await?;
+    /// assert_eq!(events.len(), 30);
+    /// assert!(events.windows(2).all(|w| w[0].cursor_us() <= w[1].cursor_us()));
+    /// # Ok(()) }
+    /// ```
     pub fn list_all(
         &self,
         filters: Filters,
@@ -682,6 +801,29 @@ impl SandboxAudit {
     /// Like [`SandboxAudit::list_all`], but starting after `start`: a time, or a resume
     /// [`Position`] (the newest cursor time shipped and the ids shipped at it). Backfills resume
     /// with it.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # use auditship::sim::{SimConfig, Simulator};
+    /// # let sim = Simulator::start(SimConfig { sandboxes: vec!["sb-123".into(), "sb-456".into()], backlog_per_sandbox: 30, ..SimConfig::default() }).await?;
+    /// # let client = auditship::client::Client::builder().base_url(sim.base_url()).api_key(auditship::secret::ApiKey::new(sim.api_key())).build()?;
+    /// use std::sync::Arc;
+    /// use auditship::client::{Filters, Position, StartAt};
+    /// use futures_util::TryStreamExt;
+    ///
+    /// let audit = client.sandbox("sb-123").audit();
+    /// let first: Vec<_> = audit.list(&Filters { limit: Some(10), ..Default::default() }).await?;
+    /// let newest = first.iter().max_by_key(|e| e.cursor_us()).unwrap();
+    /// let resume = StartAt::Position(Position {
+    ///     cursor_us: newest.cursor_us(),
+    ///     cursor_text: newest.cursor_text().map(str::to_string),
+    ///     ids_at_cursor: vec![Arc::clone(newest.id_arc())],
+    /// });
+    /// let rest: Vec<_> = audit.list_from(Filters::default(), resume, 100).try_collect().await?;
+    /// assert_eq!(rest.len(), 20);
+    /// # Ok(()) }
+    /// ```
     pub fn list_from(
         &self,
         filters: Filters,
@@ -692,6 +834,21 @@ impl SandboxAudit {
     }
 
     /// Fetch one event by id.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # use auditship::sim::{SimConfig, Simulator};
+    /// # let sim = Simulator::start(SimConfig { sandboxes: vec!["sb-123".into(), "sb-456".into()], backlog_per_sandbox: 30, ..SimConfig::default() }).await?;
+    /// # let client = auditship::client::Client::builder().base_url(sim.base_url()).api_key(auditship::secret::ApiKey::new(sim.api_key())).build()?;
+    /// use auditship::client::Filters;
+    ///
+    /// let audit = client.sandbox("sb-123").audit();
+    /// let page = audit.list(&Filters::default()).await?;
+    /// let event = audit.get(page[0].id()).await?;
+    /// assert_eq!(event.id(), page[0].id());
+    /// # Ok(()) }
+    /// ```
     pub async fn get(&self, event_id: &str) -> Result<AuditEvent, Error> {
         self.client.get_event(event_id).await
     }
@@ -699,6 +856,36 @@ impl SandboxAudit {
     /// Follow the sandbox live: a stream that prefers the WebSocket, falls back to polling the
     /// list endpoint, reconnects after drops, catches up after every (re)connect and never yields
     /// an event twice. Dropping the stream closes the socket.
+    ///
+    /// Items are `Ok(event)`, or `Err(e)`: an [`Error::Decode`] for a frame that is not an
+    /// event (the stream goes on), or a fatal error after which it ends.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # use auditship::sim::{SimConfig, Simulator};
+    /// # let sim = Simulator::start(SimConfig { sandboxes: vec!["sb-123".into(), "sb-456".into()], backlog_per_sandbox: 30, ..SimConfig::default() }).await?;
+    /// # let client = auditship::client::Client::builder().base_url(sim.base_url()).api_key(auditship::secret::ApiKey::new(sim.api_key())).build()?;
+    /// use std::time::Duration;
+    /// use auditship::client::{StartAt, TailOptions};
+    /// use futures_util::StreamExt;
+    ///
+    /// let mut tail = client.sandbox("sb-123").audit().tail(TailOptions {
+    ///     start: StartAt::Earliest,
+    ///     poll_interval: Duration::from_secs(2),
+    ///     ..Default::default()
+    /// });
+    /// let mut seen = 0;
+    /// while let Some(event) = tail.next().await {
+    ///     println!("{}", event?.json());
+    ///     seen += 1;
+    ///     if seen == 30 {
+    ///         break; // the backlog; a live tail would go on
+    ///     }
+    /// }
+    /// drop(tail); // closes the socket
+    /// # Ok(()) }
+    /// ```
     pub fn tail(&self, options: TailOptions) -> Tail {
         Tail::start(self.client.clone(), self.resource_id.clone(), options)
     }

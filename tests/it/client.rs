@@ -135,6 +135,33 @@ async fn tail_yields_every_event_once_in_order_through_drops_and_fallback() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn dropping_the_tail_closes_its_socket() {
+    let sim = sim(
+        &["sb-drop"],
+        SimConfig {
+            backlog_per_sandbox: 10,
+            live_rate_per_sec: 50.0,
+            ..SimConfig::default()
+        },
+    )
+    .await;
+    let c = client(&sim);
+    let mut tail = c.sandbox("sb-drop").audit().tail(TailOptions {
+        start: StartAt::Earliest,
+        ..TailOptions::default()
+    });
+    for _ in 0..15 {
+        tail.next().await.unwrap().unwrap();
+    }
+    assert_eq!(sim.open_sockets(), 1);
+    drop(tail);
+    crate::util::wait_for("the socket to close", Duration::from_secs(10), || {
+        sim.open_sockets() == 0
+    })
+    .await;
+}
+
 /// `ids` holds every event of `sandbox` exactly once, in cursor-time order. The order of events
 /// that share one timestamp is not defined by the API, so ties may come in any order.
 fn assert_in_order_once(sim: &auditship::sim::Simulator, sandbox: &str, ids: &[String]) {
