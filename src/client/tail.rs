@@ -589,14 +589,20 @@ impl TailTask {
                         let delay = socket_backoff.next_delay();
                         next_socket_try = Instant::now() + delay;
                         if !on_fallback {
-                            tracing::warn!(resource_id = %self.resource_id, error = %e, retry_socket_in_ms = delay.as_millis() as u64, "audit socket unavailable; falling back to polling");
+                            let what = if self.options.transport == Transport::WebSocket {
+                                "audit socket unavailable; catching up through the list endpoint until it is back"
+                            } else {
+                                "audit socket unavailable; falling back to polling"
+                            };
+                            tracing::warn!(resource_id = %self.resource_id, error = %e, retry_socket_in_ms = delay.as_millis() as u64, "{what}");
                             on_fallback = true;
                         } else {
                             tracing::debug!(resource_id = %self.resource_id, error = %e, "audit socket still unavailable");
                         }
                         if self.options.transport == Transport::WebSocket {
                             // Socket-only: catch up through the list (no gap), then wait.
-                            if self.catch_up(None).await.is_err() {
+                            let from = self.unswept.take();
+                            if self.catch_up(from).await.is_err() {
                                 self.set_status(ActiveTransport::Stopped);
                                 return;
                             }
