@@ -202,7 +202,7 @@ pub struct DeadLetterConfig {
 }
 
 /// A sink, picked by `type`.
-#[derive(Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum SinkConfig {
     /// NDJSON files.

@@ -308,7 +308,7 @@ pub async fn run(p: &Pipeline, opts: RunOptions) -> Result<RunReport, PipelineEr
             recovered,
             registry: store.registry(&p.name, name),
         };
-        let cfg_owned = cfg_clone(cfg);
+        let cfg_owned = cfg.clone();
         let built = tokio::task::spawn_blocking(move || build_sink(&cfg_owned, ctx))
             .await
             .map_err(|e| PipelineError::Config(format!("building sink {name}: {e}")))?;
@@ -476,7 +476,7 @@ pub async fn run(p: &Pipeline, opts: RunOptions) -> Result<RunReport, PipelineEr
         let _ = dead_letters.await;
     };
     if tokio::time::timeout(opts.drain_timeout, drain).await.is_err() {
-        tracing::warn!(pipeline = %p.name, "drain timed out; work past the last commit will be shipped again on the next start");
+        tracing::warn!(pipeline = %p.name, "drain timed out; events not yet committed will be fetched again on the next start");
         abandon.cancel();
     }
     abandon.cancel();
@@ -487,6 +487,21 @@ pub async fn run(p: &Pipeline, opts: RunOptions) -> Result<RunReport, PipelineEr
         return Err(e);
     }
 
+    if matches!(opts.mode, Mode::Live) && !opts.shutdown.is_cancelled() && finished_sources == total_sources {
+        // A live pipeline whose every sandbox stopped (all deleted, say) has nothing left to do;
+        // exiting non-zero tells the supervisor, and the reasons tell the operator.
+        let reasons: Vec<String> = report
+            .stopped
+            .iter()
+            .map(|(sb, why)| format!("{sb}: {why}"))
+            .collect();
+        return Err(PipelineError::Config(format!(
+            "pipeline {}: no sandbox left to follow ({}); check the sandbox ids in {}",
+            p.name,
+            reasons.join("; "),
+            p.file.display()
+        )));
+    }
     let committed = store.load(&p.name, &stream_key).await?;
     for rid in &sandboxes {
         let now = committed.get(rid).map_or(0, |c| c.events_shipped);
@@ -499,12 +514,6 @@ pub async fn run(p: &Pipeline, opts: RunOptions) -> Result<RunReport, PipelineEr
         && finished_sources == total_sources
         && !opts.shutdown.is_cancelled();
     Ok(report)
-}
-
-fn cfg_clone(cfg: &SinkConfig) -> SinkConfig {
-    match cfg {
-        SinkConfig::File(c) => SinkConfig::File(c.clone()),
-    }
 }
 
 fn record_source(report: &mut RunReport, r: source::SourceReport, fatal: &mut Option<PipelineError>) {

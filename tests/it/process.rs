@@ -236,3 +236,17 @@ async fn an_interrupted_backfill_exits_2_with_a_resume_hint() {
         out.stderr
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_whose_every_sandbox_is_gone_exits_1_and_says_why() {
+    let sim = sim(&["sb-exists"], SimConfig::default()).await;
+    let ws = Workspace::new(&sim, &["sb-typo-1", "sb-typo-2"], "transport = \"poll\"", "");
+    let out = ws.run(sim.api_key(), &["run", "pipe.toml"]);
+    assert_eq!(out.code, Some(1), "stderr: {}", out.stderr);
+    assert!(out.stderr.contains("no sandbox left to follow"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("sb-typo-1: sandbox not found"),
+        "{}",
+        out.stderr
+    );
+}
