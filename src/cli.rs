@@ -50,9 +50,11 @@ enum Command {
     },
     /// Ship a window of past events through the list endpoint, then exit.
     ///
-    /// Resumable: run the same command again after a kill and it continues where it stopped;
-    /// a finished window ships nothing twice. Never moves the live checkpoint.
-    /// Exit codes: 0 done, 1 bad configuration or credentials, 2 interrupted or partial.
+    /// Resumable: after a kill, run it again with the same absolute window (an interrupted run
+    /// prints it as `resume with: …`) and it continues where it stopped; a finished window ships
+    /// nothing twice. A relative --since is a new window each run. Never moves the live
+    /// checkpoint. Exit codes: 0 done, 1 bad configuration or credentials, 2 interrupted or
+    /// partial.
     Backfill {
         /// Pipeline file.
         pipeline: PathBuf,
