@@ -99,6 +99,8 @@ pub struct SimConfig {
     pub time_format: TimeFormat,
     /// Answer 400 to any request that carries a `cursor` (a server whose cursors expire).
     pub reject_cursors: bool,
+    /// Ignore the list endpoint's `resource_id` filter: every page holds every sandbox's events.
+    pub ignore_resource_filter: bool,
     /// Start delivering to a new socket only this long after the upgrade (events stored in
     /// between never reach it: the client must list them).
     pub subscribe_delay_ms: u64,
@@ -133,6 +135,7 @@ impl Default for SimConfig {
             time_format: TimeFormat::Micros,
             reject_cursors: false,
             subscribe_delay_ms: 0,
+            ignore_resource_filter: false,
             lexicographic_since: false,
         }
     }
@@ -541,7 +544,10 @@ async fn list_handler(
     let action = query.get("action");
     let host = query.get("host");
     let mut matching: Vec<Arc<SimEvent>> = Vec::new();
-    let targets: Vec<&Arc<SimSandbox>> = match query.get("resource_id") {
+    let resource_filter = query
+        .get("resource_id")
+        .filter(|_| !state.config.ignore_resource_filter);
+    let targets: Vec<&Arc<SimSandbox>> = match resource_filter {
         Some(rid) => match state.sandboxes.get(rid) {
             Some(sb) => vec![sb],
             None => {

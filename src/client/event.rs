@@ -22,6 +22,8 @@ pub struct AuditEvent {
     cursor_us: Option<i64>,
     /// Byte range of the cursor time's text inside `raw`.
     cursor_span: Option<(u32, u32)>,
+    /// Byte range of `resource_id`'s text inside `raw`.
+    resource_span: Option<(u32, u32)>,
     time_us: Option<i64>,
 }
 
@@ -137,6 +139,12 @@ impl AuditEvent {
         std::str::from_utf8(self.raw.get(start as usize..end as usize)?).ok()
     }
 
+    /// The event's `resource_id` (the sandbox), when it is a plain string.
+    pub fn resource_id(&self) -> Option<&str> {
+        let (start, end) = self.resource_span?;
+        std::str::from_utf8(self.raw.get(start as usize..end as usize)?).ok()
+    }
+
     /// Byte offsets of [`AuditEvent::cursor_text`] inside [`AuditEvent::raw`].
     pub fn cursor_span(&self) -> Option<(u32, u32)> {
         self.cursor_span
@@ -190,6 +198,8 @@ struct Head<'a> {
     inserted_at: Option<&'a RawValue>,
     #[serde(borrow, default)]
     timestamp: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    resource_id: Option<&'a RawValue>,
     #[serde(borrow, default)]
     event: Option<&'a RawValue>,
     #[serde(borrow, default)]
@@ -308,16 +318,8 @@ pub(crate) fn decode_event(buf: Bytes, what: &str) -> Result<AuditEvent, Error> 
     } else {
         head.timestamp
     };
-    // The text between the quotes, when it is a plain string (no escapes to undo).
-    let cursor_span = cursor_raw.and_then(|r| {
-        let text = r.get();
-        if !(text.len() >= 2 && text.starts_with('"') && !text.contains('\\')) {
-            return None;
-        }
-        let start = (text.as_ptr() as usize).checked_sub(object.as_ptr() as usize)? + 1;
-        let end = start + text.len() - 2;
-        Some((u32::try_from(start).ok()?, u32::try_from(end).ok()?))
-    });
+    let cursor_span = cursor_raw.and_then(|r| string_span(object, r));
+    let resource_span = head.resource_id.and_then(|r| string_span(object, r));
     let raw = if memchr::memchr2(b'\n', b'\r', object).is_some() {
         Bytes::from(
             object
@@ -333,8 +335,21 @@ pub(crate) fn decode_event(buf: Bytes, what: &str) -> Result<AuditEvent, Error> 
         id,
         cursor_us: inserted.or(stamped),
         cursor_span,
+        resource_span,
         time_us: stamped.or(inserted),
     })
+}
+
+/// Where the text of a JSON string value stands in `object` (between the quotes), when it is a
+/// plain string with no escapes to undo.
+fn string_span(object: &[u8], value: &RawValue) -> Option<(u32, u32)> {
+    let text = value.get();
+    if !(text.len() >= 2 && text.starts_with('"') && !text.contains('\\')) {
+        return None;
+    }
+    let start = (text.as_ptr() as usize).checked_sub(object.as_ptr() as usize)? + 1;
+    let end = start + text.len() - 2;
+    Some((u32::try_from(start).ok()?, u32::try_from(end).ok()?))
 }
 
 /// One response of the list endpoint, whatever its shape.
@@ -443,6 +458,7 @@ mod tests {
             assert_eq!(ev.id(), "evt_1");
             assert_eq!(ev.cursor_us(), parse_time("2026-11-25T10:00:00.000001Z"));
             assert_eq!(ev.cursor_text(), Some("2026-11-25T10:00:00.000001Z"));
+            assert_eq!(ev.resource_id(), Some("sb-1"));
             assert_eq!(ev.time_us(), parse_time("2026-11-25T09:59:59Z"));
         }
     }

@@ -406,6 +406,9 @@ impl Pager {
             if self.until_us.is_some_and(|u| cursor.is_some_and(|c| c > u)) {
                 continue;
             }
+            if !belongs(&event, self.base.resource_id.as_deref()) {
+                continue;
+            }
             if seen.insert(&event) {
                 events.push(event);
             }
@@ -488,6 +491,16 @@ pub(crate) fn list_from(
             }
         },
     )
+}
+
+/// Whether `event` belongs to the resource asked for. A server that ignored the `resource_id`
+/// filter would otherwise file every sandbox's events under each sandbox; an event that does
+/// not name its resource is taken at the server's word.
+fn belongs(event: &AuditEvent, resource_id: Option<&str>) -> bool {
+    match (resource_id, event.resource_id()) {
+        (Some(want), Some(got)) => want == got,
+        _ => true,
+    }
 }
 
 /// How long into the live phase the one-time sweep runs (see `follow_socket`).
@@ -835,7 +848,7 @@ impl TailTask {
         crate::metrics::FRAMES_RECEIVED.inc();
         match decode_event(payload, "socket frame") {
             Ok(event) => {
-                if self.seen.insert(&event) {
+                if belongs(&event, Some(&self.resource_id)) && self.seen.insert(&event) {
                     self.send(Ok(event)).await?;
                 }
             }

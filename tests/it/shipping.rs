@@ -159,6 +159,38 @@ async fn timestamp_ties_across_page_boundaries_in_every_list_shape() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_server_that_ignores_the_resource_filter_does_not_mix_sandboxes() {
+    let ids = ["sb-mix-1", "sb-mix-2", "sb-mix-3"];
+    let sim = sim(
+        &ids,
+        SimConfig {
+            backlog_per_sandbox: 60,
+            ignore_resource_filter: true,
+            ..SimConfig::default()
+        },
+    )
+    .await;
+    let ws = Workspace::new(&sim, &ids, "transport = \"poll\"\npage_limit = 25", "");
+    ship(&ws, &sim, &ids).await;
+    assert_exactly_once(&ws.archive_lines(), &sim_lines(&sim, &ids));
+    for id in ids {
+        let dir = ws.path().join("archive").join(id);
+        let mut files = Vec::new();
+        crate::util::walk(&dir, &mut files);
+        let text: String = files
+            .iter()
+            .map(|f| std::fs::read_to_string(f).unwrap())
+            .collect();
+        assert_eq!(text.lines().count(), 60, "{id}");
+        assert!(
+            text.lines()
+                .all(|l| l.contains(&format!("\"resource_id\":\"{id}\""))),
+            "{id}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_refused_next_cursor_falls_back_to_since_paging() {
     let ids = ["sb-cursor"];
     let sim = sim(
