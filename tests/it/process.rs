@@ -178,7 +178,8 @@ async fn a_killed_backfill_resumes_where_it_stopped() {
         },
     )
     .await;
-    let ws = Workspace::new(&sim, &ids, "requests_per_minute = 1200\npage_limit = 50", "");
+    // 300 requests a minute: a burst of 50 pages, then five a second, so the kill lands mid-way.
+    let ws = Workspace::new(&sim, &ids, "requests_per_minute = 300\npage_limit = 50", "");
     let key = sim.api_key().to_string();
     // Absolute bounds: a window is resumed by naming it again (a relative `--since 1d` is a new
     // window each time; the resume hint prints the absolute one).
