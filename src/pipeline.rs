@@ -33,7 +33,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::checkpoint::{Checkpoint, Commit, Store, StoreError};
-use crate::client::{format_time, ActiveTransport, Backoff, Client, Position, StartAt, TailOptions};
+use crate::client::{
+    format_time, ActiveTransport, Backoff, Client, CursorText, Position, StartAt, TailOptions,
+};
 use crate::config::{Pipeline, SinkConfig};
 use crate::secret::ApiKey;
 use crate::source::{self, DeadLetter, SourceEnd, SourceKind, SourceMsg};
@@ -198,30 +200,12 @@ fn build_sink(cfg: &SinkConfig, ctx: SinkContext) -> Result<Box<dyn Sink>, SinkE
     }
 }
 
-#[derive(Clone, Debug)]
-enum CursorText {
-    InEvent(bytes::Bytes, (u32, u32)),
-    Loaded(String),
-}
-
-impl CursorText {
-    fn text(&self) -> Option<String> {
-        match self {
-            CursorText::InEvent(raw, (a, b)) => raw
-                .get(*a as usize..*b as usize)
-                .and_then(|s| std::str::from_utf8(s).ok())
-                .map(str::to_string),
-            CursorText::Loaded(s) => Some(s.clone()),
-        }
-    }
-}
-
 /// Where one sandbox stands, as events pass the batcher.
 #[derive(Clone, Debug, Default)]
 struct Running {
     cursor_us: Option<i64>,
-    /// The cursor time as the server spelled it: the newest event's bytes and the span in them
-    /// (a refcount, not a copy), or the text loaded from the checkpoint.
+    /// The cursor time as the server spelled it (inline: no allocation, and the event's buffer,
+    /// perhaps a whole list page, is not kept alive).
     cursor_src: Option<CursorText>,
     ties: Vec<Arc<str>>,
     last_id: Option<Arc<str>>,
@@ -234,7 +218,7 @@ impl Running {
     fn from_checkpoint(c: &Checkpoint) -> Self {
         Running {
             cursor_us: c.cursor_us,
-            cursor_src: c.cursor_text.clone().map(CursorText::Loaded),
+            cursor_src: c.cursor_text.as_deref().map(CursorText::new),
             ties: c.tie_ids.iter().map(|s| Arc::from(s.as_str())).collect(),
             last_id: c.last_event_id.as_deref().map(Arc::from),
             shipped: c.events_shipped,
@@ -246,7 +230,7 @@ impl Running {
         match (e.cursor_us, self.cursor_us) {
             (Some(c), p) if p.is_none_or(|p| c > p) => {
                 self.cursor_us = Some(c);
-                self.cursor_src = e.cursor_span.map(|span| CursorText::InEvent(e.raw.clone(), span));
+                self.cursor_src = e.cursor_text().map(CursorText::new);
                 self.ties.clear();
                 self.ties.push(e.id.clone());
             }
@@ -264,7 +248,7 @@ impl Running {
             resource_id: resource_id.to_string(),
             last_event_id: self.last_id.as_deref().map(str::to_string),
             cursor_us: self.cursor_us,
-            cursor_text: self.cursor_src.as_ref().and_then(CursorText::text),
+            cursor_text: self.cursor_src.as_ref().map(|t| t.as_str().to_string()),
             tie_ids: self.ties.iter().map(|s| s.to_string()).collect(),
             events_shipped: self.shipped,
             updated_at_us: chrono::Utc::now().timestamp_micros(),

@@ -27,6 +27,48 @@ pub struct AuditEvent {
     time_us: Option<i64>,
 }
 
+/// A cursor time as the server spelled it, kept inline (timestamps are short), so remembering
+/// the newest one per sandbox neither allocates per event nor pins the buffer it came from (a
+/// whole list page, for an event sliced out of one).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CursorText {
+    /// Up to 46 bytes, inline.
+    Inline {
+        /// Bytes used.
+        len: u8,
+        /// The text's bytes.
+        buf: [u8; 46],
+    },
+    /// Longer text.
+    Heap(String),
+}
+
+impl CursorText {
+    /// Keep `text`.
+    pub fn new(text: &str) -> Self {
+        let bytes = text.as_bytes();
+        if bytes.len() <= 46 {
+            let mut buf = [0u8; 46];
+            buf[..bytes.len()].copy_from_slice(bytes);
+            CursorText::Inline {
+                len: bytes.len() as u8,
+                buf,
+            }
+        } else {
+            CursorText::Heap(text.to_string())
+        }
+    }
+
+    /// The text.
+    pub fn as_str(&self) -> &str {
+        match self {
+            // Copied from a `&str` whole, so always valid UTF-8.
+            CursorText::Inline { len, buf } => std::str::from_utf8(&buf[..*len as usize]).unwrap_or(""),
+            CursorText::Heap(s) => s,
+        }
+    }
+}
+
 /// The documented fields of an event, for typed access ([`AuditEvent::fields`]). Every field is
 /// optional except `id`; fields the contract does not list are in [`AuditEvent::raw`] only.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
@@ -143,6 +185,11 @@ impl AuditEvent {
     pub fn resource_id(&self) -> Option<&str> {
         let (start, end) = self.resource_span?;
         std::str::from_utf8(self.raw.get(start as usize..end as usize)?).ok()
+    }
+
+    /// [`AuditEvent::cursor_text`], kept inline.
+    pub fn cursor_text_handle(&self) -> Option<CursorText> {
+        self.cursor_text().map(CursorText::new)
     }
 
     /// Byte offsets of [`AuditEvent::cursor_text`] inside [`AuditEvent::raw`].

@@ -41,7 +41,7 @@ use url::Url;
 use crate::secret::ApiKey;
 
 pub use error::Error;
-pub use event::{format_time, parse_time, AuditEvent, AuditFields, Page};
+pub use event::{format_time, parse_time, AuditEvent, AuditFields, CursorText, Page};
 pub use ratelimit::RateLimiter;
 pub use tail::{ActiveTransport, Position, StartAt, Tail, TailOptions, Transport};
 

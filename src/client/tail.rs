@@ -31,7 +31,9 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::event::decode_event;
-use super::{format_time, parse_time, ws, AuditEvent, Backoff, Client, Error, Filters, RetryPolicy};
+use super::{
+    format_time, parse_time, ws, AuditEvent, Backoff, Client, CursorText, Error, Filters, RetryPolicy,
+};
 
 /// Which transport a tail may use.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
@@ -203,7 +205,7 @@ pub(crate) struct Seen {
     ids: HashMap<Arc<str>, i64>,
     newest: Option<i64>,
     /// `newest` as the server spelled it.
-    newest_text: Option<String>,
+    newest_text: Option<CursorText>,
     window_us: i64,
     inserts_since_prune: usize,
 }
@@ -223,7 +225,7 @@ impl Seen {
             StartAt::Time(t) => seen.newest = Some(*t),
             StartAt::Position(p) => {
                 seen.newest = p.cursor_us;
-                seen.newest_text = p.cursor_text.clone();
+                seen.newest_text = p.cursor_text.as_deref().map(CursorText::new);
                 let at = p.cursor_us.unwrap_or(i64::MIN);
                 for id in &p.ids_at_cursor {
                     seen.ids.insert(id.clone(), at);
@@ -237,7 +239,8 @@ impl Seen {
     /// the SDKs do: a server that compares times as text still pages correctly).
     pub(crate) fn since(&self) -> Option<String> {
         let newest = self.newest?;
-        Some(self.newest_text.clone().unwrap_or_else(|| format_time(newest)))
+        let text = self.newest_text.as_ref().map(CursorText::as_str);
+        Some(text.map_or_else(|| format_time(newest), str::to_string))
     }
 
     /// Record `event`; `false` if it was seen already.
@@ -249,7 +252,7 @@ impl Seen {
         self.ids.insert(event.id_arc().clone(), cursor);
         if self.newest.is_none_or(|n| cursor > n) {
             self.newest = Some(cursor);
-            self.newest_text = event.cursor_text().map(str::to_string);
+            self.newest_text = event.cursor_text_handle();
         }
         self.inserts_since_prune += 1;
         // Prune when the map may have doubled: amortized O(1) per event.
