@@ -251,3 +251,75 @@ async fn a_run_whose_every_sandbox_is_gone_exits_1_and_says_why() {
         out.stderr
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn list_get_tail_and_checkpoints_commands() {
+    let ids = ["sb-cli", "sb/other"];
+    let sim = sim(
+        &ids,
+        SimConfig {
+            backlog_per_sandbox: 40,
+            ..SimConfig::default()
+        },
+    )
+    .await;
+    let ws = Workspace::new(&sim, &ids, "", "");
+    let key = sim.api_key().to_string();
+
+    let out = ws.run(
+        &key,
+        &["list", "pipe.toml", "--sandbox", "sb-cli", "--limit", "5"],
+    );
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(out.stdout.lines().count(), 5);
+    let out = ws.run(&key, &["list", "pipe.toml", "--sandbox", "sb/other", "--all"]);
+    let expected: Vec<String> = sim.events("sb/other").iter().map(|e| e.json.clone()).collect();
+    let mut got: Vec<String> = out.stdout.lines().map(str::to_string).collect();
+    got.sort();
+    let mut want = expected.clone();
+    want.sort();
+    assert_eq!(got, want, "--all lists every event once, verbatim");
+
+    let id = sim.events("sb-cli")[7].id.clone();
+    let out = ws.run(&key, &["get", "pipe.toml", &id]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(out.stdout.trim_end(), sim.events("sb-cli")[7].json);
+
+    let child = ws.spawn(
+        &key,
+        &["tail", "pipe.toml", "--sandbox", "sb-cli", "--start", "earliest"],
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    sim.append("sb-cli", 3);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    signal(&child, libc::SIGTERM);
+    let out = finish(child, Duration::from_secs(10));
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(
+        out.stdout.lines().count(),
+        43,
+        "backlog and live events, each once"
+    );
+
+    let out = ws.run(&key, &["checkpoints", "pipe.toml"]);
+    assert!(out.stdout.contains("no checkpoints yet"), "{}", out.stdout);
+    let child = ws.spawn(&key, &["run", "pipe.toml"]);
+    wait_for("the archive", Duration::from_secs(30), || {
+        ws.archive_lines().len() >= sim.total_events()
+    })
+    .await;
+    signal(&child, libc::SIGTERM);
+    assert_eq!(finish(child, Duration::from_secs(30)).code, Some(0));
+    let out = ws.run(&key, &["checkpoints", "pipe.toml"]);
+    let row = out
+        .stdout
+        .lines()
+        .find(|l| l.contains("sb-cli"))
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        row.starts_with("live") && row.trim_end().ends_with(" 43"),
+        "{}",
+        out.stdout
+    );
+}

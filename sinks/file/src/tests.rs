@@ -222,3 +222,25 @@ async fn a_file_removed_behind_our_back_is_started_again_with_true_lengths() {
     );
     assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 1);
 }
+
+#[tokio::test]
+async fn rotates_by_age() {
+    let dir = tempfile::tempdir().unwrap();
+    let (c, _) = ctx(vec![]);
+    let mut sink = FileSink::open(config(dir.path(), |c| c.rotate_max_age_ms = Some(30)), c).unwrap();
+    sink.write(batch(1, "a", 0..2)).await.unwrap();
+    sink.flush().await.unwrap(); // opened just now: young
+    sink.write(batch(2, "a", 2..4)).await.unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(60));
+    sink.flush().await.unwrap(); // now old: the next write starts a new generation
+    sink.write(batch(3, "a", 4..5)).await.unwrap();
+    sink.flush().await.unwrap();
+    let count = |name: &str| {
+        std::fs::read_to_string(dir.path().join("a").join(name))
+            .unwrap()
+            .lines()
+            .count()
+    };
+    assert_eq!(count("2025-11-24.ndjson"), 4);
+    assert_eq!(count("2025-11-24.1.ndjson"), 1);
+}
