@@ -15,6 +15,24 @@ use serde_json::value::RawValue;
 use super::Error;
 
 /// One egress-audit event: the raw JSON exactly as received, plus the fields the client reads.
+///
+/// ```
+/// use auditship::client::{parse_time, AuditEvent};
+///
+/// let event = AuditEvent::from_json(
+///     r#"{"id":"evt_9","resource_id":"sb-1","inserted_at":"2026-11-25T10:00:01Z","timestamp":"2026-11-25T10:00:00Z"}"#,
+/// )?;
+/// assert_eq!(event.id(), "evt_9");
+/// assert_eq!(event.resource_id(), Some("sb-1"));
+/// assert_eq!(event.cursor_text(), Some("2026-11-25T10:00:01Z")); // inserted_at first
+/// assert_eq!(event.cursor_us(), parse_time("2026-11-25T10:00:01Z"));
+/// assert_eq!(event.time_us(), parse_time("2026-11-25T10:00:00Z")); // timestamp first
+/// assert_eq!(event.cursor_time().unwrap().to_rfc3339(), "2026-11-25T10:00:01+00:00");
+/// assert_eq!(event.json().as_bytes(), &event.raw()[..]);
+/// let bytes = event.clone().into_raw();
+/// assert!(bytes.starts_with(b"{\"id\""));
+/// # Ok::<(), auditship::client::Error>(())
+/// ```
 #[derive(Clone, Debug)]
 pub struct AuditEvent {
     raw: Bytes,

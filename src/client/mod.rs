@@ -160,7 +160,33 @@ impl Backoff {
     }
 }
 
-/// Builds a [`Client`].
+/// Builds a [`Client`]. Every setting but the key has a default.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let sim = auditship::sim::Simulator::start(Default::default()).await?;
+/// use std::time::Duration;
+/// use auditship::client::{Client, Error, RetryPolicy};
+/// use auditship::secret::ApiKey;
+///
+/// let client = Client::builder()
+///     .base_url(sim.base_url())
+///     .api_key(ApiKey::new(sim.api_key()))
+///     .tenant("tn_demo")                              // X-MIOSA-Tenant
+///     .requests_per_minute(60)                        // shared by every client of this key
+///     .timeout(Duration::from_secs(30))               // one request
+///     .connect_timeout(Duration::from_secs(5))        // connect and socket handshake
+///     .retry(RetryPolicy { max_attempts: Some(3), ..RetryPolicy::default() })
+///     .user_agent("my-tool/1.0")
+///     .build()?;
+/// # let _ = client;
+///
+/// // Without a key, building fails and says how to give one.
+/// let err = Client::builder().base_url(sim.base_url()).build().unwrap_err();
+/// assert!(matches!(err, Error::Config(_)));
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Default)]
 pub struct ClientBuilder {
     base_url: Option<String>,
@@ -187,6 +213,13 @@ impl ClientBuilder {
     }
 
     /// Read the API key from an environment variable.
+    ///
+    /// ```
+    /// use auditship::client::Client;
+    ///
+    /// let missing = Client::builder().api_key_from_env("AUDITSHIP_DOC_UNSET_VARIABLE");
+    /// assert!(missing.unwrap_err().to_string().contains("AUDITSHIP_DOC_UNSET_VARIABLE is not set"));
+    /// ```
     pub fn api_key_from_env(mut self, var: &str) -> Result<Self, Error> {
         let key = std::env::var(var).map_err(|_| {
             Error::Config(format!(
