@@ -291,6 +291,9 @@ pub(crate) struct Pager {
     ignore_cursor: bool,
 }
 
+/// The largest page a pager asks for when timestamp ties overflow a page.
+const MAX_PAGE_LIMIT: u32 = 1000;
+
 /// One step of a [`Pager`]: the new events (oldest first) and the elements that were not events.
 pub(crate) struct PagerStep {
     pub events: Vec<AuditEvent>,
@@ -303,7 +306,7 @@ impl Pager {
     /// holds, else the epoch: full history is asked for as `since` = the epoch rather than no
     /// `since` at all, because a server may answer a bare list with its *newest* page.
     pub(crate) fn new(mut base: Filters, limit: u32) -> Self {
-        base.limit = Some(base.limit.unwrap_or(limit).clamp(1, 1000));
+        base.limit = Some(base.limit.unwrap_or(limit).clamp(1, MAX_PAGE_LIMIT));
         base.cursor = None;
         let until_us = base.until.as_deref().and_then(parse_time);
         Pager {
@@ -419,10 +422,21 @@ impl Pager {
         self.cursor = page
             .next_cursor
             .filter(|_| page.has_more != Some(false) && !self.ignore_cursor);
+        let limit = self.base.limit.unwrap_or(100);
+        if self.cursor.is_none() && !advanced && returned >= limit as usize && limit < MAX_PAGE_LIMIT {
+            // A full page that all shares the `since` timestamp: more events may share it than a
+            // page holds. Ask again with a bigger page (servers that cap pages lower will answer
+            // the same page, and the warning below says what that means).
+            self.base.limit = Some((limit * 2).min(MAX_PAGE_LIMIT));
+            return Ok(Some(PagerStep {
+                events,
+                invalid: page.invalid,
+            }));
+        }
         // Done when the server says so, or when a page brings nothing past its `since`.
         if self.cursor.is_none() && (!advanced || page.has_more == Some(false)) {
             self.finished = true;
-            let limit = self.base.limit.unwrap_or(100) as usize;
+            let limit = limit as usize;
             if !advanced && returned >= limit && !self.warned_ties {
                 self.warned_ties = true;
                 tracing::warn!(

@@ -237,6 +237,25 @@ async fn since_is_sent_back_in_the_servers_own_spelling() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn more_ties_than_a_page_holds_are_fetched_with_a_bigger_page() {
+    let ids = ["sb-big-ties"];
+    let sim = sim(
+        &ids,
+        SimConfig {
+            backlog_per_sandbox: 200,
+            ties: 45,
+            list_shape: ListShape::Bare,
+            max_page: 1000,
+            ..SimConfig::default()
+        },
+    )
+    .await;
+    let ws = Workspace::new(&sim, &ids, "transport = \"poll\"\npage_limit = 10", "");
+    ship(&ws, &sim, &ids).await;
+    assert_exactly_once(&ws.archive_lines(), &sim_lines(&sim, &ids));
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn garbage_frames_are_dead_lettered_and_never_stop_the_stream() {
     let ids = ["sb-garbage"];
     let sim = sim(
