@@ -118,6 +118,12 @@ enum Command {
         entry: StateEntry,
         reply: Reply<()>,
     },
+    Forget {
+        pipeline: String,
+        sink: String,
+        keys: Vec<String>,
+        reply: Reply<()>,
+    },
     Commit {
         pipeline: String,
         stream: String,
@@ -234,6 +240,18 @@ impl Store {
         .await
     }
 
+    /// Delete sink state entries.
+    pub async fn forget(&self, pipeline: &str, sink: &str, keys: Vec<String>) -> Result<(), StoreError> {
+        let (pipeline, sink) = (pipeline.to_string(), sink.to_string());
+        self.ask(|reply| Command::Forget {
+            pipeline,
+            sink,
+            keys,
+            reply,
+        })
+        .await
+    }
+
     /// Apply one commit in one transaction.
     pub async fn commit(&self, pipeline: &str, stream: &str, commit: Commit) -> Result<(), StoreError> {
         let (pipeline, stream) = (pipeline.to_string(), stream.to_string());
@@ -310,10 +328,21 @@ impl StateRegistry for SinkRegistry {
         self.store
             .register(&self.pipeline, &self.sink, entry)
             .await
-            .map_err(|e| SinkError::Remote {
-                retryable: e.is_retryable(),
-                message: e.to_string(),
-            })
+            .map_err(store_to_sink)
+    }
+
+    async fn forget(&self, keys: Vec<String>) -> Result<(), SinkError> {
+        self.store
+            .forget(&self.pipeline, &self.sink, keys)
+            .await
+            .map_err(store_to_sink)
+    }
+}
+
+fn store_to_sink(e: StoreError) -> SinkError {
+    SinkError::Remote {
+        retryable: e.is_retryable(),
+        message: e.to_string(),
     }
 }
 
@@ -395,6 +424,26 @@ fn serve(mut conn: Connection, rx: std::sync::mpsc::Receiver<Command>, path: Pat
                         params![pipeline, sink, entry.key, entry.value],
                     )
                     .map(|_| ());
+                let _ = reply.send(r.map_err(wrap));
+            }
+            Command::Forget {
+                pipeline,
+                sink,
+                keys,
+                reply,
+            } => {
+                let r = (|| {
+                    let tx = conn.transaction()?;
+                    {
+                        let mut stmt = tx.prepare_cached(
+                            "DELETE FROM sink_state WHERE pipeline = ?1 AND sink = ?2 AND key = ?3",
+                        )?;
+                        for key in &keys {
+                            stmt.execute(params![pipeline, sink, key])?;
+                        }
+                    }
+                    tx.commit()
+                })();
                 let _ = reply.send(r.map_err(wrap));
             }
             Command::Commit {

@@ -296,7 +296,11 @@ pub async fn run(p: &Pipeline, opts: RunOptions) -> Result<RunReport, PipelineEr
         let built = tokio::task::spawn_blocking(move || build_sink(&cfg_owned, ctx))
             .await
             .map_err(|e| PipelineError::Config(format!("building sink {name}: {e}")))?;
-        let sink = built.map_err(|source| PipelineError::Sink {
+        let mut sink = built.map_err(|source| PipelineError::Sink {
+            sink: name.clone(),
+            source,
+        })?;
+        sink.prepare().await.map_err(|source| PipelineError::Sink {
             sink: name.clone(),
             source,
         })?;

@@ -73,6 +73,9 @@ pub struct StateEntry {
 pub trait StateRegistry: Send + Sync {
     /// Commit `entry` for this sink now, unless an entry with the same key already exists.
     async fn register(&self, entry: StateEntry) -> Result<(), SinkError>;
+
+    /// Delete this sink's entries with these keys (state the sink no longer needs).
+    async fn forget(&self, keys: Vec<String>) -> Result<(), SinkError>;
 }
 
 /// What a sink gets when it is built.
@@ -91,6 +94,12 @@ pub struct SinkContext {
 /// A sink: takes batches, makes them durable on flush.
 #[async_trait]
 pub trait Sink: Send {
+    /// Called once after the sink is built, before the first batch: housekeeping that needs
+    /// the state registry.
+    async fn prepare(&mut self) -> Result<(), SinkError> {
+        Ok(())
+    }
+
     /// Take a batch. The sink may buffer; nothing is durable until [`Sink::flush`] returns.
     async fn write(&mut self, batch: Arc<Batch>) -> Result<(), SinkError>;
 

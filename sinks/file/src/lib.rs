@@ -122,7 +122,16 @@ struct Slot {
 pub struct FileSink {
     inner: Option<Inner>,
     ctx: SinkContext,
+    /// Registered files the sink no longer needs to track (see [`IDLE_AFTER`]).
+    prunable: Vec<String>,
 }
+
+/// A registered file untouched this long, whose length is its committed length, is forgotten:
+/// the state table then holds only files that may still be written, so it (and the start-up
+/// check) does not grow with the archive's age. Forgetting is safe because a file that is not
+/// registered is taken as it is: if it is written again it is registered anew at its current
+/// length, which is exactly its committed content.
+pub const IDLE_AFTER: Duration = Duration::from_secs(48 * 3600);
 
 struct Inner {
     config: FileSinkConfig,
@@ -141,10 +150,15 @@ impl FileSink {
     pub fn open(config: FileSinkConfig, ctx: SinkContext) -> Result<Self, SinkError> {
         let template = config.validate().map_err(SinkError::Config)?;
         let mut recovered = HashMap::new();
+        let mut prunable = Vec::new();
         for entry in &ctx.recovered {
             let len = u64::try_from(entry.value).unwrap_or(0);
-            roll_back(Path::new(&entry.key), len)?;
-            recovered.insert(entry.key.clone(), len);
+            match roll_back(Path::new(&entry.key), len)? {
+                Recovered::Missing | Recovered::Idle => prunable.push(entry.key.clone()),
+                Recovered::Active => {
+                    recovered.insert(entry.key.clone(), len);
+                }
+            }
         }
         Ok(FileSink {
             inner: Some(Inner {
@@ -157,6 +171,7 @@ impl FileSink {
                 clock: 0,
             }),
             ctx,
+            prunable,
         })
     }
 
@@ -189,37 +204,54 @@ impl FileSink {
     }
 }
 
+/// What start-up found of a registered file.
+enum Recovered {
+    /// Gone (moved or deleted by someone else).
+    Missing,
+    /// Untouched for [`IDLE_AFTER`] and exactly its committed length.
+    Idle,
+    /// Anything else: keep tracking it.
+    Active,
+}
+
 /// Truncate `path` to `len` if it is longer; a shorter file means data was removed by someone
 /// else, which we report loudly but cannot repair.
-fn roll_back(path: &Path, len: u64) -> Result<(), SinkError> {
-    let file = match OpenOptions::new().write(true).open(path) {
-        Ok(f) => f,
+fn roll_back(path: &Path, len: u64) -> Result<Recovered, SinkError> {
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             if len > 0 {
-                tracing::error!(path = %path.display(), committed_bytes = len, "archive file is missing although its checkpoint says it holds data");
+                tracing::error!(path = %path.display(), committed_bytes = len, "archive file is missing although its checkpoint says it holds data; no longer tracking it");
             }
-            return Ok(());
+            return Ok(Recovered::Missing);
         }
         Err(e) => {
             return Err(SinkError::io(
-                format!("opening {} for recovery", path.display()),
+                format!("reading {} for recovery", path.display()),
                 e,
             ))
         }
     };
-    let actual = file
-        .metadata()
-        .map_err(|e| SinkError::io(format!("reading {}", path.display()), e))?
-        .len();
+    let actual = meta.len();
     if actual > len {
         tracing::info!(path = %path.display(), dropped_bytes = actual - len, "rolling back bytes written after the last checkpoint");
-        file.set_len(len)
-            .and_then(|_| file.sync_all())
+        OpenOptions::new()
+            .write(true)
+            .open(path)
+            .and_then(|file| file.set_len(len).and_then(|_| file.sync_all()))
             .map_err(|e| SinkError::io(format!("truncating {}", path.display()), e))?;
-    } else if actual < len {
-        tracing::error!(path = %path.display(), committed_bytes = len, actual_bytes = actual, "archive file is shorter than its checkpoint says: it was changed outside auditship");
+        return Ok(Recovered::Active);
     }
-    Ok(())
+    if actual < len {
+        tracing::error!(path = %path.display(), committed_bytes = len, actual_bytes = actual, "archive file is shorter than its checkpoint says: it was changed outside auditship");
+        return Ok(Recovered::Active);
+    }
+    let idle = meta
+        .modified()
+        .ok()
+        .and_then(|m| m.elapsed().ok())
+        .is_some_and(|age| age >= IDLE_AFTER);
+    Ok(if idle { Recovered::Idle } else { Recovered::Active })
 }
 
 /// The relative path of generation `generation` of a template path: the number goes before the
@@ -447,6 +479,15 @@ fn open_for_append(path: &Path, expected_len: u64) -> Result<(File, bool, u64), 
 
 #[async_trait]
 impl Sink for FileSink {
+    async fn prepare(&mut self) -> Result<(), SinkError> {
+        if !self.prunable.is_empty() {
+            let keys = std::mem::take(&mut self.prunable);
+            tracing::debug!(sink = %self.ctx.sink, files = keys.len(), "forgetting idle archive files");
+            self.ctx.registry.forget(keys).await?;
+        }
+        Ok(())
+    }
+
     async fn write(&mut self, batch: Arc<Batch>) -> Result<(), SinkError> {
         // Registration must reach the store before a new file gets its first byte; collect the
         // new paths first, register them, then append.
@@ -525,13 +566,17 @@ impl Sink for FileSink {
     }
 }
 
-/// Where a template path starts this run: the newest generation committed before, or 0.
+/// Where a template path starts this run: the newest generation that is registered or on disk.
 fn starting_generation(recovered: &HashMap<String, u64>, rendered: &str) -> u32 {
     let mut generation = 0;
-    while recovered.contains_key(&generation_path(rendered, generation + 1)) {
-        generation += 1;
+    loop {
+        let next = generation_path(rendered, generation + 1);
+        if recovered.contains_key(&next) || Path::new(&next).exists() {
+            generation += 1;
+        } else {
+            return generation;
+        }
     }
-    generation
 }
 
 #[cfg(test)]

@@ -14,6 +14,11 @@ impl StateRegistry for MemRegistry {
         self.0.lock().unwrap().push(entry);
         Ok(())
     }
+
+    async fn forget(&self, keys: Vec<String>) -> Result<(), SinkError> {
+        self.0.lock().unwrap().retain(|e| !keys.contains(&e.key));
+        Ok(())
+    }
 }
 
 fn ctx(recovered: Vec<StateEntry>) -> (SinkContext, Arc<MemRegistry>) {
@@ -243,4 +248,47 @@ async fn rotates_by_age() {
     };
     assert_eq!(count("2025-11-24.ndjson"), 4);
     assert_eq!(count("2025-11-24.1.ndjson"), 1);
+}
+
+#[tokio::test]
+async fn idle_and_missing_files_are_forgotten_and_taken_as_they_are_if_written_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let (c, _) = ctx(vec![]);
+    let mut sink = FileSink::open(config(dir.path(), |_| {}), c).unwrap();
+    sink.write(batch(1, "old", 0..2)).await.unwrap();
+    sink.write(batch(2, "gone", 0..2)).await.unwrap();
+    sink.write(batch(3, "busy", 0..2)).await.unwrap();
+    let committed = sink.flush().await.unwrap();
+    drop(sink);
+    let path = |sb: &str| dir.path().join(sb).join("2025-11-24.ndjson");
+    let three_days_ago = std::time::SystemTime::now() - Duration::from_secs(72 * 3600);
+    std::fs::File::options()
+        .write(true)
+        .open(path("old"))
+        .unwrap()
+        .set_modified(three_days_ago)
+        .unwrap();
+    std::fs::remove_file(path("gone")).unwrap();
+
+    let (c, registry) = ctx(committed.clone());
+    registry.0.lock().unwrap().extend(committed);
+    let mut sink = FileSink::open(config(dir.path(), |_| {}), c).unwrap();
+    sink.prepare().await.unwrap();
+    let kept: Vec<String> = registry.0.lock().unwrap().iter().map(|e| e.key.clone()).collect();
+    assert_eq!(kept, vec![path("busy").display().to_string()]);
+
+    // Writing to the forgotten file again registers it at its current length: nothing is lost
+    // and a crash would roll back to exactly that.
+    let before = std::fs::metadata(path("old")).unwrap().len();
+    sink.write(batch(4, "old", 2..3)).await.unwrap();
+    let registered = registry.0.lock().unwrap().last().cloned().unwrap();
+    assert_eq!(
+        registered,
+        StateEntry {
+            key: path("old").display().to_string(),
+            value: before as i64
+        }
+    );
+    sink.flush().await.unwrap();
+    assert_eq!(std::fs::read_to_string(path("old")).unwrap().lines().count(), 3);
 }
