@@ -406,6 +406,28 @@ async fn run(paths: Vec<PathBuf>) -> anyhow::Result<ExitCode> {
             Err(e) => errors.extend(e.0),
         }
     }
+    // Pipelines run together must not append to the same files (nor share a name, which keys
+    // their checkpoints and locks).
+    let mut owners: std::collections::HashMap<String, String> = std::collections::HashMap::new();
+    for p in &pipelines {
+        if let Some(other) = owners.insert(format!("name:{}", p.name), p.file.display().to_string()) {
+            bail!(
+                "{} and {other} both name their pipeline {:?}; give each its own name",
+                p.file.display(),
+                p.name
+            );
+        }
+        for sink in p.sinks.values() {
+            let config::SinkConfig::File(f) = sink;
+            if let Some(other) = owners.insert(format!("path:{}", f.path), p.file.display().to_string()) {
+                bail!(
+                    "{} and {other} both write files at {:?}; give each pipeline its own archive path",
+                    p.file.display(),
+                    f.path
+                );
+            }
+        }
+    }
     if !errors.is_empty() {
         return Err(config::ConfigErrors(errors).into());
     }

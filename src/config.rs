@@ -595,6 +595,7 @@ pub fn parse(path: &Path, text: &str, mode: LoadMode) -> Result<Pipeline, Config
         );
     }
     let mut sinks = BTreeMap::new();
+    let mut file_paths: BTreeMap<String, String> = BTreeMap::new();
     for (sink_name, sink) in file.sinks {
         let span = sink.span();
         let mut sink = sink.into_inner();
@@ -604,6 +605,15 @@ pub fn parse(path: &Path, text: &str, mode: LoadMode) -> Result<Pipeline, Config
                     f.path = p;
                     if let Err(m) = f.validate() {
                         err(&mut errors, span.clone(), format!("sinks.{sink_name}: {m}"));
+                    }
+                    // Two sinks appending to the same files would roll back each other's bytes
+                    // after a crash.
+                    if let Some(other) = file_paths.insert(f.path.clone(), sink_name.clone()) {
+                        err(
+                            &mut errors,
+                            span.clone(),
+                            format!("sinks.{sink_name} writes the same files as sinks.{other}; give each sink its own path"),
+                        );
                     }
                 }
                 Err(m) => err(&mut errors, span.clone(), format!("sinks.{sink_name}.path: {m}")),
@@ -724,6 +734,19 @@ compression = "zstd"
         assert_eq!(p.api_key.unwrap().expose(), "msk_live_literal");
         assert!(p.warnings[0].contains("literally"));
         assert!(!p.warnings[0].contains("msk_live_literal"));
+    }
+
+    #[test]
+    fn two_sinks_cannot_share_files() {
+        let text = format!(
+            "{GOOD}\n[sinks.copy]\ntype = \"file\"\npath = \"archive/{{resource_id}}/{{date}}.ndjson\"\n"
+        );
+        let e = parse(Path::new("p.toml"), &text, LoadMode::Validate).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("sinks.copy writes the same files as sinks.archive"),
+            "{e}"
+        );
     }
 
     #[test]
