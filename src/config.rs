@@ -313,14 +313,111 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
     (line, col)
 }
 
+/// Deserialize the file, reporting as many key errors as it has. serde stops at the first
+/// error, so (1) after an unknown key or a bad value the offending line is blanked (line numbers
+/// stay put) and the file is read again, and (2) each section is also read on its own, so an
+/// error that ends the search in one section does not hide those of another.
+fn deserialize(path: &Path, text: &str) -> Result<PipelineFile, Vec<ConfigError>> {
+    #[derive(Deserialize)]
+    struct OnlySource {
+        #[allow(dead_code)]
+        source: SourceConfig,
+    }
+    #[derive(Deserialize)]
+    struct OnlySinks {
+        #[allow(dead_code)]
+        sinks: BTreeMap<String, SinkConfig>,
+    }
+    #[derive(Deserialize)]
+    struct OnlyRest {
+        #[serde(default)]
+        #[allow(dead_code)]
+        checkpoint: CheckpointConfig,
+        #[serde(default)]
+        #[allow(dead_code)]
+        batch: BatchConfig,
+        #[serde(default)]
+        #[allow(dead_code)]
+        dead_letter: DeadLetterConfig,
+    }
+    let mut errors = Vec::new();
+    let file = collect::<PipelineFile>(path, text, &mut errors);
+    if let (Some(file), true) = (file, errors.is_empty()) {
+        return Ok(file);
+    }
+    collect::<OnlySource>(path, text, &mut errors);
+    collect::<OnlySinks>(path, text, &mut errors);
+    collect::<OnlyRest>(path, text, &mut errors);
+    let mut seen = std::collections::HashSet::new();
+    errors.retain(|e| seen.insert((e.location, e.message.clone())));
+    Err(by_line(errors))
+}
+
+/// Read `text` as a `T`, blanking each line with a key error and reading again, and push every
+/// error found to `errors`. A syntax error, or an error that blanking caused, ends the search.
+fn collect<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    text: &str,
+    errors: &mut Vec<ConfigError>,
+) -> Option<T> {
+    const LINE_ERRORS: [&str; 4] = [
+        "unknown field",
+        "invalid type",
+        "unknown variant",
+        "invalid value",
+    ];
+    let mut work = text.to_string();
+    let mut found = 0;
+    loop {
+        let e = match toml::from_str::<T>(&work) {
+            Ok(value) => return (found == 0).then_some(value),
+            Err(e) => e,
+        };
+        let mut message = e.message().trim().to_string();
+        let per_line = LINE_ERRORS.iter().any(|k| message.starts_with(k));
+        if found > 0 && !per_line {
+            return None;
+        }
+        let start = e.span().map(|span| precise_start(&work, span.start, &message));
+        if message.starts_with("missing field `sinks`") {
+            message.push_str("; add at least one sink, e.g. [sinks.archive] type = \"file\"");
+        }
+        errors.push(ConfigError {
+            file: path.to_path_buf(),
+            location: start.map(|s| line_col(&work, s)),
+            message,
+        });
+        found += 1;
+        let start = start.filter(|_| per_line && found < 50)?;
+        let line_start = work[..start].rfind('\n').map_or(0, |i| i + 1);
+        let line_end = work[start..].find('\n').map_or(work.len(), |i| start + i);
+        if work[line_start..line_end].trim_start().starts_with('[') {
+            // A table header: blanking it would move its keys elsewhere.
+            return None;
+        }
+        work.replace_range(line_start..line_end, "");
+    }
+}
+
+fn by_line(mut errors: Vec<ConfigError>) -> Vec<ConfigError> {
+    errors.sort_by_key(|e| e.location);
+    errors
+}
+
 /// serde reports an unknown field inside a sink table at the table's span; point at the key's own
 /// line instead when it can be found there.
 fn precise_start(text: &str, start: usize, message: &str) -> usize {
-    let Some(name) = message
-        .strip_prefix("unknown field `")
-        .and_then(|rest| rest.split('`').next())
-    else {
-        return start;
+    let token = |prefix: &str| {
+        message
+            .strip_prefix(prefix)
+            .and_then(|rest| rest.split('`').next())
+            .map(str::to_string)
+    };
+    // An unknown key is found by its name before `=`, an unknown variant by its quoted value.
+    let (key, value) = match (token("unknown field `"), token("unknown variant `")) {
+        (Some(k), _) => (Some(k), None),
+        (None, Some(v)) => (None, Some(format!("\"{v}\""))),
+        (None, None) => return start,
     };
     // The span may cover only the table header: look from it to the next header.
     let region = &text[start.min(text.len())..];
@@ -330,9 +427,17 @@ fn precise_start(text: &str, start: usize, message: &str) -> usize {
         if i > 0 && trimmed.starts_with('[') {
             break;
         }
-        if let Some(rest) = trimmed.strip_prefix(name) {
-            if rest.trim_start().starts_with('=') {
-                return offset + (line.len() - trimmed.len());
+        let indent = line.len() - trimmed.len();
+        if let Some(key) = &key {
+            if let Some(rest) = trimmed.strip_prefix(key.as_str()) {
+                if rest.trim_start().starts_with('=') {
+                    return offset + indent;
+                }
+            }
+        }
+        if let Some(value) = &value {
+            if i > 0 && trimmed.contains(value.as_str()) {
+                return offset + indent;
             }
         }
         offset += line.len();
@@ -398,22 +503,9 @@ pub fn parse(path: &Path, text: &str, mode: LoadMode) -> Result<Pipeline, Config
             message,
         });
     };
-    let file: PipelineFile = match toml::from_str(text) {
+    let file = match deserialize(path, text) {
         Ok(f) => f,
-        Err(e) => {
-            let mut message = e.message().trim().to_string();
-            let location = e
-                .span()
-                .map(|span| line_col(text, precise_start(text, span.start, &message)));
-            if message.starts_with("missing field `sinks`") {
-                message.push_str("; add at least one sink, e.g. [sinks.archive] type = \"file\"");
-            }
-            return Err(ConfigErrors(vec![ConfigError {
-                file: path.to_path_buf(),
-                location,
-                message,
-            }]));
-        }
+        Err(errors) => return Err(ConfigErrors(errors)),
     };
 
     let name = match &file.name {
@@ -695,6 +787,61 @@ compression = "zstd"
         assert!(
             shown.starts_with("p.toml:6:1: unknown field `transprot`"),
             "{shown}"
+        );
+    }
+
+    #[test]
+    fn errors_in_one_section_do_not_hide_another_sections() {
+        let text = GOOD
+            .replace(
+                "transport = \"poll\"",
+                "transprot = \"poll\"\npoll_interval_ms = \"fast\"",
+            )
+            .replace("path = \"archive/", "pth = \"archive/");
+        let e = parse(Path::new("p.toml"), &text, LoadMode::Validate).unwrap_err();
+        let lines: Vec<String> = e.0.iter().map(|e| e.to_string()).collect();
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with("p.toml:6:1: unknown field `transprot`")),
+            "{lines:#?}"
+        );
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with("p.toml:7:") && l.contains("invalid type")),
+            "{lines:#?}"
+        );
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with("p.toml:15:1: unknown field `pth`")),
+            "{lines:#?}"
+        );
+    }
+
+    #[test]
+    fn every_bad_key_of_a_file_is_listed() {
+        let text = GOOD
+            .replace("transport = \"poll\"", "transprot = \"poll\"")
+            .replace(
+                "compression = \"zstd\"",
+                "compression = \"brotli\"\nrotate_max_byte = 5",
+            );
+        let e = parse(Path::new("p.toml"), &text, LoadMode::Validate).unwrap_err();
+        let lines: Vec<String> = e.0.iter().map(|e| e.to_string()).collect();
+        assert_eq!(lines.len(), 3, "{lines:#?}");
+        assert!(
+            lines[0].starts_with("p.toml:6:1: unknown field `transprot`"),
+            "{lines:#?}"
+        );
+        assert!(
+            lines[1].starts_with("p.toml:15:1: unknown variant `brotli`"),
+            "{lines:#?}"
+        );
+        assert!(
+            lines[2].starts_with("p.toml:16:1: unknown field `rotate_max_byte`"),
+            "{lines:#?}"
         );
     }
 
