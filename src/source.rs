@@ -11,7 +11,7 @@ use futures_util::StreamExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::client::{ActiveTransport, Client, Error, Filters, StartAt, TailOptions};
+use crate::client::{ActiveTransport, AuditEvent, Client, Error, Filters, StartAt, Tail, TailOptions};
 
 /// What a source sends to the pipeline.
 #[derive(Debug)]
@@ -84,34 +84,27 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> SourceReport {
     let audit = client.sandbox(&*resource_id).audit();
-    let mut tail = None;
-    let mut stream: BoxStream<'static, Result<crate::client::AuditEvent, Error>> = match kind {
-        SourceKind::Live(options) => {
-            let t = audit.tail(options);
-            let status = TailStatus(std::sync::Arc::new(std::sync::Mutex::new(None)));
-            tail = Some(status.clone());
-            // Keep a way to read the tail's transport after it moves into the stream.
-            Box::pin(StatusStream { inner: t, status })
-        }
+    let mut input = match kind {
+        SourceKind::Live(options) => Input::Live(audit.tail(options)),
         SourceKind::Window {
             start,
             until,
             page_limit,
-        } => Box::pin(audit.list_from(
+        } => Input::Window(Box::pin(audit.list_from(
             Filters {
                 until,
                 ..Default::default()
             },
             start,
             page_limit,
-        )),
+        ))),
     };
     let mut seq: u64 = 0;
     let end = loop {
         let item = tokio::select! {
             biased;
             _ = shutdown.cancelled() => break SourceEnd::Stopped,
-            item = stream.next() => item,
+            item = input.next() => item,
         };
         let msg = match item {
             None => break SourceEnd::Finished,
@@ -151,36 +144,32 @@ pub async fn run(
             break SourceEnd::Stopped;
         }
     };
-    drop(stream);
     SourceReport {
-        transport: tail.and_then(|t| *t.0.lock().unwrap_or_else(|e| e.into_inner())),
+        transport: input.transport(),
         resource_id,
         end,
         events: seq,
     }
 }
 
-#[derive(Clone)]
-struct TailStatus(std::sync::Arc<std::sync::Mutex<Option<ActiveTransport>>>);
-
-/// Wraps a `Tail` and records its transport as items pass, so the report can say which
-/// transport a sandbox ended on.
-struct StatusStream {
-    inner: crate::client::Tail,
-    status: TailStatus,
+/// A live tail or a window's listing.
+enum Input {
+    Live(Tail),
+    Window(BoxStream<'static, Result<AuditEvent, Error>>),
 }
 
-impl futures_util::Stream for StatusStream {
-    type Item = Result<crate::client::AuditEvent, Error>;
-
-    fn poll_next(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Self::Item>> {
-        let t = self.inner.transport();
-        if let Ok(mut s) = self.status.0.lock() {
-            *s = Some(t);
+impl Input {
+    async fn next(&mut self) -> Option<Result<AuditEvent, Error>> {
+        match self {
+            Input::Live(tail) => tail.next().await,
+            Input::Window(stream) => stream.next().await,
         }
-        std::pin::Pin::new(&mut self.inner).poll_next(cx)
+    }
+
+    fn transport(&self) -> Option<ActiveTransport> {
+        match self {
+            Input::Live(tail) => Some(tail.transport()),
+            Input::Window(_) => None,
+        }
     }
 }
