@@ -352,6 +352,7 @@ pub async fn run(p: &Pipeline, opts: RunOptions) -> Result<RunReport, PipelineEr
         .iter()
         .map(|(k, c)| (k.clone(), c.events_shipped))
         .collect();
+    let uncommitted = Arc::new(tokio::sync::Semaphore::new(MAX_UNCOMMITTED_BATCHES));
     let batcher = Batcher {
         sinks: sink_txs,
         ck: ck_tx.clone(),
@@ -360,6 +361,7 @@ pub async fn run(p: &Pipeline, opts: RunOptions) -> Result<RunReport, PipelineEr
         events: Vec::with_capacity(p.batch_max_events.min(65_536)),
         touched: Vec::new(),
         progress: opts.progress.clone(),
+        uncommitted: uncommitted.clone(),
     };
     let batcher = tokio::spawn(batcher.run(src_rx, dl_tx, p.batch_max_events, p.batch_timeout));
     drop(ck_tx);
@@ -372,6 +374,7 @@ pub async fn run(p: &Pipeline, opts: RunOptions) -> Result<RunReport, PipelineEr
         p.commit_interval,
         opts.progress.clone(),
         fatal_tx.clone(),
+        uncommitted,
     ));
 
     let mut sources = JoinSet::new();
@@ -538,6 +541,9 @@ struct Batcher {
     /// Sandboxes with an event in the open batch.
     touched: Vec<Arc<str>>,
     progress: Arc<Progress>,
+    /// One permit per batch not yet committed: if commits stall (a locked database), the batcher
+    /// waits, and the stall reaches the sources, instead of queueing positions without bound.
+    uncommitted: Arc<tokio::sync::Semaphore>,
 }
 
 impl Batcher {
@@ -556,6 +562,11 @@ impl Batcher {
     async fn close(&mut self) -> bool {
         if self.events.is_empty() {
             return true;
+        }
+        match self.uncommitted.acquire().await {
+            // The checkpointer hands the permit back when the batch commits.
+            Ok(permit) => permit.forget(),
+            Err(_closed) => return false,
         }
         self.number += 1;
         let number = self.number;
@@ -639,6 +650,9 @@ impl Batcher {
         }
     }
 }
+
+/// Most batches in flight between the batcher and a commit.
+const MAX_UNCOMMITTED_BATCHES: usize = 4096;
 
 /// Most batches one flush covers: bounds memory held for a retry.
 const MAX_UNFLUSHED_BATCHES: usize = 64;
@@ -754,6 +768,7 @@ async fn checkpointer_task(
     interval: Duration,
     progress: Arc<Progress>,
     fatal: mpsc::UnboundedSender<PipelineError>,
+    uncommitted: Arc<tokio::sync::Semaphore>,
 ) {
     let sink_count = sink_names.len();
     let mut pending: VecDeque<(u64, Vec<Checkpoint>, u64)> = VecDeque::new();
@@ -836,6 +851,7 @@ async fn checkpointer_task(
                 Ok(()) => {
                     failures = 0;
                     pending.drain(..taken);
+                    uncommitted.add_permits(taken);
                     for (i, q) in states.iter_mut().enumerate() {
                         q.drain(..state_taken[i]);
                     }
