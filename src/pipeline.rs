@@ -20,7 +20,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::OpenOptions;
 use std::io::Write as _;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -314,7 +314,7 @@ pub async fn run(p: &Pipeline, opts: RunOptions) -> Result<RunReport, PipelineEr
     let (fatal_tx, mut fatal_rx) = mpsc::unbounded_channel::<PipelineError>();
     let (ck_tx, ck_rx) = mpsc::unbounded_channel::<CkMsg>();
     let (src_tx, src_rx) = mpsc::channel::<SourceMsg>(8_192);
-    let (dl_tx, dl_rx) = mpsc::unbounded_channel::<DeadLetter>();
+    let (dl_tx, dl_rx) = mpsc::channel::<DeadLetter>(1_024);
     // Sinks stop retrying on this token; sources stop on `sources_stop`.
     let abandon = CancellationToken::new();
     let sources_stop = CancellationToken::new();
@@ -610,7 +610,7 @@ impl Batcher {
     async fn run(
         mut self,
         mut rx: mpsc::Receiver<SourceMsg>,
-        dead_letters: mpsc::UnboundedSender<DeadLetter>,
+        dead_letters: mpsc::Sender<DeadLetter>,
         max_events: usize,
         timeout: Duration,
     ) {
@@ -640,7 +640,8 @@ impl Batcher {
                     }
                 }
                 Some(SourceMsg::DeadLetter(d)) => {
-                    let _ = dead_letters.send(d);
+                    // Bounded: a flood of garbage slows the sources rather than memory growing.
+                    let _ = dead_letters.send(d).await;
                 }
                 None => {
                     self.close().await;
@@ -896,44 +897,56 @@ async fn dead_letter_task(
     path: PathBuf,
     pipeline: String,
     key: ApiKey,
-    mut rx: mpsc::UnboundedReceiver<DeadLetter>,
+    mut rx: mpsc::Receiver<DeadLetter>,
     progress: Arc<Progress>,
 ) {
-    while let Some(d) = rx.recv().await {
-        let raw = d.raw.as_ref().map(|r| key.redact(&String::from_utf8_lossy(r)));
-        let line = serde_json::json!({
-            "time": format_time(chrono::Utc::now().timestamp_micros()),
-            "pipeline": pipeline,
-            "resource_id": &*d.resource_id,
-            "reason": key.redact(&d.reason),
-            "raw": raw,
-        })
-        .to_string();
+    // Every dead letter queued at once is written with one fsync.
+    let mut queued: Vec<DeadLetter> = Vec::new();
+    while rx.recv_many(&mut queued, 1_024).await > 0 {
+        let now = format_time(chrono::Utc::now().timestamp_micros());
+        let mut text = String::new();
+        for d in &queued {
+            let raw = d.raw.as_ref().map(|r| key.redact(&String::from_utf8_lossy(r)));
+            let line = serde_json::json!({
+                "time": now,
+                "pipeline": pipeline,
+                "resource_id": &*d.resource_id,
+                "reason": key.redact(&d.reason),
+                "raw": raw,
+            });
+            text.push_str(&line.to_string());
+            text.push('\n');
+        }
         let p = path.clone();
         let written = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
             if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::create_dir_all(dir)?;
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o750)
+                    .create(dir)?;
             }
             let mut f = OpenOptions::new()
                 .create(true)
                 .append(true)
                 .mode(0o640)
                 .open(&p)?;
-            f.write_all(line.as_bytes())?;
-            f.write_all(b"\n")?;
+            f.write_all(text.as_bytes())?;
             f.sync_data()
         })
         .await;
-        progress.dead_lettered.fetch_add(1, Ordering::Relaxed);
-        crate::metrics::DEAD_LETTERED.inc();
-        match written {
-            Ok(Ok(())) => {
-                tracing::warn!(resource_id = %d.resource_id, reason = %key.redact(&d.reason), file = %path.display(), "payload is not an event; dead-lettered")
+        let count = queued.len() as u64;
+        progress.dead_lettered.fetch_add(count, Ordering::Relaxed);
+        crate::metrics::DEAD_LETTERED.add(count);
+        for d in queued.drain(..) {
+            match &written {
+                Ok(Ok(())) => {
+                    tracing::warn!(resource_id = %d.resource_id, reason = %key.redact(&d.reason), file = %path.display(), "payload is not an event; dead-lettered")
+                }
+                Ok(Err(e)) => {
+                    tracing::error!(resource_id = %d.resource_id, error = %e, file = %path.display(), "could not write a dead letter")
+                }
+                Err(e) => tracing::error!(error = %e, "dead-letter writer failed"),
             }
-            Ok(Err(e)) => {
-                tracing::error!(resource_id = %d.resource_id, error = %e, file = %path.display(), "could not write a dead letter")
-            }
-            Err(e) => tracing::error!(error = %e, "dead-letter writer failed"),
         }
     }
 }
