@@ -1,4 +1,4 @@
-//! The Miosa egress-audit client: `list`, `get` and `tail` (a [`Stream`](futures_util::Stream)),
+//! The Miosa egress-audit client: `list`, `get` and `tail` (a [`Stream`]),
 //! in the shape of the official SDK's `Miosa.Sandboxes.Audit`.
 //!
 //! ```no_run
