@@ -54,6 +54,18 @@ pub enum TimeFormat {
     MillisOffset,
 }
 
+impl ListShape {
+    /// Every single shape (all but `Mixed`).
+    pub const EVERY: [ListShape; 6] = [
+        ListShape::Bare,
+        ListShape::Data,
+        ListShape::Events,
+        ListShape::Audit,
+        ListShape::Items,
+        ListShape::Cursor,
+    ];
+}
+
 /// Simulator knobs.
 #[derive(Clone, Debug)]
 pub struct SimConfig {
@@ -605,15 +617,8 @@ async fn list_handler(
     );
     let shape = match state.config.list_shape {
         ListShape::Mixed => {
-            const ALL: [ListShape; 6] = [
-                ListShape::Bare,
-                ListShape::Data,
-                ListShape::Events,
-                ListShape::Audit,
-                ListShape::Items,
-                ListShape::Cursor,
-            ];
-            ALL[(state.requests.load(Ordering::Relaxed) % 6) as usize]
+            let all = ListShape::EVERY;
+            all[(state.requests.load(Ordering::Relaxed) % all.len() as u64) as usize]
         }
         s => s,
     };

@@ -122,14 +122,7 @@ async fn a_server_that_starts_delivering_late_leaves_no_gap() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn timestamp_ties_across_page_boundaries_in_every_list_shape() {
-    for shape in [
-        ListShape::Bare,
-        ListShape::Data,
-        ListShape::Events,
-        ListShape::Audit,
-        ListShape::Items,
-        ListShape::Cursor,
-    ] {
+    for shape in ListShape::EVERY {
         let ids = ["sb-ties"];
         let sim = sim(
             &ids,
