@@ -182,6 +182,14 @@ struct SimArgs {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format, &cli.log_level);
+    // One socket per sandbox (plus archive files): the usual soft limit of 1024 descriptors
+    // would push a large fleet onto the polling fallback. Raise it to the hard limit.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => tracing::debug!(open_files_limit = n, "raised the open-files limit"),
+        Err(e) => {
+            tracing::warn!(error = %e, "could not raise the open-files limit; large fleets may fall back to polling")
+        }
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
