@@ -138,8 +138,9 @@ struct Inner {
     template: PathTemplate,
     pipeline: String,
     slots: HashMap<String, Slot>,
-    /// Committed lengths from the last run, by relative path.
-    recovered: HashMap<String, u64>,
+    /// The durable length of every file this sink tracks, by path: committed lengths from the
+    /// last run, registrations, and every flush since.
+    known: HashMap<String, u64>,
     /// Cache of rendered template paths, by (sandbox, day number).
     rendered: HashMap<(Arc<str>, i64), Arc<str>>,
     clock: u64,
@@ -166,7 +167,7 @@ impl FileSink {
                 template,
                 pipeline: ctx.pipeline.clone(),
                 slots: HashMap::new(),
-                recovered,
+                known: recovered,
                 rendered: HashMap::new(),
                 clock: 0,
             }),
@@ -358,7 +359,6 @@ impl Inner {
                 continue;
             };
             file.write_all(&encoded)
-                .and_then(|_| file.sync_data())
                 .map_err(|e| SinkError::io(format!("writing {}", slot.path), e))?;
             if slot.new_file {
                 if let Some(dir) = Path::new(&slot.path).parent() {
@@ -367,18 +367,29 @@ impl Inner {
             }
             new_lens.push((key, slot.durable_len + encoded.len() as u64));
         }
+        // Then make it all durable: every written file, and the directory of every new one.
+        let mut to_sync: Vec<(&File, &str, bool)> = new_lens
+            .iter()
+            .filter_map(|(key, _)| self.slots.get(key))
+            .filter_map(|slot| slot.file.as_ref().map(|f| (f, slot.path.as_str(), false)))
+            .collect();
+        let mut dirs: Vec<File> = Vec::new();
         dirs_to_sync.sort();
         dirs_to_sync.dedup();
-        for dir in dirs_to_sync {
+        for dir in &dirs_to_sync {
             let dir = if dir.as_os_str().is_empty() {
-                PathBuf::from(".")
+                Path::new(".")
             } else {
-                dir
+                dir.as_path()
             };
-            File::open(&dir)
-                .and_then(|d| d.sync_all())
-                .map_err(|e| SinkError::io(format!("syncing directory {}", dir.display()), e))?;
+            dirs.push(
+                File::open(dir)
+                    .map_err(|e| SinkError::io(format!("opening directory {}", dir.display()), e))?,
+            );
         }
+        // A directory's entries need a full fsync.
+        to_sync.extend(dirs.iter().map(|d| (d, "a directory", true)));
+        sync_all_parallel(&to_sync)?;
         // Everything is durable: now, and only now, move the lengths.
         let mut entries = Vec::with_capacity(new_lens.len());
         for (key, len) in new_lens {
@@ -386,6 +397,9 @@ impl Inner {
                 slot.durable_len = len;
                 slot.pending.clear();
                 slot.new_file = false;
+                // `known` must always hold the true durable length: a slot forgotten by
+                // `close_idle` and made again later starts from it.
+                self.known.insert(slot.path.clone(), len);
                 entries.push(StateEntry {
                     key: slot.path.clone(),
                     value: i64::try_from(len).unwrap_or(i64::MAX),
@@ -443,6 +457,40 @@ impl Inner {
         }
         Ok(())
     }
+}
+
+/// fsync every file, several at a time. With a file per sandbox a flush can touch thousands of
+/// files; one after the other, each waits for its own journal commit, while concurrent fsyncs
+/// share commits (ext4, xfs). Measured on this project's 2-core VM with 2,000 files per flush:
+/// see the closing note of the change that added this.
+fn sync_all_parallel(files: &[(&File, &str, bool)]) -> Result<(), SinkError> {
+    const THREADS: usize = 16;
+    let sync = |(f, what, full): &(&File, &str, bool)| {
+        let r = if *full { f.sync_all() } else { f.sync_data() };
+        r.map_err(|e| SinkError::io(format!("syncing {what}"), e))
+    };
+    if files.len() <= 2 {
+        return files.iter().try_for_each(sync);
+    }
+    let chunk = files.len().div_ceil(THREADS);
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = files
+            .chunks(chunk)
+            .map(|part| scope.spawn(move || part.iter().try_for_each(sync)))
+            .collect();
+        for worker in workers {
+            match worker.join() {
+                Ok(result) => result?,
+                Err(_) => {
+                    return Err(SinkError::Remote {
+                        message: "an fsync thread panicked".into(),
+                        retryable: true,
+                    })
+                }
+            }
+        }
+        Ok(())
+    })
 }
 
 /// Open `path` for appending at `expected_len`, creating it (and its directories) if needed.
@@ -505,10 +553,10 @@ impl Sink for FileSink {
                 if needs_slot {
                     let generation = match inner.slots.get(&*rendered) {
                         Some(slot) => slot.generation + 1,
-                        None => starting_generation(&inner.recovered, &rendered),
+                        None => starting_generation(&inner.known, &rendered),
                     };
                     let path = generation_path(&rendered, generation);
-                    let durable_len = match inner.recovered.get(&path) {
+                    let durable_len = match inner.known.get(&path) {
                         Some(len) => *len,
                         None => {
                             // A file that exists but was never registered was not written by
@@ -521,7 +569,7 @@ impl Sink for FileSink {
                                 key: path.clone(),
                                 value: i64::try_from(existing).unwrap_or(i64::MAX),
                             });
-                            inner.recovered.insert(path.clone(), existing);
+                            inner.known.insert(path.clone(), existing);
                             existing
                         }
                     };

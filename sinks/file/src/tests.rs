@@ -292,3 +292,26 @@ async fn idle_and_missing_files_are_forgotten_and_taken_as_they_are_if_written_a
     sink.flush().await.unwrap();
     assert_eq!(std::fs::read_to_string(path("old")).unwrap().lines().count(), 3);
 }
+
+/// Regression: with more active files than `max_open_files * 4`, closed slots are dropped; a
+/// dropped slot made again used to start from its length at registration (0) and truncate the
+/// file on the next flush.
+#[tokio::test]
+async fn many_more_files_than_may_stay_open_lose_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (c, _) = ctx(vec![]);
+    let mut sink = FileSink::open(config(dir.path(), |c| c.max_open_files = 2), c).unwrap();
+    let sandboxes: Vec<String> = (0..20).map(|i| format!("sb{i}")).collect();
+    for round in 0..4u64 {
+        for sb in &sandboxes {
+            sink.write(batch(round, sb, round * 10..round * 10 + 3))
+                .await
+                .unwrap();
+            sink.flush().await.unwrap();
+        }
+    }
+    for sb in &sandboxes {
+        let text = std::fs::read_to_string(dir.path().join(sb).join("2025-11-24.ndjson")).unwrap();
+        assert_eq!(text.lines().count(), 12, "{sb}");
+    }
+}
