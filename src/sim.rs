@@ -111,6 +111,9 @@ pub struct SimConfig {
     pub time_format: TimeFormat,
     /// Answer 400 to any request that carries a `cursor` (a server whose cursors expire).
     pub reject_cursors: bool,
+    /// Events buffered per sandbox for its sockets; a socket that falls further behind is
+    /// closed, as a real server drops a slow consumer. The buffer is allocated up front.
+    pub socket_buffer_events: usize,
     /// Ignore the list endpoint's `resource_id` filter: every page holds every sandbox's events.
     pub ignore_resource_filter: bool,
     /// Start delivering to a new socket only this long after the upgrade (events stored in
@@ -148,6 +151,7 @@ impl Default for SimConfig {
             reject_cursors: false,
             subscribe_delay_ms: 0,
             ignore_resource_filter: false,
+            socket_buffer_events: 4_096,
             lexicographic_since: false,
         }
     }
@@ -285,7 +289,7 @@ impl Simulator {
     pub async fn start(config: SimConfig) -> std::io::Result<Simulator> {
         let mut sandboxes = HashMap::new();
         for (i, id) in config.sandboxes.iter().enumerate() {
-            let (tx, _) = broadcast::channel(65_536);
+            let (tx, _) = broadcast::channel(config.socket_buffer_events.max(16));
             sandboxes.insert(
                 id.clone(),
                 Arc::new(SimSandbox {

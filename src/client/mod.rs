@@ -48,6 +48,9 @@ pub use tail::{ActiveTransport, Position, StartAt, Tail, TailOptions, Transport}
 /// The default API base URL.
 pub const DEFAULT_BASE_URL: &str = "https://api.miosa.ai/api/v1";
 
+/// Socket handshakes one client runs at once.
+const MAX_CONCURRENT_HANDSHAKES: usize = 64;
+
 /// The socket subprotocol the server must select.
 pub const SUBPROTOCOL: &str = "miosa-egress-audit-v1";
 
@@ -291,6 +294,8 @@ impl ClientBuilder {
                 self.user_agent
                     .unwrap_or_else(|| concat!("auditship/", env!("CARGO_PKG_VERSION")).to_string()),
             )
+            // Requests are paced by the rate limiter; a few idle connections serve them all.
+            .pool_max_idle_per_host(32)
             .build()
             .map_err(|e| Error::Config(format!("building the HTTP client: {e}")))?;
         let limiter = RateLimiter::shared(&key, self.requests_per_minute.unwrap_or(600));
@@ -303,6 +308,7 @@ impl ClientBuilder {
                 limiter,
                 retry: self.retry.unwrap_or_default(),
                 connect_timeout,
+                handshakes: tokio::sync::Semaphore::new(MAX_CONCURRENT_HANDSHAKES),
             }),
         })
     }
@@ -323,6 +329,8 @@ struct Inner {
     limiter: Arc<RateLimiter>,
     retry: RetryPolicy,
     connect_timeout: Duration,
+    /// Socket handshakes in progress at once, per client.
+    handshakes: tokio::sync::Semaphore,
 }
 
 /// A sandbox: anything that names one (`&str`, `String`).

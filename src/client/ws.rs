@@ -44,10 +44,16 @@ pub(crate) async fn connect(client: &Client, resource_id: &str) -> Result<Socket
     request
         .headers_mut()
         .insert("sec-websocket-protocol", HeaderValue::from_static(SUBPROTOCOL));
+    // A 16 KiB read buffer instead of tungstenite's 128 KiB: thousands of mostly idle sockets
+    // should not cost 128 KiB each; a busy socket just reads more often.
     let config = WebSocketConfig::default()
         .max_message_size(Some(MAX_FRAME_BYTES))
-        .max_frame_size(Some(MAX_FRAME_BYTES));
+        .max_frame_size(Some(MAX_FRAME_BYTES))
+        .read_buffer_size(16 * 1024);
     let timeout = client.inner.connect_timeout;
+    // Handshakes wait their turn (the 5 s timeout starts with it): a thousand sandboxes
+    // connecting at once would overflow a server's accept queue and all fall back to polling.
+    let _turn = client.inner.handshakes.acquire().await;
     let connecting = tokio_tungstenite::connect_async_with_config(request, Some(config), true);
     let (socket, response) = match tokio::time::timeout(timeout, connecting).await {
         Err(_) => {
