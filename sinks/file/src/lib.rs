@@ -334,48 +334,54 @@ impl Inner {
             .filter(|(_, s)| !s.pending.is_empty())
             .map(|(k, _)| k.clone())
             .collect();
-        for key in keys {
-            let encoded = {
-                let slot = &self.slots[&key];
-                self.encode(&slot.pending)
-                    .map_err(|e| SinkError::io(format!("compressing for {}", slot.path), e))?
-            };
-            let Some(slot) = self.slots.get_mut(&key) else {
-                continue;
-            };
-            if slot.file.is_none() {
-                let (file, created, len) = open_for_append(Path::new(&slot.path), slot.durable_len)?;
-                if len < slot.durable_len {
-                    // Moved away, compressed or truncated by someone else since we last wrote:
-                    // continue from what is there, so the committed length stays true.
-                    tracing::warn!(path = %slot.path, committed_bytes = slot.durable_len, actual_bytes = len, "archive file is shorter than committed (changed outside auditship); appending after its current end");
-                    slot.durable_len = len;
+        // In chunks of `max_open_files`: write and fsync a chunk, close what exceeds the limit,
+        // go on. A flush over thousands of files stays within the open-files limit.
+        for chunk in keys.chunks(self.config.max_open_files.max(1)) {
+            for key in chunk {
+                let encoded = {
+                    let slot = &self.slots[key];
+                    self.encode(&slot.pending)
+                        .map_err(|e| SinkError::io(format!("compressing for {}", slot.path), e))?
+                };
+                let Some(slot) = self.slots.get_mut(key) else {
+                    continue;
+                };
+                if slot.file.is_none() {
+                    let (file, created, len) = open_for_append(Path::new(&slot.path), slot.durable_len)?;
+                    if len < slot.durable_len {
+                        // Moved away, compressed or truncated by someone else since we last
+                        // wrote: continue from what is there, so the committed length stays true.
+                        tracing::warn!(path = %slot.path, committed_bytes = slot.durable_len, actual_bytes = len, "archive file is shorter than committed (changed outside auditship); appending after its current end");
+                        slot.durable_len = len;
+                    }
+                    slot.file = Some(file);
+                    slot.new_file = created;
+                    slot.opened_at = Instant::now();
                 }
-                slot.file = Some(file);
-                slot.new_file = created;
-                slot.opened_at = Instant::now();
-            }
-            let Some(file) = slot.file.as_mut() else {
-                continue;
-            };
-            file.write_all(&encoded)
-                .map_err(|e| SinkError::io(format!("writing {}", slot.path), e))?;
-            if slot.new_file {
-                if let Some(dir) = Path::new(&slot.path).parent() {
-                    dirs_to_sync.push(dir.to_path_buf());
+                let Some(file) = slot.file.as_mut() else {
+                    continue;
+                };
+                file.write_all(&encoded)
+                    .map_err(|e| SinkError::io(format!("writing {}", slot.path), e))?;
+                if slot.new_file {
+                    if let Some(dir) = Path::new(&slot.path).parent() {
+                        dirs_to_sync.push(dir.to_path_buf());
+                    }
                 }
+                new_lens.push((key.clone(), slot.durable_len + encoded.len() as u64));
             }
-            new_lens.push((key, slot.durable_len + encoded.len() as u64));
+            let to_sync: Vec<(&File, &str, bool)> = chunk
+                .iter()
+                .filter_map(|key| self.slots.get(key))
+                .filter_map(|slot| slot.file.as_ref().map(|f| (f, slot.path.as_str(), false)))
+                .collect();
+            sync_all_parallel(&to_sync)?;
+            self.close_idle();
         }
-        // Then make it all durable: every written file, and the directory of every new one.
-        let mut to_sync: Vec<(&File, &str, bool)> = new_lens
-            .iter()
-            .filter_map(|(key, _)| self.slots.get(key))
-            .filter_map(|slot| slot.file.as_ref().map(|f| (f, slot.path.as_str(), false)))
-            .collect();
-        let mut dirs: Vec<File> = Vec::new();
+        // New files' directory entries, with a full fsync of each directory.
         dirs_to_sync.sort();
         dirs_to_sync.dedup();
+        let mut dirs: Vec<File> = Vec::new();
         for dir in &dirs_to_sync {
             let dir = if dir.as_os_str().is_empty() {
                 Path::new(".")
@@ -387,9 +393,8 @@ impl Inner {
                     .map_err(|e| SinkError::io(format!("opening directory {}", dir.display()), e))?,
             );
         }
-        // A directory's entries need a full fsync.
-        to_sync.extend(dirs.iter().map(|d| (d, "a directory", true)));
-        sync_all_parallel(&to_sync)?;
+        let dirs: Vec<(&File, &str, bool)> = dirs.iter().map(|d| (d, "a directory", true)).collect();
+        sync_all_parallel(&dirs)?;
         // Everything is durable: now, and only now, move the lengths.
         let mut entries = Vec::with_capacity(new_lens.len());
         for (key, len) in new_lens {

@@ -315,3 +315,36 @@ async fn many_more_files_than_may_stay_open_lose_nothing() {
         assert_eq!(text.lines().count(), 12, "{sb}");
     }
 }
+
+#[tokio::test]
+async fn one_flush_over_more_files_than_may_be_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let (c, _) = ctx(vec![]);
+    let mut sink = FileSink::open(config(dir.path(), |c| c.max_open_files = 3), c).unwrap();
+    for round in 0..3u64 {
+        let events = (0..25u64)
+            .flat_map(|sb| (0..2).map(move |k| event(&format!("sb{sb}"), round * 10 + k)))
+            .collect();
+        sink.write(Arc::new(Batch {
+            number: round,
+            events,
+        }))
+        .await
+        .unwrap();
+        let state = sink.flush().await.unwrap();
+        assert_eq!(state.len(), 25, "every file's new length is reported");
+        let open = sink
+            .inner
+            .as_ref()
+            .unwrap()
+            .slots
+            .values()
+            .filter(|s| s.file.is_some())
+            .count();
+        assert!(open <= 3, "{open} files left open");
+    }
+    for sb in 0..25 {
+        let text = std::fs::read_to_string(dir.path().join(format!("sb{sb}/2025-11-24.ndjson"))).unwrap();
+        assert_eq!(text.lines().count(), 6, "sb{sb}");
+    }
+}
