@@ -348,19 +348,20 @@ async fn hostile_sandbox_ids_stay_inside_the_archive_directory() {
 async fn far_more_sandboxes_than_open_files_lose_nothing() {
     // Regression: files closed and forgotten to respect max_open_files were reopened at a stale
     // length and truncated.
-    let ids: Vec<String> = (0..12).map(|i| format!("sb-many-{i}")).collect();
+    // More than 64 × max_open_files sandboxes, so closed slots are forgotten and made again.
+    let ids: Vec<String> = (0..70).map(|i| format!("sb-many-{i}")).collect();
     let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
     let sim = sim(
         &refs,
         SimConfig {
-            backlog_per_sandbox: 20,
-            live_rate_per_sec: 50.0,
-            live_events_per_sandbox: Some(40),
+            backlog_per_sandbox: 10,
+            live_rate_per_sec: 20.0,
+            live_events_per_sandbox: Some(20),
             ..SimConfig::default()
         },
     )
     .await;
-    let ws = Workspace::new(&sim, &refs, "", "max_open_files = 2");
+    let ws = Workspace::new(&sim, &refs, "", "max_open_files = 1");
     ship(&ws, &sim, &refs).await;
     assert_exactly_once(&ws.archive_lines(), &sim_lines(&sim, &refs));
 }

@@ -444,10 +444,15 @@ impl Inner {
         for (_, key) in by_age.into_iter().take(open - self.config.max_open_files) {
             if let Some(slot) = self.slots.get_mut(&key) {
                 slot.file = None;
+                // A closed slot keeps no buffer: it costs a few dozen bytes, so many can stay
+                // and a busy fleet does not re-create (and stat) its slots on every batch.
+                if slot.pending.is_empty() {
+                    slot.pending = Vec::new();
+                }
             }
         }
         // Forget slots that are closed and idle so a long run does not grow without bound.
-        if self.slots.len() > self.config.max_open_files * 4 {
+        if self.slots.len() > self.config.max_open_files * 64 {
             self.slots
                 .retain(|_, s| s.file.is_some() || !s.pending.is_empty() || s.rotate);
         }

@@ -300,8 +300,9 @@ async fn idle_and_missing_files_are_forgotten_and_taken_as_they_are_if_written_a
 async fn many_more_files_than_may_stay_open_lose_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let (c, _) = ctx(vec![]);
-    let mut sink = FileSink::open(config(dir.path(), |c| c.max_open_files = 2), c).unwrap();
-    let sandboxes: Vec<String> = (0..20).map(|i| format!("sb{i}")).collect();
+    let mut sink = FileSink::open(config(dir.path(), |c| c.max_open_files = 1), c).unwrap();
+    // More than 64 × max_open_files sandboxes, so closed slots are forgotten and made again.
+    let sandboxes: Vec<String> = (0..80).map(|i| format!("sb{i}")).collect();
     for round in 0..4u64 {
         for sb in &sandboxes {
             sink.write(batch(round, sb, round * 10..round * 10 + 3))
