@@ -78,6 +78,15 @@ pub trait StateRegistry: Send + Sync {
     async fn forget(&self, keys: Vec<String>) -> Result<(), SinkError>;
 }
 
+/// Where a sink sends events it can never deliver (too large for a Kafka broker, say), so that
+/// they are kept, with the reason, instead of blocking the pipeline or being lost.
+#[async_trait]
+pub trait DeadLetters: Send + Sync {
+    /// Record `event` and `reason` in the pipeline's dead-letter file; returns once that record
+    /// is durable (fsync'd), so the sink may then count the event as handled.
+    async fn reject(&self, event: &Event, reason: &str) -> Result<(), SinkError>;
+}
+
 /// What a sink gets when it is built.
 #[derive(Clone)]
 pub struct SinkContext {
@@ -89,6 +98,8 @@ pub struct SinkContext {
     pub recovered: Vec<StateEntry>,
     /// Where to register state that must be durable before writing.
     pub registry: Arc<dyn StateRegistry>,
+    /// Where to send events this sink can never deliver.
+    pub dead_letters: Arc<dyn DeadLetters>,
 }
 
 /// A sink: takes batches, makes them durable on flush.
@@ -164,6 +175,73 @@ impl SinkError {
             context: context.into(),
             source,
         }
+    }
+}
+
+/// In-memory state registry and dead-letter box, for sink tests and tools that run a sink alone.
+pub mod testing {
+    use std::sync::{Arc, Mutex};
+
+    use async_trait::async_trait;
+
+    use crate::{DeadLetters, Event, SinkContext, SinkError, StateEntry, StateRegistry};
+
+    /// A [`StateRegistry`] that keeps its entries in memory.
+    #[derive(Debug, Default)]
+    pub struct MemRegistry(pub Mutex<Vec<StateEntry>>);
+
+    #[async_trait]
+    impl StateRegistry for MemRegistry {
+        async fn register(&self, entry: StateEntry) -> Result<(), SinkError> {
+            let mut entries = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            if !entries.iter().any(|e| e.key == entry.key) {
+                entries.push(entry);
+            }
+            Ok(())
+        }
+
+        async fn forget(&self, keys: Vec<String>) -> Result<(), SinkError> {
+            self.0
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .retain(|e| !keys.contains(&e.key));
+            Ok(())
+        }
+    }
+
+    /// A [`DeadLetters`] box that keeps `(event id, reason)` in memory.
+    #[derive(Debug, Default)]
+    pub struct MemDeadLetters(pub Mutex<Vec<(String, String)>>);
+
+    #[async_trait]
+    impl DeadLetters for MemDeadLetters {
+        async fn reject(&self, event: &Event, reason: &str) -> Result<(), SinkError> {
+            self.0
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push((event.id.to_string(), reason.to_string()));
+            Ok(())
+        }
+    }
+
+    /// A context for sink `sink` of pipeline `p`, with in-memory registry and dead letters.
+    pub fn context(
+        sink: &str,
+        recovered: Vec<StateEntry>,
+    ) -> (SinkContext, Arc<MemRegistry>, Arc<MemDeadLetters>) {
+        let registry = Arc::new(MemRegistry::default());
+        let dead = Arc::new(MemDeadLetters::default());
+        (
+            SinkContext {
+                pipeline: "p".into(),
+                sink: sink.into(),
+                recovered,
+                registry: registry.clone(),
+                dead_letters: dead.clone(),
+            },
+            registry,
+            dead,
+        )
     }
 }
 

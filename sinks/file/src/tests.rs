@@ -1,37 +1,12 @@
+use auditship_sink::testing::MemRegistry;
+use auditship_sink::Event;
 use std::io::Read as _;
-use std::sync::Mutex;
-
-use auditship_sink::{Event, StateRegistry};
 
 use super::*;
 
-#[derive(Default)]
-struct MemRegistry(Mutex<Vec<StateEntry>>);
-
-#[async_trait]
-impl StateRegistry for MemRegistry {
-    async fn register(&self, entry: StateEntry) -> Result<(), SinkError> {
-        self.0.lock().unwrap().push(entry);
-        Ok(())
-    }
-
-    async fn forget(&self, keys: Vec<String>) -> Result<(), SinkError> {
-        self.0.lock().unwrap().retain(|e| !keys.contains(&e.key));
-        Ok(())
-    }
-}
-
 fn ctx(recovered: Vec<StateEntry>) -> (SinkContext, Arc<MemRegistry>) {
-    let registry = Arc::new(MemRegistry::default());
-    (
-        SinkContext {
-            pipeline: "p".into(),
-            sink: "archive".into(),
-            recovered,
-            registry: registry.clone(),
-        },
-        registry,
-    )
+    let (ctx, registry, _) = auditship_sink::testing::context("archive", recovered);
+    (ctx, registry)
 }
 
 fn event(rid: &str, n: u64) -> Event {

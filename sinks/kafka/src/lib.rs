@@ -1,0 +1,868 @@
+//! auditship's Kafka sink: every event as one Kafka message, exactly as received.
+//!
+//! # Delivery
+//! The producer is idempotent with `acks=all` (librdkafka's defaults for both are overridden),
+//! so the broker de-duplicates its own retries and keeps each partition in send order. Messages
+//! are keyed by the sandbox id by default, so one sandbox's events share a partition and keep
+//! their order in the topic. [`Sink::flush`] returns only when every message written since the
+//! last flush has a successful delivery report; only then may the pipeline's checkpoint pass
+//! those events.
+//!
+//! # When brokers are away
+//! librdkafka is told to retry without a deadline (`message.timeout.ms = 0`), so a broker that is
+//! down or unreachable holds the flush, the checkpoint and (through the pipeline's bounded
+//! queues) the sources, with one warning every 30 s saying what is waited for. When the brokers
+//! return, delivery resumes by itself. When deliveries make no progress for `stall_timeout_ms`
+//! although a broker answers (a broker that restarted without its state refuses the producer's
+//! id forever), the producer is rebuilt and every undelivered message is sent again, in order.
+//!
+//! # Events the broker can never take
+//! An event larger than the producer's or the broker's message size limit, or one whose templated
+//! topic is not a valid topic name, goes to the pipeline's dead-letter file with the reason, and
+//! counts as handled.
+//!
+//! # After a crash
+//! Messages delivered after the last committed checkpoint are sent again on restart: the bound
+//! is what the pipeline wrote in one `commit_interval_ms` plus its queued batches. Each message
+//! carries the event id in its `event_id` header, so consumers can de-duplicate.
+
+mod fields;
+pub mod testing;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use auditship_sink::{Batch, Event, Sink, SinkContext, SinkError, StateEntry};
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::ClientContext;
+use serde::Deserialize;
+
+pub use fields::{pick, Picked, TopicTemplate, MAX_TOPIC_LEN};
+
+/// Configuration of a `type = "kafka"` sink.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSinkConfig {
+    /// Bootstrap brokers, comma-separated `host:port` (librdkafka's `bootstrap.servers`).
+    pub brokers: String,
+    /// Topic template: literal topic characters plus `{resource_id}`, `{action}` and
+    /// `{pipeline}`; characters a topic cannot hold become `_`.
+    pub topic: String,
+    /// Top-level event field whose value is the message key. Default `resource_id` (the sandbox
+    /// id), which keeps each sandbox's events in one partition, in order. `""` sends no key.
+    #[serde(default = "default_key")]
+    pub key: String,
+    /// Compression of message batches: `none` (default), `gzip`, `snappy`, `lz4` or `zstd`.
+    #[serde(default)]
+    pub compression: Compression,
+    /// librdkafka settings passed through as they are (SASL, TLS, timeouts, `linger.ms`…).
+    /// Values may be strings, integers, floats or booleans.
+    #[serde(default)]
+    pub options: BTreeMap<String, OptionValue>,
+    /// Rebuild the producer when deliveries make no progress this long although messages wait.
+    #[serde(default = "default_stall_timeout_ms")]
+    pub stall_timeout_ms: u64,
+    /// How long the start-up check waits for the brokers' metadata.
+    #[serde(default = "default_healthcheck_timeout_ms")]
+    pub healthcheck_timeout_ms: u64,
+}
+
+fn default_key() -> String {
+    "resource_id".into()
+}
+
+/// 30 s: far above a healthy round trip, short enough that a restarted broker is noticed soon.
+fn default_stall_timeout_ms() -> u64 {
+    30_000
+}
+
+fn default_healthcheck_timeout_ms() -> u64 {
+    10_000
+}
+
+/// A librdkafka setting's value as written in TOML.
+#[derive(Clone, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum OptionValue {
+    /// A string, passed as it is.
+    Text(String),
+    /// An integer.
+    Integer(i64),
+    /// A float.
+    Float(f64),
+    /// A boolean (`true`/`false`).
+    Bool(bool),
+}
+
+impl fmt::Display for OptionValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            OptionValue::Text(s) => f.write_str(s),
+            OptionValue::Integer(i) => write!(f, "{i}"),
+            OptionValue::Float(x) => write!(f, "{x}"),
+            OptionValue::Bool(b) => write!(f, "{b}"),
+        }
+    }
+}
+
+/// Whether a librdkafka setting holds a secret, whose value must never be printed.
+pub fn is_secret_option(name: &str) -> bool {
+    let n = name.to_ascii_lowercase();
+    n.contains("password")
+        || n.contains("secret")
+        || n.ends_with(".pem")
+        || n.contains("jaas")
+        || n == "ssl.key.location"
+        || n.contains("token")
+}
+
+impl fmt::Debug for KafkaSinkConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let options: BTreeMap<&str, String> = self
+            .options
+            .iter()
+            .map(|(k, v)| {
+                let shown = if is_secret_option(k) {
+                    "***".to_string()
+                } else {
+                    v.to_string()
+                };
+                (k.as_str(), shown)
+            })
+            .collect();
+        f.debug_struct("KafkaSinkConfig")
+            .field("brokers", &self.brokers)
+            .field("topic", &self.topic)
+            .field("key", &self.key)
+            .field("compression", &self.compression)
+            .field("options", &options)
+            .field("stall_timeout_ms", &self.stall_timeout_ms)
+            .field("healthcheck_timeout_ms", &self.healthcheck_timeout_ms)
+            .finish()
+    }
+}
+
+/// Compression codec of message batches.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    /// No compression.
+    #[default]
+    None,
+    /// gzip.
+    Gzip,
+    /// Snappy.
+    Snappy,
+    /// LZ4.
+    Lz4,
+    /// Zstandard.
+    Zstd,
+}
+
+impl Compression {
+    fn as_str(self) -> &'static str {
+        match self {
+            Compression::None => "none",
+            Compression::Gzip => "gzip",
+            Compression::Snappy => "snappy",
+            Compression::Lz4 => "lz4",
+            Compression::Zstd => "zstd",
+        }
+    }
+}
+
+/// Settings the sink owns; setting them in `options` is refused, with what to use instead.
+const OWNED: &[(&str, &str)] = &[
+    ("bootstrap.servers", "brokers"),
+    ("metadata.broker.list", "brokers"),
+    ("compression.type", "compression"),
+    ("compression.codec", "compression"),
+];
+
+impl KafkaSinkConfig {
+    /// Check the configuration offline (no broker is contacted): the topic template, the key,
+    /// and every librdkafka option's name and value. Returns warnings on success.
+    pub fn validate(&self) -> Result<Vec<String>, String> {
+        if self.brokers.split(',').all(|b| b.trim().is_empty()) {
+            return Err("brokers is empty; list at least one, e.g. brokers = \"127.0.0.1:9092\"".into());
+        }
+        TopicTemplate::parse(&self.topic)?;
+        for (name, instead) in OWNED {
+            if self.options.contains_key(*name) {
+                return Err(format!(
+                    "options.\"{name}\" is set by the sink; use `{instead}` instead"
+                ));
+            }
+        }
+        if self.stall_timeout_ms < 1_000 {
+            return Err("stall_timeout_ms must be at least 1000".into());
+        }
+        self.client_config("validate")
+            .create_native_config()
+            .map_err(|e| format!("options: {}", self.scrub(&e.to_string())))?;
+        let mut warnings = Vec::new();
+        let get = |k: &str| self.options.get(k).map(|v| v.to_string().to_ascii_lowercase());
+        if get("enable.idempotence").is_some_and(|v| v == "false") {
+            warnings.push(
+                "options.\"enable.idempotence\" = false: broker retries may duplicate or reorder events"
+                    .into(),
+            );
+        }
+        if get("acks")
+            .or_else(|| get("request.required.acks"))
+            .is_some_and(|v| v != "all" && v != "-1")
+        {
+            warnings.push(
+                "options.acks is not \"all\": a broker failure can lose events the sink counted as delivered"
+                    .into(),
+            );
+        }
+        Ok(warnings)
+    }
+
+    /// The librdkafka configuration: the sink's safe defaults, then `options`, then the settings
+    /// the sink owns.
+    fn client_config(&self, client_id: &str) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("client.id", client_id)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            // Retry without a deadline: a checkpoint waits rather than an event being dropped.
+            .set("message.timeout.ms", "0")
+            // Bounds librdkafka's own queue; the pipeline's bounded queues push back behind it.
+            .set("queue.buffering.max.kbytes", "65536")
+            .set("linger.ms", "5")
+            .set_log_level(RDKafkaLogLevel::Warning);
+        for (k, v) in &self.options {
+            c.set(k, v.to_string());
+        }
+        c.set("bootstrap.servers", &self.brokers)
+            .set("compression.type", self.compression.as_str());
+        c
+    }
+
+    /// Remove secret option values from a message (librdkafka may quote a bad value).
+    fn scrub(&self, text: &str) -> String {
+        let mut out = text.to_string();
+        for (k, v) in &self.options {
+            let v = v.to_string();
+            if is_secret_option(k) && v.len() >= 3 {
+                out = out.replace(&v, "***");
+            }
+        }
+        out
+    }
+}
+
+/// What became of one message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    /// Not handed to the producer (yet, or again after a rebuild).
+    Unsent,
+    /// Handed to the producer; no report yet.
+    Pending,
+    /// The broker acknowledged it.
+    Delivered,
+    /// Failed with this code.
+    Failed(RDKafkaErrorCode),
+    /// Sent to the dead-letter file.
+    DeadLettered,
+}
+
+/// Delivery reports of the current producer, indexed by message slot.
+#[derive(Debug)]
+struct Track {
+    generation: u64,
+    outcomes: Vec<Outcome>,
+    unresolved: usize,
+    last_report: Instant,
+}
+
+struct Shared {
+    track: Mutex<Track>,
+    notify: tokio::sync::Notify,
+    /// The last error librdkafka reported about the cluster (for the periodic warning).
+    last_error: Mutex<Option<String>>,
+    sink: String,
+    /// Last time each librdkafka log facility was forwarded, to keep its repeats out of the log.
+    logged: Mutex<HashMap<String, Instant>>,
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Track> {
+        self.track.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn should_log(&self, what: &str) -> bool {
+        let mut logged = self.logged.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        match logged.get(what) {
+            Some(t) if now.duration_since(*t) < LOG_EVERY => false,
+            _ => {
+                logged.insert(what.to_string(), now);
+                true
+            }
+        }
+    }
+}
+
+/// How often a repeating condition is logged.
+const LOG_EVERY: Duration = Duration::from_secs(30);
+
+/// The producer's context: routes delivery reports into [`Track`] and librdkafka's logs into
+/// `tracing`, at most one line per facility every 30 s.
+struct Ctx {
+    shared: Arc<Shared>,
+    generation: u64,
+}
+
+impl ClientContext for Ctx {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        if !self.shared.should_log(fac) {
+            return;
+        }
+        let sink = &self.shared.sink;
+        match level {
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error
+            | RDKafkaLogLevel::Warning => {
+                tracing::warn!(sink = %sink, facility = fac, "librdkafka: {message}")
+            }
+            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+                tracing::info!(sink = %sink, facility = fac, "librdkafka: {message}")
+            }
+            RDKafkaLogLevel::Debug => tracing::debug!(sink = %sink, facility = fac, "librdkafka: {message}"),
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        let text = format!("{error}: {reason}");
+        if self.shared.should_log("error") {
+            tracing::warn!(sink = %self.shared.sink, "Kafka client: {text}");
+        }
+        *self.shared.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(text);
+    }
+}
+
+impl ProducerContext for Ctx {
+    type DeliveryOpaque = usize;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, slot: usize) {
+        let outcome = match result {
+            Ok(_) => Outcome::Delivered,
+            Err((e, _)) => Outcome::Failed(e.rdkafka_error_code().unwrap_or(RDKafkaErrorCode::Fail)),
+        };
+        let mut t = self.shared.lock();
+        if t.generation != self.generation {
+            return;
+        }
+        if let Some(o) = t.outcomes.get_mut(slot) {
+            if *o == Outcome::Pending {
+                *o = outcome;
+                t.unresolved = t.unresolved.saturating_sub(1);
+            }
+        }
+        t.last_report = Instant::now();
+        if t.unresolved == 0 {
+            self.shared.notify.notify_one();
+        }
+    }
+}
+
+/// One message written since the last flush.
+struct Msg {
+    event: Event,
+    topic: Result<Arc<str>, String>,
+}
+
+/// The Kafka sink. See the crate documentation for its guarantees.
+pub struct KafkaSink {
+    config: KafkaSinkConfig,
+    template: TopicTemplate,
+    ctx: SinkContext,
+    shared: Arc<Shared>,
+    producer: Option<Arc<ThreadedProducer<Ctx>>>,
+    generation: u64,
+    /// Messages since the last successful flush; the slot index is the delivery opaque.
+    msgs: Vec<Msg>,
+    /// First slot of each batch written since the last flush, by batch number, so a batch
+    /// written again after [`Sink::reset`] re-sends only what was not delivered.
+    batches: HashMap<u64, (usize, usize)>,
+    /// Interned topic names.
+    topics: HashMap<String, Arc<str>>,
+}
+
+impl KafkaSink {
+    /// Build the sink and its producer (no network traffic until [`Sink::prepare`]).
+    pub fn open(config: KafkaSinkConfig, ctx: SinkContext) -> Result<Self, SinkError> {
+        let warnings = config
+            .validate()
+            .map_err(|m| SinkError::Config(format!("sinks.{}: {m}", ctx.sink)))?;
+        for w in warnings {
+            tracing::warn!(sink = %ctx.sink, "{w}");
+        }
+        let template = TopicTemplate::parse(&config.topic).map_err(SinkError::Config)?;
+        let shared = Arc::new(Shared {
+            track: Mutex::new(Track {
+                generation: 0,
+                outcomes: Vec::new(),
+                unresolved: 0,
+                last_report: Instant::now(),
+            }),
+            notify: tokio::sync::Notify::new(),
+            last_error: Mutex::new(None),
+            sink: ctx.sink.clone(),
+            logged: Mutex::new(HashMap::new()),
+        });
+        let mut sink = KafkaSink {
+            config,
+            template,
+            ctx,
+            shared,
+            producer: None,
+            generation: 0,
+            msgs: Vec::new(),
+            batches: HashMap::new(),
+            topics: HashMap::new(),
+        };
+        sink.producer = Some(Arc::new(sink.new_producer()?));
+        Ok(sink)
+    }
+
+    fn new_producer(&self) -> Result<ThreadedProducer<Ctx>, SinkError> {
+        let client_id = format!("auditship-{}-{}", self.ctx.pipeline, self.ctx.sink);
+        let client_id: String = client_id
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        self.config
+            .client_config(&client_id)
+            .create_with_context(Ctx {
+                shared: self.shared.clone(),
+                generation: self.generation,
+            })
+            .map_err(|e| {
+                SinkError::Config(format!(
+                    "sinks.{}: cannot create the Kafka producer: {}",
+                    self.ctx.sink,
+                    self.config.scrub(&e.to_string())
+                ))
+            })
+    }
+
+    fn producer(&self) -> Result<&Arc<ThreadedProducer<Ctx>>, SinkError> {
+        self.producer
+            .as_ref()
+            .ok_or_else(|| SinkError::Config(format!("sinks.{}: the producer is closed", self.ctx.sink)))
+    }
+
+    fn topic_for(&mut self, e: &Event, action: Option<&str>) -> Result<Arc<str>, String> {
+        if let Some(t) = self.template.fixed() {
+            if let Some(a) = self.topics.get(t) {
+                return Ok(a.clone());
+            }
+            let a: Arc<str> = Arc::from(t);
+            self.topics.insert(t.to_string(), a.clone());
+            return Ok(a);
+        }
+        let name = self.template.render(&e.resource_id, action, &self.ctx.pipeline)?;
+        if let Some(a) = self.topics.get(&name) {
+            return Ok(a.clone());
+        }
+        // Interning keeps one allocation per topic; the map is bounded by the fleet's topics.
+        let a: Arc<str> = Arc::from(name.as_str());
+        self.topics.insert(name, a.clone());
+        Ok(a)
+    }
+
+    /// Hand slot `slot` to the producer, waiting while librdkafka's queue is full.
+    async fn send(&self, slot: usize) -> Result<(), SinkError> {
+        let msg = &self.msgs[slot];
+        let topic = match &msg.topic {
+            Ok(t) => t.clone(),
+            Err(_) => {
+                self.set_outcome(slot, Outcome::Failed(RDKafkaErrorCode::InvalidTopic));
+                return Ok(());
+            }
+        };
+        let e = &msg.event;
+        let key_field = match self.config.key.as_str() {
+            "" | "resource_id" => None,
+            other => Some(other),
+        };
+        let picked = pick(&e.raw, key_field).unwrap_or_default();
+        let key: Option<&[u8]> = match self.config.key.as_str() {
+            "" => None,
+            "resource_id" => Some(e.resource_id.as_bytes()),
+            _ => picked.key.as_deref().map(str::as_bytes),
+        };
+        let mut headers = OwnedHeaders::new_with_capacity(3)
+            .insert(Header {
+                key: "event_id",
+                value: Some(e.id.as_bytes()),
+            })
+            .insert(Header {
+                key: "resource_id",
+                value: Some(e.resource_id.as_bytes()),
+            });
+        if let Some(a) = picked.action.as_deref() {
+            headers = headers.insert(Header {
+                key: "action",
+                value: Some(a.as_bytes()),
+            });
+        }
+        let producer = self.producer()?.clone();
+        self.set_outcome(slot, Outcome::Pending);
+        let mut record: BaseRecord<'_, [u8], [u8], usize> = BaseRecord::with_opaque_to(&topic, slot)
+            .payload(&e.raw[..])
+            .headers(headers);
+        if let Some(k) = key {
+            record = record.key(k);
+        }
+        let mut waited = Instant::now();
+        loop {
+            match producer.send(record) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    record = back;
+                    if waited.elapsed() >= LOG_EVERY {
+                        tracing::warn!(sink = %self.ctx.sink, "Kafka producer queue is full; waiting for deliveries (are the brokers up?)");
+                        waited = Instant::now();
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Err((e, _)) => {
+                    let code = e.rdkafka_error_code().unwrap_or(RDKafkaErrorCode::Fail);
+                    self.set_outcome(slot, Outcome::Failed(code));
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    fn set_outcome(&self, slot: usize, outcome: Outcome) {
+        let mut t = self.shared.lock();
+        let Some(o) = t.outcomes.get_mut(slot) else { return };
+        let was_pending = *o == Outcome::Pending;
+        *o = outcome;
+        match (was_pending, outcome == Outcome::Pending) {
+            (false, true) => {
+                if t.unresolved == 0 {
+                    // The stall clock runs only while something is pending.
+                    t.last_report = Instant::now();
+                }
+                t.unresolved += 1
+            }
+            (true, false) => t.unresolved = t.unresolved.saturating_sub(1),
+            _ => {}
+        }
+    }
+
+    /// Drop the producer (purging what it still holds) and build a new one; every message not
+    /// yet delivered becomes unsent.
+    async fn rebuild(&mut self) -> Result<(), SinkError> {
+        if let Some(old) = self.producer.take() {
+            // Dropping purges and waits for the purge reports; that blocks, so off the runtime.
+            let _ = tokio::task::spawn_blocking(move || drop(old)).await;
+        }
+        self.generation += 1;
+        {
+            let mut t = self.shared.lock();
+            t.generation = self.generation;
+            for o in t.outcomes.iter_mut() {
+                if matches!(o, Outcome::Pending | Outcome::Failed(_)) {
+                    *o = Outcome::Unsent;
+                }
+            }
+            t.unresolved = 0;
+            t.last_report = Instant::now();
+        }
+        self.producer = Some(Arc::new(self.new_producer()?));
+        Ok(())
+    }
+
+    /// Send again every unsent slot, in slot order (which is per-sandbox order).
+    async fn resend_unsent(&mut self) -> Result<(), SinkError> {
+        let unsent: Vec<usize> = {
+            let t = self.shared.lock();
+            t.outcomes
+                .iter()
+                .enumerate()
+                .filter(|(_, o)| **o == Outcome::Unsent)
+                .map(|(i, _)| i)
+                .collect()
+        };
+        for slot in unsent {
+            self.send(slot).await?;
+        }
+        Ok(())
+    }
+
+    fn brokers_hint(&self) -> String {
+        let last = self
+            .shared
+            .last_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        match last {
+            Some(e) => format!(
+                "brokers {} (last error: {})",
+                self.config.brokers,
+                self.config.scrub(&e)
+            ),
+            None => format!("brokers {}", self.config.brokers),
+        }
+    }
+
+    /// Wait until no message is pending. Logs every 30 s while waiting, and rebuilds the producer
+    /// when reports stop coming for `stall_timeout_ms`.
+    async fn await_reports(&mut self) -> Result<(), SinkError> {
+        let started = Instant::now();
+        let mut warned = Instant::now();
+        let stall = Duration::from_millis(self.config.stall_timeout_ms);
+        loop {
+            let shared = self.shared.clone();
+            let notified = shared.notify.notified();
+            let (unresolved, last_report) = {
+                let t = self.shared.lock();
+                (t.unresolved, t.last_report)
+            };
+            if unresolved == 0 {
+                return Ok(());
+            }
+            if let Some((code, reason)) = self.producer()?.client().fatal_error() {
+                tracing::warn!(sink = %self.ctx.sink, error = %format!("{code:?}: {reason}"), "Kafka producer hit a fatal error; rebuilding it and sending the undelivered events again");
+                self.rebuild().await?;
+                self.resend_unsent().await?;
+                continue;
+            }
+            if last_report.elapsed() >= stall {
+                tracing::warn!(sink = %self.ctx.sink, undelivered = unresolved, stalled_s = last_report.elapsed().as_secs(), "no Kafka delivery report for {} s; rebuilding the producer and sending the undelivered events again ({})", stall.as_secs(), self.brokers_hint());
+                self.rebuild().await?;
+                self.resend_unsent().await?;
+                continue;
+            }
+            if warned.elapsed() >= LOG_EVERY {
+                tracing::warn!(sink = %self.ctx.sink, undelivered = unresolved, waiting_s = started.elapsed().as_secs(), "events await Kafka delivery; checkpoints wait and nothing is dropped ({})", self.brokers_hint());
+                warned = Instant::now();
+            }
+            let _ = tokio::time::timeout(Duration::from_secs(1), notified).await;
+        }
+    }
+}
+
+/// Whether a failed message is one the broker will never take, so it belongs in the
+/// dead-letter file rather than being sent again.
+fn undeliverable(code: RDKafkaErrorCode) -> Option<&'static str> {
+    use RDKafkaErrorCode as C;
+    match code {
+        C::MessageSizeTooLarge | C::InvalidMessageSize | C::MessageBatchTooLarge => Some(
+            "larger than the producer's or the broker's message size limit (raise options.\"message.max.bytes\" and the topic's max.message.bytes to ship it)",
+        ),
+        C::InvalidRecord | C::InvalidMessage => Some("the broker refused the record as invalid"),
+        C::InvalidTopic => Some("its topic is not a valid Kafka topic name"),
+        _ => None,
+    }
+}
+
+/// Errors no retry can fix: the pipeline stops and the message names the fix.
+fn permanent(code: RDKafkaErrorCode) -> Option<&'static str> {
+    use RDKafkaErrorCode as C;
+    match code {
+        C::TopicAuthorizationFailed | C::ClusterAuthorizationFailed => Some(
+            "the brokers refuse this client access to the topic; grant the principal in options.\"sasl.username\" WRITE (and IDEMPOTENT_WRITE) on it",
+        ),
+        C::SaslAuthenticationFailed | C::Authentication => {
+            Some("the brokers refused the credentials; check options.\"sasl.*\" and options.\"security.protocol\"")
+        }
+        C::UnsupportedVersion | C::UnsupportedCompressionType => Some(
+            "the brokers do not support what the producer sends; pick another `compression`, or set options.\"enable.idempotence\" = false for a broker older than 0.11",
+        ),
+        _ => None,
+    }
+}
+
+#[async_trait]
+impl Sink for KafkaSink {
+    async fn prepare(&mut self) -> Result<(), SinkError> {
+        let producer = self.producer()?.clone();
+        let timeout = Duration::from_millis(self.config.healthcheck_timeout_ms);
+        let topic = self.template.fixed().map(str::to_string);
+        let sink = self.ctx.sink.clone();
+        let brokers = self.config.brokers.clone();
+        let checked = tokio::task::spawn_blocking(move || -> Result<(), SinkError> {
+            let metadata = producer
+                .client()
+                .fetch_metadata(topic.as_deref(), timeout)
+                .map_err(|e| SinkError::Remote {
+                    message: format!(
+                        "sinks.{sink}: cannot reach Kafka at {brokers} within {} ms ({e}); check `brokers`, that the brokers are up and reachable from this host, and the TLS/SASL settings in `options`",
+                        timeout.as_millis()
+                    ),
+                    retryable: true,
+                })?;
+            if let Some(t) = metadata.topics().iter().find(|t| Some(t.name()) == topic.as_deref()) {
+                if let Some(err) = t.error() {
+                    let code = RDKafkaErrorCode::from(err);
+                    let fix = match code {
+                        RDKafkaErrorCode::UnknownTopicOrPartition => "create it, or let the brokers create topics (auto.create.topics.enable)".to_string(),
+                        other => permanent(other).map_or_else(|| format!("{other}"), str::to_string),
+                    };
+                    return Err(SinkError::Config(format!(
+                        "sinks.{sink}: topic {:?} on {brokers}: {code}; {fix}",
+                        t.name()
+                    )));
+                }
+            }
+            tracing::info!(sink = %sink, brokers = %brokers, brokers_seen = metadata.brokers().len(), "Kafka brokers reachable");
+            Ok(())
+        })
+        .await
+        .map_err(|e| SinkError::Config(format!("sinks.{}: start-up check failed: {e}", self.ctx.sink)))?;
+        checked.map_err(|e| match e {
+            SinkError::Remote { message, retryable } => SinkError::Remote {
+                message: self.config.scrub(&message),
+                retryable,
+            },
+            other => other,
+        })
+    }
+
+    async fn write(&mut self, batch: Arc<Batch>) -> Result<(), SinkError> {
+        if let Some(&(first, len)) = self.batches.get(&batch.number) {
+            // Written again after a reset: send only what did not reach the broker.
+            let again: Vec<usize> = {
+                let t = self.shared.lock();
+                (first..first + len)
+                    .filter(|s| matches!(t.outcomes.get(*s), Some(Outcome::Unsent | Outcome::Failed(_))))
+                    .collect()
+            };
+            for slot in again {
+                self.send(slot).await?;
+            }
+            return Ok(());
+        }
+        let first = self.msgs.len();
+        self.batches.insert(batch.number, (first, batch.events.len()));
+        let needs_action = self.template.uses_action();
+        for e in &batch.events {
+            let action = if needs_action {
+                pick(&e.raw, None)
+                    .ok()
+                    .and_then(|p| p.action.map(|a| a.into_owned()))
+            } else {
+                None
+            };
+            let topic = self.topic_for(e, action.as_deref());
+            self.msgs.push(Msg {
+                event: e.clone(),
+                topic,
+            });
+        }
+        self.shared
+            .lock()
+            .outcomes
+            .resize(self.msgs.len(), Outcome::Unsent);
+        for slot in first..self.msgs.len() {
+            self.send(slot).await?;
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> Result<Vec<StateEntry>, SinkError> {
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            self.await_reports().await?;
+            let failed: Vec<(usize, RDKafkaErrorCode)> = {
+                let t = self.shared.lock();
+                t.outcomes
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, o)| match o {
+                        Outcome::Failed(c) => Some((i, *c)),
+                        _ => None,
+                    })
+                    .collect()
+            };
+            if failed.is_empty() {
+                break;
+            }
+            let mut retry = 0usize;
+            for (slot, code) in failed {
+                if let Some(why) = undeliverable(code) {
+                    let msg = &self.msgs[slot];
+                    let reason = match &msg.topic {
+                        Err(topic_error) => format!("sinks.{}: {topic_error}", self.ctx.sink),
+                        Ok(topic) => format!(
+                            "sinks.{}: Kafka refused the event for topic {topic} ({code}): {why}; size {} bytes",
+                            self.ctx.sink,
+                            msg.event.raw.len()
+                        ),
+                    };
+                    self.ctx.dead_letters.reject(&msg.event, &reason).await?;
+                    self.set_outcome(slot, Outcome::DeadLettered);
+                } else if let Some(fix) = permanent(code) {
+                    return Err(SinkError::Remote {
+                        message: format!("sinks.{}: Kafka refused delivery ({code}): {fix}", self.ctx.sink),
+                        retryable: false,
+                    });
+                } else {
+                    if retry == 0 && self.shared.should_log("retry") {
+                        tracing::warn!(sink = %self.ctx.sink, error = %code, "Kafka delivery failed; sending the undelivered events again");
+                    }
+                    self.set_outcome(slot, Outcome::Unsent);
+                    retry += 1;
+                }
+            }
+            if retry > 0 {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+                self.resend_unsent().await?;
+            }
+        }
+        self.msgs.clear();
+        self.batches.clear();
+        {
+            let mut t = self.shared.lock();
+            t.outcomes.clear();
+            t.unresolved = 0;
+        }
+        Ok(Vec::new())
+    }
+
+    async fn reset(&mut self) -> Result<(), SinkError> {
+        // Delivered messages stay delivered: a batch written again sends only the rest. Pending
+        // ones are purged with the producer so that nothing is sent twice from this process.
+        let pending = self.shared.lock().unresolved;
+        if pending > 0 {
+            self.rebuild().await?;
+        }
+        Ok(())
+    }
+
+    async fn close(&mut self) -> Result<Vec<StateEntry>, SinkError> {
+        let state = self.flush().await?;
+        if let Some(p) = self.producer.take() {
+            let _ = tokio::task::spawn_blocking(move || drop(p)).await;
+        }
+        Ok(state)
+    }
+}
+
+#[cfg(test)]
+mod tests;
