@@ -207,6 +207,12 @@ pub struct DeadLetterConfig {
 pub enum SinkConfig {
     /// NDJSON files.
     File(FileSinkConfig),
+    /// Kafka topics.
+    #[cfg(feature = "kafka")]
+    Kafka(auditship_sink_kafka::KafkaSinkConfig),
+    /// A Kafka sink in a build without Kafka support: loading it fails and says how to get it.
+    #[cfg(not(feature = "kafka"))]
+    Kafka(toml::Table),
 }
 
 /// One problem in a pipeline file, with where it is.
@@ -710,6 +716,55 @@ pub fn parse(path: &Path, text: &str, mode: LoadMode) -> Result<Pipeline, Config
                 }
                 Err(m) => err(&mut errors, span.clone(), format!("sinks.{sink_name}.path: {m}")),
             },
+            #[cfg(feature = "kafka")]
+            SinkConfig::Kafka(k) => {
+                let mut resolved = true;
+                let mut resolve = |what: &str,
+                                   value: &mut String,
+                                   secret: bool,
+                                   errors: &mut Vec<ConfigError>,
+                                   warnings: &mut Vec<String>| {
+                    match interpolate(value) {
+                        Ok(v) => {
+                            if secret {
+                                crate::secret::remember_secret(&v);
+                            }
+                            *value = v;
+                        }
+                        Err(m) if mode == LoadMode::Validate => {
+                            resolved = false;
+                            warnings.push(format!("{}: sinks.{sink_name}.{what}: {m} (needed to run)", path.display()));
+                        }
+                        Err(m) => err(errors, span.clone(), format!("sinks.{sink_name}.{what}: {m}")),
+                    }
+                };
+                resolve("brokers", &mut k.brokers, false, &mut errors, &mut warnings);
+                resolve("topic", &mut k.topic, false, &mut errors, &mut warnings);
+                for (opt, value) in k.options.iter_mut() {
+                    if let auditship_sink_kafka::OptionValue::Text(v) = value {
+                        let secret = auditship_sink_kafka::is_secret_option(opt);
+                        if secret && !v.contains("${") && mode == LoadMode::Validate {
+                            warnings.push(format!(
+                                "{}: sinks.{sink_name}.options.\"{opt}\" is written literally in the pipeline file; use \"${{VAR}}\"",
+                                path.display()
+                            ));
+                        }
+                        resolve(&format!("options.\"{opt}\""), v, secret, &mut errors, &mut warnings);
+                    }
+                }
+                if resolved {
+                    match k.validate() {
+                        Ok(w) => warnings.extend(w.into_iter().map(|w| format!("{}: sinks.{sink_name}: {w}", path.display()))),
+                        Err(m) => err(&mut errors, span.clone(), format!("sinks.{sink_name}: {m}")),
+                    }
+                }
+            }
+            #[cfg(not(feature = "kafka"))]
+            SinkConfig::Kafka(_) => err(
+                &mut errors,
+                span.clone(),
+                format!("sinks.{sink_name}: this auditship was built without Kafka support; rebuild it with the `kafka` feature (on by default): cargo build --release --features kafka"),
+            ),
         }
         sinks.insert(sink_name, sink);
     }

@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use auditship_sink::{Batch, Event, Sink, SinkContext, SinkError, StateEntry};
+use auditship_sink::{Batch, DeadLetters, Event, Sink, SinkContext, SinkError, StateEntry};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -197,6 +197,59 @@ pub fn client_for(p: &Pipeline) -> Result<Client, PipelineError> {
 fn build_sink(cfg: &SinkConfig, ctx: SinkContext) -> Result<Box<dyn Sink>, SinkError> {
     match cfg {
         SinkConfig::File(c) => Ok(Box::new(auditship_sink_file::FileSink::open(c.clone(), ctx)?)),
+        #[cfg(feature = "kafka")]
+        SinkConfig::Kafka(c) => Ok(Box::new(auditship_sink_kafka::KafkaSink::open(c.clone(), ctx)?)),
+        #[cfg(not(feature = "kafka"))]
+        SinkConfig::Kafka(_) => Err(SinkError::Config(
+            "this auditship was built without Kafka support; rebuild it with the `kafka` feature".into(),
+        )),
+    }
+}
+
+/// A dead letter on its way to the file; `done` hears when it is durable (sinks wait for that).
+struct DlMsg {
+    letter: DeadLetter,
+    done: Option<tokio::sync::oneshot::Sender<Result<(), String>>>,
+}
+
+/// The dead-letter path as a sink sees it.
+struct SinkDeadLetters {
+    tx: mpsc::Sender<DlMsg>,
+    sink: String,
+}
+
+#[async_trait::async_trait]
+impl DeadLetters for SinkDeadLetters {
+    async fn reject(&self, event: &Event, reason: &str) -> Result<(), SinkError> {
+        let (done, heard) = tokio::sync::oneshot::channel();
+        let letter = DeadLetter {
+            resource_id: event.resource_id.clone(),
+            event_id: Some(event.id.clone()),
+            sink: Some(self.sink.clone()),
+            reason: reason.to_string(),
+            raw: Some(event.raw.clone()),
+        };
+        let gone = || {
+            SinkError::io(
+                "dead-letter file",
+                std::io::Error::other("the dead-letter writer stopped"),
+            )
+        };
+        self.tx
+            .send(DlMsg {
+                letter,
+                done: Some(done),
+            })
+            .await
+            .map_err(|_| gone())?;
+        match heard.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(SinkError::io(
+                "writing the dead-letter file",
+                std::io::Error::other(e),
+            )),
+            Err(_) => Err(gone()),
+        }
     }
 }
 
@@ -282,7 +335,17 @@ pub async fn run(p: &Pipeline, opts: RunOptions) -> Result<RunReport, PipelineEr
     };
     let loaded = store.load(&p.name, &stream_key).await?;
 
-    // Sinks first: they roll their output back to the last commit before anything new arrives.
+    // Dead letters first: sinks may send events they can never deliver there.
+    let (dl_tx, dl_rx) = mpsc::channel::<DlMsg>(1_024);
+    let dead_letters = tokio::spawn(dead_letter_task(
+        p.dead_letter_path.clone(),
+        p.name.clone(),
+        client.key().clone(),
+        dl_rx,
+        opts.progress.clone(),
+    ));
+
+    // Sinks next: they roll their output back to the last commit before anything new arrives.
     let mut sinks: Vec<(String, Box<dyn Sink>)> = Vec::new();
     for (name, cfg) in &p.sinks {
         let recovered = store.sink_state(&p.name, name).await?;
@@ -291,6 +354,10 @@ pub async fn run(p: &Pipeline, opts: RunOptions) -> Result<RunReport, PipelineEr
             sink: name.clone(),
             recovered,
             registry: store.registry(&p.name, name),
+            dead_letters: Arc::new(SinkDeadLetters {
+                tx: dl_tx.clone(),
+                sink: name.clone(),
+            }),
         };
         let cfg_owned = cfg.clone();
         let built = tokio::task::spawn_blocking(move || build_sink(&cfg_owned, ctx))
@@ -314,18 +381,9 @@ pub async fn run(p: &Pipeline, opts: RunOptions) -> Result<RunReport, PipelineEr
     let (fatal_tx, mut fatal_rx) = mpsc::unbounded_channel::<PipelineError>();
     let (ck_tx, ck_rx) = mpsc::unbounded_channel::<CkMsg>();
     let (src_tx, src_rx) = mpsc::channel::<SourceMsg>(8_192);
-    let (dl_tx, dl_rx) = mpsc::channel::<DeadLetter>(1_024);
     // Sinks stop retrying on this token; sources stop on `sources_stop`.
     let abandon = CancellationToken::new();
     let sources_stop = CancellationToken::new();
-
-    let dead_letters = tokio::spawn(dead_letter_task(
-        p.dead_letter_path.clone(),
-        p.name.clone(),
-        client.key().clone(),
-        dl_rx,
-        opts.progress.clone(),
-    ));
 
     let mut sink_txs = Vec::new();
     let mut sink_tasks = JoinSet::new();
@@ -455,6 +513,7 @@ pub async fn run(p: &Pipeline, opts: RunOptions) -> Result<RunReport, PipelineEr
     // Drain: stop sources; the batcher closes its last batch when their channel closes, sinks
     // flush it, the checkpointer commits what every sink acknowledged.
     sources_stop.cancel();
+    let ended_by_itself = fatal.is_none() && !opts.shutdown.is_cancelled();
     let drain = async {
         while let Some(joined) = sources.join_next().await {
             if let Ok(r) = joined {
@@ -466,7 +525,23 @@ pub async fn run(p: &Pipeline, opts: RunOptions) -> Result<RunReport, PipelineEr
         let _ = checkpointer.await;
         let _ = dead_letters.await;
     };
-    if tokio::time::timeout(opts.drain_timeout, drain).await.is_err() {
+    let drained = {
+        tokio::pin!(drain);
+        if ended_by_itself {
+            // Every source ended by itself (a backfill shipped its window): wait for the sinks
+            // as long as they retry (a broker that is down must not turn into a "complete"
+            // backfill); a stop request then cuts the wait to the drain timeout.
+            tokio::select! {
+                _ = &mut drain => true,
+                _ = opts.shutdown.cancelled() => {
+                    tokio::time::timeout(opts.drain_timeout, &mut drain).await.is_ok()
+                }
+            }
+        } else {
+            tokio::time::timeout(opts.drain_timeout, &mut drain).await.is_ok()
+        }
+    };
+    if !drained {
         tracing::warn!(pipeline = %p.name, "drain timed out; events not yet committed will be fetched again on the next start");
         abandon.cancel();
     }
@@ -501,6 +576,7 @@ pub async fn run(p: &Pipeline, opts: RunOptions) -> Result<RunReport, PipelineEr
     }
     report.dead_lettered = opts.progress.dead_lettered.load(Ordering::Relaxed);
     report.complete = matches!(opts.mode, Mode::Backfill(_))
+        && drained
         && report.stopped.is_empty()
         && finished_sources == total_sources
         && !opts.shutdown.is_cancelled();
@@ -610,7 +686,7 @@ impl Batcher {
     async fn run(
         mut self,
         mut rx: mpsc::Receiver<SourceMsg>,
-        dead_letters: mpsc::Sender<DeadLetter>,
+        dead_letters: mpsc::Sender<DlMsg>,
         max_events: usize,
         timeout: Duration,
     ) {
@@ -641,7 +717,12 @@ impl Batcher {
                 }
                 Some(SourceMsg::DeadLetter(d)) => {
                     // Bounded: a flood of garbage slows the sources rather than memory growing.
-                    let _ = dead_letters.send(d).await;
+                    let _ = dead_letters
+                        .send(DlMsg {
+                            letter: d,
+                            done: None,
+                        })
+                        .await;
                 }
                 None => {
                     self.close().await;
@@ -892,28 +973,36 @@ async fn checkpointer_task(
 /// How often the checkpointer logs its status line.
 const STATUS_EVERY: Duration = Duration::from_secs(60);
 
-/// Append dead letters to their NDJSON file, each fsync'd (they are rare).
+/// Append dead letters to their NDJSON file: everything queued at once is written with one
+/// fsync, and a sink waiting on a letter hears only after that fsync.
 async fn dead_letter_task(
     path: PathBuf,
     pipeline: String,
     key: ApiKey,
-    mut rx: mpsc::Receiver<DeadLetter>,
+    mut rx: mpsc::Receiver<DlMsg>,
     progress: Arc<Progress>,
 ) {
-    // Every dead letter queued at once is written with one fsync.
-    let mut queued: Vec<DeadLetter> = Vec::new();
+    let mut queued: Vec<DlMsg> = Vec::new();
     while rx.recv_many(&mut queued, 1_024).await > 0 {
         let now = format_time(chrono::Utc::now().timestamp_micros());
         let mut text = String::new();
-        for d in &queued {
+        for DlMsg { letter: d, .. } in &queued {
             let raw = d.raw.as_ref().map(|r| key.redact(&String::from_utf8_lossy(r)));
-            let line = serde_json::json!({
+            let mut line = serde_json::json!({
                 "time": now,
                 "pipeline": pipeline,
                 "resource_id": &*d.resource_id,
                 "reason": key.redact(&d.reason),
                 "raw": raw,
             });
+            if let Some(map) = line.as_object_mut() {
+                if let Some(id) = &d.event_id {
+                    map.insert("event_id".into(), serde_json::Value::from(&**id));
+                }
+                if let Some(sink) = &d.sink {
+                    map.insert("sink".into(), serde_json::Value::from(sink.as_str()));
+                }
+            }
             text.push_str(&line.to_string());
             text.push('\n');
         }
@@ -933,19 +1022,32 @@ async fn dead_letter_task(
             f.write_all(text.as_bytes())?;
             f.sync_data()
         })
-        .await;
-        let count = queued.len() as u64;
-        progress.dead_lettered.fetch_add(count, Ordering::Relaxed);
-        crate::metrics::DEAD_LETTERED.add(count);
-        for d in queued.drain(..) {
-            match &written {
-                Ok(Ok(())) => {
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
+        if written.is_ok() {
+            let count = queued.len() as u64;
+            progress.dead_lettered.fetch_add(count, Ordering::Relaxed);
+            crate::metrics::DEAD_LETTERED.add(count);
+        }
+        for DlMsg { letter: d, done } in queued.drain(..) {
+            match (&written, &d.sink) {
+                (Ok(()), None) => {
                     tracing::warn!(resource_id = %d.resource_id, reason = %key.redact(&d.reason), file = %path.display(), "payload is not an event; dead-lettered")
                 }
-                Ok(Err(e)) => {
+                (Ok(()), Some(sink)) => {
+                    tracing::warn!(resource_id = %d.resource_id, event_id = d.event_id.as_deref().unwrap_or(""), sink = %sink, reason = %key.redact(&d.reason), file = %path.display(), "a sink cannot deliver this event; dead-lettered")
+                }
+                (Err(e), _) => {
                     tracing::error!(resource_id = %d.resource_id, error = %e, file = %path.display(), "could not write a dead letter")
                 }
-                Err(e) => tracing::error!(error = %e, "dead-letter writer failed"),
+            }
+            if let Some(done) = done {
+                let _ = done.send(
+                    written
+                        .as_ref()
+                        .map(|_| ())
+                        .map_err(|e| format!("{}: {e}", path.display())),
+                );
             }
         }
     }

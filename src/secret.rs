@@ -58,6 +58,20 @@ impl fmt::Display for ApiKey {
     }
 }
 
+/// Remember a secret that is not an API key (a Kafka SASL password, say) so that
+/// [`redact_all`] removes it from every log line too. Values shorter than 4 characters are not
+/// remembered: replacing them would mangle ordinary text.
+pub fn remember_secret(secret: &str) {
+    let secret = secret.trim();
+    if secret.len() < 4 {
+        return;
+    }
+    let mut known = KNOWN_KEYS.write().unwrap_or_else(|e| e.into_inner());
+    if !known.iter().any(|k| **k == *secret) {
+        known.push(Arc::from(secret));
+    }
+}
+
 /// Remove every key this process knows, and every `token=`/`Bearer` value, from `text`. The log
 /// writer runs every line through this: a dependency that logs a request URL at trace level
 /// cannot leak the key.

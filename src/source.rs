@@ -22,12 +22,17 @@ pub enum SourceMsg {
     DeadLetter(DeadLetter),
 }
 
-/// A payload that could not be taken as an event, with why.
+/// A payload that could not be taken as an event, or an event a sink could never deliver, with
+/// why.
 #[derive(Debug, Clone)]
 pub struct DeadLetter {
     /// The sandbox whose stream carried it.
     pub resource_id: Arc<str>,
-    /// Why it is not an event.
+    /// The event id, when the payload was an event.
+    pub event_id: Option<Arc<str>>,
+    /// The sink that refused the event (`None`: the source could not read it).
+    pub sink: Option<String>,
+    /// Why it is not an event, or why the sink refused it.
     pub reason: String,
     /// The payload, when there was one.
     pub raw: Option<Bytes>,
@@ -126,6 +131,8 @@ pub async fn run(
             }
             Some(Err(Error::Decode { what, message, raw })) => SourceMsg::DeadLetter(DeadLetter {
                 resource_id: resource_id.clone(),
+                event_id: None,
+                sink: None,
                 reason: format!("{what}: {message}"),
                 raw,
             }),

@@ -6,6 +6,8 @@
 
 mod client;
 mod config;
+#[cfg(feature = "kafka")]
+mod kafka;
 mod process;
 mod shipping;
 mod util;

@@ -30,6 +30,14 @@ impl Workspace {
     /// A workspace whose `pipe.toml` follows `sandboxes` on `sim`. `extra_source` is appended to
     /// `[source]`, `sink_extra` to the file sink.
     pub fn new(sim: &Simulator, sandboxes: &[&str], extra_source: &str, sink_extra: &str) -> Workspace {
+        let sinks = format!(
+            "[sinks.archive]\ntype = \"file\"\npath = \"{{root}}/archive/{{resource_id}}/{{date}}.ndjson\"\n{sink_extra}\n"
+        );
+        Workspace::with_sinks(sim, sandboxes, extra_source, &sinks)
+    }
+
+    /// A workspace whose pipeline has the sinks in `sinks` (TOML; `{root}` is the workspace).
+    pub fn with_sinks(sim: &Simulator, sandboxes: &[&str], extra_source: &str, sinks: &str) -> Workspace {
         let dir = tempfile::tempdir().unwrap();
         let pipeline = dir.path().join("pipe.toml");
         let list = sandboxes
@@ -38,6 +46,7 @@ impl Workspace {
             .collect::<Vec<_>>()
             .join(", ");
         let root = dir.path().display().to_string();
+        let sinks = sinks.replace("{root}", &root);
         let text = format!(
             r#"
 [source]
@@ -54,10 +63,7 @@ commit_interval_ms = 50
 [batch]
 timeout_ms = 20
 
-[sinks.archive]
-type = "file"
-path = "{root}/archive/{{resource_id}}/{{date}}.ndjson"
-{sink_extra}
+{sinks}
 "#,
             base = sim.base_url()
         );
@@ -67,6 +73,21 @@ path = "{root}/archive/{{resource_id}}/{{date}}.ndjson"
             pipeline,
             logs: tempfile::tempdir().unwrap(),
         }
+    }
+
+    /// Events committed by the checkpoint, all sandboxes of the live stream.
+    pub fn committed_events(&self) -> i64 {
+        let db = self.path().join("state/checkpoints.db");
+        let Ok(conn) = rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        else {
+            return 0;
+        };
+        conn.query_row(
+            "SELECT COALESCE(SUM(events_shipped), 0) FROM checkpoints WHERE stream = 'live'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap_or(0)
     }
 
     pub fn path(&self) -> &Path {

@@ -22,7 +22,7 @@ fn config(brokers: &str, topic: &str) -> KafkaSinkConfig {
 fn event(rid: &str, n: u64, pad: usize) -> Event {
     let raw = format!(
         r#"{{"id":"{rid}-e{n}","resource_id":"{rid}","action":"{}","host":"h{n}.example.com","pad":"{}"}}"#,
-        if n % 2 == 0 { "allow" } else { "reject" },
+        if n.is_multiple_of(2) { "allow" } else { "reject" },
         "x".repeat(pad)
     );
     Event {
