@@ -939,6 +939,44 @@ compression = "zstd"
     }
 
     #[test]
+    #[cfg(feature = "kafka")]
+    fn kafka_sinks_resolve_variables_and_name_their_mistakes() {
+        std::env::set_var("AUDITSHIP_TEST_KEY_GOOD", "msk_test_123");
+        std::env::set_var("AUDITSHIP_TEST_KAFKA_PW", "kafka-pw-7731");
+        let text = format!(
+            "{GOOD}\n[sinks.siem]\ntype = \"kafka\"\nbrokers = \"${{AUDITSHIP_TEST_KAFKA_HOST:-127.0.0.1:9092}}\"\ntopic = \"audit.{{action}}\"\noptions = {{ \"sasl.password\" = \"${{AUDITSHIP_TEST_KAFKA_PW}}\", \"linger.ms\" = 10 }}\n"
+        );
+        let p = parse(Path::new("p.toml"), &text, LoadMode::Run).unwrap();
+        let SinkConfig::Kafka(k) = &p.sinks["siem"] else {
+            panic!("a kafka sink")
+        };
+        assert_eq!(k.brokers, "127.0.0.1:9092");
+        assert!(!format!("{p:?}").contains("kafka-pw-7731"));
+        assert_eq!(
+            crate::secret::redact_all("auth kafka-pw-7731 failed"),
+            "auth *** failed"
+        );
+
+        let bad = [
+            ("compression = \"brotli\"", "unknown variant `brotli`"),
+            (
+                "options = { \"bootstrap.servers\" = \"x:1\" }",
+                "use `brokers` instead",
+            ),
+            ("options = { \"no.such.thing\" = 1 }", "no.such.thing"),
+            ("partitoin = 3", "unknown field `partitoin`"),
+        ];
+        for (extra, want) in bad {
+            let text = format!(
+                "{GOOD}\n[sinks.siem]\ntype = \"kafka\"\nbrokers = \"h:1\"\ntopic = \"t\"\n{extra}\n"
+            );
+            let e = parse(Path::new("p.toml"), &text, LoadMode::Validate).unwrap_err();
+            assert!(e.to_string().contains(want), "{extra}: {e}");
+            assert!(e.to_string().contains("p.toml:"), "located: {e}");
+        }
+    }
+
+    #[test]
     fn two_sinks_cannot_share_files() {
         let text = format!(
             "{GOOD}\n[sinks.copy]\ntype = \"file\"\npath = \"archive/{{resource_id}}/{{date}}.ndjson\"\n"

@@ -123,6 +123,11 @@ pub struct SimConfig {
     /// server comparing strings would: only a client that sends back the server's own spelling
     /// pages correctly.
     pub lexicographic_since: bool,
+    /// Every Nth event of a sandbox carries a `pad` field of `pad_bytes` characters (events
+    /// larger than a sink's limit).
+    pub pad_every_events: Option<u64>,
+    /// Size of the `pad` field.
+    pub pad_bytes: usize,
 }
 
 impl Default for SimConfig {
@@ -153,6 +158,8 @@ impl Default for SimConfig {
             ignore_resource_filter: false,
             socket_buffer_events: 4_096,
             lexicographic_since: false,
+            pad_every_events: None,
+            pad_bytes: 0,
         }
     }
 }
@@ -245,8 +252,14 @@ impl SimSandbox {
                 r#""status_code":{status},"duration_ms":{dur},"bytes_in":{bin},"bytes_out":{bout},"policy_id":"pol_default","#,
                 r#""rule_id":"rule_{rule}","actor_id":"agent-7","request_transforms":[{{"type":"secret_placeholder","name":"OPENAI_KEY"}}],"#,
                 r#""metadata":{{"seq":{n},"cost_usd":1.50,"ratio":1e-3,"note":"caf\u00e9 \"quoted\""}},"#,
-                r#""inserted_at":"{ins}","timestamp":"{ts}"}}"#
+                r#"{pad}"inserted_at":"{ins}","timestamp":"{ts}"}}"#
             ),
+            pad = match config.pad_every_events {
+                Some(every) if every > 0 && n % every == every - 1 => {
+                    format!(r#""pad":"{}","#, "x".repeat(config.pad_bytes))
+                }
+                _ => String::new(),
+            },
             id = id,
             rid = serde_json::Value::String(self.id.clone()),
             action = action,

@@ -241,3 +241,81 @@ async fn fan_out_to_file_and_kafka_waits_for_both_and_loses_nothing_in_either() 
     all.extend(values(&after).into_iter().filter(|v| !before_v.contains(v)));
     assert_exactly_once(&all, &expected);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn events_too_large_for_the_broker_go_to_the_dead_letter_file_and_the_rest_ships() {
+    let b = broker();
+    let ids = ["sb-big"];
+    let sim = sim(
+        &ids,
+        SimConfig {
+            backlog_per_sandbox: 200,
+            pad_every_events: Some(40),
+            pad_bytes: 3_000,
+            ..SimConfig::default()
+        },
+    )
+    .await;
+    let sink = format!(
+        "{}options = {{ \"message.max.bytes\" = 2000 }}\n",
+        kafka_sink(&b, "audit.big")
+    );
+    let ws = Workspace::with_sinks(&sim, &ids, "", &sink);
+    let key = sim.api_key().to_string();
+    let out = ws.run(
+        &key,
+        &["backfill", "pipe.toml", "--since", "2000-01-01T00:00:00Z"],
+    );
+    assert_eq!(out.code, Some(0), "stderr: {}", out.stderr);
+
+    let (big, small): (Vec<String>, Vec<String>) =
+        sim_lines(&sim, &ids).into_iter().partition(|l| l.len() > 2_000);
+    assert_eq!(big.len(), 5);
+    let records = read_topic(&b.address(), "audit.big", small.len() + 1, Duration::from_secs(3)).unwrap();
+    assert_exactly_once(&values(&records), &small);
+
+    let dead = std::fs::read_to_string(ws.path().join("state/dead-letter.ndjson")).unwrap();
+    let letters: Vec<serde_json::Value> = dead.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(letters.len(), big.len(), "{dead}");
+    for l in &letters {
+        assert_eq!(l["sink"], "siem");
+        assert_eq!(l["resource_id"], "sb-big");
+        assert!(
+            l["reason"].as_str().unwrap().contains("message size limit"),
+            "{l}"
+        );
+        assert!(
+            big.contains(&l["raw"].as_str().unwrap().to_string()),
+            "the event is kept whole"
+        );
+        assert!(l["event_id"].as_str().unwrap().starts_with("evt_"));
+    }
+    assert!(out.stderr.contains("dead-lettered"), "{}", out.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn validate_is_offline_and_a_run_names_the_unreachable_broker() {
+    let ids = ["sb-v"];
+    let sim = sim(&ids, SimConfig::default()).await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let sink = format!(
+        "[sinks.siem]\ntype = \"kafka\"\nbrokers = \"127.0.0.1:{port}\"\ntopic = \"audit\"\nhealthcheck_timeout_ms = 1000\n"
+    );
+    let ws = Workspace::with_sinks(&sim, &ids, "", &sink);
+    let key = sim.api_key().to_string();
+    let out = ws.run(&key, &["validate", "pipe.toml"]);
+    assert_eq!(out.code, Some(0), "validate needs no broker: {}", out.stderr);
+
+    let out = ws.run(&key, &["run", "pipe.toml"]);
+    assert_ne!(out.code, Some(0));
+    assert!(
+        out.stderr.contains(&format!("127.0.0.1:{port}")),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("check `brokers`"), "{}", out.stderr);
+}
