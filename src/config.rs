@@ -718,28 +718,35 @@ pub fn parse(path: &Path, text: &str, mode: LoadMode) -> Result<Pipeline, Config
             },
             #[cfg(feature = "kafka")]
             SinkConfig::Kafka(k) => {
-                let mut resolved = true;
-                let mut resolve = |what: &str,
+                // Returns whether the value is resolved (a validation may go on without it).
+                let resolve = |what: &str,
                                    value: &mut String,
                                    secret: bool,
                                    errors: &mut Vec<ConfigError>,
-                                   warnings: &mut Vec<String>| {
+                                   warnings: &mut Vec<String>|
+                 -> bool {
                     match interpolate(value) {
                         Ok(v) => {
                             if secret {
                                 crate::secret::remember_secret(&v);
                             }
                             *value = v;
+                            true
                         }
                         Err(m) if mode == LoadMode::Validate => {
-                            resolved = false;
                             warnings.push(format!("{}: sinks.{sink_name}.{what}: {m} (needed to run)", path.display()));
+                            false
                         }
-                        Err(m) => err(errors, span.clone(), format!("sinks.{sink_name}.{what}: {m}")),
+                        Err(m) => {
+                            err(errors, span.clone(), format!("sinks.{sink_name}.{what}: {m}"));
+                            false
+                        }
                     }
                 };
-                resolve("brokers", &mut k.brokers, false, &mut errors, &mut warnings);
-                resolve("topic", &mut k.topic, false, &mut errors, &mut warnings);
+                let brokers_ok = resolve("brokers", &mut k.brokers, false, &mut errors, &mut warnings);
+                let topic_ok = resolve("topic", &mut k.topic, false, &mut errors, &mut warnings);
+                let resolved = brokers_ok && topic_ok;
+                let mut unresolved_options = Vec::new();
                 for (opt, value) in k.options.iter_mut() {
                     if let auditship_sink_kafka::OptionValue::Text(v) = value {
                         let secret = auditship_sink_kafka::is_secret_option(opt);
@@ -749,11 +756,19 @@ pub fn parse(path: &Path, text: &str, mode: LoadMode) -> Result<Pipeline, Config
                                 path.display()
                             ));
                         }
-                        resolve(&format!("options.\"{opt}\""), v, secret, &mut errors, &mut warnings);
+                        if !resolve(&format!("options.\"{opt}\""), v, secret, &mut errors, &mut warnings) {
+                            unresolved_options.push(opt.clone());
+                        }
                     }
                 }
                 if resolved {
-                    match k.validate() {
+                    // Validation checks what it can: options whose variables are unset are
+                    // left out (their names are still checked by the run).
+                    let mut checked = k.clone();
+                    for opt in &unresolved_options {
+                        checked.options.remove(opt);
+                    }
+                    match checked.validate() {
                         Ok(w) => warnings.extend(w.into_iter().map(|w| format!("{}: sinks.{sink_name}: {w}", path.display()))),
                         Err(m) => err(&mut errors, span.clone(), format!("sinks.{sink_name}: {m}")),
                     }
