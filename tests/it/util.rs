@@ -76,6 +76,7 @@ timeout_ms = 20
     }
 
     /// Events committed by the checkpoint, all sandboxes of the live stream.
+    #[cfg_attr(not(feature = "kafka"), allow(dead_code))]
     pub fn committed_events(&self) -> i64 {
         let db = self.path().join("state/checkpoints.db");
         let Ok(conn) = rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)

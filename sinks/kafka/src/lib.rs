@@ -629,12 +629,35 @@ impl KafkaSink {
         }
     }
 
+    /// Whether a broker answers a metadata request now (a stall with brokers away is an outage,
+    /// not a stuck producer).
+    async fn brokers_answer(&self) -> Result<bool, SinkError> {
+        let producer = self.producer()?.clone();
+        let topic = self.template.fixed().map(str::to_string);
+        let answered = tokio::task::spawn_blocking(move || {
+            producer
+                .client()
+                .fetch_metadata(topic.as_deref(), Duration::from_secs(2))
+                .is_ok()
+        })
+        .await
+        .unwrap_or(false);
+        Ok(answered)
+    }
+
     /// Wait until no message is pending. Logs every 30 s while waiting, and rebuilds the producer
     /// when reports stop coming for `stall_timeout_ms`.
     async fn await_reports(&mut self) -> Result<(), SinkError> {
         let started = Instant::now();
         let mut warned = Instant::now();
+        let mut warned_any = false;
         let stall = Duration::from_millis(self.config.stall_timeout_ms);
+        // While the brokers are away, whether they answer is checked every AWAY_CHECK; once they
+        // answer again the producer gets RECOVER_GRACE to resume before it is rebuilt.
+        let mut away = false;
+        let mut back_at: Option<Instant> = None;
+        let mut next_check = Instant::now() + stall;
+        let mut seen_report = self.shared.lock().last_report;
         loop {
             let shared = self.shared.clone();
             let notified = shared.notify.notified();
@@ -643,7 +666,19 @@ impl KafkaSink {
                 (t.unresolved, t.last_report)
             };
             if unresolved == 0 {
+                if warned_any {
+                    tracing::info!(sink = %self.ctx.sink, waited_s = started.elapsed().as_secs(), "Kafka deliveries resumed; checkpoints advance again");
+                }
                 return Ok(());
+            }
+            if last_report != seen_report {
+                // Progress: whatever was wrong has passed.
+                seen_report = last_report;
+                away = false;
+                back_at = None;
+            }
+            if !away {
+                next_check = last_report + stall;
             }
             if let Some((code, reason)) = self.producer()?.client().fatal_error() {
                 tracing::warn!(sink = %self.ctx.sink, error = %format!("{code:?}: {reason}"), "Kafka producer hit a fatal error; rebuilding it and sending the undelivered events again");
@@ -651,13 +686,27 @@ impl KafkaSink {
                 self.resend_unsent().await?;
                 continue;
             }
-            if last_report.elapsed() >= stall {
-                tracing::warn!(sink = %self.ctx.sink, undelivered = unresolved, stalled_s = last_report.elapsed().as_secs(), "no Kafka delivery report for {} s; rebuilding the producer and sending the undelivered events again ({})", stall.as_secs(), self.brokers_hint());
-                self.rebuild().await?;
-                self.resend_unsent().await?;
-                continue;
+            if Instant::now() >= next_check {
+                if !self.brokers_answer().await? {
+                    away = true;
+                    back_at = None;
+                    next_check = Instant::now() + AWAY_CHECK.min(stall);
+                } else if away && back_at.is_none() {
+                    back_at = Some(Instant::now());
+                    next_check = Instant::now() + RECOVER_GRACE.min(stall);
+                } else {
+                    warned_any = true;
+                    tracing::warn!(sink = %self.ctx.sink, undelivered = unresolved, stalled_s = last_report.elapsed().as_secs(), "no Kafka delivery progress although the brokers answer (a broker that restarted without its state refuses the producer's id); rebuilding the producer and sending the undelivered events again");
+                    self.rebuild().await?;
+                    self.resend_unsent().await?;
+                    away = false;
+                    back_at = None;
+                    seen_report = self.shared.lock().last_report;
+                    continue;
+                }
             }
             if warned.elapsed() >= LOG_EVERY {
+                warned_any = true;
                 tracing::warn!(sink = %self.ctx.sink, undelivered = unresolved, waiting_s = started.elapsed().as_secs(), "events await Kafka delivery; checkpoints wait and nothing is dropped ({})", self.brokers_hint());
                 warned = Instant::now();
             }
@@ -665,6 +714,14 @@ impl KafkaSink {
         }
     }
 }
+
+/// How often a sink whose brokers are away checks whether they answer again (at most; a shorter
+/// `stall_timeout_ms` shortens it).
+const AWAY_CHECK: Duration = Duration::from_secs(5);
+
+/// How long a producer may take to resume after its brokers answer again before it is rebuilt
+/// (at most; a shorter `stall_timeout_ms` shortens it).
+const RECOVER_GRACE: Duration = Duration::from_secs(10);
 
 /// Whether a failed message is one the broker will never take, so it belongs in the
 /// dead-letter file rather than being sent again.
