@@ -7,7 +7,7 @@ use std::time::Duration;
 use auditship::sim::{SimConfig, Simulator};
 use auditship_sink_kafka::testing::{read_topic, Broker, Record};
 
-use crate::util::{assert_exactly_once, finish, signal, sim, sim_lines, wait_for, Workspace};
+use crate::util::{assert_exactly_once, finish, signal, sim, sim_lines, wait_for, Output, Proc, Workspace};
 
 fn broker() -> Broker {
     Broker::start().unwrap_or_else(|e| panic!("{e}"))
@@ -61,6 +61,51 @@ fn assert_per_sandbox_order(sim: &Simulator, sandboxes: &[&str], records: &[Reco
     }
 }
 
+/// The broker keeps topics in memory, so what it held dies with it: pause the shipper (so that
+/// nothing is acknowledged that the reader misses), read the topic, kill the broker, resume.
+async fn read_all_then_kill(child: &Proc, b: &mut Broker, topic: &str) -> Vec<Record> {
+    signal(child, libc::SIGSTOP);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = read_topic(&b.address(), topic, usize::MAX, Duration::from_secs(2)).unwrap();
+    assert!(!before.is_empty());
+    b.kill();
+    signal(child, libc::SIGCONT);
+    before
+}
+
+/// Wait until the checkpoint holds every event the simulator made, then SIGTERM: exit 0.
+async fn stop_when_all_committed(ws: &Workspace, sim: &Simulator, child: Proc) -> Output {
+    wait_for("every event to be committed", Duration::from_secs(120), || {
+        sim.live_done() && ws.committed_events() >= sim.total_events() as i64
+    })
+    .await;
+    signal(&child, libc::SIGTERM);
+    let out = finish(child, Duration::from_secs(30));
+    assert_eq!(out.code, Some(0), "stderr: {}", out.stderr);
+    out
+}
+
+/// With the broker down, the checkpoint must not move.
+async fn assert_checkpoint_frozen(ws: &Workspace, how_long: Duration) {
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    let frozen = ws.committed_events();
+    tokio::time::sleep(how_long).await;
+    assert_eq!(
+        ws.committed_events(),
+        frozen,
+        "the checkpoint passed events Kafka does not hold"
+    );
+}
+
+/// What two lives of the broker held together: an event the old broker took just before it
+/// died may be sent again to the new one (its acknowledgement died with it), so it counts once.
+fn union(before: &[Record], after: &[Record]) -> Vec<String> {
+    let before = values(before);
+    let mut all = before.clone();
+    all.extend(values(after).into_iter().filter(|v| !before.contains(v)));
+    all
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_kafka_pipeline_ships_every_event_once_in_per_sandbox_order() {
     let b = broker();
@@ -80,13 +125,7 @@ async fn a_kafka_pipeline_ships_every_event_once_in_per_sandbox_order() {
     let ws = Workspace::with_sinks(&sim, &ids, "", &kafka_sink(&b, "miosa.audit"));
     let key = sim.api_key().to_string();
     let child = ws.spawn(&key, &["run", "pipe.toml"]);
-    wait_for("every event to be committed", Duration::from_secs(90), || {
-        sim.live_done() && ws.committed_events() >= sim.total_events() as i64
-    })
-    .await;
-    signal(&child, libc::SIGTERM);
-    let out = finish(child, Duration::from_secs(30));
-    assert_eq!(out.code, Some(0), "stderr: {}", out.stderr);
+    let out = stop_when_all_committed(&ws, &sim, child).await;
     assert!(out.stderr.contains("Kafka brokers reachable"), "{}", out.stderr);
 
     let expected = sim_lines(&sim, &ids);
@@ -125,33 +164,11 @@ async fn a_broker_killed_and_restarted_mid_run_loses_nothing() {
     )
     .await;
 
-    // The broker keeps topics in memory, so what it held dies with it: read it all first,
-    // with the shipper paused so that nothing is acknowledged that the reader misses.
-    signal(&child, libc::SIGSTOP);
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let before = read_topic(&b.address(), "audit.restart", usize::MAX, Duration::from_secs(2)).unwrap();
-    assert!(!before.is_empty());
-    b.kill();
-    signal(&child, libc::SIGCONT);
-
-    // While it is down, the checkpoint must not move.
-    tokio::time::sleep(Duration::from_millis(1_000)).await;
-    let frozen = ws.committed_events();
-    tokio::time::sleep(Duration::from_millis(3_000)).await;
-    assert_eq!(
-        ws.committed_events(),
-        frozen,
-        "the checkpoint advanced with the broker down"
-    );
+    let before = read_all_then_kill(&child, &mut b, "audit.restart").await;
+    assert_checkpoint_frozen(&ws, Duration::from_secs(3)).await;
 
     b.restart().unwrap();
-    wait_for("every event to be committed", Duration::from_secs(120), || {
-        sim.live_done() && ws.committed_events() >= sim.total_events() as i64
-    })
-    .await;
-    signal(&child, libc::SIGTERM);
-    let out = finish(child, Duration::from_secs(30));
-    assert_eq!(out.code, Some(0), "stderr: {}", out.stderr);
+    let out = stop_when_all_committed(&ws, &sim, child).await;
     assert!(
         out.stderr.contains("events await Kafka delivery") || out.stderr.contains("rebuilding the producer"),
         "the outage was reported: {}",
@@ -159,19 +176,13 @@ async fn a_broker_killed_and_restarted_mid_run_loses_nothing() {
     );
 
     let after = read_topic(&b.address(), "audit.restart", usize::MAX, Duration::from_secs(3)).unwrap();
-    let expected = sim_lines(&sim, &ids);
-    let (before_v, after_v) = (values(&before), values(&after));
-    // Each broker life holds each event at most once; an event the old broker took just before
-    // it died may be sent again to the new one (its acknowledgement died with it).
-    assert_exactly_once(&after_v, &{
-        let mut v: Vec<String> = after_v.clone();
-        v.sort();
-        v.dedup();
-        v
-    });
-    let mut all = before_v.clone();
-    all.extend(after_v.iter().filter(|v| !before_v.contains(v)).cloned());
-    assert_exactly_once(&all, &expected);
+    // Each broker life holds each event at most once.
+    let after_v = values(&after);
+    let mut distinct = after_v.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_exactly_once(&after_v, &distinct);
+    assert_exactly_once(&union(&before, &after), &sim_lines(&sim, &ids));
     assert_per_sandbox_order(&sim, &ids, &after);
 }
 
@@ -200,21 +211,9 @@ async fn fan_out_to_file_and_kafka_waits_for_both_and_loses_nothing_in_either() 
         ws.committed_events() >= 300
     })
     .await;
-    signal(&child, libc::SIGSTOP);
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let before = read_topic(&b.address(), "audit.fanout", usize::MAX, Duration::from_secs(2)).unwrap();
-    b.kill();
-    signal(&child, libc::SIGCONT);
-
+    let before = read_all_then_kill(&child, &mut b, "audit.fanout").await;
     // Kafka is down: the file sink keeps writing, but the checkpoint waits for Kafka.
-    tokio::time::sleep(Duration::from_millis(1_000)).await;
-    let frozen = ws.committed_events();
-    tokio::time::sleep(Duration::from_millis(2_000)).await;
-    assert_eq!(
-        ws.committed_events(),
-        frozen,
-        "the checkpoint passed events Kafka does not hold"
-    );
+    assert_checkpoint_frozen(&ws, Duration::from_secs(2)).await;
 
     // Stopped while Kafka is down: the drain gives up, nothing uncommitted is counted as shipped.
     signal(&child, libc::SIGTERM);
@@ -225,21 +224,12 @@ async fn fan_out_to_file_and_kafka_waits_for_both_and_loses_nothing_in_either() 
     // before writing on, so the archive holds every event once.
     b.restart().unwrap();
     let child = ws.spawn(&key, &["run", "pipe.toml"]);
-    wait_for("every event to be committed", Duration::from_secs(120), || {
-        sim.live_done() && ws.committed_events() >= sim.total_events() as i64
-    })
-    .await;
-    signal(&child, libc::SIGTERM);
-    let out = finish(child, Duration::from_secs(30));
-    assert_eq!(out.code, Some(0), "stderr: {}", out.stderr);
+    stop_when_all_committed(&ws, &sim, child).await;
 
     let expected = sim_lines(&sim, &ids);
     assert_exactly_once(&ws.archive_lines(), &expected);
     let after = read_topic(&b.address(), "audit.fanout", usize::MAX, Duration::from_secs(3)).unwrap();
-    let before_v = values(&before);
-    let mut all = before_v.clone();
-    all.extend(values(&after).into_iter().filter(|v| !before_v.contains(v)));
-    assert_exactly_once(&all, &expected);
+    assert_exactly_once(&union(&before, &after), &expected);
 }
 
 #[tokio::test(flavor = "multi_thread")]

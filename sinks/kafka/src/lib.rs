@@ -880,7 +880,14 @@ impl Sink for KafkaSink {
                     });
                 } else {
                     if retry == 0 && self.shared.should_log("retry") {
-                        tracing::warn!(sink = %self.ctx.sink, error = %code, "Kafka delivery failed; sending the undelivered events again");
+                        let topic = self.msgs[slot].topic.as_deref().unwrap_or("?").to_string();
+                        let hint = match code {
+                            RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic => {
+                                "the topic does not exist: create it, or let the brokers create topics (auto.create.topics.enable)"
+                            }
+                            _ => "retrying",
+                        };
+                        tracing::warn!(sink = %self.ctx.sink, topic = %topic, error = %code, "Kafka delivery failed ({hint}); sending the undelivered events again, checkpoints wait");
                     }
                     self.set_outcome(slot, Outcome::Unsent);
                     retry += 1;
