@@ -236,7 +236,7 @@ impl KafkaSinkConfig {
             // Retry without a deadline: a checkpoint waits rather than an event being dropped.
             .set("message.timeout.ms", "0")
             // Bounds librdkafka's own queue; the pipeline's bounded queues push back behind it.
-            .set("queue.buffering.max.kbytes", "65536")
+            .set("queue.buffering.max.kbytes", "16384")
             .set("linger.ms", "5")
             .set_log_level(RDKafkaLogLevel::Warning);
         for (k, v) in &self.options {
