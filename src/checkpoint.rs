@@ -515,8 +515,14 @@ fn apply(conn: &mut Connection, pipeline: &str, stream: &str, commit: &Commit) -
             "INSERT INTO sink_state (pipeline, sink, key, value) VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT (pipeline, sink, key) DO UPDATE SET value = excluded.value",
         )?;
+        let mut delete =
+            tx.prepare_cached("DELETE FROM sink_state WHERE pipeline = ?1 AND sink = ?2 AND key = ?3")?;
         for (sink, entry) in &commit.sink_state {
-            state.execute(params![pipeline, sink, entry.key, entry.value])?;
+            if entry.is_deletion() {
+                delete.execute(params![pipeline, sink, entry.key])?;
+            } else {
+                state.execute(params![pipeline, sink, entry.key, entry.value])?;
+            }
         }
     }
     tx.commit()

@@ -743,9 +743,12 @@ const MAX_UNFLUSHED_BATCHES: usize = 64;
 ///
 /// Group commit: the task takes every batch already queued (up to a bound), writes them, and
 /// flushes once, so a busy pipeline pays one fsync for many batches and a quiet one flushes each
-/// batch at once. On a retryable failure the sink is reset to its last durable state and the
-/// same batches are written again after a backoff, forever, until the pipeline is abandoned; a
-/// failure that waiting cannot fix stops the pipeline.
+/// batch at once. A sink may keep batches pending after a flush (the S3 sink gathers objects):
+/// they are held here, acknowledged when the sink reports them durable, and the sink is flushed
+/// again at its deadline even if nothing arrives. On a retryable failure the sink is reset to
+/// its last durable state and every batch not yet durable is written again after a backoff,
+/// forever, until the pipeline is abandoned; a failure that waiting cannot fix stops the
+/// pipeline. When the batches end, the sink is closed, which makes everything durable.
 async fn sink_task(
     idx: usize,
     name: String,
@@ -755,33 +758,55 @@ async fn sink_task(
     fatal: mpsc::UnboundedSender<PipelineError>,
     abandon: CancellationToken,
 ) {
-    let mut unflushed: Vec<Arc<Batch>> = Vec::new();
+    // Written to the sink but not yet durable there.
+    let mut held: Vec<Arc<Batch>> = Vec::new();
+    let mut acked: u64 = 0;
     loop {
-        let first = tokio::select! {
-            b = rx.recv() => b,
-            _ = abandon.cancelled() => None,
+        let deadline = sink.flush_deadline();
+        let next = tokio::select! {
+            b = rx.recv() => Some(b),
+            _ = sleep_until(deadline) => None,
+            _ = abandon.cancelled() => return,
         };
-        let Some(first) = first else { break };
-        unflushed.push(first);
-        while unflushed.len() < MAX_UNFLUSHED_BATCHES {
-            match rx.try_recv() {
-                Ok(b) => unflushed.push(b),
-                Err(_) => break,
+        let mut fresh = Vec::new();
+        let closing = match next {
+            Some(Some(b)) => {
+                fresh.push(b);
+                while fresh.len() < MAX_UNFLUSHED_BATCHES {
+                    match rx.try_recv() {
+                        Ok(b) => fresh.push(b),
+                        Err(_) => break,
+                    }
+                }
+                false
             }
-        }
-        match write_durably(&name, sink.as_mut(), &unflushed, &abandon).await {
+            Some(None) => true,
+            None => false,
+        };
+        let result = write_durably(&name, sink.as_mut(), &held, &fresh, closing, &abandon).await;
+        held.extend(fresh);
+        match result {
             Ok(state) => {
-                let through = unflushed.last().map_or(0, |b| b.number);
-                unflushed.clear();
-                if ck
-                    .send(CkMsg::Ack {
-                        sink: idx,
-                        through,
-                        state,
-                    })
-                    .is_err()
+                let last = held.last().map(|b| b.number);
+                let through = if closing {
+                    last
+                } else {
+                    sink.durable_through().or(last)
+                };
+                if let Some(t) = through {
+                    held.retain(|b| b.number > t);
+                    acked = acked.max(t);
+                }
+                if (through.is_some() || !state.is_empty())
+                    && ck
+                        .send(CkMsg::Ack {
+                            sink: idx,
+                            through: acked,
+                            state,
+                        })
+                        .is_err()
                 {
-                    break;
+                    return;
                 }
             }
             Err(Some(source)) => {
@@ -789,29 +814,49 @@ async fn sink_task(
                     sink: name.clone(),
                     source,
                 });
-                break;
+                return;
             }
-            Err(None) => break,
+            Err(None) => return,
+        }
+        if closing {
+            return;
         }
     }
 }
 
+/// Sleep until `deadline`, or forever without one.
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Write `fresh` and flush (or close, when `closing`). After a retryable failure the sink is
+/// reset, and `held` (written before, not yet durable) is written again with `fresh`.
 /// `Err(None)`: abandoned while retrying.
 async fn write_durably(
     name: &str,
     sink: &mut dyn Sink,
-    batches: &[Arc<Batch>],
+    held: &[Arc<Batch>],
+    fresh: &[Arc<Batch>],
+    closing: bool,
     abandon: &CancellationToken,
 ) -> Result<Vec<StateEntry>, Option<SinkError>> {
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
     let mut failures: u32 = 0;
     let mut last_warn: Option<Instant> = None;
     loop {
+        let again = if failures > 0 { held } else { &[] };
         let attempt = async {
-            for b in batches {
+            for b in again.iter().chain(fresh) {
                 sink.write(b.clone()).await?;
             }
-            sink.flush().await
+            if closing {
+                sink.close().await
+            } else {
+                sink.flush().await
+            }
         };
         match attempt.await {
             Ok(state) => {

@@ -61,8 +61,27 @@ pub struct Batch {
 pub struct StateEntry {
     /// A key unique within the sink, e.g. a relative file path.
     pub key: String,
-    /// The value, e.g. a length in bytes.
+    /// The value, e.g. a length in bytes. [`StateEntry::DELETED`] removes the key instead.
     pub value: i64,
+}
+
+impl StateEntry {
+    /// The value that deletes its key when committed (returned from [`Sink::flush`], the
+    /// deletion commits atomically with the checkpoint, unlike [`StateRegistry::forget`]).
+    pub const DELETED: i64 = i64::MIN;
+
+    /// An entry that deletes `key` when committed.
+    pub fn deleted(key: impl Into<String>) -> Self {
+        StateEntry {
+            key: key.into(),
+            value: Self::DELETED,
+        }
+    }
+
+    /// Whether this entry deletes its key.
+    pub fn is_deletion(&self) -> bool {
+        self.value == Self::DELETED
+    }
 }
 
 /// Durable registration of sink state outside the checkpoint cadence.
@@ -114,12 +133,29 @@ pub trait Sink: Send {
     /// Take a batch. The sink may buffer; nothing is durable until [`Sink::flush`] returns.
     async fn write(&mut self, batch: Arc<Batch>) -> Result<(), SinkError>;
 
-    /// Make everything written so far durable and return the state entries that changed since
-    /// the previous flush (to be committed with the checkpoint).
+    /// Make written batches durable and return the state entries that changed since the
+    /// previous flush (to be committed with the checkpoint that covers
+    /// [`Sink::durable_through`]).
+    ///
+    /// Most sinks make everything written so far durable. A sink that gathers events into
+    /// larger units (S3 objects) may keep some batches pending: it says how far it got through
+    /// [`Sink::durable_through`] and when it wants to be flushed again through
+    /// [`Sink::flush_deadline`]; [`Sink::close`] makes everything durable.
     async fn flush(&mut self) -> Result<Vec<StateEntry>, SinkError>;
 
-    /// Forget everything written since the last successful flush and return to that state, so
-    /// that the same batches can be written again after a retryable error.
+    /// After a flush: every batch numbered up to this is durable. `None` (the default): every
+    /// batch written so far is.
+    fn durable_through(&self) -> Option<u64> {
+        None
+    }
+
+    /// When the sink wants [`Sink::flush`] called though no batch arrived (a batch age bound).
+    fn flush_deadline(&self) -> Option<tokio::time::Instant> {
+        None
+    }
+
+    /// Forget everything not yet durable and return to that state, so that every batch after
+    /// [`Sink::durable_through`] can be written again after a retryable error.
     async fn reset(&mut self) -> Result<(), SinkError>;
 
     /// Flush and release resources. Returns the final state entries.
