@@ -214,6 +214,29 @@ impl SinkError {
     }
 }
 
+/// Append `value` to `out` as one safe, injective path (or object key) component: separators,
+/// `%`, `:` and control characters are percent-encoded, and so is a leading dot, so `.` and `..`
+/// cannot appear; an empty value is `%00`. Two different values never encode alike.
+pub fn encode_component(out: &mut String, value: &str) {
+    use std::fmt::Write as _;
+    if value.is_empty() {
+        out.push_str("%00");
+        return;
+    }
+    for (i, c) in value.chars().enumerate() {
+        let unsafe_char = matches!(c, '/' | '\\' | '%' | ':') || c.is_control() || (i == 0 && c == '.');
+        if unsafe_char {
+            let mut buf = [0u8; 4];
+            for b in c.encode_utf8(&mut buf).bytes() {
+                // Writing to a String cannot fail.
+                let _ = write!(out, "%{b:02X}");
+            }
+        } else {
+            out.push(c);
+        }
+    }
+}
+
 /// In-memory state registry and dead-letter box, for sink tests and tools that run a sink alone.
 pub mod testing {
     use std::sync::{Arc, Mutex};

@@ -6,7 +6,6 @@
 //! encoded so `.` and `..` cannot appear). The encoding is injective, so two different sandbox
 //! ids never share a file.
 
-use std::fmt::Write as _;
 use std::path::{Component, Path, PathBuf};
 
 /// A placeholder in a path template.
@@ -136,24 +135,8 @@ impl PathTemplate {
     }
 }
 
-/// Append `value` as a safe, injective path component.
 fn push_component(out: &mut String, value: &str) {
-    if value.is_empty() {
-        out.push_str("%00");
-        return;
-    }
-    for (i, c) in value.chars().enumerate() {
-        let unsafe_char = matches!(c, '/' | '\\' | '%' | ':') || c.is_control() || (i == 0 && c == '.');
-        if unsafe_char {
-            let mut buf = [0u8; 4];
-            for b in c.encode_utf8(&mut buf).bytes() {
-                // Writing to a String cannot fail.
-                let _ = write!(out, "%{b:02X}");
-            }
-        } else {
-            out.push(c);
-        }
-    }
+    auditship_sink::encode_component(out, value);
 }
 
 #[cfg(test)]

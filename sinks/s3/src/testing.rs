@@ -1,0 +1,250 @@
+//! A throwaway S3-compatible server (`moto_server`) and a client for it, for tests and benchmarks.
+//!
+//! The binary is found through `AUDITSHIP_MOTO`, else in the cache that
+//! `./scripts/services install` fills; when there is none the error says how to get it.
+
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The moto version the tests are written against.
+pub const MOTO_VERSION: &str = "5.2.5";
+
+/// Credentials moto accepts; tests put them in the environment, as the AWS chain reads them.
+pub const TEST_ACCESS_KEY: &str = "testing";
+
+/// A running `moto_server`, killed on drop.
+pub struct S3Server {
+    child: Option<Child>,
+    port: u16,
+    bin: PathBuf,
+}
+
+fn cache_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("AUDITSHIP_CACHE") {
+        return PathBuf::from(d);
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from(".cache"));
+    base.join("auditship")
+}
+
+/// Find `moto_server`, or say how to install it.
+pub fn moto_binary() -> Result<PathBuf, String> {
+    if let Some(p) = std::env::var_os("AUDITSHIP_MOTO") {
+        let p = PathBuf::from(p);
+        if p.is_file() {
+            return Ok(p);
+        }
+        return Err(format!("AUDITSHIP_MOTO={} is not a file", p.display()));
+    }
+    let cached = cache_dir()
+        .join(format!("moto-{MOTO_VERSION}"))
+        .join("bin")
+        .join("moto_server");
+    if cached.is_file() {
+        return Ok(cached);
+    }
+    Err(format!(
+        "no S3 test server found (looked at $AUDITSHIP_MOTO and {}): run `./scripts/services install` \
+         (it installs moto[server] {MOTO_VERSION} in a virtualenv there), then run the tests again",
+        cached.display()
+    ))
+}
+
+/// Put test credentials and a region in this process's environment (the AWS chain reads them).
+pub fn test_credentials_env() {
+    std::env::set_var("AWS_ACCESS_KEY_ID", TEST_ACCESS_KEY);
+    std::env::set_var("AWS_SECRET_ACCESS_KEY", TEST_ACCESS_KEY);
+    std::env::set_var("AWS_REGION", "us-east-1");
+    std::env::remove_var("AWS_PROFILE");
+}
+
+impl S3Server {
+    /// Start a server on a free loopback port and wait until it answers.
+    pub fn start() -> Result<S3Server, String> {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .map_err(|e| format!("no free port: {e}"))?;
+        let mut s = S3Server {
+            child: None,
+            port,
+            bin: moto_binary()?,
+        };
+        s.spawn()?;
+        Ok(s)
+    }
+
+    fn spawn(&mut self) -> Result<(), String> {
+        let child = Command::new(&self.bin)
+            .args(["-H", "127.0.0.1", "-p", &self.port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("starting {}: {e}", self.bin.display()))?;
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Err(format!(
+            "moto_server did not listen on port {} within 30 s",
+            self.port
+        ))
+    }
+
+    /// The endpoint URL.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Stop the server (SIGSTOP: it stays alive with its data but answers nothing).
+    pub fn pause(&self) {
+        if let Some(c) = &self.child {
+            let _ = Command::new("kill").args(["-STOP", &c.id().to_string()]).status();
+        }
+    }
+
+    /// Let a paused server answer again.
+    pub fn resume(&self) {
+        if let Some(c) = &self.child {
+            let _ = Command::new("kill").args(["-CONT", &c.id().to_string()]).status();
+        }
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill").args(["-CONT", &c.id().to_string()]).status();
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A client for `endpoint` with path-style addressing and the test credentials.
+pub async fn client(endpoint: &str) -> aws_sdk_s3::Client {
+    test_credentials_env();
+    let shared = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new("us-east-1"))
+        .load()
+        .await;
+    let conf = aws_sdk_s3::config::Builder::from(&shared)
+        .endpoint_url(endpoint)
+        .force_path_style(true)
+        .build();
+    aws_sdk_s3::Client::from_conf(conf)
+}
+
+/// Create `bucket`, with Object Lock (and so versioning) when `object_lock`.
+pub async fn create_bucket(
+    client: &aws_sdk_s3::Client,
+    bucket: &str,
+    object_lock: bool,
+) -> Result<(), String> {
+    client
+        .create_bucket()
+        .bucket(bucket)
+        .object_lock_enabled_for_bucket(object_lock)
+        .send()
+        .await
+        .map(|_| ())
+        .map_err(|e| {
+            format!(
+                "create bucket {bucket}: {}",
+                aws_sdk_s3::error::DisplayErrorContext(e)
+            )
+        })
+}
+
+/// One object read back.
+#[derive(Debug, Clone)]
+pub struct Object {
+    /// Its key.
+    pub key: String,
+    /// The body as stored.
+    pub body: Vec<u8>,
+    /// The SHA-256 checksum the server holds (base64), when there is one.
+    pub checksum_sha256: Option<String>,
+    /// Object Lock mode, when set.
+    pub lock_mode: Option<String>,
+    /// Object Lock retain-until date, when set.
+    pub retain_until: Option<String>,
+    /// Server-side encryption, when set.
+    pub sse: Option<String>,
+}
+
+/// Every current object of `bucket` (all pages), with body and attributes.
+pub async fn read_all(client: &aws_sdk_s3::Client, bucket: &str) -> Result<Vec<Object>, String> {
+    let mut out = Vec::new();
+    let mut token: Option<String> = None;
+    loop {
+        let page = client
+            .list_objects_v2()
+            .bucket(bucket)
+            .set_continuation_token(token.clone())
+            .send()
+            .await
+            .map_err(|e| format!("list {bucket}: {}", aws_sdk_s3::error::DisplayErrorContext(e)))?;
+        for o in page.contents() {
+            let Some(key) = o.key() else { continue };
+            let got = client
+                .get_object()
+                .bucket(bucket)
+                .key(key)
+                .checksum_mode(aws_sdk_s3::types::ChecksumMode::Enabled)
+                .send()
+                .await
+                .map_err(|e| format!("get {key}: {}", aws_sdk_s3::error::DisplayErrorContext(e)))?;
+            let checksum_sha256 = got.checksum_sha256().map(str::to_string);
+            let lock_mode = got.object_lock_mode().map(|m| m.as_str().to_string());
+            let retain_until = got.object_lock_retain_until_date().map(|d| d.to_string());
+            let sse = got.server_side_encryption().map(|s| s.as_str().to_string());
+            let body = got
+                .body
+                .collect()
+                .await
+                .map_err(|e| format!("read {key}: {e}"))?
+                .into_bytes()
+                .to_vec();
+            out.push(Object {
+                key: key.to_string(),
+                body,
+                checksum_sha256,
+                lock_mode,
+                retain_until,
+                sse,
+            });
+        }
+        token = page.next_continuation_token().map(str::to_string);
+        if token.is_none() {
+            return Ok(out);
+        }
+    }
+}
+
+/// The NDJSON lines of an object body, decompressed by its key's extension.
+pub fn lines(key: &str, body: &[u8]) -> Result<Vec<String>, String> {
+    use std::io::Read as _;
+    let mut text = Vec::new();
+    if key.ends_with(".gz") {
+        flate2::read::MultiGzDecoder::new(body)
+            .read_to_end(&mut text)
+            .map_err(|e| format!("{key}: not gzip: {e}"))?;
+    } else if key.ends_with(".zst") {
+        text = zstd::stream::decode_all(body).map_err(|e| format!("{key}: not zstd: {e}"))?;
+    } else {
+        text = body.to_vec();
+    }
+    let text = String::from_utf8(text).map_err(|e| format!("{key}: not UTF-8: {e}"))?;
+    Ok(text.lines().map(str::to_string).collect())
+}

@@ -1,0 +1,288 @@
+use std::sync::Arc;
+use std::time::Duration;
+
+use auditship_sink::testing::context;
+use auditship_sink::{Batch, Event, Sink};
+
+use super::*;
+use crate::testing::{client, create_bucket, lines, read_all, S3Server};
+
+fn server() -> S3Server {
+    S3Server::start().unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn config(endpoint: &str, bucket: &str) -> S3SinkConfig {
+    S3SinkConfig {
+        bucket: bucket.into(),
+        region: Some("us-east-1".into()),
+        endpoint: Some(endpoint.into()),
+        force_path_style: true,
+        key_prefix: default_key_prefix(),
+        compression: Compression::Gzip,
+        batch_max_events: 100,
+        batch_max_bytes: default_batch_max_bytes(),
+        batch_timeout_ms: 60_000,
+        server_side_encryption: None,
+        kms_key_id: None,
+        object_lock_mode: None,
+        object_lock_retain_days: None,
+        multipart_threshold_bytes: default_multipart_threshold_bytes(),
+        multipart_part_bytes: default_multipart_part_bytes(),
+        staging_dir: None,
+    }
+}
+
+fn event(rid: &str, n: u64, pad: usize) -> Event {
+    let raw = format!(
+        r#"{{"id":"{rid}-e{n}","resource_id":"{rid}","inserted_at":"2026-11-25T10:00:00.{n:06}Z","pad":"{}"}}"#,
+        "x".repeat(pad)
+    );
+    Event {
+        raw: raw.into(),
+        id: format!("{rid}-e{n}").into(),
+        resource_id: rid.into(),
+        cursor_us: Some(1_764_064_800_000_000 + n as i64),
+        cursor_span: None,
+        time_us: Some(1_764_064_800_000_000 + n as i64),
+        seq: n,
+    }
+}
+
+fn batch(number: u64, events: Vec<Event>) -> Arc<Batch> {
+    Arc::new(Batch { number, events })
+}
+
+async fn all_lines(c: &aws_sdk_s3::Client, bucket: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for o in read_all(c, bucket).await.unwrap() {
+        out.extend(lines(&o.key, &o.body).unwrap());
+    }
+    out
+}
+
+fn sorted(mut v: Vec<String>) -> Vec<String> {
+    v.sort();
+    v
+}
+
+fn raw_lines(events: &[Event]) -> Vec<String> {
+    events
+        .iter()
+        .map(|e| String::from_utf8(e.raw.to_vec()).unwrap())
+        .collect()
+}
+
+#[test]
+fn bad_configurations_are_named() {
+    let mut c = config("http://x", "b");
+    c.object_lock_mode = Some(LockMode::Compliance);
+    assert!(c.validate().unwrap_err().contains("go together"));
+    let mut c = config("http://x", "b");
+    c.key_prefix = "{nope}/".into();
+    assert!(c.validate().unwrap_err().contains("unknown placeholder"));
+    let mut c = config("http://x", "b");
+    c.kms_key_id = Some("k".into());
+    assert!(c.validate().unwrap_err().contains("aws:kms"));
+    let mut c = config("http://x", "b");
+    c.multipart_part_bytes = 1024;
+    assert!(c.validate().unwrap_err().contains("5 MiB"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn objects_hold_exactly_the_events_with_checksum_sse_and_retention() {
+    let s = server();
+    let c = client(&s.endpoint()).await;
+    create_bucket(&c, "worm", true).await.unwrap();
+    let staging = tempfile::tempdir().unwrap();
+    let mut cfg = config(&s.endpoint(), "worm");
+    cfg.server_side_encryption = Some(Sse::Aes256);
+    cfg.object_lock_mode = Some(LockMode::Compliance);
+    cfg.object_lock_retain_days = Some(2555);
+    let (ctx, registry, _) = context("cold", vec![]);
+    let mut sink = S3Sink::open(cfg, ctx, staging.path().to_path_buf()).unwrap();
+    sink.prepare().await.unwrap();
+
+    let mut sent = Vec::new();
+    let mut deleted = Vec::new();
+    for n in 1..=5u64 {
+        let events: Vec<Event> = (0..60)
+            .flat_map(|i| [event("sb-a", n * 100 + i, 20), event("sb/b", n * 100 + i, 20)])
+            .collect();
+        sent.extend(events.iter().cloned());
+        sink.write(batch(n, events)).await.unwrap();
+        deleted.extend(sink.flush().await.unwrap());
+        assert!(sink.durable_through().unwrap() < n || sink.buffers.is_empty());
+    }
+    // Part of the events still wait for their object; close ships them.
+    assert!(sink.flush_deadline().is_some());
+    deleted.extend(sink.close().await.unwrap());
+    assert_eq!(sink.durable_through(), Some(5));
+    assert!(deleted.iter().all(|e| e.is_deletion()));
+    assert_eq!(
+        deleted.len(),
+        registry.0.lock().unwrap().len(),
+        "every pending entry is released"
+    );
+    assert_eq!(
+        std::fs::read_dir(staging.path()).unwrap().count(),
+        0,
+        "staging is emptied"
+    );
+
+    let objects = read_all(&c, "worm").await.unwrap();
+    assert!(objects.len() >= 6, "{} objects", objects.len());
+    let mut got = Vec::new();
+    for o in &objects {
+        assert!(
+            o.key.starts_with("p/2025-11-25/sb-a/") || o.key.starts_with("p/2025-11-25/sb%2Fb/"),
+            "{}",
+            o.key
+        );
+        assert!(o.key.ends_with(".ndjson.gz"));
+        assert_eq!(
+            o.checksum_sha256.as_deref(),
+            Some(sha256_b64(&o.body).as_str()),
+            "{}",
+            o.key
+        );
+        assert_eq!(o.lock_mode.as_deref(), Some("COMPLIANCE"));
+        assert!(o.retain_until.is_some());
+        assert_eq!(o.sse.as_deref(), Some("AES256"));
+        got.extend(lines(&o.key, &o.body).unwrap());
+    }
+    assert_eq!(sorted(got), sorted(raw_lines(&sent)));
+    let mut keys: Vec<&str> = objects.iter().map(|o| o.key.as_str()).collect();
+    keys.dedup();
+    assert_eq!(keys.len(), objects.len(), "keys are unique");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn large_objects_go_up_in_parts() {
+    let s = server();
+    let c = client(&s.endpoint()).await;
+    create_bucket(&c, "big", false).await.unwrap();
+    let staging = tempfile::tempdir().unwrap();
+    let mut cfg = config(&s.endpoint(), "big");
+    cfg.compression = Compression::None;
+    cfg.multipart_threshold_bytes = 1024 * 1024;
+    cfg.multipart_part_bytes = 5 * 1024 * 1024;
+    cfg.batch_max_events = 1_000_000;
+    let (ctx, _, _) = context("cold", vec![]);
+    let mut sink = S3Sink::open(cfg, ctx, staging.path().to_path_buf()).unwrap();
+    sink.prepare().await.unwrap();
+    let events: Vec<Event> = (0..700).map(|n| event("sb-a", n, 10_000)).collect();
+    sink.write(batch(1, events.clone())).await.unwrap();
+    sink.close().await.unwrap();
+    let objects = read_all(&c, "big").await.unwrap();
+    assert_eq!(objects.len(), 1);
+    assert!(objects[0].body.len() > 5 * 1024 * 1024);
+    assert_eq!(
+        lines(&objects[0].key, &objects[0].body).unwrap(),
+        raw_lines(&events)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_missing_bucket_is_named_at_start() {
+    let s = server();
+    let staging = tempfile::tempdir().unwrap();
+    let (ctx, _, _) = context("cold", vec![]);
+    let mut sink = S3Sink::open(
+        config(&s.endpoint(), "no-such-bucket"),
+        ctx,
+        staging.path().to_path_buf(),
+    )
+    .unwrap();
+    let e = sink.prepare().await.unwrap_err();
+    assert!(!e.is_retryable());
+    assert!(e.to_string().contains("\"no-such-bucket\" does not exist"), "{e}");
+
+    let c = client(&s.endpoint()).await;
+    create_bucket(&c, "plain", false).await.unwrap();
+    let mut cfg = config(&s.endpoint(), "plain");
+    cfg.object_lock_mode = Some(LockMode::Governance);
+    cfg.object_lock_retain_days = Some(1);
+    let (ctx, _, _) = context("cold", vec![]);
+    let mut sink = S3Sink::open(cfg, ctx, staging.path().to_path_buf()).unwrap();
+    let e = sink.prepare().await.unwrap_err();
+    assert!(e.to_string().contains("has no Object Lock"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upload_cut_by_a_crash_is_finished_on_start_and_its_events_not_written_twice() {
+    let s = server();
+    let c = client(&s.endpoint()).await;
+    create_bucket(&c, "crash", false).await.unwrap();
+    let staging = tempfile::tempdir().unwrap();
+    let cfg = config(&s.endpoint(), "crash");
+    let (ctx, registry, _) = context("cold", vec![]);
+    let mut sink = S3Sink::open(cfg.clone(), ctx, staging.path().to_path_buf()).unwrap();
+    sink.prepare().await.unwrap();
+    let first: Vec<Event> = (0..100).map(|n| event("sb-a", n, 10)).collect();
+    sink.write(batch(1, first.clone())).await.unwrap();
+    // The store becomes unreachable mid-run and the process dies: the object is staged and
+    // registered, but not in the bucket.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    sink.client = Some(client(&format!("http://{dead}")).await);
+    let flushing = tokio::spawn(async move {
+        let _ = sink.flush().await;
+    });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        !flushing.is_finished(),
+        "the upload cannot finish with the store away"
+    );
+    flushing.abort();
+    let _ = flushing.await;
+    let pending = registry.0.lock().unwrap().clone();
+    assert_eq!(pending.len(), 1);
+    assert!(read_all(&c, "crash").await.unwrap().is_empty());
+
+    // Restart: the pending object is put in place first; the same events delivered again (the
+    // checkpoint never passed them) are recognised; new events go on as usual.
+    let (ctx, _, _) = context("cold", pending.clone());
+    let mut sink = S3Sink::open(cfg, ctx, staging.path().to_path_buf()).unwrap();
+    sink.prepare().await.unwrap();
+    assert_eq!(read_all(&c, "crash").await.unwrap().len(), 1);
+    let more: Vec<Event> = (100..150).map(|n| event("sb-a", n, 10)).collect();
+    let mut again = first.clone();
+    again.extend(more.iter().cloned());
+    sink.write(batch(1, again)).await.unwrap();
+    let released = sink.close().await.unwrap();
+    assert!(released.contains(&StateEntry::deleted(pending[0].key.clone())));
+
+    let mut want = raw_lines(&first);
+    want.extend(raw_lines(&more));
+    assert_eq!(sorted(all_lines(&c, "crash").await), sorted(want));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stopped_server_holds_the_flush_and_nothing_is_lost() {
+    let s = server();
+    let c = client(&s.endpoint()).await;
+    create_bucket(&c, "pause", false).await.unwrap();
+    let staging = tempfile::tempdir().unwrap();
+    let (ctx, _, _) = context("cold", vec![]);
+    let mut sink = S3Sink::open(config(&s.endpoint(), "pause"), ctx, staging.path().to_path_buf()).unwrap();
+    sink.prepare().await.unwrap();
+    // 250 events: two full objects go up at the flush, the rest at close.
+    let events: Vec<Event> = (0..250).map(|n| event("sb-a", n, 10)).collect();
+    s.pause();
+    sink.write(batch(1, events.clone())).await.unwrap();
+    let flushing = tokio::spawn(async move {
+        sink.flush().await.unwrap();
+        sink
+    });
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(!flushing.is_finished(), "no success while the server is stopped");
+    s.resume();
+    let mut sink = tokio::time::timeout(Duration::from_secs(60), flushing)
+        .await
+        .expect("uploads resume")
+        .unwrap();
+    sink.close().await.unwrap();
+    assert_eq!(sorted(all_lines(&c, "pause").await), sorted(raw_lines(&events)));
+}
