@@ -213,6 +213,12 @@ pub enum SinkConfig {
     /// A Kafka sink in a build without Kafka support: loading it fails and says how to get it.
     #[cfg(not(feature = "kafka"))]
     Kafka(toml::Table),
+    /// S3 objects.
+    #[cfg(feature = "s3")]
+    S3(auditship_sink_s3::S3SinkConfig),
+    /// An S3 sink in a build without S3 support: loading it fails and says how to get it.
+    #[cfg(not(feature = "s3"))]
+    S3(toml::Table),
 }
 
 /// One problem in a pipeline file, with where it is.
@@ -774,6 +780,41 @@ pub fn parse(path: &Path, text: &str, mode: LoadMode) -> Result<Pipeline, Config
                     }
                 }
             }
+            #[cfg(feature = "s3")]
+            SinkConfig::S3(c) => {
+                let mut ok = true;
+                for (what, value) in [
+                    ("bucket", Some(&mut c.bucket)),
+                    ("key_prefix", Some(&mut c.key_prefix)),
+                    ("endpoint", c.endpoint.as_mut()),
+                    ("region", c.region.as_mut()),
+                    ("staging_dir", c.staging_dir.as_mut()),
+                ] {
+                    let Some(value) = value else { continue };
+                    match interpolate(value) {
+                        Ok(v) => *value = v,
+                        Err(m) if mode == LoadMode::Validate => {
+                            ok = false;
+                            warnings.push(format!("{}: sinks.{sink_name}.{what}: {m} (needed to run)", path.display()));
+                        }
+                        Err(m) => {
+                            ok = false;
+                            err(&mut errors, span.clone(), format!("sinks.{sink_name}.{what}: {m}"));
+                        }
+                    }
+                }
+                if ok {
+                    if let Err(m) = c.validate() {
+                        err(&mut errors, span.clone(), format!("sinks.{sink_name}: {m}"));
+                    }
+                }
+            }
+            #[cfg(not(feature = "s3"))]
+            SinkConfig::S3(_) => err(
+                &mut errors,
+                span.clone(),
+                format!("sinks.{sink_name}: this auditship was built without S3 support; rebuild it with the `s3` feature (on by default): cargo build --release --features s3"),
+            ),
             #[cfg(not(feature = "kafka"))]
             SinkConfig::Kafka(_) => err(
                 &mut errors,

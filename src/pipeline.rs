@@ -21,7 +21,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::OpenOptions;
 use std::io::Write as _;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -194,8 +194,31 @@ pub fn client_for(p: &Pipeline) -> Result<Client, PipelineError> {
     Ok(b.build()?)
 }
 
-fn build_sink(cfg: &SinkConfig, ctx: SinkContext) -> Result<Box<dyn Sink>, SinkError> {
+fn build_sink(
+    cfg: &SinkConfig,
+    ctx: SinkContext,
+    checkpoint_path: &Path,
+) -> Result<Box<dyn Sink>, SinkError> {
     match cfg {
+        #[cfg(feature = "s3")]
+        SinkConfig::S3(c) => {
+            // Staged objects live beside the checkpoint database that names them.
+            let staging = checkpoint_path
+                .parent()
+                .unwrap_or(Path::new("."))
+                .join("s3-staging")
+                .join(&ctx.pipeline)
+                .join(&ctx.sink);
+            Ok(Box::new(auditship_sink_s3::S3Sink::open(
+                c.clone(),
+                ctx,
+                staging,
+            )?))
+        }
+        #[cfg(not(feature = "s3"))]
+        SinkConfig::S3(_) => Err(SinkError::Config(
+            "this auditship was built without S3 support; rebuild it with the `s3` feature".into(),
+        )),
         SinkConfig::File(c) => Ok(Box::new(auditship_sink_file::FileSink::open(c.clone(), ctx)?)),
         #[cfg(feature = "kafka")]
         SinkConfig::Kafka(c) => Ok(Box::new(auditship_sink_kafka::KafkaSink::open(c.clone(), ctx)?)),
@@ -360,7 +383,8 @@ pub async fn run(p: &Pipeline, opts: RunOptions) -> Result<RunReport, PipelineEr
             }),
         };
         let cfg_owned = cfg.clone();
-        let built = tokio::task::spawn_blocking(move || build_sink(&cfg_owned, ctx))
+        let checkpoint_path = p.checkpoint_path.clone();
+        let built = tokio::task::spawn_blocking(move || build_sink(&cfg_owned, ctx, &checkpoint_path))
             .await
             .map_err(|e| PipelineError::Config(format!("building sink {name}: {e}")))?;
         let mut sink = built.map_err(|source| PipelineError::Sink {

@@ -9,5 +9,7 @@ mod config;
 #[cfg(feature = "kafka")]
 mod kafka;
 mod process;
+#[cfg(feature = "s3")]
+mod s3;
 mod shipping;
 mod util;

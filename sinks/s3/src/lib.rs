@@ -744,6 +744,11 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The base64 SHA-256 of `bytes`, as S3's `ChecksumSHA256` spells it.
+pub fn sha256_base64(bytes: &[u8]) -> String {
+    sha256_b64(bytes)
+}
+
 fn sha256_b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(Sha256::digest(bytes))
 }
