@@ -1033,6 +1033,37 @@ compression = "zstd"
     }
 
     #[test]
+    #[cfg(feature = "s3")]
+    fn s3_sinks_resolve_variables_and_refuse_credentials_in_the_file() {
+        std::env::set_var("AUDITSHIP_TEST_KEY_GOOD", "msk_test_123");
+        std::env::set_var("AUDITSHIP_TEST_BUCKET", "audit-7");
+        let text = format!(
+            "{GOOD}\n[sinks.cold]\ntype = \"s3\"\nbucket = \"${{AUDITSHIP_TEST_BUCKET}}\"\nobject_lock_mode = \"COMPLIANCE\"\nobject_lock_retain_days = 30\n"
+        );
+        let p = parse(Path::new("p.toml"), &text, LoadMode::Run).unwrap();
+        let SinkConfig::S3(c) = &p.sinks["cold"] else {
+            panic!("an s3 sink")
+        };
+        assert_eq!(c.bucket, "audit-7");
+        assert_eq!(c.key_prefix, "{pipeline}/{date}/{resource_id}/");
+
+        let bad = [
+            (
+                "aws_access_key_id = \"AKIA\"",
+                "unknown field `aws_access_key_id`",
+            ),
+            ("object_lock_mode = \"GOVERNANCE\"", "go together"),
+            ("compression = \"brotli\"", "unknown variant `brotli`"),
+            ("key_prefix = \"{sandbox}/\"", "unknown placeholder"),
+        ];
+        for (extra, want) in bad {
+            let text = format!("{GOOD}\n[sinks.cold]\ntype = \"s3\"\nbucket = \"b\"\n{extra}\n");
+            let e = parse(Path::new("p.toml"), &text, LoadMode::Validate).unwrap_err();
+            assert!(e.to_string().contains(want), "{extra}: {e}");
+        }
+    }
+
+    #[test]
     fn two_sinks_cannot_share_files() {
         let text = format!(
             "{GOOD}\n[sinks.copy]\ntype = \"file\"\npath = \"archive/{{resource_id}}/{{date}}.ndjson\"\n"

@@ -252,7 +252,10 @@ impl S3SinkConfig {
 
 /// Events gathered for one object.
 struct Buffer {
-    body: Vec<u8>,
+    /// The events' raw bytes, shared with the pipeline's batches (no copy until sealing).
+    lines: Vec<bytes::Bytes>,
+    /// Uncompressed size, newlines included.
+    bytes: u64,
     ids: Vec<Arc<str>>,
     events: usize,
     first_batch: u64,
@@ -389,7 +392,7 @@ impl S3Sink {
 
     fn due(&self, b: &Buffer) -> bool {
         b.events >= self.config.batch_max_events
-            || b.body.len() as u64 >= self.config.batch_max_bytes
+            || b.bytes >= self.config.batch_max_bytes
             || b.opened_at.elapsed() >= Duration::from_millis(self.config.batch_timeout_ms)
     }
 
@@ -405,7 +408,7 @@ impl S3Sink {
             self.counter,
             self.config.compression.extension()
         );
-        let body = compress(self.config.compression, &buffer.body)
+        let body = compress(self.config.compression, &buffer.lines, buffer.bytes)
             .map_err(|e| SinkError::io(format!("{}: compressing an object", self.name()), e))?;
         let staging = self.staging_path(&key);
         let staged = {
@@ -438,7 +441,7 @@ impl S3Sink {
         Ok(())
     }
 
-    async fn upload_until_done(&self, key: &str, body: Vec<u8>) -> Result<(), SinkError> {
+    async fn upload_until_done(&self, key: &str, body: bytes::Bytes) -> Result<(), SinkError> {
         let mut delay = Duration::from_millis(200);
         let mut warned: Option<Instant> = None;
         let mut failures = 0u32;
@@ -475,7 +478,7 @@ impl S3Sink {
         Some(DateTime::from_secs(until.timestamp()))
     }
 
-    async fn upload(&self, key: &str, body: &[u8]) -> Result<(), Failure> {
+    async fn upload(&self, key: &str, body: &bytes::Bytes) -> Result<(), Failure> {
         let client = self.client().map_err(|e| Failure::Stop(e.to_string()))?;
         let c = &self.config;
         let sse = c.server_side_encryption.map(|s| match s {
@@ -491,7 +494,7 @@ impl S3Sink {
                 .put_object()
                 .bucket(&c.bucket)
                 .key(key)
-                .body(ByteStream::from(body.to_vec()))
+                .body(ByteStream::from(body.clone()))
                 .content_type(c.compression.content_type())
                 .checksum_algorithm(ChecksumAlgorithm::Sha256)
                 .checksum_sha256(sha256_b64(body))
@@ -638,7 +641,8 @@ impl S3Sink {
                 match std::fs::read(&staging) {
                     Ok(b) => {
                         tracing::info!(sink = %self.ctx.sink, key = %key, "uploading an object staged before a crash");
-                        self.upload_until_done(&key, b.clone()).await?;
+                        self.upload_until_done(&key, bytes::Bytes::from(b.clone()))
+                            .await?;
                         b
                     }
                     Err(_) => {
@@ -753,19 +757,36 @@ fn sha256_b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(Sha256::digest(bytes))
 }
 
-fn compress(c: Compression, body: &[u8]) -> std::io::Result<Vec<u8>> {
-    match c {
-        Compression::None => Ok(body.to_vec()),
+/// The object body: every line and a newline, compressed.
+fn compress(c: Compression, lines: &[bytes::Bytes], size: u64) -> std::io::Result<bytes::Bytes> {
+    fn put(out: &mut impl std::io::Write, lines: &[bytes::Bytes]) -> std::io::Result<()> {
+        for l in lines {
+            out.write_all(l)?;
+            out.write_all(b"\n")?;
+        }
+        Ok(())
+    }
+    let out = match c {
+        Compression::None => {
+            let mut out = Vec::with_capacity(size as usize);
+            put(&mut out, lines)?;
+            out
+        }
         Compression::Gzip => {
             let mut enc = flate2::write::GzEncoder::new(
-                Vec::with_capacity(body.len() / 4),
+                Vec::with_capacity(size as usize / 4),
                 flate2::Compression::new(6),
             );
-            enc.write_all(body)?;
-            enc.finish()
+            put(&mut enc, lines)?;
+            enc.finish()?
         }
-        Compression::Zstd => zstd::bulk::compress(body, 3),
-    }
+        Compression::Zstd => {
+            let mut enc = zstd::stream::Encoder::new(Vec::with_capacity(size as usize / 4), 3)?;
+            put(&mut enc, lines)?;
+            enc.finish()?
+        }
+    };
+    Ok(bytes::Bytes::from(out))
 }
 
 /// Write `body` to `path` durably (file and directory fsync'd).
@@ -877,15 +898,16 @@ impl Sink for S3Sink {
             }
             let prefix = self.render_prefix(&e.resource_id, e.time_us.or(e.cursor_us));
             let b = self.buffers.entry(prefix).or_insert_with(|| Buffer {
-                body: Vec::new(),
+                lines: Vec::new(),
+                bytes: 0,
                 ids: Vec::new(),
                 events: 0,
                 first_batch: batch.number,
                 first_time_us: e.cursor_us.or(e.time_us).unwrap_or(0),
                 opened_at: Instant::now(),
             });
-            b.body.extend_from_slice(&e.raw);
-            b.body.push(b'\n');
+            b.lines.push(e.raw.clone());
+            b.bytes += e.raw.len() as u64 + 1;
             b.ids.push(e.id.clone());
             b.events += 1;
         }
