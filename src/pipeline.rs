@@ -194,6 +194,7 @@ pub fn client_for(p: &Pipeline) -> Result<Client, PipelineError> {
     Ok(b.build()?)
 }
 
+#[cfg_attr(not(feature = "s3"), allow(unused_variables))]
 fn build_sink(
     cfg: &SinkConfig,
     ctx: SinkContext,
