@@ -7,7 +7,9 @@ use std::time::Duration;
 use auditship::sim::{SimConfig, Simulator};
 use auditship_sink_kafka::testing::{read_topic, Broker, Record};
 
-use crate::util::{assert_exactly_once, finish, signal, sim, sim_lines, wait_for, Output, Proc, Workspace};
+use crate::util::{
+    assert_exactly_once, finish, signal, sim, sim_lines, stop_when_all_committed, wait_for, Proc, Workspace,
+};
 
 fn broker() -> Broker {
     Broker::start().unwrap_or_else(|e| panic!("{e}"))
@@ -71,18 +73,6 @@ async fn read_all_then_kill(child: &Proc, b: &mut Broker, topic: &str) -> Vec<Re
     b.kill();
     signal(child, libc::SIGCONT);
     before
-}
-
-/// Wait until the checkpoint holds every event the simulator made, then SIGTERM: exit 0.
-async fn stop_when_all_committed(ws: &Workspace, sim: &Simulator, child: Proc) -> Output {
-    wait_for("every event to be committed", Duration::from_secs(120), || {
-        sim.live_done() && ws.committed_events() >= sim.total_events() as i64
-    })
-    .await;
-    signal(&child, libc::SIGTERM);
-    let out = finish(child, Duration::from_secs(30));
-    assert_eq!(out.code, Some(0), "stderr: {}", out.stderr);
-    out
 }
 
 /// With the broker down, the checkpoint must not move.

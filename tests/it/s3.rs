@@ -6,7 +6,9 @@ use std::time::Duration;
 use auditship::sim::SimConfig;
 use auditship_sink_s3::testing::{client, create_bucket, lines, read_all, S3Server};
 
-use crate::util::{assert_exactly_once, finish, signal, sim, sim_lines, wait_for, Workspace};
+use crate::util::{
+    assert_exactly_once, finish, signal, sim, sim_lines, stop_when_all_committed, wait_for, Workspace,
+};
 
 fn server() -> S3Server {
     S3Server::start().unwrap_or_else(|e| panic!("{e}"))
@@ -55,13 +57,7 @@ async fn an_s3_pipeline_ships_every_event_once_into_checksummed_locked_objects()
     let ws = Workspace::with_sinks(&sim, &ids, "", &s3_sink(&s, "archive", extra));
     let key = sim.api_key().to_string();
     let child = ws.spawn(&key, &["run", "pipe.toml"]);
-    wait_for("every event to be committed", Duration::from_secs(90), || {
-        sim.live_done() && ws.committed_events() >= sim.total_events() as i64
-    })
-    .await;
-    signal(&child, libc::SIGTERM);
-    let out = finish(child, Duration::from_secs(30));
-    assert_eq!(out.code, Some(0), "stderr: {}", out.stderr);
+    let out = stop_when_all_committed(&ws, &sim, child).await;
     assert!(out.stderr.contains("S3 bucket reachable"), "{}", out.stderr);
 
     let (got, objects) = bucket_lines(&c, "archive").await;
@@ -109,13 +105,7 @@ async fn kill_9_at_random_moments_leaves_no_event_in_two_objects() {
     // The earlier runs may have shipped everything already: give this one time to start (and
     // install its signal handlers) before asking it to stop.
     tokio::time::sleep(Duration::from_millis(1_500)).await;
-    wait_for("every event to be committed", Duration::from_secs(120), || {
-        sim.live_done() && ws.committed_events() >= sim.total_events() as i64
-    })
-    .await;
-    signal(&child, libc::SIGTERM);
-    let out = finish(child, Duration::from_secs(30));
-    assert_eq!(out.code, Some(0), "stderr: {}", out.stderr);
+    let out = stop_when_all_committed(&ws, &sim, child).await;
     recovered += out
         .stderr
         .matches("object from before a crash is in place")
@@ -161,13 +151,7 @@ async fn a_server_stopped_mid_run_holds_the_checkpoint_and_loses_nothing() {
         "the checkpoint passed events S3 does not hold"
     );
     s.resume();
-    wait_for("every event to be committed", Duration::from_secs(120), || {
-        sim.live_done() && ws.committed_events() >= sim.total_events() as i64
-    })
-    .await;
-    signal(&child, libc::SIGTERM);
-    let out = finish(child, Duration::from_secs(30));
-    assert_eq!(out.code, Some(0), "stderr: {}", out.stderr);
+    stop_when_all_committed(&ws, &sim, child).await;
     let (got, _) = bucket_lines(&c, "outage").await;
     assert_exactly_once(&got, &sim_lines(&sim, &ids));
 }

@@ -268,3 +268,16 @@ pub async fn sim(sandboxes: &[&str], config: SimConfig) -> Simulator {
     .await
     .unwrap()
 }
+
+/// Wait until the checkpoint holds every event the simulator made, then SIGTERM: exit 0.
+#[cfg_attr(not(any(feature = "kafka", feature = "s3")), allow(dead_code))]
+pub async fn stop_when_all_committed(ws: &Workspace, sim: &Simulator, child: Proc) -> Output {
+    wait_for("every event to be committed", Duration::from_secs(120), || {
+        sim.live_done() && ws.committed_events() >= sim.total_events() as i64
+    })
+    .await;
+    signal(&child, libc::SIGTERM);
+    let out = finish(child, Duration::from_secs(30));
+    assert_eq!(out.code, Some(0), "stderr: {}", out.stderr);
+    out
+}

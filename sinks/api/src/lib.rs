@@ -283,6 +283,20 @@ pub mod testing {
         }
     }
 
+    /// Where `./scripts/services install` keeps the test services: `$AUDITSHIP_CACHE`, else
+    /// `$XDG_CACHE_HOME/auditship`, else `~/.cache/auditship`.
+    pub fn service_cache_dir() -> std::path::PathBuf {
+        use std::path::PathBuf;
+        if let Some(d) = std::env::var_os("AUDITSHIP_CACHE") {
+            return PathBuf::from(d);
+        }
+        let base = std::env::var_os("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+            .unwrap_or_else(|| PathBuf::from(".cache"));
+        base.join("auditship")
+    }
+
     /// A context for sink `sink` of pipeline `p`, with in-memory registry and dead letters.
     pub fn context(
         sink: &str,

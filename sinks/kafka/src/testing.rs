@@ -25,17 +25,9 @@ pub struct Broker {
     bin: PathBuf,
 }
 
-/// Where `./scripts/services install` puts tansu: `$AUDITSHIP_CACHE`, else
-/// `$XDG_CACHE_HOME/auditship`, else `~/.cache/auditship`.
+/// Where `./scripts/services install` puts the test services.
 pub fn cache_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("AUDITSHIP_CACHE") {
-        return PathBuf::from(d);
-    }
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .unwrap_or_else(|| PathBuf::from(".cache"));
-    base.join("auditship")
+    auditship_sink::testing::service_cache_dir()
 }
 
 /// Find the tansu binary, or say how to install it.
