@@ -525,16 +525,19 @@ impl S3Sink {
         };
         let mut parts = Vec::new();
         let result: Result<(), Failure> = async {
-            for (i, chunk) in body.chunks(c.multipart_part_bytes as usize).enumerate() {
+            let part_len = c.multipart_part_bytes as usize;
+            for (i, start) in (0..body.len()).step_by(part_len).enumerate() {
                 let number = i as i32 + 1;
-                let checksum = sha256_b64(chunk);
+                // A slice of the shared body: no copy per part.
+                let chunk = body.slice(start..(start + part_len).min(body.len()));
+                let checksum = sha256_b64(&chunk);
                 let part = client
                     .upload_part()
                     .bucket(&c.bucket)
                     .key(key)
                     .upload_id(&upload_id)
                     .part_number(number)
-                    .body(ByteStream::from(chunk.to_vec()))
+                    .body(ByteStream::from(chunk))
                     .checksum_algorithm(ChecksumAlgorithm::Sha256)
                     .checksum_sha256(&checksum)
                     .send()
