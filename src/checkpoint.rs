@@ -602,6 +602,43 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_deletion_entry_removes_its_key_in_the_commit_transaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("cp.db")).unwrap();
+        for key in ["pending:a", "pending:b"] {
+            store
+                .register(
+                    "p",
+                    "cold",
+                    StateEntry {
+                        key: key.into(),
+                        value: 7,
+                    },
+                )
+                .await
+                .unwrap();
+        }
+        store
+            .commit(
+                "p",
+                "live",
+                Commit {
+                    positions: vec![],
+                    sink_state: vec![("cold".into(), StateEntry::deleted("pending:a"))],
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            store.sink_state("p", "cold").await.unwrap(),
+            vec![StateEntry {
+                key: "pending:b".into(),
+                value: 7
+            }]
+        );
+    }
+
+    #[tokio::test]
     async fn a_second_runner_of_the_same_pipeline_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("cp.db")).unwrap();
