@@ -381,6 +381,10 @@ impl ProducerContext for Ctx {
 struct Msg {
     event: Event,
     topic: Result<Arc<str>, String>,
+    /// The event's `action` (interned: a handful of values).
+    action: Option<Arc<str>>,
+    /// The key, when it comes from an event field other than `resource_id`.
+    field_key: Option<Box<[u8]>>,
 }
 
 /// The Kafka sink. See the crate documentation for its guarantees.
@@ -398,6 +402,8 @@ pub struct KafkaSink {
     batches: HashMap<u64, (usize, usize)>,
     /// Interned topic names.
     topics: HashMap<String, Arc<str>>,
+    /// Interned `action` values.
+    actions: HashMap<Box<str>, Arc<str>>,
 }
 
 impl KafkaSink {
@@ -432,6 +438,7 @@ impl KafkaSink {
             msgs: Vec::new(),
             batches: HashMap::new(),
             topics: HashMap::new(),
+            actions: HashMap::new(),
         };
         sink.producer = Some(Arc::new(sink.new_producer()?));
         Ok(sink)
@@ -489,6 +496,18 @@ impl KafkaSink {
         Ok(a)
     }
 
+    fn intern_action(&mut self, action: &str) -> Arc<str> {
+        if let Some(a) = self.actions.get(action) {
+            return a.clone();
+        }
+        let a: Arc<str> = Arc::from(action);
+        // Actions are a handful of words; a hostile stream of distinct ones is capped.
+        if self.actions.len() < 1_024 {
+            self.actions.insert(action.into(), a.clone());
+        }
+        a
+    }
+
     /// Hand slot `slot` to the producer, waiting while librdkafka's queue is full.
     async fn send(&self, slot: usize) -> Result<(), SinkError> {
         let msg = &self.msgs[slot];
@@ -500,15 +519,10 @@ impl KafkaSink {
             }
         };
         let e = &msg.event;
-        let key_field = match self.config.key.as_str() {
-            "" | "resource_id" => None,
-            other => Some(other),
-        };
-        let picked = pick(&e.raw, key_field).unwrap_or_default();
         let key: Option<&[u8]> = match self.config.key.as_str() {
             "" => None,
             "resource_id" => Some(e.resource_id.as_bytes()),
-            _ => picked.key.as_deref().map(str::as_bytes),
+            _ => msg.field_key.as_deref(),
         };
         let mut headers = OwnedHeaders::new_with_capacity(3)
             .insert(Header {
@@ -519,7 +533,7 @@ impl KafkaSink {
                 key: "resource_id",
                 value: Some(e.resource_id.as_bytes()),
             });
-        if let Some(a) = picked.action.as_deref() {
+        if let Some(a) = msg.action.as_deref() {
             headers = headers.insert(Header {
                 key: "action",
                 value: Some(a.as_bytes()),
@@ -816,19 +830,20 @@ impl Sink for KafkaSink {
         }
         let first = self.msgs.len();
         self.batches.insert(batch.number, (first, batch.events.len()));
-        let needs_action = self.template.uses_action();
+        let key_field = match self.config.key.as_str() {
+            "" | "resource_id" => None,
+            other => Some(other.to_string()),
+        };
         for e in &batch.events {
-            let action = if needs_action {
-                pick(&e.raw, None)
-                    .ok()
-                    .and_then(|p| p.action.map(|a| a.into_owned()))
-            } else {
-                None
-            };
+            // One pass over the event for everything the message needs; a re-send reuses it.
+            let picked = pick(&e.raw, key_field.as_deref()).unwrap_or_default();
+            let action = picked.action.as_deref().map(|a| self.intern_action(a));
             let topic = self.topic_for(e, action.as_deref());
             self.msgs.push(Msg {
                 event: e.clone(),
                 topic,
+                action,
+                field_key: picked.key.map(|k| k.as_bytes().into()),
             });
         }
         self.shared

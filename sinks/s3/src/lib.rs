@@ -408,16 +408,24 @@ impl S3Sink {
             self.counter,
             self.config.compression.extension()
         );
-        let body = compress(self.config.compression, &buffer.lines, buffer.bytes)
-            .map_err(|e| SinkError::io(format!("{}: compressing an object", self.name()), e))?;
         let staging = self.staging_path(&key);
-        let staged = {
-            let (path, body) = (staging.clone(), body.clone());
-            tokio::task::spawn_blocking(move || stage(&path, &body))
-                .await
-                .map_err(|e| SinkError::io("staging", std::io::Error::other(e.to_string())))?
-        };
-        staged.map_err(|e| SinkError::io(format!("{}: writing {}", self.name(), staging.display()), e))?;
+        // Compressing megabytes and fsync'ing them are blocking work: off the async workers.
+        let (compression, lines, size, path) = (
+            self.config.compression,
+            buffer.lines.clone(),
+            buffer.bytes,
+            staging.clone(),
+        );
+        let name = self.name();
+        let body = tokio::task::spawn_blocking(move || -> Result<bytes::Bytes, SinkError> {
+            let body = compress(compression, &lines, size)
+                .map_err(|e| SinkError::io(format!("{name}: compressing an object"), e))?;
+            stage(&path, &body)
+                .map_err(|e| SinkError::io(format!("{name}: writing {}", path.display()), e))?;
+            Ok(body)
+        })
+        .await
+        .map_err(|e| SinkError::io("staging", std::io::Error::other(e.to_string())))??;
         let entry = StateEntry {
             key: format!("{PENDING}{key}"),
             value: chrono::Utc::now().timestamp_micros(),
