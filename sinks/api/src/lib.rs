@@ -297,6 +297,42 @@ pub mod testing {
         base.join("auditship")
     }
 
+    /// Find a test service's binary: `$ENV` if set (it must exist), else `cached` if it exists.
+    /// `None` when neither: the caller says how to install it.
+    pub fn service_binary(env: &str, cached: &std::path::Path) -> Result<Option<std::path::PathBuf>, String> {
+        if let Some(p) = std::env::var_os(env) {
+            let p = std::path::PathBuf::from(p);
+            if p.is_file() {
+                return Ok(Some(p));
+            }
+            return Err(format!("{env}={} is not a file", p.display()));
+        }
+        Ok(cached.is_file().then(|| cached.to_path_buf()))
+    }
+
+    /// A loopback port nothing listens on (at the moment of asking).
+    pub fn free_port() -> Result<u16, String> {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .map_err(|e| format!("no free port: {e}"))
+    }
+
+    /// Wait until something accepts connections on loopback `port`, for at most `within`.
+    pub fn wait_listening(port: u16, what: &str, within: std::time::Duration) -> Result<(), String> {
+        let deadline = std::time::Instant::now() + within;
+        while std::time::Instant::now() < deadline {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Ok(());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        Err(format!(
+            "{what} did not listen on port {port} within {} s",
+            within.as_secs()
+        ))
+    }
+
     /// A context for sink `sink` of pipeline `p`, with in-memory registry and dead letters.
     pub fn context(
         sink: &str,

@@ -5,11 +5,11 @@
 //! `./scripts/services install` fills, else on `PATH`; when there is none the error says how to
 //! get it. [`read_topic`] reads a topic back with `assign()` (consumer groups are slow to join).
 
-use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use auditship_sink::testing::{free_port, service_binary, wait_listening};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Headers;
@@ -32,16 +32,9 @@ pub fn cache_dir() -> PathBuf {
 
 /// Find the tansu binary, or say how to install it.
 pub fn tansu_binary() -> Result<PathBuf, String> {
-    if let Some(p) = std::env::var_os("AUDITSHIP_TANSU") {
-        let p = PathBuf::from(p);
-        if p.is_file() {
-            return Ok(p);
-        }
-        return Err(format!("AUDITSHIP_TANSU={} is not a file", p.display()));
-    }
     let cached = cache_dir().join("tansu").join("bin").join("tansu");
-    if cached.is_file() {
-        return Ok(cached);
+    if let Some(p) = service_binary("AUDITSHIP_TANSU", &cached)? {
+        return Ok(p);
     }
     if let Some(path) = std::env::var_os("PATH") {
         for dir in std::env::split_paths(&path) {
@@ -56,11 +49,6 @@ pub fn tansu_binary() -> Result<PathBuf, String> {
          or `cargo install tansu --version {TANSU_VERSION} --locked --features dynostore`, then run the tests again",
         cached.display()
     ))
-}
-
-fn free_port() -> Result<u16, String> {
-    let l = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("no free port: {e}"))?;
-    l.local_addr().map(|a| a.port()).map_err(|e| e.to_string())
 }
 
 impl Broker {
@@ -92,14 +80,7 @@ impl Broker {
             .spawn()
             .map_err(|e| format!("starting {}: {e}", self.bin.display()))?;
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Err(format!("tansu did not listen on port {} within 20 s", self.port))
+        wait_listening(self.port, "tansu", Duration::from_secs(20))
     }
 
     /// `host:port` for `bootstrap.servers`.

@@ -3,10 +3,10 @@
 //! The binary is found through `AUDITSHIP_MOTO`, else in the cache that
 //! `./scripts/services install` fills; when there is none the error says how to get it.
 
-use std::net::{TcpListener, TcpStream};
+use auditship_sink::testing::{free_port, service_binary, wait_listening};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The moto version the tests are written against.
 pub const MOTO_VERSION: &str = "5.2.5";
@@ -28,19 +28,12 @@ pub fn cache_dir() -> PathBuf {
 
 /// Find `moto_server`, or say how to install it.
 pub fn moto_binary() -> Result<PathBuf, String> {
-    if let Some(p) = std::env::var_os("AUDITSHIP_MOTO") {
-        let p = PathBuf::from(p);
-        if p.is_file() {
-            return Ok(p);
-        }
-        return Err(format!("AUDITSHIP_MOTO={} is not a file", p.display()));
-    }
     let cached = cache_dir()
         .join(format!("moto-{MOTO_VERSION}"))
         .join("bin")
         .join("moto_server");
-    if cached.is_file() {
-        return Ok(cached);
+    if let Some(p) = service_binary("AUDITSHIP_MOTO", &cached)? {
+        return Ok(p);
     }
     Err(format!(
         "no S3 test server found (looked at $AUDITSHIP_MOTO and {}): run `./scripts/services install` \
@@ -60,10 +53,7 @@ pub fn test_credentials_env() {
 impl S3Server {
     /// Start a server on a free loopback port and wait until it answers.
     pub fn start() -> Result<S3Server, String> {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .map_err(|e| format!("no free port: {e}"))?;
+        let port = free_port()?;
         let mut s = S3Server {
             child: None,
             port,
@@ -82,17 +72,7 @@ impl S3Server {
             .spawn()
             .map_err(|e| format!("starting {}: {e}", self.bin.display()))?;
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Err(format!(
-            "moto_server did not listen on port {} within 30 s",
-            self.port
-        ))
+        wait_listening(self.port, "moto_server", Duration::from_secs(30))
     }
 
     /// The endpoint URL.
