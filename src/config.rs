@@ -26,6 +26,7 @@ use toml::Spanned;
 
 use crate::client::{parse_time, StartAt, Transport};
 use crate::secret::ApiKey;
+use crate::transform::{ChainSpec, Compile, TransformConfig, TransformRef};
 
 /// A pipeline file as written.
 #[derive(Debug, Deserialize)]
@@ -46,8 +47,44 @@ pub struct PipelineFile {
     /// Where frames that are not events go.
     #[serde(default)]
     pub dead_letter: DeadLetterConfig,
+    /// Transforms every event passes, in order, before the sinks (see [`crate::transform`]).
+    #[serde(default)]
+    pub transforms: Vec<Spanned<TransformConfig>>,
     /// Named sinks; `type` picks the kind.
-    pub sinks: BTreeMap<String, Spanned<SinkConfig>>,
+    pub sinks: BTreeMap<String, Spanned<SinkEntry>>,
+}
+
+/// A `[sinks.NAME]` table: the sink's own settings plus routing and per-sink transforms.
+#[derive(Debug, Deserialize)]
+pub struct SinkEntry {
+    /// The sink's kind and settings.
+    #[serde(flatten)]
+    pub sink: SinkConfig,
+    /// Routing: this sink only gets events matching this condition (after the pipeline's
+    /// transforms). Events routed away count as delivered for this sink.
+    #[serde(default)]
+    pub when: Option<toml::Value>,
+    /// Transforms for this sink only, after the pipeline's: a type (`"ocsf"`, `"dedupe"`) or a
+    /// table like a `[[transforms]]` entry.
+    #[serde(default)]
+    pub transforms: Vec<TransformRef>,
+    /// `false`: this sink gets events as received, skipping the pipeline's `[[transforms]]`
+    /// (an archive beside a filtered, redacted SIEM feed). Default `true`.
+    #[serde(default = "yes")]
+    pub pipeline_transforms: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// How one sink's events are chosen and shaped.
+#[derive(Clone, Debug, Default)]
+pub struct SinkRoute {
+    /// The sink's `when`, then its `transforms`.
+    pub chain: ChainSpec,
+    /// Whether the pipeline's transforms run before this sink.
+    pub pipeline_transforms: bool,
 }
 
 /// `[source]`: the Miosa API and the sandboxes to follow.
@@ -267,6 +304,16 @@ pub enum LoadMode {
     Run,
     /// Loading to validate.
     Validate,
+    /// Loading to try the transforms offline (`auditship transform`): like `Validate`, except
+    /// that the transforms' own secrets (an HMAC key) must resolve.
+    Try,
+}
+
+impl LoadMode {
+    /// Whether settings that only a run needs (the API key, sink secrets) may be missing.
+    fn offline(self) -> bool {
+        matches!(self, LoadMode::Validate | LoadMode::Try)
+    }
 }
 
 /// A pipeline, loaded and resolved.
@@ -314,6 +361,10 @@ pub struct Pipeline {
     pub dead_letter_path: PathBuf,
     /// Sinks by name.
     pub sinks: BTreeMap<String, SinkConfig>,
+    /// The pipeline's `[[transforms]]`, compiled.
+    pub transforms: ChainSpec,
+    /// Per sink: routing and transforms.
+    pub routes: BTreeMap<String, SinkRoute>,
     /// Things that work but deserve a look.
     pub warnings: Vec<String>,
 }
@@ -338,7 +389,7 @@ fn deserialize(path: &Path, text: &str) -> Result<PipelineFile, Vec<ConfigError>
     #[derive(Deserialize)]
     struct OnlySinks {
         #[allow(dead_code)]
-        sinks: BTreeMap<String, SinkConfig>,
+        sinks: BTreeMap<String, SinkEntry>,
     }
     #[derive(Deserialize)]
     struct OnlyRest {
@@ -351,6 +402,9 @@ fn deserialize(path: &Path, text: &str) -> Result<PipelineFile, Vec<ConfigError>
         #[serde(default)]
         #[allow(dead_code)]
         dead_letter: DeadLetterConfig,
+        #[serde(default)]
+        #[allow(dead_code)]
+        transforms: Vec<TransformConfig>,
     }
     let mut errors = Vec::new();
     let file = collect::<PipelineFile>(path, text, &mut errors);
@@ -576,7 +630,7 @@ pub fn parse(path: &Path, text: &str, mode: LoadMode) -> Result<Pipeline, Config
             match interpolate(k.get_ref()) {
                 Ok(v) if !v.trim().is_empty() => api_key = Some(ApiKey::new(v)),
                 Ok(_) => err(&mut errors, k.span(), "api_key is empty".into()),
-                Err(m) if mode == LoadMode::Validate => warnings.push(format!("{}: api_key: {m} (needed to run)", path.display())),
+                Err(m) if mode.offline() => warnings.push(format!("{}: api_key: {m} (needed to run)", path.display())),
                 Err(m) => err(&mut errors, k.span(), format!("api_key: {m}; export it before running")),
             }
         }
@@ -584,14 +638,14 @@ pub fn parse(path: &Path, text: &str, mode: LoadMode) -> Result<Pipeline, Config
             Ok(p) => match std::fs::read_to_string(&p) {
                 Ok(v) if !v.trim().is_empty() => api_key = Some(ApiKey::new(v)),
                 Ok(_) => err(&mut errors, f.span(), format!("api_key_file {p:?} is empty")),
-                Err(e) if mode == LoadMode::Validate => warnings.push(format!("{}: api_key_file {p:?}: {e} (needed to run)", path.display())),
+                Err(e) if mode.offline() => warnings.push(format!("{}: api_key_file {p:?}: {e} (needed to run)", path.display())),
                 Err(e) => err(&mut errors, f.span(), format!("cannot read api_key_file {p:?}: {e}")),
             },
             Err(m) => err(&mut errors, f.span(), format!("api_key_file: {m}")),
         },
         (None, None) => match std::env::var("MIOSA_API_KEY") {
             Ok(v) if !v.trim().is_empty() => api_key = Some(ApiKey::new(v)),
-            _ if mode == LoadMode::Validate => warnings.push(format!(
+            _ if mode.offline() => warnings.push(format!(
                 "{}: no api_key in [source]; MIOSA_API_KEY will be read when running",
                 path.display()
             )),
@@ -698,11 +752,64 @@ pub fn parse(path: &Path, text: &str, mode: LoadMode) -> Result<Pipeline, Config
             "no sinks; add one, e.g. [sinks.archive] type = \"file\"".into(),
         );
     }
+    let mut transform_errors = Vec::new();
+    let mut pipeline_chain = ChainSpec::default();
+    {
+        let mut c = Compile {
+            validate_only: mode == LoadMode::Validate,
+            warnings: &mut warnings,
+            errors: &mut transform_errors,
+        };
+        let configs: Vec<TransformConfig> = file.transforms.iter().map(|t| t.get_ref().clone()).collect();
+        pipeline_chain.extend("transforms", &configs, &mut c);
+    }
+    for m in transform_errors.drain(..) {
+        // Point at the transform the message names (`transforms[2] (...)`).
+        let span = m
+            .strip_prefix("transforms[")
+            .and_then(|r| r.split(']').next())
+            .and_then(|n| n.parse::<usize>().ok())
+            .and_then(|n| file.transforms.get(n.wrapping_sub(1)))
+            .map_or(0..0, |t| t.span());
+        err(&mut errors, span, m);
+    }
+    let mut routes = BTreeMap::new();
     let mut sinks = BTreeMap::new();
     let mut file_paths: BTreeMap<String, String> = BTreeMap::new();
     for (sink_name, sink) in file.sinks {
         let span = sink.span();
-        let mut sink = sink.into_inner();
+        let entry = sink.into_inner();
+        let mut route = SinkRoute {
+            chain: ChainSpec::default(),
+            pipeline_transforms: entry.pipeline_transforms,
+        };
+        {
+            let mut c = Compile {
+                validate_only: mode == LoadMode::Validate,
+                warnings: &mut warnings,
+                errors: &mut transform_errors,
+            };
+            let configs: Vec<TransformConfig> = entry.transforms.iter().map(|t| t.0.clone()).collect();
+            route
+                .chain
+                .extend(&format!("sinks.{sink_name}.transforms"), &configs, &mut c);
+            if let Some(when) = &entry.when {
+                route
+                    .chain
+                    .route(&format!("sinks.{sink_name}.when"), when, &mut c);
+            }
+        }
+        for m in transform_errors.drain(..) {
+            err(&mut errors, span.clone(), m);
+        }
+        if !entry.pipeline_transforms && file.transforms.is_empty() {
+            warnings.push(format!(
+                "{}: sinks.{sink_name}: pipeline_transforms = false has no effect: the pipeline has no [[transforms]]",
+                path.display()
+            ));
+        }
+        routes.insert(sink_name.clone(), route);
+        let mut sink = entry.sink;
         match &mut sink {
             SinkConfig::File(f) => match interpolate(&f.path) {
                 Ok(p) => {
@@ -739,7 +846,7 @@ pub fn parse(path: &Path, text: &str, mode: LoadMode) -> Result<Pipeline, Config
                             *value = v;
                             true
                         }
-                        Err(m) if mode == LoadMode::Validate => {
+                        Err(m) if mode.offline() => {
                             warnings.push(format!("{}: sinks.{sink_name}.{what}: {m} (needed to run)", path.display()));
                             false
                         }
@@ -756,7 +863,7 @@ pub fn parse(path: &Path, text: &str, mode: LoadMode) -> Result<Pipeline, Config
                 for (opt, value) in k.options.iter_mut() {
                     if let auditship_sink_kafka::OptionValue::Text(v) = value {
                         let secret = auditship_sink_kafka::is_secret_option(opt);
-                        if secret && !v.contains("${") && mode == LoadMode::Validate {
+                        if secret && !v.contains("${") && mode.offline() {
                             warnings.push(format!(
                                 "{}: sinks.{sink_name}.options.\"{opt}\" is written literally in the pipeline file; use \"${{VAR}}\"",
                                 path.display()
@@ -793,7 +900,7 @@ pub fn parse(path: &Path, text: &str, mode: LoadMode) -> Result<Pipeline, Config
                     let Some(value) = value else { continue };
                     match interpolate(value) {
                         Ok(v) => *value = v,
-                        Err(m) if mode == LoadMode::Validate => {
+                        Err(m) if mode.offline() => {
                             ok = false;
                             warnings.push(format!("{}: sinks.{sink_name}.{what}: {m} (needed to run)", path.display()));
                         }
@@ -850,6 +957,8 @@ pub fn parse(path: &Path, text: &str, mode: LoadMode) -> Result<Pipeline, Config
         batch_timeout: Duration::from_millis(file.batch.timeout_ms),
         dead_letter_path,
         sinks,
+        transforms: pipeline_chain,
+        routes,
         warnings,
     })
 }

@@ -49,6 +49,7 @@ pub mod pipeline;
 pub mod secret;
 pub mod sim;
 pub mod source;
+pub mod transform;
 
 /// rustls needs one process-wide crypto provider; install ring's once (both the HTTP client and
 /// the socket use rustls).

@@ -39,3 +39,7 @@ pub static SOCKET_DROPS: Counter = Counter::new();
 pub static DEAD_LETTERED: Counter = Counter::new();
 /// Events handed to sinks.
 pub static EVENTS_EMITTED: Counter = Counter::new();
+/// Events dropped by a filter, a sink's route or `dedupe` (they count as delivered).
+pub static EVENTS_DROPPED: Counter = Counter::new();
+/// Events a transform failed on (sent to the dead-letter file).
+pub static TRANSFORM_FAILURES: Counter = Counter::new();

@@ -39,6 +39,7 @@ use crate::client::{
 use crate::config::{Pipeline, SinkConfig};
 use crate::secret::ApiKey;
 use crate::source::{self, DeadLetter, SourceEnd, SourceKind, SourceMsg};
+use crate::transform::Chain;
 
 /// Errors that stop a pipeline. [`PipelineError::is_retryable`] says whether running it again
 /// later can help (cron uses the exit code built from it).
@@ -250,6 +251,7 @@ impl DeadLetters for SinkDeadLetters {
             resource_id: event.resource_id.clone(),
             event_id: Some(event.id.clone()),
             sink: Some(self.sink.clone()),
+            transform: false,
             reason: reason.to_string(),
             raw: Some(event.raw.clone()),
         };
@@ -415,11 +417,17 @@ pub async fn run(p: &Pipeline, opts: RunOptions) -> Result<RunReport, PipelineEr
     let sink_names: Vec<String> = sinks.iter().map(|(n, _)| n.clone()).collect();
     for (idx, (name, sink)) in sinks.into_iter().enumerate() {
         let (tx, rx) = mpsc::channel::<Arc<Batch>>(4);
-        sink_txs.push(tx);
+        let route = p.routes.get(&name).cloned().unwrap_or_default();
+        // A sink that skips the pipeline's transforms is handed the batch as received.
+        sink_txs.push((tx, route.pipeline_transforms || p.transforms.is_empty()));
         sink_tasks.spawn(sink_task(
-            idx,
-            name,
-            sink,
+            SinkWorker {
+                idx,
+                name,
+                sink,
+                chain: route.chain.start(),
+                dead_letters: dl_tx.clone(),
+            },
             rx,
             ck_tx.clone(),
             fatal_tx.clone(),
@@ -438,6 +446,9 @@ pub async fn run(p: &Pipeline, opts: RunOptions) -> Result<RunReport, PipelineEr
     let uncommitted = Arc::new(tokio::sync::Semaphore::new(MAX_UNCOMMITTED_BATCHES));
     let batcher = Batcher {
         sinks: sink_txs,
+        chain: p.transforms.start(),
+        dead_letters: dl_tx.clone(),
+        fatal: fatal_tx.clone(),
         ck: ck_tx.clone(),
         running,
         number: 0,
@@ -634,7 +645,12 @@ fn record_source(report: &mut RunReport, r: source::SourceReport, fatal: &mut Op
 /// The batcher: numbers batches, tracks each sandbox's position as events pass, and hands every
 /// batch to the checkpointer (positions first) and then to every sink.
 struct Batcher {
-    sinks: Vec<mpsc::Sender<Arc<Batch>>>,
+    /// Each sink's queue, and whether it takes the batch after the pipeline's transforms.
+    sinks: Vec<(mpsc::Sender<Arc<Batch>>, bool)>,
+    /// The pipeline's `[[transforms]]`.
+    chain: Chain,
+    dead_letters: mpsc::Sender<DlMsg>,
+    fatal: mpsc::UnboundedSender<PipelineError>,
     ck: mpsc::UnboundedSender<CkMsg>,
     running: HashMap<Arc<str>, Running>,
     number: u64,
@@ -698,8 +714,25 @@ impl Batcher {
         {
             return false;
         }
-        for sink in &self.sinks {
-            if sink.send(batch.clone()).await.is_err() {
+        let transformed = match run_chain(&mut self.chain, &batch).await {
+            Ok((out, failed)) => {
+                if let Err(e) = dead_letter_failures(&self.dead_letters, None, failed).await {
+                    let _ = self.fatal.send(PipelineError::Sink {
+                        sink: "dead-letter".into(),
+                        source: e,
+                    });
+                    return false;
+                }
+                out
+            }
+            Err(e) => {
+                let _ = self.fatal.send(PipelineError::Config(e));
+                return false;
+            }
+        };
+        for (sink, after_transforms) in &self.sinks {
+            let b = if *after_transforms { &transformed } else { &batch };
+            if sink.send(b.clone()).await.is_err() {
                 return false;
             }
         }
@@ -775,14 +808,19 @@ const MAX_UNFLUSHED_BATCHES: usize = 64;
 /// forever, until the pipeline is abandoned; a failure that waiting cannot fix stops the
 /// pipeline. When the batches end, the sink is closed, which makes everything durable.
 async fn sink_task(
-    idx: usize,
-    name: String,
-    mut sink: Box<dyn Sink>,
+    worker: SinkWorker,
     mut rx: mpsc::Receiver<Arc<Batch>>,
     ck: mpsc::UnboundedSender<CkMsg>,
     fatal: mpsc::UnboundedSender<PipelineError>,
     abandon: CancellationToken,
 ) {
+    let SinkWorker {
+        idx,
+        name,
+        mut sink,
+        mut chain,
+        dead_letters,
+    } = worker;
     // Written to the sink but not yet durable there.
     let mut held: Vec<Arc<Batch>> = Vec::new();
     let mut acked: u64 = 0;
@@ -808,6 +846,26 @@ async fn sink_task(
             Some(None) => true,
             None => false,
         };
+        // The sink's route and transforms run once per batch; a retry rewrites their output.
+        for b in fresh.iter_mut() {
+            let failed = match run_chain(&mut chain, b).await {
+                Ok((out, failed)) => {
+                    *b = out;
+                    failed
+                }
+                Err(e) => {
+                    let _ = fatal.send(PipelineError::Config(e));
+                    return;
+                }
+            };
+            if let Err(source) = dead_letter_failures(&dead_letters, Some(&name), failed).await {
+                let _ = fatal.send(PipelineError::Sink {
+                    sink: name.clone(),
+                    source,
+                });
+                return;
+            }
+        }
         let result = write_durably(&name, sink.as_mut(), &held, &fresh, closing, &abandon).await;
         held.extend(fresh);
         match result {
@@ -847,6 +905,88 @@ async fn sink_task(
             return;
         }
     }
+}
+
+/// One sink and what it needs besides the pipeline's channels.
+struct SinkWorker {
+    idx: usize,
+    name: String,
+    sink: Box<dyn Sink>,
+    /// The sink's route (`when`) and `transforms`.
+    chain: Chain,
+    dead_letters: mpsc::Sender<DlMsg>,
+}
+
+/// Run `chain` over `batch` on a blocking thread (transforms are CPU work, and a batch of
+/// thousands of events would hold an async worker for milliseconds). An empty chain passes the
+/// batch through untouched.
+async fn run_chain(
+    chain: &mut Chain,
+    batch: &Arc<Batch>,
+) -> Result<(Arc<Batch>, Vec<(Event, String)>), String> {
+    if chain.is_empty() {
+        return Ok((batch.clone(), Vec::new()));
+    }
+    let mut owned = std::mem::take(chain);
+    let b = batch.clone();
+    let (owned, out) = tokio::task::spawn_blocking(move || {
+        let out = owned.apply_batch(&b);
+        (owned, out)
+    })
+    .await
+    .map_err(|e| format!("a transform panicked: {e}"))?;
+    *chain = owned;
+    Ok(out)
+}
+
+/// Write events a transform failed on to the dead-letter file, with the reasons, and return
+/// once they are durable: only then may their batch be acknowledged.
+async fn dead_letter_failures(
+    tx: &mpsc::Sender<DlMsg>,
+    sink: Option<&str>,
+    failed: Vec<(Event, String)>,
+) -> Result<(), SinkError> {
+    if failed.is_empty() {
+        return Ok(());
+    }
+    let gone = || {
+        SinkError::io(
+            "dead-letter file",
+            std::io::Error::other("the dead-letter writer stopped"),
+        )
+    };
+    let mut waits = Vec::with_capacity(failed.len());
+    for (event, reason) in failed {
+        let (done, heard) = tokio::sync::oneshot::channel();
+        let letter = DeadLetter {
+            resource_id: event.resource_id.clone(),
+            event_id: Some(event.id.clone()),
+            sink: sink.map(str::to_string),
+            transform: true,
+            reason,
+            raw: Some(event.raw.clone()),
+        };
+        tx.send(DlMsg {
+            letter,
+            done: Some(done),
+        })
+        .await
+        .map_err(|_| gone())?;
+        waits.push(heard);
+    }
+    for heard in waits {
+        match heard.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                return Err(SinkError::io(
+                    "writing the dead-letter file",
+                    std::io::Error::other(e),
+                ))
+            }
+            Err(_) => return Err(gone()),
+        }
+    }
+    Ok(())
 }
 
 /// Sleep until `deadline`, or forever without one.
@@ -1072,6 +1212,9 @@ async fn dead_letter_task(
                 if let Some(sink) = &d.sink {
                     map.insert("sink".into(), serde_json::Value::from(sink.as_str()));
                 }
+                if d.transform {
+                    map.insert("transform_failed".into(), serde_json::Value::Bool(true));
+                }
             }
             text.push_str(&line.to_string());
             text.push('\n');
@@ -1101,6 +1244,9 @@ async fn dead_letter_task(
         }
         for DlMsg { letter: d, done } in queued.drain(..) {
             match (&written, &d.sink) {
+                (Ok(()), _) if d.transform => {
+                    tracing::warn!(resource_id = %d.resource_id, event_id = d.event_id.as_deref().unwrap_or(""), sink = d.sink.as_deref().unwrap_or("(all)"), reason = %key.redact(&d.reason), file = %path.display(), "a transform failed on this event; dead-lettered")
+                }
                 (Ok(()), None) => {
                     tracing::warn!(resource_id = %d.resource_id, reason = %key.redact(&d.reason), file = %path.display(), "payload is not an event; dead-lettered")
                 }

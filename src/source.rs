@@ -32,6 +32,8 @@ pub struct DeadLetter {
     pub event_id: Option<Arc<str>>,
     /// The sink that refused the event (`None`: the source could not read it).
     pub sink: Option<String>,
+    /// Whether a transform failed on it (the reason names which).
+    pub transform: bool,
     /// Why it is not an event, or why the sink refused it.
     pub reason: String,
     /// The payload, when there was one.
@@ -133,6 +135,7 @@ pub async fn run(
                 resource_id: resource_id.clone(),
                 event_id: None,
                 sink: None,
+                transform: false,
                 reason: format!("{what}: {message}"),
                 raw,
             }),

@@ -1,0 +1,678 @@
+//! The transform stage: filter, redact and reshape events, per pipeline and per sink.
+//!
+//! ```toml
+//! [[transforms]]                  # pipeline-wide, in order, before every sink
+//! type = "redact"
+//! fields = ["metadata.authorization"]
+//! mode = "hmac-sha256"
+//!
+//! [sinks.siem]
+//! type = "file"
+//! path = "siem/{date}.ndjson"
+//! when = { action = "reject" }    # routing: this sink only gets matching events
+//! transforms = ["ocsf"]           # then these, for this sink only
+//! ```
+//!
+//! - A chain runs on one event at a time and ends in [`Outcome::Keep`] (possibly reshaped),
+//!   [`Outcome::Drop`] (a filter, a route or `dedupe` said no: it counts as delivered, so the
+//!   checkpoint passes it) or [`Outcome::Fail`] (a transform could not do its work: the event
+//!   goes to the dead-letter file with the reason, durably, before its batch is acknowledged).
+//! - An event that only passes filters keeps its original bytes; one that a transform changed
+//!   is written anew as compact JSON (field order kept).
+//! - Transforms are deterministic (HMAC under a fixed key, OCSF without "now"), so a batch
+//!   written again after a sink error is byte-identical.
+
+pub mod condition;
+pub mod ocsf;
+pub mod path;
+pub mod redact;
+
+use std::collections::{HashSet, VecDeque};
+use std::fmt;
+use std::sync::Arc;
+
+use auditship_sink::{Batch, Event};
+use bytes::Bytes;
+use serde::{Deserialize, Deserializer};
+use serde_json::Value;
+
+pub use condition::Condition;
+use path::FieldPath;
+pub use redact::{HmacKey, Redact, RedactMode, SECRET_PATTERNS};
+
+/// The environment variable `redact` reads its HMAC key from when `hmac_key` is not set.
+pub const HMAC_KEY_ENV: &str = "AUDITSHIP_HMAC_KEY";
+
+/// One transform as written in a pipeline file; `type` picks it.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum TransformConfig {
+    /// Keep only the events that match `when`.
+    Filter(FilterConfig),
+    /// Remove, mask or HMAC fields, and secret-looking text anywhere.
+    Redact(RedactConfig),
+    /// Set fields to fixed values.
+    Set(SetConfig),
+    /// Move fields.
+    Rename(RenameConfig),
+    /// Delete fields.
+    Remove(RemoveConfig),
+    /// Drop events whose id was seen among the last `window_events`.
+    Dedupe(DedupeConfig),
+    /// Reshape into OCSF (HTTP Activity / Network Activity).
+    Ocsf(OcsfConfig),
+}
+
+impl TransformConfig {
+    /// The `type` as written.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            TransformConfig::Filter(_) => "filter",
+            TransformConfig::Redact(_) => "redact",
+            TransformConfig::Set(_) => "set",
+            TransformConfig::Rename(_) => "rename",
+            TransformConfig::Remove(_) => "remove",
+            TransformConfig::Dedupe(_) => "dedupe",
+            TransformConfig::Ocsf(_) => "ocsf",
+        }
+    }
+}
+
+/// `type = "filter"`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilterConfig {
+    /// Events matching this condition are kept; the rest are dropped (and count as delivered).
+    pub when: toml::Value,
+}
+
+/// `type = "redact"`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedactConfig {
+    /// Field paths whose whole value is redacted.
+    #[serde(default)]
+    pub fields: Vec<String>,
+    /// `remove`, `mask` (default) or `hmac-sha256`.
+    #[serde(default)]
+    pub mode: RedactMode,
+    /// Regular expressions; matches inside every string of the event are redacted (only the
+    /// group named `secret` when the pattern has one).
+    #[serde(default)]
+    pub patterns: Vec<String>,
+    /// Also redact text that looks like a credential (API keys, bearer tokens, JWTs, cloud and
+    /// SaaS keys, `password=`/`token=` values, private keys).
+    #[serde(default)]
+    pub secrets: bool,
+    /// The replacement for `mask`. Default `***`.
+    #[serde(default = "default_mask")]
+    pub mask: String,
+    /// The HMAC key for `hmac-sha256`, normally `"${VAR}"`. Default: the environment variable
+    /// `AUDITSHIP_HMAC_KEY`.
+    #[serde(default)]
+    pub hmac_key: Option<String>,
+    /// Redact only events matching this condition.
+    #[serde(default)]
+    pub when: Option<toml::Value>,
+}
+
+fn default_mask() -> String {
+    "***".into()
+}
+
+/// `type = "set"`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetConfig {
+    /// Field path → value (any TOML value), e.g. `{ "labels.env" = "prod" }`.
+    pub fields: toml::Table,
+    /// Only for events matching this condition.
+    #[serde(default)]
+    pub when: Option<toml::Value>,
+}
+
+/// `type = "rename"`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RenameConfig {
+    /// Old path → new path, e.g. `{ host = "destination.host" }`.
+    pub fields: toml::Table,
+    /// Only for events matching this condition.
+    #[serde(default)]
+    pub when: Option<toml::Value>,
+}
+
+/// `type = "remove"`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemoveConfig {
+    /// Field paths to delete.
+    pub fields: Vec<String>,
+    /// Only for events matching this condition.
+    #[serde(default)]
+    pub when: Option<toml::Value>,
+}
+
+/// `type = "dedupe"`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DedupeConfig {
+    /// The field that identifies an event. Default `id`.
+    #[serde(default = "default_dedupe_field")]
+    pub field: String,
+    /// How many recent values are remembered (memory is about 100 bytes each).
+    #[serde(default = "default_window_events")]
+    pub window_events: usize,
+}
+
+fn default_dedupe_field() -> String {
+    "id".into()
+}
+fn default_window_events() -> usize {
+    100_000
+}
+
+/// `type = "ocsf"`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OcsfConfig {
+    /// Reshape only events matching this condition.
+    #[serde(default)]
+    pub when: Option<toml::Value>,
+}
+
+/// An entry of a sink's `transforms`: a transform's type when it needs no options (`"ocsf"`,
+/// `"dedupe"`), or a full table like a `[[transforms]]` entry.
+#[derive(Clone, Debug)]
+pub struct TransformRef(pub TransformConfig);
+
+impl<'de> Deserialize<'de> for TransformRef {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = TransformRef;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(
+                    "a transform type like \"ocsf\" or a table like { type = \"redact\", fields = [...] }",
+                )
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<TransformRef, E> {
+                match s {
+                    "ocsf" => Ok(TransformRef(TransformConfig::Ocsf(OcsfConfig::default()))),
+                    "dedupe" => Ok(TransformRef(TransformConfig::Dedupe(DedupeConfig {
+                        field: default_dedupe_field(),
+                        window_events: default_window_events(),
+                    }))),
+                    "filter" | "redact" | "set" | "rename" | "remove" => Err(E::custom(format!(
+                        "transform `{s}` needs options; write it as a table, e.g. {{ type = \"{s}\", ... }}"
+                    ))),
+                    other => Err(E::custom(format!(
+                        "unknown transform `{other}` (by name: ocsf, dedupe; as a table: filter, redact, set, rename, remove, dedupe, ocsf)"
+                    ))),
+                }
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<TransformRef, A::Error> {
+                TransformConfig::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(TransformRef)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// What a chain did with one event.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Pass it on (reshaped or as it was).
+    Keep(Event),
+    /// A filter, route or dedupe dropped it; it counts as delivered. `step` is the index of the
+    /// step that did ([`Chain::label`]).
+    Drop {
+        /// Which step.
+        step: usize,
+    },
+    /// A transform failed on it; the reason names the transform.
+    Fail(String),
+}
+
+#[derive(Clone, Debug)]
+enum Kind {
+    Filter(Condition),
+    Redact(Redact),
+    Set(Vec<(FieldPath, Value)>),
+    Rename(Vec<(FieldPath, FieldPath)>),
+    Remove(Vec<FieldPath>),
+    Dedupe { field: FieldPath, window: usize },
+    Ocsf,
+}
+
+#[derive(Clone, Debug)]
+struct Step {
+    /// `transform 2 (redact)`, `sinks.siem.transforms 1 (ocsf)`, `route of sinks.siem`.
+    label: String,
+    when: Option<Condition>,
+    kind: Kind,
+}
+
+/// A compiled list of transforms: cheap to clone; [`ChainSpec::start`] gives a runnable chain
+/// with its own state (dedupe windows).
+#[derive(Clone, Debug, Default)]
+pub struct ChainSpec {
+    steps: Vec<Step>,
+}
+
+/// Where to report problems while compiling: errors stop a load; warnings are shown.
+pub struct Compile<'a> {
+    /// Loading only to validate: a missing HMAC key is a warning, not an error.
+    pub validate_only: bool,
+    /// Warnings found.
+    pub warnings: &'a mut Vec<String>,
+    /// Errors found.
+    pub errors: &'a mut Vec<String>,
+}
+
+impl ChainSpec {
+    /// Whether the chain does nothing (events pass as they are, without being read).
+    pub fn is_empty(&self) -> bool {
+        self.steps.is_empty()
+    }
+
+    /// Add a routing condition (a sink's `when`) as the first step.
+    pub fn route(&mut self, label: &str, when: &toml::Value, c: &mut Compile<'_>) {
+        match Condition::compile(when) {
+            Ok(cond) => self.steps.insert(
+                0,
+                Step {
+                    label: label.to_string(),
+                    when: None,
+                    kind: Kind::Filter(cond),
+                },
+            ),
+            Err(e) => c.errors.push(format!("{label}: {e}")),
+        }
+    }
+
+    /// Compile `configs` and append them; `prefix` names them in messages
+    /// (`transforms` → `transforms[2] (redact)`).
+    pub fn extend(&mut self, prefix: &str, configs: &[TransformConfig], c: &mut Compile<'_>) {
+        let mut after_ocsf = false;
+        for (i, cfg) in configs.iter().enumerate() {
+            let label = format!("{prefix}[{}] ({})", i + 1, cfg.kind());
+            let compiled = compile_one(&label, cfg, c);
+            if let (TransformConfig::Redact(r), true) = (cfg, after_ocsf) {
+                if !r.fields.is_empty() {
+                    c.warnings.push(format!(
+                        "{label} comes after ocsf, so its fields are OCSF paths (the request path is http_request.url.path, Miosa's metadata is unmapped.metadata); to be sure nothing stays in clear, redact before ocsf"
+                    ));
+                }
+            }
+            if matches!(cfg, TransformConfig::Ocsf(_)) {
+                after_ocsf = true;
+            }
+            if let Some(step) = compiled {
+                self.steps.push(step);
+            }
+        }
+    }
+
+    /// A runnable chain.
+    pub fn start(&self) -> Chain {
+        Chain {
+            state: self
+                .steps
+                .iter()
+                .map(|s| match s.kind {
+                    Kind::Dedupe { window, .. } => Some(Window::new(window)),
+                    _ => None,
+                })
+                .collect(),
+            spec: self.clone(),
+        }
+    }
+}
+
+fn compile_one(label: &str, cfg: &TransformConfig, c: &mut Compile<'_>) -> Option<Step> {
+    let errors_before = c.errors.len();
+    let path = |c: &mut Compile<'_>, p: &str| -> Option<FieldPath> {
+        FieldPath::parse(p)
+            .map_err(|e| c.errors.push(format!("{label}: {e}")))
+            .ok()
+    };
+    let when = |c: &mut Compile<'_>, w: &Option<toml::Value>| -> Option<Condition> {
+        match w.as_ref().map(Condition::compile) {
+            Some(Ok(cond)) => Some(cond),
+            Some(Err(e)) => {
+                c.errors.push(format!("{label}: when: {e}"));
+                None
+            }
+            None => None,
+        }
+    };
+    let (when_cond, kind) = match cfg {
+        TransformConfig::Filter(f) => match Condition::compile(&f.when) {
+            Ok(cond) => (None, Kind::Filter(cond)),
+            Err(e) => {
+                c.errors.push(format!("{label}: when: {e}"));
+                return None;
+            }
+        },
+        TransformConfig::Redact(r) => {
+            let w = when(c, &r.when);
+            let fields: Vec<FieldPath> = r.fields.iter().filter_map(|f| path(c, f)).collect();
+            let mut patterns = r.patterns.clone();
+            if r.secrets {
+                patterns.extend(SECRET_PATTERNS.iter().map(|p| p.to_string()));
+            }
+            if r.fields.is_empty() && patterns.is_empty() {
+                c.errors.push(format!(
+                    "{label}: nothing to redact; list `fields`, `patterns`, or set secrets = true"
+                ));
+                return None;
+            }
+            let key = if r.mode == RedactMode::HmacSha256 {
+                hmac_key(label, r.hmac_key.as_deref(), c)
+            } else {
+                if r.hmac_key.is_some() {
+                    c.warnings.push(format!(
+                        "{label}: hmac_key is only used with mode = \"hmac-sha256\""
+                    ));
+                }
+                None
+            };
+            match Redact::new(fields, r.mode, r.mask.clone(), key, patterns) {
+                Ok(red) => (w, Kind::Redact(red)),
+                Err(e) => {
+                    c.errors.push(format!("{label}: {e}"));
+                    return None;
+                }
+            }
+        }
+        TransformConfig::Set(s) => {
+            let w = when(c, &s.when);
+            let pairs = s
+                .fields
+                .iter()
+                .filter_map(|(k, v)| path(c, k).map(|p| (p, condition::to_json(v))))
+                .collect();
+            (w, Kind::Set(pairs))
+        }
+        TransformConfig::Rename(r) => {
+            let w = when(c, &r.when);
+            let mut pairs = Vec::new();
+            for (from, to) in &r.fields {
+                let Some(to) = to.as_str() else {
+                    c.errors
+                        .push(format!("{label}: fields.{from}: the new name must be a string"));
+                    continue;
+                };
+                if let (Some(a), Some(b)) = (path(c, from), path(c, to)) {
+                    pairs.push((a, b));
+                }
+            }
+            (w, Kind::Rename(pairs))
+        }
+        TransformConfig::Remove(r) => {
+            let w = when(c, &r.when);
+            if r.fields.is_empty() {
+                c.errors
+                    .push(format!("{label}: fields is empty; list the paths to delete"));
+            }
+            let fields = r.fields.iter().filter_map(|f| path(c, f)).collect();
+            (w, Kind::Remove(fields))
+        }
+        TransformConfig::Dedupe(d) => {
+            if d.window_events == 0 {
+                c.errors
+                    .push(format!("{label}: window_events must be at least 1"));
+            }
+            let field = path(c, &d.field)?;
+            (
+                None,
+                Kind::Dedupe {
+                    field,
+                    window: d.window_events,
+                },
+            )
+        }
+        TransformConfig::Ocsf(o) => (when(c, &o.when), Kind::Ocsf),
+    };
+    if c.errors.len() > errors_before {
+        return None;
+    }
+    Some(Step {
+        label: label.to_string(),
+        when: when_cond,
+        kind,
+    })
+}
+
+fn hmac_key(label: &str, configured: Option<&str>, c: &mut Compile<'_>) -> Option<HmacKey> {
+    let (value, from) = match configured {
+        Some(text) => {
+            if !text.contains("${") {
+                c.warnings.push(format!(
+                    "{label}: hmac_key is written literally in the pipeline file; use hmac_key = \"${{VAR}}\" or export {HMAC_KEY_ENV}"
+                ));
+            }
+            (crate::config::interpolate(text), "hmac_key".to_string())
+        }
+        None => (
+            std::env::var(HMAC_KEY_ENV)
+                .map_err(|_| format!("environment variable {HMAC_KEY_ENV} is not set")),
+            HMAC_KEY_ENV.to_string(),
+        ),
+    };
+    match value {
+        Ok(v) if !v.is_empty() => {
+            if v.len() < 16 {
+                c.warnings.push(format!(
+                    "{label}: the HMAC key ({from}) is shorter than 16 bytes; a short key lets values be guessed"
+                ));
+            }
+            crate::secret::remember_secret(&v);
+            Some(HmacKey::new(v.as_bytes()))
+        }
+        other => {
+            let why = match other {
+                Ok(_) => format!("{from} is empty"),
+                Err(e) => e,
+            };
+            let msg = format!(
+                "{label}: mode = \"hmac-sha256\" needs a key: {why}; export {HMAC_KEY_ENV} (or set hmac_key = \"${{VAR}}\") with at least 16 random bytes"
+            );
+            if c.validate_only {
+                c.warnings.push(format!("{msg} (needed to run)"));
+            } else {
+                c.errors.push(msg);
+            }
+            None
+        }
+    }
+}
+
+/// The ids (or other field values) seen most recently, bounded.
+#[derive(Debug)]
+struct Window {
+    seen: HashSet<Arc<str>>,
+    order: VecDeque<Arc<str>>,
+    cap: usize,
+}
+
+impl Window {
+    fn new(cap: usize) -> Self {
+        Window {
+            seen: HashSet::new(),
+            order: VecDeque::new(),
+            cap: cap.max(1),
+        }
+    }
+
+    /// Whether `key` is new (and remember it).
+    fn admit(&mut self, key: &str) -> bool {
+        if self.seen.contains(key) {
+            return false;
+        }
+        let k: Arc<str> = Arc::from(key);
+        if self.order.len() >= self.cap {
+            if let Some(old) = self.order.pop_front() {
+                self.seen.remove(&old);
+            }
+        }
+        self.seen.insert(k.clone());
+        self.order.push_back(k);
+        true
+    }
+}
+
+/// A runnable chain (owns its dedupe windows). The default does nothing.
+#[derive(Debug, Default)]
+pub struct Chain {
+    spec: ChainSpec,
+    state: Vec<Option<Window>>,
+}
+
+impl Chain {
+    /// Whether the chain does nothing.
+    pub fn is_empty(&self) -> bool {
+        self.spec.is_empty()
+    }
+
+    /// The name of step `i` as messages show it, e.g. `sinks.siem.when` or `transforms[1] (filter)`.
+    pub fn label(&self, i: usize) -> &str {
+        self.spec.steps.get(i).map_or("?", |s| s.label.as_str())
+    }
+
+    /// Run the chain on one event.
+    pub fn apply(&mut self, event: &Event) -> Outcome {
+        if self.spec.steps.is_empty() {
+            return Outcome::Keep(event.clone());
+        }
+        let mut value: Option<Value> = None;
+        let mut dirty = false;
+        for (i, step) in self.spec.steps.iter().enumerate() {
+            // Dedupe on the id needs no parse while nothing has changed the event.
+            if let (Kind::Dedupe { field, .. }, false, None) = (&step.kind, dirty, &step.when) {
+                if field.as_str() == "id" {
+                    if let Some(w) = self.state[i].as_mut() {
+                        if !w.admit(&event.id) {
+                            return Outcome::Drop { step: i };
+                        }
+                    }
+                    continue;
+                }
+            }
+            if value.is_none() {
+                match serde_json::from_slice::<Value>(&event.raw) {
+                    Ok(v @ Value::Object(_)) => value = Some(v),
+                    Ok(_) | Err(_) => {
+                        return Outcome::Fail(format!("{}: the event is not a JSON object", step.label))
+                    }
+                }
+            }
+            let Some(v) = value.as_mut() else {
+                return Outcome::Fail(format!("{}: the event is not a JSON object", step.label));
+            };
+            if let Some(cond) = &step.when {
+                if !cond.eval(v) {
+                    continue;
+                }
+            }
+            match &step.kind {
+                Kind::Filter(cond) => {
+                    if !cond.eval(v) {
+                        return Outcome::Drop { step: i };
+                    }
+                }
+                Kind::Redact(r) => dirty |= r.apply(v),
+                Kind::Set(pairs) => {
+                    for (p, x) in pairs {
+                        if let Err(e) = p.insert(v, x.clone()) {
+                            return Outcome::Fail(format!("{}: {e}", step.label));
+                        }
+                    }
+                    dirty = true;
+                }
+                Kind::Rename(pairs) => {
+                    for (from, to) in pairs {
+                        if let Some(x) = from.remove(v) {
+                            if let Err(e) = to.insert(v, x) {
+                                return Outcome::Fail(format!("{}: {e}", step.label));
+                            }
+                            dirty = true;
+                        }
+                    }
+                }
+                Kind::Remove(paths) => {
+                    for p in paths {
+                        dirty |= p.remove(v).is_some();
+                    }
+                }
+                Kind::Dedupe { field, .. } => {
+                    let key = match field.get(v) {
+                        Some(Value::String(s)) => s.clone(),
+                        Some(Value::Null) | None => continue,
+                        Some(other) => other.to_string(),
+                    };
+                    if let Some(w) = self.state[i].as_mut() {
+                        if !w.admit(&key) {
+                            return Outcome::Drop { step: i };
+                        }
+                    }
+                }
+                Kind::Ocsf => {
+                    let Value::Object(map) = std::mem::take(v) else {
+                        return Outcome::Fail(format!("{}: the event is not a JSON object", step.label));
+                    };
+                    match ocsf::map(map, &event.resource_id) {
+                        Ok(out) => *v = out,
+                        Err(e) => return Outcome::Fail(format!("{}: {e}", step.label)),
+                    }
+                    dirty = true;
+                }
+            }
+        }
+        match (dirty, value) {
+            (true, Some(v)) => match serde_json::to_vec(&v) {
+                Ok(bytes) => Outcome::Keep(Event {
+                    raw: Bytes::from(bytes),
+                    // The server's spelling of the cursor lives in the original bytes; the
+                    // checkpoint took it before the transforms ran.
+                    cursor_span: None,
+                    ..event.clone()
+                }),
+                Err(e) => Outcome::Fail(format!("serializing the transformed event: {e}")),
+            },
+            _ => Outcome::Keep(event.clone()),
+        }
+    }
+
+    /// Run the chain on a batch: the batch to hand on (same number) and the events that failed,
+    /// with their reasons. Counts drops and failures in the process metrics.
+    pub fn apply_batch(&mut self, batch: &Arc<Batch>) -> (Arc<Batch>, Vec<(Event, String)>) {
+        if self.is_empty() {
+            return (batch.clone(), Vec::new());
+        }
+        let mut kept = Vec::with_capacity(batch.events.len());
+        let mut failed = Vec::new();
+        let mut dropped = 0u64;
+        for e in &batch.events {
+            match self.apply(e) {
+                Outcome::Keep(out) => kept.push(out),
+                Outcome::Drop { .. } => dropped += 1,
+                Outcome::Fail(reason) => failed.push((e.clone(), reason)),
+            }
+        }
+        crate::metrics::EVENTS_DROPPED.add(dropped);
+        crate::metrics::TRANSFORM_FAILURES.add(failed.len() as u64);
+        (
+            Arc::new(Batch {
+                number: batch.number,
+                events: kept,
+            }),
+            failed,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests;
