@@ -754,6 +754,7 @@ pub fn parse(path: &Path, text: &str, mode: LoadMode) -> Result<Pipeline, Config
     }
     let mut transform_errors = Vec::new();
     let mut pipeline_chain = ChainSpec::default();
+    let warnings_before = warnings.len();
     {
         let mut c = Compile {
             validate_only: mode == LoadMode::Validate,
@@ -771,6 +772,12 @@ pub fn parse(path: &Path, text: &str, mode: LoadMode) -> Result<Pipeline, Config
             .and_then(|n| n.parse::<usize>().ok())
             .and_then(|n| file.transforms.get(n.wrapping_sub(1)))
             .map_or(0..0, |t| t.span());
+        let span = if m.contains(": when:") && !span.is_empty() {
+            let at = precise_start(text, span.start, "unknown field `when`");
+            at..at + 1
+        } else {
+            span
+        };
         err(&mut errors, span, m);
     }
     let mut routes = BTreeMap::new();
@@ -800,7 +807,14 @@ pub fn parse(path: &Path, text: &str, mode: LoadMode) -> Result<Pipeline, Config
             }
         }
         for m in transform_errors.drain(..) {
-            err(&mut errors, span.clone(), m);
+            // Point at the `when` or `transforms` line the message is about.
+            let key = if m.starts_with(&format!("sinks.{sink_name}.when")) {
+                "when"
+            } else {
+                "transforms"
+            };
+            let at = precise_start(text, span.start, &format!("unknown field `{key}`"));
+            err(&mut errors, at..at + 1, m);
         }
         if !entry.pipeline_transforms && file.transforms.is_empty() {
             warnings.push(format!(
@@ -932,6 +946,12 @@ pub fn parse(path: &Path, text: &str, mode: LoadMode) -> Result<Pipeline, Config
         sinks.insert(sink_name, sink);
     }
 
+    // Transform warnings name the transform; say which file it is in.
+    for w in &mut warnings[warnings_before..] {
+        if !w.starts_with(&path.display().to_string()) {
+            *w = format!("{}: {w}", path.display());
+        }
+    }
     if !errors.is_empty() {
         return Err(ConfigErrors(errors));
     }
@@ -1170,6 +1190,63 @@ compression = "zstd"
             let e = parse(Path::new("p.toml"), &text, LoadMode::Validate).unwrap_err();
             assert!(e.to_string().contains(want), "{extra}: {e}");
         }
+    }
+
+    #[test]
+    fn transforms_and_routes_compile_and_their_mistakes_are_located() {
+        let text = format!(
+            "{GOOD}\n[[transforms]]\ntype = \"filter\"\nwhen = {{ action = {{ ne = \"allow\" }} }}\n\n[sinks.siem]\ntype = \"file\"\npath = \"siem/{{date}}.ndjson\"\nwhen = {{ action = \"reject\" }}\ntransforms = [\"ocsf\", {{ type = \"remove\", fields = [\"unmapped\"] }}]\npipeline_transforms = false\n"
+        );
+        let p = parse(Path::new("p.toml"), &text, LoadMode::Validate).unwrap();
+        assert!(!p.transforms.is_empty());
+        assert!(!p.routes["siem"].pipeline_transforms);
+        assert!(p.routes["archive"].pipeline_transforms);
+        assert!(p.routes["archive"].chain.is_empty());
+        let mut chain = p.routes["siem"].chain.start();
+        assert_eq!(chain.label(0), "sinks.siem.when");
+        assert_eq!(chain.label(2), "sinks.siem.transforms[2] (remove)");
+        assert!(matches!(
+            chain.apply(&auditship_sink::Event {
+                raw: bytes::Bytes::from_static(br#"{"id":"e","action":"allow"}"#),
+                id: "e".into(),
+                resource_id: "sb".into(),
+                cursor_us: None,
+                cursor_span: None,
+                time_us: None,
+                seq: 1,
+            }),
+            crate::transform::Outcome::Drop { step: 0 }
+        ));
+
+        let bad = [
+            ("transforms = [\"ocsff\"]", "unknown transform `ocsff`", Some(20)),
+            (
+                "when = { action = { is = \"x\" } }",
+                "sinks.siem.when: `action`: unknown test `is`",
+                Some(20),
+            ),
+            (
+                "transforms = [{ type = \"redact\" }]",
+                "sinks.siem.transforms[1] (redact): nothing to redact",
+                Some(20),
+            ),
+            ("pipeline_transforms = \"no\"", "invalid type", None),
+        ];
+        for (line, want, at_line) in bad {
+            let text = format!("{GOOD}\n[sinks.siem]\ntype = \"file\"\npath = \"siem.ndjson\"\n{line}\n");
+            let e = parse(Path::new("p.toml"), &text, LoadMode::Validate).unwrap_err();
+            assert!(e.to_string().contains(want), "{line}: {e}");
+            if let Some(l) = at_line {
+                assert!(e.to_string().starts_with(&format!("p.toml:{l}:")), "{line}: {e}");
+            }
+        }
+        let text = format!("{GOOD}\n[[transforms]]\ntype = \"filter\"\nwhen = \"reject\"\n");
+        let e = parse(Path::new("p.toml"), &text, LoadMode::Validate).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("p.toml:19:1: transforms[1] (filter): when: a condition is a table"),
+            "{e}"
+        );
     }
 
     #[test]

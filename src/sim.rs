@@ -128,6 +128,9 @@ pub struct SimConfig {
     pub pad_every_events: Option<u64>,
     /// Size of the `pad` field.
     pub pad_bytes: usize,
+    /// Every Nth event carries a credential in `metadata.authorization` (`Bearer msk_live_…`) and
+    /// a `token=` in its path, for redaction tests.
+    pub secret_every_events: Option<u64>,
 }
 
 impl Default for SimConfig {
@@ -160,6 +163,7 @@ impl Default for SimConfig {
             lexicographic_since: false,
             pad_every_events: None,
             pad_bytes: 0,
+            secret_every_events: None,
         }
     }
 }
@@ -216,7 +220,16 @@ fn splitmix(mut x: u64) -> u64 {
     x ^ (x >> 31)
 }
 
-const ACTIONS: [&str; 6] = ["allow", "allow", "reject", "stub", "error", "client_cancel"];
+/// Every action the SDKs document, and `denied`, which fixtures show.
+const ACTIONS: [&str; 7] = [
+    "allow",
+    "allow",
+    "reject",
+    "stub",
+    "error",
+    "client_cancel",
+    "denied",
+];
 const HOSTS: [&str; 4] = ["api.openai.com", "pypi.org", "github.com", "evil.example"];
 
 impl SimSandbox {
@@ -244,14 +257,17 @@ impl SimSandbox {
         let h = splitmix(self.salt ^ n);
         let id = format!("evt_{h:016x}");
         let action = ACTIONS[(h % ACTIONS.len() as u64) as usize];
+        let secret = config
+            .secret_every_events
+            .is_some_and(|every| every > 0 && n % every == every - 1);
         let host = HOSTS[((h >> 8) % HOSTS.len() as u64) as usize];
         let json = format!(
             concat!(
                 r#"{{"id":"{id}","tenant_id":"tn_demo","resource_id":{rid},"resource_type":"sandbox","#,
-                r#""action":"{action}","effect":"{effect}","host":"{host}","method":"POST","path":"/v1/items?q=[REDACTED]","#,
+                r#""action":"{action}","effect":"{effect}","host":"{host}","method":"POST","path":"/v1/items?q=[REDACTED]{token}","#,
                 r#""status_code":{status},"duration_ms":{dur},"bytes_in":{bin},"bytes_out":{bout},"policy_id":"pol_default","#,
                 r#""rule_id":"rule_{rule}","actor_id":"agent-7","request_transforms":[{{"type":"secret_placeholder","name":"OPENAI_KEY"}}],"#,
-                r#""metadata":{{"seq":{n},"cost_usd":1.50,"ratio":1e-3,"note":"caf\u00e9 \"quoted\""}},"#,
+                r#""metadata":{{"seq":{n},{auth}"cost_usd":1.50,"ratio":1e-3,"note":"caf\u00e9 \"quoted\""}},"#,
                 r#"{pad}"inserted_at":"{ins}","timestamp":"{ts}"}}"#
             ),
             pad = match config.pad_every_events {
@@ -261,6 +277,16 @@ impl SimSandbox {
                 _ => String::new(),
             },
             id = id,
+            token = if secret {
+                format!("&token=tok_{:016x}", h.rotate_left(17))
+            } else {
+                String::new()
+            },
+            auth = if secret {
+                format!(r#""authorization":"Bearer msk_live_{:016x}","#, h.rotate_left(29))
+            } else {
+                String::new()
+            },
             rid = serde_json::Value::String(self.id.clone()),
             action = action,
             effect = if action == "allow" { "allow" } else { "deny" },

@@ -18,8 +18,8 @@ fn every_shipped_pipeline_validates() {
         checked += 1;
     }
     assert!(
-        checked >= 4,
-        "pipelines/ holds the demo, the compliance archives (files, S3) and the SIEM pipeline"
+        checked >= 5,
+        "pipelines/ holds the demo, the compliance archives (files, S3) and the SIEM pipelines (Kafka, OCSF)"
     );
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_auditship"))
         .arg("validate")
@@ -27,6 +27,45 @@ fn every_shipped_pipeline_validates() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+
+    // Each one's transforms run on sample events of every action (offline, no key but the HMAC's).
+    let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/ocsf");
+    let mut sample = String::new();
+    for entry in std::fs::read_dir(&golden).unwrap() {
+        let path = entry.unwrap().path();
+        if path.to_string_lossy().ends_with(".input.json") {
+            let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+            sample.push_str(&v.to_string());
+            sample.push('\n');
+        }
+    }
+    let samples = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(samples.path(), &sample).unwrap();
+    let mut with_ocsf = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_auditship"))
+            .arg("transform")
+            .arg(&path)
+            .arg("--input")
+            .arg(samples.path())
+            .env("AUDITSHIP_HMAC_KEY", "pipelines-test-key-0123456789abcdef")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}: {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(stdout.contains("== sinks."), "{}: {stdout}", path.display());
+        if stdout.contains("\"class_uid\":4002") {
+            with_ocsf += 1;
+        }
+    }
+    assert!(with_ocsf >= 1, "the SIEM example reshapes to OCSF");
 }
 
 #[test]

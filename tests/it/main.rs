@@ -12,4 +12,5 @@ mod process;
 #[cfg(feature = "s3")]
 mod s3;
 mod shipping;
+mod transforms;
 mod util;
