@@ -4,9 +4,22 @@
 #   2. live: SANDBOXES sockets at RATE events/s each for LIVE events each.
 # Prints wall time, events/s, CPU seconds and peak memory. Not a timed test: numbers vary with
 # the machine; the full suite with baselines is tracked in the performance issue.
+#
+# TRANSFORMS picks what the file sink's events go through:
+#   none (default) | ocsf | redact-ocsf (HMAC of two fields, then OCSF) |
+#   secrets-ocsf (redact-ocsf plus the built-in secret patterns over every string)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SANDBOXES=${SANDBOXES:-10} BACKLOG=${BACKLOG:-10000} RATE=${RATE:-2500} LIVE=${LIVE:-25000}
+TRANSFORMS=${TRANSFORMS:-none}
+redact='{ type = "redact", fields = ["metadata.authorization", "path"], mode = "hmac-sha256", hmac_key = "bench-key-0123456789abcdef" }'
+case "$TRANSFORMS" in
+  none) chain="" ;;
+  ocsf) chain='transforms = ["ocsf"]' ;;
+  redact-ocsf) chain="transforms = [$redact, \"ocsf\"]" ;;
+  secrets-ocsf) chain="transforms = [${redact%\}}, secrets = true }, \"ocsf\"]" ;;
+  *) echo "TRANSFORMS=$TRANSFORMS: use none, ocsf, redact-ocsf or secrets-ocsf" >&2; exit 1 ;;
+esac
 cargo build --release --quiet
 bin=$PWD/target/release/auditship
 work=$(mktemp -d)
@@ -26,6 +39,7 @@ path = "state/cp.db"
 [sinks.archive]
 type = "file"
 path = "archive/{resource_id}/{date}.ndjson"
+$chain
 TOML
 }
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -38,6 +52,7 @@ pipeline "$p" > backfill.toml
 /usr/bin/time -f "%e %M %U %S" -o time.txt "$bin" backfill backfill.toml --since 7d 2>/dev/null
 read -r wall rss user sys < time.txt
 n=$(cat archive/*/* | wc -l)
+echo "transforms: $TRANSFORMS"
 printf 'backfill: %d events in %.2fs = %.0f events/s, %.2f CPU s, peak RSS %d MiB\n' \
   "$n" "$wall" "$(echo "$n / $wall" | bc -l)" "$(echo "$user + $sys" | bc -l)" $((rss / 1024))
 kill $sim; rm -rf archive state

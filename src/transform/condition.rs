@@ -17,6 +17,7 @@ use regex::Regex;
 use serde_json::Value;
 
 use super::path::FieldPath;
+use super::raw::Lookup;
 
 /// A compiled condition.
 #[derive(Clone, Debug)]
@@ -76,15 +77,15 @@ impl Condition {
         }
     }
 
-    /// Whether the event holds.
-    pub fn eval(&self, event: &Value) -> bool {
+    /// Whether the event (a tree, or its raw fields) holds.
+    pub fn eval<L: Lookup + ?Sized>(&self, event: &L) -> bool {
         match self {
             Condition::All(cs) => cs.iter().all(|c| c.eval(event)),
             Condition::Any(cs) => cs.iter().any(|c| c.eval(event)),
             Condition::Not(c) => !c.eval(event),
             Condition::Field(path, tests) => {
-                let v = path.get(event);
-                tests.iter().all(|t| t.eval(v))
+                let v = event.lookup(path);
+                tests.iter().all(|t| t.eval(v.as_deref()))
             }
         }
     }

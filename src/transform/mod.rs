@@ -25,6 +25,7 @@
 pub mod condition;
 pub mod ocsf;
 pub mod path;
+pub mod raw;
 pub mod redact;
 
 use std::collections::{HashSet, VecDeque};
@@ -524,6 +525,63 @@ impl Window {
     }
 }
 
+/// An event as a chain works on it: JSON text, parsed into a tree only when a step needs one,
+/// and written back only when a tree was changed.
+struct Doc {
+    bytes: Bytes,
+    value: Option<Value>,
+    /// The tree was changed after `bytes` were made.
+    stale_bytes: bool,
+    /// The event differs from what arrived.
+    changed: bool,
+}
+
+impl Doc {
+    /// The tree (parsed on first use); `None` when the text is not a JSON object.
+    fn value(&mut self) -> Option<&mut Value> {
+        if self.value.is_none() {
+            match serde_json::from_slice::<Value>(&self.bytes) {
+                Ok(v @ Value::Object(_)) => self.value = Some(v),
+                _ => return None,
+            }
+        }
+        self.value.as_mut()
+    }
+
+    /// Whether `cond` holds; `None` when the text is not a JSON object. Without a tree yet, only
+    /// the fields the condition names are parsed.
+    fn holds(&mut self, cond: &Condition) -> Option<bool> {
+        match &self.value {
+            Some(v) => Some(cond.eval(v)),
+            None => raw::Fields::parse(&self.bytes).map(|f| cond.eval(&f)),
+        }
+    }
+
+    /// The tree was changed.
+    fn touch(&mut self) {
+        self.stale_bytes = true;
+        self.changed = true;
+    }
+
+    /// The current text (written from the tree if the tree changed).
+    fn bytes(&mut self) -> Option<Bytes> {
+        if self.stale_bytes {
+            let v = self.value.as_ref()?;
+            self.bytes = Bytes::from(serde_json::to_vec(v).ok()?);
+            self.stale_bytes = false;
+        }
+        Some(self.bytes.clone())
+    }
+
+    /// New text from a step that works on text; the old tree is gone.
+    fn replace_bytes(&mut self, b: Bytes) {
+        self.bytes = b;
+        self.value = None;
+        self.stale_bytes = false;
+        self.changed = true;
+    }
+}
+
 /// A runnable chain (owns its dedupe windows). The default does nothing.
 #[derive(Debug, Default)]
 pub struct Chain {
@@ -547,11 +605,16 @@ impl Chain {
         if self.spec.steps.is_empty() {
             return Outcome::Keep(event.clone());
         }
-        let mut value: Option<Value> = None;
-        let mut dirty = false;
+        let mut doc = Doc {
+            bytes: event.raw.clone(),
+            value: None,
+            stale_bytes: false,
+            changed: false,
+        };
         for (i, step) in self.spec.steps.iter().enumerate() {
+            let fail = |why: &str| Outcome::Fail(format!("{}: {why}", step.label));
             // Dedupe on the id needs no parse while nothing has changed the event.
-            if let (Kind::Dedupe { field, .. }, false, None) = (&step.kind, dirty, &step.when) {
+            if let (Kind::Dedupe { field, .. }, false, None) = (&step.kind, doc.changed, &step.when) {
                 if field.as_str() == "id" {
                     if let Some(w) = self.state[i].as_mut() {
                         if !w.admit(&event.id) {
@@ -561,33 +624,43 @@ impl Chain {
                     continue;
                 }
             }
-            if value.is_none() {
-                match serde_json::from_slice::<Value>(&event.raw) {
-                    Ok(v @ Value::Object(_)) => value = Some(v),
-                    Ok(_) | Err(_) => {
-                        return Outcome::Fail(format!("{}: the event is not a JSON object", step.label))
-                    }
-                }
-            }
-            let Some(v) = value.as_mut() else {
-                return Outcome::Fail(format!("{}: the event is not a JSON object", step.label));
-            };
             if let Some(cond) = &step.when {
-                if !cond.eval(v) {
-                    continue;
+                match doc.holds(cond) {
+                    Some(true) => {}
+                    Some(false) => continue,
+                    None => return fail("the event is not a JSON object"),
                 }
             }
-            match &step.kind {
-                Kind::Filter(cond) => {
-                    if !cond.eval(v) {
-                        return Outcome::Drop { step: i };
-                    }
+            if let Kind::Filter(cond) = &step.kind {
+                match doc.holds(cond) {
+                    Some(true) => continue,
+                    Some(false) => return Outcome::Drop { step: i },
+                    None => return fail("the event is not a JSON object"),
                 }
-                Kind::Redact(r) => dirty |= r.apply(v),
+            }
+            if let Kind::Ocsf = step.kind {
+                // The mapping reads and writes JSON text: it needs no tree, and unmapped
+                // fields keep their exact spelling.
+                let Some(bytes) = doc.bytes() else {
+                    return fail("the event could not be written as JSON");
+                };
+                match ocsf::map(&bytes, &event.resource_id) {
+                    Ok(out) => doc.replace_bytes(Bytes::from(out)),
+                    Err(e) => return fail(&e),
+                }
+                continue;
+            }
+            let Some(v) = doc.value() else {
+                return fail("the event is not a JSON object");
+            };
+            let mut dirty = false;
+            match &step.kind {
+                Kind::Filter(_) | Kind::Ocsf => {}
+                Kind::Redact(r) => dirty = r.apply(v),
                 Kind::Set(pairs) => {
                     for (p, x) in pairs {
                         if let Err(e) = p.insert(v, x.clone()) {
-                            return Outcome::Fail(format!("{}: {e}", step.label));
+                            return fail(&e);
                         }
                     }
                     dirty = true;
@@ -596,7 +669,7 @@ impl Chain {
                     for (from, to) in pairs {
                         if let Some(x) = from.remove(v) {
                             if let Err(e) = to.insert(v, x) {
-                                return Outcome::Fail(format!("{}: {e}", step.label));
+                                return fail(&e);
                             }
                             dirty = true;
                         }
@@ -619,30 +692,23 @@ impl Chain {
                         }
                     }
                 }
-                Kind::Ocsf => {
-                    let Value::Object(map) = std::mem::take(v) else {
-                        return Outcome::Fail(format!("{}: the event is not a JSON object", step.label));
-                    };
-                    match ocsf::map(map, &event.resource_id) {
-                        Ok(out) => *v = out,
-                        Err(e) => return Outcome::Fail(format!("{}: {e}", step.label)),
-                    }
-                    dirty = true;
-                }
+            }
+            if dirty {
+                doc.touch();
             }
         }
-        match (dirty, value) {
-            (true, Some(v)) => match serde_json::to_vec(&v) {
-                Ok(bytes) => Outcome::Keep(Event {
-                    raw: Bytes::from(bytes),
-                    // The server's spelling of the cursor lives in the original bytes; the
-                    // checkpoint took it before the transforms ran.
-                    cursor_span: None,
-                    ..event.clone()
-                }),
-                Err(e) => Outcome::Fail(format!("serializing the transformed event: {e}")),
-            },
-            _ => Outcome::Keep(event.clone()),
+        if !doc.changed {
+            return Outcome::Keep(event.clone());
+        }
+        match doc.bytes() {
+            Some(raw) => Outcome::Keep(Event {
+                raw,
+                // The server's spelling of the cursor lives in the original bytes; the
+                // checkpoint took it before the transforms ran.
+                cursor_span: None,
+                ..event.clone()
+            }),
+            None => Outcome::Fail("the transformed event could not be written as JSON".into()),
         }
     }
 

@@ -23,8 +23,9 @@
 //!
 //! The mapping is deterministic (no "now"), so the same event always gives the same output.
 
-use serde_json::{json, Map, Value};
+use std::borrow::Cow;
 
+use super::raw::Fields;
 use crate::client::parse_time;
 
 /// The OCSF schema version the output follows (stated in `metadata.version`).
@@ -117,33 +118,107 @@ fn http_activity(method: &str) -> (u8, &'static str) {
     }
 }
 
-/// Map one event. Fails only when the event has no usable time (`time` is required by OCSF and
-/// inventing one would mislead an investigation).
-/// `sandbox` is the sandbox the event was tailed for: it stands in for a missing `resource_id`.
-pub fn map(event: Map<String, Value>, sandbox: &str) -> Result<Value, String> {
-    let mut src = event;
-    // Take a mapped field only when it has the expected type; otherwise it stays for `unmapped`.
-    fn take_str(m: &mut Map<String, Value>, k: &str) -> Option<String> {
-        match m.get(k) {
-            Some(Value::String(_)) => match m.shift_remove(k) {
-                Some(Value::String(s)) => Some(s),
-                _ => None,
-            },
-            _ => None,
-        }
-    }
-    fn take_int(m: &mut Map<String, Value>, k: &str) -> Option<i64> {
-        let n = m.get(k).and_then(Value::as_i64)?;
-        m.shift_remove(k);
-        Some(n)
-    }
+/// Writes one JSON object: keys are trusted literals, values are escaped or raw JSON.
+struct Obj<'o> {
+    out: &'o mut Vec<u8>,
+    first: bool,
+}
 
-    let timestamp = take_str(&mut src, "timestamp");
-    let inserted_at = take_str(&mut src, "inserted_at");
+impl<'o> Obj<'o> {
+    fn open(out: &'o mut Vec<u8>) -> Self {
+        out.push(b'{');
+        Obj { out, first: true }
+    }
+    fn key(&mut self, k: &str) {
+        if !self.first {
+            self.out.push(b',');
+        }
+        self.first = false;
+        self.out.push(b'"');
+        self.out.extend_from_slice(k.as_bytes());
+        self.out.extend_from_slice(b"\":");
+    }
+    fn int(&mut self, k: &str, v: i64) {
+        self.key(k);
+        self.out.extend_from_slice(v.to_string().as_bytes());
+    }
+    fn text(&mut self, k: &str, v: &str) {
+        self.key(k);
+        // Writing a string into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut *self.out, v);
+    }
+    fn raw(&mut self, k: &str, json: &str) {
+        self.key(k);
+        self.out.extend_from_slice(json.as_bytes());
+    }
+    /// A field whose key comes from the input (so it is escaped) and whose value is raw JSON.
+    fn raw_escaped_key(&mut self, k: &str, json: &str) {
+        if !self.first {
+            self.out.push(b',');
+        }
+        self.first = false;
+        let _ = serde_json::to_writer(&mut *self.out, k);
+        self.out.push(b':');
+        self.out.extend_from_slice(json.as_bytes());
+    }
+    /// A nested object under `k`; close it with [`Obj::close`].
+    fn object(&mut self, k: &str) -> Obj<'_> {
+        self.key(k);
+        Obj::open(self.out)
+    }
+    fn close(self) {
+        self.out.push(b'}');
+    }
+}
+
+/// Map one event (its JSON text) to OCSF (JSON text). `sandbox` is the sandbox the event was
+/// tailed for: it stands in for a missing `resource_id`.
+///
+/// Fails only when the text is not a JSON object or the event has no usable time (`time` is
+/// required by OCSF, and inventing one would mislead an investigation). Fields left unmapped
+/// keep their exact text under `unmapped`.
+pub fn map(raw: &[u8], sandbox: &str) -> Result<Vec<u8>, String> {
+    let src: Fields<'_> =
+        serde_json::from_slice(raw).map_err(|e| format!("ocsf: the event is not a JSON object: {e}"))?;
+    let mut taken = vec![false; src.0.len()];
+    let mut take_text = |k: &str| {
+        src.text(k).map(|(i, t)| {
+            taken[i] = true;
+            t
+        })
+    };
+    let timestamp = take_text("timestamp");
+    let inserted_at = take_text("inserted_at");
+    let id = take_text("id");
+    let tenant = take_text("tenant_id");
+    let resource_id = take_text("resource_id");
+    let action = take_text("action");
+    let host = take_text("host");
+    let method = take_text("method");
+    let rule_id = take_text("rule_id");
+    let actor_id = take_text("actor_id");
+    let rejected_by = take_text("rejected_by");
+    // Without an HTTP request there is nowhere to put the path and the status: they stay.
+    let path = if method.is_some() { take_text("path") } else { None };
+    let mut take_int = |k: &str| {
+        src.int(k).map(|(i, n)| {
+            taken[i] = true;
+            n
+        })
+    };
+    let status_code = if method.is_some() {
+        take_int("status_code")
+    } else {
+        None
+    };
+    let duration = take_int("duration_ms");
+    let bytes_in = take_int("bytes_in");
+    let bytes_out = take_int("bytes_out");
+    let effect = src.text("effect").map(|(_, t)| t);
+
     let ts_us = timestamp.as_deref().and_then(parse_time);
     let ins_us = inserted_at.as_deref().and_then(parse_time);
     let Some(time_us) = ts_us.or(ins_us) else {
-        // Put the strings back so the dead letter shows what there was.
         return Err(match (timestamp, inserted_at) {
             (None, None) => {
                 "ocsf: the event has no `timestamp` or `inserted_at`, and OCSF requires a time".into()
@@ -156,23 +231,7 @@ pub fn map(event: Map<String, Value>, sandbox: &str) -> Result<Value, String> {
         });
     };
     let ms = |us: i64| us.div_euclid(1_000);
-
-    let id = take_str(&mut src, "id");
-    let tenant = take_str(&mut src, "tenant_id");
-    let resource_id =
-        take_str(&mut src, "resource_id").or_else(|| (!sandbox.is_empty()).then(|| sandbox.to_string()));
-    let action = take_str(&mut src, "action");
-    let effect = src.get("effect").and_then(Value::as_str).map(str::to_string);
-    let host = take_str(&mut src, "host");
-    let method = take_str(&mut src, "method");
-    let path = take_str(&mut src, "path");
-    let status_code = take_int(&mut src, "status_code");
-    let duration = take_int(&mut src, "duration_ms");
-    let bytes_in = take_int(&mut src, "bytes_in");
-    let bytes_out = take_int(&mut src, "bytes_out");
-    let rule_id = take_str(&mut src, "rule_id");
-    let actor_id = take_str(&mut src, "actor_id");
-    let rejected_by = take_str(&mut src, "rejected_by");
+    let resource_id = resource_id.or_else(|| (!sandbox.is_empty()).then(|| Cow::Borrowed(sandbox)));
 
     // `effect` (allow/deny) stands in for a missing action; it stays in `unmapped` either way.
     let verdict = action.as_deref().or(match effect.as_deref() {
@@ -186,167 +245,159 @@ pub fn map(event: Map<String, Value>, sandbox: &str) -> Result<Value, String> {
         None => (4001u32, "Network Activity", m.network_activity),
     };
 
-    let mut out = Map::new();
-    out.insert("activity_id".into(), json!(activity_id));
-    out.insert("activity_name".into(), json!(activity_name));
-    out.insert("category_uid".into(), json!(4));
-    out.insert("category_name".into(), json!("Network Activity"));
-    out.insert("class_uid".into(), json!(class_uid));
-    out.insert("class_name".into(), json!(class_name));
-    out.insert("type_uid".into(), json!(class_uid * 100 + u32::from(activity_id)));
-    out.insert(
-        "type_name".into(),
-        json!(format!("{class_name}: {activity_name}")),
-    );
-    out.insert("severity_id".into(), json!(m.severity.0));
-    out.insert("severity".into(), json!(m.severity.1));
-    out.insert("time".into(), json!(ms(time_us)));
-    out.insert("status_id".into(), json!(m.status.0));
-    out.insert("status".into(), json!(m.status.1));
+    let mut out = Vec::with_capacity(raw.len() * 2 + 512);
+    let mut o = Obj::open(&mut out);
+    o.int("activity_id", i64::from(activity_id));
+    o.text("activity_name", activity_name);
+    o.int("category_uid", 4);
+    o.text("category_name", "Network Activity");
+    o.int("class_uid", i64::from(class_uid));
+    o.text("class_name", class_name);
+    o.int("type_uid", i64::from(class_uid * 100 + u32::from(activity_id)));
+    o.text("type_name", &format!("{class_name}: {activity_name}"));
+    o.int("severity_id", i64::from(m.severity.0));
+    o.text("severity", m.severity.1);
+    o.int("time", ms(time_us));
+    o.int("status_id", i64::from(m.status.0));
+    o.text("status", m.status.1);
     if let Some(a) = &action {
-        out.insert("status_code".into(), json!(a));
+        o.text("status_code", a);
     }
-    let detail = match &rejected_by {
-        Some(by) => format!("{} ({by})", m.detail),
-        None => m.detail.to_string(),
+    match &rejected_by {
+        Some(by) => o.text("status_detail", &format!("{} ({by})", m.detail)),
+        None => o.text("status_detail", m.detail),
+    }
+    o.int("action_id", i64::from(m.security_action.0));
+    o.text("action", m.security_action.1);
+    o.int("disposition_id", i64::from(m.disposition.0));
+    o.text("disposition", m.disposition.1);
+    let what = if method.is_some() {
+        "HTTP request"
+    } else {
+        "connection"
     };
-    out.insert("status_detail".into(), json!(detail));
-    out.insert("action_id".into(), json!(m.security_action.0));
-    out.insert("action".into(), json!(m.security_action.1));
-    out.insert("disposition_id".into(), json!(m.disposition.0));
-    out.insert("disposition".into(), json!(m.disposition.1));
-    out.insert(
-        "message".into(),
-        json!(format!(
-            "Egress {} {}",
-            if method.is_some() {
-                "HTTP request"
-            } else {
-                "connection"
-            },
-            m.detail
-        )),
-    );
+    o.text("message", &format!("Egress {what} {}", m.detail));
     if let Some(d) = duration {
-        out.insert("duration".into(), json!(d));
+        o.int("duration", d);
     }
 
-    let mut metadata = Map::new();
-    metadata.insert("version".into(), json!(OCSF_VERSION));
-    metadata.insert(
-        "product".into(),
-        json!({"vendor_name": "Miosa", "name": "Miosa Egress Proxy", "feature": {"name": "egress-audit"}}),
+    let mut md = o.object("metadata");
+    md.text("version", OCSF_VERSION);
+    md.raw(
+        "product",
+        r#"{"vendor_name":"Miosa","name":"Miosa Egress Proxy","feature":{"name":"egress-audit"}}"#,
     );
-    metadata.insert("profiles".into(), json!(["security_control"]));
-    metadata.insert("log_name".into(), json!("egress-audit"));
-    if let Some(id) = id {
-        metadata.insert("uid".into(), json!(id));
+    md.raw("profiles", r#"["security_control"]"#);
+    md.text("log_name", "egress-audit");
+    if let Some(id) = &id {
+        md.text("uid", id);
     }
-    if let Some(t) = &timestamp {
-        metadata.insert("original_time".into(), json!(t));
-    } else if let Some(i) = &inserted_at {
-        metadata.insert("original_time".into(), json!(i));
+    if let Some(t) = timestamp.as_ref().or(inserted_at.as_ref()) {
+        md.text("original_time", t);
     }
     if let Some(i) = ins_us {
-        metadata.insert("logged_time".into(), json!(ms(i)));
+        md.int("logged_time", ms(i));
     }
-    if let Some(t) = tenant {
-        metadata.insert("tenant_uid".into(), json!(t));
+    if let Some(t) = &tenant {
+        md.text("tenant_uid", t);
     }
-    out.insert("metadata".into(), Value::Object(metadata));
+    md.close();
 
     // The sandbox initiated the call: it is the source endpoint.
-    let mut src_endpoint = Map::new();
     if let Some(r) = &resource_id {
-        src_endpoint.insert("uid".into(), json!(r));
+        let mut e = o.object("src_endpoint");
+        e.text("uid", r);
+        e.close();
     }
     let (hostname, ip, port) = match host.as_deref() {
         Some(h) => split_host(h),
         None => (None, None, None),
     };
-    let mut dst = Map::new();
-    if let Some(h) = &hostname {
-        dst.insert("hostname".into(), json!(h));
-    }
-    if let Some(ip) = &ip {
-        dst.insert("ip".into(), json!(ip));
-    }
-    if let Some(p) = port {
-        dst.insert("port".into(), json!(p));
-    }
-    if !src_endpoint.is_empty() {
-        out.insert("src_endpoint".into(), Value::Object(src_endpoint));
-    }
-    if !dst.is_empty() {
-        out.insert("dst_endpoint".into(), Value::Object(dst));
-    }
-    out.insert(
-        "connection_info".into(),
-        json!({"direction_id": 2, "direction": "Outbound"}),
-    );
-
-    if let Some(method) = &method {
-        let mut url = Map::new();
-        if let Some(h) = hostname.as_ref().or(ip.as_ref()) {
-            url.insert("hostname".into(), json!(h));
+    if hostname.is_some() || ip.is_some() || port.is_some() {
+        let mut e = o.object("dst_endpoint");
+        if let Some(h) = &hostname {
+            e.text("hostname", h);
+        }
+        if let Some(ip) = &ip {
+            e.text("ip", ip);
         }
         if let Some(p) = port {
-            url.insert("port".into(), json!(p));
+            e.int("port", i64::from(p));
         }
-        if let Some(p) = &path {
-            let (only_path, query) = match p.split_once('?') {
-                Some((a, q)) => (a, Some(q)),
-                None => (p.as_str(), None),
-            };
-            url.insert("path".into(), json!(only_path));
-            if let Some(q) = query {
-                url.insert("query_string".into(), json!(q));
-            }
-        }
-        let mut request = Map::new();
-        request.insert("http_method".into(), json!(method.to_ascii_uppercase()));
-        if !url.is_empty() {
-            request.insert("url".into(), Value::Object(url));
-        }
-        out.insert("http_request".into(), Value::Object(request));
-        if let Some(code) = status_code.filter(|c| *c > 0) {
-            out.insert("http_response".into(), json!({"code": code}));
-            out.insert("http_status".into(), json!(code));
-        }
-    } else if let Some(p) = path {
-        // No HTTP request to hold it: keep it readable.
-        src.insert("path".into(), json!(p));
+        e.close();
     }
-    if method.is_none() {
-        if let Some(code) = status_code {
-            src.insert("status_code".into(), json!(code));
+    o.raw("connection_info", r#"{"direction_id":2,"direction":"Outbound"}"#);
+
+    if let Some(method) = &method {
+        let mut req = o.object("http_request");
+        req.text("http_method", &method.to_ascii_uppercase());
+        let host_part = hostname.as_ref().or(ip.as_ref());
+        if host_part.is_some() || port.is_some() || path.is_some() {
+            let mut url = req.object("url");
+            if let Some(h) = host_part {
+                url.text("hostname", h);
+            }
+            if let Some(p) = port {
+                url.int("port", i64::from(p));
+            }
+            if let Some(p) = &path {
+                let (only_path, query) = match p.split_once('?') {
+                    Some((a, q)) => (a, Some(q)),
+                    None => (p.as_ref(), None),
+                };
+                url.text("path", only_path);
+                if let Some(q) = query {
+                    url.text("query_string", q);
+                }
+            }
+            url.close();
+        }
+        req.close();
+        if let Some(code) = status_code.filter(|c| *c > 0) {
+            let mut resp = o.object("http_response");
+            resp.int("code", code);
+            resp.close();
+            o.int("http_status", code);
         }
     }
 
     if bytes_in.is_some() || bytes_out.is_some() {
-        let mut traffic = Map::new();
+        let mut t = o.object("traffic");
         if let Some(b) = bytes_in {
-            traffic.insert("bytes_in".into(), json!(b));
+            t.int("bytes_in", b);
         }
         if let Some(b) = bytes_out {
-            traffic.insert("bytes_out".into(), json!(b));
+            t.int("bytes_out", b);
         }
-        traffic.insert(
-            "bytes".into(),
-            json!(bytes_in.unwrap_or(0) + bytes_out.unwrap_or(0)),
+        t.int(
+            "bytes",
+            bytes_in.unwrap_or(0).saturating_add(bytes_out.unwrap_or(0)),
         );
-        out.insert("traffic".into(), Value::Object(traffic));
+        t.close();
     }
-    if let Some(a) = actor_id {
-        out.insert("actor".into(), json!({"user": {"uid": a}}));
+    if let Some(a) = &actor_id {
+        let mut actor = o.object("actor");
+        let mut user = actor.object("user");
+        user.text("uid", a);
+        user.close();
+        actor.close();
     }
-    if let Some(r) = rule_id {
-        out.insert("firewall_rule".into(), json!({"uid": r}));
+    if let Some(r) = &rule_id {
+        let mut rule = o.object("firewall_rule");
+        rule.text("uid", r);
+        rule.close();
     }
-    if !src.is_empty() {
-        out.insert("unmapped".into(), Value::Object(src));
+    if taken.iter().any(|t| !t) {
+        let mut u = o.object("unmapped");
+        for ((k, v), t) in src.0.iter().zip(&taken) {
+            if !t {
+                u.raw_escaped_key(k, v.get());
+            }
+        }
+        u.close();
     }
-    Ok(Value::Object(out))
+    o.close();
+    Ok(out)
 }
 
 /// `host`, `host:port`, `1.2.3.4:443` or `[::1]:443` → (hostname, ip, port).
@@ -395,23 +446,46 @@ mod tests {
         assert_eq!(split_host("fe80::1"), (None, Some("fe80::1".into()), None));
     }
 
+    use serde_json::{json, Value};
+
+    fn mapped(e: Value) -> Result<Value, String> {
+        map(e.to_string().as_bytes(), "sb-1").map(|out| serde_json::from_slice(&out).unwrap())
+    }
+
     #[test]
     fn an_event_without_a_time_is_refused_with_the_reason() {
-        let e = json!({"id": "e1", "action": "allow"});
-        let Value::Object(m) = e else { unreachable!() };
-        assert!(map(m, "sb-1")
-            .unwrap_err()
-            .contains("no `timestamp` or `inserted_at`"));
-        let e = json!({"id": "e1", "timestamp": "yesterday"});
-        let Value::Object(m) = e else { unreachable!() };
-        assert!(map(m, "sb-1").unwrap_err().contains("cannot read a time"));
+        let e = mapped(json!({"id": "e1", "action": "allow"})).unwrap_err();
+        assert!(e.contains("no `timestamp` or `inserted_at`"), "{e}");
+        let e = mapped(json!({"id": "e1", "timestamp": "yesterday"})).unwrap_err();
+        assert!(e.contains("cannot read a time"), "{e}");
+        assert!(map(b"[1]", "sb").unwrap_err().contains("not a JSON object"));
+    }
+
+    #[test]
+    fn unmapped_fields_keep_their_exact_text_and_escaped_keys() {
+        let raw = br#"{"id":"e\"1","timestamp":"2026-11-25T10:00:00Z","cost":1.50,"we\"ird":{"a":[1e3]},"id2":"caf\u00e9","id":"e2"}"#;
+        let text = String::from_utf8(map(raw, "sb").unwrap()).unwrap();
+        let out: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            out["metadata"]["uid"],
+            json!("e2"),
+            "a repeated key: the last wins"
+        );
+        assert_eq!(
+            out["src_endpoint"]["uid"],
+            json!("sb"),
+            "the tailed sandbox stands in"
+        );
+        assert!(
+            text.contains(r#""unmapped":{"cost":1.50,"we\"ird":{"a":[1e3]},"id2":"caf\u00e9"}"#),
+            "{text}"
+        );
     }
 
     #[test]
     fn mapped_fields_of_unexpected_types_stay_unmapped() {
         let e = json!({"id": "e1", "timestamp": "2026-11-25T10:00:00.000001Z", "method": "GET", "status_code": "200", "host": 7});
-        let Value::Object(m) = e else { unreachable!() };
-        let out = map(m, "sb-1").unwrap();
+        let out = mapped(e).unwrap();
         assert_eq!(out["unmapped"]["status_code"], json!("200"));
         assert_eq!(out["unmapped"]["host"], json!(7));
         assert!(out.get("http_response").is_none());

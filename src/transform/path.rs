@@ -67,6 +67,15 @@ impl FieldPath {
         self.segments.first().map_or("", |s| s.key.as_str())
     }
 
+    /// The value at this path inside `v`, which is what the first segment names.
+    pub fn get_after_first<'v>(&self, v: &'v Value) -> Option<&'v Value> {
+        let mut at = v;
+        for s in self.segments.iter().skip(1) {
+            at = step(at, s)?;
+        }
+        Some(at)
+    }
+
     /// The value at this path.
     pub fn get<'v>(&self, root: &'v Value) -> Option<&'v Value> {
         let mut at = root;
