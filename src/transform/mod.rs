@@ -641,10 +641,12 @@ impl Chain {
             if let Kind::Ocsf = step.kind {
                 // The mapping reads and writes JSON text: it needs no tree, and unmapped
                 // fields keep their exact spelling.
-                let Some(bytes) = doc.bytes() else {
-                    return fail("the event could not be written as JSON");
+                // A tree that a previous step changed is read as it is, not written and re-read.
+                let mapped = match (&doc.value, doc.stale_bytes) {
+                    (Some(v), true) => ocsf::map_value(v, &event.resource_id),
+                    _ => ocsf::map(&doc.bytes, &event.resource_id),
                 };
-                match ocsf::map(&bytes, &event.resource_id) {
+                match mapped {
                     Ok(out) => doc.replace_bytes(Bytes::from(out)),
                     Err(e) => return fail(&e),
                 }

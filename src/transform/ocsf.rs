@@ -25,6 +25,8 @@
 
 use std::borrow::Cow;
 
+use serde_json::Value;
+
 use super::raw::Fields;
 use crate::client::parse_time;
 
@@ -151,15 +153,14 @@ impl<'o> Obj<'o> {
         self.key(k);
         self.out.extend_from_slice(json.as_bytes());
     }
-    /// A field whose key comes from the input (so it is escaped) and whose value is raw JSON.
-    fn raw_escaped_key(&mut self, k: &str, json: &str) {
+    /// A key that comes from the input (so it is escaped); the caller writes the value.
+    fn escaped_key(&mut self, k: &str) {
         if !self.first {
             self.out.push(b',');
         }
         self.first = false;
         let _ = serde_json::to_writer(&mut *self.out, k);
         self.out.push(b':');
-        self.out.extend_from_slice(json.as_bytes());
     }
     /// A nested object under `k`; close it with [`Obj::close`].
     fn object(&mut self, k: &str) -> Obj<'_> {
@@ -180,12 +181,82 @@ impl<'o> Obj<'o> {
 pub fn map(raw: &[u8], sandbox: &str) -> Result<Vec<u8>, String> {
     let src: Fields<'_> =
         serde_json::from_slice(raw).map_err(|e| format!("ocsf: the event is not a JSON object: {e}"))?;
-    let mut taken = vec![false; src.0.len()];
+    map_from(&src, sandbox, raw.len())
+}
+
+/// [`map`] for an event already parsed (a transform before this one changed it): no second
+/// parse. Unmapped fields are written from the tree.
+pub fn map_value(event: &Value, sandbox: &str) -> Result<Vec<u8>, String> {
+    let Value::Object(m) = event else {
+        return Err("ocsf: the event is not a JSON object".into());
+    };
+    let fields: Vec<(&str, &Value)> = m.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    map_from(&fields, sandbox, 1024)
+}
+
+/// What the mapping reads: an event's top-level fields, in order.
+trait Source {
+    fn len(&self) -> usize;
+    fn find(&self, key: &str) -> Option<usize>;
+    fn key(&self, i: usize) -> &str;
+    /// Field `i` as a string, when it is one.
+    fn text(&self, i: usize) -> Option<Cow<'_, str>>;
+    /// Field `i` as an integer, when it is one.
+    fn int(&self, i: usize) -> Option<i64>;
+    /// Field `i`'s value as JSON.
+    fn write(&self, i: usize, out: &mut Vec<u8>);
+}
+
+impl Source for Fields<'_> {
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+    fn find(&self, key: &str) -> Option<usize> {
+        Fields::find(self, key)
+    }
+    fn key(&self, i: usize) -> &str {
+        &self.0[i].0
+    }
+    fn text(&self, i: usize) -> Option<Cow<'_, str>> {
+        self.text_at(i)
+    }
+    fn int(&self, i: usize) -> Option<i64> {
+        self.0[i].1.get().parse().ok()
+    }
+    fn write(&self, i: usize, out: &mut Vec<u8>) {
+        out.extend_from_slice(self.0[i].1.get().as_bytes());
+    }
+}
+
+impl Source for Vec<(&str, &Value)> {
+    fn len(&self) -> usize {
+        <[_]>::len(self)
+    }
+    fn find(&self, key: &str) -> Option<usize> {
+        self.iter().position(|(k, _)| *k == key)
+    }
+    fn key(&self, i: usize) -> &str {
+        self[i].0
+    }
+    fn text(&self, i: usize) -> Option<Cow<'_, str>> {
+        self[i].1.as_str().map(Cow::Borrowed)
+    }
+    fn int(&self, i: usize) -> Option<i64> {
+        self[i].1.as_i64()
+    }
+    fn write(&self, i: usize, out: &mut Vec<u8>) {
+        // Writing JSON into a Vec cannot fail.
+        let _ = serde_json::to_writer(out, self[i].1);
+    }
+}
+
+fn map_from<S: Source>(src: &S, sandbox: &str, size_hint: usize) -> Result<Vec<u8>, String> {
+    let mut taken = vec![false; src.len()];
     let mut take_text = |k: &str| {
-        src.text(k).map(|(i, t)| {
-            taken[i] = true;
-            t
-        })
+        let i = src.find(k)?;
+        let t = src.text(i)?;
+        taken[i] = true;
+        Some(t)
     };
     let timestamp = take_text("timestamp");
     let inserted_at = take_text("inserted_at");
@@ -201,10 +272,10 @@ pub fn map(raw: &[u8], sandbox: &str) -> Result<Vec<u8>, String> {
     // Without an HTTP request there is nowhere to put the path and the status: they stay.
     let path = if method.is_some() { take_text("path") } else { None };
     let mut take_int = |k: &str| {
-        src.int(k).map(|(i, n)| {
-            taken[i] = true;
-            n
-        })
+        let i = src.find(k)?;
+        let n = src.int(i)?;
+        taken[i] = true;
+        Some(n)
     };
     let status_code = if method.is_some() {
         take_int("status_code")
@@ -214,7 +285,7 @@ pub fn map(raw: &[u8], sandbox: &str) -> Result<Vec<u8>, String> {
     let duration = take_int("duration_ms");
     let bytes_in = take_int("bytes_in");
     let bytes_out = take_int("bytes_out");
-    let effect = src.text("effect").map(|(_, t)| t);
+    let effect = src.find("effect").and_then(|i| src.text(i));
 
     let ts_us = timestamp.as_deref().and_then(parse_time);
     let ins_us = inserted_at.as_deref().and_then(parse_time);
@@ -231,7 +302,7 @@ pub fn map(raw: &[u8], sandbox: &str) -> Result<Vec<u8>, String> {
         });
     };
     let ms = |us: i64| us.div_euclid(1_000);
-    let resource_id = resource_id.or_else(|| (!sandbox.is_empty()).then(|| Cow::Borrowed(sandbox)));
+    let resource_id = resource_id.or_else(|| (!sandbox.is_empty()).then_some(Cow::Borrowed(sandbox)));
 
     // `effect` (allow/deny) stands in for a missing action; it stays in `unmapped` either way.
     let verdict = action.as_deref().or(match effect.as_deref() {
@@ -245,7 +316,7 @@ pub fn map(raw: &[u8], sandbox: &str) -> Result<Vec<u8>, String> {
         None => (4001u32, "Network Activity", m.network_activity),
     };
 
-    let mut out = Vec::with_capacity(raw.len() * 2 + 512);
+    let mut out = Vec::with_capacity(size_hint * 2 + 512);
     let mut o = Obj::open(&mut out);
     o.int("activity_id", i64::from(activity_id));
     o.text("activity_name", activity_name);
@@ -389,9 +460,10 @@ pub fn map(raw: &[u8], sandbox: &str) -> Result<Vec<u8>, String> {
     }
     if taken.iter().any(|t| !t) {
         let mut u = o.object("unmapped");
-        for ((k, v), t) in src.0.iter().zip(&taken) {
+        for (i, t) in taken.iter().enumerate() {
             if !t {
-                u.raw_escaped_key(k, v.get());
+                u.escaped_key(src.key(i));
+                src.write(i, u.out);
             }
         }
         u.close();

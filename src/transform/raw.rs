@@ -68,12 +68,17 @@ impl<'a> Fields<'a> {
     /// A string field (and its index), when it is a string.
     pub fn text(&self, key: &str) -> Option<(usize, Cow<'a, str>)> {
         let i = self.find(key)?;
-        let raw = self.0[i].1.get();
+        self.text_at(i).map(|t| (i, t))
+    }
+
+    /// Field `i` as a string, when it is one.
+    pub fn text_at(&self, i: usize) -> Option<Cow<'a, str>> {
+        let raw = self.0.get(i)?.1.get();
         if !raw.starts_with('"') {
             return None;
         }
         let Text(t) = serde_json::from_str::<Text<'a>>(raw).ok()?;
-        Some((i, t))
+        Some(t)
     }
 
     /// An integer field (and its index), when it is an integer.

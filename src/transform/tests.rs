@@ -442,3 +442,27 @@ fn ocsf_golden_files_for_every_action() {
         assert!(actions_seen.contains(action), "no golden for action {action}");
     }
 }
+
+#[test]
+fn ocsf_reads_a_changed_tree_exactly_as_it_reads_text() {
+    // `set` then `remove` leaves the event as it was but as a changed tree, so `ocsf` takes its
+    // tree path; the result must equal the text path's.
+    let mut via_text = chain("[[transforms]]\ntype = \"ocsf\"\n");
+    let mut via_tree = chain(
+        "[[transforms]]\ntype = \"set\"\nfields = { zz = 1 }\n[[transforms]]\ntype = \"remove\"\nfields = [\"zz\"]\n[[transforms]]\ntype = \"ocsf\"\n",
+    );
+    for entry in std::fs::read_dir(golden_dir()).unwrap() {
+        let path = entry.unwrap().path();
+        if !path.to_string_lossy().ends_with(".input.json") {
+            continue;
+        }
+        let v: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        let e = event(&v);
+        assert_eq!(
+            kept(via_text.apply(&e)),
+            kept(via_tree.apply(&e)),
+            "{}",
+            path.display()
+        );
+    }
+}
