@@ -583,10 +583,14 @@ async fn backfill(
         Ok(report) if report.complete => {
             let total: u64 = report.shipped.values().sum();
             eprintln!(
-                "backfill of {} ({}) done: {total} events shipped, {} dead-lettered",
+                "backfill of {} ({}) done: {total} events shipped, {} dead-lettered{}",
                 p.name,
                 window.stream_key(),
-                report.dead_lettered
+                report.dead_lettered,
+                match progress.filtered.load(Ordering::Relaxed) {
+                    0 => String::new(),
+                    n => format!(" ({n} of them filtered out by the pipeline's transforms)"),
+                }
             );
             Ok(ExitCode::SUCCESS)
         }

@@ -11,13 +11,15 @@
 //! - [`pipeline`]: the runner. Sources → batcher → every sink → acknowledgements → checkpointer.
 //!   A checkpoint passes a batch only when every sink has made it durable.
 //! - [`config`]: pipeline files (TOML): the model, `${VAR}` interpolation, errors with file:line.
+//! - [`transform`]: conditions, filter/redact/set/rename/remove/dedupe, the OCSF mapping; run per
+//!   pipeline in the batcher and per sink (with the sink's route) in its task.
 //! - [`sim`]: the bundled Miosa simulator used by the demo, the tests and the benchmarks.
 //! - [`secret`]: the API key type that never prints, and redaction.
 //! - [`metrics`]: process-wide counters.
 //! - Sinks live in their own crates under `sinks/`: the contract in `auditship-sink`, the file
 //!   sink in `auditship-sink-file`.
 //!
-//! Events flow one way: `client` → `source` → `pipeline` (batches) → sinks; acknowledgements
+//! Events flow one way: `client` → `source` → `pipeline` (batches, transforms) → sinks; acknowledgements
 //! flow back from sinks to the checkpointer, which commits positions and sink state in one
 //! transaction.
 //!

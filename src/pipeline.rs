@@ -11,6 +11,11 @@
 //! - The batcher numbers batches and records, for each, the position every touched sandbox has
 //!   reached (newest cursor time and the ids at it). It tells the checkpointer *before* any sink
 //!   sees the batch, so an ack never arrives for an unknown batch.
+//! - Transforms: the batcher runs the pipeline's `[[transforms]]` on each closed batch (after
+//!   recording positions, so a dropped event still moves its sandbox's checkpoint); each sink
+//!   task runs its route and transforms on each batch before writing it. Events a transform fails
+//!   on are dead-lettered, durably, before the batch goes on. A batch keeps its number however
+//!   many events it lost, so acknowledgements work unchanged.
 //! - A sink acknowledges "through batch N" only after N is durable, with the state entries (file
 //!   lengths) that describe exactly that point.
 //! - Every `commit_interval` the checkpointer finds W, the highest batch every sink has
@@ -39,7 +44,7 @@ use crate::client::{
 use crate::config::{Pipeline, SinkConfig};
 use crate::secret::ApiKey;
 use crate::source::{self, DeadLetter, SourceEnd, SourceKind, SourceMsg};
-use crate::transform::Chain;
+use crate::transform::{Applied, Chain};
 
 /// Errors that stop a pipeline. [`PipelineError::is_retryable`] says whether running it again
 /// later can help (cron uses the exit code built from it).
@@ -127,6 +132,8 @@ pub struct Progress {
     pub committed: AtomicU64,
     /// Payloads dead-lettered.
     pub dead_lettered: AtomicU64,
+    /// Events the pipeline's `[[transforms]]` dropped (they count as shipped: nothing is owed).
+    pub filtered: AtomicU64,
 }
 
 /// How to run.
@@ -715,7 +722,12 @@ impl Batcher {
             return false;
         }
         let transformed = match run_chain(&mut self.chain, &batch).await {
-            Ok((out, failed)) => {
+            Ok(Applied {
+                batch: out,
+                failed,
+                dropped,
+            }) => {
+                self.progress.filtered.fetch_add(dropped, Ordering::Relaxed);
                 if let Err(e) = dead_letter_failures(&self.dead_letters, None, failed).await {
                     let _ = self.fatal.send(PipelineError::Sink {
                         sink: "dead-letter".into(),
@@ -849,9 +861,9 @@ async fn sink_task(
         // The sink's route and transforms run once per batch; a retry rewrites their output.
         for b in fresh.iter_mut() {
             let failed = match run_chain(&mut chain, b).await {
-                Ok((out, failed)) => {
-                    *b = out;
-                    failed
+                Ok(applied) => {
+                    *b = applied.batch;
+                    applied.failed
                 }
                 Err(e) => {
                     let _ = fatal.send(PipelineError::Config(e));
@@ -920,12 +932,9 @@ struct SinkWorker {
 /// Run `chain` over `batch` on a blocking thread (transforms are CPU work, and a batch of
 /// thousands of events would hold an async worker for milliseconds). An empty chain passes the
 /// batch through untouched.
-async fn run_chain(
-    chain: &mut Chain,
-    batch: &Arc<Batch>,
-) -> Result<(Arc<Batch>, Vec<(Event, String)>), String> {
+async fn run_chain(chain: &mut Chain, batch: &Arc<Batch>) -> Result<Applied, String> {
     if chain.is_empty() {
-        return Ok((batch.clone(), Vec::new()));
+        return Ok(chain.apply_batch(batch));
     }
     let mut owned = std::mem::take(chain);
     let b = batch.clone();

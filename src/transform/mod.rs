@@ -525,6 +525,17 @@ impl Window {
     }
 }
 
+/// What a chain did with a batch.
+#[derive(Debug)]
+pub struct Applied {
+    /// The events to hand on, under the batch's number.
+    pub batch: Arc<Batch>,
+    /// Events a transform failed on, with the reasons.
+    pub failed: Vec<(Event, String)>,
+    /// Events a filter, route or dedupe dropped.
+    pub dropped: u64,
+}
+
 /// An event as a chain works on it: JSON text, parsed into a tree only when a step needs one,
 /// and written back only when a tree was changed.
 struct Doc {
@@ -714,11 +725,16 @@ impl Chain {
         }
     }
 
-    /// Run the chain on a batch: the batch to hand on (same number) and the events that failed,
-    /// with their reasons. Counts drops and failures in the process metrics.
-    pub fn apply_batch(&mut self, batch: &Arc<Batch>) -> (Arc<Batch>, Vec<(Event, String)>) {
+    /// Run the chain on a batch: the batch to hand on (same number), the events that failed
+    /// with their reasons, and how many were dropped. Counts drops and failures in the process
+    /// metrics.
+    pub fn apply_batch(&mut self, batch: &Arc<Batch>) -> Applied {
         if self.is_empty() {
-            return (batch.clone(), Vec::new());
+            return Applied {
+                batch: batch.clone(),
+                failed: Vec::new(),
+                dropped: 0,
+            };
         }
         let mut kept = Vec::with_capacity(batch.events.len());
         let mut failed = Vec::new();
@@ -732,13 +748,14 @@ impl Chain {
         }
         crate::metrics::EVENTS_DROPPED.add(dropped);
         crate::metrics::TRANSFORM_FAILURES.add(failed.len() as u64);
-        (
-            Arc::new(Batch {
+        Applied {
+            batch: Arc::new(Batch {
                 number: batch.number,
                 events: kept,
             }),
             failed,
-        )
+            dropped,
+        }
     }
 }
 

@@ -286,7 +286,9 @@ type = "ocsf"
             event(&json!({"id": "3", "action": "reject"})),
         ],
     });
-    let (out, failed) = c.apply_batch(&batch);
+    let applied = c.apply_batch(&batch);
+    let (out, failed) = (applied.batch, applied.failed);
+    assert_eq!(applied.dropped, 1);
     assert_eq!(out.number, 7);
     assert_eq!(out.events.len(), 1);
     assert_eq!(
