@@ -482,7 +482,7 @@ async fn run(paths: Vec<PathBuf>) -> anyhow::Result<ExitCode> {
         match joined {
             Ok((name, Ok(report))) => {
                 let total: u64 = report.shipped.values().sum();
-                tracing::info!(pipeline = %name, events_shipped = total, dead_lettered = report.dead_lettered, "pipeline stopped");
+                tracing::info!(pipeline = %name, events_shipped = total, filtered = report.filtered, dead_lettered = report.dead_lettered, "pipeline stopped");
             }
             Ok((name, Err(e))) => {
                 eprintln!("error: pipeline {name}: {e}");
@@ -587,7 +587,7 @@ async fn backfill(
                 p.name,
                 window.stream_key(),
                 report.dead_lettered,
-                match progress.filtered.load(Ordering::Relaxed) {
+                match report.filtered {
                     0 => String::new(),
                     n => format!(" ({n} of them filtered out by the pipeline's transforms)"),
                 }

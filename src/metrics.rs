@@ -1,5 +1,6 @@
-//! Process-wide counters. Each is incremented in the one place that also logs the event it
-//! counts; `auditship` prints them in its run summary (a Prometheus endpoint is planned).
+//! Process-wide counters. Each is incremented in the one place that also logs (or reports) the
+//! event it counts. Nothing serves them yet: a Prometheus endpoint is planned; until then
+//! library users and tests read them.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 

@@ -176,6 +176,8 @@ pub struct RunReport {
     pub stopped: BTreeMap<String, String>,
     /// Payloads dead-lettered.
     pub dead_lettered: u64,
+    /// Events the pipeline's `[[transforms]]` dropped this run (counted in `shipped`).
+    pub filtered: u64,
     /// The dead-letter file.
     pub dead_letter_path: PathBuf,
     /// Whether every source finished its work (always false for a live run stopped by signal).
@@ -618,6 +620,7 @@ pub async fn run(p: &Pipeline, opts: RunOptions) -> Result<RunReport, PipelineEr
         report.shipped.insert(rid.clone(), now.saturating_sub(before));
     }
     report.dead_lettered = opts.progress.dead_lettered.load(Ordering::Relaxed);
+    report.filtered = opts.progress.filtered.load(Ordering::Relaxed);
     report.complete = matches!(opts.mode, Mode::Backfill(_))
         && drained
         && report.stopped.is_empty()
