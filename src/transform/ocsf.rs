@@ -403,7 +403,9 @@ fn map_from<S: Source>(src: &S, sandbox: &str, size_hint: usize) -> Result<Vec<u
         let mut req = o.object("http_request");
         req.text("http_method", &method.to_ascii_uppercase());
         let host_part = hostname.as_ref().or(ip.as_ref());
-        if host_part.is_some() || port.is_some() || path.is_some() {
+        // OCSF's url needs a path (or a url_string, which needs a scheme we do not know);
+        // without one the host stays in dst_endpoint alone.
+        if path.is_some() {
             let mut url = req.object("url");
             if let Some(h) = host_part {
                 url.text("hostname", h);

@@ -370,6 +370,9 @@ fn check_required(name: &str, v: &Value) {
         );
     }
     assert!(v["time"].is_i64(), "{name}: time is ms since the epoch");
+    if let Some(url) = v.get("http_request").and_then(|r| r.get("url")) {
+        assert!(url.get("path").is_some() || url.get("url_string").is_some(), "{name}: url needs a path or url_string");
+    }
     // Every sibling pair agrees in presence.
     for (id, caption) in [
         ("activity_id", "activity_name"),
