@@ -191,6 +191,10 @@ struct SimArgs {
     /// List response shape.
     #[arg(long, value_enum, default_value_t = ListShape::Mixed)]
     list_shape: ListShape,
+    /// Every Nth event carries a bearer key in metadata.authorization and a token= in its path
+    /// (to try redaction).
+    #[arg(long)]
+    secret_every: Option<u64>,
     /// API key clients must send (default: msk_sim_demo_key).
     #[arg(long, env = "MIOSA_SIM_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
@@ -827,6 +831,7 @@ async fn sim(args: SimArgs) -> anyhow::Result<ExitCode> {
         garbage_ratio: args.garbage,
         ties: args.ties.max(1),
         list_shape: args.list_shape,
+        secret_every_events: args.secret_every,
         ..SimConfig::default()
     };
     if let Some(k) = args.api_key {
