@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use auditship::sim::SimConfig;
 
-use crate::util::{assert_exactly_once, finish, signal, sim, sim_lines, wait_for, Workspace};
+use crate::util::{assert_exactly_once, finish, kill_9_rounds, signal, sim, sim_lines, wait_for, Workspace};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_drains_and_exits_zero_and_a_restart_adds_nothing() {
@@ -64,14 +64,7 @@ async fn kill_9_at_random_moments_loses_nothing_and_duplicates_nothing() {
     // its commit.
     let ws = Workspace::new(&sim, &ids, "", "rotate_max_bytes = 20000");
     let key = sim.api_key().to_string();
-    for round in 0..6u64 {
-        let child = ws.spawn(&key, &["run", "pipe.toml"]);
-        let pause = 300 + (round * 337) % 700;
-        tokio::time::sleep(Duration::from_millis(pause)).await;
-        signal(&child, libc::SIGKILL);
-        let out = finish(child, Duration::from_secs(10));
-        assert_eq!(out.code, None, "killed by a signal");
-    }
+    kill_9_rounds(&ws, &key, 6).await;
     let child = ws.spawn(&key, &["run", "pipe.toml"]);
     wait_for("the archive to hold every event", Duration::from_secs(90), || {
         sim.live_done() && ws.archive_lines().len() >= sim.total_events()

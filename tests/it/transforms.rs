@@ -12,7 +12,10 @@ use auditship::secret::ApiKey;
 use auditship::sim::{SimConfig, Simulator};
 use serde_json::Value;
 
-use crate::util::{assert_exactly_once, finish, signal, sim, sim_lines, wait_for, walk, Workspace};
+use crate::util::{
+    assert_exactly_once, finish, kill_9_rounds, signal, sim, sim_lines, stop_when_all_committed, wait_for,
+    walk, Workspace,
+};
 
 /// Every line of every file under `dir`.
 fn lines_under(dir: &Path) -> Vec<String> {
@@ -215,24 +218,11 @@ rotate_max_bytes = 20000
 "#;
     let ws = Workspace::with_sinks(&sim, &ids, "", sinks);
     let key = sim.api_key().to_string();
-    for round in 0..5u64 {
-        let child = ws.spawn(&key, &["run", "pipe.toml"]);
-        let pause = 300 + (round * 337) % 700;
-        tokio::time::sleep(Duration::from_millis(pause)).await;
-        signal(&child, libc::SIGKILL);
-        let out = finish(child, Duration::from_secs(10));
-        assert_eq!(out.code, None, "killed by a signal");
-    }
-    let child = ws.spawn(&key, &["run", "pipe.toml"]);
+    kill_9_rounds(&ws, &key, 5).await;
     // Every event, filtered or not, must reach the checkpoint: nothing would be re-fetched
     // forever, and nothing is left behind.
-    wait_for("every event to be committed", Duration::from_secs(90), || {
-        sim.live_done() && ws.committed_events() >= sim.total_events() as i64
-    })
-    .await;
-    signal(&child, libc::SIGTERM);
-    let out = finish(child, Duration::from_secs(30));
-    assert_eq!(out.code, Some(0), "stderr: {}", out.stderr);
+    let child = ws.spawn(&key, &["run", "pipe.toml"]);
+    stop_when_all_committed(&ws, &sim, child).await;
     assert_eq!(ws.committed_events(), sim.total_events() as i64);
 
     let siem = lines_under(&ws.path().join("siem"));

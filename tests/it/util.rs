@@ -76,7 +76,6 @@ timeout_ms = 20
     }
 
     /// Events committed by the checkpoint, all sandboxes of the live stream.
-    #[cfg_attr(not(feature = "kafka"), allow(dead_code))]
     pub fn committed_events(&self) -> i64 {
         let db = self.path().join("state/checkpoints.db");
         let Ok(conn) = rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
@@ -270,7 +269,6 @@ pub async fn sim(sandboxes: &[&str], config: SimConfig) -> Simulator {
 }
 
 /// Wait until the checkpoint holds every event the simulator made, then SIGTERM: exit 0.
-#[cfg_attr(not(any(feature = "kafka", feature = "s3")), allow(dead_code))]
 pub async fn stop_when_all_committed(ws: &Workspace, sim: &Simulator, child: Proc) -> Output {
     wait_for("every event to be committed", Duration::from_secs(120), || {
         sim.live_done() && ws.committed_events() >= sim.total_events() as i64
@@ -280,4 +278,17 @@ pub async fn stop_when_all_committed(ws: &Workspace, sim: &Simulator, child: Pro
     let out = finish(child, Duration::from_secs(30));
     assert_eq!(out.code, Some(0), "stderr: {}", out.stderr);
     out
+}
+
+/// Start `auditship run pipe.toml` and kill -9 it `rounds` times, at moments spread over 0.3–1 s
+/// after each start.
+pub async fn kill_9_rounds(ws: &Workspace, key: &str, rounds: u64) {
+    for round in 0..rounds {
+        let child = ws.spawn(key, &["run", "pipe.toml"]);
+        let pause = 300 + (round * 337) % 700;
+        tokio::time::sleep(Duration::from_millis(pause)).await;
+        signal(&child, libc::SIGKILL);
+        let out = finish(child, Duration::from_secs(10));
+        assert_eq!(out.code, None, "killed by a signal");
+    }
 }
