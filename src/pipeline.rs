@@ -361,6 +361,17 @@ enum CkMsg {
 
 /// Run a pipeline until it is stopped (live) or its window is shipped (backfill).
 pub async fn run(p: &Pipeline, opts: RunOptions) -> Result<RunReport, PipelineError> {
+    // A pipeline loaded only to validate may lack a transform's secret; never run it masked.
+    let chains = std::iter::once(&p.transforms).chain(p.routes.values().map(|r| &r.chain));
+    for chain in chains {
+        if let Some(step) = chain.not_runnable() {
+            return Err(PipelineError::Config(format!(
+                "{}: {step} has no HMAC key; export {} (or set hmac_key = \"${{VAR}}\") and load the pipeline again",
+                p.file.display(),
+                crate::transform::HMAC_KEY_ENV
+            )));
+        }
+    }
     let client = client_for(p)?;
     let store = Store::open(&p.checkpoint_path)?;
     let _lock = store.lock(&p.name)?;

@@ -278,6 +278,15 @@ impl ChainSpec {
         self.steps.is_empty()
     }
 
+    /// The first step that cannot run as configured (an HMAC redaction whose key was missing
+    /// when the pipeline was loaded to validate), by its label.
+    pub fn not_runnable(&self) -> Option<&str> {
+        self.steps
+            .iter()
+            .find(|s| matches!(&s.kind, Kind::Redact(r) if r.lacks_key()))
+            .map(|s| s.label.as_str())
+    }
+
     /// Add a routing condition (a sink's `when`) as the first step.
     pub fn route(&mut self, label: &str, when: &toml::Value, c: &mut Compile<'_>) {
         match Condition::compile(when) {

@@ -129,6 +129,12 @@ impl Redact {
         })
     }
 
+    /// Whether this is an HMAC redaction without its key (loaded only to validate): running it
+    /// would mask instead, so a pipeline refuses to start with it.
+    pub fn lacks_key(&self) -> bool {
+        self.mode == RedactMode::HmacSha256 && self.key.is_none()
+    }
+
     /// Redact `event` in place. Returns whether anything changed.
     pub fn apply(&self, event: &mut Value) -> bool {
         let mut changed = false;

@@ -231,6 +231,32 @@ hmac_key = "${AUDITSHIP_TEST_NO_SUCH_KEY}"
 }
 
 #[test]
+fn a_chain_validated_without_its_hmac_key_says_it_cannot_run() {
+    #[derive(serde::Deserialize)]
+    struct F {
+        transforms: Vec<TransformConfig>,
+    }
+    let f: F = toml::from_str(
+        "[[transforms]]\ntype = \"redact\"\nfields = [\"path\"]\nmode = \"hmac-sha256\"\nhmac_key = \"${AUDITSHIP_TEST_UNSET_HMAC}\"\n",
+    )
+    .unwrap();
+    let (mut warnings, mut errors) = (Vec::new(), Vec::new());
+    let mut spec = ChainSpec::default();
+    spec.extend(
+        "transforms",
+        &f.transforms,
+        &mut Compile {
+            validate_only: true,
+            warnings: &mut warnings,
+            errors: &mut errors,
+        },
+    );
+    assert!(errors.is_empty(), "{errors:?}");
+    assert!(warnings[0].contains("(needed to run)"), "{warnings:?}");
+    assert_eq!(spec.not_runnable(), Some("transforms[1] (redact)"));
+}
+
+#[test]
 fn config_mistakes_are_named() {
     let cases = [
         (

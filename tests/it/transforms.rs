@@ -406,3 +406,36 @@ transforms = ["ocsf"]
     assert_eq!(code, Some(1));
     assert!(stderr.contains("line 2: not an event"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pipeline_loaded_without_its_hmac_key_refuses_to_run_instead_of_masking() {
+    let ids = ["sb-h1"];
+    let sim = sim(&ids, SimConfig::default()).await;
+    let sinks = r#"
+[[transforms]]
+type = "redact"
+fields = ["path"]
+mode = "hmac-sha256"
+hmac_key = "${AUDITSHIP_TEST_HMAC_NEVER_SET}"
+
+[sinks.archive]
+type = "file"
+path = "{root}/archive/{resource_id}.ndjson"
+"#;
+    let ws = Workspace::with_sinks(&sim, &ids, "", sinks);
+    let mut p = config::load(&ws.pipeline, LoadMode::Validate).unwrap();
+    p.api_key = Some(ApiKey::new(sim.api_key()));
+    let e = pipeline::run(&p, RunOptions::new(Mode::Live)).await.unwrap_err();
+    assert!(
+        e.to_string().contains("transforms[1] (redact) has no HMAC key"),
+        "{e}"
+    );
+    assert!(!e.is_retryable());
+    let out = ws.run(sim.api_key(), &["run", "pipe.toml"]);
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("AUDITSHIP_TEST_HMAC_NEVER_SET is not set"),
+        "{}",
+        out.stderr
+    );
+}
