@@ -15,7 +15,10 @@ use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::oneshot;
 
 /// The numbered migrations, in order.
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../migrations/0001_checkpoints.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../migrations/0001_checkpoints.sql")),
+    (2, include_str!("../migrations/0002_backfill_jobs.sql")),
+];
 
 /// Errors of the checkpoint store.
 #[derive(Debug, thiserror::Error)]
@@ -86,6 +89,30 @@ pub struct Checkpoint {
     pub updated_at_us: i64,
 }
 
+/// A named backfill job (`auditship backfill --job NAME`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Job {
+    /// Its name, unique within the pipeline.
+    pub name: String,
+    /// The window's start, µs since the Unix epoch (inclusive).
+    pub since_us: i64,
+    /// The window's end (inclusive), fixed when the job first ran.
+    pub until_us: i64,
+    /// The sandboxes it covers.
+    pub sandboxes: Vec<String>,
+    /// When it first ran.
+    pub started_at_us: i64,
+    /// When it finished, if it did.
+    pub finished_at_us: Option<i64>,
+}
+
+impl Job {
+    /// The checkpoint stream holding the job's progress.
+    pub fn stream_key(name: &str) -> String {
+        format!("job:{name}")
+    }
+}
+
 /// One commit: positions and sink state, applied in one transaction.
 #[derive(Debug, Default)]
 pub struct Commit {
@@ -97,7 +124,12 @@ pub struct Commit {
 
 type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
+/// Work to run on the store's thread with its connection; it sends its own reply.
+type Work = Box<dyn FnOnce(&mut Connection) + Send>;
+
 enum Command {
+    /// Anything else, as a closure (see [`Store::with`]).
+    With(Work),
     Load {
         pipeline: String,
         stream: String,
@@ -194,6 +226,80 @@ impl Store {
         let (reply, rx) = oneshot::channel();
         self.tx.send(make(reply)).map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Run `f` on the store's thread, serialized with every other command.
+    async fn with<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let path = self.path.clone();
+        self.ask(move |reply| {
+            Command::With(Box::new(move |conn: &mut Connection| {
+                let _ = reply.send(f(conn).map_err(|source| StoreError::Sqlite {
+                    path: (*path).clone(),
+                    source,
+                }));
+            }))
+        })
+        .await
+    }
+
+    /// A named backfill job of `pipeline`, if it ever ran.
+    pub async fn job(&self, pipeline: &str, name: &str) -> Result<Option<Job>, StoreError> {
+        let (pipeline, name) = (pipeline.to_string(), name.to_string());
+        self.with(move |conn| {
+            conn.query_row(
+                "SELECT since_us, until_us, sandboxes, started_at_us, finished_at_us FROM backfill_jobs WHERE pipeline = ?1 AND job = ?2",
+                params![pipeline, name],
+                |r| {
+                    let sandboxes: String = r.get(2)?;
+                    Ok(Job {
+                        name: name.clone(),
+                        since_us: r.get(0)?,
+                        until_us: r.get(1)?,
+                        sandboxes: serde_json::from_str(&sandboxes).unwrap_or_default(),
+                        started_at_us: r.get(3)?,
+                        finished_at_us: r.get(4)?,
+                    })
+                },
+            )
+            .optional()
+        })
+        .await
+    }
+
+    /// Record a job's first run (its window is fixed from then on).
+    pub async fn start_job(&self, pipeline: &str, job: &Job) -> Result<(), StoreError> {
+        let (pipeline, job) = (pipeline.to_string(), job.clone());
+        self.with(move |conn| {
+            conn.execute(
+                "INSERT OR IGNORE INTO backfill_jobs (pipeline, job, since_us, until_us, sandboxes, started_at_us) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    pipeline,
+                    job.name,
+                    job.since_us,
+                    job.until_us,
+                    serde_json::Value::from(job.sandboxes.clone()).to_string(),
+                    job.started_at_us
+                ],
+            )
+            .map(|_| ())
+        })
+        .await
+    }
+
+    /// Mark a job finished: running it again does nothing.
+    pub async fn finish_job(&self, pipeline: &str, name: &str, at_us: i64) -> Result<(), StoreError> {
+        let (pipeline, name) = (pipeline.to_string(), name.to_string());
+        self.with(move |conn| {
+            conn.execute(
+                "UPDATE backfill_jobs SET finished_at_us = ?3 WHERE pipeline = ?1 AND job = ?2",
+                params![pipeline, name, at_us],
+            )
+            .map(|_| ())
+        })
+        .await
     }
 
     /// The positions of every sandbox in `stream`.
@@ -378,6 +484,7 @@ fn serve(mut conn: Connection, rx: std::sync::mpsc::Receiver<Command>, path: Pat
     };
     while let Ok(cmd) = rx.recv() {
         match cmd {
+            Command::With(f) => f(&mut conn),
             Command::Load {
                 pipeline,
                 stream,

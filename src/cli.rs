@@ -52,21 +52,32 @@ enum Command {
     ///
     /// Resumable: after a kill, run it again with the same absolute window (an interrupted run
     /// prints it as `resume with: …`) and it continues where it stopped; a finished window ships
-    /// nothing twice. A relative --since is a new window each run. Never moves the live
-    /// checkpoint. Exit codes: 0 done, 1 bad configuration or credentials, 2 interrupted or
+    /// nothing twice. A relative --since is a new window each run, unless the run is a named
+    /// --job: a job fixes its window when it first runs, resumes it when run again, and does
+    /// nothing once finished (cron: `--job nightly-$(date +%F) --since 24h`). Never moves the
+    /// live checkpoint. Exit codes: 0 done, 1 bad configuration or credentials, 2 interrupted or
     /// partial.
     Backfill {
         /// Pipeline file.
         pipeline: PathBuf,
-        /// Window start: RFC 3339 (2026-11-01T00:00:00Z) or relative (24h, 7d, 30m).
-        #[arg(long)]
-        since: String,
+        /// Window start: RFC 3339 (2026-11-01T00:00:00Z) or relative (24h, 7d, 30m). Needed
+        /// unless resuming a --job.
+        #[arg(long, required_unless_present = "job")]
+        since: Option<String>,
         /// Window end (inclusive): RFC 3339 or relative. Default: now.
         #[arg(long)]
         until: Option<String>,
         /// Only these sandboxes (repeatable). Default: the pipeline's.
         #[arg(long = "sandbox")]
         sandboxes: Vec<String>,
+        /// Name the run: its window and progress are kept under this name in the checkpoint
+        /// database, so running it again resumes it, or does nothing if it finished.
+        #[arg(long)]
+        job: Option<String>,
+        /// Count what would be shipped (per sandbox, and per sink after transforms and routes)
+        /// without shipping or recording anything.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// List a sandbox's events (NDJSON on stdout), like the SDK's `list`.
     List {
@@ -283,7 +294,19 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             since,
             until,
             sandboxes,
-        } => backfill(pipeline, since, until, sandboxes).await,
+            job,
+            dry_run,
+        } => {
+            backfill(BackfillArgs {
+                path: pipeline,
+                since,
+                until,
+                sandboxes,
+                job,
+                dry_run,
+            })
+            .await
+        }
         Command::List {
             pipeline,
             sandbox,
@@ -504,18 +527,83 @@ async fn run(paths: Vec<PathBuf>) -> anyhow::Result<ExitCode> {
     Ok(code)
 }
 
-async fn backfill(
+/// `auditship backfill`'s arguments.
+struct BackfillArgs {
     path: PathBuf,
-    since: String,
+    since: Option<String>,
     until: Option<String>,
     sandboxes: Vec<String>,
-) -> anyhow::Result<ExitCode> {
+    job: Option<String>,
+    dry_run: bool,
+}
+
+async fn backfill(args: BackfillArgs) -> anyhow::Result<ExitCode> {
+    let BackfillArgs {
+        path,
+        since,
+        until,
+        sandboxes,
+        job,
+        dry_run,
+    } = args;
     let p = match config::load(&path, LoadMode::Run) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("error: {e}");
             return Ok(ExitCode::from(1));
         }
+    };
+    if let Some(name) = &job {
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._:-".contains(c))
+        {
+            eprintln!("error: --job {name:?}: use letters, digits and . _ : - (e.g. nightly-2026-11-25)");
+            return Ok(ExitCode::from(1));
+        }
+    }
+    // A job that ran before keeps its window; a new one needs --since.
+    let known_job = match &job {
+        Some(name) => match open_job(&p, name).await {
+            Ok(j) => j,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                return Ok(ExitCode::from(if e.is_retryable() { 2 } else { 1 }));
+            }
+        },
+        None => None,
+    };
+    if let Some(j) = &known_job {
+        let name = &j.name;
+        if let Some(done) = j.finished_at_us {
+            eprintln!(
+                "job {name} of pipeline {} finished at {} (window {} to {}); nothing to do. A new window needs a new --job name.",
+                p.name,
+                format_time(done),
+                format_time(j.since_us),
+                format_time(j.until_us)
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+        eprintln!(
+            "resuming job {name}: window {} to {}, {} sandbox(es){}",
+            format_time(j.since_us),
+            format_time(j.until_us),
+            j.sandboxes.len(),
+            if since.is_some() || until.is_some() || !sandboxes.is_empty() {
+                " (the job keeps the window and sandboxes it started with; --since, --until and --sandbox are ignored)"
+            } else {
+                ""
+            }
+        );
+    }
+    let Some(since) = since.or_else(|| known_job.as_ref().map(|j| format_time(j.since_us))) else {
+        eprintln!(
+            "error: job {:?} has not run before: give --since",
+            job.unwrap_or_default()
+        );
+        return Ok(ExitCode::from(1));
     };
     let since_us = match resolve_time(&since) {
         Ok(t) => t,
@@ -535,11 +623,47 @@ async fn backfill(
         eprintln!("error: --until is before --since");
         return Ok(ExitCode::from(1));
     }
-    let window = Window {
+    let mut window = Window {
         since_us,
         until_us,
         sandboxes,
+        job: job.clone(),
     };
+    if let Some(j) = &known_job {
+        window.since_us = j.since_us;
+        window.until_us = Some(j.until_us);
+        window.sandboxes = j.sandboxes.clone();
+    } else if job.is_some() {
+        // A job's window is fixed when it first runs, so that a rerun means the same events.
+        window.until_us = Some(until_us.unwrap_or_else(|| chrono::Utc::now().timestamp_micros()));
+    }
+    if dry_run {
+        return dry_run_report(&p, &window).await;
+    }
+    if let (Some(name), None) = (&job, &known_job) {
+        let record = auditship::checkpoint::Job {
+            name: name.clone(),
+            since_us: window.since_us,
+            until_us: window.until_us.unwrap_or(window.since_us),
+            sandboxes: if window.sandboxes.is_empty() {
+                p.sandboxes.clone()
+            } else {
+                window.sandboxes.clone()
+            },
+            started_at_us: chrono::Utc::now().timestamp_micros(),
+            finished_at_us: None,
+        };
+        window.sandboxes = record.sandboxes.clone();
+        let started = async {
+            auditship::checkpoint::Store::open(&p.checkpoint_path)?
+                .start_job(&p.name, &record)
+                .await
+        };
+        if let Err(e) = started.await {
+            eprintln!("error: recording job {name}: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    }
     let mut opts = RunOptions::new(Mode::Backfill(window.clone()));
     opts.shutdown = shutdown_signal();
     let progress = opts.progress.clone();
@@ -575,16 +699,35 @@ async fn backfill(
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
-    let resume = format!(
-        "auditship backfill {} --since {}{}",
-        path.display(),
-        format_time(since_us),
-        until_us
-            .map(|u| format!(" --until {}", format_time(u)))
-            .unwrap_or_default()
-    );
+    let resume = match &job {
+        Some(name) => format!("auditship backfill {} --job {name}", path.display()),
+        None => format!(
+            "auditship backfill {} --since {}{}{}",
+            path.display(),
+            format_time(since_us),
+            until_us
+                .map(|u| format!(" --until {}", format_time(u)))
+                .unwrap_or_default(),
+            window
+                .sandboxes
+                .iter()
+                .map(|s| format!(" --sandbox {s}"))
+                .collect::<String>()
+        ),
+    };
     match result {
         Ok(report) if report.complete => {
+            if let Some(name) = &job {
+                let finished = async {
+                    auditship::checkpoint::Store::open(&p.checkpoint_path)?
+                        .finish_job(&p.name, name, chrono::Utc::now().timestamp_micros())
+                        .await
+                };
+                if let Err(e) = finished.await {
+                    // Everything is shipped and checkpointed; a rerun would find nothing new.
+                    eprintln!("warning: job {name} is done but could not be marked finished: {e}");
+                }
+            }
             let total: u64 = report.shipped.values().sum();
             eprintln!(
                 "backfill of {} ({}) done: {total} events shipped, {} dead-lettered{}",
@@ -607,7 +750,7 @@ async fn backfill(
             for (sb, why) in &report.stopped {
                 eprintln!("  {sb}: {why}");
             }
-            if until_us.is_none() {
+            if until_us.is_none() && job.is_none() {
                 eprintln!("note: with no --until the window ends at the time of each run.");
             }
             eprintln!("resume with: {resume}");
@@ -727,6 +870,62 @@ fn transform(path: &Path, input: Option<&Path>, only: Option<&str>) -> anyhow::R
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// A named job's record, if it ran before.
+async fn open_job(
+    p: &Pipeline,
+    name: &str,
+) -> Result<Option<auditship::checkpoint::Job>, auditship::checkpoint::StoreError> {
+    if !p.checkpoint_path.exists() {
+        return Ok(None);
+    }
+    auditship::checkpoint::Store::open(&p.checkpoint_path)?
+        .job(&p.name, name)
+        .await
+}
+
+/// Print what a backfill would ship.
+async fn dry_run_report(p: &Pipeline, window: &Window) -> anyhow::Result<ExitCode> {
+    let counted = match pipeline::count_window(p, window).await {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: dry run of {}: {e}", p.name);
+            return Ok(ExitCode::from(if e.is_retryable() { 2 } else { 1 }));
+        }
+    };
+    let total: u64 = counted.per_sandbox.values().sum();
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "dry run of {} ({}), window {} to {}: nothing shipped or recorded",
+        p.name,
+        window.stream_key(),
+        format_time(window.since_us),
+        window.until_us.map_or_else(|| "now".to_string(), format_time)
+    )?;
+    writeln!(out, "{:<24} {:>10}", "SANDBOX", "EVENTS")?;
+    for (sb, n) in &counted.per_sandbox {
+        writeln!(out, "{sb:<24} {n:>10}")?;
+    }
+    writeln!(out, "{:<24} {total:>10}", "total")?;
+    writeln!(out, "{:<24} {:>10} {:>10}", "SINK", "WOULD GET", "FAILING")?;
+    for name in p.sinks.keys() {
+        writeln!(
+            out,
+            "{name:<24} {:>10} {:>10}",
+            counted.per_sink.get(name).copied().unwrap_or(0),
+            counted.failing.get(name).copied().unwrap_or(0)
+        )?;
+    }
+    if counted.not_events > 0 {
+        writeln!(
+            out,
+            "{} payloads in the window are not events (they would be dead-lettered)",
+            counted.not_events
+        )?;
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn validate(paths: &[PathBuf]) -> ExitCode {

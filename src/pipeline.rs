@@ -100,12 +100,17 @@ pub struct Window {
     pub until_us: Option<i64>,
     /// Sandboxes to backfill; empty means every sandbox of the pipeline.
     pub sandboxes: Vec<String>,
+    /// A named job (`--job`): its progress is kept under the job's name.
+    pub job: Option<String>,
 }
 
 impl Window {
     /// The checkpoint stream of this window: its progress is kept apart from the live
     /// checkpoint, so a backfill never moves a live position.
     pub fn stream_key(&self) -> String {
+        if let Some(job) = &self.job {
+            return crate::checkpoint::Job::stream_key(job);
+        }
         format!(
             "backfill:{}:{}",
             format_time(self.since_us),
@@ -493,17 +498,13 @@ pub async fn run(p: &Pipeline, opts: RunOptions) -> Result<RunReport, PipelineEr
 
     let mut sources = JoinSet::new();
     for rid in &sandboxes {
-        let start = match loaded.get(rid) {
-            Some(c) => StartAt::Position(Position {
-                cursor_us: c.cursor_us,
-                cursor_text: c.cursor_text.clone(),
-                ids_at_cursor: c.tie_ids.iter().map(|s| Arc::from(s.as_str())).collect(),
-            }),
-            None => match &opts.mode {
+        let start = start_for(
+            loaded.get(rid),
+            match &opts.mode {
                 Mode::Live => p.start.clone(),
                 Mode::Backfill(w) => StartAt::Time(w.since_us),
             },
-        };
+        );
         let kind = match &opts.mode {
             Mode::Live => SourceKind::Live(TailOptions {
                 poll_interval: p.poll_interval,
@@ -638,6 +639,119 @@ pub async fn run(p: &Pipeline, opts: RunOptions) -> Result<RunReport, PipelineEr
         && finished_sources == total_sources
         && !opts.shutdown.is_cancelled();
     Ok(report)
+}
+
+/// What a backfill would ship (`auditship backfill --dry-run`).
+#[derive(Debug, Default)]
+pub struct DryRun {
+    /// Per sandbox: events in the window not yet shipped by this window's (or job's) progress.
+    pub per_sandbox: BTreeMap<String, u64>,
+    /// Per sink: how many of them it would get after the transforms and its route.
+    pub per_sink: BTreeMap<String, u64>,
+    /// Per sink: how many a transform would fail on (they would be dead-lettered).
+    pub failing: BTreeMap<String, u64>,
+    /// Payloads in the window that are not events (they would be dead-lettered).
+    pub not_events: u64,
+}
+
+/// Count what a backfill of `w` would ship, from where its progress stands, without writing
+/// anything: the same list requests as the backfill, every transform and route applied, no sink
+/// contacted and no checkpoint written.
+pub async fn count_window(p: &Pipeline, w: &Window) -> Result<DryRun, PipelineError> {
+    let client = client_for(p)?;
+    let loaded = if p.checkpoint_path.exists() {
+        Store::open(&p.checkpoint_path)?
+            .load(&p.name, &w.stream_key())
+            .await?
+    } else {
+        HashMap::new()
+    };
+    let sandboxes = if w.sandboxes.is_empty() {
+        p.sandboxes.clone()
+    } else {
+        w.sandboxes.clone()
+    };
+    let until = format_time(
+        w.until_us
+            .unwrap_or_else(|| chrono::Utc::now().timestamp_micros()),
+    );
+    let (tx, mut rx) = mpsc::channel::<SourceMsg>(8_192);
+    let mut sources = JoinSet::new();
+    for rid in &sandboxes {
+        let kind = SourceKind::Window {
+            start: start_for(loaded.get(rid), StartAt::Time(w.since_us)),
+            until: Some(until.clone()),
+            page_limit: p.page_limit,
+        };
+        sources.spawn(source::run(
+            client.clone(),
+            Arc::from(rid.as_str()),
+            kind,
+            tx.clone(),
+            CancellationToken::new(),
+        ));
+    }
+    drop(tx);
+    let mut out = DryRun::default();
+    for rid in &sandboxes {
+        out.per_sandbox.insert(rid.clone(), 0);
+    }
+    let mut pipeline_chain = p.transforms.start();
+    let mut routes: Vec<(String, bool, Chain)> = p
+        .routes
+        .iter()
+        .map(|(name, r)| (name.clone(), r.pipeline_transforms, r.chain.start()))
+        .collect();
+    while let Some(msg) = rx.recv().await {
+        let e = match msg {
+            SourceMsg::Event(e) => e,
+            SourceMsg::DeadLetter(_) => {
+                out.not_events += 1;
+                continue;
+            }
+        };
+        *out.per_sandbox.entry(e.resource_id.to_string()).or_default() += 1;
+        let first = pipeline_chain.apply(&e);
+        for (name, after_pipeline, chain) in &mut routes {
+            let input = match (&first, *after_pipeline) {
+                (_, false) => &e,
+                (crate::transform::Outcome::Keep(t), true) => t,
+                (crate::transform::Outcome::Drop { .. }, true) => continue,
+                (crate::transform::Outcome::Fail(_), true) => {
+                    *out.failing.entry(name.clone()).or_default() += 1;
+                    continue;
+                }
+            };
+            match chain.apply(input) {
+                crate::transform::Outcome::Keep(_) => *out.per_sink.entry(name.clone()).or_default() += 1,
+                crate::transform::Outcome::Drop { .. } => {}
+                crate::transform::Outcome::Fail(_) => *out.failing.entry(name.clone()).or_default() += 1,
+            }
+        }
+    }
+    while let Some(joined) = sources.join_next().await {
+        if let Ok(r) = joined {
+            if let SourceEnd::Fatal(e) = r.end {
+                return Err(PipelineError::Source {
+                    resource_id: r.resource_id.to_string(),
+                    source: e,
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Where a sandbox's source begins: its committed position, else `fresh`.
+fn start_for(checkpoint: Option<&Checkpoint>, fresh: StartAt) -> StartAt {
+    match checkpoint {
+        Some(c) => StartAt::Position(Position {
+            cursor_us: c.cursor_us,
+            cursor_text: c.cursor_text.clone(),
+            ids_at_cursor: c.tie_ids.iter().map(|s| Arc::from(s.as_str())).collect(),
+        }),
+        None => fresh,
+    }
 }
 
 fn record_source(report: &mut RunReport, r: source::SourceReport, fatal: &mut Option<PipelineError>) {

@@ -6,6 +6,7 @@
 
 mod client;
 mod config;
+mod jobs;
 #[cfg(feature = "kafka")]
 mod kafka;
 mod process;
