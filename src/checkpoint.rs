@@ -45,7 +45,7 @@ pub enum StoreError {
     Closed,
     /// Another process runs this pipeline.
     #[error(
-        "pipeline {pipeline:?} is already running against {path} (lock {lock}); stop the other process first"
+        "pipeline {pipeline:?} is already running against {path} (lock {lock}); stop the other process first (shards of one pipeline each need their own checkpoint path, e.g. path = \"state/shard-${{AUDITSHIP_SHARD}}/checkpoints.db\")"
     )]
     Locked {
         /// The pipeline.
@@ -71,7 +71,7 @@ impl StoreError {
 }
 
 /// A sandbox's committed position in one stream.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Checkpoint {
     /// The sandbox.
     pub resource_id: String,
@@ -285,6 +285,62 @@ impl Store {
                 ],
             )
             .map(|_| ())
+        })
+        .await
+    }
+
+    /// Take positions exported from another database (`auditship checkpoints --import`): a row
+    /// is written where this database has none for its (stream, sandbox) or an older one, so
+    /// importing every shard's export into every shard is safe. Sink state is not imported: it
+    /// describes the exporting shard's own files. Returns (written, kept as they were).
+    pub async fn import(
+        &self,
+        pipeline: &str,
+        rows: Vec<(String, Checkpoint)>,
+    ) -> Result<(usize, usize), StoreError> {
+        let pipeline = pipeline.to_string();
+        self.with(move |conn| {
+            let tx = conn.transaction()?;
+            let (mut written, mut kept) = (0, 0);
+            for (stream, c) in rows {
+                let existing: Option<Option<i64>> = tx
+                    .query_row(
+                        "SELECT cursor_us FROM checkpoints WHERE pipeline = ?1 AND stream = ?2 AND resource_id = ?3",
+                        params![pipeline, stream, c.resource_id],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                let newer = match existing {
+                    None => true,
+                    Some(old) => c.cursor_us > old,
+                };
+                if !newer {
+                    kept += 1;
+                    continue;
+                }
+                tx.execute(
+                    "INSERT INTO checkpoints (pipeline, stream, resource_id, last_event_id, cursor_us, tie_ids, events_shipped, updated_at_us, cursor_text)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                     ON CONFLICT (pipeline, stream, resource_id) DO UPDATE SET
+                       last_event_id = excluded.last_event_id, cursor_us = excluded.cursor_us,
+                       tie_ids = excluded.tie_ids, events_shipped = excluded.events_shipped,
+                       updated_at_us = excluded.updated_at_us, cursor_text = excluded.cursor_text",
+                    params![
+                        pipeline,
+                        stream,
+                        c.resource_id,
+                        c.last_event_id,
+                        c.cursor_us,
+                        serde_json::to_string(&c.tie_ids).unwrap_or_else(|_| "[]".into()),
+                        c.events_shipped as i64,
+                        c.updated_at_us,
+                        c.cursor_text
+                    ],
+                )?;
+                written += 1;
+            }
+            tx.commit()?;
+            Ok((written, kept))
         })
         .await
     }

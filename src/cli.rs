@@ -47,6 +47,11 @@ enum Command {
         /// Pipeline files (TOML).
         #[arg(required = true)]
         pipelines: Vec<PathBuf>,
+        /// Follow only this shard's sandboxes: I/N (0-based) splits every pipeline's sandboxes
+        /// over N processes by rendezvous hash. Pipeline files see ${AUDITSHIP_SHARD} (I) and
+        /// ${AUDITSHIP_SHARDS} (N), to give each shard its own checkpoint and archive paths.
+        #[arg(long, env = "AUDITSHIP_SHARD_SPEC")]
+        shard: Option<auditship::shard::Shard>,
     },
     /// Ship a window of past events through the list endpoint, then exit.
     ///
@@ -78,6 +83,9 @@ enum Command {
         /// without shipping or recording anything.
         #[arg(long)]
         dry_run: bool,
+        /// Backfill only this shard's sandboxes (I/N, as for `run`).
+        #[arg(long, env = "AUDITSHIP_SHARD_SPEC")]
+        shard: Option<auditship::shard::Shard>,
     },
     /// List a sandbox's events (NDJSON on stdout), like the SDK's `list`.
     List {
@@ -146,10 +154,19 @@ enum Command {
         #[arg(long)]
         sink: Option<String>,
     },
-    /// Show each sandbox's checkpoint: last event, cursor time, lag.
+    /// Show each sandbox's checkpoint: last event, cursor time, lag. Also moves checkpoints
+    /// between databases (resharding: export every shard, import every export into every new
+    /// shard, then start them).
     Checkpoints {
         /// Pipeline file.
         pipeline: PathBuf,
+        /// Write every position of the pipeline as NDJSON to this file (`-`: stdout).
+        #[arg(long, conflicts_with = "import")]
+        export: Option<PathBuf>,
+        /// Take positions from an export: each is written where this database has none or an
+        /// older one for that stream and sandbox. Refused while the pipeline runs.
+        #[arg(long)]
+        import: Option<PathBuf>,
     },
     /// Run the bundled simulator and a pipeline against it: no credentials, no services.
     Demo {
@@ -288,7 +305,7 @@ fn init_logging(format: LogFormat, level: &str) {
 
 async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Run { pipelines } => run(pipelines).await,
+        Command::Run { pipelines, shard } => run(pipelines, shard).await,
         Command::Backfill {
             pipeline,
             since,
@@ -296,6 +313,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             sandboxes,
             job,
             dry_run,
+            shard,
         } => {
             backfill(BackfillArgs {
                 path: pipeline,
@@ -304,6 +322,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 sandboxes,
                 job,
                 dry_run,
+                shard,
             })
             .await
         }
@@ -399,7 +418,15 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             input,
             sink,
         } => transform(&pipeline, input.as_deref(), sink.as_deref()),
-        Command::Checkpoints { pipeline } => checkpoints(&pipeline).await,
+        Command::Checkpoints {
+            pipeline,
+            export,
+            import,
+        } => match (export, import) {
+            (Some(to), _) => export_checkpoints(&pipeline, &to).await,
+            (None, Some(from)) => import_checkpoints(&pipeline, &from).await,
+            (None, None) => checkpoints(&pipeline).await,
+        },
         Command::Demo { dir } => demo(&dir).await,
         Command::Sim(args) => sim(args).await,
     }
@@ -454,13 +481,44 @@ fn resolve_time(s: &str) -> anyhow::Result<i64> {
     Ok(chrono::Utc::now().timestamp_micros() - secs * 1_000_000)
 }
 
-async fn run(paths: Vec<PathBuf>) -> anyhow::Result<ExitCode> {
+/// Under `--shard I/N`, pipeline files see `${AUDITSHIP_SHARD}` and `${AUDITSHIP_SHARDS}`.
+fn define_shard_vars(shard: Option<auditship::shard::Shard>) {
+    if let Some(s) = shard {
+        config::define_var("AUDITSHIP_SHARD", &s.index.to_string());
+        config::define_var("AUDITSHIP_SHARDS", &s.count.to_string());
+    }
+}
+
+async fn run(paths: Vec<PathBuf>, shard: Option<auditship::shard::Shard>) -> anyhow::Result<ExitCode> {
+    define_shard_vars(shard);
     let mut pipelines = Vec::new();
     let mut errors = Vec::new();
     for path in &paths {
         match config::load(path, LoadMode::Run) {
             Ok(p) => pipelines.push(p),
             Err(e) => errors.extend(e.0),
+        }
+    }
+    if let Some(s) = shard {
+        for p in &mut pipelines {
+            let before = p.sandboxes.len();
+            p.sandboxes.retain(|id| s.owns(id));
+            tracing::info!(pipeline = %p.name, shard = %s, sandboxes = p.sandboxes.len(), of = before, "sharded");
+        }
+        let idle: Vec<String> = pipelines
+            .iter()
+            .filter(|p| p.sandboxes.is_empty())
+            .map(|p| p.name.clone())
+            .collect();
+        for name in &idle {
+            tracing::warn!(pipeline = %name, shard = %s, "this shard owns none of the pipeline's sandboxes; it does not run here");
+        }
+        pipelines.retain(|p| !p.sandboxes.is_empty());
+        if pipelines.is_empty() && errors.is_empty() {
+            // A shard with nothing to do stays up (a supervisor would restart it in a loop).
+            tracing::warn!(shard = %s, "this shard owns no sandbox of any pipeline; idling until stopped");
+            shutdown_signal().cancelled().await;
+            return Ok(ExitCode::SUCCESS);
         }
     }
     // Pipelines run together must not append to the same files (nor share a name, which keys
@@ -535,6 +593,7 @@ struct BackfillArgs {
     sandboxes: Vec<String>,
     job: Option<String>,
     dry_run: bool,
+    shard: Option<auditship::shard::Shard>,
 }
 
 async fn backfill(args: BackfillArgs) -> anyhow::Result<ExitCode> {
@@ -545,14 +604,26 @@ async fn backfill(args: BackfillArgs) -> anyhow::Result<ExitCode> {
         sandboxes,
         job,
         dry_run,
+        shard,
     } = args;
-    let p = match config::load(&path, LoadMode::Run) {
+    define_shard_vars(shard);
+    let mut p = match config::load(&path, LoadMode::Run) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("error: {e}");
             return Ok(ExitCode::from(1));
         }
     };
+    if let Some(s) = shard {
+        p.sandboxes.retain(|id| s.owns(id));
+        if p.sandboxes.is_empty() {
+            eprintln!(
+                "shard {s} owns none of pipeline {}'s sandboxes; nothing to backfill",
+                p.name
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+    }
     if let Some(name) = &job {
         if name.is_empty()
             || !name
@@ -998,6 +1069,80 @@ async fn checkpoints(path: &Path) -> anyhow::Result<ExitCode> {
             c.events_shipped
         );
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One exported position.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ExportedCheckpoint {
+    pipeline: String,
+    stream: String,
+    #[serde(flatten)]
+    checkpoint: auditship::checkpoint::Checkpoint,
+}
+
+async fn export_checkpoints(path: &Path, to: &Path) -> anyhow::Result<ExitCode> {
+    let p = config::load(path, LoadMode::Validate)?;
+    let rows = if p.checkpoint_path.exists() {
+        auditship::checkpoint::Store::open(&p.checkpoint_path)?
+            .streams(&p.name)
+            .await?
+    } else {
+        Vec::new()
+    };
+    let mut text = String::new();
+    for (stream, checkpoint) in &rows {
+        let row = ExportedCheckpoint {
+            pipeline: p.name.clone(),
+            stream: stream.clone(),
+            checkpoint: checkpoint.clone(),
+        };
+        text.push_str(&serde_json::to_string(&row)?);
+        text.push('\n');
+    }
+    if to == Path::new("-") {
+        std::io::stdout().lock().write_all(text.as_bytes())?;
+    } else {
+        std::fs::write(to, text).with_context(|| format!("writing {}", to.display()))?;
+        eprintln!(
+            "exported {} positions of pipeline {} to {}",
+            rows.len(),
+            p.name,
+            to.display()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn import_checkpoints(path: &Path, from: &Path) -> anyhow::Result<ExitCode> {
+    let p = config::load(path, LoadMode::Validate)?;
+    let text = std::fs::read_to_string(from).with_context(|| format!("reading {}", from.display()))?;
+    let mut rows = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let row: ExportedCheckpoint = serde_json::from_str(line)
+            .with_context(|| format!("{}:{}: not an exported checkpoint", from.display(), n + 1))?;
+        if row.pipeline != p.name {
+            bail!(
+                "{}:{}: the export is of pipeline {:?}, not {:?}; import it with that pipeline's file",
+                from.display(),
+                n + 1,
+                row.pipeline,
+                p.name
+            );
+        }
+        rows.push((row.stream, row.checkpoint));
+    }
+    let store = auditship::checkpoint::Store::open(&p.checkpoint_path)?;
+    // A running pipeline would overwrite what is imported with its own positions.
+    let _lock = store.lock(&p.name)?;
+    let (written, kept) = store.import(&p.name, rows).await?;
+    eprintln!(
+        "imported into {}: {written} positions written, {kept} kept (this database's were as new or newer)",
+        p.checkpoint_path.display()
+    );
     Ok(ExitCode::SUCCESS)
 }
 

@@ -511,6 +511,25 @@ fn precise_start(text: &str, start: usize, message: &str) -> usize {
     start
 }
 
+/// Variables the process defines itself (`AUDITSHIP_SHARD` and `AUDITSHIP_SHARDS` under
+/// `--shard`); `${VAR}` sees them before the environment.
+static DEFINED: std::sync::Mutex<BTreeMap<String, String>> = std::sync::Mutex::new(BTreeMap::new());
+
+/// Define `${name}` for pipeline files loaded from now on (it wins over the environment).
+pub fn define_var(name: &str, value: &str) {
+    let mut vars = DEFINED.lock().unwrap_or_else(|e| e.into_inner());
+    vars.insert(name.to_string(), value.to_string());
+}
+
+fn lookup_var(name: &str) -> Option<String> {
+    let defined = DEFINED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(name)
+        .cloned();
+    defined.or_else(|| std::env::var(name).ok())
+}
+
 /// Replace `${VAR}` and `${VAR:-default}` with the environment's values.
 pub fn interpolate(value: &str) -> Result<String, String> {
     let mut out = String::with_capacity(value.len());
@@ -528,8 +547,8 @@ pub fn interpolate(value: &str) -> Result<String, String> {
         if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
             return Err(format!("`${{{expr}}}` is not a variable name"));
         }
-        match (std::env::var(name), default) {
-            (Ok(v), _) if !v.is_empty() => out.push_str(&v),
+        match (lookup_var(name), default) {
+            (Some(v), _) if !v.is_empty() => out.push_str(&v),
             (_, Some(d)) => out.push_str(d),
             _ => return Err(format!("environment variable {name} is not set")),
         }

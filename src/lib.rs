@@ -13,6 +13,7 @@
 //! - [`config`]: pipeline files (TOML): the model, `${VAR}` interpolation, errors with file:line.
 //! - [`transform`]: conditions, filter/redact/set/rename/remove/dedupe, the OCSF mapping; run per
 //!   pipeline in the batcher and per sink (with the sink's route) in its task.
+//! - [`shard`]: `--shard I/N`, rendezvous hashing of sandbox ids over processes.
 //! - [`sim`]: the bundled Miosa simulator used by the demo, the tests and the benchmarks.
 //! - [`secret`]: the API key type that never prints, and redaction.
 //! - [`metrics`]: process-wide counters.
@@ -49,6 +50,7 @@ pub mod config;
 pub mod metrics;
 pub mod pipeline;
 pub mod secret;
+pub mod shard;
 pub mod sim;
 pub mod source;
 pub mod transform;

@@ -12,6 +12,7 @@ mod kafka;
 mod process;
 #[cfg(feature = "s3")]
 mod s3;
+mod shards;
 mod shipping;
 mod transforms;
 mod util;
