@@ -52,6 +52,10 @@ enum Command {
         /// ${AUDITSHIP_SHARDS} (N), to give each shard its own checkpoint and archive paths.
         #[arg(long, env = "AUDITSHIP_SHARD_SPEC")]
         shard: Option<auditship::shard::Shard>,
+        /// Serve Prometheus metrics on /metrics, readiness on /health and liveness on /live at
+        /// this address (e.g. 127.0.0.1:9464; port 0 picks one and logs it).
+        #[arg(long, env = "AUDITSHIP_METRICS_ADDR")]
+        metrics_addr: Option<std::net::SocketAddr>,
     },
     /// Ship a window of past events through the list endpoint, then exit.
     ///
@@ -86,6 +90,9 @@ enum Command {
         /// Backfill only this shard's sandboxes (I/N, as for `run`).
         #[arg(long, env = "AUDITSHIP_SHARD_SPEC")]
         shard: Option<auditship::shard::Shard>,
+        /// Serve metrics while the backfill runs (as for `run`).
+        #[arg(long, env = "AUDITSHIP_METRICS_ADDR")]
+        metrics_addr: Option<std::net::SocketAddr>,
     },
     /// List a sandbox's events (NDJSON on stdout), like the SDK's `list`.
     List {
@@ -305,7 +312,11 @@ fn init_logging(format: LogFormat, level: &str) {
 
 async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Run { pipelines, shard } => run(pipelines, shard).await,
+        Command::Run {
+            pipelines,
+            shard,
+            metrics_addr,
+        } => run(pipelines, shard, metrics_addr).await,
         Command::Backfill {
             pipeline,
             since,
@@ -314,6 +325,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             job,
             dry_run,
             shard,
+            metrics_addr,
         } => {
             backfill(BackfillArgs {
                 path: pipeline,
@@ -323,6 +335,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 job,
                 dry_run,
                 shard,
+                metrics_addr,
             })
             .await
         }
@@ -489,7 +502,11 @@ fn define_shard_vars(shard: Option<auditship::shard::Shard>) {
     }
 }
 
-async fn run(paths: Vec<PathBuf>, shard: Option<auditship::shard::Shard>) -> anyhow::Result<ExitCode> {
+async fn run(
+    paths: Vec<PathBuf>,
+    shard: Option<auditship::shard::Shard>,
+    metrics_addr: Option<std::net::SocketAddr>,
+) -> anyhow::Result<ExitCode> {
     define_shard_vars(shard);
     let mut pipelines = Vec::new();
     let mut errors = Vec::new();
@@ -517,7 +534,11 @@ async fn run(paths: Vec<PathBuf>, shard: Option<auditship::shard::Shard>) -> any
         if pipelines.is_empty() && errors.is_empty() {
             // A shard with nothing to do stays up (a supervisor would restart it in a loop).
             tracing::warn!(shard = %s, "this shard owns no sandbox of any pipeline; idling until stopped");
-            shutdown_signal().cancelled().await;
+            let stop = shutdown_signal();
+            if let Some(addr) = metrics_addr {
+                auditship::metrics::serve(addr, stop.clone()).await?;
+            }
+            stop.cancelled().await;
             return Ok(ExitCode::SUCCESS);
         }
     }
@@ -550,6 +571,9 @@ async fn run(paths: Vec<PathBuf>, shard: Option<auditship::shard::Shard>) -> any
         return Err(config::ConfigErrors(errors).into());
     }
     let stop = shutdown_signal();
+    if let Some(addr) = metrics_addr {
+        auditship::metrics::serve(addr, stop.clone()).await?;
+    }
     let mut tasks = tokio::task::JoinSet::new();
     for p in pipelines {
         for w in &p.warnings {
@@ -594,6 +618,7 @@ struct BackfillArgs {
     job: Option<String>,
     dry_run: bool,
     shard: Option<auditship::shard::Shard>,
+    metrics_addr: Option<std::net::SocketAddr>,
 }
 
 async fn backfill(args: BackfillArgs) -> anyhow::Result<ExitCode> {
@@ -605,6 +630,7 @@ async fn backfill(args: BackfillArgs) -> anyhow::Result<ExitCode> {
         job,
         dry_run,
         shard,
+        metrics_addr,
     } = args;
     define_shard_vars(shard);
     let mut p = match config::load(&path, LoadMode::Run) {
@@ -737,6 +763,12 @@ async fn backfill(args: BackfillArgs) -> anyhow::Result<ExitCode> {
     }
     let mut opts = RunOptions::new(Mode::Backfill(window.clone()));
     opts.shutdown = shutdown_signal();
+    if let Some(addr) = metrics_addr {
+        if let Err(e) = auditship::metrics::serve(addr, opts.shutdown.clone()).await {
+            eprintln!("error: {e}");
+            return Ok(ExitCode::from(1));
+        }
+    }
     let progress = opts.progress.clone();
     let bar = if std::io::stderr().is_terminal() {
         let bar = indicatif::ProgressBar::new_spinner();

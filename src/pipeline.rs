@@ -27,7 +27,7 @@ use std::fs::OpenOptions;
 use std::io::Write as _;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -128,18 +128,9 @@ pub enum Mode {
     Backfill(Window),
 }
 
-/// Counters a caller can watch while the pipeline runs (the backfill progress bar does).
-#[derive(Debug, Default)]
-pub struct Progress {
-    /// Events handed to the sinks.
-    pub emitted: AtomicU64,
-    /// Events whose checkpoint has committed.
-    pub committed: AtomicU64,
-    /// Payloads dead-lettered.
-    pub dead_lettered: AtomicU64,
-    /// Events the pipeline's `[[transforms]]` dropped (they count as shipped: nothing is owed).
-    pub filtered: AtomicU64,
-}
+/// Counters a caller can watch while the pipeline runs (the backfill progress bar does); the
+/// metrics endpoint serves them.
+pub type Progress = crate::metrics::PipelineStats;
 
 /// How to run.
 #[derive(Clone, Debug)]
@@ -396,6 +387,7 @@ pub async fn run(p: &Pipeline, opts: RunOptions) -> Result<RunReport, PipelineEr
         opts.progress.clone(),
     ));
 
+    crate::metrics::register(&p.name, opts.progress.clone());
     // Sinks next: they roll their output back to the last commit before anything new arrives.
     let mut sinks: Vec<(String, Box<dyn Sink>)> = Vec::new();
     for (name, cfg) in &p.sinks {
@@ -443,6 +435,7 @@ pub async fn run(p: &Pipeline, opts: RunOptions) -> Result<RunReport, PipelineEr
     for (idx, (name, sink)) in sinks.into_iter().enumerate() {
         let (tx, rx) = mpsc::channel::<Arc<Batch>>(4);
         let route = p.routes.get(&name).cloned().unwrap_or_default();
+        let stats = opts.progress.sink(&name);
         // A sink that skips the pipeline's transforms is handed the batch as received.
         sink_txs.push((tx, route.pipeline_transforms || p.transforms.is_empty()));
         sink_tasks.spawn(sink_task(
@@ -452,6 +445,7 @@ pub async fn run(p: &Pipeline, opts: RunOptions) -> Result<RunReport, PipelineEr
                 sink,
                 chain: route.chain.start(),
                 dead_letters: dl_tx.clone(),
+                stats,
             },
             rx,
             ck_tx.clone(),
@@ -533,6 +527,10 @@ pub async fn run(p: &Pipeline, opts: RunOptions) -> Result<RunReport, PipelineEr
         ));
     }
     drop(src_tx);
+    opts.progress
+        .sandboxes
+        .store(sandboxes.len() as u64, Ordering::Relaxed);
+    opts.progress.running.store(true, Ordering::Relaxed);
     tracing::info!(pipeline = %p.name, sandboxes = sandboxes.len(), sinks = sink_names.len(), stream = %stream_key, "pipeline started");
 
     // Wait for a stop request, a fatal error, or every source to end.
@@ -598,6 +596,7 @@ pub async fn run(p: &Pipeline, opts: RunOptions) -> Result<RunReport, PipelineEr
             tokio::time::timeout(opts.drain_timeout, &mut drain).await.is_ok()
         }
     };
+    opts.progress.running.store(false, Ordering::Relaxed);
     if !drained {
         tracing::warn!(pipeline = %p.name, "drain timed out; events not yet committed will be fetched again on the next start");
         abandon.cancel();
@@ -960,6 +959,7 @@ async fn sink_task(
         mut sink,
         mut chain,
         dead_letters,
+        stats,
     } = worker;
     // Written to the sink but not yet durable there.
     let mut held: Vec<Arc<Batch>> = Vec::new();
@@ -990,6 +990,7 @@ async fn sink_task(
         for b in fresh.iter_mut() {
             let failed = match run_chain(&mut chain, b).await {
                 Ok(applied) => {
+                    stats.filtered.add(applied.dropped);
                     *b = applied.batch;
                     applied.failed
                 }
@@ -1006,7 +1007,7 @@ async fn sink_task(
                 return;
             }
         }
-        let result = write_durably(&name, sink.as_mut(), &held, &fresh, closing, &abandon).await;
+        let result = write_durably(&name, sink.as_mut(), &held, &fresh, closing, &abandon, &stats).await;
         held.extend(fresh);
         match result {
             Ok(state) => {
@@ -1017,6 +1018,12 @@ async fn sink_task(
                     sink.durable_through().or(last)
                 };
                 if let Some(t) = through {
+                    let durable: usize = held
+                        .iter()
+                        .filter(|b| b.number <= t)
+                        .map(|b| b.events.len())
+                        .sum();
+                    stats.shipped.add(durable as u64);
                     held.retain(|b| b.number > t);
                     acked = acked.max(t);
                 }
@@ -1055,6 +1062,7 @@ struct SinkWorker {
     /// The sink's route (`when`) and `transforms`.
     chain: Chain,
     dead_letters: mpsc::Sender<DlMsg>,
+    stats: Arc<crate::metrics::SinkStats>,
 }
 
 /// Run `chain` over `batch` on a blocking thread (transforms are CPU work, and a batch of
@@ -1144,6 +1152,7 @@ async fn write_durably(
     fresh: &[Arc<Batch>],
     closing: bool,
     abandon: &CancellationToken,
+    stats: &crate::metrics::SinkStats,
 ) -> Result<Vec<StateEntry>, Option<SinkError>> {
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
     let mut failures: u32 = 0;
@@ -1163,12 +1172,15 @@ async fn write_durably(
         match attempt.await {
             Ok(state) => {
                 if failures > 0 {
+                    stats.failing.store(false, Ordering::Relaxed);
                     tracing::info!(sink = name, failures, "sink recovered; writes are durable again");
                 }
                 return Ok(state);
             }
             Err(e) if e.is_retryable() => {
                 failures += 1;
+                stats.retries.inc();
+                stats.failing.store(true, Ordering::Relaxed);
                 if last_warn.is_none_or(|t| t.elapsed() >= Duration::from_secs(30)) {
                     tracing::error!(sink = name, failures, error = %e, "sink write failed; checkpoints wait, retrying (data is kept)");
                     last_warn = Some(Instant::now());
@@ -1272,6 +1284,7 @@ async fn checkpointer_task(
                     ));
                 }
             }
+            let newest = positions.values().filter_map(|c| c.cursor_us).max();
             let commit = Commit {
                 positions: positions.into_values().collect(),
                 sink_state,
@@ -1285,6 +1298,12 @@ async fn checkpointer_task(
                         q.drain(..state_taken[i]);
                     }
                     progress.committed.fetch_add(events, Ordering::Relaxed);
+                    progress
+                        .last_commit_us
+                        .store(chrono::Utc::now().timestamp_micros(), Ordering::Relaxed);
+                    if let Some(newest) = newest {
+                        progress.newest_committed_us.fetch_max(newest, Ordering::Relaxed);
+                    }
                     since_status += events;
                 }
                 Err(e) if e.is_retryable() && !closed => {
@@ -1378,6 +1397,14 @@ async fn dead_letter_task(
             let count = queued.len() as u64;
             progress.dead_lettered.fetch_add(count, Ordering::Relaxed);
             crate::metrics::DEAD_LETTERED.add(count);
+            for DlMsg { letter: d, .. } in &queued {
+                let kind = match (d.transform, &d.sink) {
+                    (true, _) => &progress.dead_transform,
+                    (false, Some(_)) => &progress.dead_refused,
+                    (false, None) => &progress.dead_not_events,
+                };
+                kind.fetch_add(1, Ordering::Relaxed);
+            }
         }
         for DlMsg { letter: d, done } in queued.drain(..) {
             match (&written, &d.sink) {

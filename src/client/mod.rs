@@ -467,8 +467,12 @@ impl Client {
         if let Some(t) = &self.inner.tenant {
             req = req.header("x-miosa-tenant", t);
         }
-        let resp = req.send().await.map_err(|e| self.transport(&e))?;
+        let resp = req.send().await.map_err(|e| {
+            crate::metrics::api_response(0);
+            self.transport(&e)
+        })?;
         let status = resp.status().as_u16();
+        crate::metrics::api_response(status);
         let request_id = request_id(resp.headers());
         let header_retry = resp
             .headers()

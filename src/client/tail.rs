@@ -155,6 +155,8 @@ impl Tail {
     pub(crate) fn start(client: Client, resource_id: String, options: TailOptions) -> Tail {
         let (tx, rx) = mpsc::channel(options.buffer.max(1));
         let status = Arc::new(AtomicU8::new(0));
+        // The new tail is connecting (status 0) until it reaches its socket or the fallback.
+        crate::metrics::TAILS_CONNECTING.inc();
         let seen = Seen::new(&options.start, options.dedupe_window);
         let task = TailTask {
             pager_base: Filters {
@@ -555,6 +557,25 @@ enum SocketEnd {
     Fatal,
 }
 
+/// The process-wide gauge counting tails in state `s` (none for a stopped tail).
+fn transport_gauge(s: ActiveTransport) -> Option<&'static crate::metrics::Gauge> {
+    match s {
+        ActiveTransport::Connecting => Some(&crate::metrics::TAILS_CONNECTING),
+        ActiveTransport::WebSocket => Some(&crate::metrics::TAILS_WEBSOCKET),
+        ActiveTransport::Polling => Some(&crate::metrics::TAILS_POLLING),
+        ActiveTransport::Stopped => None,
+    }
+}
+
+impl Drop for TailTask {
+    /// A tail that ends (dropped, aborted, or stopped) leaves the gauges.
+    fn drop(&mut self) {
+        if let Some(g) = transport_gauge(ActiveTransport::from_u8(self.status.load(Ordering::Relaxed))) {
+            g.dec();
+        }
+    }
+}
+
 struct TailTask {
     client: Client,
     resource_id: String,
@@ -571,7 +592,15 @@ struct TailTask {
 
 impl TailTask {
     fn set_status(&self, s: ActiveTransport) {
-        self.status.store(s as u8, Ordering::Relaxed);
+        let old = ActiveTransport::from_u8(self.status.swap(s as u8, Ordering::Relaxed));
+        if old != s {
+            if let Some(g) = transport_gauge(old) {
+                g.dec();
+            }
+            if let Some(g) = transport_gauge(s) {
+                g.inc();
+            }
+        }
     }
 
     async fn run(mut self) {

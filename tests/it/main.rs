@@ -9,6 +9,7 @@ mod config;
 mod jobs;
 #[cfg(feature = "kafka")]
 mod kafka;
+mod metrics;
 mod process;
 #[cfg(feature = "s3")]
 mod s3;

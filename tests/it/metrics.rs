@@ -1,0 +1,191 @@
+//! `--metrics-addr`: `/metrics` parses as Prometheus text and its counters match what was
+//! shipped; `/health` turns ready once every sandbox is connected; no secret in any of it.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use auditship::sim::SimConfig;
+
+use crate::util::{finish, signal, sim, wait_for, Workspace};
+
+/// `name{labels}` → value, checking the text format on the way: every sample's family is
+/// declared with HELP and TYPE before its samples, and every value is a number.
+fn parse_prometheus(text: &str) -> BTreeMap<String, f64> {
+    let mut typed = std::collections::HashSet::new();
+    let mut samples = BTreeMap::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let mut parts = rest.split(' ');
+            let name = parts.next().unwrap();
+            let kind = parts.next().unwrap();
+            assert!(["counter", "gauge"].contains(&kind), "{line}");
+            typed.insert(name.to_string());
+            continue;
+        }
+        if line.starts_with("# HELP ") || line.is_empty() {
+            continue;
+        }
+        let (series, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("bad sample: {line}"));
+        let name = series.split('{').next().unwrap();
+        assert!(typed.contains(name), "{name} has no TYPE line before it");
+        assert!(
+            name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+            "{name}"
+        );
+        if let Some(labels) = series.strip_prefix(name) {
+            if !labels.is_empty() {
+                assert!(labels.starts_with('{') && labels.ends_with('}'), "{line}");
+            }
+        }
+        let v: f64 = value.parse().unwrap_or_else(|_| panic!("bad value: {line}"));
+        samples.insert(series.to_string(), v);
+    }
+    samples
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_match_what_was_shipped_and_health_turns_ready() {
+    let key = "msk_live_METRICS_SECRET_71f3";
+    let ids = ["sb-m1", "sb-m2", "sb-mpoll"];
+    let sim = sim(
+        &ids,
+        SimConfig {
+            api_key: key.into(),
+            backlog_per_sandbox: 150,
+            live_rate_per_sec: 100.0,
+            live_events_per_sandbox: Some(100),
+            no_socket: vec!["sb-mpoll".into()],
+            garbage_ratio: 0.05,
+            ..SimConfig::default()
+        },
+    )
+    .await;
+    let sinks = r#"
+[sinks.archive]
+type = "file"
+path = "{root}/archive/{resource_id}/{date}.ndjson"
+
+[sinks.siem]
+type = "file"
+path = "{root}/siem.ndjson"
+when = { action = "reject" }
+"#;
+    let ws = Workspace::with_sinks(&sim, &ids, "", sinks);
+    let port = auditship_sink::testing::free_port().unwrap();
+    let addr = format!("127.0.0.1:{port}");
+    let child = ws.spawn(key, &["run", "pipe.toml", "--metrics-addr", &addr]);
+    let http = reqwest::Client::new();
+    let get = |path: &'static str| {
+        let http = http.clone();
+        let url = format!("http://{addr}{path}");
+        async move {
+            match http.get(url).send().await {
+                Ok(r) => Some((r.status().as_u16(), r.text().await.unwrap_or_default())),
+                Err(_) => None,
+            }
+        }
+    };
+    // Ready once every sandbox is past its catch-up (on its socket or on the fallback).
+    let start = std::time::Instant::now();
+    loop {
+        if let Some((200, body)) = get("/health").await {
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(v["status"], "ready");
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "never ready: {:?}",
+            get("/health").await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(get("/live").await.map(|r| r.0), Some(200));
+
+    wait_for("every event committed", Duration::from_secs(60), || {
+        sim.live_done() && ws.committed_events() >= sim.total_events() as i64
+    })
+    .await;
+    // Let a commit pass the last acknowledgements.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, text) = get("/metrics").await.unwrap();
+    assert_eq!(status, 200);
+    assert!(
+        !text.contains("METRICS_SECRET") && !text.contains("msk_"),
+        "a secret in /metrics"
+    );
+    let m = parse_prometheus(&text);
+    let total = sim.total_events() as f64;
+    let rejects = ids
+        .iter()
+        .flat_map(|s| sim.events(s))
+        .filter(|e| e.json.contains(r#""action":"reject""#))
+        .count() as f64;
+    let siem_lines = std::fs::read_to_string(ws.path().join("siem.ndjson"))
+        .unwrap()
+        .lines()
+        .count() as f64;
+    assert_eq!(siem_lines, rejects);
+    let at = |series: &str| *m.get(series).unwrap_or_else(|| panic!("no {series} in:\n{text}"));
+    assert_eq!(
+        at(r#"auditship_events_shipped_total{pipeline="pipe",sink="archive"}"#),
+        total
+    );
+    assert_eq!(
+        at(r#"auditship_events_shipped_total{pipeline="pipe",sink="siem"}"#),
+        rejects
+    );
+    assert_eq!(
+        at(r#"auditship_sink_filtered_total{pipeline="pipe",sink="siem"}"#),
+        total - rejects
+    );
+    assert_eq!(at(r#"auditship_events_committed_total{pipeline="pipe"}"#), total);
+    assert_eq!(at(r#"auditship_events_received_total{pipeline="pipe"}"#), total);
+    let dead = std::fs::read_to_string(ws.path().join("state/dead-letter.ndjson"))
+        .map(|t| t.lines().count())
+        .unwrap_or(0) as f64;
+    assert!(dead > 0.0, "the simulator sent garbage frames");
+    assert_eq!(
+        at(r#"auditship_dead_letters_total{pipeline="pipe",reason="not_an_event"}"#),
+        dead
+    );
+    assert_eq!(at(r#"auditship_sandboxes{pipeline="pipe"}"#), 3.0);
+    assert_eq!(at("auditship_sockets_open"), 2.0);
+    assert_eq!(at("auditship_sandboxes_polling"), 1.0);
+    assert_eq!(at("auditship_sandboxes_connecting"), 0.0);
+    assert!(at(r#"auditship_api_responses_total{status="200"}"#) >= 3.0);
+    let lag = at(r#"auditship_lag_seconds{pipeline="pipe"}"#);
+    assert!((0.0..60.0).contains(&lag), "lag {lag}");
+    assert!(at(r#"auditship_checkpoint_age_seconds{pipeline="pipe"}"#) < 60.0);
+    assert_eq!(
+        at(r#"auditship_sink_failing{pipeline="pipe",sink="archive"}"#),
+        0.0
+    );
+
+    signal(&child, libc::SIGTERM);
+    let out = finish(child, Duration::from_secs(30));
+    assert_eq!(out.code, Some(0), "stderr: {}", out.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_taken_metrics_port_is_a_clear_error() {
+    let sim = sim(&["sb-mx"], SimConfig::default()).await;
+    let ws = Workspace::new(&sim, &["sb-mx"], "", "");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = ws.run(sim.api_key(), &["run", "pipe.toml", "--metrics-addr", &addr]);
+    assert_eq!(out.code, Some(1), "stderr: {}", out.stderr);
+    assert!(
+        out.stderr
+            .contains(&format!("cannot listen on {addr} for metrics")),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("pick another --metrics-addr"),
+        "{}",
+        out.stderr
+    );
+}
