@@ -189,3 +189,32 @@ async fn a_taken_metrics_port_is_a_clear_error() {
         out.stderr
     );
 }
+
+#[test]
+fn the_grafana_dashboard_only_queries_series_auditship_serves() {
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/grafana/auditship-dashboard.json");
+    let dash: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let served = auditship::metrics::render();
+    let mut checked = 0;
+    for panel in dash["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            let mut rest = expr;
+            while let Some(i) = rest.find("auditship_") {
+                let name: String = rest[i..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                assert!(
+                    served.contains(&format!("# TYPE {name} ")),
+                    "{}: {name} is not served",
+                    panel["title"]
+                );
+                checked += 1;
+                rest = &rest[i + name.len()..];
+            }
+        }
+    }
+    assert!(checked >= 12, "{checked}");
+}
