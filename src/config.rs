@@ -132,6 +132,38 @@ pub struct SourceConfig {
     /// Longest wait between socket attempts while on the polling fallback.
     #[serde(default = "default_socket_retry_max_ms")]
     pub socket_retry_max_ms: u64,
+    /// Sandboxes on the polling fallback share one org-wide list request per interval:
+    /// `auto` (when the pipeline follows at least 10 sandboxes), `always` or `never`.
+    #[serde(default)]
+    pub org_poll: OrgPoll,
+}
+
+/// When tails on the polling fallback share one org-wide poll.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OrgPoll {
+    /// When the pipeline follows at least [`OrgPoll::AUTO_MIN_SANDBOXES`] sandboxes (below that,
+    /// per-sandbox polls are few, and an org-wide page would carry other sandboxes' events).
+    #[default]
+    Auto,
+    /// Always.
+    Always,
+    /// Never: each sandbox polls alone.
+    Never,
+}
+
+impl OrgPoll {
+    /// `auto` shares the poll from this many sandboxes on.
+    pub const AUTO_MIN_SANDBOXES: usize = 10;
+
+    /// Whether a pipeline following `sandboxes` shares one poll.
+    pub fn applies(self, sandboxes: usize) -> bool {
+        match self {
+            OrgPoll::Auto => sandboxes >= Self::AUTO_MIN_SANDBOXES,
+            OrgPoll::Always => true,
+            OrgPoll::Never => false,
+        }
+    }
 }
 
 /// The SDKs' documented default.
@@ -349,6 +381,8 @@ pub struct Pipeline {
     pub dedupe_window: Duration,
     /// Socket retry cap.
     pub socket_retry_max: Duration,
+    /// When the polling fallback is shared org-wide.
+    pub org_poll: OrgPoll,
     /// The SQLite file.
     pub checkpoint_path: PathBuf,
     /// Commit cadence.
@@ -990,6 +1024,7 @@ pub fn parse(path: &Path, text: &str, mode: LoadMode) -> Result<Pipeline, Config
         page_limit: src.page_limit,
         dedupe_window: Duration::from_millis(src.dedupe_window_ms),
         socket_retry_max: Duration::from_millis(src.socket_retry_max_ms),
+        org_poll: src.org_poll,
         checkpoint_path,
         commit_interval: Duration::from_millis(file.checkpoint.commit_interval_ms),
         batch_max_events: file.batch.max_events,

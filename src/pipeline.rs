@@ -490,6 +490,11 @@ pub async fn run(p: &Pipeline, opts: RunOptions) -> Result<RunReport, PipelineEr
         uncommitted,
     ));
 
+    // Tails on the polling fallback share one org-wide list request per interval.
+    let org_poller = (matches!(opts.mode, Mode::Live)
+        && p.transport != crate::client::Transport::WebSocket
+        && p.org_poll.applies(sandboxes.len()))
+    .then(|| crate::client::OrgPoller::start(client.clone(), p.poll_interval, p.page_limit, p.dedupe_window));
     let mut sources = JoinSet::new();
     for rid in &sandboxes {
         let start = start_for(
@@ -507,6 +512,7 @@ pub async fn run(p: &Pipeline, opts: RunOptions) -> Result<RunReport, PipelineEr
                 page_limit: p.page_limit,
                 dedupe_window: p.dedupe_window,
                 socket_retry_max: p.socket_retry_max,
+                org_poller: org_poller.clone(),
                 ..TailOptions::default()
             }),
             Mode::Backfill(w) => SourceKind::Window {

@@ -97,6 +97,9 @@ pub struct TailOptions {
     /// Frames the socket may buffer during a catch-up before it is closed and reopened after
     /// the catch-up instead. Default 10,000.
     pub catch_up_buffer_frames: usize,
+    /// On the polling fallback, take events from this org-wide poller (one request per interval
+    /// for every tail that shares it) instead of polling the sandbox alone. Default: none.
+    pub org_poller: Option<super::OrgPoller>,
 }
 
 impl Default for TailOptions {
@@ -111,6 +114,7 @@ impl Default for TailOptions {
             ping_after: Duration::from_secs(30),
             buffer: 256,
             catch_up_buffer_frames: 10_000,
+            org_poller: None,
         }
     }
 }
@@ -172,6 +176,8 @@ impl Tail {
             tx,
             warned_ties: false,
             unswept: None,
+            org_rx: None,
+            org_failed: false,
         };
         Tail {
             rx,
@@ -568,8 +574,11 @@ fn transport_gauge(s: ActiveTransport) -> Option<&'static crate::metrics::Gauge>
 }
 
 impl Drop for TailTask {
-    /// A tail that ends (dropped, aborted, or stopped) leaves the gauges.
+    /// A tail that ends (dropped, aborted, or stopped) leaves the gauges and the org poller.
     fn drop(&mut self) {
+        if let (Some(org), Some(_)) = (&self.options.org_poller, &self.org_rx) {
+            org.unsubscribe(&self.resource_id);
+        }
         if let Some(g) = transport_gauge(ActiveTransport::from_u8(self.status.load(Ordering::Relaxed))) {
             g.dec();
         }
@@ -588,6 +597,10 @@ struct TailTask {
     /// Where the last catch-up before a socket ended, while that socket's sweep has not run
     /// (see `follow_socket`): the next listing starts here, whatever came in between.
     unswept: Option<String>,
+    /// This sandbox's events from the org-wide poller, while subscribed.
+    org_rx: Option<mpsc::Receiver<AuditEvent>>,
+    /// The org-wide poller gave up on us: poll alone from now on.
+    org_failed: bool,
 }
 
 impl TailTask {
@@ -619,6 +632,9 @@ impl TailTask {
                 match connected {
                     Ok(socket) => {
                         socket_backoff.reset();
+                        if let (Some(org), Some(_)) = (&self.options.org_poller, self.org_rx.take()) {
+                            org.unsubscribe(&self.resource_id);
+                        }
                         if on_fallback {
                             tracing::info!(resource_id = %self.resource_id, "audit socket is back; leaving the polling fallback");
                             on_fallback = false;
@@ -674,6 +690,29 @@ impl TailTask {
                 }
             }
             self.set_status(ActiveTransport::Polling);
+            if let (Some(org), false) = (self.options.org_poller.clone(), self.org_failed) {
+                if self.org_rx.is_none() {
+                    // Subscribe first, then catch up alone to the present: the poller covers
+                    // everything after its frontier, the catch-up everything before now.
+                    self.org_rx = Some(org.subscribe(&self.resource_id));
+                    let from = self.unswept.take();
+                    if self.catch_up(from).await.is_err() {
+                        self.set_status(ActiveTransport::Stopped);
+                        return;
+                    }
+                }
+                let until = (self.options.transport != Transport::Poll).then_some(next_socket_try);
+                match self.forward_org(until).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::warn!(resource_id = %self.resource_id, "the org-wide poller stopped; polling this sandbox alone");
+                        self.org_rx = None;
+                        self.org_failed = true;
+                    }
+                    Err(Gone) => return,
+                }
+                continue;
+            }
             let from = self.unswept.take();
             if self.catch_up(from).await.is_err() {
                 self.set_status(ActiveTransport::Stopped);
@@ -681,6 +720,39 @@ impl TailTask {
             }
             if self.sleep(self.options.poll_interval).await.is_err() {
                 return;
+            }
+        }
+    }
+
+    /// Hand on this sandbox's events from the org-wide poller until `until` (a socket attempt
+    /// is due; `None`: forever). `Ok(false)`: the poller closed our channel.
+    async fn forward_org(&mut self, until: Option<Instant>) -> Result<bool, Gone> {
+        let Some(mut rx) = self.org_rx.take() else {
+            return Ok(false);
+        };
+        let wait = async {
+            match until {
+                Some(t) => tokio::time::sleep_until(t).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(wait);
+        loop {
+            let event = tokio::select! {
+                e = rx.recv() => e,
+                _ = &mut wait => {
+                    self.org_rx = Some(rx);
+                    return Ok(true);
+                }
+                _ = self.tx.closed() => return Err(Gone),
+            };
+            match event {
+                Some(e) => {
+                    if self.seen.insert(&e) {
+                        self.send(Ok(e)).await?;
+                    }
+                }
+                None => return Ok(false),
             }
         }
     }
