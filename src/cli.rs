@@ -502,45 +502,30 @@ fn define_shard_vars(shard: Option<auditship::shard::Shard>) {
     }
 }
 
-async fn run(
-    paths: Vec<PathBuf>,
-    shard: Option<auditship::shard::Shard>,
-    metrics_addr: Option<std::net::SocketAddr>,
-) -> anyhow::Result<ExitCode> {
-    define_shard_vars(shard);
+/// Load and check the pipelines `run` follows (after sharding). `Ok(vec![])`: this shard owns
+/// no sandbox of any of them.
+fn load_for_run(paths: &[PathBuf], shard: Option<auditship::shard::Shard>) -> anyhow::Result<Vec<Pipeline>> {
     let mut pipelines = Vec::new();
     let mut errors = Vec::new();
-    for path in &paths {
+    for path in paths {
         match config::load(path, LoadMode::Run) {
             Ok(p) => pipelines.push(p),
             Err(e) => errors.extend(e.0),
         }
+    }
+    if !errors.is_empty() {
+        return Err(config::ConfigErrors(errors).into());
     }
     if let Some(s) = shard {
         for p in &mut pipelines {
             let before = p.sandboxes.len();
             p.sandboxes.retain(|id| s.owns(id));
             tracing::info!(pipeline = %p.name, shard = %s, sandboxes = p.sandboxes.len(), of = before, "sharded");
-        }
-        let idle: Vec<String> = pipelines
-            .iter()
-            .filter(|p| p.sandboxes.is_empty())
-            .map(|p| p.name.clone())
-            .collect();
-        for name in &idle {
-            tracing::warn!(pipeline = %name, shard = %s, "this shard owns none of the pipeline's sandboxes; it does not run here");
+            if p.sandboxes.is_empty() {
+                tracing::warn!(pipeline = %p.name, shard = %s, "this shard owns none of the pipeline's sandboxes; it does not run here");
+            }
         }
         pipelines.retain(|p| !p.sandboxes.is_empty());
-        if pipelines.is_empty() && errors.is_empty() {
-            // A shard with nothing to do stays up (a supervisor would restart it in a loop).
-            tracing::warn!(shard = %s, "this shard owns no sandbox of any pipeline; idling until stopped");
-            let stop = shutdown_signal();
-            if let Some(addr) = metrics_addr {
-                auditship::metrics::serve(addr, stop.clone()).await?;
-            }
-            stop.cancelled().await;
-            return Ok(ExitCode::SUCCESS);
-        }
     }
     // Pipelines run together must not append to the same files (nor share a name, which keys
     // their checkpoints and locks).
@@ -567,12 +552,64 @@ async fn run(
             }
         }
     }
-    if !errors.is_empty() {
-        return Err(config::ConfigErrors(errors).into());
-    }
+    Ok(pipelines)
+}
+
+/// How a generation of pipelines ended.
+enum Generation {
+    /// Stopped by SIGTERM/SIGINT, or a pipeline failed: exit with this code.
+    Exit(ExitCode),
+    /// SIGHUP with pipeline files that load: run these next.
+    Reload(Vec<Pipeline>),
+}
+
+async fn run(
+    paths: Vec<PathBuf>,
+    shard: Option<auditship::shard::Shard>,
+    metrics_addr: Option<std::net::SocketAddr>,
+) -> anyhow::Result<ExitCode> {
+    define_shard_vars(shard);
+    let mut pipelines = load_for_run(&paths, shard)?;
     let stop = shutdown_signal();
     if let Some(addr) = metrics_addr {
         auditship::metrics::serve(addr, stop.clone()).await?;
+    }
+    let mut hangups = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGHUP; reloading needs a restart");
+            None
+        }
+    };
+    loop {
+        match run_generation(pipelines, &paths, shard, &stop, hangups.as_mut()).await {
+            Generation::Exit(code) => return Ok(code),
+            Generation::Reload(next) => {
+                tracing::info!(
+                    pipelines = next.len(),
+                    "reloaded the pipeline files; running them"
+                );
+                pipelines = next;
+            }
+        }
+    }
+}
+
+/// Run `pipelines` until a stop, a failure, or a SIGHUP whose pipeline files load. On SIGHUP
+/// the new files are loaded first: if they do not, the error is logged and the running
+/// pipelines go on untouched. If they do, the running ones drain (sinks flush, checkpoints
+/// commit, as on SIGTERM) and the new ones start from those checkpoints: nothing is lost.
+async fn run_generation(
+    pipelines: Vec<Pipeline>,
+    paths: &[PathBuf],
+    shard: Option<auditship::shard::Shard>,
+    stop: &CancellationToken,
+    mut hangups: Option<&mut tokio::signal::unix::Signal>,
+) -> Generation {
+    let generation = stop.child_token();
+    if pipelines.is_empty() {
+        // A shard with nothing to do stays up (a supervisor would restart it in a loop).
+        tracing::warn!("this shard owns no sandbox of any pipeline; idling until stopped or reloaded");
     }
     let mut tasks = tokio::task::JoinSet::new();
     for p in pipelines {
@@ -580,33 +617,64 @@ async fn run(
             tracing::warn!("{w}");
         }
         let mut opts = RunOptions::new(Mode::Live);
-        opts.shutdown = stop.child_token();
+        opts.shutdown = generation.child_token();
         tasks.spawn(async move {
             let r = pipeline::run(&p, opts).await;
             (p.name.clone(), r)
         });
     }
     let mut code = ExitCode::SUCCESS;
-    while let Some(joined) = tasks.join_next().await {
-        match joined {
-            Ok((name, Ok(report))) => {
-                let total: u64 = report.shipped.values().sum();
-                tracing::info!(pipeline = %name, events_shipped = total, filtered = report.filtered, dead_lettered = report.dead_lettered, "pipeline stopped");
+    let mut next: Option<Vec<Pipeline>> = None;
+    loop {
+        let hup = async {
+            match hangups.as_mut() {
+                Some(h) => h.recv().await,
+                None => std::future::pending().await,
             }
-            Ok((name, Err(e))) => {
-                eprintln!("error: pipeline {name}: {e}");
-                code = ExitCode::from(if e.is_retryable() { 2 } else { 1 });
-                // One pipeline failing stops the others: a supervisor restarts the process.
-                stop.cancel();
+        };
+        tokio::select! {
+            joined = tasks.join_next(), if !tasks.is_empty() => {
+                match joined {
+                    Some(Ok((name, Ok(report)))) => {
+                        let total: u64 = report.shipped.values().sum();
+                        tracing::info!(pipeline = %name, events_shipped = total, filtered = report.filtered, dead_lettered = report.dead_lettered, "pipeline stopped");
+                    }
+                    Some(Ok((name, Err(e)))) => {
+                        eprintln!("error: pipeline {name}: {e}");
+                        code = ExitCode::from(if e.is_retryable() { 2 } else { 1 });
+                        // One pipeline failing stops the others: a supervisor restarts the process.
+                        stop.cancel();
+                    }
+                    Some(Err(e)) => {
+                        eprintln!("error: a pipeline task failed: {e}");
+                        code = ExitCode::from(2);
+                        stop.cancel();
+                    }
+                    None => {}
+                }
+                if tasks.is_empty() {
+                    return match next.take() {
+                        Some(p) if !stop.is_cancelled() => Generation::Reload(p),
+                        _ => Generation::Exit(code),
+                    };
+                }
             }
-            Err(e) => {
-                eprintln!("error: a pipeline task failed: {e}");
-                code = ExitCode::from(2);
-                stop.cancel();
+            _ = hup, if next.is_none() => {
+                tracing::info!("SIGHUP received: reloading the pipeline files");
+                match load_for_run(paths, shard) {
+                    Ok(p) => {
+                        next = Some(p);
+                        generation.cancel();
+                        if tasks.is_empty() {
+                            return Generation::Reload(next.take().unwrap_or_default());
+                        }
+                    }
+                    Err(e) => tracing::error!(error = %format!("{e:#}"), "reload refused: the pipeline files do not load; the running pipelines go on unchanged"),
+                }
             }
+            _ = stop.cancelled(), if tasks.is_empty() => return Generation::Exit(code),
         }
     }
-    Ok(code)
 }
 
 /// `auditship backfill`'s arguments.

@@ -316,3 +316,71 @@ async fn list_get_tail_and_checkpoints_commands() {
         out.stdout
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_reloads_pipeline_files_without_losing_events_and_refuses_broken_ones() {
+    let ids = ["sb-hup1", "sb-hup2"];
+    let sim = sim(
+        &ids,
+        SimConfig {
+            backlog_per_sandbox: 50,
+            live_rate_per_sec: 60.0,
+            live_events_per_sandbox: Some(300),
+            ..SimConfig::default()
+        },
+    )
+    .await;
+    let ws = Workspace::new(&sim, &ids, "", "");
+    let key = sim.api_key().to_string();
+    let child = ws.spawn(&key, &["run", "pipe.toml"]);
+    wait_for("live events flowing", Duration::from_secs(30), || {
+        ws.archive_lines().len() > 150
+    })
+    .await;
+
+    // A broken file: the reload is refused and the running pipeline goes on.
+    let good = std::fs::read_to_string(&ws.pipeline).unwrap();
+    std::fs::write(
+        &ws.pipeline,
+        format!("{good}\n[sinks.copy]\ntype = \"file\"\npth = \"x\"\n"),
+    )
+    .unwrap();
+    signal(&child, libc::SIGHUP);
+    let before = ws.archive_lines().len();
+    wait_for("events after a refused reload", Duration::from_secs(30), || {
+        ws.archive_lines().len() > before + 60
+    })
+    .await;
+
+    // A good file with a second sink: the pipeline drains and restarts with it.
+    let copy = ws.path().join("copy");
+    std::fs::write(
+        &ws.pipeline,
+        format!(
+            "{good}\n[sinks.copy]\ntype = \"file\"\npath = \"{}/{{resource_id}}.ndjson\"\n",
+            copy.display()
+        ),
+    )
+    .unwrap();
+    signal(&child, libc::SIGHUP);
+    wait_for("the new sink to get events", Duration::from_secs(30), || {
+        copy.exists() && std::fs::read_dir(&copy).map(|d| d.count() > 0).unwrap_or(false)
+    })
+    .await;
+    wait_for("every event archived", Duration::from_secs(60), || {
+        sim.live_done() && ws.archive_lines().len() >= sim.total_events()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    signal(&child, libc::SIGTERM);
+    let out = finish(child, Duration::from_secs(30));
+    assert_eq!(out.code, Some(0), "stderr: {}", out.stderr);
+    assert!(out.stderr.contains("reload refused"), "{}", out.stderr);
+    assert!(out.stderr.contains("unknown field `pth`"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("reloaded the pipeline files"),
+        "{}",
+        out.stderr
+    );
+    assert_exactly_once(&ws.archive_lines(), &sim_lines(&sim, &ids));
+}
