@@ -488,7 +488,22 @@ impl Client {
             return Ok(body);
         }
         let (message, body_retry) = error_body(&body);
-        let message = self.inner.key.redact(&message);
+        // A server's message goes into logs: one line, bounded, and without the key.
+        let mut message: String = self
+            .inner
+            .key
+            .redact(&message)
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect();
+        if message.len() > 512 {
+            let mut cut = 512;
+            while !message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            message.truncate(cut);
+            message.push('…');
+        }
         Err(status_error(
             status,
             message,

@@ -384,3 +384,109 @@ async fn sighup_reloads_pipeline_files_without_losing_events_and_refuses_broken_
     );
     assert_exactly_once(&ws.archive_lines(), &sim_lines(&sim, &ids));
 }
+
+/// A server that answers every request with a 500 (or, for socket upgrades, a 400) whose body
+/// echoes the request head: the URL with `?token=` and the `Authorization` header.
+async fn echoing_server() -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let text = String::from_utf8_lossy(&head).to_string();
+                let status = if text.contains("Upgrade") {
+                    "400 Bad Request"
+                } else {
+                    "500 Internal Server Error"
+                };
+                let body = serde_json::json!({"error": {"code": "echo", "message": text}}).to_string();
+                let resp = format!(
+                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nx-request-id: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len(),
+                    text.lines().next().unwrap_or_default().replace(' ', "_")
+                );
+                let _ = conn.write_all(resp.as_bytes()).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_key_never_appears_on_network_error_paths() {
+    let key = "msk_live_NETSECRET_5d2e8a";
+    let echo = echoing_server().await;
+    let dead = auditship_sink::testing::free_port().unwrap();
+    for (what, base) in [
+        (
+            "a server that echoes requests in its errors",
+            format!("http://{echo}/api/v1?org=1"),
+        ),
+        ("nothing listening", format!("http://127.0.0.1:{dead}/api/v1")),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("pipe.toml"),
+            format!(
+                "[source]\nbase_url = \"{base}\"\napi_key = \"${{MIOSA_API_KEY}}\"\nsandboxes = [\"sb-e1\", \"sb-e2\"]\nconnect_timeout_ms = 500\n[checkpoint]\npath = \"state/cp.db\"\n[sinks.archive]\ntype = \"file\"\npath = \"archive/{{resource_id}}.ndjson\"\n"
+            ),
+        )
+        .unwrap();
+        let log = dir.path().join("err.log");
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_auditship"))
+            .args(["--log-level", "trace", "run", "pipe.toml"])
+            .current_dir(dir.path())
+            .env("MIOSA_API_KEY", key)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let _ = child.wait();
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert!(
+            text.contains("retrying") || text.contains("falling back"),
+            "{what}: the error paths ran: {text}"
+        );
+        let leak = text.lines().find(|l| l.contains(key) || l.contains("NETSECRET"));
+        assert!(
+            leak.is_none(),
+            "{what}: the key leaked: {}",
+            leak.unwrap_or_default()
+        );
+        if what.contains("echo") {
+            assert!(
+                text.contains("token=***") || text.contains("Bearer ***") || text.contains("***"),
+                "{what}: the echo was logged redacted: {}",
+                &text[..text.len().min(2000)]
+            );
+        }
+        let files: Vec<std::path::PathBuf> = {
+            let mut v = Vec::new();
+            crate::util::walk(dir.path(), &mut v);
+            v
+        };
+        for f in files
+            .iter()
+            .filter(|f| !f.ends_with("pipe.toml") && !f.ends_with("err.log"))
+        {
+            let bytes = std::fs::read(f).unwrap();
+            assert!(
+                !bytes.windows(9).any(|w| w == b"NETSECRET"),
+                "{what}: the key is in {}",
+                f.display()
+            );
+        }
+    }
+}
