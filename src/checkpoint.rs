@@ -18,6 +18,7 @@ use tokio::sync::oneshot;
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../migrations/0001_checkpoints.sql")),
     (2, include_str!("../migrations/0002_backfill_jobs.sql")),
+    (3, include_str!("../migrations/0003_shipped_hours.sql")),
 ];
 
 /// Errors of the checkpoint store.
@@ -120,6 +121,13 @@ pub struct Commit {
     pub positions: Vec<Checkpoint>,
     /// Sink state to upsert, by sink name.
     pub sink_state: Vec<(String, StateEntry)>,
+    /// Events shipped per (sandbox, hour start in µs), added to the ledger.
+    pub hours: Vec<(String, i64, u64)>,
+}
+
+/// The start of the hour holding `us` (µs since the Unix epoch).
+pub fn hour_of(us: i64) -> i64 {
+    us.div_euclid(3_600_000_000) * 3_600_000_000
 }
 
 type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
@@ -341,6 +349,48 @@ impl Store {
             }
             tx.commit()?;
             Ok((written, kept))
+        })
+        .await
+    }
+
+    /// Events shipped per (sandbox, hour start) of `pipeline` in `[from_us, to_us]`.
+    pub async fn shipped_hours(
+        &self,
+        pipeline: &str,
+        from_us: i64,
+        to_us: i64,
+    ) -> Result<std::collections::BTreeMap<(String, i64), u64>, StoreError> {
+        let pipeline = pipeline.to_string();
+        self.with(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT resource_id, hour_us, events FROM shipped_hours WHERE pipeline = ?1 AND hour_us >= ?2 AND hour_us <= ?3",
+            )?;
+            let rows = stmt.query_map(params![pipeline, hour_of(from_us), to_us], |r| {
+                Ok(((r.get::<_, String>(0)?, r.get::<_, i64>(1)?), r.get::<_, i64>(2)?.max(0) as u64))
+            })?;
+            rows.collect()
+        })
+        .await
+    }
+
+    /// Set the ledger's counts of these (sandbox, hour) pairs (after a reconciliation made the
+    /// sinks whole, the API's counts are the truth).
+    pub async fn set_shipped_hours(
+        &self,
+        pipeline: &str,
+        rows: Vec<(String, i64, u64)>,
+    ) -> Result<(), StoreError> {
+        let pipeline = pipeline.to_string();
+        self.with(move |conn| {
+            let tx = conn.transaction()?;
+            for (rid, hour, n) in rows {
+                tx.execute(
+                    "INSERT INTO shipped_hours (pipeline, resource_id, hour_us, events) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (pipeline, resource_id, hour_us) DO UPDATE SET events = excluded.events",
+                    params![pipeline, rid, hour, n as i64],
+                )?;
+            }
+            tx.commit()
         })
         .await
     }
@@ -687,6 +737,13 @@ fn apply(conn: &mut Connection, pipeline: &str, stream: &str, commit: &Commit) -
                 state.execute(params![pipeline, sink, entry.key, entry.value])?;
             }
         }
+        let mut hours = tx.prepare_cached(
+            "INSERT INTO shipped_hours (pipeline, resource_id, hour_us, events) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (pipeline, resource_id, hour_us) DO UPDATE SET events = events + excluded.events",
+        )?;
+        for (rid, hour, n) in &commit.hours {
+            hours.execute(params![pipeline, rid, hour, *n as i64])?;
+        }
     }
     tx.commit()
 }
@@ -735,6 +792,7 @@ mod tests {
                             value: 99,
                         },
                     )],
+                    hours: vec![("sb".into(), 3_600_000_000, 2)],
                 },
             )
             .await
@@ -788,6 +846,7 @@ mod tests {
                 Commit {
                     positions: vec![],
                     sink_state: vec![("cold".into(), StateEntry::deleted("pending:a"))],
+                    hours: vec![],
                 },
             )
             .await

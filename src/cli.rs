@@ -94,6 +94,30 @@ enum Command {
         #[arg(long, env = "AUDITSHIP_METRICS_ADDR")]
         metrics_addr: Option<std::net::SocketAddr>,
     },
+    /// Compare what was shipped with what the API holds for a window, hour by hour, and ship
+    /// exactly what is missing. For nightly jobs.
+    ///
+    /// Counts per sandbox and hour: the API's, the ledger's (events the checkpoint passed), and
+    /// each file sink's (read back from its files and compared by id, so events lost from an
+    /// archive are found). Missing events go through the pipeline again; other sinks get them
+    /// too. Exit codes: 0 consistent (or made so), 1 bad configuration or credentials, 2 the
+    /// re-shipping was interrupted.
+    Reconcile {
+        /// Pipeline file.
+        pipeline: PathBuf,
+        /// Window start: RFC 3339 or relative (24h, 7d).
+        #[arg(long)]
+        since: String,
+        /// Window end: RFC 3339 or relative. Default: now.
+        #[arg(long)]
+        until: Option<String>,
+        /// Only these sandboxes (repeatable). Default: the pipeline's.
+        #[arg(long = "sandbox")]
+        sandboxes: Vec<String>,
+        /// Report only; ship nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// List a sandbox's events (NDJSON on stdout), like the SDK's `list`.
     List {
         /// Pipeline file (for the API settings).
@@ -426,6 +450,13 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Validate { pipelines } => Ok(validate(&pipelines)),
+        Command::Reconcile {
+            pipeline,
+            since,
+            until,
+            sandboxes,
+            dry_run,
+        } => reconcile(&pipeline, &since, until.as_deref(), &sandboxes, dry_run).await,
         Command::Transform {
             pipeline,
             input,
@@ -1041,6 +1072,85 @@ fn transform(path: &Path, input: Option<&Path>, only: Option<&str>) -> anyhow::R
     } else {
         ExitCode::SUCCESS
     })
+}
+
+async fn reconcile(
+    path: &Path,
+    since: &str,
+    until: Option<&str>,
+    sandboxes: &[String],
+    dry_run: bool,
+) -> anyhow::Result<ExitCode> {
+    let p = match config::load(path, LoadMode::Run) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(ExitCode::from(1));
+        }
+    };
+    let (since_us, until_us) = match (resolve_time(since), until.map(resolve_time).transpose()) {
+        (Ok(s), Ok(u)) => (s, u.unwrap_or_else(|| chrono::Utc::now().timestamp_micros())),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("error: {e:#}");
+            return Ok(ExitCode::from(1));
+        }
+    };
+    let report = match auditship::reconcile::reconcile(&p, since_us, until_us, sandboxes, dry_run).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: reconcile of {}: {e}", p.name);
+            return Ok(ExitCode::from(if e.is_retryable() { 2 } else { 1 }));
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "reconcile of {}, {} to {}: {} sandbox-hours checked, {} events in the API, {} hour(s) differ",
+        p.name,
+        format_time(since_us),
+        format_time(until_us),
+        report.hours_checked,
+        report.api_events,
+        report.diffs.len()
+    )?;
+    if !report.diffs.is_empty() {
+        writeln!(
+            out,
+            "{:<24} {:<22} {:>8} {:>8}  MISSING IN FILES",
+            "SANDBOX", "HOUR", "API", "LEDGER"
+        )?;
+        for d in &report.diffs {
+            let missing: Vec<String> = d.missing.iter().map(|(s, n)| format!("{s}: {n}")).collect();
+            writeln!(
+                out,
+                "{:<24} {:<22} {:>8} {:>8}  {}",
+                d.resource_id,
+                chrono::DateTime::from_timestamp_micros(d.hour_us)
+                    .map(|t| t.format("%Y-%m-%dT%H:00Z").to_string())
+                    .unwrap_or_default(),
+                d.api,
+                d.ledger,
+                if missing.is_empty() {
+                    "-".into()
+                } else {
+                    missing.join(", ")
+                }
+            )?;
+        }
+    }
+    for (sink, why) in &report.not_comparable {
+        writeln!(out, "sink {sink} not compared by id: {why}")?;
+    }
+    if dry_run {
+        writeln!(out, "dry run: nothing shipped")?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if !report.complete {
+        writeln!(out, "re-shipping was interrupted; run the same reconcile again")?;
+        return Ok(ExitCode::from(2));
+    }
+    writeln!(out, "{} event(s) shipped again", report.reshipped)?;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// A named job's record, if it ran before.

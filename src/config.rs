@@ -349,7 +349,7 @@ impl LoadMode {
 }
 
 /// A pipeline, loaded and resolved.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Pipeline {
     /// Its name.
     pub name: String,

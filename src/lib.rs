@@ -13,6 +13,8 @@
 //! - [`config`]: pipeline files (TOML): the model, `${VAR}` interpolation, errors with file:line.
 //! - [`transform`]: conditions, filter/redact/set/rename/remove/dedupe, the OCSF mapping; run per
 //!   pipeline in the batcher and per sink (with the sink's route) in its task.
+//! - [`reconcile`]: hour-by-hour comparison of what was shipped (ledger, file archives) with the
+//!   API, and shipping exactly what is missing.
 //! - [`shard`]: `--shard I/N`, rendezvous hashing of sandbox ids over processes.
 //! - [`sim`]: the bundled Miosa simulator used by the demo, the tests and the benchmarks.
 //! - [`secret`]: the API key type that never prints, and redaction.
@@ -49,6 +51,7 @@ pub mod client;
 pub mod config;
 pub mod metrics;
 pub mod pipeline;
+pub mod reconcile;
 pub mod secret;
 pub mod shard;
 pub mod sim;

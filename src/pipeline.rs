@@ -144,6 +144,9 @@ pub struct RunOptions {
     /// How long a drain may take before pending work is abandoned (it is safe: nothing past
     /// the last commit counts as shipped).
     pub drain_timeout: Duration,
+    /// Ship only events with these ids (reconciliation fills gaps with exactly what is
+    /// missing); the others still move positions. `None`: every event.
+    pub only_ids: Option<Arc<std::collections::HashSet<String>>>,
 }
 
 impl RunOptions {
@@ -155,6 +158,7 @@ impl RunOptions {
             shutdown: CancellationToken::new(),
             progress: Arc::new(Progress::default()),
             drain_timeout: Duration::from_secs(8),
+            only_ids: None,
         }
     }
 }
@@ -346,6 +350,8 @@ enum CkMsg {
         number: u64,
         positions: Vec<Checkpoint>,
         events: u64,
+        /// Events per (sandbox, hour of cursor time), for the ledger.
+        hours: Vec<(String, i64, u64)>,
     },
     /// Sink `sink` has made every batch through `through` durable; `state` describes that point.
     Ack {
@@ -475,6 +481,7 @@ pub async fn run(p: &Pipeline, opts: RunOptions) -> Result<RunReport, PipelineEr
         touched: Vec::new(),
         progress: opts.progress.clone(),
         uncommitted: uncommitted.clone(),
+        only_ids: opts.only_ids.clone(),
     };
     let batcher = tokio::spawn(batcher.run(src_rx, dl_tx, p.batch_max_events, p.batch_timeout));
     drop(ck_tx);
@@ -801,6 +808,8 @@ struct Batcher {
     /// One permit per batch not yet committed: if commits stall (a locked database), the batcher
     /// waits, and the stall reaches the sources, instead of queueing positions without bound.
     uncommitted: Arc<tokio::sync::Semaphore>,
+    /// Ship only these ids (see [`RunOptions::only_ids`]).
+    only_ids: Option<Arc<std::collections::HashSet<String>>>,
 }
 
 impl Batcher {
@@ -811,6 +820,9 @@ impl Batcher {
             self.touched.push(e.resource_id.clone());
         }
         r.advance(&e);
+        if self.only_ids.as_ref().is_some_and(|only| !only.contains(&*e.id)) {
+            return;
+        }
         self.events.push(e);
     }
 
@@ -839,6 +851,17 @@ impl Batcher {
             })
             .collect();
         let count = self.events.len() as u64;
+        let mut hours: Vec<(String, i64, u64)> = Vec::new();
+        for e in &self.events {
+            let hour = crate::checkpoint::hour_of(e.cursor_us.or(e.time_us).unwrap_or(0));
+            match hours
+                .iter_mut()
+                .find(|(r, h, _)| *h == hour && r.as_str() == &*e.resource_id)
+            {
+                Some(entry) => entry.2 += 1,
+                None => hours.push((e.resource_id.to_string(), hour, 1)),
+            }
+        }
         let batch = Arc::new(Batch {
             number,
             events: std::mem::take(&mut self.events),
@@ -849,6 +872,7 @@ impl Batcher {
                 number,
                 positions,
                 events: count,
+                hours,
             })
             .is_err()
         {
@@ -1218,7 +1242,9 @@ async fn checkpointer_task(
     uncommitted: Arc<tokio::sync::Semaphore>,
 ) {
     let sink_count = sink_names.len();
-    let mut pending: VecDeque<(u64, Vec<Checkpoint>, u64)> = VecDeque::new();
+    // Per batch not yet committed: number, positions, events, and events per (sandbox, hour).
+    type Pending = (u64, Vec<Checkpoint>, u64, Vec<(String, i64, u64)>);
+    let mut pending: VecDeque<Pending> = VecDeque::new();
     let mut acked: Vec<u64> = vec![0; sink_count];
     let mut states: Vec<VecDeque<(u64, Vec<StateEntry>)>> = vec![VecDeque::new(); sink_count];
     let mut tick = tokio::time::interval(interval);
@@ -1231,8 +1257,8 @@ async fn checkpointer_task(
         // Commit on the tick (not per message): one transaction per interval, whatever the rate.
         let (due, closed) = tokio::select! {
             m = rx.recv() => match m {
-                Some(CkMsg::Batch { number, positions, events }) => {
-                    pending.push_back((number, positions, events));
+                Some(CkMsg::Batch { number, positions, events, hours }) => {
+                    pending.push_back((number, positions, events, hours));
                     (false, false)
                 }
                 Some(CkMsg::Ack { sink, through, state }) => {
@@ -1249,7 +1275,7 @@ async fn checkpointer_task(
             _ = tick.tick() => (true, false),
         };
         let watermark = acked.iter().copied().min().unwrap_or(0);
-        let ready = pending.front().is_some_and(|(n, _, _)| *n <= watermark)
+        let ready = pending.front().is_some_and(|(n, _, _, _)| *n <= watermark)
             || states
                 .iter()
                 .any(|q| q.front().is_some_and(|(n, _)| *n <= watermark));
@@ -1257,12 +1283,16 @@ async fn checkpointer_task(
             let mut positions: HashMap<String, Checkpoint> = HashMap::new();
             let mut events = 0;
             let mut taken = 0;
-            for (n, ps, ev) in pending.iter() {
+            let mut hour_counts: HashMap<(String, i64), u64> = HashMap::new();
+            for (n, ps, ev, hs) in pending.iter() {
                 if *n > watermark {
                     break;
                 }
                 for p in ps {
                     positions.insert(p.resource_id.clone(), p.clone());
+                }
+                for (rid, hour, c) in hs {
+                    *hour_counts.entry((rid.clone(), *hour)).or_default() += c;
                 }
                 events += ev;
                 taken += 1;
@@ -1294,6 +1324,7 @@ async fn checkpointer_task(
             let commit = Commit {
                 positions: positions.into_values().collect(),
                 sink_state,
+                hours: hour_counts.into_iter().map(|((r, h), c)| (r, h, c)).collect(),
             };
             match store.commit(&pipeline, &stream, commit).await {
                 Ok(()) => {

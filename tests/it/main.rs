@@ -12,6 +12,7 @@ mod jobs;
 mod kafka;
 mod metrics;
 mod process;
+mod reconcile;
 #[cfg(feature = "s3")]
 mod s3;
 mod shards;

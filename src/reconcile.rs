@@ -1,0 +1,376 @@
+//! Reconciliation (`auditship reconcile`): compare what was shipped with what the API holds for
+//! a window, hour by hour, and ship again only what is missing.
+//!
+//! Three counts per (sandbox, hour of `inserted_at`):
+//! - the API's: every event the list endpoint returns for the window;
+//! - the ledger's: events the checkpoint passed, counted in the same transaction
+//!   (`shipped_hours`);
+//! - each file sink's: the events found in its files, compared by id with what that sink should
+//!   hold (the API's events after the pipeline's transforms and the sink's route), so a gap
+//!   punched into an archive is found, and filled with exactly the missing events.
+//!
+//! Missing events are shipped through the pipeline itself (a backfill of the affected hours that
+//! keeps only the missing ids), so transforms, routes and the checkpoint rules all apply. Other
+//! sinks get those events too (at least once). Without a readable archive, an hour where the API
+//! holds more than the ledger is shipped whole.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use auditship_sink::Event;
+use futures_util::StreamExt;
+
+use crate::checkpoint::{hour_of, Store};
+use crate::client::{format_time, Filters, StartAt};
+use crate::config::{Pipeline, SinkConfig};
+use crate::pipeline::{self, Mode, PipelineError, RunOptions, Window};
+use crate::transform::Outcome;
+
+/// One hour that does not add up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HourDiff {
+    /// The sandbox.
+    pub resource_id: String,
+    /// The hour's start, µs since the Unix epoch.
+    pub hour_us: i64,
+    /// Events the API holds.
+    pub api: u64,
+    /// Events the ledger says were shipped.
+    pub ledger: u64,
+    /// Per file sink: events it should hold that its files lack.
+    pub missing: BTreeMap<String, u64>,
+}
+
+/// What a reconciliation found and did.
+#[derive(Debug, Default)]
+pub struct Report {
+    /// (sandbox, hour) pairs compared.
+    pub hours_checked: usize,
+    /// Events the API holds in the window.
+    pub api_events: u64,
+    /// Hours that differ.
+    pub diffs: Vec<HourDiff>,
+    /// File sinks whose files could not be compared (their events are reshaped, so they carry
+    /// no top-level `id`), with why.
+    pub not_comparable: BTreeMap<String, String>,
+    /// Events shipped again (0 in a dry run).
+    pub reshipped: u64,
+    /// Whether the re-shipping finished (true when there was nothing to ship).
+    pub complete: bool,
+}
+
+/// A sandbox and the start of an hour (µs).
+type SandboxHour = (String, i64);
+
+/// One API event, as reconciliation needs it.
+struct ApiEvent {
+    event: Event,
+    hour_us: i64,
+}
+
+/// Compare the window `[since_us, until_us]` for `sandboxes` (empty: the pipeline's), and
+/// unless `dry_run`, ship what is missing.
+pub async fn reconcile(
+    p: &Pipeline,
+    since_us: i64,
+    until_us: i64,
+    sandboxes: &[String],
+    dry_run: bool,
+) -> Result<Report, PipelineError> {
+    let client = pipeline::client_for(p)?;
+    let sandboxes: Vec<String> = if sandboxes.is_empty() {
+        p.sandboxes.clone()
+    } else {
+        sandboxes.to_vec()
+    };
+    let mut report = Report::default();
+
+    // The API's events, by sandbox.
+    let mut api: BTreeMap<String, Vec<ApiEvent>> = BTreeMap::new();
+    for rid in &sandboxes {
+        let audit = client.sandbox(rid.as_str()).audit();
+        let filters = Filters {
+            until: Some(format_time(until_us)),
+            ..Default::default()
+        };
+        let mut stream = std::pin::pin!(audit.list_from(filters, StartAt::Time(since_us), p.page_limit));
+        let mut events = Vec::new();
+        while let Some(item) = stream.next().await {
+            let e = match item {
+                Ok(e) => e,
+                Err(crate::client::Error::Decode { .. }) => continue,
+                Err(source) => {
+                    return Err(PipelineError::Source {
+                        resource_id: rid.clone(),
+                        source,
+                    })
+                }
+            };
+            let cursor = e.cursor_us();
+            let time = e.time_us();
+            let id = e.id_arc().clone();
+            events.push(ApiEvent {
+                hour_us: hour_of(cursor.or(time).unwrap_or(0)),
+                event: Event {
+                    id,
+                    resource_id: Arc::from(rid.as_str()),
+                    cursor_us: cursor,
+                    cursor_span: e.cursor_span(),
+                    time_us: time,
+                    seq: events.len() as u64,
+                    raw: e.into_raw(),
+                },
+            });
+        }
+        report.api_events += events.len() as u64;
+        api.insert(rid.clone(), events);
+    }
+
+    let ledger = if p.checkpoint_path.exists() {
+        Store::open(&p.checkpoint_path)?
+            .shipped_hours(&p.name, since_us, until_us)
+            .await?
+    } else {
+        BTreeMap::new()
+    };
+
+    // What each file sink holds, by id, and what it should hold.
+    let wanted: HashSet<&str> = sandboxes.iter().map(String::as_str).collect();
+    let mut archive_missing: BTreeMap<SandboxHour, BTreeMap<String, Vec<Arc<str>>>> = BTreeMap::new();
+    for (name, cfg) in &p.sinks {
+        let SinkConfig::File(f) = cfg else { continue };
+        let base = match auditship_sink_file::PathTemplate::parse(&f.path) {
+            Ok(t) => t.base().to_path_buf(),
+            Err(e) => {
+                report.not_comparable.insert(name.clone(), e);
+                continue;
+            }
+        };
+        let held = match read_archive_ids(&base, &wanted) {
+            Ok(h) => h,
+            Err(e) => {
+                report
+                    .not_comparable
+                    .insert(name.clone(), format!("reading {}: {e}", base.display()));
+                continue;
+            }
+        };
+        let route = p.routes.get(name).cloned().unwrap_or_default();
+        let mut pipeline_chain = p.transforms.start();
+        let mut sink_chain = route.chain.start();
+        let mut expected_any = false;
+        let mut shaped = false;
+        for (rid, events) in &api {
+            for a in events {
+                let first = if route.pipeline_transforms {
+                    pipeline_chain.apply(&a.event)
+                } else {
+                    Outcome::Keep(a.event.clone())
+                };
+                let Outcome::Keep(t) = first else { continue };
+                let Outcome::Keep(out) = sink_chain.apply(&t) else {
+                    continue;
+                };
+                expected_any = true;
+                if !has_top_level_id(&out.raw, &a.event.id) {
+                    shaped = true;
+                    continue;
+                }
+                if !held.contains(&*a.event.id) {
+                    archive_missing
+                        .entry((rid.clone(), a.hour_us))
+                        .or_default()
+                        .entry(name.clone())
+                        .or_default()
+                        .push(a.event.id.clone());
+                }
+            }
+        }
+        if shaped && expected_any {
+            report.not_comparable.insert(
+                name.clone(),
+                "its transforms reshape events (no top-level `id` to compare); the ledger is used".into(),
+            );
+            archive_missing.values_mut().for_each(|m| {
+                m.remove(name);
+            });
+        }
+    }
+    let comparable_archive = p
+        .sinks
+        .iter()
+        .any(|(n, c)| matches!(c, SinkConfig::File(_)) && !report.not_comparable.contains_key(n));
+
+    // Hour by hour.
+    let mut api_hours: BTreeMap<(String, i64), Vec<Arc<str>>> = BTreeMap::new();
+    for (rid, events) in &api {
+        for a in events {
+            api_hours
+                .entry((rid.clone(), a.hour_us))
+                .or_default()
+                .push(a.event.id.clone());
+        }
+    }
+    let mut keys: BTreeSet<(String, i64)> = api_hours.keys().cloned().collect();
+    keys.extend(
+        ledger
+            .keys()
+            .filter(|(r, h)| wanted.contains(r.as_str()) && *h <= until_us)
+            .cloned(),
+    );
+    report.hours_checked = keys.len();
+    // What to ship again, per target: a file sink (exactly the ids it lacks), or every sink
+    // (`None`: whole hours the ledger lacks, when no archive can be read back).
+    let mut plans: BTreeMap<Option<String>, Plan> = BTreeMap::new();
+    for key in keys {
+        let ids = api_hours.get(&key).cloned().unwrap_or_default();
+        let api_n = ids.len() as u64;
+        let ledger_n = ledger.get(&key).copied().unwrap_or(0);
+        let missing = archive_missing.remove(&key).unwrap_or_default();
+        if api_n == ledger_n && missing.values().all(Vec::is_empty) {
+            continue;
+        }
+        for (sink, lacking) in &missing {
+            if !lacking.is_empty() {
+                plans.entry(Some(sink.clone())).or_default().add(&key, lacking);
+            }
+        }
+        if !comparable_archive && api_n > ledger_n {
+            plans.entry(None).or_default().add(&key, &ids);
+        }
+        report.diffs.push(HourDiff {
+            resource_id: key.0,
+            hour_us: key.1,
+            api: api_n,
+            ledger: ledger_n,
+            missing: missing.into_iter().map(|(k, v)| (k, v.len() as u64)).collect(),
+        });
+    }
+
+    report.complete = true;
+    if dry_run || plans.is_empty() {
+        return Ok(report);
+    }
+    // Ship the missing events through the pipeline: a backfill of the affected hours that keeps
+    // only those ids, under a stream of its own, into the sink that lacks them (or every sink).
+    for (target, plan) in plans {
+        let mut run_p = p.clone();
+        if let Some(sink) = &target {
+            run_p.sinks.retain(|name, _| name == sink);
+            run_p.routes.retain(|name, _| name == sink);
+        }
+        let window = Window {
+            since_us: plan.first_hour.max(since_us),
+            until_us: Some((plan.last_hour + 3_600_000_000 - 1).min(until_us)),
+            sandboxes: plan.sandboxes.into_iter().collect(),
+            job: Some(format!("reconcile-{}", chrono::Utc::now().timestamp_micros())),
+        };
+        let mut opts = RunOptions::new(Mode::Backfill(window));
+        opts.only_ids = Some(Arc::new(plan.ids.iter().map(|s| s.to_string()).collect()));
+        let run = pipeline::run(&run_p, opts).await?;
+        if !run.complete {
+            report.complete = false;
+            break;
+        }
+        report.reshipped += plan.ids.len() as u64;
+    }
+    if report.complete {
+        // The sinks now hold what the API holds for the hours shipped again: make the ledger say
+        // so (the re-shipping counted its events on top of what was there).
+        let fixed: Vec<(String, i64, u64)> = report
+            .diffs
+            .iter()
+            .filter(|d| !d.missing.is_empty() || d.api > d.ledger)
+            .map(|d| (d.resource_id.clone(), d.hour_us, d.api))
+            .collect();
+        Store::open(&p.checkpoint_path)?
+            .set_shipped_hours(&p.name, fixed)
+            .await?;
+    }
+    Ok(report)
+}
+
+/// Events to ship again into one target.
+#[derive(Default)]
+struct Plan {
+    ids: HashSet<Arc<str>>,
+    sandboxes: BTreeSet<String>,
+    first_hour: i64,
+    last_hour: i64,
+}
+
+impl Plan {
+    fn add(&mut self, key: &(String, i64), ids: &[Arc<str>]) {
+        if self.ids.is_empty() {
+            self.first_hour = key.1;
+            self.last_hour = key.1;
+        }
+        self.first_hour = self.first_hour.min(key.1);
+        self.last_hour = self.last_hour.max(key.1);
+        self.sandboxes.insert(key.0.clone());
+        self.ids.extend(ids.iter().cloned());
+    }
+}
+
+/// Whether `raw` (one output line) has a top-level `id` equal to `id`.
+fn has_top_level_id(raw: &[u8], id: &str) -> bool {
+    crate::transform::raw::Fields::parse(raw)
+        .and_then(|f| f.text("id").map(|(_, t)| t.as_ref() == id))
+        .unwrap_or(false)
+}
+
+/// Every event id in the files under `base` (plain, `.gz` or `.zst` NDJSON) of the sandboxes in
+/// `wanted`.
+fn read_archive_ids(base: &Path, wanted: &HashSet<&str>) -> std::io::Result<HashSet<String>> {
+    let mut ids = HashSet::new();
+    if !base.exists() {
+        return Ok(ids);
+    }
+    let mut files = Vec::new();
+    walk(base, &mut files)?;
+    for f in files {
+        let name = f.to_string_lossy();
+        let mut text = String::new();
+        let file = std::fs::File::open(&f)?;
+        if name.ends_with(".gz") {
+            flate2::read::MultiGzDecoder::new(file).read_to_string(&mut text)?;
+        } else if name.ends_with(".zst") {
+            zstd::stream::read::Decoder::new(file)?.read_to_string(&mut text)?;
+        } else if name.ends_with(".ndjson")
+            || name.ends_with(".jsonl")
+            || name.ends_with(".json")
+            || name.ends_with(".log")
+        {
+            std::io::BufReader::new(file).read_to_string(&mut text)?;
+        } else {
+            continue;
+        }
+        for line in text.lines() {
+            let Some(fields) = crate::transform::raw::Fields::parse(line.as_bytes()) else {
+                continue;
+            };
+            let rid = fields.text("resource_id").map(|(_, t)| t);
+            if rid.as_deref().is_some_and(|r| !wanted.contains(r)) {
+                continue;
+            }
+            if let Some((_, id)) = fields.text("id") {
+                ids.insert(id.into_owned());
+            }
+        }
+    }
+    Ok(ids)
+}
+
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            walk(&path, out)?;
+        } else {
+            out.push(path);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,98 @@
+//! Reconciliation: a gap punched into an archive is found hour by hour and filled with exactly
+//! the missing events; a consistent window reports nothing and ships nothing.
+
+use auditship::sim::SimConfig;
+
+use crate::util::{assert_exactly_once, sim, sim_lines, walk, Workspace};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reconcile_finds_and_fills_a_gap_punched_into_an_archive() {
+    let ids = ["sb-r1", "sb-r2"];
+    let sim = sim(
+        &ids,
+        SimConfig {
+            backlog_per_sandbox: 400,
+            ..SimConfig::default()
+        },
+    )
+    .await;
+    let sinks = r#"
+[sinks.archive]
+type = "file"
+path = "{root}/archive/{resource_id}/{date}.ndjson"
+
+[sinks.rejects]
+type = "file"
+path = "{root}/rejects/{resource_id}.ndjson"
+when = { action = "reject" }
+"#;
+    let ws = Workspace::with_sinks(&sim, &ids, "requests_per_minute = 100000", sinks);
+    let key = sim.api_key().to_string();
+    let out = ws.run(&key, &["backfill", "pipe.toml", "--since", "2d"]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_exactly_once(&ws.archive_lines(), &sim_lines(&sim, &ids));
+
+    let clean = ws.run(&key, &["reconcile", "pipe.toml", "--since", "2d"]);
+    assert_eq!(clean.code, Some(0), "{}", clean.stderr);
+    assert!(clean.stdout.contains("0 hour(s) differ"), "{}", clean.stdout);
+    assert!(clean.stdout.contains("800 events in the API"), "{}", clean.stdout);
+    assert!(
+        clean.stdout.contains("0 event(s) shipped again"),
+        "{}",
+        clean.stdout
+    );
+
+    // Punch a gap: 37 events of sb-r1 vanish from the archive, among them some rejects from
+    // the rejects sink too.
+    let mut files = Vec::new();
+    walk(&ws.path().join("archive/sb-r1"), &mut files);
+    assert_eq!(files.len(), 1);
+    let text = std::fs::read_to_string(&files[0]).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let kept: Vec<&str> = lines
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !(100..137).contains(i))
+        .map(|(_, l)| *l)
+        .collect();
+    std::fs::write(&files[0], kept.join("\n") + "\n").unwrap();
+    let rejects_file = ws.path().join("rejects/sb-r1.ndjson");
+    let rejects = std::fs::read_to_string(&rejects_file).unwrap();
+    let rejects_kept: Vec<&str> = rejects.lines().skip(3).collect();
+    std::fs::write(&rejects_file, rejects_kept.join("\n") + "\n").unwrap();
+    assert_eq!(ws.archive_lines().len(), 800 - 37);
+
+    let dry = ws.run(&key, &["reconcile", "pipe.toml", "--since", "2d", "--dry-run"]);
+    assert_eq!(dry.code, Some(0), "{}", dry.stderr);
+    assert!(dry.stdout.contains("archive: 37"), "{}", dry.stdout);
+    assert!(dry.stdout.contains("rejects: 3"), "{}", dry.stdout);
+    assert!(dry.stdout.contains("sb-r1"), "{}", dry.stdout);
+    assert!(
+        !dry.stdout.contains("sb-r2 "),
+        "only sb-r1 differs: {}",
+        dry.stdout
+    );
+    assert_eq!(ws.archive_lines().len(), 800 - 37, "a dry run ships nothing");
+
+    let fix = ws.run(&key, &["reconcile", "pipe.toml", "--since", "2d"]);
+    assert_eq!(fix.code, Some(0), "{}", fix.stderr);
+    assert!(fix.stdout.contains("event(s) shipped again"), "{}", fix.stdout);
+    // Every event once again: the gap is filled with exactly what was missing.
+    assert_exactly_once(&ws.archive_lines(), &sim_lines(&sim, &ids));
+    let rejects_now: Vec<String> = std::fs::read_to_string(&rejects_file)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    let want_rejects: Vec<String> = sim
+        .events("sb-r1")
+        .iter()
+        .filter(|e| e.json.contains(r#""action":"reject""#))
+        .map(|e| e.json.clone())
+        .collect();
+    assert_exactly_once(&rejects_now, &want_rejects);
+
+    let again = ws.run(&key, &["reconcile", "pipe.toml", "--since", "2d"]);
+    assert_eq!(again.code, Some(0), "{}", again.stderr);
+    assert!(again.stdout.contains("0 hour(s) differ"), "{}", again.stdout);
+}
