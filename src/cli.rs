@@ -549,6 +549,11 @@ fn load_for_run(paths: &[PathBuf], shard: Option<auditship::shard::Shard>) -> an
     }
     if let Some(s) = shard {
         for p in &mut pipelines {
+            if let Some(d) = &mut p.discovery {
+                // Discovered sandboxes are sharded as they are found.
+                d.shard = Some(s);
+                continue;
+            }
             let before = p.sandboxes.len();
             p.sandboxes.retain(|id| s.owns(id));
             tracing::info!(pipeline = %p.name, shard = %s, sandboxes = p.sandboxes.len(), of = before, "sharded");
@@ -556,7 +561,7 @@ fn load_for_run(paths: &[PathBuf], shard: Option<auditship::shard::Shard>) -> an
                 tracing::warn!(pipeline = %p.name, shard = %s, "this shard owns none of the pipeline's sandboxes; it does not run here");
             }
         }
-        pipelines.retain(|p| !p.sandboxes.is_empty());
+        pipelines.retain(|p| !p.sandboxes.is_empty() || p.discovery.is_some());
     }
     // Pipelines run together must not append to the same files (nor share a name, which keys
     // their checkpoints and locks).
@@ -739,7 +744,9 @@ async fn backfill(args: BackfillArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(1));
         }
     };
-    if let Some(s) = shard {
+    if let Some(d) = &mut p.discovery {
+        d.shard = shard;
+    } else if let Some(s) = shard {
         p.sandboxes.retain(|id| s.owns(id));
         if p.sandboxes.is_empty() {
             eprintln!(
@@ -1218,10 +1225,13 @@ fn validate(paths: &[PathBuf]) -> ExitCode {
                     eprintln!("warning: {w}");
                 }
                 println!(
-                    "ok: {} (pipeline {:?}: {} sandbox(es), sinks: {})",
+                    "ok: {} (pipeline {:?}: {}, sinks: {})",
                     path.display(),
                     p.name,
-                    p.sandboxes.len(),
+                    match &p.discovery {
+                        Some(_) => "every sandbox (discovered)".to_string(),
+                        None => format!("{} sandbox(es)", p.sandboxes.len()),
+                    },
                     p.sinks.keys().cloned().collect::<Vec<_>>().join(", ")
                 );
             }

@@ -103,8 +103,18 @@ pub struct SourceConfig {
     /// Sent as `X-MIOSA-Tenant`.
     #[serde(default)]
     pub tenant: Option<String>,
-    /// Sandbox ids to follow.
-    pub sandboxes: Spanned<Vec<String>>,
+    /// Sandbox ids to follow, or `"all"`: every sandbox the key can see, found by listing them
+    /// every `discover_interval_ms` (new ones are followed, deleted ones left).
+    pub sandboxes: Spanned<SandboxList>,
+    /// With `sandboxes = "all"`: follow only ids matching one of these globs (`*`, `?`).
+    #[serde(default)]
+    pub include: Vec<String>,
+    /// With `sandboxes = "all"`: never follow ids matching one of these globs.
+    #[serde(default)]
+    pub exclude: Vec<String>,
+    /// With `sandboxes = "all"`: how often the sandbox list is read.
+    #[serde(default = "default_discover_interval_ms")]
+    pub discover_interval_ms: u64,
     /// `auto` (socket, polling while it cannot be had), `websocket` or `poll`.
     #[serde(default)]
     pub transport: Transport,
@@ -164,6 +174,95 @@ impl OrgPoll {
             OrgPoll::Never => false,
         }
     }
+}
+
+/// A minute: new sandboxes are followed within a minute, at one request a minute.
+fn default_discover_interval_ms() -> u64 {
+    60_000
+}
+
+/// `sandboxes`: a list of ids, or `"all"`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SandboxList {
+    /// These ids.
+    Ids(Vec<String>),
+    /// Every sandbox the key can see, discovered.
+    All,
+}
+
+impl<'de> Deserialize<'de> for SandboxList {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = SandboxList;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a list of sandbox ids, or \"all\"")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<SandboxList, E> {
+                if s == "all" {
+                    Ok(SandboxList::All)
+                } else {
+                    Err(E::custom(format!(
+                        "sandboxes = {s:?}: write a list of ids, e.g. [\"{s}\"], or \"all\" to follow every sandbox"
+                    )))
+                }
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<SandboxList, A::Error> {
+                let mut ids = Vec::new();
+                while let Some(id) = seq.next_element::<String>()? {
+                    ids.push(id);
+                }
+                Ok(SandboxList::Ids(ids))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// `sandboxes = "all"`: which discovered sandboxes a pipeline follows, and how often it looks.
+#[derive(Clone, Debug)]
+pub struct Discovery {
+    /// Globs an id must match one of (none: every id).
+    pub include: Vec<String>,
+    /// Globs no id may match.
+    pub exclude: Vec<String>,
+    /// How often the list is read.
+    pub interval: Duration,
+    /// Only this shard's sandboxes (set by `run --shard`).
+    pub shard: Option<crate::shard::Shard>,
+}
+
+impl Discovery {
+    /// Whether a discovered sandbox is followed.
+    pub fn follows(&self, id: &str) -> bool {
+        (self.include.is_empty() || self.include.iter().any(|g| glob_match(g, id)))
+            && !self.exclude.iter().any(|g| glob_match(g, id))
+            && self.shard.is_none_or(|s| s.owns(id))
+    }
+}
+
+/// `*` matches any run of characters, `?` any one; everything else itself.
+pub fn glob_match(glob: &str, text: &str) -> bool {
+    let (g, t): (Vec<char>, Vec<char>) = (glob.chars().collect(), text.chars().collect());
+    // Classic two-pointer match with backtracking to the last `*`.
+    let (mut gi, mut ti) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        if gi < g.len() && (g[gi] == '?' || g[gi] == t[ti]) {
+            gi += 1;
+            ti += 1;
+        } else if gi < g.len() && g[gi] == '*' {
+            star = Some((gi, ti));
+            gi += 1;
+        } else if let Some((sg, st)) = star {
+            gi = sg + 1;
+            ti = st + 1;
+            star = Some((sg, st + 1));
+        } else {
+            return false;
+        }
+    }
+    g[gi..].iter().all(|c| *c == '*')
 }
 
 /// The SDKs' documented default.
@@ -361,8 +460,10 @@ pub struct Pipeline {
     pub api_key: Option<ApiKey>,
     /// `X-MIOSA-Tenant`.
     pub tenant: Option<String>,
-    /// Sandboxes to follow.
+    /// Sandboxes to follow (empty with discovery: see `discovery`).
     pub sandboxes: Vec<String>,
+    /// `sandboxes = "all"`: discovered sandboxes, filtered.
+    pub discovery: Option<Discovery>,
     /// Transport.
     pub transport: Transport,
     /// Where new sandboxes begin.
@@ -706,12 +807,44 @@ pub fn parse(path: &Path, text: &str, mode: LoadMode) -> Result<Pipeline, Config
         },
     }
 
-    let sandboxes = src.sandboxes.get_ref().clone();
-    if sandboxes.is_empty() {
+    let (sandboxes, discovery) = match src.sandboxes.get_ref() {
+        SandboxList::Ids(ids) => {
+            if !src.include.is_empty() || !src.exclude.is_empty() {
+                err(
+                    &mut errors,
+                    src.sandboxes.span(),
+                    "include and exclude filter discovered sandboxes; they need sandboxes = \"all\"".into(),
+                );
+            }
+            (ids.clone(), None)
+        }
+        SandboxList::All => {
+            if src.discover_interval_ms < 1_000 {
+                err(
+                    &mut errors,
+                    0..0,
+                    format!(
+                        "discover_interval_ms = {} is too small; use at least 1000",
+                        src.discover_interval_ms
+                    ),
+                );
+            }
+            (
+                Vec::new(),
+                Some(Discovery {
+                    include: src.include.clone(),
+                    exclude: src.exclude.clone(),
+                    interval: Duration::from_millis(src.discover_interval_ms),
+                    shard: None,
+                }),
+            )
+        }
+    };
+    if sandboxes.is_empty() && discovery.is_none() {
         err(
             &mut errors,
             src.sandboxes.span(),
-            "sandboxes is empty; list the sandbox ids to follow".into(),
+            "sandboxes is empty; list the sandbox ids to follow, or write sandboxes = \"all\"".into(),
         );
     }
     let mut seen = std::collections::HashSet::new();
@@ -1015,6 +1148,7 @@ pub fn parse(path: &Path, text: &str, mode: LoadMode) -> Result<Pipeline, Config
         api_key,
         tenant: src.tenant.clone(),
         sandboxes,
+        discovery,
         transport: src.transport,
         start,
         poll_interval: Duration::from_millis(src.poll_interval_ms),
@@ -1301,6 +1435,50 @@ compression = "zstd"
                 .starts_with("p.toml:19:1: transforms[1] (filter): when: a condition is a table"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn sandboxes_all_discovers_with_globs_and_mistakes_are_named() {
+        let text = GOOD.replace(
+            r#"sandboxes = ["sb-1", "sb/2"]"#,
+            "sandboxes = \"all\"\ninclude = [\"sb-prod-*\"]\nexclude = [\"*-canary\"]",
+        );
+        let p = parse(Path::new("p.toml"), &text, LoadMode::Validate).unwrap();
+        let d = p.discovery.expect("discovery");
+        assert!(p.sandboxes.is_empty());
+        assert!(d.follows("sb-prod-7"));
+        assert!(!d.follows("sb-prod-7-canary"));
+        assert!(!d.follows("sb-dev-1"));
+        for (line, want) in [
+            ("sandboxes = \"every\"", "or \"all\" to follow every sandbox"),
+            ("sandboxes = []", "write sandboxes = \"all\""),
+        ] {
+            let text = GOOD.replace(r#"sandboxes = ["sb-1", "sb/2"]"#, line);
+            let e = parse(Path::new("p.toml"), &text, LoadMode::Validate).unwrap_err();
+            assert!(e.to_string().contains(want), "{line}: {e}");
+        }
+        let text = GOOD.replace(
+            r#"sandboxes = ["sb-1", "sb/2"]"#,
+            "sandboxes = [\"a\"]\ninclude = [\"a*\"]",
+        );
+        let e = parse(Path::new("p.toml"), &text, LoadMode::Validate).unwrap_err();
+        assert!(e.to_string().contains("need sandboxes = \"all\""), "{e}");
+    }
+
+    #[test]
+    fn globs() {
+        for (g, t, want) in [
+            ("*", "", true),
+            ("sb-*", "sb-1", true),
+            ("sb-?", "sb-12", false),
+            ("*-canary", "a-b-canary", true),
+            ("a*b*c", "axxbyyc", true),
+            ("a*b*c", "axxbyy", false),
+            ("exact", "exact", true),
+            ("exact", "exactly", false),
+        ] {
+            assert_eq!(glob_match(g, t), want, "{g} ~ {t}");
+        }
     }
 
     #[test]

@@ -424,8 +424,9 @@ pub async fn run(p: &Pipeline, opts: RunOptions) -> Result<RunReport, PipelineEr
         sinks.push((name.clone(), sink));
     }
 
-    let sandboxes: Vec<String> = match &opts.mode {
-        Mode::Backfill(w) if !w.sandboxes.is_empty() => w.sandboxes.clone(),
+    let mut sandboxes: Vec<String> = match (&opts.mode, &p.discovery) {
+        (Mode::Backfill(w), _) if !w.sandboxes.is_empty() => w.sandboxes.clone(),
+        (_, Some(d)) => discover(&client, d).await?,
         _ => p.sandboxes.clone(),
     };
     let (fatal_tx, mut fatal_rx) = mpsc::unbounded_channel::<PipelineError>();
@@ -503,43 +504,32 @@ pub async fn run(p: &Pipeline, opts: RunOptions) -> Result<RunReport, PipelineEr
         && p.org_poll.applies(sandboxes.len()))
     .then(|| crate::client::OrgPoller::start(client.clone(), p.poll_interval, p.page_limit, p.dedupe_window));
     let mut sources = JoinSet::new();
+    let spawner = Spawner {
+        client: &client,
+        p,
+        mode: &opts.mode,
+        loaded: &loaded,
+        org_poller: &org_poller,
+        tx: &src_tx,
+    };
+    // Per followed sandbox, its own stop (discovery stops sandboxes that leave the list).
+    let mut active: HashMap<String, CancellationToken> = HashMap::new();
     for rid in &sandboxes {
-        let start = start_for(
-            loaded.get(rid),
-            match &opts.mode {
-                Mode::Live => p.start.clone(),
-                Mode::Backfill(w) => StartAt::Time(w.since_us),
-            },
-        );
-        let kind = match &opts.mode {
-            Mode::Live => SourceKind::Live(TailOptions {
-                poll_interval: p.poll_interval,
-                transport: p.transport,
-                start,
-                page_limit: p.page_limit,
-                dedupe_window: p.dedupe_window,
-                socket_retry_max: p.socket_retry_max,
-                org_poller: org_poller.clone(),
-                ..TailOptions::default()
-            }),
-            Mode::Backfill(w) => SourceKind::Window {
-                start,
-                until: Some(format_time(
-                    w.until_us
-                        .unwrap_or_else(|| chrono::Utc::now().timestamp_micros()),
-                )),
-                page_limit: p.page_limit,
-            },
-        };
-        sources.spawn(source::run(
-            client.clone(),
-            Arc::from(rid.as_str()),
-            kind,
-            src_tx.clone(),
-            sources_stop.clone(),
-        ));
+        let stop = sources_stop.child_token();
+        spawner.spawn(&mut sources, rid, stop.clone());
+        active.insert(rid.clone(), stop);
     }
-    drop(src_tx);
+    let discovering = p.discovery.is_some() && matches!(opts.mode, Mode::Live);
+    let (disc_tx, mut disc_rx) = mpsc::channel::<Vec<String>>(1);
+    let discovery_task = match (&p.discovery, discovering) {
+        (Some(d), true) => Some(tokio::spawn(discovery_loop(
+            client.clone(),
+            d.clone(),
+            disc_tx,
+            fatal_tx.clone(),
+        ))),
+        _ => None,
+    };
     opts.progress
         .sandboxes
         .store(sandboxes.len() as u64, Ordering::Relaxed);
@@ -554,7 +544,8 @@ pub async fn run(p: &Pipeline, opts: RunOptions) -> Result<RunReport, PipelineEr
     };
     let mut fatal: Option<PipelineError> = None;
     let mut finished_sources = 0usize;
-    let total_sources = sandboxes.len();
+    let mut total_sources = sandboxes.len();
+    let mut ever: std::collections::HashSet<String> = sandboxes.iter().cloned().collect();
     loop {
         tokio::select! {
             _ = opts.shutdown.cancelled() => {
@@ -569,14 +560,45 @@ pub async fn run(p: &Pipeline, opts: RunOptions) -> Result<RunReport, PipelineEr
             joined = sources.join_next(), if finished_sources < total_sources => {
                 finished_sources += 1;
                 if let Some(Ok(r)) = joined {
+                    active.remove(&*r.resource_id);
                     record_source(&mut report, r, &mut fatal);
                 }
-                if fatal.is_some() || finished_sources == total_sources {
+                if fatal.is_some() || (!discovering && finished_sources == total_sources) {
                     break;
                 }
             }
+            Some(listed) = disc_rx.recv(), if discovering => {
+                let now: std::collections::HashSet<&String> = listed.iter().collect();
+                for rid in &listed {
+                    // A sandbox is followed once per run: one that left the list and came back
+                    // is followed again after a restart (its in-flight events must commit first).
+                    if ever.insert(rid.clone()) {
+                        tracing::info!(pipeline = %p.name, resource_id = %rid, "discovered a new sandbox; following it");
+                        let stop = sources_stop.child_token();
+                        spawner.spawn(&mut sources, rid, stop.clone());
+                        active.insert(rid.clone(), stop);
+                        sandboxes.push(rid.clone());
+                        total_sources += 1;
+                    }
+                }
+                let gone: Vec<String> = active.keys().filter(|k| !now.contains(k)).cloned().collect();
+                for rid in gone {
+                    if let Some(stop) = active.remove(&rid) {
+                        tracing::info!(pipeline = %p.name, resource_id = %rid, "sandbox left the sandbox list; stopped following it (its checkpoint stays)");
+                        report.stopped.insert(rid, "left the sandbox list".into());
+                        stop.cancel();
+                    }
+                }
+                opts.progress.sandboxes.store(active.len() as u64, Ordering::Relaxed);
+            }
         }
     }
+    if let Some(t) = discovery_task {
+        t.abort();
+    }
+    drop(disc_rx);
+    drop(spawner);
+    drop(src_tx);
 
     // Drain: stop sources; the batcher closes its last batch when their channel closes, sinks
     // flush it, the checkpointer commits what every sink acknowledged.
@@ -622,7 +644,11 @@ pub async fn run(p: &Pipeline, opts: RunOptions) -> Result<RunReport, PipelineEr
         return Err(e);
     }
 
-    if matches!(opts.mode, Mode::Live) && !opts.shutdown.is_cancelled() && finished_sources == total_sources {
+    if matches!(opts.mode, Mode::Live)
+        && !discovering
+        && !opts.shutdown.is_cancelled()
+        && finished_sources == total_sources
+    {
         // A live pipeline whose every sandbox stopped (all deleted, say) has nothing left to do;
         // exiting non-zero tells the supervisor, and the reasons tell the operator.
         let reasons: Vec<String> = report
@@ -678,10 +704,10 @@ pub async fn count_window(p: &Pipeline, w: &Window) -> Result<DryRun, PipelineEr
     } else {
         HashMap::new()
     };
-    let sandboxes = if w.sandboxes.is_empty() {
-        p.sandboxes.clone()
-    } else {
-        w.sandboxes.clone()
+    let sandboxes = match (&p.discovery, w.sandboxes.is_empty()) {
+        (_, false) => w.sandboxes.clone(),
+        (Some(d), true) => discover(&client, d).await?,
+        (None, true) => p.sandboxes.clone(),
     };
     let until = format_time(
         w.until_us
@@ -752,6 +778,99 @@ pub async fn count_window(p: &Pipeline, w: &Window) -> Result<DryRun, PipelineEr
         }
     }
     Ok(out)
+}
+
+/// What starting a source needs.
+struct Spawner<'a> {
+    client: &'a Client,
+    p: &'a Pipeline,
+    mode: &'a Mode,
+    loaded: &'a HashMap<String, Checkpoint>,
+    org_poller: &'a Option<crate::client::OrgPoller>,
+    tx: &'a mpsc::Sender<SourceMsg>,
+}
+
+impl Spawner<'_> {
+    fn spawn(&self, sources: &mut JoinSet<source::SourceReport>, rid: &str, stop: CancellationToken) {
+        let p = self.p;
+        let start = start_for(
+            self.loaded.get(rid),
+            match self.mode {
+                Mode::Live => p.start.clone(),
+                Mode::Backfill(w) => StartAt::Time(w.since_us),
+            },
+        );
+        let kind = match self.mode {
+            Mode::Live => SourceKind::Live(TailOptions {
+                poll_interval: p.poll_interval,
+                transport: p.transport,
+                start,
+                page_limit: p.page_limit,
+                dedupe_window: p.dedupe_window,
+                socket_retry_max: p.socket_retry_max,
+                org_poller: self.org_poller.clone(),
+                ..TailOptions::default()
+            }),
+            Mode::Backfill(w) => SourceKind::Window {
+                start,
+                until: Some(format_time(
+                    w.until_us
+                        .unwrap_or_else(|| chrono::Utc::now().timestamp_micros()),
+                )),
+                page_limit: p.page_limit,
+            },
+        };
+        sources.spawn(source::run(
+            self.client.clone(),
+            Arc::from(rid),
+            kind,
+            self.tx.clone(),
+            stop,
+        ));
+    }
+}
+
+/// The sandboxes discovery follows now.
+pub(crate) async fn discover(
+    client: &Client,
+    d: &crate::config::Discovery,
+) -> Result<Vec<String>, PipelineError> {
+    Ok(client
+        .sandboxes()
+        .await?
+        .into_iter()
+        .map(|s| s.id)
+        .filter(|id| d.follows(id))
+        .collect())
+}
+
+/// Read the sandbox list every `d.interval` and send what discovery follows. A refused key is
+/// fatal; other failures are logged and tried at the next interval.
+async fn discovery_loop(
+    client: Client,
+    d: crate::config::Discovery,
+    tx: mpsc::Sender<Vec<String>>,
+    fatal: mpsc::UnboundedSender<PipelineError>,
+) {
+    loop {
+        tokio::time::sleep(d.interval).await;
+        match discover(&client, &d).await {
+            Ok(ids) => {
+                if tx.send(ids).await.is_err() {
+                    return;
+                }
+            }
+            Err(PipelineError::Client(e))
+                if !e.is_retryable() && !matches!(e, crate::client::Error::Decode { .. }) =>
+            {
+                let _ = fatal.send(PipelineError::Client(e));
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the sandbox list failed; trying again at the next interval")
+            }
+        }
+    }
 }
 
 /// Where a sandbox's source begins: its committed position, else `fresh`.

@@ -80,10 +80,10 @@ pub async fn reconcile(
     dry_run: bool,
 ) -> Result<Report, PipelineError> {
     let client = pipeline::client_for(p)?;
-    let sandboxes: Vec<String> = if sandboxes.is_empty() {
-        p.sandboxes.clone()
-    } else {
-        sandboxes.to_vec()
+    let sandboxes: Vec<String> = match (&p.discovery, sandboxes.is_empty()) {
+        (_, false) => sandboxes.to_vec(),
+        (Some(d), true) => pipeline::discover(&client, d).await?,
+        (None, true) => p.sandboxes.clone(),
     };
     let mut report = Report::default();
 

@@ -198,8 +198,8 @@ struct SimSandbox {
 
 struct SimState {
     config: SimConfig,
-    sandboxes: HashMap<String, Arc<SimSandbox>>,
-    order: Vec<String>,
+    /// The fleet: sandboxes can be added and removed while the simulator runs.
+    fleet: std::sync::RwLock<Fleet>,
     requests: AtomicU64,
     frames_garbage: AtomicU64,
     open_sockets: AtomicU64,
@@ -323,34 +323,75 @@ fn spell_time(format: TimeFormat, us: i64) -> String {
     }
 }
 
+/// The sandboxes a simulator serves, in creation order; removed ones keep their events (for
+/// the tests' accounting) but answer 404.
+#[derive(Default)]
+struct Fleet {
+    by_id: HashMap<String, Arc<SimSandbox>>,
+    order: Vec<String>,
+    removed: std::collections::HashSet<String>,
+}
+
+impl Fleet {
+    fn add(&mut self, id: &str, config: &SimConfig) -> Arc<SimSandbox> {
+        let (tx, _) = broadcast::channel(config.socket_buffer_events.max(16));
+        let sb = Arc::new(SimSandbox {
+            id: id.to_string(),
+            salt: splitmix(self.order.len() as u64 ^ 0xA0D1_7000),
+            data: Mutex::new(SandboxData::default()),
+            tx,
+        });
+        self.by_id.insert(id.to_string(), sb.clone());
+        self.order.push(id.to_string());
+        sb
+    }
+}
+
+impl SimState {
+    fn fleet(&self) -> std::sync::RwLockReadGuard<'_, Fleet> {
+        self.fleet.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A sandbox that exists now.
+    fn sandbox(&self, id: &str) -> Option<Arc<SimSandbox>> {
+        let f = self.fleet();
+        f.by_id.get(id).filter(|_| !f.removed.contains(id)).cloned()
+    }
+
+    /// The sandboxes that exist now, in creation order.
+    fn live_sandboxes(&self) -> Vec<Arc<SimSandbox>> {
+        let f = self.fleet();
+        f.order
+            .iter()
+            .filter(|id| !f.removed.contains(*id))
+            .filter_map(|id| f.by_id.get(id).cloned())
+            .collect()
+    }
+
+    /// Every sandbox ever, removed ones too.
+    fn every_sandbox(&self) -> Vec<Arc<SimSandbox>> {
+        let f = self.fleet();
+        f.order.iter().filter_map(|id| f.by_id.get(id).cloned()).collect()
+    }
+}
+
 impl Simulator {
     /// Start serving on 127.0.0.1.
     pub async fn start(config: SimConfig) -> std::io::Result<Simulator> {
-        let mut sandboxes = HashMap::new();
-        for (i, id) in config.sandboxes.iter().enumerate() {
-            let (tx, _) = broadcast::channel(config.socket_buffer_events.max(16));
-            sandboxes.insert(
-                id.clone(),
-                Arc::new(SimSandbox {
-                    id: id.clone(),
-                    salt: splitmix(i as u64 ^ 0xA0D1_7000),
-                    data: Mutex::new(SandboxData::default()),
-                    tx,
-                }),
-            );
-        }
+        let mut fleet = Fleet::default();
+        let sandboxes: Vec<Arc<SimSandbox>> =
+            config.sandboxes.iter().map(|id| fleet.add(id, &config)).collect();
         // The backlog: past events 1 ms apart, ending an hour ago.
         let start =
             chrono::Utc::now().timestamp_micros() - 3_600_000_000 - config.backlog_per_sandbox as i64 * 1_000;
-        for sb in sandboxes.values() {
+        for sb in &sandboxes {
             for k in 0..config.backlog_per_sandbox {
                 sb.append(&config, Some(start + k as i64 * 1_000));
             }
         }
         let state = Arc::new(SimState {
-            order: config.sandboxes.clone(),
             config,
-            sandboxes,
+            fleet: std::sync::RwLock::new(fleet),
             requests: AtomicU64::new(0),
             frames_garbage: AtomicU64::new(0),
             open_sockets: AtomicU64::new(0),
@@ -402,27 +443,47 @@ impl Simulator {
 
     /// Append `n` events to `sandbox` now (stored and pushed to open sockets).
     pub fn append(&self, sandbox: &str, n: usize) {
-        if let Some(sb) = self.state.sandboxes.get(sandbox) {
+        if let Some(sb) = self.state.sandbox(sandbox) {
             for _ in 0..n {
                 sb.append(&self.state.config, None);
             }
         }
     }
 
+    /// Create a sandbox now (no backlog; live events from now on, and the given `backlog`).
+    pub fn add_sandbox(&self, id: &str, backlog: usize) {
+        let sb = {
+            let mut f = self.state.fleet.write().unwrap_or_else(|e| e.into_inner());
+            f.removed.remove(id);
+            match f.by_id.get(id).cloned() {
+                Some(sb) => sb,
+                None => f.add(id, &self.state.config),
+            }
+        };
+        for _ in 0..backlog {
+            sb.append(&self.state.config, None);
+        }
+    }
+
+    /// Delete a sandbox: it leaves the sandbox list, and its audit endpoints answer 404 (its
+    /// events stay countable by [`Simulator::events`]).
+    pub fn remove_sandbox(&self, id: &str) {
+        let mut f = self.state.fleet.write().unwrap_or_else(|e| e.into_inner());
+        f.removed.insert(id.to_string());
+    }
+
     /// Every event of `sandbox`, in insertion order.
     pub fn events(&self, sandbox: &str) -> Vec<Arc<SimEvent>> {
-        self.state
-            .sandboxes
-            .get(sandbox)
-            .map(|sb| sb.data.lock().unwrap_or_else(|e| e.into_inner()).events.clone())
+        let sb = self.state.fleet().by_id.get(sandbox).cloned();
+        sb.map(|sb| sb.data.lock().unwrap_or_else(|e| e.into_inner()).events.clone())
             .unwrap_or_default()
     }
 
     /// Events of every sandbox.
     pub fn total_events(&self) -> usize {
         self.state
-            .sandboxes
-            .values()
+            .every_sandbox()
+            .iter()
             .map(|sb| sb.data.lock().unwrap_or_else(|e| e.into_inner()).events.len())
             .sum()
     }
@@ -482,10 +543,8 @@ async fn generate_live(state: Arc<SimState>, stop: CancellationToken) {
                 state.live_done.store(true, Ordering::Relaxed);
                 return;
             }
-            for id in &state.order {
-                if let Some(sb) = state.sandboxes.get(id) {
-                    sb.append(&state.config, None);
-                }
+            for sb in state.live_sandboxes() {
+                sb.append(&state.config, None);
             }
             made += 1;
         }
@@ -602,8 +661,8 @@ async fn list_handler(
     let resource_filter = query
         .get("resource_id")
         .filter(|_| !state.config.ignore_resource_filter);
-    let targets: Vec<&Arc<SimSandbox>> = match resource_filter {
-        Some(rid) => match state.sandboxes.get(rid) {
+    let targets: Vec<Arc<SimSandbox>> = match resource_filter {
+        Some(rid) => match state.sandbox(rid) {
             Some(sb) => vec![sb],
             None => {
                 return json_response(
@@ -612,11 +671,7 @@ async fn list_handler(
                 )
             }
         },
-        None => state
-            .order
-            .iter()
-            .filter_map(|id| state.sandboxes.get(id))
-            .collect(),
+        None => state.live_sandboxes(),
     };
     for sb in targets {
         let d = sb.data.lock().unwrap_or_else(|e| e.into_inner());
@@ -696,7 +751,7 @@ async fn get_handler(
     if let Some(resp) = precheck(&state, &headers, &query) {
         return resp;
     }
-    for sb in state.sandboxes.values() {
+    for sb in state.every_sandbox() {
         let d = sb.data.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(e) = d.events.iter().find(|e| e.id == id) {
             let body = match state.requests.load(Ordering::Relaxed) % 3 {
@@ -722,9 +777,9 @@ async fn sandboxes_handler(
         return resp;
     }
     let items: Vec<serde_json::Value> = state
-        .order
+        .live_sandboxes()
         .iter()
-        .map(|id| serde_json::json!({"id": id, "status": "running", "template_type": "miosa-sandbox"}))
+        .map(|sb| serde_json::json!({"id": sb.id, "status": "running", "template_type": "miosa-sandbox"}))
         .collect();
     json_response(StatusCode::OK, serde_json::json!({ "data": items }).to_string())
 }
@@ -740,7 +795,7 @@ async fn socket_handler(
     if !authorized(&state, &headers, &query) {
         return (StatusCode::UNAUTHORIZED, "invalid token").into_response();
     }
-    let Some(sb) = state.sandboxes.get(&rid).cloned() else {
+    let Some(sb) = state.sandbox(&rid) else {
         return (StatusCode::NOT_FOUND, "no such sandbox").into_response();
     };
     if state.config.no_socket.contains(&rid) {

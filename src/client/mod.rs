@@ -165,6 +165,15 @@ impl Backoff {
     }
 }
 
+/// A sandbox in the sandbox list.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SandboxInfo {
+    /// Its id (what events carry as `resource_id`).
+    pub id: String,
+    /// `creating`, `running`, `stopped`…, when the server says.
+    pub status: Option<String>,
+}
+
 /// Builds a [`Client`]. Every setting but the key has a default.
 ///
 /// ```
@@ -601,6 +610,99 @@ impl Client {
             .get_retrying(&path, &[], &format!("audit event {event_id}"), &self.inner.retry)
             .await?;
         event::decode_single(body)
+    }
+
+    /// Every sandbox the key can see: `GET {base}/sandboxes`, or, where a server has no such
+    /// route (404), `GET {base}/computers?template_type=miosa-sandbox`. Accepts a bare array or
+    /// one under `data`, `sandboxes`, `computers` or `items`, each element an object with `id`;
+    /// follows `next_cursor`, or `page`/`page_size`/`total`. Computers of another
+    /// `template_type` are left out.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # use auditship::sim::{SimConfig, Simulator};
+    /// # let sim = Simulator::start(SimConfig { sandboxes: vec!["sb-123".into(), "sb-456".into()], ..SimConfig::default() }).await?;
+    /// # let client = auditship::client::Client::builder().base_url(sim.base_url()).api_key(auditship::secret::ApiKey::new(sim.api_key())).build()?;
+    /// let ids: Vec<String> = client.sandboxes().await?.into_iter().map(|s| s.id).collect();
+    /// assert_eq!(ids, ["sb-123", "sb-456"]);
+    /// # Ok(()) }
+    /// ```
+    pub async fn sandboxes(&self) -> Result<Vec<SandboxInfo>, Error> {
+        match self.sandboxes_at("/sandboxes", &[]).await {
+            Err(Error::NotFound { .. }) => {
+                self.sandboxes_at("/computers", &[("template_type", "miosa-sandbox".to_string())])
+                    .await
+            }
+            other => other,
+        }
+    }
+
+    async fn sandboxes_at(
+        &self,
+        path: &str,
+        base_query: &[(&str, String)],
+    ) -> Result<Vec<SandboxInfo>, Error> {
+        let mut out = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        let mut cursor: Option<String> = None;
+        let mut page: u64 = 1;
+        for _ in 0..10_000 {
+            let mut query: Vec<(&str, String)> = base_query.to_vec();
+            query.push(("limit", "100".into()));
+            match &cursor {
+                Some(c) => query.push(("cursor", c.clone())),
+                None if page > 1 => query.push(("page", page.to_string())),
+                None => {}
+            }
+            let body = self
+                .get_retrying(path, &query, "the sandbox list", &self.inner.retry)
+                .await?;
+            let v: serde_json::Value = serde_json::from_slice(&body).map_err(|e| Error::Decode {
+                what: "sandbox list".into(),
+                message: e.to_string(),
+                raw: Some(body.clone()),
+            })?;
+            let items = match &v {
+                serde_json::Value::Array(a) => a.clone(),
+                serde_json::Value::Object(m) => ["data", "sandboxes", "computers", "items"]
+                    .iter()
+                    .find_map(|k| m.get(*k).and_then(|x| x.as_array()).cloned())
+                    .unwrap_or_default(),
+                _ => Vec::new(),
+            };
+            let mut added = 0;
+            for item in &items {
+                let Some(id) = item.get("id").and_then(|x| x.as_str()) else {
+                    continue;
+                };
+                let template = item.get("template_type").and_then(|x| x.as_str());
+                if template.is_some_and(|t| t != "miosa-sandbox") {
+                    continue;
+                }
+                if seen.insert(id.to_string()) {
+                    added += 1;
+                    out.push(SandboxInfo {
+                        id: id.to_string(),
+                        status: item.get("status").and_then(|x| x.as_str()).map(str::to_string),
+                    });
+                }
+            }
+            let next_cursor = v.get("next_cursor").and_then(|x| x.as_str()).map(str::to_string);
+            let has_more = v.get("has_more").and_then(|x| x.as_bool());
+            let paged = v.get("page").and_then(|p| {
+                let n = p.get("page")?.as_u64()?;
+                let size = p.get("page_size")?.as_u64()?;
+                let total = p.get("total")?.as_u64()?;
+                Some(n * size < total)
+            });
+            match (next_cursor, has_more, paged) {
+                (Some(c), _, _) if added > 0 || cursor.as_deref() != Some(c.as_str()) => cursor = Some(c),
+                (None, Some(true), _) | (None, _, Some(true)) if added > 0 => page += 1,
+                _ => return Ok(out),
+            }
+        }
+        Ok(out)
     }
 
     /// The retry policy for `list`/`get`.

@@ -6,6 +6,7 @@
 
 mod client;
 mod config;
+mod discovery;
 mod fallback;
 mod jobs;
 #[cfg(feature = "kafka")]
