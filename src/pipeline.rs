@@ -597,7 +597,6 @@ pub async fn run(p: &Pipeline, opts: RunOptions) -> Result<RunReport, PipelineEr
         t.abort();
     }
     drop(disc_rx);
-    drop(spawner);
     drop(src_tx);
 
     // Drain: stop sources; the batcher closes its last batch when their channel closes, sinks
