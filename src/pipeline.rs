@@ -503,6 +503,10 @@ pub async fn run(p: &Pipeline, opts: RunOptions) -> Result<RunReport, PipelineEr
         && p.transport != crate::client::Transport::WebSocket
         && p.org_poll.applies(sandboxes.len()))
     .then(|| crate::client::OrgPoller::start(client.clone(), p.poll_interval, p.page_limit, p.dedupe_window));
+    // With a shared poll, socket attempts are shared too: one probe every 30 s while they fail.
+    let socket_gate = org_poller
+        .as_ref()
+        .map(|_| crate::client::SocketGate::new(Duration::from_secs(30)));
     let mut sources = JoinSet::new();
     let spawner = Spawner {
         client: &client,
@@ -510,6 +514,7 @@ pub async fn run(p: &Pipeline, opts: RunOptions) -> Result<RunReport, PipelineEr
         mode: &opts.mode,
         loaded: &loaded,
         org_poller: &org_poller,
+        socket_gate: &socket_gate,
         tx: &src_tx,
     };
     // Per followed sandbox, its own stop (discovery stops sandboxes that leave the list).
@@ -786,6 +791,7 @@ struct Spawner<'a> {
     mode: &'a Mode,
     loaded: &'a HashMap<String, Checkpoint>,
     org_poller: &'a Option<crate::client::OrgPoller>,
+    socket_gate: &'a Option<crate::client::SocketGate>,
     tx: &'a mpsc::Sender<SourceMsg>,
 }
 
@@ -808,6 +814,7 @@ impl Spawner<'_> {
                 dedupe_window: p.dedupe_window,
                 socket_retry_max: p.socket_retry_max,
                 org_poller: self.org_poller.clone(),
+                socket_gate: self.socket_gate.clone(),
                 ..TailOptions::default()
             }),
             Mode::Backfill(w) => SourceKind::Window {
@@ -969,17 +976,15 @@ impl Batcher {
             })
             .collect();
         let count = self.events.len() as u64;
-        let mut hours: Vec<(String, i64, u64)> = Vec::new();
+        let mut by_hour: HashMap<(&Arc<str>, i64), u64> = HashMap::new();
         for e in &self.events {
             let hour = crate::checkpoint::hour_of(e.cursor_us.or(e.time_us).unwrap_or(0));
-            match hours
-                .iter_mut()
-                .find(|(r, h, _)| *h == hour && r.as_str() == &*e.resource_id)
-            {
-                Some(entry) => entry.2 += 1,
-                None => hours.push((e.resource_id.to_string(), hour, 1)),
-            }
+            *by_hour.entry((&e.resource_id, hour)).or_default() += 1;
         }
+        let hours: Vec<(String, i64, u64)> = by_hour
+            .into_iter()
+            .map(|((r, h), n)| (r.to_string(), h, n))
+            .collect();
         let batch = Arc::new(Batch {
             number,
             events: std::mem::take(&mut self.events),

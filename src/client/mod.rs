@@ -43,7 +43,7 @@ use crate::secret::ApiKey;
 
 pub use error::Error;
 pub use event::{format_time, parse_time, AuditEvent, AuditFields, CursorText, Page};
-pub use org::OrgPoller;
+pub use org::{OrgPoller, SocketGate};
 pub use ratelimit::RateLimiter;
 pub use tail::{ActiveTransport, Position, StartAt, Tail, TailOptions, Transport};
 

@@ -162,3 +162,67 @@ async fn run(
         tokio::time::sleep(interval).await;
     }
 }
+
+/// Shared by the tails of a fleet: after several sandboxes in a row fail to open their socket,
+/// only one probe a `probe_every` may try (the others keep polling); a probe that succeeds opens
+/// the gate for all. A fleet whose server has no socket endpoint then costs one upgrade request
+/// per probe period instead of one per sandbox per backoff step.
+#[derive(Clone, Debug)]
+pub struct SocketGate {
+    inner: Arc<Mutex<GateState>>,
+    probe_every: Duration,
+}
+
+#[derive(Debug, Default)]
+struct GateState {
+    failures_in_row: u32,
+    closed_until: Option<tokio::time::Instant>,
+}
+
+/// Failures in a row (across the fleet) that close the gate.
+const GATE_AFTER_FAILURES: u32 = 3;
+
+impl SocketGate {
+    /// A gate that lets one probe through every `probe_every` while closed.
+    pub fn new(probe_every: Duration) -> SocketGate {
+        SocketGate {
+            inner: Arc::new(Mutex::new(GateState::default())),
+            probe_every,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, GateState> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether this tail may try its socket now; `Err(wait)`: not before `wait` from now.
+    pub(crate) fn may_try(&self) -> Result<(), Duration> {
+        let now = tokio::time::Instant::now();
+        let mut s = self.lock();
+        match s.closed_until {
+            None => Ok(()),
+            Some(t) if now >= t => {
+                // This tail is the probe; the next one waits a full period.
+                s.closed_until = Some(now + self.probe_every);
+                Ok(())
+            }
+            Some(t) => Err(t - now),
+        }
+    }
+
+    /// A socket attempt failed.
+    pub(crate) fn failed(&self) {
+        let mut s = self.lock();
+        s.failures_in_row = s.failures_in_row.saturating_add(1);
+        if s.failures_in_row >= GATE_AFTER_FAILURES && s.closed_until.is_none() {
+            s.closed_until = Some(tokio::time::Instant::now() + self.probe_every);
+        }
+    }
+
+    /// A socket opened: every tail may try again.
+    pub(crate) fn succeeded(&self) {
+        let mut s = self.lock();
+        s.failures_in_row = 0;
+        s.closed_until = None;
+    }
+}

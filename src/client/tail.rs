@@ -100,6 +100,9 @@ pub struct TailOptions {
     /// On the polling fallback, take events from this org-wide poller (one request per interval
     /// for every tail that shares it) instead of polling the sandbox alone. Default: none.
     pub org_poller: Option<super::OrgPoller>,
+    /// Share socket attempts with other tails: while sockets fail fleet-wide, one probe at a
+    /// time. Default: none (every tail retries on its own backoff).
+    pub socket_gate: Option<super::SocketGate>,
 }
 
 impl Default for TailOptions {
@@ -115,6 +118,7 @@ impl Default for TailOptions {
             buffer: 256,
             catch_up_buffer_frames: 10_000,
             org_poller: None,
+            socket_gate: None,
         }
     }
 }
@@ -622,7 +626,15 @@ impl TailTask {
         let mut next_socket_try = Instant::now();
         let mut on_fallback = false;
         loop {
-            let try_socket = self.options.transport != Transport::Poll && Instant::now() >= next_socket_try;
+            let mut try_socket =
+                self.options.transport != Transport::Poll && Instant::now() >= next_socket_try;
+            if try_socket {
+                if let Some(Err(wait)) = self.options.socket_gate.as_ref().map(|g| g.may_try()) {
+                    // Sockets are failing fleet-wide: another tail probes; keep polling.
+                    next_socket_try = Instant::now() + wait;
+                    try_socket = false;
+                }
+            }
             if try_socket {
                 self.set_status(ActiveTransport::Connecting);
                 let connected = tokio::select! {
@@ -632,6 +644,9 @@ impl TailTask {
                 match connected {
                     Ok(socket) => {
                         socket_backoff.reset();
+                        if let Some(g) = &self.options.socket_gate {
+                            g.succeeded();
+                        }
                         if let (Some(org), Some(_)) = (&self.options.org_poller, self.org_rx.take()) {
                             org.unsubscribe(&self.resource_id);
                         }
@@ -661,6 +676,9 @@ impl TailTask {
                         }
                     }
                     Err(e) => {
+                        if let Some(g) = &self.options.socket_gate {
+                            g.failed();
+                        }
                         let delay = socket_backoff.next_delay();
                         next_socket_try = Instant::now() + delay;
                         if !on_fallback {

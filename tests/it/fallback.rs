@@ -12,6 +12,16 @@ use crate::util::{assert_exactly_once, sim, sim_lines, wait_for, Workspace};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_thousand_sandboxes_on_the_fallback_share_one_poll_per_interval() {
+    fleet_on_the_fallback("poll").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_thousand_sandboxes_without_sockets_probe_sockets_one_at_a_time() {
+    // Transport auto, and no sandbox has a socket: after a few failures, one probe at a time.
+    fleet_on_the_fallback("auto").await;
+}
+
+async fn fleet_on_the_fallback(transport: &str) {
     let ids: Vec<String> = (0..1000).map(|i| format!("sb-fleet-{i:04}")).collect();
     let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
     let sim = sim(
@@ -20,15 +30,16 @@ async fn a_thousand_sandboxes_on_the_fallback_share_one_poll_per_interval() {
             backlog_per_sandbox: 1,
             live_rate_per_sec: 0.5,
             live_events_per_sandbox: Some(5),
+            no_socket: ids.clone(),
             ..SimConfig::default()
         },
     )
     .await;
-    // Polling only, every 500 ms; a budget large enough that the limiter is not what is counted.
+    // Every 500 ms; a budget large enough that the limiter is not what is counted.
     let ws = Workspace::new(
         &sim,
         &refs,
-        "transport = \"poll\"\nrequests_per_minute = 1000000\nstart = \"earliest\"",
+        &format!("transport = \"{transport}\"\nrequests_per_minute = 1000000\nstart = \"earliest\""),
         "",
     );
     let text = std::fs::read_to_string(&ws.pipeline)
