@@ -72,7 +72,22 @@ impl S3Server {
             .spawn()
             .map_err(|e| format!("starting {}: {e}", self.bin.display()))?;
         self.child = Some(child);
-        wait_listening(self.port, "moto_server", Duration::from_secs(30))
+        wait_listening(self.port, "moto_server", Duration::from_secs(30))?;
+        // Listening is not answering: wait until the port speaks S3 (it is moto, and moto is
+        // ready), so a test never mistakes a warming server for a failing one.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if answers_s3(self.port) {
+                return Ok(());
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(format!(
+                    "moto_server on port {} listens but does not answer S3 requests",
+                    self.port
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// The endpoint URL.
@@ -221,4 +236,22 @@ pub fn lines(key: &str, body: &[u8]) -> Result<Vec<String>, String> {
     }
     let text = String::from_utf8(text).map_err(|e| format!("{key}: not UTF-8: {e}"))?;
     Ok(text.lines().map(str::to_string).collect())
+}
+
+/// Whether a plain `GET /` on `port` gets an S3 bucket listing back.
+fn answers_s3(port: u16) -> bool {
+    use std::io::{Read as _, Write as _};
+    let Ok(mut conn) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
+    if conn
+        .write_all(b"GET / HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut body = String::new();
+    let _ = conn.read_to_string(&mut body);
+    body.contains("ListAllMyBucketsResult")
 }

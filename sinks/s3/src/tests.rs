@@ -194,7 +194,7 @@ async fn a_missing_bucket_is_named_at_start() {
     )
     .unwrap();
     let e = sink.prepare().await.unwrap_err();
-    assert!(!e.is_retryable());
+    assert!(!e.is_retryable(), "{e}");
     assert!(e.to_string().contains("\"no-such-bucket\" does not exist"), "{e}");
 
     let c = client(&s.endpoint()).await;
