@@ -565,7 +565,9 @@ pub async fn run(p: &Pipeline, opts: RunOptions) -> Result<RunReport, PipelineEr
             joined = sources.join_next(), if finished_sources < total_sources => {
                 finished_sources += 1;
                 if let Some(Ok(r)) = joined {
-                    active.remove(&*r.resource_id);
+                    if active.remove(&*r.resource_id).is_some() && discovering {
+                        opts.progress.sandboxes.store(active.len() as u64, Ordering::Relaxed);
+                    }
                     record_source(&mut report, r, &mut fatal);
                 }
                 if fatal.is_some() || (!discovering && finished_sources == total_sources) {
