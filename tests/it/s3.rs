@@ -93,7 +93,15 @@ async fn kill_9_at_random_moments_leaves_no_event_in_two_objects() {
     for round in 0..6u64 {
         let child = ws.spawn(&key, &["run", "pipe.toml"]);
         tokio::time::sleep(Duration::from_millis(700 + (round * 337) % 900)).await;
+        if round % 2 == 1 {
+            // Every other round, stall the server first: an object seals (its age bound is
+            // 400 ms), is staged and registered, and its upload hangs, so the kill is sure to
+            // land while it is pending and the next start must finish it.
+            s.pause();
+            tokio::time::sleep(Duration::from_millis(900)).await;
+        }
         signal(&child, libc::SIGKILL);
+        s.resume();
         let out = finish(child, Duration::from_secs(10));
         assert_eq!(out.code, None, "killed by a signal");
         recovered += out
