@@ -895,7 +895,7 @@ async fn backfill(args: BackfillArgs) -> anyhow::Result<ExitCode> {
                     "{} events read, {} shipped and checkpointed, {} dead-lettered",
                     progress.emitted.load(Ordering::Relaxed),
                     progress.committed.load(Ordering::Relaxed),
-                    progress.dead_lettered.load(Ordering::Relaxed)
+                    progress.dead_lettered()
                 ));
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }

@@ -72,14 +72,6 @@ pub static API_RETRIES: Counter = Counter::new();
 pub static FRAMES_RECEIVED: Counter = Counter::new();
 /// Sockets that closed or failed after the handshake.
 pub static SOCKET_DROPS: Counter = Counter::new();
-/// Payloads written to a dead-letter file.
-pub static DEAD_LETTERED: Counter = Counter::new();
-/// Events handed to sinks.
-pub static EVENTS_EMITTED: Counter = Counter::new();
-/// Events dropped by a filter, a sink's route or `dedupe` (they count as delivered).
-pub static EVENTS_DROPPED: Counter = Counter::new();
-/// Events a transform failed on (sent to the dead-letter file).
-pub static TRANSFORM_FAILURES: Counter = Counter::new();
 /// Live tails on their socket.
 pub static TAILS_WEBSOCKET: Gauge = Gauge::new();
 /// Live tails on the polling fallback.
@@ -119,8 +111,6 @@ pub struct PipelineStats {
     pub emitted: AtomicU64,
     /// Events whose checkpoint has committed.
     pub committed: AtomicU64,
-    /// Payloads dead-lettered.
-    pub dead_lettered: AtomicU64,
     /// Events the pipeline's `[[transforms]]` dropped (they count as shipped: nothing is owed).
     pub filtered: AtomicU64,
     /// Dead letters that were not events (unreadable frames).
@@ -142,6 +132,14 @@ pub struct PipelineStats {
 }
 
 impl PipelineStats {
+    /// Payloads dead-lettered, for every reason.
+    pub fn dead_lettered(&self) -> u64 {
+        [&self.dead_not_events, &self.dead_refused, &self.dead_transform]
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .sum()
+    }
+
     /// Counters for a new sink, registered with this pipeline.
     pub fn sink(&self, name: &str) -> Arc<SinkStats> {
         let s = Arc::new(SinkStats {

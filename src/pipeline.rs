@@ -675,7 +675,7 @@ pub async fn run(p: &Pipeline, opts: RunOptions) -> Result<RunReport, PipelineEr
         let before = initial_shipped.get(rid).copied().unwrap_or(0);
         report.shipped.insert(rid.clone(), now.saturating_sub(before));
     }
-    report.dead_lettered = opts.progress.dead_lettered.load(Ordering::Relaxed);
+    report.dead_lettered = opts.progress.dead_lettered();
     report.filtered = opts.progress.filtered.load(Ordering::Relaxed);
     report.complete = matches!(opts.mode, Mode::Backfill(_))
         && drained
@@ -1031,7 +1031,6 @@ impl Batcher {
             }
         }
         self.progress.emitted.fetch_add(count, Ordering::Relaxed);
-        crate::metrics::EVENTS_EMITTED.add(count);
         true
     }
 
@@ -1486,7 +1485,7 @@ async fn checkpointer_task(
                 pipeline = %pipeline,
                 stream = %stream,
                 events_committed = since_status,
-                dead_lettered = progress.dead_lettered.load(Ordering::Relaxed),
+                dead_lettered = progress.dead_lettered(),
                 uncommitted_batches = pending.len(),
                 "status: events shipped and checkpointed in the last minute"
             );
@@ -1556,9 +1555,6 @@ async fn dead_letter_task(
         .await
         .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
         if written.is_ok() {
-            let count = queued.len() as u64;
-            progress.dead_lettered.fetch_add(count, Ordering::Relaxed);
-            crate::metrics::DEAD_LETTERED.add(count);
             for DlMsg { letter: d, .. } in &queued {
                 let kind = match (d.transform, &d.sink) {
                     (true, _) => &progress.dead_transform,

@@ -735,8 +735,8 @@ impl Chain {
     }
 
     /// Run the chain on a batch: the batch to hand on (same number), the events that failed
-    /// with their reasons, and how many were dropped. Counts drops and failures in the process
-    /// metrics.
+    /// with their reasons, and how many were dropped (the caller counts them per pipeline or
+    /// sink).
     pub fn apply_batch(&mut self, batch: &Arc<Batch>) -> Applied {
         if self.is_empty() {
             return Applied {
@@ -755,8 +755,6 @@ impl Chain {
                 Outcome::Fail(reason) => failed.push((e.clone(), reason)),
             }
         }
-        crate::metrics::EVENTS_DROPPED.add(dropped);
-        crate::metrics::TRANSFORM_FAILURES.add(failed.len() as u64);
         Applied {
             batch: Arc::new(Batch {
                 number: batch.number,
