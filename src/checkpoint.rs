@@ -326,25 +326,7 @@ impl Store {
                     kept += 1;
                     continue;
                 }
-                tx.execute(
-                    "INSERT INTO checkpoints (pipeline, stream, resource_id, last_event_id, cursor_us, tie_ids, events_shipped, updated_at_us, cursor_text)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
-                     ON CONFLICT (pipeline, stream, resource_id) DO UPDATE SET
-                       last_event_id = excluded.last_event_id, cursor_us = excluded.cursor_us,
-                       tie_ids = excluded.tie_ids, events_shipped = excluded.events_shipped,
-                       updated_at_us = excluded.updated_at_us, cursor_text = excluded.cursor_text",
-                    params![
-                        pipeline,
-                        stream,
-                        c.resource_id,
-                        c.last_event_id,
-                        c.cursor_us,
-                        serde_json::to_string(&c.tie_ids).unwrap_or_else(|_| "[]".into()),
-                        c.events_shipped as i64,
-                        c.updated_at_us,
-                        c.cursor_text
-                    ],
-                )?;
+                upsert_position(&tx, &pipeline, &stream, &c)?;
                 written += 1;
             }
             tx.commit()?;
@@ -699,30 +681,36 @@ fn load(
     rows.collect()
 }
 
+/// Write one position (a commit's, or an imported one), replacing the row of its sandbox.
+fn upsert_position(conn: &Connection, pipeline: &str, stream: &str, p: &Checkpoint) -> rusqlite::Result<()> {
+    let mut upsert = conn.prepare_cached(
+        "INSERT INTO checkpoints (pipeline, stream, resource_id, last_event_id, cursor_us, tie_ids, events_shipped, updated_at_us, cursor_text)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+         ON CONFLICT (pipeline, stream, resource_id) DO UPDATE SET
+           last_event_id = excluded.last_event_id, cursor_us = excluded.cursor_us,
+           tie_ids = excluded.tie_ids, events_shipped = excluded.events_shipped,
+           updated_at_us = excluded.updated_at_us, cursor_text = excluded.cursor_text",
+    )?;
+    let ties = serde_json::to_string(&p.tie_ids).unwrap_or_else(|_| "[]".into());
+    upsert.execute(params![
+        pipeline,
+        stream,
+        p.resource_id,
+        p.last_event_id,
+        p.cursor_us,
+        ties,
+        p.events_shipped as i64,
+        p.updated_at_us,
+        p.cursor_text
+    ])?;
+    Ok(())
+}
+
 fn apply(conn: &mut Connection, pipeline: &str, stream: &str, commit: &Commit) -> rusqlite::Result<()> {
     let tx = conn.transaction()?;
     {
-        let mut upsert = tx.prepare_cached(
-            "INSERT INTO checkpoints (pipeline, stream, resource_id, last_event_id, cursor_us, tie_ids, events_shipped, updated_at_us, cursor_text)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
-             ON CONFLICT (pipeline, stream, resource_id) DO UPDATE SET
-               last_event_id = excluded.last_event_id, cursor_us = excluded.cursor_us,
-               tie_ids = excluded.tie_ids, events_shipped = excluded.events_shipped,
-               updated_at_us = excluded.updated_at_us, cursor_text = excluded.cursor_text",
-        )?;
         for p in &commit.positions {
-            let ties = serde_json::to_string(&p.tie_ids).unwrap_or_else(|_| "[]".into());
-            upsert.execute(params![
-                pipeline,
-                stream,
-                p.resource_id,
-                p.last_event_id,
-                p.cursor_us,
-                ties,
-                p.events_shipped as i64,
-                p.updated_at_us,
-                p.cursor_text
-            ])?;
+            upsert_position(&tx, pipeline, stream, p)?;
         }
         let mut state = tx.prepare_cached(
             "INSERT INTO sink_state (pipeline, sink, key, value) VALUES (?1, ?2, ?3, ?4)
