@@ -147,7 +147,13 @@ pub async fn reconcile(
                 continue;
             }
         };
-        let held = match read_archive_ids(&base, &wanted, since_us) {
+        // Reading archives back is file I/O of a day's worth of data: off the async workers.
+        let owned: HashSet<String> = wanted.iter().map(|s| s.to_string()).collect();
+        let dir = base.clone();
+        let read = tokio::task::spawn_blocking(move || read_archive_ids(&dir, &owned, since_us))
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
+        let held = match read {
             Ok(h) => h,
             Err(e) => {
                 report
@@ -324,7 +330,11 @@ fn has_top_level_id(raw: &[u8], id: &str) -> bool {
 /// `wanted`. Files last written a day or more before the window began cannot hold its events
 /// (an event is written after it is inserted) and are skipped, so a nightly run reads about a
 /// day of archive, not all of it.
-fn read_archive_ids(base: &Path, wanted: &HashSet<&str>, since_us: i64) -> std::io::Result<HashSet<String>> {
+fn read_archive_ids(
+    base: &Path,
+    wanted: &HashSet<String>,
+    since_us: i64,
+) -> std::io::Result<HashSet<String>> {
     use std::io::BufRead as _;
     let mut ids = HashSet::new();
     if !base.exists() {
