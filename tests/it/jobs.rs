@@ -5,7 +5,10 @@ use std::time::Duration;
 
 use auditship::sim::SimConfig;
 
-use crate::util::{assert_exactly_once, finish, signal, sim, sim_lines, wait_for, Workspace};
+use crate::util::{
+    assert_exactly_once, finish, signal, sim, sim_lines, sim_rejects, wait_for, Workspace,
+    ARCHIVE_AND_REJECTS,
+};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_killed_job_resumes_with_its_own_window_and_a_finished_one_ships_nothing() {
@@ -123,25 +126,11 @@ async fn a_dry_run_counts_per_sandbox_and_per_sink_from_where_the_job_stands() {
         },
     )
     .await;
-    let sinks = r#"
-[sinks.archive]
-type = "file"
-path = "{root}/archive/{resource_id}/{date}.ndjson"
-
-[sinks.siem]
-type = "file"
-path = "{root}/siem.ndjson"
-when = { action = "reject" }
-"#;
-    let ws = Workspace::with_sinks(&sim, &ids, "requests_per_minute = 100000", sinks);
+    let ws = Workspace::with_sinks(&sim, &ids, "requests_per_minute = 100000", ARCHIVE_AND_REJECTS);
     let key = sim.api_key().to_string();
     let out = ws.run(&key, &["backfill", "pipe.toml", "--since", "2d", "--dry-run"]);
     assert_eq!(out.code, Some(0), "stderr: {}", out.stderr);
-    let rejects = ids
-        .iter()
-        .flat_map(|s| sim.events(s))
-        .filter(|e| e.json.contains(r#""action":"reject""#))
-        .count();
+    let rejects = sim_rejects(&sim, &ids).len();
     let row = |name: &str| -> Vec<String> {
         out.stdout
             .lines()

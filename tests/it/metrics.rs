@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use auditship::sim::SimConfig;
 
-use crate::util::{finish, signal, sim, wait_for, Workspace};
+use crate::util::{finish, signal, sim, sim_rejects, wait_for, Workspace, ARCHIVE_AND_REJECTS};
 
 /// `name{labels}` → value, checking the text format on the way: every sample's family is
 /// declared with HELP and TYPE before its samples, and every value is a number.
@@ -62,17 +62,7 @@ async fn metrics_match_what_was_shipped_and_health_turns_ready() {
         },
     )
     .await;
-    let sinks = r#"
-[sinks.archive]
-type = "file"
-path = "{root}/archive/{resource_id}/{date}.ndjson"
-
-[sinks.siem]
-type = "file"
-path = "{root}/siem.ndjson"
-when = { action = "reject" }
-"#;
-    let ws = Workspace::with_sinks(&sim, &ids, "", sinks);
+    let ws = Workspace::with_sinks(&sim, &ids, "", ARCHIVE_AND_REJECTS);
     let port = auditship_sink::testing::free_port().unwrap();
     let addr = format!("127.0.0.1:{port}");
     let child = ws.spawn(key, &["run", "pipe.toml", "--metrics-addr", &addr]);
@@ -118,11 +108,7 @@ when = { action = "reject" }
     );
     let m = parse_prometheus(&text);
     let total = sim.total_events() as f64;
-    let rejects = ids
-        .iter()
-        .flat_map(|s| sim.events(s))
-        .filter(|e| e.json.contains(r#""action":"reject""#))
-        .count() as f64;
+    let rejects = sim_rejects(&sim, &ids).len() as f64;
     let siem_lines = std::fs::read_to_string(ws.path().join("siem.ndjson"))
         .unwrap()
         .lines()

@@ -3,7 +3,7 @@
 
 use auditship::sim::SimConfig;
 
-use crate::util::{assert_exactly_once, sim, sim_lines, walk, Workspace};
+use crate::util::{assert_exactly_once, sim, sim_lines, sim_rejects, walk, Workspace};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn reconcile_finds_and_fills_a_gap_punched_into_an_archive() {
@@ -84,13 +84,7 @@ when = { action = "reject" }
         .lines()
         .map(str::to_string)
         .collect();
-    let want_rejects: Vec<String> = sim
-        .events("sb-r1")
-        .iter()
-        .filter(|e| e.json.contains(r#""action":"reject""#))
-        .map(|e| e.json.clone())
-        .collect();
-    assert_exactly_once(&rejects_now, &want_rejects);
+    assert_exactly_once(&rejects_now, &sim_rejects(&sim, &["sb-r1"]));
 
     let again = ws.run(&key, &["reconcile", "pipe.toml", "--since", "2d"]);
     assert_eq!(again.code, Some(0), "{}", again.stderr);

@@ -292,3 +292,24 @@ pub async fn kill_9_rounds(ws: &Workspace, key: &str, rounds: u64) {
         assert_eq!(out.code, None, "killed by a signal");
     }
 }
+
+/// The simulator's rejected events (`"action":"reject"`) of `sandboxes`, as JSON lines.
+pub fn sim_rejects(sim: &Simulator, sandboxes: &[&str]) -> Vec<String> {
+    sim_lines(sim, sandboxes)
+        .into_iter()
+        .filter(|l| l.contains(r#""action":"reject""#))
+        .collect()
+}
+
+/// Sinks for `Workspace::with_sinks`: an archive of every event, and `siem.ndjson` routed the
+/// rejected events only.
+pub const ARCHIVE_AND_REJECTS: &str = r#"
+[sinks.archive]
+type = "file"
+path = "{root}/archive/{resource_id}/{date}.ndjson"
+
+[sinks.siem]
+type = "file"
+path = "{root}/siem.ndjson"
+when = { action = "reject" }
+"#;
