@@ -257,6 +257,13 @@ struct SimArgs {
     /// API key clients must send (default: msk_sim_demo_key).
     #[arg(long, env = "MIOSA_SIM_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
+    /// Fast mode (benchmarks): render the --live-events of every sandbox up front and push them
+    /// to its socket as fast as it reads (one socket per sandbox; --rate is ignored).
+    #[arg(long, requires = "live_events")]
+    fast: bool,
+    /// Send every frame as a plain text event (default: every frame style in turn).
+    #[arg(long)]
+    plain_frames: bool,
 }
 
 pub fn main() -> ExitCode {
@@ -1396,6 +1403,8 @@ async fn sim(args: SimArgs) -> anyhow::Result<ExitCode> {
         ties: args.ties.max(1),
         list_shape: args.list_shape,
         secret_every_events: args.secret_every,
+        burst: args.fast,
+        mixed_frames: !args.plain_frames,
         ..SimConfig::default()
     };
     if let Some(k) = args.api_key {
@@ -1516,7 +1525,7 @@ async fn demo(dir: &Path) -> anyhow::Result<ExitCode> {
     let made: Vec<String> = sandboxes
         .iter()
         .flat_map(|s| sim.events(s))
-        .map(|e| e.json.clone())
+        .map(|e| e.json.to_string())
         .collect();
     let expected = made.len();
     let missing = made.iter().filter(|j| !archived.contains_key(*j)).count();

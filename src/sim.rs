@@ -11,12 +11,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use futures_util::SinkExt;
 use serde::Deserialize;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
@@ -131,6 +132,11 @@ pub struct SimConfig {
     /// Every Nth event carries a credential in `metadata.authorization` (`Bearer msk_live_…`) and
     /// a `token=` in its path, for redaction tests.
     pub secret_every_events: Option<u64>,
+    /// Fast mode, for benchmarks: every sandbox's `live_events_per_sandbox` live events are
+    /// rendered before the server listens, and its socket receives them as fast as it reads, in
+    /// batched writes. An event becomes listable as it is handed to a socket. Meant for one
+    /// socket per sandbox (a second one would take the rest of the events).
+    pub burst: bool,
 }
 
 impl Default for SimConfig {
@@ -164,6 +170,7 @@ impl Default for SimConfig {
             pad_every_events: None,
             pad_bytes: 0,
             secret_every_events: None,
+            burst: false,
         }
     }
 }
@@ -177,13 +184,15 @@ pub struct SimEvent {
     pub inserted_us: i64,
     /// Its `inserted_at` as written in the JSON.
     pub inserted_text: String,
-    /// Its JSON, one line.
-    pub json: String,
+    /// Its JSON, one line (shared, so a frame or a page never copies it).
+    pub json: Utf8Bytes,
 }
 
 #[derive(Default)]
 struct SandboxData {
     events: Vec<Arc<SimEvent>>,
+    /// Fast mode: rendered events not handed to a socket yet.
+    unsent: std::collections::VecDeque<Arc<SimEvent>>,
     generated: u64,
     last_time: i64,
     in_group: usize,
@@ -236,12 +245,37 @@ impl SimSandbox {
     /// Append one event at `time_hint` (or now), under the lock so the store and the broadcast
     /// agree on order.
     fn append(&self, config: &SimConfig, time_hint: Option<i64>) -> Arc<SimEvent> {
+        let mut d = self.data.lock().unwrap_or_else(|e| e.into_inner());
+        let event = self.render(&mut d, config, time_hint);
+        d.events.push(event.clone());
+        // No receivers is fine: nobody is tailing.
+        let _ = self.tx.send(event.clone());
+        event
+    }
+
+    /// Fast mode: render an event that waits for a socket to take it.
+    fn prepare(&self, config: &SimConfig) {
+        let mut d = self.data.lock().unwrap_or_else(|e| e.into_inner());
+        let event = self.render(&mut d, config, None);
+        d.unsent.push_back(event);
+    }
+
+    /// Fast mode: hand up to `max` prepared events to a socket; they are listable from now on.
+    fn take_unsent(&self, max: usize) -> Vec<Arc<SimEvent>> {
+        let mut d = self.data.lock().unwrap_or_else(|e| e.into_inner());
+        let n = d.unsent.len().min(max);
+        let taken: Vec<Arc<SimEvent>> = d.unsent.drain(..n).collect();
+        d.events.extend(taken.iter().cloned());
+        taken
+    }
+
+    /// The next event of this sandbox (its id, time and JSON), counted but not stored.
+    fn render(&self, d: &mut SandboxData, config: &SimConfig, time_hint: Option<i64>) -> Arc<SimEvent> {
         let ties = config.ties;
         let step = match config.time_format {
             TimeFormat::Micros => 1,
             TimeFormat::MillisOffset => 1_000,
         };
-        let mut d = self.data.lock().unwrap_or_else(|e| e.into_inner());
         let n = d.generated;
         d.generated += 1;
         let now = time_hint.unwrap_or_else(|| chrono::Utc::now().timestamp_micros());
@@ -300,16 +334,12 @@ impl SimSandbox {
             ins = spell_time(config.time_format, time),
             ts = spell_time(config.time_format, time - 1500),
         );
-        let event = Arc::new(SimEvent {
+        Arc::new(SimEvent {
             id,
             inserted_us: time,
             inserted_text: spell_time(config.time_format, time),
-            json,
-        });
-        d.events.push(event.clone());
-        // No receivers is fine: nobody is tailing.
-        let _ = self.tx.send(event.clone());
-        event
+            json: json.into(),
+        })
     }
 }
 
@@ -389,6 +419,13 @@ impl Simulator {
                 sb.append(&config, Some(start + k as i64 * 1_000));
             }
         }
+        if config.burst {
+            for sb in &sandboxes {
+                for _ in 0..config.live_events_per_sandbox.unwrap_or(0) {
+                    sb.prepare(&config);
+                }
+            }
+        }
         let state = Arc::new(SimState {
             config,
             fleet: std::sync::RwLock::new(fleet),
@@ -414,7 +451,7 @@ impl Simulator {
                 tracing::error!(error = %e, "simulator server failed");
             }
         });
-        if state.config.live_rate_per_sec > 0.0 {
+        if state.config.live_rate_per_sec > 0.0 && !state.config.burst {
             tokio::spawn(generate_live(state.clone(), shutdown.clone()));
         } else {
             state.live_done.store(true, Ordering::Relaxed);
@@ -658,6 +695,11 @@ async fn list_handler(
     let action = query.get("action");
     let host = query.get("host");
     let mut matching: Vec<Arc<SimEvent>> = Vec::new();
+    // Only the first `offset + limit + 1` matches of each sandbox can reach this page (each
+    // sandbox's events are in time order), and one past the page says whether there is more:
+    // collecting every match would make paging a large backlog quadratic.
+    let needed = offset + limit + 1;
+    let mut total = 0;
     let resource_filter = query
         .get("resource_id")
         .filter(|_| !state.config.ignore_resource_filter);
@@ -684,24 +726,32 @@ async fn list_handler(
                 _ => 0,
             },
         };
-        for e in &d.events[from..] {
-            let past_until = match (&until_text, lexicographic) {
-                (Some(t), true) => e.inserted_text.as_str() > t.as_str(),
-                _ => until.is_some_and(|u| e.inserted_us > u),
-            };
-            if past_until {
-                break;
-            }
-            let wanted = action.is_none_or(|a| e.json.contains(&format!(r#""action":"{a}""#)))
-                && host.is_none_or(|h| e.json.contains(&format!(r#""host":"{h}""#)));
-            if wanted {
+        let in_window = d.events[from..]
+            .iter()
+            .take_while(|e| match (&until_text, lexicographic) {
+                (Some(t), true) => e.inserted_text.as_str() <= t.as_str(),
+                _ => until.is_none_or(|u| e.inserted_us <= u),
+            });
+        let wanted = |e: &&Arc<SimEvent>| {
+            action.is_none_or(|a| e.json.contains(&format!(r#""action":"{a}""#)))
+                && host.is_none_or(|h| e.json.contains(&format!(r#""host":"{h}""#)))
+        };
+        let mut taken = 0;
+        for e in in_window.filter(wanted) {
+            total += 1;
+            if taken < needed {
                 matching.push(e.clone());
+                taken += 1;
+            } else if state.config.list_shape != ListShape::Items
+                && state.config.list_shape != ListShape::Mixed
+            {
+                // Only the `items` shape reports the total.
+                break;
             }
         }
     }
     matching.sort_by_key(|e| e.inserted_us);
-    let total = matching.len();
-    let end = (offset + limit).min(total);
+    let end = (offset + limit).min(matching.len());
     let mut page: Vec<Arc<SimEvent>> = matching.get(offset..end).map(<[_]>::to_vec).unwrap_or_default();
     if state.config.shuffle_pages {
         // Reverse pairs: a cheap, deterministic disorder.
@@ -711,7 +761,7 @@ async fn list_handler(
     }
     let array = format!(
         "[{}]",
-        page.iter().map(|e| e.json.as_str()).collect::<Vec<_>>().join(",")
+        page.iter().map(|e| &*e.json).collect::<Vec<_>>().join(",")
     );
     let shape = match state.config.list_shape {
         ListShape::Mixed => {
@@ -720,7 +770,7 @@ async fn list_handler(
         }
         s => s,
     };
-    let has_more = end < total;
+    let has_more = end < matching.len();
     let body = match shape {
         ListShape::Bare | ListShape::Mixed => array,
         ListShape::Data => format!(r#"{{"data":{array}}}"#),
@@ -755,7 +805,7 @@ async fn get_handler(
         let d = sb.data.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(e) = d.events.iter().find(|e| e.id == id) {
             let body = match state.requests.load(Ordering::Relaxed) % 3 {
-                0 => e.json.clone(),
+                0 => e.json.to_string(),
                 1 => format!(r#"{{"data":{}}}"#, e.json),
                 _ => format!(r#"{{"event":{}}}"#, e.json),
             };
@@ -820,78 +870,125 @@ async fn socket_handler(
             }
         };
         state.open_sockets.fetch_add(1, Ordering::Relaxed);
-        push_events(state.clone(), socket, rx).await;
+        push_events(state.clone(), sb, socket, rx).await;
         state.open_sockets.fetch_sub(1, Ordering::Relaxed);
     })
 }
 
+/// Most frames written before one flush.
+const FRAMES_PER_FLUSH: usize = 256;
+
+/// Push events to one socket until it closes: in fast mode the sandbox's prepared events, as
+/// fast as the client reads; otherwise what the sandbox's broadcast carries. Frames go out in
+/// batches (one flush per batch): per-frame flushes would make the simulator the bottleneck.
 async fn push_events(
     state: Arc<SimState>,
+    sb: Arc<SimSandbox>,
     mut socket: WebSocket,
     mut rx: broadcast::Receiver<Arc<SimEvent>>,
 ) {
     let mut frames: u64 = 0;
     loop {
-        let event = tokio::select! {
-            e = rx.recv() => e,
-            incoming = socket.recv() => match incoming {
-                // Reading lets axum answer pings; a close or error ends the socket.
-                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
-                Some(Ok(_)) => continue,
-            },
-        };
-        let event = match event {
-            Ok(e) => e,
-            Err(broadcast::error::RecvError::Lagged(_)) => {
-                // A real server drops a consumer that cannot keep up.
-                let _ = socket.send(Message::Close(None)).await;
-                return;
+        let batch = if state.config.burst {
+            let batch = sb.take_unsent(FRAMES_PER_FLUSH);
+            if batch.is_empty() {
+                // Everything is sent: answer pings until the client leaves.
+                match socket.recv().await {
+                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+                    Some(Ok(_)) => continue,
+                }
             }
-            Err(broadcast::error::RecvError::Closed) => return,
-        };
-        if state.config.garbage_ratio > 0.0 && rand::random::<f64>() < state.config.garbage_ratio {
-            state.frames_garbage.fetch_add(1, Ordering::Relaxed);
-            let garbage = if frames.is_multiple_of(2) {
-                "this is not json{"
-            } else {
-                r#"{"no_id":true}"#
-            };
-            if socket.send(Message::Text(garbage.into())).await.is_err() {
-                return;
-            }
-        }
-        if state
-            .config
-            .oversize_every_frames
-            .is_some_and(|n| (frames + 1).is_multiple_of(n))
-        {
-            state.frames_garbage.fetch_add(1, Ordering::Relaxed);
-            let huge = format!(r#"{{"id":"evt_huge","pad":"{}"}}"#, "x".repeat(1_100_000));
-            if socket.send(Message::Text(huge.into())).await.is_err() {
-                return;
-            }
-        }
-        let message = if state.config.mixed_frames {
-            match frames % 4 {
-                0 => Message::Text(event.json.clone().into()),
-                1 => Message::Text(format!(r#"{{"event":{}}}"#, event.json).into()),
-                2 => Message::Text(format!(r#"{{"data":{}}}"#, event.json).into()),
-                _ => Message::Binary(event.json.clone().into_bytes().into()),
-            }
+            batch
         } else {
-            Message::Text(event.json.clone().into())
+            let first = tokio::select! {
+                e = rx.recv() => e,
+                incoming = socket.recv() => match incoming {
+                    // Reading lets axum answer pings; a close or error ends the socket.
+                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+                    Some(Ok(_)) => continue,
+                },
+            };
+            let mut batch = Vec::new();
+            let mut next = first;
+            loop {
+                match next {
+                    Ok(e) => batch.push(e),
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        // A real server drops a consumer that cannot keep up.
+                        let _ = socket.send(Message::Close(None)).await;
+                        return;
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                }
+                if batch.len() >= FRAMES_PER_FLUSH {
+                    break;
+                }
+                next = match rx.try_recv() {
+                    Ok(e) => Ok(e),
+                    Err(broadcast::error::TryRecvError::Lagged(n)) => {
+                        Err(broadcast::error::RecvError::Lagged(n))
+                    }
+                    Err(_empty_or_closed) => break,
+                };
+            }
+            batch
         };
-        if socket.send(message).await.is_err() {
-            return;
+        for event in batch {
+            match feed_event(&state, &mut socket, &event, frames).await {
+                Ok(()) => frames += 1,
+                Err(()) => return,
+            }
+            if state
+                .config
+                .drop_every_frames
+                .is_some_and(|n| frames.is_multiple_of(n))
+            {
+                // Drop without a close frame: the client sees a broken connection.
+                let _ = socket.flush().await;
+                return;
+            }
         }
-        frames += 1;
-        if state
-            .config
-            .drop_every_frames
-            .is_some_and(|n| frames.is_multiple_of(n))
-        {
-            // Drop without a close frame: the client sees a broken connection.
+        if socket.flush().await.is_err() {
             return;
         }
     }
+}
+
+/// Queue one event's frame on `socket` (and the garbage or oversized frame the knobs put
+/// before it). `Err` when the socket is gone.
+async fn feed_event(
+    state: &SimState,
+    socket: &mut WebSocket,
+    event: &SimEvent,
+    frames: u64,
+) -> Result<(), ()> {
+    if state.config.garbage_ratio > 0.0 && rand::random::<f64>() < state.config.garbage_ratio {
+        state.frames_garbage.fetch_add(1, Ordering::Relaxed);
+        let garbage = if frames.is_multiple_of(2) {
+            "this is not json{"
+        } else {
+            r#"{"no_id":true}"#
+        };
+        socket.feed(Message::Text(garbage.into())).await.map_err(drop)?;
+    }
+    if state
+        .config
+        .oversize_every_frames
+        .is_some_and(|n| (frames + 1).is_multiple_of(n))
+    {
+        state.frames_garbage.fetch_add(1, Ordering::Relaxed);
+        let huge = format!(r#"{{"id":"evt_huge","pad":"{}"}}"#, "x".repeat(1_100_000));
+        socket.feed(Message::Text(huge.into())).await.map_err(drop)?;
+    }
+    let message = if state.config.mixed_frames {
+        match frames % 4 {
+            0 => Message::Text(event.json.clone()),
+            1 => Message::Text(format!(r#"{{"event":{}}}"#, &*event.json).into()),
+            2 => Message::Text(format!(r#"{{"data":{}}}"#, &*event.json).into()),
+            _ => Message::Binary(event.json.clone().into()),
+        }
+    } else {
+        Message::Text(event.json.clone())
+    };
+    socket.feed(message).await.map_err(drop)
 }

@@ -135,6 +135,43 @@ async fn tail_yields_every_event_once_in_order_through_drops_and_fallback() {
     }
 }
 
+/// The benchmarks' fast mode: prepared events pushed as fast as the socket reads, listable
+/// once sent, so a tail that loses its socket every few hundred frames still gets each once.
+#[tokio::test(flavor = "multi_thread")]
+async fn fast_mode_pushes_every_prepared_event_once() {
+    let sim = sim(
+        &["sb-fast"],
+        SimConfig {
+            burst: true,
+            live_events_per_sandbox: Some(3_000),
+            drop_every_frames: Some(700),
+            mixed_frames: false,
+            ..SimConfig::default()
+        },
+    )
+    .await;
+    // Nothing is listable before a socket takes it.
+    assert_eq!(sim.events("sb-fast").len(), 0);
+    let c = client(&sim);
+    let mut tail = c.sandbox("sb-fast").audit().tail(TailOptions {
+        start: StartAt::Earliest,
+        ..TailOptions::default()
+    });
+    let mut got = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while got.len() < 3_000 {
+        let item = tokio::time::timeout_at(deadline, tail.next())
+            .await
+            .expect("events keep coming");
+        got.push(item.unwrap().unwrap().id().to_string());
+    }
+    assert_eq!(sim.events("sb-fast").len(), 3_000);
+    assert_in_order_once(&sim, "sb-fast", &got);
+    assert!(tokio::time::timeout(Duration::from_millis(500), tail.next())
+        .await
+        .is_err());
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn dropping_the_tail_closes_its_socket() {
     let sim = sim(

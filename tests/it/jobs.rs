@@ -54,7 +54,7 @@ async fn a_killed_job_resumes_with_its_own_window_and_a_finished_one_ships_nothi
     let archived = ws.archive_lines();
     let first_6000: Vec<String> = ids
         .iter()
-        .flat_map(|s| sim.events(s).into_iter().take(3_000).map(|e| e.json.clone()))
+        .flat_map(|s| sim.events(s).into_iter().take(3_000).map(|e| e.json.to_string()))
         .collect();
     assert_exactly_once(&archived, &first_6000);
 

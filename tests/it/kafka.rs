@@ -35,7 +35,7 @@ fn assert_per_sandbox_order(sim: &Simulator, sandboxes: &[&str], records: &[Reco
     let times: HashMap<String, i64> = sandboxes
         .iter()
         .flat_map(|s| sim.events(s))
-        .map(|e| (e.json.clone(), e.inserted_us))
+        .map(|e| (e.json.to_string(), e.inserted_us))
         .collect();
     for sb in sandboxes {
         let mine: Vec<&Record> = records

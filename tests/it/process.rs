@@ -266,7 +266,11 @@ async fn list_get_tail_and_checkpoints_commands() {
     assert_eq!(out.code, Some(0), "{}", out.stderr);
     assert_eq!(out.stdout.lines().count(), 5);
     let out = ws.run(&key, &["list", "pipe.toml", "--sandbox", "sb/other", "--all"]);
-    let expected: Vec<String> = sim.events("sb/other").iter().map(|e| e.json.clone()).collect();
+    let expected: Vec<String> = sim
+        .events("sb/other")
+        .iter()
+        .map(|e| e.json.to_string())
+        .collect();
     let mut got: Vec<String> = out.stdout.lines().map(str::to_string).collect();
     got.sort();
     let mut want = expected.clone();
@@ -276,7 +280,7 @@ async fn list_get_tail_and_checkpoints_commands() {
     let id = sim.events("sb-cli")[7].id.clone();
     let out = ws.run(&key, &["get", "pipe.toml", &id]);
     assert_eq!(out.code, Some(0), "{}", out.stderr);
-    assert_eq!(out.stdout.trim_end(), sim.events("sb-cli")[7].json);
+    assert_eq!(out.stdout.trim_end(), &*sim.events("sb-cli")[7].json);
 
     let child = ws.spawn(
         &key,

@@ -219,7 +219,7 @@ pub fn sim_lines(sim: &Simulator, sandboxes: &[&str]) -> Vec<String> {
     sandboxes
         .iter()
         .flat_map(|s| sim.events(s))
-        .map(|e| e.json.clone())
+        .map(|e| e.json.to_string())
         .collect()
 }
 
