@@ -10,6 +10,8 @@
 //!   live case includes zstd, gzip, rare checkpoints and transforms.
 //! - `SUITE_EVENTS` (default 1,000,000), `SUITE_SANDBOXES` (100), `SUITE_IDLE` (10,000),
 //!   `SUITE_RATE` (20,000 events/s for the latency case), `SUITE_LATENCY_SECS` (15).
+//! - `SUITE_LIVE`: comma list of the live variants to run (`plain`, `zstd`, `gzip`,
+//!   `plain, rare checkpoints`, `plain, redact + OCSF`; default: all).
 //!
 //! Every `auditship` and simulator runs as its own process (the release binary), so each one's
 //! CPU time and memory are its own; the no-op baselines run in this process.
@@ -465,7 +467,11 @@ fn live_case(rows: &mut Vec<Row>) -> Res<()> {
         ),
     ];
     let mut plain_rate = 0.0;
+    let only = std::env::var("SUITE_LIVE").unwrap_or_default();
     for (name, sink, extra, target) in variants {
+        if !only.is_empty() && !only.split(',').any(|o| o.trim() == name) {
+            continue;
+        }
         let dir = workdir(&format!("live-{}", name.replace([' ', ',', '+'], "")))?;
         let sim = Sim::start(&dir, &sim_args)?;
         let mut toml = pipeline(&sim, sandboxes, "earliest", &sink, "");

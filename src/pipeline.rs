@@ -747,18 +747,39 @@ pub async fn count_window(p: &Pipeline, w: &Window) -> Result<DryRun, PipelineEr
         .map(|(name, r)| (name.clone(), r.pipeline_transforms, r.chain.start()))
         .collect();
     while let Some(msg) = rx.recv().await {
-        let e = match msg {
-            SourceMsg::Event(e) => e,
+        let events = match msg {
+            SourceMsg::Events(events) => events,
             SourceMsg::DeadLetter(_) => {
                 out.not_events += 1;
                 continue;
             }
         };
+        for e in events {
+            out.count(&e, &mut pipeline_chain, &mut routes);
+        }
+    }
+    while let Some(joined) = sources.join_next().await {
+        if let Ok(r) = joined {
+            if let SourceEnd::Fatal(e) = r.end {
+                return Err(PipelineError::Source {
+                    resource_id: r.resource_id.to_string(),
+                    source: e,
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+impl DryRun {
+    /// Count `e` for its sandbox, and for each sink its transforms and route let through.
+    fn count(&mut self, e: &Event, pipeline_chain: &mut Chain, routes: &mut [(String, bool, Chain)]) {
+        let out = self;
         *out.per_sandbox.entry(e.resource_id.to_string()).or_default() += 1;
-        let first = pipeline_chain.apply(&e);
-        for (name, after_pipeline, chain) in &mut routes {
+        let first = pipeline_chain.apply(e);
+        for (name, after_pipeline, chain) in routes.iter_mut() {
             let input = match (&first, *after_pipeline) {
-                (_, false) => &e,
+                (_, false) => e,
                 (crate::transform::Outcome::Keep(t), true) => t,
                 (crate::transform::Outcome::Drop { .. }, true) => continue,
                 (crate::transform::Outcome::Fail(_), true) => {
@@ -773,17 +794,6 @@ pub async fn count_window(p: &Pipeline, w: &Window) -> Result<DryRun, PipelineEr
             }
         }
     }
-    while let Some(joined) = sources.join_next().await {
-        if let Ok(r) = joined {
-            if let SourceEnd::Fatal(e) = r.end {
-                return Err(PipelineError::Source {
-                    resource_id: r.resource_id.to_string(),
-                    source: e,
-                });
-            }
-        }
-    }
-    Ok(out)
 }
 
 /// What starting a source needs.
@@ -1041,14 +1051,16 @@ impl Batcher {
         max_events: usize,
         timeout: Duration,
     ) {
-        let mut deadline = Instant::now() + timeout;
+        // One timer, re-armed when a batch opens (not a timeout per message).
+        let batch_timer = tokio::time::sleep(timeout);
+        tokio::pin!(batch_timer);
         loop {
             let msg = if self.events.is_empty() {
                 rx.recv().await
             } else {
-                match tokio::time::timeout_at(deadline, rx.recv()).await {
-                    Ok(m) => m,
-                    Err(_elapsed) => {
+                tokio::select! {
+                    m = rx.recv() => m,
+                    _ = &mut batch_timer => {
                         if !self.close().await {
                             return;
                         }
@@ -1057,13 +1069,15 @@ impl Batcher {
                 }
             };
             match msg {
-                Some(SourceMsg::Event(e)) => {
-                    if self.events.is_empty() {
-                        deadline = Instant::now() + timeout;
-                    }
-                    self.push(e);
-                    if self.events.len() >= max_events && !self.close().await {
-                        return;
+                Some(SourceMsg::Events(events)) => {
+                    for e in events {
+                        if self.events.is_empty() {
+                            batch_timer.as_mut().reset(tokio::time::Instant::now() + timeout);
+                        }
+                        self.push(e);
+                        if self.events.len() >= max_events && !self.close().await {
+                            return;
+                        }
                     }
                 }
                 Some(SourceMsg::DeadLetter(d)) => {

@@ -11,13 +11,15 @@ use futures_util::StreamExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::client::{ActiveTransport, AuditEvent, Client, Error, Filters, StartAt, Tail, TailOptions};
+use crate::client::{
+    ActiveTransport, AuditEvent, Client, Error, Filters, StartAt, Tail, TailOptions, TailStatus,
+};
 
 /// What a source sends to the pipeline.
 #[derive(Debug)]
 pub enum SourceMsg {
-    /// An event to ship.
-    Event(Event),
+    /// Events to ship, in order (those the source had at hand at once).
+    Events(Vec<Event>),
     /// A payload that is not an event.
     DeadLetter(DeadLetter),
 }
@@ -91,7 +93,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> SourceReport {
     let audit = client.sandbox(&*resource_id).audit();
-    let mut input = match kind {
+    let input = match kind {
         SourceKind::Live(options) => Input::Live(audit.tail(options)),
         SourceKind::Window {
             start,
@@ -107,55 +109,89 @@ pub async fn run(
         ))),
     };
     let mut seq: u64 = 0;
-    let end = loop {
-        let item = tokio::select! {
+    let tail_status = input.status();
+    // Items already at hand travel on together: one send per chunk, not per event.
+    let mut chunks = input.into_stream().ready_chunks(CHUNK);
+    let mut events: Vec<Event> = Vec::new();
+    let end = 'read: loop {
+        let chunk = tokio::select! {
             biased;
             _ = shutdown.cancelled() => break SourceEnd::Stopped,
-            item = input.next() => item,
+            chunk = chunks.next() => chunk,
         };
-        let msg = match item {
-            None => break SourceEnd::Finished,
-            Some(Ok(event)) => {
-                seq += 1;
-                let cursor_us = event.cursor_us();
-                let cursor_span = event.cursor_span();
-                let time_us = event.time_us();
-                let id = event.id_arc().clone();
-                SourceMsg::Event(Event {
-                    raw: event.into_raw(),
-                    id,
+        let Some(chunk) = chunk else {
+            break SourceEnd::Finished;
+        };
+        let mut end = None;
+        for item in chunk {
+            let letter = match item {
+                Ok(event) => {
+                    seq += 1;
+                    let cursor_us = event.cursor_us();
+                    let cursor_span = event.cursor_span();
+                    let time_us = event.time_us();
+                    let id = event.id_arc().clone();
+                    events.push(Event {
+                        raw: event.into_raw(),
+                        id,
+                        resource_id: resource_id.clone(),
+                        cursor_us,
+                        cursor_span,
+                        time_us,
+                        seq,
+                    });
+                    continue;
+                }
+                Err(Error::Decode { what, message, raw }) => DeadLetter {
                     resource_id: resource_id.clone(),
-                    cursor_us,
-                    cursor_span,
-                    time_us,
-                    seq,
-                })
+                    event_id: None,
+                    sink: None,
+                    transform: false,
+                    reason: format!("{what}: {message}"),
+                    raw,
+                },
+                Err(Error::NotFound { .. }) => {
+                    tracing::warn!(resource_id = %resource_id, "sandbox not found (deleted?); no longer following it, its checkpoint is kept");
+                    end = Some(SourceEnd::Deleted);
+                    break;
+                }
+                Err(e) if e.is_retryable() => {
+                    // The stream retries inside; a retryable error here is informational.
+                    tracing::warn!(resource_id = %resource_id, error = %e, "source error; retrying");
+                    continue;
+                }
+                Err(e) => {
+                    end = Some(SourceEnd::Fatal(e));
+                    break;
+                }
+            };
+            // A dead letter keeps its place in the stream: the events before it go first.
+            if !events.is_empty()
+                && tx
+                    .send(SourceMsg::Events(std::mem::take(&mut events)))
+                    .await
+                    .is_err()
+            {
+                break 'read SourceEnd::Stopped;
             }
-            Some(Err(Error::Decode { what, message, raw })) => SourceMsg::DeadLetter(DeadLetter {
-                resource_id: resource_id.clone(),
-                event_id: None,
-                sink: None,
-                transform: false,
-                reason: format!("{what}: {message}"),
-                raw,
-            }),
-            Some(Err(Error::NotFound { .. })) => {
-                tracing::warn!(resource_id = %resource_id, "sandbox not found (deleted?); no longer following it, its checkpoint is kept");
-                break SourceEnd::Deleted;
+            if tx.send(SourceMsg::DeadLetter(letter)).await.is_err() {
+                break 'read SourceEnd::Stopped;
             }
-            Some(Err(e)) if e.is_retryable() => {
-                // The stream retries inside; a retryable error here is informational.
-                tracing::warn!(resource_id = %resource_id, error = %e, "source error; retrying");
-                continue;
-            }
-            Some(Err(e)) => break SourceEnd::Fatal(e),
-        };
-        if tx.send(msg).await.is_err() {
+        }
+        if !events.is_empty()
+            && tx
+                .send(SourceMsg::Events(std::mem::take(&mut events)))
+                .await
+                .is_err()
+        {
             break SourceEnd::Stopped;
+        }
+        if let Some(end) = end {
+            break end;
         }
     };
     SourceReport {
-        transport: input.transport(),
+        transport: tail_status.map(|t| t.get()),
         resource_id,
         end,
         events: seq,
@@ -168,18 +204,22 @@ enum Input {
     Window(BoxStream<'static, Result<AuditEvent, Error>>),
 }
 
+/// Most events per message to the pipeline.
+const CHUNK: usize = 128;
+
 impl Input {
-    async fn next(&mut self) -> Option<Result<AuditEvent, Error>> {
+    /// A handle on the tail's transport that outlives the stream (live sources only).
+    fn status(&self) -> Option<TailStatus> {
         match self {
-            Input::Live(tail) => tail.next().await,
-            Input::Window(stream) => stream.next().await,
+            Input::Live(tail) => Some(tail.status_handle()),
+            Input::Window(_) => None,
         }
     }
 
-    fn transport(&self) -> Option<ActiveTransport> {
+    fn into_stream(self) -> BoxStream<'static, Result<AuditEvent, Error>> {
         match self {
-            Input::Live(tail) => Some(tail.transport()),
-            Input::Window(_) => None,
+            Input::Live(tail) => Box::pin(tail),
+            Input::Window(stream) => stream,
         }
     }
 }

@@ -12,6 +12,7 @@ use chrono::{DateTime, NaiveDateTime, SecondsFormat, Utc};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+use super::scan::scan_object;
 use super::Error;
 
 /// One egress-audit event: the raw JSON exactly as received, plus the fields the client reads.
@@ -255,22 +256,6 @@ impl AuditEvent {
     }
 }
 
-#[derive(Deserialize)]
-struct Head<'a> {
-    #[serde(borrow, default)]
-    id: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    inserted_at: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    timestamp: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    resource_id: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    event: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    data: Option<&'a RawValue>,
-}
-
 /// Parse an RFC 3339 time to microseconds since the Unix epoch.
 ///
 /// ```
@@ -318,8 +303,8 @@ pub fn format_time(us: i64) -> String {
         .to_rfc3339_opts(SecondsFormat::Micros, true)
 }
 
-fn raw_time(raw: Option<&RawValue>) -> Option<i64> {
-    let text = raw?.get();
+fn raw_time(raw: Option<&str>) -> Option<i64> {
+    let text = raw?;
     if text.starts_with('"') {
         let s: Cow<'_, str> = serde_json::from_str(text).ok()?;
         parse_time(&s)
@@ -328,8 +313,7 @@ fn raw_time(raw: Option<&RawValue>) -> Option<i64> {
     }
 }
 
-fn raw_id(raw: &RawValue) -> Result<Arc<str>, String> {
-    let text = raw.get();
+fn raw_id(text: &str) -> Result<Arc<str>, String> {
     match text.as_bytes().first() {
         Some(b'"') => {
             let s: Cow<'_, str> = serde_json::from_str(text).map_err(|e| e.to_string())?;
@@ -343,6 +327,12 @@ fn raw_id(raw: &RawValue) -> Result<Arc<str>, String> {
     }
 }
 
+/// A scanned JSON value as text. The scan checked it is JSON and the caller checked UTF-8
+/// wherever a byte is not ASCII, so this never fails in practice; a failure reads as empty.
+fn as_text(raw: &[u8]) -> &str {
+    std::str::from_utf8(raw).unwrap_or("")
+}
+
 /// Decode an event out of `buf` (a frame, a `get` body, or a list element sliced from a page).
 pub(crate) fn decode_event(buf: Bytes, what: &str) -> Result<AuditEvent, Error> {
     let fail = |message: String, buf: &Bytes| Error::Decode {
@@ -354,37 +344,39 @@ pub(crate) fn decode_event(buf: Bytes, what: &str) -> Result<AuditEvent, Error> 
     if trimmed.first() != Some(&b'{') {
         return Err(fail("not a JSON object".into(), &buf));
     }
-    let head: Head<'_> = serde_json::from_slice(trimmed).map_err(|e| fail(e.to_string(), &buf))?;
+    let head = scan_object(trimmed).map_err(|m| fail(m, &buf))?;
+    if head.non_ascii && std::str::from_utf8(trimmed).is_err() {
+        return Err(fail("not valid UTF-8".into(), &buf));
+    }
     let (object, head) = match head.id {
         Some(_) => (trimmed, head),
         None => {
             let inner = head
                 .event
                 .or(head.data)
-                .filter(|r| r.get().starts_with('{'))
+                .filter(|r| r.starts_with(b"{"))
                 .ok_or_else(|| fail("object has no `id` and no `event`/`data` envelope".into(), &buf))?;
-            let inner_bytes = inner.get().as_bytes();
-            let inner_head: Head<'_> =
-                serde_json::from_slice(inner_bytes).map_err(|e| fail(e.to_string(), &buf))?;
+            // Checked as part of the outer object already; this finds the inner members.
+            let inner_head = scan_object(inner).map_err(|m| fail(m, &buf))?;
             if inner_head.id.is_none() {
                 return Err(fail("enveloped object has no `id`".into(), &buf));
             }
-            (inner_bytes, inner_head)
+            (inner, inner_head)
         }
     };
     let id = match head.id {
-        Some(raw) => raw_id(raw).map_err(|m| fail(m, &buf))?,
+        Some(raw) => raw_id(as_text(raw)).map_err(|m| fail(m, &buf))?,
         None => return Err(fail("object has no `id`".into(), &buf)),
     };
-    let inserted = raw_time(head.inserted_at);
-    let stamped = raw_time(head.timestamp);
+    let inserted = raw_time(head.inserted_at.map(as_text));
+    let stamped = raw_time(head.timestamp.map(as_text));
     let cursor_raw = if inserted.is_some() {
         head.inserted_at
     } else {
         head.timestamp
     };
-    let cursor_span = cursor_raw.and_then(|r| string_span(object, r));
-    let resource_span = head.resource_id.and_then(|r| string_span(object, r));
+    let cursor_span = cursor_raw.and_then(|r| string_span(object, as_text(r)));
+    let resource_span = head.resource_id.and_then(|r| string_span(object, as_text(r)));
     let raw = if memchr::memchr2(b'\n', b'\r', object).is_some() {
         Bytes::from(
             object
@@ -407,8 +399,7 @@ pub(crate) fn decode_event(buf: Bytes, what: &str) -> Result<AuditEvent, Error> 
 
 /// Where the text of a JSON string value stands in `object` (between the quotes), when it is a
 /// plain string with no escapes to undo.
-fn string_span(object: &[u8], value: &RawValue) -> Option<(u32, u32)> {
-    let text = value.get();
+fn string_span(object: &[u8], text: &str) -> Option<(u32, u32)> {
     if !(text.len() >= 2 && text.starts_with('"') && !text.contains('\\')) {
         return None;
     }

@@ -29,6 +29,7 @@ mod error;
 mod event;
 mod org;
 mod ratelimit;
+mod scan;
 mod tail;
 mod ws;
 
@@ -45,7 +46,7 @@ pub use error::Error;
 pub use event::{format_time, parse_time, AuditEvent, AuditFields, CursorText, Page};
 pub use org::{OrgPoller, SocketGate};
 pub use ratelimit::RateLimiter;
-pub use tail::{ActiveTransport, Position, StartAt, Tail, TailOptions, Transport};
+pub use tail::{ActiveTransport, Position, StartAt, Tail, TailOptions, TailStatus, Transport};
 
 /// The default API base URL.
 pub const DEFAULT_BASE_URL: &str = "https://api.miosa.ai/api/v1";

@@ -24,7 +24,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::{SinkExt, Stream, StreamExt};
+use futures_util::{FutureExt, SinkExt, Stream, StreamExt};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -94,8 +94,9 @@ pub struct TailOptions {
     pub ping_after: Duration,
     /// Events handed to the consumer ahead of time. Default 256.
     pub buffer: usize,
-    /// Frames the socket may buffer during a catch-up before it is closed and reopened after
-    /// the catch-up instead. Default 10,000.
+    /// Frames the socket may buffer during a catch-up; beyond them the socket is not read
+    /// until the catch-up ends (TCP holds the rest back, nothing is lost; a server that drops
+    /// a slow reader just makes the tail reconnect and catch up again). Default 2,000.
     pub catch_up_buffer_frames: usize,
     /// On the polling fallback, take events from this org-wide poller (one request per interval
     /// for every tail that shares it) instead of polling the sandbox alone. Default: none.
@@ -116,7 +117,7 @@ impl Default for TailOptions {
             socket_retry_max: Duration::from_secs(300),
             ping_after: Duration::from_secs(30),
             buffer: 256,
-            catch_up_buffer_frames: 10_000,
+            catch_up_buffer_frames: 2_000,
             org_poller: None,
             socket_gate: None,
         }
@@ -154,14 +155,23 @@ impl ActiveTransport {
 /// Retryable failures are retried inside, forever, and logged. Dropping the stream closes the
 /// socket.
 pub struct Tail {
-    rx: mpsc::Receiver<Result<AuditEvent, Error>>,
+    rx: mpsc::Receiver<Vec<TailItem>>,
+    /// The rest of the last chunk received.
+    pending: VecDeque<TailItem>,
     task: JoinHandle<()>,
     status: Arc<AtomicU8>,
 }
 
+/// What a tail yields.
+type TailItem = Result<AuditEvent, Error>;
+
+/// Most items the tail task hands over at once. Frames that are already read are passed on
+/// together: one channel send and one wake-up per chunk instead of per event.
+const CHUNK: usize = 64;
+
 impl Tail {
     pub(crate) fn start(client: Client, resource_id: String, options: TailOptions) -> Tail {
-        let (tx, rx) = mpsc::channel(options.buffer.max(1));
+        let (tx, rx) = mpsc::channel(options.buffer.div_ceil(CHUNK).max(1));
         let status = Arc::new(AtomicU8::new(0));
         // The new tail is connecting (status 0) until it reaches its socket or the fallback.
         crate::metrics::TAILS_CONNECTING.inc();
@@ -178,6 +188,7 @@ impl Tail {
             seen,
             status: status.clone(),
             tx,
+            out: Vec::new(),
             warned_ties: false,
             unswept: None,
             org_rx: None,
@@ -185,6 +196,7 @@ impl Tail {
         };
         Tail {
             rx,
+            pending: VecDeque::new(),
             task: tokio::spawn(task.run()),
             status,
         }
@@ -194,13 +206,39 @@ impl Tail {
     pub fn transport(&self) -> ActiveTransport {
         ActiveTransport::from_u8(self.status.load(Ordering::Relaxed))
     }
+
+    /// A handle that reads [`Tail::transport`] without holding the tail (for a consumer that
+    /// moved the stream into an adapter).
+    pub fn status_handle(&self) -> TailStatus {
+        TailStatus(self.status.clone())
+    }
+}
+
+/// See [`Tail::status_handle`].
+#[derive(Clone, Debug)]
+pub struct TailStatus(Arc<AtomicU8>);
+
+impl TailStatus {
+    /// What the tail is doing now.
+    pub fn get(&self) -> ActiveTransport {
+        ActiveTransport::from_u8(self.0.load(Ordering::Relaxed))
+    }
 }
 
 impl Stream for Tail {
     type Item = Result<AuditEvent, Error>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.rx.poll_recv(cx)
+        loop {
+            if let Some(item) = self.pending.pop_front() {
+                return Poll::Ready(Some(item));
+            }
+            match self.rx.poll_recv(cx) {
+                Poll::Ready(Some(chunk)) => self.pending = VecDeque::from(chunk),
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
     }
 }
 
@@ -332,6 +370,11 @@ impl Pager {
             warned_ties: false,
             ignore_cursor: false,
         }
+    }
+
+    /// The newest cursor time this pager's own pages reached.
+    pub(crate) fn frontier_us(&self) -> Option<i64> {
+        self.frontier.as_ref().map(|f| f.0)
     }
 
     /// Ask the same page again (after a page that did not decode).
@@ -532,6 +575,45 @@ fn belongs(event: &AuditEvent, resource_id: Option<&str>) -> bool {
     }
 }
 
+/// The cursor time of the first event a socket delivered (see [`TailTask::catch_up_to`]),
+/// shared between the listing and the loop that buffers the socket meanwhile.
+#[derive(Default)]
+struct FirstFrame(std::sync::atomic::AtomicI64, std::sync::atomic::AtomicBool);
+
+impl FirstFrame {
+    fn get(&self) -> Option<i64> {
+        self.1
+            .load(Ordering::Acquire)
+            .then(|| self.0.load(Ordering::Relaxed))
+    }
+
+    /// Record `payload`'s cursor time if it is the first event with one.
+    fn observe(&self, payload: &Bytes) {
+        if self.1.load(Ordering::Relaxed) {
+            return;
+        }
+        if let Some(cursor) = decode_event(payload.clone(), "socket frame")
+            .ok()
+            .and_then(|e| e.cursor_us())
+        {
+            self.0.store(cursor, Ordering::Relaxed);
+            self.1.store(true, Ordering::Release);
+        }
+    }
+}
+
+/// [`FirstFrame::observe`] for a socket message.
+fn observe_first(first: &FirstFrame, msg: &Message) {
+    if first.get().is_some() {
+        return;
+    }
+    match msg {
+        Message::Text(t) => first.observe(&Bytes::from(t.clone())),
+        Message::Binary(b) => first.observe(b),
+        _ => {}
+    }
+}
+
 /// How long into the live phase the one-time sweep runs (see `follow_socket`).
 const SWEEP_AFTER: Duration = Duration::from_secs(2);
 
@@ -596,7 +678,9 @@ struct TailTask {
     seen: Seen,
     pager_base: Filters,
     status: Arc<AtomicU8>,
-    tx: mpsc::Sender<Result<AuditEvent, Error>>,
+    tx: mpsc::Sender<Vec<TailItem>>,
+    /// Items not handed over yet (see [`CHUNK`]).
+    out: Vec<TailItem>,
     warned_ties: bool,
     /// Where the last catch-up before a socket ended, while that socket's sweep has not run
     /// (see `follow_socket`): the next listing starts here, whatever came in between.
@@ -782,13 +866,42 @@ impl TailTask {
         }
     }
 
-    async fn send(&self, item: Result<AuditEvent, Error>) -> Result<(), Gone> {
-        self.tx.send(item).await.map_err(|_| Gone)
+    /// Hand `item` over now, with any items gathered before it.
+    async fn send(&mut self, item: TailItem) -> Result<(), Gone> {
+        self.out.push(item);
+        self.flush_out().await
+    }
+
+    /// Gather `item`, handing the gathered items over once they fill a chunk. The caller
+    /// flushes before it waits for anything.
+    async fn gather(&mut self, item: TailItem) -> Result<(), Gone> {
+        self.out.push(item);
+        if self.out.len() >= CHUNK {
+            self.flush_out().await?;
+        }
+        Ok(())
+    }
+
+    /// Hand over every gathered item.
+    async fn flush_out(&mut self) -> Result<(), Gone> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        let chunk = std::mem::replace(&mut self.out, Vec::with_capacity(CHUNK));
+        self.tx.send(chunk).await.map_err(|_| Gone)
     }
 
     /// Drain the list endpoint from the current position (or from `from`, a cursor-time text,
     /// for a sweep). `Err` means stop: the consumer is gone or a fatal error was handed over.
     async fn catch_up(&mut self, from: Option<String>) -> Result<(), Gone> {
+        self.catch_up_to(from, None).await
+    }
+
+    /// [`Self::catch_up`], ending early once the listing has passed `bound` (the cursor time of
+    /// the socket's first event, when one has arrived): every later event reaches us through
+    /// the socket, so listing further would only fetch, for a busy sandbox without end, what
+    /// the socket already holds.
+    async fn catch_up_to(&mut self, from: Option<String>, bound: Option<&FirstFrame>) -> Result<(), Gone> {
         let base = Filters {
             since: from,
             ..self.pager_base.clone()
@@ -807,7 +920,17 @@ impl TailTask {
                         self.send(Err(bad)).await?;
                     }
                     for event in step.events {
-                        self.send(Ok(event)).await?;
+                        self.gather(Ok(event)).await?;
+                    }
+                    self.flush_out().await?;
+                    // Strictly past the bound: every event at the bound's own time (ties
+                    // included) has been listed.
+                    let past = bound
+                        .and_then(FirstFrame::get)
+                        .is_some_and(|b| pager.frontier_us().is_some_and(|f| f > b));
+                    if past {
+                        self.warned_ties = pager.warned_ties;
+                        return Ok(());
                     }
                 }
                 Ok(None) => {
@@ -831,31 +954,34 @@ impl TailTask {
         }
     }
 
-    /// Run a list catch-up while the socket keeps being read into a buffer, then replay the
-    /// buffer. `Ok(())` means the socket is still good to follow live.
+    /// Run a list catch-up while the socket keeps being read into a buffer (up to
+    /// [`TailOptions::catch_up_buffer_frames`]; then the socket waits), then replay the buffer.
+    /// `Ok(())` means the socket is still good to follow live.
     async fn list_while_buffering(
         &mut self,
         socket: &mut ws::Socket,
         from: Option<String>,
+        first: &FirstFrame,
     ) -> Result<(), SocketEnd> {
         let mut buffer: VecDeque<Message> = VecDeque::new();
-        let mut overflowed = false;
+        let mut full = false;
         let mut socket_failed: Option<String> = None;
         let mut oversized = false;
         // The catch-up borrows `self`; the loop below touches only locals and the socket.
         let cap = self.options.catch_up_buffer_frames;
         let key = self.client.key().clone();
         let listed = {
-            let listing = self.catch_up(from);
+            let listing = self.catch_up_to(from, Some(first));
             tokio::pin!(listing);
             loop {
                 tokio::select! {
                     r = &mut listing => break r,
-                    frame = socket.next(), if !overflowed && socket_failed.is_none() => match frame {
+                    frame = socket.next(), if !full && socket_failed.is_none() => match frame {
                         Some(Ok(msg)) => {
+                            observe_first(first, &msg);
                             buffer.push_back(msg);
                             if buffer.len() >= cap {
-                                overflowed = true;
+                                full = true;
                             }
                         }
                         Some(Err(e)) => {
@@ -891,11 +1017,6 @@ impl TailTask {
                 worked: false,
             });
         }
-        if overflowed {
-            let _ = socket.close(None).await;
-            let reason = "catch-up took longer than the socket buffer; catching up again".into();
-            return Err(SocketEnd::Dropped { reason, worked: true });
-        }
         Ok(())
     }
 
@@ -907,9 +1028,19 @@ impl TailTask {
     /// ended (ids already seen are dropped), which closes that window.
     ///
     /// If the socket drops before its sweep, the next catch-up starts from the same point.
-    async fn follow_socket(&mut self, mut socket: ws::Socket) -> SocketEnd {
+    async fn follow_socket(&mut self, socket: ws::Socket) -> SocketEnd {
+        let end = self.follow_socket_inner(socket).await;
+        // Events read before the socket ended are handed over before any reconnect wait.
+        if !matches!(end, SocketEnd::Gone) && self.flush_out().await.is_err() {
+            return SocketEnd::Gone;
+        }
+        end
+    }
+
+    async fn follow_socket_inner(&mut self, mut socket: ws::Socket) -> SocketEnd {
+        let first = FirstFrame::default();
         let from = self.unswept.take();
-        if let Err(end) = self.list_while_buffering(&mut socket, from.clone()).await {
+        if let Err(end) = self.list_while_buffering(&mut socket, from.clone(), &first).await {
             self.unswept = from;
             return end;
         }
@@ -920,13 +1051,38 @@ impl TailTask {
         let ping_after = self.options.ping_after;
         let mut pinged = false;
         let mut worked = false;
+        // One timer for the socket's life, re-armed lazily: a timeout per frame would cost a
+        // timer registration per event.
+        let mut last_frame = Instant::now();
+        let idle = tokio::time::sleep(ping_after);
+        tokio::pin!(idle);
         loop {
+            if self.flush_out().await.is_err() {
+                return SocketEnd::Gone;
+            }
             let frame = tokio::select! {
-                f = tokio::time::timeout(ping_after, socket.next()) => f,
+                f = socket.next() => f,
+                _ = &mut idle => {
+                    if last_frame + ping_after > Instant::now() {
+                        idle.as_mut().reset(last_frame + ping_after);
+                        continue;
+                    }
+                    if pinged {
+                        let reason = format!("no frame or pong for {} s", 2 * ping_after.as_secs());
+                        return SocketEnd::Dropped { reason, worked };
+                    }
+                    pinged = true;
+                    idle.as_mut().reset(Instant::now() + ping_after);
+                    if let Err(e) = socket.send(Message::Ping(Bytes::new())).await {
+                        let reason = self.client.key().redact(&e.to_string());
+                        return SocketEnd::Dropped { reason, worked };
+                    }
+                    continue;
+                }
                 _ = tokio::time::sleep_until(sweep_at), if sweep_pending => {
                     sweep_pending = false;
                     let from = self.unswept.clone();
-                    if let Err(end) = self.list_while_buffering(&mut socket, from).await {
+                    if let Err(end) = self.list_while_buffering(&mut socket, from, &first).await {
                         return end;
                     }
                     self.unswept = None;
@@ -937,34 +1093,50 @@ impl TailTask {
                     return SocketEnd::Gone;
                 }
             };
-            let reason = match frame {
-                Ok(Some(Ok(msg))) => {
-                    pinged = false;
-                    worked |= matches!(msg, Message::Text(_) | Message::Binary(_));
-                    match self.on_message(msg).await {
-                        Ok(None) => continue,
-                        Ok(Some(reason)) => reason,
-                        Err(Gone) => return SocketEnd::Gone,
-                    }
+            last_frame = Instant::now();
+            pinged = false;
+            // Take every frame already read, up to a chunk, before handing events over.
+            let mut next = Some(frame);
+            while let Some(frame) = next.take() {
+                if let Err(end) = self.on_frame(frame, &first, &mut worked).await {
+                    return end;
                 }
-                Ok(Some(Err(e))) => {
-                    if is_oversized(&e) && self.send(Err(oversized_frame())).await.is_err() {
-                        return SocketEnd::Gone;
-                    }
-                    self.client.key().redact(&e.to_string())
+                if self.out.len() < CHUNK {
+                    next = socket.next().now_or_never();
                 }
-                Ok(None) => "closed by the server".into(),
-                Err(_idle) if pinged => format!("no frame or pong for {} s", 2 * ping_after.as_secs()),
-                Err(_idle) => {
-                    pinged = true;
-                    match socket.send(Message::Ping(Bytes::new())).await {
-                        Ok(()) => continue,
-                        Err(e) => self.client.key().redact(&e.to_string()),
-                    }
-                }
-            };
-            return SocketEnd::Dropped { reason, worked };
+            }
         }
+    }
+
+    /// Handle what the socket yielded; `Err` ends the socket.
+    async fn on_frame(
+        &mut self,
+        frame: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>,
+        first: &FirstFrame,
+        worked: &mut bool,
+    ) -> Result<(), SocketEnd> {
+        let reason = match frame {
+            Some(Ok(msg)) => {
+                *worked |= matches!(msg, Message::Text(_) | Message::Binary(_));
+                observe_first(first, &msg);
+                match self.on_message(msg).await {
+                    Ok(None) => return Ok(()),
+                    Ok(Some(reason)) => reason,
+                    Err(Gone) => return Err(SocketEnd::Gone),
+                }
+            }
+            Some(Err(e)) => {
+                if is_oversized(&e) && self.send(Err(oversized_frame())).await.is_err() {
+                    return Err(SocketEnd::Gone);
+                }
+                self.client.key().redact(&e.to_string())
+            }
+            None => "closed by the server".into(),
+        };
+        Err(SocketEnd::Dropped {
+            reason,
+            worked: *worked,
+        })
     }
 
     /// Handle one socket message. `Ok(Some(reason))` means the socket is closing.
@@ -985,10 +1157,10 @@ impl TailTask {
         match decode_event(payload, "socket frame") {
             Ok(event) => {
                 if belongs(&event, Some(&self.resource_id)) && self.seen.insert(&event) {
-                    self.send(Ok(event)).await?;
+                    self.gather(Ok(event)).await?;
                 }
             }
-            Err(e) => self.send(Err(e)).await?,
+            Err(e) => self.gather(Err(e)).await?,
         }
         Ok(None)
     }

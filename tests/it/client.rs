@@ -172,6 +172,46 @@ async fn fast_mode_pushes_every_prepared_event_once() {
         .is_err());
 }
 
+/// A busy sandbox: the catch-up lists only up to the socket's first event and the socket
+/// carries the rest. (Listing until a page adds nothing would chase the sandbox's head,
+/// fetching every event twice and overflowing the catch-up buffer over and over.)
+#[tokio::test(flavor = "multi_thread")]
+async fn catch_up_stops_at_the_sockets_first_event_on_a_busy_sandbox() {
+    let sim = sim(
+        &["sb-busy"],
+        SimConfig {
+            burst: true,
+            live_events_per_sandbox: Some(20_000),
+            mixed_frames: false,
+            ..SimConfig::default()
+        },
+    )
+    .await;
+    let c = client(&sim);
+    let mut tail = c.sandbox("sb-busy").audit().tail(TailOptions {
+        start: StartAt::Earliest,
+        catch_up_buffer_frames: 2_000,
+        ..TailOptions::default()
+    });
+    let mut got = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while got.len() < 20_000 {
+        let item = tokio::time::timeout_at(deadline, tail.next())
+            .await
+            .expect("events keep coming");
+        got.push(item.unwrap().unwrap().id().to_string());
+    }
+    assert_in_order_once(&sim, "sb-busy", &got);
+    // Let the one-time sweep run (2 s into the socket): it too stops past the first event.
+    assert!(tokio::time::timeout(Duration::from_millis(2_500), tail.next())
+        .await
+        .is_err());
+    // The socket, a page or two of catch-up and a page or two of sweep; listing the 20,000
+    // events takes 200 pages.
+    let requests = sim.requests();
+    assert!(requests <= 10, "{requests} requests");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn dropping_the_tail_closes_its_socket() {
     let sim = sim(
