@@ -358,6 +358,14 @@ fn auditship_live(dir: &Path, sim: &Sim, toml: &str, target: u64) -> Res<Through
     }
     let secs = start.elapsed().as_secs_f64();
     let (cpu, peak_mib, sim_cpu) = (run.cpu_secs(), run.mem_mib("VmHWM"), sim.proc.cpu_secs() - cpu0);
+    if let Some(text) = http_get(mport, "/metrics") {
+        eprintln!(
+            "  (API responses {}, socket drops {}, frames {})",
+            metric(&text, "auditship_api_responses_total"),
+            metric(&text, "auditship_socket_drops_total"),
+            metric(&text, "auditship_frames_received_total")
+        );
+    }
     run.stop(Duration::from_secs(20));
     Ok(Throughput {
         events: target,

@@ -461,7 +461,7 @@ pub async fn run(p: &Pipeline, opts: RunOptions) -> Result<RunReport, PipelineEr
         ));
     }
 
-    let running: HashMap<Arc<str>, Running> = loaded
+    let running: HashMap<Arc<str>, Running, foldhash::fast::RandomState> = loaded
         .iter()
         .map(|(rid, c)| (Arc::from(rid.as_str()), Running::from_checkpoint(c)))
         .collect();
@@ -936,7 +936,7 @@ struct Batcher {
     dead_letters: mpsc::Sender<DlMsg>,
     fatal: mpsc::UnboundedSender<PipelineError>,
     ck: mpsc::UnboundedSender<CkMsg>,
-    running: HashMap<Arc<str>, Running>,
+    running: HashMap<Arc<str>, Running, foldhash::fast::RandomState>,
     number: u64,
     events: Vec<Event>,
     /// Sandboxes with an event in the open batch.
@@ -988,7 +988,7 @@ impl Batcher {
             })
             .collect();
         let count = self.events.len() as u64;
-        let mut by_hour: HashMap<(&Arc<str>, i64), u64> = HashMap::new();
+        let mut by_hour: HashMap<(&Arc<str>, i64), u64, foldhash::fast::RandomState> = HashMap::default();
         for e in &self.events {
             let hour = crate::checkpoint::hour_of(e.cursor_us.or(e.time_us).unwrap_or(0));
             *by_hour.entry((&e.resource_id, hour)).or_default() += 1;

@@ -700,6 +700,11 @@ async fn list_handler(
     // collecting every match would make paging a large backlog quadratic.
     let needed = offset + limit + 1;
     let mut total = 0;
+    // Matches before `matching[0]` that were skipped without being collected.
+    let mut skipped = 0;
+    // One sandbox, no content filter: the window is a contiguous run of its events, so the
+    // page is a slice (a large backlog paged by cursor would otherwise cost O(offset) a page).
+    let contiguous = action.is_none() && host.is_none();
     let resource_filter = query
         .get("resource_id")
         .filter(|_| !state.config.ignore_resource_filter);
@@ -715,6 +720,7 @@ async fn list_handler(
         },
         None => state.live_sandboxes(),
     };
+    let single = targets.len() == 1;
     for sb in targets {
         let d = sb.data.lock().unwrap_or_else(|e| e.into_inner());
         let from = match since {
@@ -726,6 +732,18 @@ async fn list_handler(
                 _ => 0,
             },
         };
+        if single && contiguous {
+            let end = from
+                + d.events[from..].partition_point(|e| match (&until_text, lexicographic) {
+                    (Some(t), true) => e.inserted_text.as_str() <= t.as_str(),
+                    _ => until.is_none_or(|u| e.inserted_us <= u),
+                });
+            total = end - from;
+            skipped = offset.min(total);
+            let take_to = (from + offset + limit + 1).min(end);
+            matching.extend(d.events[(from + skipped).min(take_to)..take_to].iter().cloned());
+            continue;
+        }
         let in_window = d.events[from..]
             .iter()
             .take_while(|e| match (&until_text, lexicographic) {
@@ -751,8 +769,12 @@ async fn list_handler(
         }
     }
     matching.sort_by_key(|e| e.inserted_us);
-    let end = (offset + limit).min(matching.len());
-    let mut page: Vec<Arc<SimEvent>> = matching.get(offset..end).map(<[_]>::to_vec).unwrap_or_default();
+    let known = skipped + matching.len();
+    let end = (offset + limit).min(known);
+    let mut page: Vec<Arc<SimEvent>> = matching
+        .get(offset.saturating_sub(skipped)..end.saturating_sub(skipped))
+        .map(<[_]>::to_vec)
+        .unwrap_or_default();
     if state.config.shuffle_pages {
         // Reverse pairs: a cheap, deterministic disorder.
         for pair in page.chunks_mut(2) {
@@ -770,7 +792,7 @@ async fn list_handler(
         }
         s => s,
     };
-    let has_more = end < matching.len();
+    let has_more = end < known;
     let body = match shape {
         ListShape::Bare | ListShape::Mixed => array,
         ListShape::Data => format!(r#"{{"data":{array}}}"#),

@@ -27,12 +27,110 @@ const MAX_DEPTH: usize = 128;
 
 /// Scan `text`, which must be exactly one JSON object (surrounding whitespace allowed).
 pub(crate) fn scan_object(text: &[u8]) -> Result<Members<'_>, String> {
-    let mut s = Scanner {
-        b: text,
-        i: 0,
-        non_ascii: false,
-    };
     let mut m = Members::default();
+    let non_ascii = walk_members(text, false, |name, value| {
+        let slot = match name {
+            b"id" => Some((&mut m.id, "id")),
+            b"inserted_at" => Some((&mut m.inserted_at, "inserted_at")),
+            b"timestamp" => Some((&mut m.timestamp, "timestamp")),
+            b"resource_id" => Some((&mut m.resource_id, "resource_id")),
+            b"event" => Some((&mut m.event, "event")),
+            b"data" => Some((&mut m.data, "data")),
+            _ => None,
+        };
+        fill(slot, value)
+    })?;
+    m.non_ascii = non_ascii;
+    Ok(m)
+}
+
+/// The members of a list response object that matter.
+#[derive(Debug, Default)]
+pub(crate) struct ListMembers<'a> {
+    pub data: Option<&'a [u8]>,
+    pub events: Option<&'a [u8]>,
+    pub audit: Option<&'a [u8]>,
+    pub items: Option<&'a [u8]>,
+    pub next_cursor: Option<&'a [u8]>,
+    pub has_more: Option<&'a [u8]>,
+}
+
+/// Scan a list response object. Arrays and objects inside it are only checked for structure
+/// here (strings, brackets): each element is checked in full when it is decoded as an event.
+pub(crate) fn scan_list_object(text: &[u8]) -> Result<ListMembers<'_>, String> {
+    let mut m = ListMembers::default();
+    walk_members(text, true, |name, value| {
+        let slot = match name {
+            b"data" => Some((&mut m.data, "data")),
+            b"events" => Some((&mut m.events, "events")),
+            b"audit" => Some((&mut m.audit, "audit")),
+            b"items" => Some((&mut m.items, "items")),
+            b"next_cursor" => Some((&mut m.next_cursor, "next_cursor")),
+            b"has_more" => Some((&mut m.has_more, "has_more")),
+            _ => None,
+        };
+        fill(slot, value)
+    })?;
+    Ok(m)
+}
+
+/// Split a JSON array (surrounding whitespace allowed) into its elements' text, checking
+/// structure only (see [`scan_list_object`]).
+pub(crate) fn split_array(text: &[u8]) -> Result<Vec<&[u8]>, String> {
+    let mut s = Scanner::new(text);
+    s.ws();
+    if s.peek() != Some(b'[') {
+        return Err(s.err("expected `[`"));
+    }
+    s.i += 1;
+    let mut out = Vec::new();
+    s.ws();
+    if s.peek() == Some(b']') {
+        s.i += 1;
+    } else {
+        loop {
+            s.ws();
+            let start = s.i;
+            s.skim_value()?;
+            out.push(&text[start..s.i]);
+            s.ws();
+            match s.peek() {
+                Some(b',') => s.i += 1,
+                Some(b']') => {
+                    s.i += 1;
+                    break;
+                }
+                _ => return Err(s.err("expected `,` or `]`")),
+            }
+        }
+    }
+    s.end()?;
+    Ok(out)
+}
+
+/// Store `value` in `slot` (a member of interest), refusing a second one; `null` reads as
+/// absent, as an `Option` field does.
+fn fill<'a>(slot: Option<(&mut Option<&'a [u8]>, &str)>, value: &'a [u8]) -> Result<(), String> {
+    if let Some((slot, what)) = slot {
+        if slot.is_some() {
+            return Err(format!("duplicate member `{what}`"));
+        }
+        if value != b"null" {
+            *slot = Some(value);
+        }
+    }
+    Ok(())
+}
+
+/// Walk the members of the object `text` is, calling `member(name, raw value)` for each
+/// (names unescaped). `skim`: check nested arrays and objects for structure only. Returns
+/// whether a non-ASCII byte was seen.
+fn walk_members<'a>(
+    text: &'a [u8],
+    skim: bool,
+    mut member: impl FnMut(&[u8], &'a [u8]) -> Result<(), String>,
+) -> Result<bool, String> {
+    let mut s = Scanner::new(text);
     s.ws();
     if s.peek() != Some(b'{') {
         return Err(s.err("expected `{`"));
@@ -55,34 +153,18 @@ pub(crate) fn scan_object(text: &[u8]) -> Result<Members<'_>, String> {
             s.i += 1;
             s.ws();
             let value_start = s.i;
-            s.value(1)?;
-            let value = &text[value_start..s.i];
-            let name = &text[start..end];
-            let unescaped;
-            let name: &[u8] = if escaped {
-                unescaped = serde_json::from_slice::<String>(&text[start - 1..end + 1])
-                    .map_err(|e| format!("member name: {e}"))?;
-                unescaped.as_bytes()
+            if skim {
+                s.skim_value()?;
             } else {
-                name
-            };
-            let slot = match name {
-                b"id" => Some((&mut m.id, "id")),
-                b"inserted_at" => Some((&mut m.inserted_at, "inserted_at")),
-                b"timestamp" => Some((&mut m.timestamp, "timestamp")),
-                b"resource_id" => Some((&mut m.resource_id, "resource_id")),
-                b"event" => Some((&mut m.event, "event")),
-                b"data" => Some((&mut m.data, "data")),
-                _ => None,
-            };
-            if let Some((slot, what)) = slot {
-                if slot.is_some() {
-                    return Err(format!("duplicate member `{what}`"));
-                }
-                // `null` reads as absent, as an `Option` field does.
-                if value != b"null" {
-                    *slot = Some(value);
-                }
+                s.value(1)?;
+            }
+            let value = &text[value_start..s.i];
+            if escaped {
+                let name = serde_json::from_slice::<String>(&text[start - 1..end + 1])
+                    .map_err(|e| format!("member name: {e}"))?;
+                member(name.as_bytes(), value)?;
+            } else {
+                member(&text[start..end], value)?;
             }
             s.ws();
             match s.peek() {
@@ -95,12 +177,23 @@ pub(crate) fn scan_object(text: &[u8]) -> Result<Members<'_>, String> {
             }
         }
     }
-    s.ws();
-    if s.i != text.len() {
-        return Err(s.err("trailing characters after the object"));
-    }
-    m.non_ascii = s.non_ascii;
-    Ok(m)
+    s.end()?;
+    Ok(s.non_ascii)
+}
+
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGH: u64 = 0x8080_8080_8080_8080;
+
+/// The high bit of each byte of `x` (little-endian) that is `"`, `\`, below 0x20 or above
+/// 0x7f. The classic zero-byte test (`(v - 0x01..) & !v & 0x80..`) can also flag a byte above
+/// a true match, through the borrow, but never one below it: the lowest flag is exact.
+fn special(x: u64) -> u64 {
+    let quote = x ^ (ONES * u64::from(b'"'));
+    let backslash = x ^ (ONES * u64::from(b'\\'));
+    let quote = quote.wrapping_sub(ONES) & !quote;
+    let backslash = backslash.wrapping_sub(ONES) & !backslash;
+    let control = x.wrapping_sub(ONES * 0x20) & !x;
+    (quote | backslash | control | x) & HIGH
 }
 
 struct Scanner<'a> {
@@ -109,7 +202,75 @@ struct Scanner<'a> {
     non_ascii: bool,
 }
 
-impl Scanner<'_> {
+impl<'a> Scanner<'a> {
+    fn new(b: &'a [u8]) -> Self {
+        Scanner {
+            b,
+            i: 0,
+            non_ascii: false,
+        }
+    }
+
+    /// Only whitespace may follow.
+    fn end(&mut self) -> Result<(), String> {
+        self.ws();
+        if self.i != self.b.len() {
+            return Err(self.err("trailing characters after the value"));
+        }
+        Ok(())
+    }
+
+    /// Skip one value: scalars and strings are checked in full; arrays and objects for
+    /// structure only (strings, matching brackets, up to 128 levels).
+    fn skim_value(&mut self) -> Result<(), String> {
+        match self.peek() {
+            Some(b'[' | b'{') => {}
+            _ => return self.value(1),
+        }
+        // Bit k of `open_objects` is set when level k was opened by `{`.
+        let mut open_objects: u128 = 0;
+        let mut depth = 0usize;
+        loop {
+            let Some(c) = self.peek() else {
+                return Err(self.err("unterminated array or object"));
+            };
+            match c {
+                b'"' => {
+                    self.string()?;
+                    continue;
+                }
+                b'[' | b'{' => {
+                    if depth >= MAX_DEPTH {
+                        return Err(self.err("nested too deeply"));
+                    }
+                    if c == b'{' {
+                        open_objects |= 1 << depth;
+                    } else {
+                        open_objects &= !(1 << depth);
+                    }
+                    depth += 1;
+                }
+                b']' | b'}' => {
+                    if depth == 0 {
+                        return Err(self.err("unbalanced bracket"));
+                    }
+                    depth -= 1;
+                    let was_object = open_objects & (1 << depth) != 0;
+                    if was_object != (c == b'}') {
+                        return Err(self.err("mismatched bracket"));
+                    }
+                    if depth == 0 {
+                        self.i += 1;
+                        return Ok(());
+                    }
+                }
+                0x80.. => self.non_ascii = true,
+                _ => {}
+            }
+            self.i += 1;
+        }
+    }
+
     fn err(&self, what: &str) -> String {
         if self.i >= self.b.len() {
             format!("{what}: the text ends early (byte {})", self.i)
@@ -135,6 +296,7 @@ impl Scanner<'_> {
         let start = self.i;
         let mut escaped = false;
         loop {
+            self.skip_plain();
             let rest = &self.b[self.i..];
             match rest
                 .iter()
@@ -173,6 +335,22 @@ impl Scanner<'_> {
                 }
                 _ => return Err(self.err("control character in a string")),
             }
+        }
+    }
+
+    /// Skip string bytes that need no attention (printable ASCII other than `"` and `\`),
+    /// eight at a time: the first byte that does is found exactly (see [`special`]).
+    fn skip_plain(&mut self) {
+        while let Some(chunk) = self.b.get(self.i..self.i + 8) {
+            let Ok(word) = <[u8; 8]>::try_from(chunk) else {
+                break;
+            };
+            let mask = special(u64::from_le_bytes(word));
+            if mask != 0 {
+                self.i += (mask.trailing_zeros() / 8) as usize;
+                return;
+            }
+            self.i += 8;
         }
     }
 
@@ -339,6 +517,37 @@ mod tests {
         assert!(scan_object(deep.as_bytes()).is_ok());
         let deeper = format!("{{\"a\":{}1{}}}", "[".repeat(128), "]".repeat(128));
         assert!(scan_object(deeper.as_bytes()).is_err());
+    }
+
+    /// The word-at-a-time skip stops exactly at the first byte the byte-at-a-time rule
+    /// stops at, wherever it stands and whatever follows it.
+    #[test]
+    fn the_word_skip_stops_at_the_first_special_byte() {
+        let is_special = |c: u8| c == b'"' || c == b'\\' || !(0x20..0x80).contains(&c);
+        for first in [b'"', b'\\', 0x00, 0x1f, 0x80, 0xff] {
+            for after in [b'"', 0x00, 0x01, 0xff] {
+                for at in 0..20 {
+                    let mut text = vec![b'a'; 24];
+                    text[at] = first;
+                    text[(at + 1).min(23)] = after;
+                    let mut s = Scanner {
+                        b: &text,
+                        i: 0,
+                        non_ascii: false,
+                    };
+                    s.skip_plain();
+                    assert_eq!(s.i, at, "{first:#x} at {at}, then {after:#x}");
+                }
+            }
+        }
+        for c in 0u8..=255 {
+            let word = u64::from_le_bytes([b'a', b'a', c, b'a', b'a', b'a', b'a', b'a']);
+            let mask = special(word);
+            assert_eq!(mask == 0, !is_special(c), "byte {c:#x}");
+            if is_special(c) {
+                assert_eq!(mask.trailing_zeros() / 8, 2, "byte {c:#x}");
+            }
+        }
     }
 
     #[test]

@@ -252,7 +252,7 @@ impl Drop for Tail {
 /// opaque, so they are remembered by cursor time: every id within `window` of the newest cursor
 /// time seen.
 pub(crate) struct Seen {
-    ids: HashMap<Arc<str>, i64>,
+    ids: HashMap<Arc<str>, i64, foldhash::fast::RandomState>,
     newest: Option<i64>,
     /// `newest` as the server spelled it.
     newest_text: Option<CursorText>,
@@ -263,7 +263,7 @@ pub(crate) struct Seen {
 impl Seen {
     pub(crate) fn new(start: &StartAt, window: Duration) -> Self {
         let mut seen = Seen {
-            ids: HashMap::new(),
+            ids: HashMap::default(),
             newest: None,
             newest_text: None,
             window_us: i64::try_from(window.as_micros()).unwrap_or(i64::MAX),

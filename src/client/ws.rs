@@ -49,7 +49,7 @@ pub(crate) async fn connect(client: &Client, resource_id: &str) -> Result<Socket
     let config = WebSocketConfig::default()
         .max_message_size(Some(MAX_FRAME_BYTES))
         .max_frame_size(Some(MAX_FRAME_BYTES))
-        .read_buffer_size(16 * 1024);
+        .read_buffer_size(4 * 1024);
     let timeout = client.inner.connect_timeout;
     // Handshakes wait their turn (the 5 s timeout starts with it): a thousand sandboxes
     // connecting at once would overflow a server's accept queue and all fall back to polling.

@@ -72,6 +72,39 @@ pub enum Compression {
     Zstd,
 }
 
+/// Append one event to an NDJSON buffer: its bytes as received, then a newline (the source
+/// made sure an event holds no raw newline).
+pub fn append_ndjson(buf: &mut Vec<u8>, raw: &[u8]) {
+    buf.extend_from_slice(raw);
+    buf.push(b'\n');
+}
+
+/// Encode NDJSON text as one unit of a file: as is, or one gzip member / zstd frame that a
+/// reader can decode on its own (so a file truncated between units stays valid). `level`:
+/// gzip 0–9 (default 6), zstd 1–22 (default 3).
+pub fn encode_unit(
+    compression: Compression,
+    level: Option<u32>,
+    pending: &[u8],
+) -> Result<Vec<u8>, std::io::Error> {
+    match compression {
+        Compression::None => Ok(pending.to_vec()),
+        Compression::Gzip => {
+            let level = level.unwrap_or(6);
+            let mut enc = flate2::write::GzEncoder::new(
+                Vec::with_capacity(pending.len() / 4),
+                flate2::Compression::new(level),
+            );
+            enc.write_all(pending)?;
+            enc.finish()
+        }
+        Compression::Zstd => {
+            let level = level.unwrap_or(3) as i32;
+            zstd::bulk::compress(pending, level)
+        }
+    }
+}
+
 impl FileSinkConfig {
     /// Check the configuration without touching the disk.
     pub fn validate(&self) -> Result<PathTemplate, String> {
@@ -305,22 +338,7 @@ impl Inner {
 
     /// Compress (if configured) `pending` into one independent member/frame.
     fn encode(&self, pending: &[u8]) -> Result<Vec<u8>, std::io::Error> {
-        match self.config.compression {
-            Compression::None => Ok(pending.to_vec()),
-            Compression::Gzip => {
-                let level = self.config.compression_level.unwrap_or(6);
-                let mut enc = flate2::write::GzEncoder::new(
-                    Vec::with_capacity(pending.len() / 4),
-                    flate2::Compression::new(level),
-                );
-                enc.write_all(pending)?;
-                enc.finish()
-            }
-            Compression::Zstd => {
-                let level = self.config.compression_level.unwrap_or(3) as i32;
-                zstd::bulk::compress(pending, level)
-            }
-        }
+        encode_unit(self.config.compression, self.config.compression_level, pending)
     }
 
     /// Write every pending buffer and fsync. All or nothing: on error no durable length moves,
@@ -599,8 +617,7 @@ impl Sink for FileSink {
                     );
                 }
                 if let Some(slot) = inner.slots.get_mut(&*rendered) {
-                    slot.pending.extend_from_slice(&event.raw);
-                    slot.pending.push(b'\n');
+                    append_ndjson(&mut slot.pending, &event.raw);
                     slot.last_write = clock;
                 }
             }
