@@ -431,7 +431,7 @@ pub async fn run(p: &Pipeline, opts: RunOptions) -> Result<RunReport, PipelineEr
     };
     let (fatal_tx, mut fatal_rx) = mpsc::unbounded_channel::<PipelineError>();
     let (ck_tx, ck_rx) = mpsc::unbounded_channel::<CkMsg>();
-    let (src_tx, src_rx) = mpsc::channel::<SourceMsg>(8_192);
+    let (src_tx, src_rx) = mpsc::channel::<SourceMsg>(source::QUEUE_MESSAGES);
     // Sinks stop retrying on this token; sources stop on `sources_stop`.
     let abandon = CancellationToken::new();
     let sources_stop = CancellationToken::new();
@@ -719,7 +719,7 @@ pub async fn count_window(p: &Pipeline, w: &Window) -> Result<DryRun, PipelineEr
         w.until_us
             .unwrap_or_else(|| chrono::Utc::now().timestamp_micros()),
     );
-    let (tx, mut rx) = mpsc::channel::<SourceMsg>(8_192);
+    let (tx, mut rx) = mpsc::channel::<SourceMsg>(source::QUEUE_MESSAGES);
     let mut sources = JoinSet::new();
     for rid in &sandboxes {
         let kind = SourceKind::Window {

@@ -205,7 +205,12 @@ enum Input {
 }
 
 /// Most events per message to the pipeline.
-const CHUNK: usize = 128;
+pub const CHUNK: usize = 128;
+
+/// Messages the sources may queue for the pipeline: with [`CHUNK`] events each, about 8,000
+/// events in all, whatever the number of sandboxes (the bound that holds memory when the sinks
+/// are slower than the sockets).
+pub const QUEUE_MESSAGES: usize = 64;
 
 impl Input {
     /// A handle on the tail's transport that outlives the stream (live sources only).
