@@ -207,7 +207,20 @@ impl AuditEvent {
 
     /// [`AuditEvent::cursor_text`], kept inline.
     pub fn cursor_text_handle(&self) -> Option<CursorText> {
-        self.cursor_text().map(CursorText::new)
+        // Called for every event a tail yields: copy the bytes now, check them as text only
+        // when they are read (they are a slice of checked JSON between two quotes).
+        let (start, end) = self.cursor_span?;
+        let bytes = self.raw.get(start as usize..end as usize)?;
+        if bytes.len() <= 46 {
+            let mut buf = [0u8; 46];
+            buf[..bytes.len()].copy_from_slice(bytes);
+            Some(CursorText::Inline {
+                len: bytes.len() as u8,
+                buf,
+            })
+        } else {
+            self.cursor_text().map(CursorText::new)
+        }
     }
 
     /// Byte offsets of [`AuditEvent::cursor_text`] inside [`AuditEvent::raw`].

@@ -336,11 +336,6 @@ impl Inner {
         path
     }
 
-    /// Compress (if configured) `pending` into one independent member/frame.
-    fn encode(&self, pending: &[u8]) -> Result<Vec<u8>, std::io::Error> {
-        encode_unit(self.config.compression, self.config.compression_level, pending)
-    }
-
     /// Write every pending buffer and fsync. All or nothing: on error no durable length moves,
     /// and [`Inner::reset`] truncates whatever this attempt wrote.
     fn flush(&mut self) -> Result<Vec<StateEntry>, SinkError> {
@@ -356,13 +351,19 @@ impl Inner {
         // go on. A flush over thousands of files stays within the open-files limit.
         for chunk in keys.chunks(self.config.max_open_files.max(1)) {
             for key in chunk {
-                let encoded = {
-                    let slot = &self.slots[key];
-                    self.encode(&slot.pending)
-                        .map_err(|e| SinkError::io(format!("compressing for {}", slot.path), e))?
-                };
+                let (compression, level) = (self.config.compression, self.config.compression_level);
                 let Some(slot) = self.slots.get_mut(key) else {
                     continue;
+                };
+                // Plain NDJSON is written straight from the pending buffer, not copied first.
+                let compressed;
+                let encoded: &[u8] = match compression {
+                    Compression::None => &slot.pending,
+                    _ => {
+                        compressed = encode_unit(compression, level, &slot.pending)
+                            .map_err(|e| SinkError::io(format!("compressing for {}", slot.path), e))?;
+                        &compressed
+                    }
                 };
                 if slot.file.is_none() {
                     let (file, created, len) = open_for_append(Path::new(&slot.path), slot.durable_len)?;
@@ -379,7 +380,7 @@ impl Inner {
                 let Some(file) = slot.file.as_mut() else {
                     continue;
                 };
-                file.write_all(&encoded)
+                file.write_all(encoded)
                     .map_err(|e| SinkError::io(format!("writing {}", slot.path), e))?;
                 if slot.new_file {
                     if let Some(dir) = Path::new(&slot.path).parent() {
