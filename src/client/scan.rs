@@ -550,6 +550,34 @@ mod tests {
         }
     }
 
+    /// Brackets and escaped quotes inside strings never move an element's boundary when a
+    /// page is split.
+    #[test]
+    fn split_array_ignores_brackets_and_escaped_quotes_inside_strings() {
+        let page = br#" [ {"id":"a\"]}","x":"[{\\"} , {"id":"b"} ,[1,"]"]] "#;
+        let parts = split_array(page).unwrap();
+        assert_eq!(
+            parts,
+            vec![
+                &br#"{"id":"a\"]}","x":"[{\\"}"#[..],
+                &br#"{"id":"b"}"#[..],
+                &br#"[1,"]"]"#[..]
+            ]
+        );
+        for broken in [
+            &br#"[{"id":"a\"}]"#[..],
+            br#"[{"id":"a"}"#,
+            br#"[{"id":"a\"#,
+            br#"[{"id":"a"]]"#,
+        ] {
+            assert!(
+                split_array(broken).is_err(),
+                "{}",
+                String::from_utf8_lossy(broken)
+            );
+        }
+    }
+
     #[test]
     fn finds_the_members_and_flags_duplicates() {
         let text = br#"{"x":{"id":"inner"},"id":"evt_1","inserted_at":"2026-11-25T10:00:00Z","timestamp":1.5,"resource_id":null,"data":{"id":2}}"#;
