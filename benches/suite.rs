@@ -192,18 +192,61 @@ fn sandbox_ids(n: u64) -> Vec<String> {
 }
 
 /// A pipeline file for `sandboxes` of `sim`, with one file sink described by `sink` (TOML lines
-/// after `[sinks.archive]`) and `extra` top-level sections.
-fn pipeline(sim: &Sim, sandboxes: u64, start: &str, sink: &str, extra: &str) -> String {
+/// after `[sinks.archive]`) and, if given, its checkpoint commit interval.
+fn pipeline(sim: &Sim, sandboxes: u64, start: &str, sink: &str, commit_interval_ms: Option<u64>) -> String {
+    let commit = commit_interval_ms.map_or(String::new(), |ms| format!("commit_interval_ms = {ms}\n"));
     let list: Vec<String> = sandbox_ids(sandboxes)
         .iter()
         .map(|s| format!("\"{s}\""))
         .collect();
     format!(
         "[source]\nbase_url = \"{}\"\napi_key = \"{KEY}\"\nsandboxes = [{}]\nrequests_per_minute = 10000000\nstart = \"{start}\"\n\
-         [checkpoint]\npath = \"state/cp.db\"\n{extra}\n[sinks.archive]\ntype = \"file\"\n{sink}\n",
+         [checkpoint]\npath = \"state/cp.db\"\n{commit}[sinks.archive]\ntype = \"file\"\n{sink}\n",
         sim.base_url(),
         list.join(",")
     )
+}
+
+/// Write `toml` as `dir/p.toml` and start `auditship run` on it, serving metrics on a free
+/// port (returned with the process).
+fn spawn_run(dir: &Path, toml: &str) -> Res<(Proc, u16)> {
+    std::fs::write(dir.join("p.toml"), toml)?;
+    let port = free_port()?;
+    let args = [
+        "run".into(),
+        "p.toml".into(),
+        "--metrics-addr".into(),
+        format!("127.0.0.1:{port}"),
+    ];
+    Ok((Proc::spawn("auditship run", dir, &args, "run.log")?, port))
+}
+
+/// Poll metric `name` every `every` until it reaches `at_least`; an error names `what` after
+/// `limit`.
+fn wait_for_metric(
+    port: u16,
+    name: &str,
+    at_least: f64,
+    every: Duration,
+    limit: Duration,
+    what: &str,
+) -> Res<()> {
+    let start = Instant::now();
+    let mut value = 0.0;
+    while value < at_least {
+        if start.elapsed() > limit {
+            return Err(format!(
+                "only {value} of {at_least} {what} after {} s (see run.log)",
+                limit.as_secs()
+            )
+            .into());
+        }
+        std::thread::sleep(every);
+        if let Some(text) = http_get(port, "/metrics") {
+            value = metric(&text, name);
+        }
+    }
+    Ok(())
 }
 
 fn workdir(name: &str) -> Res<PathBuf> {
@@ -330,34 +373,17 @@ fn own_cpu_secs() -> f64 {
 
 /// `auditship run` on `pipeline` until its sinks report `target` events durable.
 fn auditship_live(dir: &Path, sim: &Sim, toml: &str, target: u64) -> Res<Throughput> {
-    std::fs::write(dir.join("p.toml"), toml)?;
-    let mport = free_port()?;
     let cpu0 = sim.proc.cpu_secs();
     let start = Instant::now();
-    let run = Proc::spawn(
-        "auditship run",
-        dir,
-        &[
-            "run".into(),
-            "p.toml".into(),
-            "--metrics-addr".into(),
-            format!("127.0.0.1:{mport}"),
-        ],
-        "run.log",
+    let (run, mport) = spawn_run(dir, toml)?;
+    wait_for_metric(
+        mport,
+        "auditship_events_shipped_total",
+        target as f64,
+        Duration::from_millis(10),
+        Duration::from_secs(600),
+        "events durable",
     )?;
-    let deadline = start + Duration::from_secs(600);
-    let mut shipped = 0.0;
-    while shipped < target as f64 {
-        if Instant::now() > deadline {
-            return Err(
-                format!("only {shipped} of {target} events durable after 600 s (see run.log)").into(),
-            );
-        }
-        std::thread::sleep(Duration::from_millis(10));
-        if let Some(text) = http_get(mport, "/metrics") {
-            shipped = metric(&text, "auditship_events_shipped_total");
-        }
-    }
     let secs = start.elapsed().as_secs_f64();
     let (cpu, peak_mib, sim_cpu) = (run.cpu_secs(), run.mem_mib("VmHWM"), sim.proc.cpu_secs() - cpu0);
     if let Some(text) = http_get(mport, "/metrics") {
@@ -444,42 +470,44 @@ fn live_case(rows: &mut Vec<Row>) -> Res<()> {
         cost: format!("simulator {:.2} CPU s", base.sim_cpu),
     });
     let redact = r#"{ type = "redact", fields = ["metadata.authorization", "path"], mode = "hmac-sha256", hmac_key = "bench-key-0123456789abcdef" }"#;
-    let variants: [(&str, String, &str, &str); 5] = [
+    // (name, sink lines, commit interval, target): the rare-checkpoint variant commits as
+    // rarely as the pipeline allows, once an hour (and at the end).
+    let variants: [(&str, String, Option<u64>, &str); 5] = [
         (
             "plain",
             "path = \"archive/{resource_id}.ndjson\"".into(),
-            "",
+            None,
             ">= 300,000 ev/s, >= 25% of wire",
         ),
         (
             "zstd",
             "path = \"archive/{resource_id}.ndjson.zst\"\ncompression = \"zstd\"".into(),
-            "",
+            None,
             ">= 200,000 ev/s",
         ),
         (
             "gzip",
             "path = \"archive/{resource_id}.ndjson.gz\"\ncompression = \"gzip\"".into(),
-            "",
+            None,
             "-",
         ),
         (
             "plain, rare checkpoints",
             "path = \"archive/{resource_id}.ndjson\"".into(),
-            "[checkpoint]\n",
+            Some(3_600_000),
             "checkpoint cost <= 5%",
         ),
         (
             "plain, redact + OCSF",
             format!("path = \"archive/{{resource_id}}.ndjson\"\ntransforms = [{redact}, \"ocsf\"]"),
-            "",
+            None,
             "-",
         ),
     ];
     let (mut plain_rate, mut plain_cpu_per_event) = (0.0, 0.0);
     let repeat = env_num("SUITE_REPEAT", 3).max(1);
     let only = std::env::var("SUITE_LIVE").unwrap_or_default();
-    for (name, sink, extra, target) in variants {
+    for (name, sink, commit_interval_ms, target) in variants {
         if !only.is_empty() && !only.split(';').any(|o| o.trim() == name) {
             continue;
         }
@@ -487,11 +515,7 @@ fn live_case(rows: &mut Vec<Row>) -> Res<()> {
         for run in 1..=repeat {
             let dir = workdir(&format!("live-{}", name.replace([' ', ',', '+'], "")))?;
             let sim = Sim::start(&dir, &sim_args)?;
-            let mut toml = pipeline(&sim, sandboxes, "earliest", &sink, "");
-            if !extra.is_empty() {
-                // As rare as the pipeline allows: one commit an hour (and at the end).
-                toml = toml.replace("[checkpoint]\n", "[checkpoint]\ncommit_interval_ms = 3600000\n");
-            }
+            let toml = pipeline(&sim, sandboxes, "earliest", &sink, commit_interval_ms);
             eprintln!("live: auditship, {name} (run {run} of {repeat})");
             let mut t = auditship_live(&dir, &sim, &toml, events)?;
             t.bytes = (avg_bytes * t.events as f64) as u64;
@@ -677,7 +701,7 @@ fn backfill_case(rows: &mut Vec<Row>) -> Res<()> {
             sandboxes,
             "earliest",
             "path = \"archive/{resource_id}.ndjson\"",
-            "",
+            None,
         ),
     )?;
     eprintln!("backfill: auditship backfill --since 7d");
@@ -753,34 +777,20 @@ fn scale_case(rows: &mut Vec<Row>) -> Res<()> {
             "--plain-frames",
         ],
     )?;
-    std::fs::write(
-        dir.join("p.toml"),
-        pipeline(&sim, n, "now", "path = \"archive/{resource_id}.ndjson\"", ""),
-    )?;
-    let mport = free_port()?;
     eprintln!("scale: {n} idle sandboxes");
     let start = Instant::now();
-    let run = Proc::spawn(
-        "auditship run",
+    let (run, mport) = spawn_run(
         &dir,
-        &[
-            "run".into(),
-            "p.toml".into(),
-            "--metrics-addr".into(),
-            format!("127.0.0.1:{mport}"),
-        ],
-        "run.log",
+        &pipeline(&sim, n, "now", "path = \"archive/{resource_id}.ndjson\"", None),
     )?;
-    let mut open = 0.0;
-    while open < n as f64 {
-        if start.elapsed() > Duration::from_secs(600) {
-            return Err(format!("only {open} of {n} sockets open after 600 s (see run.log)").into());
-        }
-        std::thread::sleep(Duration::from_millis(200));
-        if let Some(text) = http_get(mport, "/metrics") {
-            open = metric(&text, "auditship_sockets_open");
-        }
-    }
+    wait_for_metric(
+        mport,
+        "auditship_sockets_open",
+        n as f64,
+        Duration::from_millis(200),
+        Duration::from_secs(600),
+        "sockets open",
+    )?;
     let connect_secs = start.elapsed().as_secs_f64();
     // Let the one-time sweeps (2 s into each socket) pass before measuring idleness.
     std::thread::sleep(Duration::from_secs(5));
@@ -791,7 +801,7 @@ fn scale_case(rows: &mut Vec<Row>) -> Res<()> {
     let rss = run.mem_mib("VmRSS");
     let per_kib = rss * 1024.0 / n as f64;
     eprintln!(
-        "  {open} sockets in {connect_secs:.1} s; {rss:.0} MiB resident ({per_kib:.1} KiB each); idle CPU {:.2}%",
+        "  {n} sockets in {connect_secs:.1} s; {rss:.0} MiB resident ({per_kib:.1} KiB each); idle CPU {:.2}%",
         idle_cpu * 100.0
     );
     run.stop(Duration::from_secs(30));
@@ -845,34 +855,19 @@ fn latency_case(rows: &mut Vec<Row>) -> Res<()> {
             "--plain-frames",
         ],
     )?;
-    std::fs::write(
-        dir.join("p.toml"),
-        pipeline(&sim, sandboxes, "now", "path = \"out/all.ndjson\"", ""),
-    )?;
-    let mport = free_port()?;
     eprintln!("latency: {rate} events/s for {secs} s");
-    let run = Proc::spawn(
-        "auditship run",
+    let (run, mport) = spawn_run(
         &dir,
-        &[
-            "run".into(),
-            "p.toml".into(),
-            "--metrics-addr".into(),
-            format!("127.0.0.1:{mport}"),
-        ],
-        "run.log",
+        &pipeline(&sim, sandboxes, "now", "path = \"out/all.ndjson\"", None),
     )?;
-    let start = Instant::now();
-    loop {
-        if start.elapsed() > Duration::from_secs(120) {
-            return Err("the sockets did not all open within 120 s (see run.log)".into());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-        let open = http_get(mport, "/metrics").map_or(0.0, |t| metric(&t, "auditship_sockets_open"));
-        if open >= sandboxes as f64 {
-            break;
-        }
-    }
+    wait_for_metric(
+        mport,
+        "auditship_sockets_open",
+        sandboxes as f64,
+        Duration::from_millis(50),
+        Duration::from_secs(120),
+        "sockets open",
+    )?;
     // Measure events generated from 3 s after every socket is open (past the sweeps).
     let from_us = chrono::Utc::now().timestamp_micros() + 3_000_000;
     let until_us = from_us + secs as i64 * 1_000_000;

@@ -64,16 +64,23 @@ pub enum CursorText {
 impl CursorText {
     /// Keep `text`.
     pub fn new(text: &str) -> Self {
-        let bytes = text.as_bytes();
+        Self::from_utf8(text.as_bytes()).unwrap_or_else(|| CursorText::Heap(text.to_string()))
+    }
+
+    /// Keep `bytes` inline when they fit (checked as text only when read: see `as_str`), and
+    /// as checked text otherwise. `None`: too long and not UTF-8.
+    fn from_utf8(bytes: &[u8]) -> Option<Self> {
         if bytes.len() <= 46 {
             let mut buf = [0u8; 46];
             buf[..bytes.len()].copy_from_slice(bytes);
-            CursorText::Inline {
+            Some(CursorText::Inline {
                 len: bytes.len() as u8,
                 buf,
-            }
+            })
         } else {
-            CursorText::Heap(text.to_string())
+            std::str::from_utf8(bytes)
+                .ok()
+                .map(|t| CursorText::Heap(t.to_string()))
         }
     }
 
@@ -210,17 +217,7 @@ impl AuditEvent {
         // Called for every event a tail yields: copy the bytes now, check them as text only
         // when they are read (they are a slice of checked JSON between two quotes).
         let (start, end) = self.cursor_span?;
-        let bytes = self.raw.get(start as usize..end as usize)?;
-        if bytes.len() <= 46 {
-            let mut buf = [0u8; 46];
-            buf[..bytes.len()].copy_from_slice(bytes);
-            Some(CursorText::Inline {
-                len: bytes.len() as u8,
-                buf,
-            })
-        } else {
-            self.cursor_text().map(CursorText::new)
-        }
+        CursorText::from_utf8(self.raw.get(start as usize..end as usize)?)
     }
 
     /// Byte offsets of [`AuditEvent::cursor_text`] inside [`AuditEvent::raw`].

@@ -82,28 +82,8 @@ pub(crate) fn split_array(text: &[u8]) -> Result<Vec<&[u8]>, String> {
     if s.peek() != Some(b'[') {
         return Err(s.err("expected `[`"));
     }
-    s.i += 1;
     let mut out = Vec::new();
-    s.ws();
-    if s.peek() == Some(b']') {
-        s.i += 1;
-    } else {
-        loop {
-            s.ws();
-            let start = s.i;
-            s.skim_value()?;
-            out.push(&text[start..s.i]);
-            s.ws();
-            match s.peek() {
-                Some(b',') => s.i += 1,
-                Some(b']') => {
-                    s.i += 1;
-                    break;
-                }
-                _ => return Err(s.err("expected `,` or `]`")),
-            }
-        }
-    }
+    s.elements(1, true, |element| out.push(element))?;
     s.end()?;
     Ok(out)
 }
@@ -135,48 +115,14 @@ fn walk_members<'a>(
     if s.peek() != Some(b'{') {
         return Err(s.err("expected `{`"));
     }
-    s.i += 1;
-    s.ws();
-    if s.peek() == Some(b'}') {
-        s.i += 1;
-    } else {
-        loop {
-            s.ws();
-            if s.peek() != Some(b'"') {
-                return Err(s.err("expected a member name"));
-            }
-            let (start, end, escaped) = s.string()?;
-            s.ws();
-            if s.peek() != Some(b':') {
-                return Err(s.err("expected `:`"));
-            }
-            s.i += 1;
-            s.ws();
-            let value_start = s.i;
-            if skim {
-                s.skim_value()?;
-            } else {
-                s.value(1)?;
-            }
-            let value = &text[value_start..s.i];
-            if escaped {
-                let name = serde_json::from_slice::<String>(&text[start - 1..end + 1])
-                    .map_err(|e| format!("member name: {e}"))?;
-                member(name.as_bytes(), value)?;
-            } else {
-                member(&text[start..end], value)?;
-            }
-            s.ws();
-            match s.peek() {
-                Some(b',') => s.i += 1,
-                Some(b'}') => {
-                    s.i += 1;
-                    break;
-                }
-                _ => return Err(s.err("expected `,` or `}`")),
-            }
+    s.members(1, skim, |quoted, escaped, value| {
+        if escaped {
+            let name = serde_json::from_slice::<String>(quoted).map_err(|e| format!("member name: {e}"))?;
+            member(name.as_bytes(), value)
+        } else {
+            member(&quoted[1..quoted.len() - 1], value)
         }
-    }
+    })?;
     s.end()?;
     Ok(s.non_ascii)
 }
@@ -417,6 +363,26 @@ impl<'a> Scanner<'a> {
         if depth > MAX_DEPTH {
             return Err(self.err("nested too deeply"));
         }
+        self.members(depth, false, |_, _, _| Ok(()))
+    }
+
+    fn array(&mut self, depth: usize) -> Result<(), String> {
+        if depth > MAX_DEPTH {
+            return Err(self.err("nested too deeply"));
+        }
+        self.elements(depth, false, |_| {})
+    }
+
+    /// At a `{`: walk the object's members, calling `member(quoted name, escaped, value)`
+    /// with the name's text (quotes included), whether it holds escapes, and the value's raw
+    /// text. `skim`: values are checked as [`Scanner::skim_value`] does.
+    fn members(
+        &mut self,
+        depth: usize,
+        skim: bool,
+        mut member: impl FnMut(&'a [u8], bool, &'a [u8]) -> Result<(), String>,
+    ) -> Result<(), String> {
+        let b = self.b;
         self.i += 1;
         self.ws();
         if self.peek() == Some(b'}') {
@@ -428,14 +394,20 @@ impl<'a> Scanner<'a> {
             if self.peek() != Some(b'"') {
                 return Err(self.err("expected a member name"));
             }
-            self.string()?;
+            let (start, end, escaped) = self.string()?;
             self.ws();
             if self.peek() != Some(b':') {
                 return Err(self.err("expected `:`"));
             }
             self.i += 1;
             self.ws();
-            self.value(depth)?;
+            let value_start = self.i;
+            if skim {
+                self.skim_value()?;
+            } else {
+                self.value(depth)?;
+            }
+            member(&b[start - 1..end + 1], escaped, &b[value_start..self.i])?;
             self.ws();
             match self.peek() {
                 Some(b',') => self.i += 1,
@@ -448,10 +420,15 @@ impl<'a> Scanner<'a> {
         }
     }
 
-    fn array(&mut self, depth: usize) -> Result<(), String> {
-        if depth > MAX_DEPTH {
-            return Err(self.err("nested too deeply"));
-        }
+    /// At a `[`: walk the array's elements, calling `element(raw text)` for each. `skim`: as
+    /// in [`Scanner::members`].
+    fn elements(
+        &mut self,
+        depth: usize,
+        skim: bool,
+        mut element: impl FnMut(&'a [u8]),
+    ) -> Result<(), String> {
+        let b = self.b;
         self.i += 1;
         self.ws();
         if self.peek() == Some(b']') {
@@ -460,7 +437,13 @@ impl<'a> Scanner<'a> {
         }
         loop {
             self.ws();
-            self.value(depth)?;
+            let start = self.i;
+            if skim {
+                self.skim_value()?;
+            } else {
+                self.value(depth)?;
+            }
+            element(&b[start..self.i]);
             self.ws();
             match self.peek() {
                 Some(b',') => self.i += 1,

@@ -576,20 +576,24 @@ fn belongs(event: &AuditEvent, resource_id: Option<&str>) -> bool {
 }
 
 /// The cursor time of the first event a socket delivered (see [`TailTask::catch_up_to`]),
-/// shared between the listing and the loop that buffers the socket meanwhile.
-#[derive(Default)]
-struct FirstFrame(std::sync::atomic::AtomicI64, std::sync::atomic::AtomicBool);
+/// shared between the listing and the loop that buffers the socket meanwhile. `i64::MIN`
+/// until one arrives (no parsed time is that small).
+struct FirstFrame(std::sync::atomic::AtomicI64);
+
+impl Default for FirstFrame {
+    fn default() -> Self {
+        FirstFrame(std::sync::atomic::AtomicI64::new(i64::MIN))
+    }
+}
 
 impl FirstFrame {
     fn get(&self) -> Option<i64> {
-        self.1
-            .load(Ordering::Acquire)
-            .then(|| self.0.load(Ordering::Relaxed))
+        Some(self.0.load(Ordering::Relaxed)).filter(|&t| t != i64::MIN)
     }
 
     /// Record `payload`'s cursor time if it is the first event with one.
     fn observe(&self, payload: &Bytes) {
-        if self.1.load(Ordering::Relaxed) {
+        if self.get().is_some() {
             return;
         }
         if let Some(cursor) = decode_event(payload.clone(), "socket frame")
@@ -597,7 +601,6 @@ impl FirstFrame {
             .and_then(|e| e.cursor_us())
         {
             self.0.store(cursor, Ordering::Relaxed);
-            self.1.store(true, Ordering::Release);
         }
     }
 }

@@ -18,6 +18,19 @@ fn client(sim: &auditship::sim::Simulator) -> Client {
         .unwrap()
 }
 
+/// The ids of the next `n` events of `tail`, within 60 s.
+async fn take_ids(tail: &mut auditship::client::Tail, n: usize) -> Vec<String> {
+    let mut got = Vec::with_capacity(n);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while got.len() < n {
+        let item = tokio::time::timeout_at(deadline, tail.next())
+            .await
+            .expect("events keep coming");
+        got.push(item.unwrap().unwrap().id().to_string());
+    }
+    got
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn list_get_and_list_all() {
     let sim = sim(
@@ -119,14 +132,7 @@ async fn tail_yields_every_event_once_in_order_through_drops_and_fallback() {
             poll_interval: Duration::from_millis(100),
             ..TailOptions::default()
         });
-        let mut got = Vec::new();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        while got.len() < 340 {
-            let item = tokio::time::timeout_at(deadline, tail.next())
-                .await
-                .expect("events keep coming");
-            got.push(item.unwrap().unwrap().id().to_string());
-        }
+        let got = take_ids(&mut tail, 340).await;
         assert_in_order_once(&sim, "sb-tail", &got);
         // Nothing more arrives: no duplicate later either.
         assert!(tokio::time::timeout(Duration::from_millis(500), tail.next())
@@ -157,14 +163,7 @@ async fn fast_mode_pushes_every_prepared_event_once() {
         start: StartAt::Earliest,
         ..TailOptions::default()
     });
-    let mut got = Vec::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while got.len() < 3_000 {
-        let item = tokio::time::timeout_at(deadline, tail.next())
-            .await
-            .expect("events keep coming");
-        got.push(item.unwrap().unwrap().id().to_string());
-    }
+    let got = take_ids(&mut tail, 3_000).await;
     assert_eq!(sim.events("sb-fast").len(), 3_000);
     assert_in_order_once(&sim, "sb-fast", &got);
     assert!(tokio::time::timeout(Duration::from_millis(500), tail.next())
@@ -193,14 +192,7 @@ async fn catch_up_stops_at_the_sockets_first_event_on_a_busy_sandbox() {
         catch_up_buffer_frames: 2_000,
         ..TailOptions::default()
     });
-    let mut got = Vec::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while got.len() < 20_000 {
-        let item = tokio::time::timeout_at(deadline, tail.next())
-            .await
-            .expect("events keep coming");
-        got.push(item.unwrap().unwrap().id().to_string());
-    }
+    let got = take_ids(&mut tail, 20_000).await;
     assert_in_order_once(&sim, "sb-busy", &got);
     // Let the one-time sweep run (2 s into the socket): it too stops past the first event.
     assert!(tokio::time::timeout(Duration::from_millis(2_500), tail.next())
