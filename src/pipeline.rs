@@ -318,7 +318,11 @@ impl Running {
         match (e.cursor_us, self.cursor_us) {
             (Some(c), p) if p.is_none_or(|p| c > p) => {
                 self.cursor_us = Some(c);
-                self.cursor_src = e.cursor_text().map(CursorText::new);
+                // Unchecked here (a span of checked JSON text): this runs for every event.
+                self.cursor_src = e
+                    .cursor_span
+                    .and_then(|(s, t)| e.raw.get(s as usize..t as usize))
+                    .and_then(CursorText::from_utf8);
                 self.ties.clear();
                 self.ties.push(e.id.clone());
             }

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use chrono::{DateTime, NaiveDateTime, SecondsFormat, Utc};
 use serde::Deserialize;
 
-use super::scan::{scan_list_object, scan_object, split_array};
+use super::scan::{scan_object, scan_page, Element, Members};
 use super::Error;
 
 /// One egress-audit event: the raw JSON exactly as received, plus the fields the client reads.
@@ -69,7 +69,7 @@ impl CursorText {
 
     /// Keep `bytes` inline when they fit (checked as text only when read: see `as_str`), and
     /// as checked text otherwise. `None`: too long and not UTF-8.
-    fn from_utf8(bytes: &[u8]) -> Option<Self> {
+    pub(crate) fn from_utf8(bytes: &[u8]) -> Option<Self> {
         if bytes.len() <= 46 {
             let mut buf = [0u8; 46];
             buf[..bytes.len()].copy_from_slice(bytes);
@@ -449,18 +449,34 @@ fn as_text(raw: &[u8]) -> &str {
 
 /// Decode an event out of `buf` (a frame, a `get` body, or a list element sliced from a page).
 pub(crate) fn decode_event(buf: Bytes, what: &str) -> Result<AuditEvent, Error> {
-    let fail = |message: String, buf: &Bytes| Error::Decode {
-        what: what.to_string(),
-        message,
-        raw: Some(buf.clone()),
-    };
     let trimmed = buf.trim_ascii();
     if trimmed.first() != Some(&b'{') {
-        return Err(fail("not a JSON object".into(), &buf));
+        return Err(decode_error(what, "not a JSON object".into(), &buf));
     }
-    let head = scan_object(trimmed).map_err(|m| fail(m, &buf))?;
+    match scan_object(trimmed) {
+        Ok(head) => event_from_members(&buf, trimmed, head, what),
+        Err(m) => Err(decode_error(what, m, &buf)),
+    }
+}
+
+fn decode_error(what: &str, message: String, raw: &Bytes) -> Error {
+    Error::Decode {
+        what: what.to_string(),
+        message,
+        raw: Some(raw.clone()),
+    }
+}
+
+/// The event whose checked object `trimmed` (inside `buf`) has the members `head`.
+fn event_from_members(
+    buf: &Bytes,
+    trimmed: &[u8],
+    head: Members<'_>,
+    what: &str,
+) -> Result<AuditEvent, Error> {
+    let fail = |message: String, buf: &Bytes| decode_error(what, message, buf);
     if head.non_ascii && std::str::from_utf8(trimmed).is_err() {
-        return Err(fail("not valid UTF-8".into(), &buf));
+        return Err(fail("not valid UTF-8".into(), buf));
     }
     let (object, head) = match head.id {
         Some(_) => (trimmed, head),
@@ -469,18 +485,18 @@ pub(crate) fn decode_event(buf: Bytes, what: &str) -> Result<AuditEvent, Error> 
                 .event
                 .or(head.data)
                 .filter(|r| r.starts_with(b"{"))
-                .ok_or_else(|| fail("object has no `id` and no `event`/`data` envelope".into(), &buf))?;
+                .ok_or_else(|| fail("object has no `id` and no `event`/`data` envelope".into(), buf))?;
             // Checked as part of the outer object already; this finds the inner members.
-            let inner_head = scan_object(inner).map_err(|m| fail(m, &buf))?;
+            let inner_head = scan_object(inner).map_err(|m| fail(m, buf))?;
             if inner_head.id.is_none() {
-                return Err(fail("enveloped object has no `id`".into(), &buf));
+                return Err(fail("enveloped object has no `id`".into(), buf));
             }
             (inner, inner_head)
         }
     };
     let id = match head.id {
-        Some(raw) => raw_id(as_text(raw)).map_err(|m| fail(m, &buf))?,
-        None => return Err(fail("object has no `id`".into(), &buf)),
+        Some(raw) => raw_id(as_text(raw)).map_err(|m| fail(m, buf))?,
+        None => return Err(fail("object has no `id`".into(), buf)),
     };
     let inserted = raw_time(head.inserted_at.map(as_text));
     let stamped = raw_time(head.timestamp.map(as_text));
@@ -559,53 +575,45 @@ pub(crate) fn decode_page(buf: Bytes) -> Result<Page, Error> {
         message,
         raw: Some(buf.clone()),
     };
-    let trimmed = buf.trim_ascii();
+    let scan = scan_page(&buf).map_err(fail)?;
     let mut page = Page::default();
-    let array: &[u8] = match trimmed.first() {
-        Some(b'[') => trimmed,
-        Some(b'{') => {
-            let obj = scan_list_object(trimmed).map_err(fail)?;
-            page.next_cursor = obj
-                .next_cursor
-                .and_then(|r| unquote(as_text(r)))
-                .map(|c| c.into_owned())
-                .filter(|c| !c.is_empty());
-            page.has_more = match obj.has_more {
-                Some(b"true") => Some(true),
-                Some(b"false") => Some(false),
-                _ => None,
-            };
-            let found = [obj.data, obj.events, obj.audit, obj.items]
-                .into_iter()
-                .flatten()
-                .find(|r| r.starts_with(b"["));
-            match found {
-                Some(a) => a,
-                None => {
-                    // Absent and `null` members read as `None` already.
-                    let empty = [obj.data, obj.events, obj.audit, obj.items]
-                        .into_iter()
-                        .all(|r| r.is_none());
-                    if empty && page.next_cursor.is_none() {
-                        return Err(fail(
-                            "object holds no event array under `data`, `events`, `audit` or `items`".into(),
-                        ));
-                    }
-                    return Ok(page);
-                }
-            }
-        }
-        _ => return Err(fail("not a JSON array or object".into())),
+    let obj = &scan.list;
+    page.next_cursor = obj
+        .next_cursor
+        .and_then(|r| unquote(as_text(r)))
+        .map(|c| c.into_owned())
+        .filter(|c| !c.is_empty());
+    page.has_more = match obj.has_more {
+        Some(b"true") => Some(true),
+        Some(b"false") => Some(false),
+        _ => None,
     };
-    // One structural pass splits the page; each element is then checked in full as it is
-    // decoded (an element that is not JSON becomes an invalid element, not a failed page).
-    let elements = split_array(array).map_err(fail)?;
+    let Some(elements) = scan.elements else {
+        // Absent and `null` members read as `None` already.
+        let empty = [obj.data, obj.events, obj.audit, obj.items]
+            .into_iter()
+            .all(|r| r.is_none());
+        if empty && page.next_cursor.is_none() {
+            return Err(fail(
+                "object holds no event array under `data`, `events`, `audit` or `items`".into(),
+            ));
+        }
+        return Ok(page);
+    };
     page.events.reserve(elements.len());
     for element in elements {
-        let slice = buf.slice_ref(element);
-        match decode_event(slice, "list element") {
-            Ok(event) => page.events.push(event),
-            Err(e) => page.invalid.push(e),
+        match element {
+            Element::Object(head, text) => {
+                let slice = buf.slice_ref(text);
+                match event_from_members(&slice, text, head, "list element") {
+                    Ok(event) => page.events.push(event),
+                    Err(e) => page.invalid.push(e),
+                }
+            }
+            Element::Invalid(text, why) => {
+                page.invalid
+                    .push(decode_error("list element", why, &buf.slice_ref(text)))
+            }
         }
     }
     Ok(page)

@@ -25,22 +25,36 @@ pub(crate) struct Members<'a> {
 /// The deepest nesting accepted (serde_json's own limit).
 const MAX_DEPTH: usize = 128;
 
-/// Scan `text`, which must be exactly one JSON object (surrounding whitespace allowed).
-pub(crate) fn scan_object(text: &[u8]) -> Result<Members<'_>, String> {
-    let mut m = Members::default();
-    let non_ascii = walk_members(text, false, |name, value| {
+impl<'a> Members<'a> {
+    /// Keep `value` when `name` is a member of interest.
+    fn fill(&mut self, name: &[u8], value: &'a [u8]) -> Result<(), String> {
         let slot = match name {
-            b"id" => Some((&mut m.id, "id")),
-            b"inserted_at" => Some((&mut m.inserted_at, "inserted_at")),
-            b"timestamp" => Some((&mut m.timestamp, "timestamp")),
-            b"resource_id" => Some((&mut m.resource_id, "resource_id")),
-            b"event" => Some((&mut m.event, "event")),
-            b"data" => Some((&mut m.data, "data")),
+            b"id" => Some((&mut self.id, "id")),
+            b"inserted_at" => Some((&mut self.inserted_at, "inserted_at")),
+            b"timestamp" => Some((&mut self.timestamp, "timestamp")),
+            b"resource_id" => Some((&mut self.resource_id, "resource_id")),
+            b"event" => Some((&mut self.event, "event")),
+            b"data" => Some((&mut self.data, "data")),
             _ => None,
         };
         fill(slot, value)
-    })?;
-    m.non_ascii = non_ascii;
+    }
+}
+
+/// Scan `text`, which must be exactly one JSON object (surrounding whitespace allowed).
+pub(crate) fn scan_object(text: &[u8]) -> Result<Members<'_>, String> {
+    let mut s = Scanner::new(text);
+    s.ws();
+    if s.peek() != Some(b'{') {
+        return Err(s.err("expected `{`"));
+    }
+    let mut m = Members::default();
+    s.members(
+        |s, _, _| s.value(1),
+        |quoted, escaped, value| with_name(quoted, escaped, |name| m.fill(name, value)),
+    )?;
+    s.end()?;
+    m.non_ascii = s.non_ascii;
     Ok(m)
 }
 
@@ -55,37 +69,87 @@ pub(crate) struct ListMembers<'a> {
     pub has_more: Option<&'a [u8]>,
 }
 
-/// Scan a list response object. Arrays and objects inside it are only checked for structure
-/// here (strings, brackets): each element is checked in full when it is decoded as an event.
-pub(crate) fn scan_list_object(text: &[u8]) -> Result<ListMembers<'_>, String> {
-    let mut m = ListMembers::default();
-    walk_members(text, true, |name, value| {
+impl<'a> ListMembers<'a> {
+    /// Keep `value` when `name` is a member of interest.
+    fn fill(&mut self, name: &[u8], value: &'a [u8]) -> Result<(), String> {
         let slot = match name {
-            b"data" => Some((&mut m.data, "data")),
-            b"events" => Some((&mut m.events, "events")),
-            b"audit" => Some((&mut m.audit, "audit")),
-            b"items" => Some((&mut m.items, "items")),
-            b"next_cursor" => Some((&mut m.next_cursor, "next_cursor")),
-            b"has_more" => Some((&mut m.has_more, "has_more")),
+            b"data" => Some((&mut self.data, "data")),
+            b"events" => Some((&mut self.events, "events")),
+            b"audit" => Some((&mut self.audit, "audit")),
+            b"items" => Some((&mut self.items, "items")),
+            b"next_cursor" => Some((&mut self.next_cursor, "next_cursor")),
+            b"has_more" => Some((&mut self.has_more, "has_more")),
             _ => None,
         };
         fill(slot, value)
-    })?;
-    Ok(m)
+    }
 }
 
-/// Split a JSON array (surrounding whitespace allowed) into its elements' text, checking
-/// structure only (see [`scan_list_object`]).
-pub(crate) fn split_array(text: &[u8]) -> Result<Vec<&[u8]>, String> {
+/// The members that may hold a page's events, first choice first.
+const EVENT_ARRAYS: [&[u8]; 4] = [b"data", b"events", b"audit", b"items"];
+
+/// One element of a list page's event array.
+#[derive(Debug)]
+pub(crate) enum Element<'a> {
+    /// An object that passed the full check: its members of interest and its text.
+    Object(Members<'a>, &'a [u8]),
+    /// An element whose structure is whole (strings and brackets) but which is not a valid
+    /// JSON object: its text and what is wrong with it.
+    Invalid(&'a [u8], String),
+}
+
+/// A list response, scanned in one pass.
+#[derive(Debug, Default)]
+pub(crate) struct PageScan<'a> {
+    /// The response's members of interest when it is an object (all `None` for a bare array).
+    pub list: ListMembers<'a>,
+    /// The events: the bare array's elements, else those of the first of `data`, `events`,
+    /// `audit`, `items` that holds an array; `None` when none does.
+    pub elements: Option<Vec<Element<'a>>>,
+}
+
+/// Scan a list response: a bare array of events or an object holding one. The page is read
+/// once: each element of an event array is checked in full as it is reached (a list response
+/// is most of what a backfill reads, and it used to be walked three times). Other arrays and
+/// objects are checked for structure only. An element that fails the full check is skimmed for
+/// structure to find where it ends and kept as [`Element::Invalid`]; broken structure fails
+/// the page.
+pub(crate) fn scan_page(text: &[u8]) -> Result<PageScan<'_>, String> {
     let mut s = Scanner::new(text);
     s.ws();
-    if s.peek() != Some(b'[') {
-        return Err(s.err("expected `[`"));
+    let mut page = PageScan::default();
+    match s.peek() {
+        Some(b'[') => {
+            let mut out = Vec::new();
+            s.event_elements(&mut out)?;
+            page.elements = Some(out);
+        }
+        Some(b'{') => {
+            let mut arrays: [Option<Vec<Element>>; 4] = Default::default();
+            let list = &mut page.list;
+            s.members(
+                |s, quoted, escaped| {
+                    let k = with_name(quoted, escaped, |name| {
+                        Ok(EVENT_ARRAYS.iter().position(|n| *n == name))
+                    })?;
+                    match k {
+                        Some(k) if s.peek() == Some(b'[') => {
+                            let mut out = Vec::new();
+                            s.event_elements(&mut out)?;
+                            arrays[k] = Some(out);
+                            Ok(())
+                        }
+                        _ => s.skim_value(),
+                    }
+                },
+                |quoted, escaped, value| with_name(quoted, escaped, |name| list.fill(name, value)),
+            )?;
+            page.elements = arrays.into_iter().flatten().next();
+        }
+        _ => return Err(s.err("not a JSON array or object")),
     }
-    let mut out = Vec::new();
-    s.elements(1, true, |element| out.push(element))?;
     s.end()?;
-    Ok(out)
+    Ok(page)
 }
 
 /// Store `value` in `slot` (a member of interest), refusing a second one; `null` reads as
@@ -102,29 +166,19 @@ fn fill<'a>(slot: Option<(&mut Option<&'a [u8]>, &str)>, value: &'a [u8]) -> Res
     Ok(())
 }
 
-/// Walk the members of the object `text` is, calling `member(name, raw value)` for each
-/// (names unescaped). `skim`: check nested arrays and objects for structure only. Returns
-/// whether a non-ASCII byte was seen.
-fn walk_members<'a>(
-    text: &'a [u8],
-    skim: bool,
-    mut member: impl FnMut(&[u8], &'a [u8]) -> Result<(), String>,
-) -> Result<bool, String> {
-    let mut s = Scanner::new(text);
-    s.ws();
-    if s.peek() != Some(b'{') {
-        return Err(s.err("expected `{`"));
+/// Call `f` with a member's name, unescaped: `quoted` is its text with the quotes, `escaped`
+/// whether it holds escapes (rare: only then is it decoded).
+fn with_name<T>(
+    quoted: &[u8],
+    escaped: bool,
+    f: impl FnOnce(&[u8]) -> Result<T, String>,
+) -> Result<T, String> {
+    if escaped {
+        let name = serde_json::from_slice::<String>(quoted).map_err(|e| format!("member name: {e}"))?;
+        f(name.as_bytes())
+    } else {
+        f(&quoted[1..quoted.len() - 1])
     }
-    s.members(1, skim, |quoted, escaped, value| {
-        if escaped {
-            let name = serde_json::from_slice::<String>(quoted).map_err(|e| format!("member name: {e}"))?;
-            member(name.as_bytes(), value)
-        } else {
-            member(&quoted[1..quoted.len() - 1], value)
-        }
-    })?;
-    s.end()?;
-    Ok(s.non_ascii)
 }
 
 const ONES: u64 = 0x0101_0101_0101_0101;
@@ -363,23 +417,22 @@ impl<'a> Scanner<'a> {
         if depth > MAX_DEPTH {
             return Err(self.err("nested too deeply"));
         }
-        self.members(depth, false, |_, _, _| Ok(()))
+        self.members(|s, _, _| s.value(depth), |_, _, _| Ok(()))
     }
 
     fn array(&mut self, depth: usize) -> Result<(), String> {
         if depth > MAX_DEPTH {
             return Err(self.err("nested too deeply"));
         }
-        self.elements(depth, false, |_| {})
+        self.elements(|s| s.value(depth))
     }
 
-    /// At a `{`: walk the object's members, calling `member(quoted name, escaped, value)`
-    /// with the name's text (quotes included), whether it holds escapes, and the value's raw
-    /// text. `skim`: values are checked as [`Scanner::skim_value`] does.
+    /// At a `{`: walk the object's members, reading each value with `value(scanner, quoted
+    /// name, escaped)` and then calling `member(quoted name, escaped, value)` with the name's
+    /// text (quotes included), whether it holds escapes, and the value's raw text.
     fn members(
         &mut self,
-        depth: usize,
-        skim: bool,
+        mut value: impl FnMut(&mut Self, &'a [u8], bool) -> Result<(), String>,
         mut member: impl FnMut(&'a [u8], bool, &'a [u8]) -> Result<(), String>,
     ) -> Result<(), String> {
         let b = self.b;
@@ -402,12 +455,9 @@ impl<'a> Scanner<'a> {
             self.i += 1;
             self.ws();
             let value_start = self.i;
-            if skim {
-                self.skim_value()?;
-            } else {
-                self.value(depth)?;
-            }
-            member(&b[start - 1..end + 1], escaped, &b[value_start..self.i])?;
+            let quoted = &b[start - 1..end + 1];
+            value(self, quoted, escaped)?;
+            member(quoted, escaped, &b[value_start..self.i])?;
             self.ws();
             match self.peek() {
                 Some(b',') => self.i += 1,
@@ -420,15 +470,8 @@ impl<'a> Scanner<'a> {
         }
     }
 
-    /// At a `[`: walk the array's elements, calling `element(raw text)` for each. `skim`: as
-    /// in [`Scanner::members`].
-    fn elements(
-        &mut self,
-        depth: usize,
-        skim: bool,
-        mut element: impl FnMut(&'a [u8]),
-    ) -> Result<(), String> {
-        let b = self.b;
+    /// At a `[`: walk the array's elements, reading each with `value`.
+    fn elements(&mut self, mut value: impl FnMut(&mut Self) -> Result<(), String>) -> Result<(), String> {
         self.i += 1;
         self.ws();
         if self.peek() == Some(b']') {
@@ -437,13 +480,7 @@ impl<'a> Scanner<'a> {
         }
         loop {
             self.ws();
-            let start = self.i;
-            if skim {
-                self.skim_value()?;
-            } else {
-                self.value(depth)?;
-            }
-            element(&b[start..self.i]);
+            value(self)?;
             self.ws();
             match self.peek() {
                 Some(b',') => self.i += 1,
@@ -454,6 +491,47 @@ impl<'a> Scanner<'a> {
                 _ => return Err(self.err("expected `,` or `]`")),
             }
         }
+    }
+
+    /// At the `[` of a page's event array: check each element in full as an event object, and
+    /// find the end of one that fails by its structure alone.
+    fn event_elements(&mut self, out: &mut Vec<Element<'a>>) -> Result<(), String> {
+        let b = self.b;
+        self.elements(|s| {
+            let start = s.i;
+            let outer_non_ascii = std::mem::take(&mut s.non_ascii);
+            let checked = if s.peek() == Some(b'{') {
+                let mut m = Members::default();
+                s.members(
+                    |s, _, _| s.value(1),
+                    |quoted, escaped, value| with_name(quoted, escaped, |name| m.fill(name, value)),
+                )
+                .map(|()| Some(m))
+            } else {
+                s.value(1).map(|()| None)
+            };
+            let element = match checked {
+                Ok(Some(mut m)) => {
+                    m.non_ascii = s.non_ascii;
+                    Element::Object(m, &b[start..s.i])
+                }
+                Ok(None) => Element::Invalid(&b[start..s.i], "not a JSON object".into()),
+                Err(first) => {
+                    s.i = start;
+                    s.skim_value()?;
+                    let text = &b[start..s.i];
+                    // Say where, counted from the element's own start.
+                    let why = match scan_object(text) {
+                        Err(e) if text.starts_with(b"{") => e,
+                        _ => first,
+                    };
+                    Element::Invalid(text, why)
+                }
+            };
+            s.non_ascii |= outer_non_ascii;
+            out.push(element);
+            Ok(())
+        })
     }
 }
 
@@ -533,31 +611,56 @@ mod tests {
         }
     }
 
-    /// Brackets and escaped quotes inside strings never move an element's boundary when a
-    /// page is split.
+    /// Brackets and escaped quotes inside strings never move an element's boundary; an element
+    /// that is not a valid object is kept with its text, and broken structure fails the page.
     #[test]
-    fn split_array_ignores_brackets_and_escaped_quotes_inside_strings() {
-        let page = br#" [ {"id":"a\"]}","x":"[{\\"} , {"id":"b"} ,[1,"]"]] "#;
-        let parts = split_array(page).unwrap();
+    fn page_elements_keep_their_bounds_and_bad_ones_are_kept_apart() {
+        let texts = |scan: PageScan<'_>| -> Vec<(Vec<u8>, bool)> {
+            scan.elements
+                .unwrap()
+                .into_iter()
+                .map(|e| match e {
+                    Element::Object(_, t) => (t.to_vec(), true),
+                    Element::Invalid(t, _) => (t.to_vec(), false),
+                })
+                .collect()
+        };
+        let page = br#" [ {"id":"a\"]}","x":"[{\\"} , {"id":"b","n":01} ,[1,"]"], {"id":"c"}] "#;
         assert_eq!(
-            parts,
+            texts(scan_page(page).unwrap()),
             vec![
-                &br#"{"id":"a\"]}","x":"[{\\"}"#[..],
-                &br#"{"id":"b"}"#[..],
-                &br#"[1,"]"]"#[..]
+                (br#"{"id":"a\"]}","x":"[{\\"}"#.to_vec(), true),
+                (br#"{"id":"b","n":01}"#.to_vec(), false),
+                (br#"[1,"]"]"#.to_vec(), false),
+                (br#"{"id":"c"}"#.to_vec(), true),
             ]
         );
+        // The reason counts from the element's own start.
+        let Some(Element::Invalid(_, why)) = scan_page(br#"[{"id":"a"},{"id":"b","n":01}]"#)
+            .unwrap()
+            .elements
+            .unwrap()
+            .into_iter()
+            .nth(1)
+        else {
+            panic!("the second element should be invalid");
+        };
+        assert!(why.contains("at byte 15"), "{why}");
+        // Under an envelope: the first of data/events/audit/items holding an array wins.
+        let wrapped = br#"{"items":[{"id":"i"}],"next_cursor":"c","data":[{"id":"d"}],"x":[{"bad":01}]}"#;
+        let scan = scan_page(wrapped).unwrap();
+        assert_eq!(scan.list.next_cursor, Some(&br#""c""#[..]));
+        assert_eq!(texts(scan), vec![(br#"{"id":"d"}"#.to_vec(), true)]);
+        assert!(scan_page(br#"{"data":null}"#).unwrap().elements.is_none());
         for broken in [
             &br#"[{"id":"a\"}]"#[..],
             br#"[{"id":"a"}"#,
             br#"[{"id":"a\"#,
             br#"[{"id":"a"]]"#,
+            br#"[{"id":"a"}] x"#,
+            br#"{"data":[{"id":"a"}],"data":[]}"#,
         ] {
-            assert!(
-                split_array(broken).is_err(),
-                "{}",
-                String::from_utf8_lossy(broken)
-            );
+            assert!(scan_page(broken).is_err(), "{}", String::from_utf8_lossy(broken));
         }
     }
 

@@ -295,11 +295,14 @@ impl Seen {
 
     /// Record `event`; `false` if it was seen already.
     pub(crate) fn insert(&mut self, event: &AuditEvent) -> bool {
-        if self.ids.contains_key(event.id()) {
-            return false;
-        }
         let cursor = event.cursor_us().or(self.newest).unwrap_or(i64::MIN);
-        self.ids.insert(event.id_arc().clone(), cursor);
+        // One hash and probe per event (a repeat is rare: only overlaps repeat).
+        match self.ids.entry(event.id_arc().clone()) {
+            std::collections::hash_map::Entry::Occupied(_) => return false,
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(cursor);
+            }
+        }
         if self.newest.is_none_or(|n| cursor > n) {
             self.newest = Some(cursor);
             self.newest_text = event.cursor_text_handle();
@@ -333,7 +336,7 @@ pub(crate) struct Pager {
     /// The newest cursor time in this pager's own pages, with the server's spelling of it.
     /// Paging moves by this, not by the newest time seen anywhere: a sweep must walk past
     /// events the socket already delivered to reach the ones it did not.
-    frontier: Option<(i64, Option<String>)>,
+    frontier: Option<(i64, Option<CursorText>)>,
     started: bool,
     finished: bool,
     warned_ties: bool,
@@ -393,7 +396,10 @@ impl Pager {
                 .or_else(|| Some(format_time(0)));
         }
         match &self.frontier {
-            Some((us, text)) => Some(text.clone().unwrap_or_else(|| format_time(*us))),
+            Some((us, text)) => Some(
+                text.as_ref()
+                    .map_or_else(|| format_time(*us), |t| t.as_str().to_string()),
+            ),
             None => self.chain.0.clone(),
         }
     }
@@ -461,7 +467,8 @@ impl Pager {
                     advanced = true;
                 }
                 if self.frontier.as_ref().is_none_or(|(f, _)| c > *f) {
-                    self.frontier = Some((c, event.cursor_text().map(str::to_string)));
+                    // Inline: no allocation per event, and the page is not kept alive.
+                    self.frontier = Some((c, event.cursor_text_handle()));
                 }
             }
             if self.until_us.is_some_and(|u| cursor.is_some_and(|c| c > u)) {
