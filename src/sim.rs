@@ -94,9 +94,17 @@ pub struct SimConfig {
     pub ratio_5xx: f64,
     /// `Retry-After` sent with 429s, in seconds.
     pub retry_after_secs: f64,
+    /// Refuse every Nth socket handshake (counted across sandboxes) with a 503.
+    pub refuse_every_handshakes: Option<u64>,
+    /// Every list and get response waits this long before it is sent.
+    pub slow_response_ms: u64,
+    /// Every Nth list response (counted across sandboxes) sends its headers and half its body,
+    /// then hangs until the client gives up.
+    pub hang_every_lists: Option<u64>,
     /// Share of socket frames preceded by a garbage frame.
     pub garbage_ratio: f64,
-    /// Precede every Nth frame of a socket with a frame over the 1 MiB cap.
+    /// Precede every Nth frame sent (counted across all sockets, so sockets that are dropped
+    /// sooner still get some) with a frame over the 1 MiB cap.
     pub oversize_every_frames: Option<u64>,
     /// Consecutive events sharing one `inserted_at` (1: no ties).
     pub ties: usize,
@@ -154,6 +162,9 @@ impl Default for SimConfig {
             ratio_429: 0.0,
             ratio_5xx: 0.0,
             retry_after_secs: 0.2,
+            refuse_every_handshakes: None,
+            slow_response_ms: 0,
+            hang_every_lists: None,
             garbage_ratio: 0.0,
             oversize_every_frames: None,
             ties: 1,
@@ -213,6 +224,42 @@ struct SimState {
     frames_garbage: AtomicU64,
     open_sockets: AtomicU64,
     live_done: AtomicBool,
+    faults: FaultCounters,
+}
+
+#[derive(Default)]
+struct FaultCounters {
+    rate_limited: AtomicU64,
+    server_errors: AtomicU64,
+    refused: AtomicU64,
+    hung: AtomicU64,
+    drops: AtomicU64,
+    oversized: AtomicU64,
+    /// Frames sent on all sockets, for `oversize_every_frames`.
+    frames: AtomicU64,
+    /// Socket handshakes, for `refuse_every_handshakes`.
+    handshakes: AtomicU64,
+    /// List responses, for `hang_every_lists`.
+    lists: AtomicU64,
+}
+
+/// The faults a simulator has injected so far.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SimFaults {
+    /// List/get requests answered 429.
+    pub rate_limited: u64,
+    /// List/get requests answered 500/502/503.
+    pub server_errors: u64,
+    /// Socket handshakes refused with a 503.
+    pub refused_handshakes: u64,
+    /// List responses that hung halfway.
+    pub hung_responses: u64,
+    /// Sockets dropped without a close frame.
+    pub socket_drops: u64,
+    /// Garbage frames (not JSON, or JSON without an id).
+    pub garbage_frames: u64,
+    /// Frames over the 1 MiB cap.
+    pub oversized_frames: u64,
 }
 
 /// A running simulator. Stops when dropped or on [`Simulator::stop`].
@@ -433,6 +480,7 @@ impl Simulator {
             frames_garbage: AtomicU64::new(0),
             open_sockets: AtomicU64::new(0),
             live_done: AtomicBool::new(false),
+            faults: FaultCounters::default(),
         });
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", state.config.port)).await?;
         let addr = listener.local_addr()?;
@@ -545,6 +593,21 @@ impl Simulator {
         self.state.frames_garbage.load(Ordering::Relaxed)
     }
 
+    /// The faults injected so far, by kind.
+    pub fn faults(&self) -> SimFaults {
+        let f = &self.state.faults;
+        let oversized = f.oversized.load(Ordering::Relaxed);
+        SimFaults {
+            rate_limited: f.rate_limited.load(Ordering::Relaxed),
+            server_errors: f.server_errors.load(Ordering::Relaxed),
+            refused_handshakes: f.refused.load(Ordering::Relaxed),
+            hung_responses: f.hung.load(Ordering::Relaxed),
+            socket_drops: f.drops.load(Ordering::Relaxed),
+            garbage_frames: self.garbage_frames() - oversized,
+            oversized_frames: oversized,
+        }
+    }
+
     /// Stop serving.
     pub fn stop(&self) {
         self.shutdown.cancel();
@@ -606,9 +669,16 @@ fn json_response(status: StatusCode, body: String) -> Response {
     resp
 }
 
-/// A 401, or an injected 429/5xx, before the real answer.
-fn precheck(state: &SimState, headers: &HeaderMap, query: &HashMap<String, String>) -> Option<Response> {
+/// A 401, or an injected 429/5xx, before the real answer (after the injected delay).
+async fn precheck(
+    state: &SimState,
+    headers: &HeaderMap,
+    query: &HashMap<String, String>,
+) -> Option<Response> {
     let n = state.requests.fetch_add(1, Ordering::Relaxed);
+    if state.config.slow_response_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(state.config.slow_response_ms)).await;
+    }
     if !authorized(state, headers, query) {
         return Some(json_response(
             StatusCode::UNAUTHORIZED,
@@ -618,6 +688,7 @@ fn precheck(state: &SimState, headers: &HeaderMap, query: &HashMap<String, Strin
     }
     let roll = rand::random::<f64>();
     if roll < state.config.ratio_429 {
+        state.faults.rate_limited.fetch_add(1, Ordering::Relaxed);
         let secs = state.config.retry_after_secs;
         let mut resp = json_response(
             StatusCode::TOO_MANY_REQUESTS,
@@ -633,6 +704,7 @@ fn precheck(state: &SimState, headers: &HeaderMap, query: &HashMap<String, Strin
         return Some(resp);
     }
     if roll < state.config.ratio_429 + state.config.ratio_5xx {
+        state.faults.server_errors.fetch_add(1, Ordering::Relaxed);
         let (status, body) = match n % 3 {
             0 => (
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -656,7 +728,7 @@ async fn list_handler(
     headers: HeaderMap,
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
-    if let Some(resp) = precheck(&state, &headers, &query) {
+    if let Some(resp) = precheck(&state, &headers, &query).await {
         return resp;
     }
     if state.config.reject_cursors && query.contains_key("cursor") {
@@ -811,7 +883,30 @@ async fn list_handler(
             format!(r#"{{"data":{array},"next_cursor":{next},"has_more":{has_more}}}"#)
         }
     };
+    let nth = state.faults.lists.fetch_add(1, Ordering::Relaxed) + 1;
+    if state
+        .config
+        .hang_every_lists
+        .is_some_and(|n| nth.is_multiple_of(n))
+    {
+        state.faults.hung.fetch_add(1, Ordering::Relaxed);
+        return hanging_response(body);
+    }
     json_response(StatusCode::OK, body)
+}
+
+/// A 200 whose body stops halfway and never ends: a server that hangs mid-response.
+fn hanging_response(body: String) -> Response {
+    let mut half = body.into_bytes();
+    half.truncate(half.len() / 2);
+    let first = futures_util::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::from(half))]);
+    let stream = futures_util::StreamExt::chain(first, futures_util::stream::pending());
+    let mut resp = Response::new(axum::body::Body::from_stream(stream));
+    resp.headers_mut().insert(
+        "content-type",
+        axum::http::HeaderValue::from_static("application/json"),
+    );
+    resp
 }
 
 async fn get_handler(
@@ -820,7 +915,7 @@ async fn get_handler(
     Path(id): Path<String>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
-    if let Some(resp) = precheck(&state, &headers, &query) {
+    if let Some(resp) = precheck(&state, &headers, &query).await {
         return resp;
     }
     for sb in state.every_sandbox() {
@@ -845,7 +940,7 @@ async fn sandboxes_handler(
     headers: HeaderMap,
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
-    if let Some(resp) = precheck(&state, &headers, &query) {
+    if let Some(resp) = precheck(&state, &headers, &query).await {
         return resp;
     }
     let items: Vec<serde_json::Value> = state
@@ -872,6 +967,15 @@ async fn socket_handler(
     };
     if state.config.no_socket.contains(&rid) {
         return (StatusCode::NOT_FOUND, "socket endpoint not available").into_response();
+    }
+    let nth = state.faults.handshakes.fetch_add(1, Ordering::Relaxed) + 1;
+    if state
+        .config
+        .refuse_every_handshakes
+        .is_some_and(|n| nth.is_multiple_of(n))
+    {
+        state.faults.refused.fetch_add(1, Ordering::Relaxed);
+        return (StatusCode::SERVICE_UNAVAILABLE, "socket handshake refused").into_response();
     }
     // Subscribe before answering the upgrade: every event stored after the client sees the 101
     // reaches this socket, so a client that lists after connecting misses nothing.
@@ -966,6 +1070,7 @@ async fn push_events(
                 .is_some_and(|n| frames.is_multiple_of(n))
             {
                 // Drop without a close frame: the client sees a broken connection.
+                state.faults.drops.fetch_add(1, Ordering::Relaxed);
                 let _ = socket.flush().await;
                 return;
             }
@@ -993,12 +1098,14 @@ async fn feed_event(
         };
         socket.feed(Message::Text(garbage.into())).await.map_err(drop)?;
     }
+    let sent = state.faults.frames.fetch_add(1, Ordering::Relaxed);
     if state
         .config
         .oversize_every_frames
-        .is_some_and(|n| (frames + 1).is_multiple_of(n))
+        .is_some_and(|n| (sent + 1).is_multiple_of(n))
     {
         state.frames_garbage.fetch_add(1, Ordering::Relaxed);
+        state.faults.oversized.fetch_add(1, Ordering::Relaxed);
         let huge = format!(r#"{{"id":"evt_huge","pad":"{}"}}"#, "x".repeat(1_100_000));
         socket.feed(Message::Text(huge.into())).await.map_err(drop)?;
     }

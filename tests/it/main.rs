@@ -8,6 +8,7 @@ mod client;
 mod config;
 mod discovery;
 mod fallback;
+mod faults;
 mod jobs;
 #[cfg(feature = "kafka")]
 mod kafka;

@@ -1,0 +1,715 @@
+//! The fault suite: faults injected into live runs of the real binary, and the events lost and
+//! duplicated under each, counted against every event the simulator made.
+//!
+//! `cargo test --test it faults` runs the quick profile (CI does, on every change);
+//! `scripts/reliability` runs the full one (`AUDITSHIP_FAULTS=full`) and writes the table into
+//! RELIABILITY.md. `AUDITSHIP_FAULTS_ONLY=<case id>` runs one case. Every case runs to the end and
+//! the table is written before anything is asserted, so a failing run still shows its figures.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use auditship::sim::{SimConfig, SimFaults, Simulator};
+
+use crate::util::{finish, signal, sim, sim_lines, Output, Proc, Workspace};
+
+/// How big a run is.
+#[derive(Clone, Copy, Debug)]
+struct Profile {
+    full: bool,
+    /// Events of each process-fault run.
+    kill_events: u64,
+    /// kill -9s per process-fault run.
+    kills: u64,
+    /// Events of each source-fault run.
+    source_events: u64,
+}
+
+fn profile() -> Profile {
+    if std::env::var("AUDITSHIP_FAULTS").as_deref() == Ok("full") {
+        Profile {
+            full: true,
+            kill_events: 200_000,
+            kills: 20,
+            source_events: 20_000,
+        }
+    } else {
+        Profile {
+            full: false,
+            kill_events: 12_000,
+            kills: 5,
+            source_events: 2_400,
+        }
+    }
+}
+
+/// One line of the table.
+#[derive(Debug)]
+struct Row {
+    id: &'static str,
+    fault: String,
+    injected: String,
+    events: usize,
+    lost: usize,
+    duplicated: usize,
+    /// Duplicates allowed (0 but for Kafka's at-least-once).
+    allowed_duplicates: usize,
+    unexpected: usize,
+    /// Dead letters written, and how many of them carry no reason.
+    dead_letters: (usize, usize),
+    /// Where the API key was found (nowhere, or the run fails).
+    leaks: Vec<String>,
+    note: String,
+    secs: f64,
+}
+
+/// Lines missing from `got`, lines in it more than once (extra copies), and lines that are not
+/// events of the simulator.
+fn tally(got: &[String], expected: &[String]) -> (usize, usize, usize) {
+    let mut counts: HashMap<&str, usize> = HashMap::new();
+    for l in got {
+        *counts.entry(l.as_str()).or_default() += 1;
+    }
+    let expected_set: HashSet<&str> = expected.iter().map(String::as_str).collect();
+    let lost = expected_set.iter().filter(|l| !counts.contains_key(*l)).count();
+    let duplicated = counts.values().map(|n| n - 1).sum();
+    let unexpected = counts.keys().filter(|l| !expected_set.contains(*l)).count();
+    (lost, duplicated, unexpected)
+}
+
+fn ids(prefix: &str, n: usize) -> Vec<String> {
+    (1..=n).map(|i| format!("{prefix}-{i}")).collect()
+}
+
+fn refs(ids: &[String]) -> Vec<&str> {
+    ids.iter().map(String::as_str).collect()
+}
+
+/// Wait (up to `timeout`) until the checkpoint holds every event, then SIGTERM and collect.
+async fn drain(ws: &Workspace, sim: &Simulator, child: Proc, timeout: Duration) -> Output {
+    let start = Instant::now();
+    while !(sim.live_done() && ws.committed_events() >= sim.total_events() as i64) {
+        if start.elapsed() > timeout || child_exited(&child) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    signal(&child, libc::SIGTERM);
+    finish(child, Duration::from_secs(60))
+}
+
+fn child_exited(child: &Proc) -> bool {
+    // SAFETY: waitid with WNOWAIT only peeks at our own child's state.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    let r = unsafe {
+        libc::waitid(
+            libc::P_PID,
+            child.child.id(),
+            &mut info,
+            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+        )
+    };
+    r == 0 && unsafe { info.si_pid() } != 0
+}
+
+/// Dead letters: how many, and their reasons with counts (the reason's text up to ` at byte`
+/// or `:` detail, so similar reasons group).
+fn dead_letters(ws: &Workspace) -> (usize, Vec<(String, usize)>) {
+    let text = std::fs::read_to_string(ws.path().join("state/dead-letter.ndjson")).unwrap_or_default();
+    let mut reasons: HashMap<String, usize> = HashMap::new();
+    let mut n = 0;
+    for line in text.lines() {
+        n += 1;
+        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_default();
+        let reason = v["reason"].as_str().unwrap_or("(no reason)");
+        let short = reason.split(" at byte").next().unwrap_or(reason);
+        *reasons.entry(short.chars().take(70).collect()).or_default() += 1;
+    }
+    let mut reasons: Vec<_> = reasons.into_iter().collect();
+    reasons.sort();
+    (n, reasons)
+}
+
+/// A live run with file archive under a source fault; no process faults.
+async fn source_case(
+    id: &'static str,
+    fault: &str,
+    p: Profile,
+    sandboxes: usize,
+    config: SimConfig,
+    extra_source: &str,
+    injected: impl Fn(&SimFaults) -> String,
+) -> Row {
+    let started = Instant::now();
+    let names = ids(id, sandboxes);
+    let per = p.source_events / sandboxes as u64;
+    let backlog = per / 4;
+    let sim = sim(
+        &refs(&names),
+        SimConfig {
+            backlog_per_sandbox: backlog as usize,
+            live_rate_per_sec: if p.full { 400.0 } else { 300.0 },
+            live_events_per_sandbox: Some(per - backlog),
+            ..config
+        },
+    )
+    .await;
+    let ws = Workspace::new(&sim, &refs(&names), extra_source, "");
+    let key = sim.api_key().to_string();
+    let child = ws.spawn(&key, &["run", "pipe.toml"]);
+    let out = drain(
+        &ws,
+        &sim,
+        child,
+        Duration::from_secs(if p.full { 600 } else { 240 }),
+    )
+    .await;
+    keep_log(id, &out);
+    let expected = sim_lines(&sim, &refs(&names));
+    let got = ws.archive_lines();
+    let (lost, duplicated, unexpected) = tally(&got, &expected);
+    let leaks = key_leaks(sim.api_key(), &ws, &format!("{}{}", out.stdout, out.stderr), &got);
+    let (letters, reasons) = dead_letters(&ws);
+    let mut note = if letters > 0 {
+        let list: Vec<String> = reasons.iter().map(|(r, n)| format!("{n}× {r}")).collect();
+        format!("{letters} dead letters: {}", list.join("; "))
+    } else {
+        String::new()
+    };
+    if out.code != Some(0) {
+        note = format!("exit {:?}: {} {note}", out.code, last_line(&out.stderr));
+    }
+    Row {
+        id,
+        fault: fault.into(),
+        injected: injected(&sim.faults()),
+        events: expected.len(),
+        lost,
+        duplicated,
+        allowed_duplicates: 0,
+        unexpected,
+        dead_letters: (
+            letters,
+            reasons
+                .iter()
+                .filter(|(r, _)| r == "(no reason)")
+                .map(|(_, n)| n)
+                .sum(),
+        ),
+        leaks,
+        note,
+        secs: started.elapsed().as_secs_f64(),
+    }
+}
+
+/// Keep a run's stderr as `target/faults/<case>.log`, for reading after the suite.
+fn keep_log(id: &str, out: &Output) {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/faults");
+    let _ = std::fs::create_dir_all(&dir);
+    let _ = std::fs::write(dir.join(format!("{id}.log")), &out.stderr);
+}
+
+fn last_line(text: &str) -> String {
+    text.lines()
+        .last()
+        .unwrap_or_default()
+        .chars()
+        .take(200)
+        .collect()
+}
+
+/// The simulator of a process-fault run: `p.kill_events` over 8 sandboxes, a quarter of it
+/// backlog, the rest live over about as long as the kills take.
+async fn kill_sim(prefix: &str, p: Profile) -> (Simulator, Vec<String>) {
+    let names = ids(prefix, 8);
+    let per = p.kill_events / 8;
+    let backlog = per / 4;
+    // Spread the live events over the kill rounds (about 1.2 s each) and a little more.
+    let secs = (p.kills as f64 * 1.2 + 2.0).max(4.0);
+    let sim = sim(
+        &refs(&names),
+        SimConfig {
+            backlog_per_sandbox: backlog as usize,
+            live_rate_per_sec: (per - backlog) as f64 / secs,
+            live_events_per_sandbox: Some(per - backlog),
+            drop_every_frames: Some(997),
+            ties: 2,
+            ..SimConfig::default()
+        },
+    )
+    .await;
+    (sim, names)
+}
+
+/// Kill -9 the running binary `p.kills` times at pseudo-random moments (0.4–1.6 s after each
+/// start), restarting it each time; `after_kill` runs after each kill. Returns the last run's
+/// output after it drained everything.
+/// Where `key` appears: the runs' output (`printed`), any file of the workspace but the
+/// pipeline file (it names the key's variable, not the key), including the SQLite database and
+/// the dead letters, and the lines the sink holds.
+fn key_leaks(key: &str, ws: &Workspace, printed: &str, sink_lines: &[String]) -> Vec<String> {
+    let mut leaks = Vec::new();
+    if printed.contains(key) {
+        leaks.push("the process output".to_string());
+    }
+    for f in ws.all_files() {
+        if f == std::path::Path::new("pipe.toml") {
+            continue;
+        }
+        let bytes = std::fs::read(ws.path().join(&f)).unwrap_or_default();
+        if bytes.windows(key.len()).any(|w| w == key.as_bytes()) {
+            leaks.push(f.display().to_string());
+        }
+    }
+    if sink_lines.iter().any(|l| l.contains(key)) {
+        leaks.push("the sink's records".to_string());
+    }
+    leaks
+}
+
+/// Returns the last run's output after it drained everything, and everything the runs printed.
+async fn kill_rounds(
+    ws: &Workspace,
+    sim: &Simulator,
+    p: Profile,
+    mut after_kill: impl FnMut(),
+) -> (Output, String) {
+    let key = sim.api_key().to_string();
+    let mut printed = String::new();
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64 ^ p.kills;
+    for _ in 0..p.kills {
+        let child = ws.spawn(&key, &["run", "pipe.toml"]);
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let pause = 400 + (seed >> 33) % 1200;
+        tokio::time::sleep(Duration::from_millis(pause)).await;
+        signal(&child, libc::SIGKILL);
+        let out = finish(child, Duration::from_secs(10));
+        assert_eq!(out.code, None, "killed by a signal");
+        printed.push_str(&out.stdout);
+        printed.push_str(&out.stderr);
+        after_kill();
+    }
+    let child = ws.spawn(&key, &["run", "pipe.toml"]);
+    // Let it install its signal handlers before a drain may stop it.
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    let out = drain(
+        ws,
+        sim,
+        child,
+        Duration::from_secs(if p.full { 600 } else { 240 }),
+    )
+    .await;
+    printed.push_str(&out.stdout);
+    printed.push_str(&out.stderr);
+    (out, printed)
+}
+
+fn kill_row(
+    id: &'static str,
+    fault: String,
+    p: Profile,
+    expected: &[String],
+    got: &[String],
+    out: &Output,
+    started: Instant,
+) -> Row {
+    keep_log(id, out);
+    let (lost, duplicated, unexpected) = tally(got, expected);
+    let note = if out.code == Some(0) {
+        String::new()
+    } else {
+        format!("last run exit {:?}: {}", out.code, last_line(&out.stderr))
+    };
+    Row {
+        id,
+        fault,
+        injected: format!("{} × kill -9, each followed by a restart", p.kills),
+        events: expected.len(),
+        lost,
+        duplicated,
+        allowed_duplicates: 0,
+        unexpected,
+        dead_letters: (0, 0),
+        leaks: Vec::new(),
+        note,
+        secs: started.elapsed().as_secs_f64(),
+    }
+}
+
+async fn kill_file(p: Profile) -> Row {
+    let started = Instant::now();
+    let (sim, names) = kill_sim("kf", p).await;
+    let ws = Workspace::new(&sim, &refs(&names), "", "rotate_max_bytes = 200000");
+    let (out, printed) = kill_rounds(&ws, &sim, p, || {}).await;
+    let expected = sim_lines(&sim, &refs(&names));
+    let got = ws.archive_lines();
+    let mut row = kill_row(
+        "kill-file",
+        "process killed (file sink)".into(),
+        p,
+        &expected,
+        &got,
+        &out,
+        started,
+    );
+    row.leaks = key_leaks(sim.api_key(), &ws, &printed, &got);
+    // The scan finds a key where there is one.
+    let canary = ws.path().join("state/canary.bin");
+    std::fs::write(&canary, format!("\0{}\0", sim.api_key())).unwrap();
+    assert_eq!(
+        key_leaks(sim.api_key(), &ws, "", &[]),
+        vec!["state/canary.bin".to_string()]
+    );
+    std::fs::remove_file(canary).unwrap();
+    row
+}
+
+#[cfg(feature = "s3")]
+async fn kill_s3(p: Profile) -> Row {
+    use auditship_sink_s3::testing::{client, create_bucket, lines, read_all, S3Server};
+    let started = Instant::now();
+    let server = S3Server::start().unwrap_or_else(|e| panic!("{e}"));
+    let c = client(&server.endpoint()).await;
+    create_bucket(&c, "faults", false).await.unwrap();
+    let (sim, names) = kill_sim("ks", p).await;
+    let sink = format!(
+        "[sinks.cold]\ntype = \"s3\"\nbucket = \"faults\"\nregion = \"us-east-1\"\nendpoint = \"{}\"\nforce_path_style = true\nkey_prefix = \"a/{{resource_id}}/\"\ncompression = \"zstd\"\nbatch_max_events = 500\nbatch_timeout_ms = 300\n",
+        server.endpoint()
+    );
+    let ws = Workspace::with_sinks(&sim, &refs(&names), "", &sink);
+    let (out, printed) = kill_rounds(&ws, &sim, p, || {}).await;
+    let mut got = Vec::new();
+    for o in read_all(&c, "faults").await.unwrap() {
+        got.extend(lines(&o.key, &o.body).unwrap());
+    }
+    let expected = sim_lines(&sim, &refs(&names));
+    let mut row = kill_row(
+        "kill-s3",
+        "process killed (S3 sink)".into(),
+        p,
+        &expected,
+        &got,
+        &out,
+        started,
+    );
+    row.leaks = key_leaks(sim.api_key(), &ws, &printed, &got);
+    row
+}
+
+#[cfg(feature = "kafka")]
+async fn kill_kafka(p: Profile) -> Row {
+    use auditship_sink_kafka::testing::{read_topic, Broker};
+    let started = Instant::now();
+    let broker = Broker::start().unwrap_or_else(|e| panic!("{e}"));
+    let (sim, names) = kill_sim("kk", p).await;
+    let sink = format!(
+        "[sinks.siem]\ntype = \"kafka\"\nbrokers = \"{}\"\ntopic = \"faults\"\nkey = \"resource_id\"\ncompression = \"zstd\"\n",
+        broker.address()
+    );
+    let ws = Workspace::with_sinks(&sim, &refs(&names), "", &sink);
+    let values = |records: Vec<auditship_sink_kafka::testing::Record>| -> Vec<String> {
+        records
+            .into_iter()
+            .map(|r| String::from_utf8_lossy(&r.value).into_owned())
+            .collect()
+    };
+    // After each kill: events in the topic that the checkpoint had not committed. A restart
+    // sends those again, so their sum bounds the duplicates.
+    let mut window = 0usize;
+    let addr = broker.address();
+    let (out, printed) = kill_rounds(&ws, &sim, p, || {
+        let committed = ws.committed_events().max(0) as usize;
+        let delivered: HashSet<String> =
+            values(read_topic(&addr, "faults", usize::MAX, Duration::from_millis(800)).unwrap_or_default())
+                .into_iter()
+                .collect();
+        window += delivered.len().saturating_sub(committed);
+    })
+    .await;
+    let got = values(read_topic(&addr, "faults", usize::MAX, Duration::from_secs(2)).unwrap());
+    let expected = sim_lines(&sim, &refs(&names));
+    let mut row = kill_row(
+        "kill-kafka",
+        "process killed (Kafka sink)".into(),
+        p,
+        &expected,
+        &got,
+        &out,
+        started,
+    );
+    row.allowed_duplicates = window;
+    row.leaks = key_leaks(sim.api_key(), &ws, &printed, &got);
+    row.note = format!(
+        "at least once: {window} events were delivered but not yet checkpointed at the kills (the bound) {}",
+        row.note
+    )
+    .trim_end()
+    .to_string();
+    row
+}
+
+/// A source-fault case: id, what the fault is, sandboxes, the simulator's faults, lines added to
+/// `[source]`, and how to count what was injected.
+type SourceCase = (
+    &'static str,
+    &'static str,
+    usize,
+    SimConfig,
+    &'static str,
+    fn(&SimFaults) -> String,
+);
+
+async fn source_cases(p: Profile) -> Vec<Row> {
+    // Sandboxes without a socket poll the list endpoint: the REST faults reach them all.
+    let polling = |prefix: &str, n: usize| ids(prefix, n);
+    let mut rows = Vec::new();
+    let only = std::env::var("AUDITSHIP_FAULTS_ONLY").unwrap_or_default();
+    let want = |id: &str| only.is_empty() || only == id;
+    let cases: Vec<SourceCase> = vec![
+        (
+            "drops",
+            "sockets dropped every 5 frames (no close frame)",
+            4,
+            SimConfig {
+                drop_every_frames: Some(5),
+                ..SimConfig::default()
+            },
+            "",
+            |f| format!("{} socket drops", f.socket_drops),
+        ),
+        (
+            "refused",
+            "socket handshakes refused (503), every second one; sockets also dropped every 25 frames, so handshakes recur",
+            4,
+            SimConfig {
+                refuse_every_handshakes: Some(2),
+                drop_every_frames: Some(25),
+                ..SimConfig::default()
+            },
+            "",
+            |f| format!("{} handshakes refused", f.refused_handshakes),
+        ),
+        (
+            "429",
+            "429 storm: half of all list requests, with Retry-After (polling)",
+            4,
+            SimConfig {
+                no_socket: polling("429", 4),
+                ratio_429: 0.5,
+                ..SimConfig::default()
+            },
+            "",
+            |f| format!("{} × 429", f.rate_limited),
+        ),
+        (
+            "5xx",
+            "5xx bursts: 40% of list requests answered 500/502/503 (polling)",
+            4,
+            SimConfig {
+                no_socket: polling("5xx", 4),
+                ratio_5xx: 0.4,
+                ..SimConfig::default()
+            },
+            "",
+            |f| format!("{} × 5xx", f.server_errors),
+        ),
+        (
+            "slow",
+            "slow responses: every list answer 400 ms late (polling)",
+            4,
+            SimConfig {
+                no_socket: polling("slow", 4),
+                slow_response_ms: 400,
+                ..SimConfig::default()
+            },
+            "",
+            |_| "every list request".into(),
+        ),
+        (
+            "hang",
+            "list responses hang halfway through the body, every seventh (polling)",
+            4,
+            SimConfig {
+                no_socket: polling("hang", 4),
+                hang_every_lists: Some(7),
+                ..SimConfig::default()
+            },
+            "request_timeout_ms = 1000",
+            |f| format!("{} hung responses", f.hung_responses),
+        ),
+        (
+            "garbage",
+            "garbage frames: 5% not JSON or without an id",
+            4,
+            SimConfig {
+                garbage_ratio: 0.05,
+                ..SimConfig::default()
+            },
+            "",
+            |f| format!("{} garbage frames", f.garbage_frames),
+        ),
+        (
+            "oversized",
+            "oversized frames (1.1 MB, over the 1 MiB cap) every 50 frames",
+            4,
+            SimConfig {
+                oversize_every_frames: Some(50),
+                ..SimConfig::default()
+            },
+            "",
+            |f| format!("{} oversized frames", f.oversized_frames),
+        ),
+        (
+            "all",
+            "all of the above at once, half the sandboxes polling",
+            6,
+            SimConfig {
+                no_socket: polling("all", 3),
+                drop_every_frames: Some(40),
+                refuse_every_handshakes: Some(3),
+                ratio_429: 0.2,
+                ratio_5xx: 0.2,
+                slow_response_ms: 150,
+                hang_every_lists: Some(15),
+                garbage_ratio: 0.05,
+                oversize_every_frames: Some(30),
+                ..SimConfig::default()
+            },
+            "request_timeout_ms = 1000",
+            |f| {
+                format!(
+                    "{} drops, {} refused, {} × 429, {} × 5xx, {} hung, {} garbage, {} oversized",
+                    f.socket_drops,
+                    f.refused_handshakes,
+                    f.rate_limited,
+                    f.server_errors,
+                    f.hung_responses,
+                    f.garbage_frames,
+                    f.oversized_frames
+                )
+            },
+        ),
+    ];
+    let mut runs = Vec::new();
+    for (id, fault, n, config, extra, injected) in cases {
+        if want(id) {
+            runs.push(source_case(id, fault, p, n, config, extra, injected));
+        }
+    }
+    rows.extend(futures_util::future::join_all(runs).await);
+    rows
+}
+
+fn table(rows: &[Row], p: Profile) -> String {
+    let mut t = String::from(
+        "| case | fault | injected | events | lost | duplicated | notes |\n|---|---|---|---|---|---|---|\n",
+    );
+    for r in rows {
+        let dup = if r.allowed_duplicates > 0 {
+            format!("{} (bound {})", r.duplicated, r.allowed_duplicates)
+        } else {
+            r.duplicated.to_string()
+        };
+        let mut note = r.note.replace('|', "\\|");
+        if r.unexpected > 0 {
+            note = format!("{} lines that are not simulator events; {note}", r.unexpected);
+        }
+        if !r.leaks.is_empty() {
+            note = format!("THE API KEY IS IN {}; {note}", r.leaks.join(", "));
+        }
+        t.push_str(&format!(
+            "| `{}` | {} | {} | {} | {} | {} | {} ({:.0} s) |\n",
+            r.id, r.fault, r.injected, r.events, r.lost, dup, note, r.secs
+        ));
+    }
+    if rows.iter().all(|r| r.leaks.is_empty()) {
+        t.push_str(
+            "\nThe API key was in no case's output (stderr at info level, stdout), workspace file (SQLite database and its WAL, dead letters, archives) or sink record.\n",
+        );
+    }
+    t.push_str(&format!(
+        "\nProfile: {}. Reproduce one case: `{}AUDITSHIP_FAULTS_ONLY=<case> cargo test --release --test it faults -- --nocapture`.\n",
+        if p.full { "full" } else { "quick" },
+        if p.full { "AUDITSHIP_FAULTS=full " } else { "" }
+    ));
+    t
+}
+
+/// Put `table` between the markers of RELIABILITY.md.
+fn write_reliability_md(table: &str) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("RELIABILITY.md");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let (begin, end) = ("<!-- faults:begin -->\n", "<!-- faults:end -->");
+    let a = text.find(begin).expect("RELIABILITY.md has the begin marker") + begin.len();
+    let b = text.find(end).expect("RELIABILITY.md has the end marker");
+    let stamp = chrono::Utc::now().format("%Y-%m-%d %H:%M UTC");
+    let new = format!("{}Run {stamp}.\n\n{table}{}", &text[..a], &text[b..]);
+    std::fs::write(&path, new).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fault_suite_loses_nothing() {
+    let p = profile();
+    let only = std::env::var("AUDITSHIP_FAULTS_ONLY").unwrap_or_default();
+    let want = |id: &str| only.is_empty() || only == id;
+    let mut rows = Vec::new();
+    // Process faults one after another (their timing matters), the source faults side by side.
+    if want("kill-file") {
+        rows.push(kill_file(p).await);
+    }
+    #[cfg(feature = "s3")]
+    if want("kill-s3") {
+        rows.push(kill_s3(p).await);
+    }
+    #[cfg(feature = "kafka")]
+    if want("kill-kafka") {
+        rows.push(kill_kafka(p).await);
+    }
+    rows.extend(source_cases(p).await);
+    assert!(!rows.is_empty(), "AUDITSHIP_FAULTS_ONLY={only:?} names no case");
+
+    let table = table(&rows, p);
+    println!("{table}");
+    let target = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/reliability.md");
+    let _ = std::fs::write(&target, &table);
+    if p.full && only.is_empty() {
+        write_reliability_md(&table);
+    }
+    for r in &rows {
+        assert_eq!(r.lost, 0, "{}: {} events lost\n{table}", r.id, r.lost);
+        assert_eq!(r.unexpected, 0, "{}: lines that are not events\n{table}", r.id);
+        assert!(r.leaks.is_empty(), "{}: the API key is in {:?}", r.id, r.leaks);
+        assert!(
+            r.duplicated <= r.allowed_duplicates,
+            "{}: {} duplicated (allowed {})\n{table}",
+            r.id,
+            r.duplicated,
+            r.allowed_duplicates
+        );
+        assert!(
+            r.note.is_empty() || !r.note.contains("exit "),
+            "{}: {}",
+            r.id,
+            r.note
+        );
+    }
+    // Garbage is dead-lettered, each letter with its reason.
+    for r in rows
+        .iter()
+        .filter(|r| matches!(r.id, "garbage" | "oversized" | "all"))
+    {
+        assert!(r.dead_letters.0 > 0, "{}: no dead letters", r.id);
+        assert_eq!(r.dead_letters.1, 0, "{}: dead letters without a reason", r.id);
+    }
+    // Every fault was really injected.
+    for r in &rows {
+        assert!(
+            !r.injected.starts_with("0 ") && !r.injected.contains(" 0 "),
+            "{}: the fault was not injected: {}",
+            r.id,
+            r.injected
+        );
+    }
+}
