@@ -266,9 +266,21 @@ struct SimArgs {
     plain_frames: bool,
 }
 
+/// Archives, checkpoints and dead letters hold audit data: whatever umask auditship inherits, no
+/// file or directory it creates is readable by other users (files 0640 at most, directories
+/// 0750). A stricter inherited umask stays.
+fn restrict_umask() {
+    // SAFETY: umask(2) cannot fail; it only sets this process's file-creation mask.
+    unsafe {
+        let inherited = libc::umask(0o027);
+        libc::umask(inherited | 0o027);
+    }
+}
+
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format, &cli.log_level);
+    restrict_umask();
     // One socket per sandbox (plus archive files): the usual soft limit of 1024 descriptors
     // would push a large fleet onto the polling fallback. Raise it to the hard limit.
     match rlimit::increase_nofile_limit(u64::MAX) {

@@ -125,6 +125,29 @@ async fn the_key_never_appears_in_output_logs_or_files() {
             "the key is in {name}"
         );
     }
+    // Nothing auditship created is readable by other users, whatever umask it inherited (the
+    // test's own is the usual 022).
+    use std::os::unix::fs::PermissionsExt as _;
+    let mut checked = 0;
+    for f in ws.all_files() {
+        if f == std::path::Path::new("pipe.toml") {
+            continue;
+        }
+        let mut path = ws.path().join(&f);
+        loop {
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o007, 0, "{} has mode {:o}", path.display(), mode & 0o777);
+            checked += 1;
+            match path.parent() {
+                Some(p) if p != ws.path() => path = p.to_path_buf(),
+                _ => break,
+            }
+        }
+    }
+    assert!(
+        ws.all_files().iter().any(|f| f.ends_with("dead-letter.ndjson")) && checked > 4,
+        "archive, state and dead letters were checked"
+    );
     // A refused key: a clear error that names the fix, still without the key.
     let wrong = "msk_live_WRONGSECRET_99";
     let out = ws.run(wrong, &["--log-level", "debug", "run", "pipe.toml"]);
