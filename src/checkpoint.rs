@@ -33,7 +33,7 @@ pub enum StoreError {
         message: String,
     },
     /// A statement failed.
-    #[error("checkpoint database {path}: {source}")]
+    #[error("checkpoint database {path}: {source}{}", sqlite_hint(source))]
     Sqlite {
         /// The database file.
         path: PathBuf,
@@ -56,6 +56,25 @@ pub enum StoreError {
         /// The lock file.
         lock: PathBuf,
     },
+}
+
+/// What to do about a failed statement, where SQLite says enough to know.
+fn sqlite_hint(e: &rusqlite::Error) -> &'static str {
+    match e.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::ReadOnly) => {
+            "; make the database file, its -wal and -shm files and its directory writable by this user (or the file system writable), then start again: shipping resumes from the last checkpoint and nothing is shipped twice"
+        }
+        Some(rusqlite::ErrorCode::DiskFull) => {
+            "; free space on the file system holding it, then start again: shipping resumes from the last checkpoint"
+        }
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => {
+            "; another process holds a lock on it (a sqlite3 shell or a backup tool?); auditship retries until it is released"
+        }
+        Some(rusqlite::ErrorCode::CannotOpen | rusqlite::ErrorCode::PermissionDenied) => {
+            "; check that the file and its directory exist and are readable and writable by this user"
+        }
+        _ => "",
+    }
 }
 
 impl StoreError {

@@ -26,6 +26,13 @@ pub struct Proc {
     stderr: PathBuf,
 }
 
+impl Proc {
+    /// What the child has written to stderr so far.
+    pub fn stderr_text(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+}
+
 impl Workspace {
     /// A workspace whose `pipe.toml` follows `sandboxes` on `sim`. `extra_source` is appended to
     /// `[source]`, `sink_extra` to the file sink.
