@@ -9,6 +9,7 @@ mod config;
 mod discovery;
 mod fallback;
 mod faults;
+mod fuzz;
 mod jobs;
 #[cfg(feature = "kafka")]
 mod kafka;

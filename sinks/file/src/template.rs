@@ -89,6 +89,8 @@ impl PathTemplate {
         // placeholder. `..` is allowed there (the user chose it) but nowhere after it.
         let first_var = template.find('{').unwrap_or(template.len());
         let base_str = match template[..first_var].rfind('/') {
+            // A file straight under the root: the base is the root, not the current directory.
+            Some(0) => "/",
             Some(i) => &template[..i],
             None => "",
         };
