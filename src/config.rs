@@ -100,6 +100,14 @@ pub struct SourceConfig {
     /// A file holding the key (a Kubernetes secret mount, say). Exclusive with `api_key`.
     #[serde(default)]
     pub api_key_file: Option<Spanned<String>>,
+    /// A PEM file of CA certificates trusted besides the public web roots: a private CA, or a
+    /// TLS-inspecting proxy's. `${VAR}` is expanded.
+    #[serde(default)]
+    pub tls_ca_file: Option<Spanned<String>>,
+    /// Accept any TLS certificate. For a test server only: anyone between auditship and the API
+    /// could read the key. Certificate checks are on unless this says otherwise.
+    #[serde(default)]
+    pub tls_insecure_skip_verify: bool,
     /// Sent as `X-MIOSA-Tenant`.
     #[serde(default)]
     pub tenant: Option<String>,
@@ -460,6 +468,8 @@ pub struct Pipeline {
     pub api_key: Option<ApiKey>,
     /// `X-MIOSA-Tenant`.
     pub tenant: Option<String>,
+    /// How the API's certificate is checked.
+    pub tls: crate::client::TlsOptions,
     /// Sandboxes to follow (empty with discovery: see `discovery`).
     pub sandboxes: Vec<String>,
     /// `sandboxes = "all"`: discovered sandboxes, filtered.
@@ -1138,6 +1148,25 @@ pub fn parse(path: &Path, text: &str, mode: LoadMode) -> Result<Pipeline, Config
             *w = format!("{}: {w}", path.display());
         }
     }
+    let mut tls = crate::client::TlsOptions {
+        ca_file: None,
+        insecure_skip_verify: src.tls_insecure_skip_verify,
+    };
+    if let Some(f) = &src.tls_ca_file {
+        match interpolate(f.get_ref()) {
+            Ok(p) if std::path::Path::new(&p).is_file() => tls.ca_file = Some(PathBuf::from(p)),
+            Ok(p) if mode.offline() => {
+                warnings.push(format!("{}: tls_ca_file {p:?} does not exist here (needed to run)", path.display()));
+                tls.ca_file = Some(PathBuf::from(p));
+            }
+            Ok(p) => err(
+                &mut errors,
+                f.span(),
+                format!("tls_ca_file {p:?} is not a file; give the PEM file of the CA that signs the API's certificate"),
+            ),
+            Err(m) => err(&mut errors, f.span(), format!("tls_ca_file: {m}")),
+        }
+    }
     if !errors.is_empty() {
         return Err(ConfigErrors(errors));
     }
@@ -1147,6 +1176,7 @@ pub fn parse(path: &Path, text: &str, mode: LoadMode) -> Result<Pipeline, Config
         base_url,
         api_key,
         tenant: src.tenant.clone(),
+        tls,
         sandboxes,
         discovery,
         transport: src.transport,

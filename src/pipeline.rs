@@ -201,6 +201,16 @@ pub fn client_for(p: &Pipeline) -> Result<Client, PipelineError> {
     if let Some(t) = &p.tenant {
         b = b.tenant(t);
     }
+    if let Some(ca) = &p.tls.ca_file {
+        b = b.ca_file(ca);
+    }
+    if p.tls.insecure_skip_verify {
+        tracing::warn!(
+            pipeline = %p.name,
+            "TLS certificate verification is OFF (tls_insecure_skip_verify = true): anyone between auditship and the API can read the key; use tls_ca_file instead"
+        );
+        b = b.danger_accept_invalid_certs(true);
+    }
     Ok(b.build()?)
 }
 

@@ -68,6 +68,16 @@ pub enum Error {
         /// The response's `X-Request-ID`.
         request_id: Option<String>,
     },
+    /// The server's TLS certificate is not trusted. Not retryable: the fix is to trust its CA.
+    #[error(
+        "the Miosa API at {endpoint} presented a TLS certificate this client does not trust ({message}); if a private CA (or a TLS-inspecting proxy) signs it, give its CA certificate as tls_ca_file = \"/path/to/ca.pem\" in [source]"
+    )]
+    Tls {
+        /// Scheme, host and port.
+        endpoint: String,
+        /// What the TLS library said.
+        message: String,
+    },
     /// The server could not be reached or the connection broke. Retryable.
     #[error("could not reach the Miosa API at {endpoint}: {message}")]
     Transport {
@@ -93,6 +103,17 @@ pub enum Error {
 }
 
 impl Error {
+    /// A transport failure, or [`Error::Tls`] when it is a rejected certificate.
+    pub(crate) fn transport(endpoint: String, message: String) -> Error {
+        // rustls says "invalid peer certificate: UnknownIssuer" (or BadSignature, Expired,
+        // NotValidForName…), however deep in the chain of wrapped errors.
+        if message.contains("invalid peer certificate") {
+            Error::Tls { endpoint, message }
+        } else {
+            Error::Transport { endpoint, message }
+        }
+    }
+
     /// Whether the same request can succeed if tried again later.
     pub fn is_retryable(&self) -> bool {
         matches!(

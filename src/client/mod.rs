@@ -31,6 +31,7 @@ mod org;
 mod ratelimit;
 mod scan;
 mod tail;
+mod tls;
 mod ws;
 
 use std::sync::Arc;
@@ -47,6 +48,7 @@ pub use event::{format_time, parse_time, AuditEvent, AuditFields, CursorText, Pa
 pub use org::{OrgPoller, SocketGate};
 pub use ratelimit::RateLimiter;
 pub use tail::{ActiveTransport, Position, StartAt, Tail, TailOptions, TailStatus, Transport};
+pub use tls::TlsOptions;
 
 /// The default API base URL.
 pub const DEFAULT_BASE_URL: &str = "https://api.miosa.ai/api/v1";
@@ -212,6 +214,7 @@ pub struct ClientBuilder {
     connect_timeout: Option<Duration>,
     retry: Option<RetryPolicy>,
     user_agent: Option<String>,
+    tls: TlsOptions,
 }
 
 impl ClientBuilder {
@@ -282,6 +285,20 @@ impl ClientBuilder {
         self
     }
 
+    /// Trust the CA certificates of this PEM file besides the public web roots (a private CA,
+    /// or a TLS-inspecting proxy's).
+    pub fn ca_file(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.tls.ca_file = Some(path.into());
+        self
+    }
+
+    /// Accept any TLS certificate (a test server's). Anyone between the client and the API can
+    /// then read the key: never for a real API.
+    pub fn danger_accept_invalid_certs(mut self, accept: bool) -> Self {
+        self.tls.insecure_skip_verify = accept;
+        self
+    }
+
     /// Build the client.
     pub fn build(self) -> Result<Client, Error> {
         crate::install_crypto_provider();
@@ -299,7 +316,15 @@ impl ClientBuilder {
         })?;
         let timeout = self.timeout.unwrap_or(Duration::from_secs(30));
         let connect_timeout = self.connect_timeout.unwrap_or(Duration::from_secs(5));
-        let http = reqwest::Client::builder()
+        let tls = self.tls.build()?;
+        let mut http = reqwest::Client::builder();
+        for ca in &tls.extra_roots {
+            let cert = reqwest::Certificate::from_der(ca)
+                .map_err(|e| Error::Config(format!("tls_ca_file: a certificate is not usable: {e}")))?;
+            http = http.add_root_certificate(cert);
+        }
+        let http = http
+            .danger_accept_invalid_certs(self.tls.insecure_skip_verify)
             .timeout(timeout)
             .connect_timeout(connect_timeout)
             .user_agent(
@@ -320,6 +345,7 @@ impl ClientBuilder {
                 limiter,
                 retry: self.retry.unwrap_or_default(),
                 connect_timeout,
+                socket_tls: tls.socket,
                 handshakes: tokio::sync::Semaphore::new(MAX_CONCURRENT_HANDSHAKES),
             }),
         })
@@ -341,6 +367,9 @@ struct Inner {
     limiter: Arc<RateLimiter>,
     retry: RetryPolicy,
     connect_timeout: Duration,
+    /// The socket's TLS configuration, when a CA file or `danger_accept_invalid_certs` changes
+    /// it from tungstenite's default (the public web roots).
+    socket_tls: Option<Arc<rustls::ClientConfig>>,
     /// Socket handshakes in progress at once, per client.
     handshakes: tokio::sync::Semaphore,
 }
@@ -532,10 +561,7 @@ impl Client {
             message.push_str(&s.to_string());
             source = s.source();
         }
-        Error::Transport {
-            endpoint: self.endpoint(),
-            message: self.inner.key.redact(&message),
-        }
+        Error::transport(self.endpoint(), self.inner.key.redact(&message))
     }
 
     /// GET with the retry policy: retryable failures wait (at least the server's `Retry-After`)

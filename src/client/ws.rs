@@ -54,7 +54,12 @@ pub(crate) async fn connect(client: &Client, resource_id: &str) -> Result<Socket
     // Handshakes wait their turn (the 5 s timeout starts with it): a thousand sandboxes
     // connecting at once would overflow a server's accept queue and all fall back to polling.
     let _turn = client.inner.handshakes.acquire().await;
-    let connecting = tokio_tungstenite::connect_async_with_config(request, Some(config), true);
+    let connector = client
+        .inner
+        .socket_tls
+        .clone()
+        .map(tokio_tungstenite::Connector::Rustls);
+    let connecting = tokio_tungstenite::connect_async_tls_with_config(request, Some(config), true, connector);
     let (socket, response) = match tokio::time::timeout(timeout, connecting).await {
         Err(_) => {
             return Err(Error::Transport {
@@ -72,10 +77,10 @@ pub(crate) async fn connect(client: &Client, resource_id: &str) -> Result<Socket
             ));
         }
         Ok(Err(e)) => {
-            return Err(Error::Transport {
+            return Err(Error::transport(
                 endpoint,
-                message: format!("socket handshake failed: {}", redact(&e)),
-            })
+                format!("socket handshake failed: {}", redact(&e)),
+            ))
         }
         Ok(Ok(pair)) => pair,
     };

@@ -20,5 +20,6 @@ mod reconcile;
 mod s3;
 mod shards;
 mod shipping;
+mod tls;
 mod transforms;
 mod util;
