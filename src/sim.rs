@@ -995,16 +995,22 @@ async fn list_handler(
             format!(r#"{{"data":{array},"next_cursor":{next},"has_more":{has_more}}}"#)
         }
     };
-    let nth = state.faults.lists.fetch_add(1, Ordering::Relaxed) + 1;
-    if state
-        .config
-        .hang_every_lists
-        .is_some_and(|n| nth.is_multiple_of(n))
-    {
-        state.faults.hung.fetch_add(1, Ordering::Relaxed);
+    let f = &state.faults;
+    if nth_fault(&f.lists, state.config.hang_every_lists, &f.hung) {
         return hanging_response(body);
     }
     json_response(StatusCode::OK, body)
+}
+
+/// Count one more of something (`seen`) and say whether it is an Nth one, a fault to inject
+/// (`every` N; `None`: never), counting the injection in `injected`.
+fn nth_fault(seen: &AtomicU64, every: Option<u64>, injected: &AtomicU64) -> bool {
+    let nth = seen.fetch_add(1, Ordering::Relaxed) + 1;
+    let hit = every.is_some_and(|n| nth.is_multiple_of(n));
+    if hit {
+        injected.fetch_add(1, Ordering::Relaxed);
+    }
+    hit
 }
 
 /// A 200 whose body stops halfway and never ends: a server that hangs mid-response.
@@ -1080,13 +1086,8 @@ async fn socket_handler(
     if state.config.no_socket.contains(&rid) {
         return (StatusCode::NOT_FOUND, "socket endpoint not available").into_response();
     }
-    let nth = state.faults.handshakes.fetch_add(1, Ordering::Relaxed) + 1;
-    if state
-        .config
-        .refuse_every_handshakes
-        .is_some_and(|n| nth.is_multiple_of(n))
-    {
-        state.faults.refused.fetch_add(1, Ordering::Relaxed);
+    let f = &state.faults;
+    if nth_fault(&f.handshakes, state.config.refuse_every_handshakes, &f.refused) {
         return (StatusCode::SERVICE_UNAVAILABLE, "socket handshake refused").into_response();
     }
     // Subscribe before answering the upgrade: every event stored after the client sees the 101
@@ -1210,14 +1211,9 @@ async fn feed_event(
         };
         socket.feed(Message::Text(garbage.into())).await.map_err(drop)?;
     }
-    let sent = state.faults.frames.fetch_add(1, Ordering::Relaxed);
-    if state
-        .config
-        .oversize_every_frames
-        .is_some_and(|n| (sent + 1).is_multiple_of(n))
-    {
+    let f = &state.faults;
+    if nth_fault(&f.frames, state.config.oversize_every_frames, &f.oversized) {
         state.frames_garbage.fetch_add(1, Ordering::Relaxed);
-        state.faults.oversized.fetch_add(1, Ordering::Relaxed);
         let huge = format!(r#"{{"id":"evt_huge","pad":"{}"}}"#, "x".repeat(1_100_000));
         socket.feed(Message::Text(huge.into())).await.map_err(drop)?;
     }
