@@ -160,7 +160,7 @@ async fn source_case(
     .await;
     let ws = Workspace::new(&sim, &refs(&names), extra_source, "");
     let key = sim.api_key().to_string();
-    let child = ws.spawn(&key, &["run", "pipe.toml"]);
+    let child = ws.spawn(&key, &["--log-level", "trace", "run", "pipe.toml"]);
     let out = drain(
         &ws,
         &sim,
@@ -1037,7 +1037,7 @@ fn table(rows: &[Row], p: Profile) -> String {
     }
     if rows.iter().all(|r| r.leaks.is_empty()) {
         t.push_str(
-            "\nThe API key was in no case's output (stderr at info level, stdout), workspace file (SQLite database and its WAL, dead letters, archives) or sink record.\n",
+            "\nThe API key was in no case's output (stdout, and stderr: at trace level in the source-fault cases, info in the others), workspace file (SQLite database and its WAL, dead letters, archives) or sink record.\n",
         );
     }
     t.push_str(&format!(

@@ -123,7 +123,7 @@ proptest! {
     }
 
     /// A pipeline file with a line removed, repeated or garbled: no panic, and every error
-    /// names the file.
+    /// names the file and the line.
     #[test]
     fn pipeline_parser_takes_broken_files(edit in 0usize..3, line in any::<prop::sample::Index>(), junk in "[ -~]{0,20}") {
         let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/compliance-archive.toml")).unwrap();
@@ -138,6 +138,7 @@ proptest! {
         if let Err(errors) = parse(Path::new("broken.toml"), &broken, LoadMode::Validate) {
             for e in &errors.0 {
                 prop_assert!(e.to_string().contains("broken.toml"), "{e}");
+                prop_assert!(e.location.is_some(), "no line: {e}");
             }
         }
     }
