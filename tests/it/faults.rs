@@ -425,14 +425,16 @@ async fn kill_kafka(p: Profile) -> Row {
     let addr = broker.address();
     let (out, printed) = kill_rounds(&ws, &sim, p, || {
         let committed = ws.committed_events().max(0) as usize;
-        let delivered: HashSet<String> =
-            values(read_topic(&addr, "faults", usize::MAX, Duration::from_millis(800)).unwrap_or_default())
-                .into_iter()
-                .collect();
+        // Produce requests the killed process had already sent may still land: let the broker
+        // finish them, then read the whole topic (until nothing more comes for 3 s: tansu's
+        // watermarks do not count its messages exactly, so they cannot say when a read is done).
+        std::thread::sleep(Duration::from_millis(1_500));
+        let records = read_topic(&addr, "faults", usize::MAX, Duration::from_secs(3)).unwrap();
+        let delivered: HashSet<String> = values(records).into_iter().collect();
         window += delivered.len().saturating_sub(committed);
     })
     .await;
-    let got = values(read_topic(&addr, "faults", usize::MAX, Duration::from_secs(2)).unwrap());
+    let got = values(read_topic(&addr, "faults", usize::MAX, Duration::from_secs(3)).unwrap());
     let expected = sim_lines(&sim, &refs(&names));
     let mut row = kill_row(
         "kill-kafka",
