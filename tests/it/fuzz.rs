@@ -2,7 +2,7 @@
 //! the path templates take arbitrary and mutated input without a panic or a hang, and what they
 //! accept is sound. Cases per property: `AUDITSHIP_FUZZ_CASES` (default 512, which CI runs in a
 //! few seconds); a failing input is printed shrunk, and proptest keeps it in
-//! `tests/it/fuzz.proptest-regressions` to be tried first next time.
+//! `tests/proptest-regressions/fuzz.txt` to be tried first next time.
 
 use std::path::Path;
 
