@@ -70,7 +70,7 @@ pub enum Error {
     },
     /// The server's TLS certificate is not trusted. Not retryable: the fix is to trust its CA.
     #[error(
-        "the Miosa API at {endpoint} presented a TLS certificate this client does not trust ({message}); if a private CA (or a TLS-inspecting proxy) signs it, give its CA certificate as tls_ca_file = \"/path/to/ca.pem\" in [source]"
+        "the Miosa API at {endpoint} presented a TLS certificate this client does not trust ({message}); if a private CA (or a TLS-inspecting proxy) signs it, give its CA certificate as tls_ca_file = \"/path/to/ca.pem\" in [source] (ClientBuilder::ca_file in the library)"
     )]
     Tls {
         /// Scheme, host and port.
