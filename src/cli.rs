@@ -244,6 +244,18 @@ struct SimArgs {
     /// Share of socket frames preceded by garbage.
     #[arg(long, default_value_t = 0.0)]
     garbage: f64,
+    /// Precede every Nth frame sent with one over the 1 MiB cap.
+    #[arg(long)]
+    oversize_every: Option<u64>,
+    /// Refuse every Nth socket handshake with a 503.
+    #[arg(long)]
+    refuse_every_handshakes: Option<u64>,
+    /// Answer every list and get request this many milliseconds late.
+    #[arg(long, default_value_t = 0)]
+    slow_response_ms: u64,
+    /// Every Nth list response sends half its body, then hangs.
+    #[arg(long)]
+    hang_every_lists: Option<u64>,
     /// Events per shared timestamp.
     #[arg(long, default_value_t = 1)]
     ties: usize,
@@ -1412,6 +1424,10 @@ async fn sim(args: SimArgs) -> anyhow::Result<ExitCode> {
         ratio_429: args.ratio_429,
         ratio_5xx: args.ratio_5xx,
         garbage_ratio: args.garbage,
+        oversize_every_frames: args.oversize_every,
+        refuse_every_handshakes: args.refuse_every_handshakes,
+        slow_response_ms: args.slow_response_ms,
+        hang_every_lists: args.hang_every_lists,
         ties: args.ties.max(1),
         list_shape: args.list_shape,
         secret_every_events: args.secret_every,
