@@ -339,6 +339,7 @@ struct FaultCounters {
     server_errors: AtomicU64,
     refused: AtomicU64,
     hung: AtomicU64,
+    slowed: AtomicU64,
     drops: AtomicU64,
     oversized: AtomicU64,
     /// Frames sent on all sockets, for `oversize_every_frames`.
@@ -360,6 +361,8 @@ pub struct SimFaults {
     pub refused_handshakes: u64,
     /// List responses that hung halfway.
     pub hung_responses: u64,
+    /// Responses (list, get, sandbox list) sent `slow_response_ms` late.
+    pub slow_responses: u64,
     /// Sockets dropped without a close frame.
     pub socket_drops: u64,
     /// Garbage frames (not JSON, or JSON without an id).
@@ -714,6 +717,7 @@ impl Simulator {
             server_errors: f.server_errors.load(Ordering::Relaxed),
             refused_handshakes: f.refused.load(Ordering::Relaxed),
             hung_responses: f.hung.load(Ordering::Relaxed),
+            slow_responses: f.slowed.load(Ordering::Relaxed),
             socket_drops: f.drops.load(Ordering::Relaxed),
             garbage_frames: self.garbage_frames() - oversized,
             oversized_frames: oversized,
@@ -789,6 +793,7 @@ async fn precheck(
 ) -> Option<Response> {
     let n = state.requests.fetch_add(1, Ordering::Relaxed);
     if state.config.slow_response_ms > 0 {
+        state.faults.slowed.fetch_add(1, Ordering::Relaxed);
         tokio::time::sleep(Duration::from_millis(state.config.slow_response_ms)).await;
     }
     if !authorized(state, headers, query) {
