@@ -19,6 +19,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../migrations/0001_checkpoints.sql")),
     (2, include_str!("../migrations/0002_backfill_jobs.sql")),
     (3, include_str!("../migrations/0003_shipped_hours.sql")),
+    (4, include_str!("../migrations/0004_manifest.sql")),
 ];
 
 /// Errors of the checkpoint store.
@@ -142,6 +143,39 @@ pub struct Commit {
     pub sink_state: Vec<(String, StateEntry)>,
     /// Events shipped per (sandbox, hour start in µs), added to the ledger.
     pub hours: Vec<(String, i64, u64)>,
+    /// Manifest entries to insert, by sink name.
+    pub manifest: Vec<(String, ManifestRow)>,
+}
+
+/// A manifest entry as the store keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManifestRow {
+    /// Its place in the sink's chain.
+    pub seq: u64,
+    /// The unit.
+    pub unit: String,
+    /// The stretch's start, in bytes.
+    pub offset: u64,
+    /// The stretch's end, in bytes.
+    pub end: u64,
+    /// The entry's hash.
+    pub hash: String,
+    /// The entry as one JSON line.
+    pub line: String,
+}
+
+impl ManifestRow {
+    /// The row for `entry`.
+    pub fn of(entry: &crate::manifest::Entry) -> Self {
+        ManifestRow {
+            seq: entry.seq,
+            unit: entry.unit.clone(),
+            offset: entry.offset,
+            end: entry.offset + entry.length,
+            hash: entry.hash.clone(),
+            line: entry.to_line(),
+        }
+    }
 }
 
 /// The start of the hour holding `us` (µs since the Unix epoch).
@@ -465,6 +499,90 @@ impl Store {
         .await
     }
 
+    /// The end of `sink`'s manifest chain.
+    pub async fn manifest_head(
+        &self,
+        pipeline: &str,
+        sink: &str,
+    ) -> Result<crate::manifest::ChainHead, StoreError> {
+        let (pipeline, sink) = (pipeline.to_string(), sink.to_string());
+        self.with(move |conn| {
+            conn.query_row(
+                "SELECT seq, hash, unit FROM manifest WHERE pipeline = ?1 AND sink = ?2 ORDER BY seq DESC LIMIT 1",
+                params![pipeline, sink],
+                |r| {
+                    Ok(crate::manifest::ChainHead {
+                        seq: r.get::<_, i64>(0)?.max(0) as u64,
+                        hash: r.get(1)?,
+                        unit: Some(r.get(2)?),
+                    })
+                },
+            )
+            .optional()
+            .map(Option::unwrap_or_default)
+        })
+        .await
+    }
+
+    /// How far `unit` of `sink` is sealed (0: not at all).
+    pub async fn sealed_end(&self, pipeline: &str, sink: &str, unit: &str) -> Result<u64, StoreError> {
+        let (pipeline, sink, unit) = (pipeline.to_string(), sink.to_string(), unit.to_string());
+        self.with(move |conn| {
+            conn.query_row(
+                "SELECT COALESCE(MAX(end_bytes), 0) FROM manifest WHERE pipeline = ?1 AND sink = ?2 AND unit = ?3",
+                params![pipeline, sink, unit],
+                |r| Ok(r.get::<_, i64>(0)?.max(0) as u64),
+            )
+        })
+        .await
+    }
+
+    /// `sink`'s manifest entries, in chain order; only those not yet published if `unpublished`.
+    pub async fn manifest_rows(
+        &self,
+        pipeline: &str,
+        sink: &str,
+        unpublished: bool,
+    ) -> Result<Vec<ManifestRow>, StoreError> {
+        let (pipeline, sink) = (pipeline.to_string(), sink.to_string());
+        self.with(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT seq, unit, offset_bytes, end_bytes, hash, line FROM manifest
+                 WHERE pipeline = ?1 AND sink = ?2 AND (?3 = 0 OR published = 0) ORDER BY seq",
+            )?;
+            let rows = stmt.query_map(params![pipeline, sink, unpublished as i64], |r| {
+                Ok(ManifestRow {
+                    seq: r.get::<_, i64>(0)?.max(0) as u64,
+                    unit: r.get(1)?,
+                    offset: r.get::<_, i64>(2)?.max(0) as u64,
+                    end: r.get::<_, i64>(3)?.max(0) as u64,
+                    hash: r.get(4)?,
+                    line: r.get(5)?,
+                })
+            })?;
+            rows.collect()
+        })
+        .await
+    }
+
+    /// Record that `sink`'s entries `seqs` are written next to their data.
+    pub async fn mark_published(&self, pipeline: &str, sink: &str, seqs: Vec<u64>) -> Result<(), StoreError> {
+        let (pipeline, sink) = (pipeline.to_string(), sink.to_string());
+        self.with(move |conn| {
+            let tx = conn.transaction()?;
+            {
+                let mut stmt = tx.prepare_cached(
+                    "UPDATE manifest SET published = 1 WHERE pipeline = ?1 AND sink = ?2 AND seq = ?3",
+                )?;
+                for seq in seqs {
+                    stmt.execute(params![pipeline, sink, seq as i64])?;
+                }
+            }
+            tx.commit()
+        })
+        .await
+    }
+
     /// Apply one commit in one transaction.
     pub async fn commit(&self, pipeline: &str, stream: &str, commit: Commit) -> Result<(), StoreError> {
         let (pipeline, stream) = (pipeline.to_string(), stream.to_string());
@@ -751,6 +869,22 @@ fn apply(conn: &mut Connection, pipeline: &str, stream: &str, commit: &Commit) -
         for (rid, hour, n) in &commit.hours {
             hours.execute(params![pipeline, rid, hour, *n as i64])?;
         }
+        let mut manifest = tx.prepare_cached(
+            "INSERT INTO manifest (pipeline, sink, seq, unit, offset_bytes, end_bytes, hash, line)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )?;
+        for (sink, m) in &commit.manifest {
+            manifest.execute(params![
+                pipeline,
+                sink,
+                m.seq as i64,
+                m.unit,
+                m.offset as i64,
+                m.end as i64,
+                m.hash,
+                m.line
+            ])?;
+        }
     }
     tx.commit()
 }
@@ -800,6 +934,7 @@ mod tests {
                         },
                     )],
                     hours: vec![("sb".into(), 3_600_000_000, 2)],
+                    ..Default::default()
                 },
             )
             .await
@@ -854,6 +989,7 @@ mod tests {
                     positions: vec![],
                     sink_state: vec![("cold".into(), StateEntry::deleted("pending:a"))],
                     hours: vec![],
+                    ..Default::default()
                 },
             )
             .await

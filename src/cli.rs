@@ -30,6 +30,15 @@ struct Cli {
     command: Command,
 }
 
+/// How `auditship verify` prints its report.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum ReportFormat {
+    /// A summary a person can read.
+    Text,
+    /// One JSON object.
+    Json,
+}
+
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum LogFormat {
     /// Readable lines.
@@ -199,6 +208,36 @@ enum Command {
         #[arg(long)]
         import: Option<PathBuf>,
     },
+    /// Check an archive against its tamper-evident manifests: recompute every unit's SHA-256,
+    /// walk each sink's hash chain, and report altered, removed, truncated, added or misplaced
+    /// units, broken or missing entries, duplicated event ids and (with --max-gap) time gaps.
+    ///
+    /// Exit codes: 0 clean, 1 problems found, 2 the check could not run (unreadable path, bad
+    /// pipeline file, missing key).
+    Verify {
+        /// The archive: the directory a file sink writes into (its template's fixed part).
+        path: PathBuf,
+        /// Pipeline file: its checkpoint database anchors the chains (so removing the newest
+        /// units together with their manifest lines is caught too) and its [manifest] hmac_key
+        /// checks the signatures.
+        #[arg(long)]
+        pipeline: Option<PathBuf>,
+        /// Output: `text` for a person, `json` for machines.
+        #[arg(long, value_enum, default_value = "text")]
+        format: ReportFormat,
+        /// Also report per-sandbox gaps between consecutive events longer than this (30m, 6h,
+        /// 1d), by cursor time.
+        #[arg(long)]
+        max_gap: Option<String>,
+        /// Accept bytes after a unit's last seal and files in no manifest as notes: a running
+        /// pipeline's open files look like that.
+        #[arg(long)]
+        allow_unsealed: bool,
+        /// Check HMACs with the key in this environment variable (default: the pipeline's
+        /// [manifest] hmac_key, with --pipeline).
+        #[arg(long)]
+        hmac_key_env: Option<String>,
+    },
     /// Run the bundled simulator and a pipeline against it: no credentials, no services.
     Demo {
         /// Where the demo writes its archive and state (replaced on each run).
@@ -367,6 +406,24 @@ fn init_logging(format: LogFormat, level: &str) {
 
 async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
+        Command::Verify {
+            path,
+            pipeline,
+            format,
+            max_gap,
+            allow_unsealed,
+            hmac_key_env,
+        } => {
+            verify(VerifyArgs {
+                path,
+                pipeline,
+                format,
+                max_gap,
+                allow_unsealed,
+                hmac_key_env,
+            })
+            .await
+        }
         Command::Run {
             pipelines,
             shard,
@@ -541,19 +598,112 @@ fn resolve_time(s: &str) -> anyhow::Result<i64> {
     if let Some(t) = parse_time(s) {
         return Ok(t);
     }
-    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: i64 = num.parse().ok().filter(|_| !num.is_empty()).with_context(|| {
+    let secs = span_secs(s).with_context(|| {
         format!("{s:?} is not a time: use RFC 3339 (2026-11-01T00:00:00Z) or a relative span (30m, 24h, 7d)")
     })?;
-    let secs = match unit {
+    Ok(chrono::Utc::now().timestamp_micros() - secs * 1_000_000)
+}
+
+/// A span like `30s`, `15m`, `24h`, `7d`, `2w`, in seconds.
+fn span_secs(s: &str) -> anyhow::Result<i64> {
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: i64 = num
+        .parse()
+        .ok()
+        .filter(|_| !num.is_empty())
+        .with_context(|| format!("{s:?} is not a span; write a number and a unit (30m, 24h, 7d)"))?;
+    Ok(match unit {
         "s" => n,
         "m" => n * 60,
         "h" => n * 3_600,
         "d" => n * 86_400,
         "w" => n * 604_800,
         _ => bail!("{s:?} has an unknown unit; use s, m, h, d or w (e.g. 24h)"),
+    })
+}
+
+struct VerifyArgs {
+    path: PathBuf,
+    pipeline: Option<PathBuf>,
+    format: ReportFormat,
+    max_gap: Option<String>,
+    allow_unsealed: bool,
+    hmac_key_env: Option<String>,
+}
+
+/// `auditship verify`.
+async fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
+    use auditship::verify::{self, DirArchive, Options};
+    let fail = |m: String| -> anyhow::Result<ExitCode> {
+        eprintln!("auditship verify: {m}");
+        Ok(ExitCode::from(2))
     };
-    Ok(chrono::Utc::now().timestamp_micros() - secs * 1_000_000)
+    let mut opts = Options {
+        allow_unsealed: args.allow_unsealed,
+        ..Default::default()
+    };
+    if let Some(gap) = &args.max_gap {
+        match span_secs(gap) {
+            Ok(s) if s > 0 => opts.max_gap_us = Some(s * 1_000_000),
+            Ok(_) => return fail(format!("--max-gap {gap}: must be more than 0")),
+            Err(e) => return fail(format!("--max-gap: {e}")),
+        }
+    }
+    if let Some(var) = &args.hmac_key_env {
+        match std::env::var(var) {
+            Ok(v) if !v.is_empty() => {
+                auditship::secret::remember_secret(&v);
+                opts.key = Some(auditship::transform::HmacKey::new(v.as_bytes()));
+            }
+            _ => {
+                return fail(format!(
+                    "--hmac-key-env {var}: that environment variable is not set; export the manifest key"
+                ))
+            }
+        }
+    }
+    if let Some(path) = &args.pipeline {
+        let p = match config::load(path, LoadMode::Verify) {
+            Ok(p) => p,
+            Err(e) => return fail(e.to_string()),
+        };
+        if opts.key.is_none() {
+            opts.key = p.manifest_key.clone();
+        }
+        if !p.checkpoint_path.exists() {
+            return fail(format!(
+                "the pipeline's checkpoint database {} does not exist; run verify where the pipeline runs, or leave out --pipeline",
+                p.checkpoint_path.display()
+            ));
+        }
+        let store = auditship::checkpoint::Store::open(&p.checkpoint_path)?;
+        let mut anchor = std::collections::BTreeMap::new();
+        for sink in p.sinks.keys() {
+            let rows = store.manifest_rows(&p.name, sink, false).await?;
+            if !rows.is_empty() {
+                let rows = rows.into_iter().map(|r| (r.seq, r.hash, r.unit)).collect();
+                anchor.insert((p.name.clone(), sink.clone()), rows);
+            }
+        }
+        opts.anchor = Some(auditship::verify::Anchor {
+            chains: anchor,
+            under: args.path.clone(),
+        });
+    }
+    let archive = DirArchive::new(&args.path);
+    let report = match tokio::task::spawn_blocking(move || verify::verify(&archive, &opts)).await? {
+        Ok(r) => r,
+        Err(e) => return fail(format!("cannot read {}: {e}", args.path.display())),
+    };
+    match args.format {
+        ReportFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        ReportFormat::Text => print!("{}", report.to_text()),
+    }
+    Ok(if report.clean {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 /// Under `--shard I/N`, pipeline files see `${AUDITSHIP_SHARD}` and `${AUDITSHIP_SHARDS}`.
@@ -1600,6 +1750,17 @@ async fn demo(dir: &Path) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(2));
     }
     println!("every event archived exactly once, byte for byte as the API sent it.");
+    let archive = auditship::verify::DirArchive::new(&archive_root);
+    let verified = auditship::verify::verify(&archive, &Default::default())?;
+    if !verified.clean {
+        eprint!("{}", verified.to_text());
+        return Ok(ExitCode::from(2));
+    }
+    println!(
+        "every file sealed in a hash-chained manifest ({} entries); check it any time: auditship verify {}",
+        verified.entries,
+        archive_root.display()
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -1611,7 +1772,10 @@ fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
         let path = entry?.path();
         if path.is_dir() {
             collect_files(&path, out)?;
-        } else {
+        } else if path
+            .file_name()
+            .is_none_or(|n| n != auditship_sink::MANIFEST_NAME)
+        {
             out.push(path);
         }
     }

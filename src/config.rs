@@ -50,8 +50,37 @@ pub struct PipelineFile {
     /// Transforms every event passes, in order, before the sinks (see [`crate::transform`]).
     #[serde(default)]
     pub transforms: Vec<Spanned<TransformConfig>>,
+    /// Tamper-evident manifests of the archive sinks' units (see [`crate::manifest`]).
+    #[serde(default)]
+    pub manifest: ManifestConfig,
     /// Named sinks; `type` picks the kind.
     pub sinks: BTreeMap<String, Spanned<SinkEntry>>,
+}
+
+/// `[manifest]`: the hash-chained manifest every file and S3 sink keeps of its closed units.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ManifestConfig {
+    /// Keep manifests (default: true).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Sign every entry with HMAC-SHA256 under this key, written as `${VAR}` (the key itself
+    /// never goes in the file). `auditship verify` then needs the same key to pass.
+    #[serde(default)]
+    pub hmac_key: Option<Spanned<String>>,
+}
+
+impl Default for ManifestConfig {
+    fn default() -> Self {
+        ManifestConfig {
+            enabled: true,
+            hmac_key: None,
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
 }
 
 /// A `[sinks.NAME]` table: the sink's own settings plus routing and per-sink transforms.
@@ -446,12 +475,15 @@ pub enum LoadMode {
     /// Loading to try the transforms offline (`auditship transform`): like `Validate`, except
     /// that the transforms' own secrets (an HMAC key) must resolve.
     Try,
+    /// Loading to verify an archive (`auditship verify --pipeline`): like `Validate`, except
+    /// that the manifest's HMAC key must resolve.
+    Verify,
 }
 
 impl LoadMode {
     /// Whether settings that only a run needs (the API key, sink secrets) may be missing.
     fn offline(self) -> bool {
-        matches!(self, LoadMode::Validate | LoadMode::Try)
+        matches!(self, LoadMode::Validate | LoadMode::Try | LoadMode::Verify)
     }
 }
 
@@ -504,6 +536,10 @@ pub struct Pipeline {
     pub batch_timeout: Duration,
     /// Dead-letter file.
     pub dead_letter_path: PathBuf,
+    /// Whether file and S3 sinks keep manifests.
+    pub manifest_enabled: bool,
+    /// The key manifest entries are signed with, if any.
+    pub manifest_key: Option<crate::transform::HmacKey>,
     /// Sinks by name.
     pub sinks: BTreeMap<String, SinkConfig>,
     /// The pipeline's `[[transforms]]`, compiled.
@@ -550,6 +586,9 @@ fn deserialize(path: &Path, text: &str) -> Result<PipelineFile, Vec<ConfigError>
         #[serde(default)]
         #[allow(dead_code)]
         transforms: Vec<TransformConfig>,
+        #[serde(default)]
+        #[allow(dead_code)]
+        manifest: ManifestConfig,
     }
     let mut errors = Vec::new();
     let file = collect::<PipelineFile>(path, text, &mut errors);
@@ -941,6 +980,44 @@ pub fn parse(path: &Path, text: &str, mode: LoadMode) -> Result<Pipeline, Config
         None => checkpoint_path.with_file_name("dead-letter.ndjson"),
     };
 
+    let manifest_key = match &file.manifest.hmac_key {
+        None => None,
+        Some(text) if !text.get_ref().contains("${") => {
+            err(
+                &mut errors,
+                text.span(),
+                "manifest.hmac_key must name an environment variable, e.g. hmac_key = \"${AUDITSHIP_MANIFEST_KEY}\"; the key itself never goes in the pipeline file".into(),
+            );
+            None
+        }
+        Some(text) => match interpolate(text.get_ref()) {
+            Ok(v) => {
+                crate::secret::remember_secret(&v);
+                if v.len() < 16 {
+                    warnings.push(format!(
+                        "{}: manifest.hmac_key is shorter than 16 bytes; use at least 32 random bytes",
+                        path.display()
+                    ));
+                }
+                Some(crate::transform::HmacKey::new(v.as_bytes()))
+            }
+            Err(m) if mode.offline() && mode != LoadMode::Verify => {
+                warnings.push(format!(
+                    "{}: manifest.hmac_key: {m} (needed to run)",
+                    path.display()
+                ));
+                None
+            }
+            Err(m) => {
+                err(
+                    &mut errors,
+                    text.span(),
+                    format!("manifest.hmac_key: {m}; export it (at least 32 random bytes), or remove hmac_key to keep unsigned manifests"),
+                );
+                None
+            }
+        },
+    };
     if file.sinks.is_empty() {
         err(
             &mut errors,
@@ -1194,6 +1271,8 @@ pub fn parse(path: &Path, text: &str, mode: LoadMode) -> Result<Pipeline, Config
         batch_max_events: file.batch.max_events,
         batch_timeout: Duration::from_millis(file.batch.timeout_ms),
         dead_letter_path,
+        manifest_enabled: file.manifest.enabled,
+        manifest_key,
         sinks,
         transforms: pipeline_chain,
         routes,

@@ -15,6 +15,11 @@
 //!   pipeline in the batcher and per sink (with the sink's route) in its task.
 //! - [`reconcile`]: hour-by-hour comparison of what was shipped (ledger, file archives) with the
 //!   API, and shipping exactly what is missing.
+//! - [`manifest`]: tamper-evident manifests: each sealed archive unit's SHA-256, counts and
+//!   per-sandbox span, hash-chained per sink (optionally HMAC-signed), committed with the
+//!   checkpoint and written next to the data.
+//! - [`verify`]: `auditship verify`: recompute every hash, walk the chains, report what was
+//!   altered, removed, added, duplicated or is missing.
 //! - [`shard`]: `--shard I/N`, rendezvous hashing of sandbox ids over processes.
 //! - [`sim`]: the bundled Miosa simulator used by the demo, the tests and the benchmarks.
 //! - [`secret`]: the API key type that never prints, and redaction.
@@ -49,6 +54,7 @@
 pub mod checkpoint;
 pub mod client;
 pub mod config;
+pub mod manifest;
 pub mod metrics;
 pub mod pipeline;
 pub mod reconcile;
@@ -57,6 +63,7 @@ pub mod shard;
 pub mod sim;
 pub mod source;
 pub mod transform;
+pub mod verify;
 
 /// rustls needs one process-wide crypto provider; install ring's once (both the HTTP client and
 /// the socket use rustls).

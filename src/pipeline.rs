@@ -367,11 +367,13 @@ enum CkMsg {
         /// Events per (sandbox, hour of cursor time), for the ledger.
         hours: Vec<(String, i64, u64)>,
     },
-    /// Sink `sink` has made every batch through `through` durable; `state` describes that point.
+    /// Sink `sink` has made every batch through `through` durable; `state` describes that point,
+    /// and `sealed` are the stretches of its units closed by then (for the manifest).
     Ack {
         sink: usize,
         through: u64,
         state: Vec<StateEntry>,
+        sealed: Vec<crate::manifest::Stretch>,
     },
 }
 
@@ -453,7 +455,40 @@ pub async fn run(p: &Pipeline, opts: RunOptions) -> Result<RunReport, PipelineEr
     let mut sink_txs = Vec::new();
     let mut sink_tasks = JoinSet::new();
     let sink_names: Vec<String> = sinks.iter().map(|(n, _)| n.clone()).collect();
+    // Manifests: per sink that keeps one, the chain's end (for the checkpointer) and a task that
+    // writes committed entries next to the data.
+    let mut chains: Vec<Option<crate::manifest::ChainWriter>> = Vec::new();
+    let mut publishers = JoinSet::new();
+    let manifest_publishers: Vec<_> = sinks
+        .iter()
+        .map(|(_, sink)| sink.manifest_publisher().filter(|_| p.manifest_enabled))
+        .collect();
+    for (name, publisher) in sink_names.iter().zip(manifest_publishers) {
+        let Some(publisher) = publisher else {
+            chains.push(None);
+            continue;
+        };
+        let head = store.manifest_head(&p.name, name).await?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        publishers.spawn(crate::manifest::publisher_task(
+            store.clone(),
+            p.name.clone(),
+            name.clone(),
+            publisher,
+            rx,
+            abandon.clone(),
+        ));
+        chains.push(Some(crate::manifest::ChainWriter {
+            head,
+            key: p.manifest_key.clone(),
+            publish: tx,
+        }));
+    }
     for (idx, (name, sink)) in sinks.into_iter().enumerate() {
+        let sealer = chains
+            .get(idx)
+            .is_some_and(Option::is_some)
+            .then(|| crate::manifest::Sealer::new(store.clone(), &p.name, &name));
         let (tx, rx) = mpsc::channel::<Arc<Batch>>(4);
         let route = p.routes.get(&name).cloned().unwrap_or_default();
         let stats = opts.progress.sink(&name);
@@ -467,6 +502,7 @@ pub async fn run(p: &Pipeline, opts: RunOptions) -> Result<RunReport, PipelineEr
                 chain: route.chain.start(),
                 dead_letters: dl_tx.clone(),
                 stats,
+                sealer,
             },
             rx,
             ck_tx.clone(),
@@ -510,6 +546,7 @@ pub async fn run(p: &Pipeline, opts: RunOptions) -> Result<RunReport, PipelineEr
         opts.progress.clone(),
         fatal_tx.clone(),
         uncommitted,
+        chains,
     ));
 
     // Tails on the polling fallback share one org-wide list request per interval.
@@ -633,6 +670,8 @@ pub async fn run(p: &Pipeline, opts: RunOptions) -> Result<RunReport, PipelineEr
         let _ = batcher.await;
         while sink_tasks.join_next().await.is_some() {}
         let _ = checkpointer.await;
+        // The checkpointer is done: the publishers write what it committed last, then end.
+        while publishers.join_next().await.is_some() {}
         let _ = dead_letters.await;
     };
     let drained = {
@@ -1142,6 +1181,7 @@ async fn sink_task(
         mut chain,
         dead_letters,
         stats,
+        mut sealer,
     } = worker;
     // Written to the sink but not yet durable there.
     let mut held: Vec<Arc<Batch>> = Vec::new();
@@ -1193,6 +1233,11 @@ async fn sink_task(
         held.extend(fresh);
         match result {
             Ok(state) => {
+                let sealed = sink.take_sealed();
+                let sealed = match sealer.as_mut() {
+                    Some(sealer) if !sealed.is_empty() => sealer.stretches(sealed).await,
+                    _ => Vec::new(),
+                };
                 let last = held.last().map(|b| b.number);
                 let through = if closing {
                     last
@@ -1209,12 +1254,13 @@ async fn sink_task(
                     held.retain(|b| b.number > t);
                     acked = acked.max(t);
                 }
-                if (through.is_some() || !state.is_empty())
+                if (through.is_some() || !state.is_empty() || !sealed.is_empty())
                     && ck
                         .send(CkMsg::Ack {
                             sink: idx,
                             through: acked,
                             state,
+                            sealed,
                         })
                         .is_err()
                 {
@@ -1245,6 +1291,8 @@ struct SinkWorker {
     chain: Chain,
     dead_letters: mpsc::Sender<DlMsg>,
     stats: Arc<crate::metrics::SinkStats>,
+    /// Reads the stretches the sink seals, when it keeps a manifest.
+    sealer: Option<crate::manifest::Sealer>,
 }
 
 /// Run `chain` over `batch` on a blocking thread (transforms are CPU work, and a batch of
@@ -1392,13 +1440,16 @@ async fn checkpointer_task(
     progress: Arc<Progress>,
     fatal: mpsc::UnboundedSender<PipelineError>,
     uncommitted: Arc<tokio::sync::Semaphore>,
+    mut chains: Vec<Option<crate::manifest::ChainWriter>>,
 ) {
     let sink_count = sink_names.len();
     // Per batch not yet committed: number, positions, events, and events per (sandbox, hour).
     type Pending = (u64, Vec<Checkpoint>, u64, Vec<(String, i64, u64)>);
     let mut pending: VecDeque<Pending> = VecDeque::new();
     let mut acked: Vec<u64> = vec![0; sink_count];
-    let mut states: Vec<VecDeque<(u64, Vec<StateEntry>)>> = vec![VecDeque::new(); sink_count];
+    // Per sink: state entries and manifest entries, by the batch they describe.
+    type SinkFacts = (u64, Vec<StateEntry>, Vec<crate::checkpoint::ManifestRow>);
+    let mut states: Vec<VecDeque<SinkFacts>> = vec![VecDeque::new(); sink_count];
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut failures = 0u32;
@@ -1413,12 +1464,21 @@ async fn checkpointer_task(
                     pending.push_back((number, positions, events, hours));
                     (false, false)
                 }
-                Some(CkMsg::Ack { sink, through, state }) => {
+                Some(CkMsg::Ack { sink, through, state, sealed }) => {
                     if let Some(a) = acked.get_mut(sink) {
                         *a = (*a).max(through);
                     }
+                    // Entries take their place in the chain as they arrive: commits keep that
+                    // order, and a failed commit is retried with the same entries.
+                    let mut rows = Vec::new();
+                    if let (Some(Some(chain)), Some(name)) = (chains.get_mut(sink), sink_names.get(sink)) {
+                        for stretch in sealed {
+                            let entry = stretch.into_entry(&mut chain.head, &pipeline, name, chain.key.as_ref());
+                            rows.push(crate::checkpoint::ManifestRow::of(&entry));
+                        }
+                    }
                     if let Some(q) = states.get_mut(sink) {
-                        q.push_back((through, state));
+                        q.push_back((through, state, rows));
                     }
                     (false, false)
                 }
@@ -1430,7 +1490,7 @@ async fn checkpointer_task(
         let ready = pending.front().is_some_and(|(n, _, _, _)| *n <= watermark)
             || states
                 .iter()
-                .any(|q| q.front().is_some_and(|(n, _)| *n <= watermark));
+                .any(|q| q.front().is_some_and(|(n, _, _)| *n <= watermark));
         if due && ready {
             let mut positions: HashMap<String, Checkpoint> = HashMap::new();
             let mut events = 0;
@@ -1450,16 +1510,18 @@ async fn checkpointer_task(
                 taken += 1;
             }
             let mut sink_state: Vec<(String, StateEntry)> = Vec::new();
+            let mut manifest: Vec<(String, crate::checkpoint::ManifestRow)> = Vec::new();
             let mut state_taken = vec![0; sink_count];
             for (i, q) in states.iter().enumerate() {
                 let mut merged: HashMap<&str, i64> = HashMap::new();
-                for (n, entries) in q.iter() {
+                for (n, entries, rows) in q.iter() {
                     if *n > watermark {
                         break;
                     }
                     for e in entries {
                         merged.insert(&e.key, e.value);
                     }
+                    manifest.extend(rows.iter().map(|r| (sink_names[i].clone(), r.clone())));
                     state_taken[i] += 1;
                 }
                 for (k, v) in merged {
@@ -1473,14 +1535,37 @@ async fn checkpointer_task(
                 }
             }
             let newest = positions.values().filter_map(|c| c.cursor_us).max();
+            let published: Vec<(String, auditship_sink::ManifestLine)> = manifest
+                .iter()
+                .map(|(sink, r)| {
+                    let line = auditship_sink::ManifestLine {
+                        seq: r.seq,
+                        unit: r.unit.clone(),
+                        line: r.line.clone(),
+                    };
+                    (sink.clone(), line)
+                })
+                .collect();
             let commit = Commit {
                 positions: positions.into_values().collect(),
                 sink_state,
                 hours: hour_counts.into_iter().map(|((r, h), c)| (r, h, c)).collect(),
+                manifest,
             };
             match store.commit(&pipeline, &stream, commit).await {
                 Ok(()) => {
                     failures = 0;
+                    for (i, chain) in chains.iter().enumerate() {
+                        let Some(chain) = chain else { continue };
+                        let lines: Vec<_> = published
+                            .iter()
+                            .filter(|(s, _)| *s == sink_names[i])
+                            .map(|(_, l)| l.clone())
+                            .collect();
+                        if !lines.is_empty() {
+                            let _ = chain.publish.send(lines);
+                        }
+                    }
                     pending.drain(..taken);
                     uncommitted.add_permits(taken);
                     for (i, q) in states.iter_mut().enumerate() {

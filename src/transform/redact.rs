@@ -36,6 +36,11 @@ impl HmacKey {
     pub fn new(bytes: &[u8]) -> Self {
         HmacKey(Arc::from(bytes))
     }
+
+    /// The key's bytes (for computing a MAC; never print them).
+    pub fn bytes(&self) -> &[u8] {
+        &self.0
+    }
 }
 
 impl fmt::Debug for HmacKey {

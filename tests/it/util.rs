@@ -154,10 +154,10 @@ timeout_ms = 20
         lines
     }
 
-    /// Every file below the workspace, relative.
+    /// Every file below the workspace (manifests included), relative.
     pub fn all_files(&self) -> Vec<PathBuf> {
         let mut files = Vec::new();
-        walk(self.path(), &mut files);
+        walk_all(self.path(), &mut files);
         files
             .into_iter()
             .map(|f| f.strip_prefix(self.path()).unwrap().to_path_buf())
@@ -165,14 +165,25 @@ timeout_ms = 20
     }
 }
 
+/// Every data file below `dir`: manifests (`auditship.manifest`) are left out.
 pub fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+    let mut all = Vec::new();
+    walk_all(dir, &mut all);
+    out.extend(
+        all.into_iter()
+            .filter(|p| p.file_name().is_none_or(|n| n != auditship_sink::MANIFEST_NAME)),
+    );
+}
+
+/// Every file below `dir`.
+pub fn walk_all(dir: &Path, out: &mut Vec<PathBuf>) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
     for entry in entries {
         let path = entry.unwrap().path();
         if path.is_dir() {
-            walk(&path, out);
+            walk_all(&path, out);
         } else {
             out.push(path);
         }

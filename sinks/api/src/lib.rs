@@ -106,6 +106,79 @@ pub trait DeadLetters: Send + Sync {
     async fn reject(&self, event: &Event, reason: &str) -> Result<(), SinkError>;
 }
 
+/// A closed stretch of an archive unit (a file, an object) that belongs in the tamper-evident
+/// manifest: from where the unit's previous seal ended (or its start) to `end`. The pipeline
+/// hashes and summarises the stretch, chains the entry to the sink's previous one and commits
+/// it with the checkpoint that makes the bytes permanent; the sink's
+/// [`ManifestPublisher`] then writes it next to the data.
+#[derive(Debug, Clone)]
+pub struct Sealed {
+    /// The unit: a file path as the sink wrote it, or an object key.
+    pub unit: String,
+    /// The unit's length in bytes at the seal; every byte before it is durable.
+    pub end: u64,
+    /// How the unit's bytes are encoded.
+    pub compression: UnitCompression,
+    /// The whole unit's bytes when the sink holds them (an object it just uploaded, sealed from
+    /// offset 0); `None`: read the stretch from the file.
+    pub content: Option<Bytes>,
+}
+
+/// How an archive unit is encoded: NDJSON as is, or a series of gzip members / zstd frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum UnitCompression {
+    /// Plain NDJSON.
+    None,
+    /// gzip members.
+    Gzip,
+    /// zstd frames.
+    Zstd,
+}
+
+impl UnitCompression {
+    /// The name manifests use: `none`, `gzip`, `zstd`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UnitCompression::None => "none",
+            UnitCompression::Gzip => "gzip",
+            UnitCompression::Zstd => "zstd",
+        }
+    }
+
+    /// Parse [`UnitCompression::as_str`]'s names.
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "none" => Some(UnitCompression::None),
+            "gzip" => Some(UnitCompression::Gzip),
+            "zstd" => Some(UnitCompression::Zstd),
+            _ => None,
+        }
+    }
+}
+
+/// One committed manifest entry, ready to be written next to its unit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManifestLine {
+    /// The entry's position in its sink's hash chain (1, 2, …).
+    pub seq: u64,
+    /// The unit it describes (as in [`Sealed::unit`]).
+    pub unit: String,
+    /// The entry as one line of JSON, without the newline.
+    pub line: String,
+}
+
+/// The manifest file name: one per directory (file sink) or key prefix (S3 sink) that holds
+/// sealed units. It does not end in `.ndjson`, so globs over an archive's data skip it.
+pub const MANIFEST_NAME: &str = "auditship.manifest";
+
+/// Writes committed manifest entries next to the data they describe.
+#[async_trait]
+pub trait ManifestPublisher: Send + Sync {
+    /// Make `entries` (in chain order) durable beside their units. Must be idempotent: after a
+    /// crash the same entries are published again and must not appear twice.
+    async fn publish(&self, entries: &[ManifestLine]) -> Result<(), SinkError>;
+}
+
 /// What a sink gets when it is built.
 #[derive(Clone)]
 pub struct SinkContext {
@@ -161,6 +234,18 @@ pub trait Sink: Send {
     /// Flush and release resources. Returns the final state entries.
     async fn close(&mut self) -> Result<Vec<StateEntry>, SinkError> {
         self.flush().await
+    }
+
+    /// After a successful [`Sink::flush`] or [`Sink::close`]: the units (or stretches of them)
+    /// closed since the last call, for the manifest. Sinks without archive units (Kafka) keep
+    /// the default, none.
+    fn take_sealed(&mut self) -> Vec<Sealed> {
+        Vec::new()
+    }
+
+    /// Where this sink's manifest entries are written; `None`: the sink keeps no manifest.
+    fn manifest_publisher(&self) -> Option<Arc<dyn ManifestPublisher>> {
+        None
     }
 }
 

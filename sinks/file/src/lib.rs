@@ -13,6 +13,13 @@
 //! The `path` template picks a file per event. Rotation (by size or age) moves a template path to
 //! its next *generation*: `2026-11-25.ndjson`, then `2026-11-25.1.ndjson`, `2026-11-25.2.ndjson`.
 //! Files are created with mode 0640 and directories with 0750.
+//!
+//! # Seals
+//! A file is *sealed* (reported through [`Sink::take_sealed`] for the pipeline's tamper-evident
+//! manifest) when it rotates, when it is closed because too many are open or it was idle for
+//! `seal_idle_ms`, when the sink closes, and at start for files a crash left unsealed. A file
+//! written again after a seal gets another manifest entry for the stretch after it.
+//! [`FileManifests`] writes the entries to an `auditship.manifest` file in each directory.
 
 mod template;
 
@@ -25,7 +32,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use auditship_sink::{Batch, Sink, SinkContext, SinkError, StateEntry};
+use auditship_sink::{
+    Batch, ManifestLine, ManifestPublisher, Sealed, Sink, SinkContext, SinkError, StateEntry,
+    UnitCompression, MANIFEST_NAME,
+};
 use serde::Deserialize;
 
 pub use template::{PathTemplate, Values, Var};
@@ -52,6 +62,17 @@ pub struct FileSinkConfig {
     /// How many files may stay open at once; the least recently written are closed beyond it.
     #[serde(default = "default_max_open_files")]
     pub max_open_files: usize,
+    /// Close and seal (enter in the manifest) a file that has not been written this long, so
+    /// yesterday's files of a long run are verifiable without rotation settings. Writing it
+    /// again later continues it, with a new manifest entry for the new stretch.
+    #[serde(default = "default_seal_idle_ms")]
+    pub seal_idle_ms: u64,
+}
+
+/// Ten minutes: a quiet sandbox's file is not closed and reopened all day long, and a day's
+/// file is sealed soon after the day ends.
+fn default_seal_idle_ms() -> u64 {
+    600_000
 }
 
 /// 256 open files: a few hundred sandboxes per day fit without reopening, far below `ulimit -n`.
@@ -70,6 +91,17 @@ pub enum Compression {
     Gzip,
     /// zstd, one frame per flush.
     Zstd,
+}
+
+impl Compression {
+    /// The manifest's name for it.
+    pub fn unit(self) -> UnitCompression {
+        match self {
+            Compression::None => UnitCompression::None,
+            Compression::Gzip => UnitCompression::Gzip,
+            Compression::Zstd => UnitCompression::Zstd,
+        }
+    }
 }
 
 /// Append one event to an NDJSON buffer: its bytes as received, then a newline (the source
@@ -122,6 +154,9 @@ impl FileSinkConfig {
                 ));
             }
         }
+        if self.seal_idle_ms == 0 {
+            return Err("seal_idle_ms must be greater than 0".into());
+        }
         if self.rotate_max_bytes == Some(0) || self.rotate_max_age_ms == Some(0) {
             return Err("rotate_max_bytes and rotate_max_age_ms must be greater than 0 (leave them out to never rotate)".into());
         }
@@ -145,6 +180,8 @@ struct Slot {
     opened_at: Instant,
     /// Monotonic counter of the last write, for closing the least recently used file.
     last_write: u64,
+    /// When the slot was last written (per batch), for sealing idle files.
+    last_write_at: Instant,
     /// The file was created by this process and its directory entry is not yet fsync'd.
     new_file: bool,
     /// Rotation was decided at the last flush; the next write opens the next generation.
@@ -177,6 +214,8 @@ struct Inner {
     /// Cache of rendered template paths, by (sandbox, day number).
     rendered: HashMap<(Arc<str>, i64), Arc<str>>,
     clock: u64,
+    /// Seals not yet taken by the pipeline.
+    sealed: Vec<Sealed>,
 }
 
 impl FileSink {
@@ -185,9 +224,21 @@ impl FileSink {
         let template = config.validate().map_err(SinkError::Config)?;
         let mut recovered = HashMap::new();
         let mut prunable = Vec::new();
+        // Every file the last run left behind is sealed through its committed length; the
+        // pipeline skips those whose manifest already reaches it.
+        let mut sealed = Vec::new();
         for entry in &ctx.recovered {
             let len = u64::try_from(entry.value).unwrap_or(0);
-            match roll_back(Path::new(&entry.key), len)? {
+            let state = roll_back(Path::new(&entry.key), len)?;
+            if len > 0 && !matches!(state, Recovered::Missing) {
+                sealed.push(Sealed {
+                    unit: entry.key.clone(),
+                    end: len,
+                    compression: config.compression.unit(),
+                    content: None,
+                });
+            }
+            match state {
                 Recovered::Missing | Recovered::Idle => prunable.push(entry.key.clone()),
                 Recovered::Active => {
                     recovered.insert(entry.key.clone(), len);
@@ -203,6 +254,7 @@ impl FileSink {
                 known: recovered,
                 rendered: HashMap::new(),
                 clock: 0,
+                sealed,
             }),
             ctx,
             prunable,
@@ -438,12 +490,29 @@ impl Inner {
     fn decide_rotation(&mut self) {
         let max_bytes = self.config.rotate_max_bytes;
         let max_age = self.config.rotate_max_age_ms.map(Duration::from_millis);
+        let idle = Duration::from_millis(self.config.seal_idle_ms);
+        let compression = self.config.compression.unit();
         for slot in self.slots.values_mut() {
             let too_big = max_bytes.is_some_and(|m| slot.durable_len >= m);
             let too_old = max_age.is_some_and(|m| slot.file.is_some() && slot.opened_at.elapsed() >= m);
-            if slot.durable_len > 0 && (too_big || too_old) {
+            if !slot.rotate && slot.durable_len > 0 && (too_big || too_old) {
                 slot.rotate = true;
                 slot.file = None;
+                self.sealed.push(seal(slot, compression));
+            } else if slot.file.is_some() && slot.pending.is_empty() && slot.last_write_at.elapsed() >= idle {
+                slot.file = None;
+                self.sealed.push(seal(slot, compression));
+            }
+        }
+    }
+
+    /// Seal every file written this run (the sink is closing).
+    fn seal_all(&mut self) {
+        let compression = self.config.compression.unit();
+        for slot in self.slots.values_mut() {
+            slot.file = None;
+            if slot.durable_len > 0 {
+                self.sealed.push(seal(slot, compression));
             }
         }
     }
@@ -460,9 +529,13 @@ impl Inner {
             .map(|(k, s)| (s.last_write, k.clone()))
             .collect();
         by_age.sort();
+        let compression = self.config.compression.unit();
         for (_, key) in by_age.into_iter().take(open - self.config.max_open_files) {
             if let Some(slot) = self.slots.get_mut(&key) {
                 slot.file = None;
+                if slot.durable_len > 0 {
+                    self.sealed.push(seal(slot, compression));
+                }
                 // A closed slot keeps no buffer: it costs a few dozen bytes, so many can stay
                 // and a busy fleet does not re-create (and stat) its slots on every batch.
                 if slot.pending.is_empty() {
@@ -485,6 +558,16 @@ impl Inner {
             }
         }
         Ok(())
+    }
+}
+
+/// A seal of `slot`'s file through its durable length.
+fn seal(slot: &Slot, compression: UnitCompression) -> Sealed {
+    Sealed {
+        unit: slot.path.clone(),
+        end: slot.durable_len,
+        compression,
+        content: None,
     }
 }
 
@@ -570,6 +653,7 @@ impl Sink for FileSink {
         // new paths first, register them, then append.
         let mut to_register: Vec<StateEntry> = Vec::new();
         {
+            let now = Instant::now();
             let inner = self.inner()?;
             for event in &batch.events {
                 let rendered = inner.render(&event.resource_id, event.time_us.or(event.cursor_us));
@@ -610,8 +694,9 @@ impl Sink for FileSink {
                             durable_len,
                             pending: Vec::new(),
                             file: None,
-                            opened_at: Instant::now(),
+                            opened_at: now,
                             last_write: clock,
+                            last_write_at: now,
                             new_file: false,
                             rotate: false,
                         },
@@ -620,6 +705,7 @@ impl Sink for FileSink {
                 if let Some(slot) = inner.slots.get_mut(&*rendered) {
                     append_ndjson(&mut slot.pending, &event.raw);
                     slot.last_write = clock;
+                    slot.last_write_at = now;
                 }
             }
         }
@@ -639,6 +725,110 @@ impl Sink for FileSink {
 
     async fn reset(&mut self) -> Result<(), SinkError> {
         self.blocking(|inner| inner.reset()).await
+    }
+
+    async fn close(&mut self) -> Result<Vec<StateEntry>, SinkError> {
+        let entries = self.flush().await?;
+        self.inner()?.seal_all();
+        Ok(entries)
+    }
+
+    fn take_sealed(&mut self) -> Vec<Sealed> {
+        match self.inner.as_mut() {
+            Some(inner) => std::mem::take(&mut inner.sealed),
+            None => Vec::new(),
+        }
+    }
+
+    fn manifest_publisher(&self) -> Option<Arc<dyn ManifestPublisher>> {
+        Some(Arc::new(FileManifests))
+    }
+}
+
+/// Writes manifest entries to an [`MANIFEST_NAME`] file in each unit's directory, one JSON line
+/// per entry, appended and fsync'd. An entry whose line the file already holds is not written
+/// again, so publishing after a crash is idempotent; a torn last line (a crash mid-append) is cut
+/// off first.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FileManifests;
+
+impl FileManifests {
+    /// Publish without an async runtime (what [`ManifestPublisher::publish`] runs off the
+    /// async workers).
+    pub fn publish_blocking(entries: &[ManifestLine]) -> Result<(), SinkError> {
+        let mut by_dir: Vec<(PathBuf, Vec<&str>)> = Vec::new();
+        let mut index: HashMap<PathBuf, usize> = HashMap::new();
+        for e in entries {
+            let dir = Path::new(&e.unit)
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+                .unwrap_or(Path::new("."))
+                .to_path_buf();
+            let i = *index.entry(dir.clone()).or_insert_with(|| {
+                by_dir.push((dir, Vec::new()));
+                by_dir.len() - 1
+            });
+            by_dir[i].1.push(&e.line);
+        }
+        let mut files: Vec<File> = Vec::new();
+        let mut new_dirs: Vec<File> = Vec::new();
+        for (dir, lines) in &by_dir {
+            let path = dir.join(MANIFEST_NAME);
+            let what = |e| SinkError::io(format!("writing manifest {}", path.display()), e);
+            let existed = path.exists();
+            let mut file = OpenOptions::new()
+                .create(true)
+                .read(true)
+                .append(true)
+                .mode(0o640)
+                .open(&path)
+                .map_err(what)?;
+            let mut have = Vec::new();
+            std::io::Read::read_to_end(&mut file, &mut have).map_err(what)?;
+            // A crash mid-append leaves a line without its newline: cut it, it is written again.
+            let whole = have.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+            if whole < have.len() {
+                tracing::warn!(path = %path.display(), bytes = have.len() - whole, "cutting a torn last line off the manifest");
+                file.set_len(whole as u64).map_err(what)?;
+                have.truncate(whole);
+            }
+            let present: std::collections::HashSet<&[u8]> =
+                have.split(|b| *b == b'\n').filter(|l| !l.is_empty()).collect();
+            let mut out = Vec::new();
+            for line in lines {
+                if !present.contains(line.as_bytes()) {
+                    out.extend_from_slice(line.as_bytes());
+                    out.push(b'\n');
+                }
+            }
+            if out.is_empty() {
+                continue;
+            }
+            file.write_all(&out).map_err(what)?;
+            files.push(file);
+            if !existed {
+                new_dirs.push(
+                    File::open(dir)
+                        .map_err(|e| SinkError::io(format!("opening directory {}", dir.display()), e))?,
+                );
+            }
+        }
+        let mut to_sync: Vec<(&File, &str, bool)> = files.iter().map(|f| (f, "a manifest", false)).collect();
+        to_sync.extend(new_dirs.iter().map(|d| (d, "a directory", true)));
+        sync_all_parallel(&to_sync)
+    }
+}
+
+#[async_trait]
+impl ManifestPublisher for FileManifests {
+    async fn publish(&self, entries: &[ManifestLine]) -> Result<(), SinkError> {
+        let entries = entries.to_vec();
+        tokio::task::spawn_blocking(move || Self::publish_blocking(&entries))
+            .await
+            .map_err(|e| SinkError::Remote {
+                message: format!("manifest writer failed: {e}"),
+                retryable: true,
+            })?
     }
 }
 

@@ -36,6 +36,7 @@ fn config(dir: &Path, extra: impl FnOnce(&mut FileSinkConfig)) -> FileSinkConfig
         rotate_max_bytes: None,
         rotate_max_age_ms: None,
         max_open_files: 256,
+        seal_idle_ms: 600_000,
     };
     extra(&mut c);
     c
@@ -323,4 +324,103 @@ async fn one_flush_over_more_files_than_may_be_open() {
         let text = std::fs::read_to_string(dir.path().join(format!("sb{sb}/2025-11-24.ndjson"))).unwrap();
         assert_eq!(text.lines().count(), 6, "sb{sb}");
     }
+}
+
+#[tokio::test]
+async fn rotation_close_and_recovery_seal_each_file_through_its_durable_length() {
+    let dir = tempfile::tempdir().unwrap();
+    let (c, _) = ctx(vec![]);
+    let mut sink = FileSink::open(config(dir.path(), |c| c.rotate_max_bytes = Some(100)), c).unwrap();
+    sink.write(batch(1, "a", 0..3)).await.unwrap();
+    let state = sink.flush().await.unwrap();
+    // Over 100 bytes: rotated, so generation 0 is sealed through its whole length.
+    let sealed = sink.take_sealed();
+    assert_eq!(sealed.len(), 1);
+    assert_eq!(sealed[0].unit, state[0].key);
+    assert_eq!(sealed[0].end as i64, state[0].value);
+    assert!(sealed[0].content.is_none());
+    assert!(sink.take_sealed().is_empty(), "a seal is handed over once");
+    // The next flush writes generation 1; nothing is sealed until close.
+    sink.write(batch(2, "a", 3..4)).await.unwrap();
+    let state = sink.flush().await.unwrap();
+    assert!(state[0].key.ends_with(".1.ndjson"));
+    assert!(sink.take_sealed().is_empty());
+    let closed = sink.close().await.unwrap();
+    assert!(closed.is_empty());
+    let sealed = sink.take_sealed();
+    let ends: Vec<(String, u64)> = sealed.iter().map(|s| (s.unit.clone(), s.end)).collect();
+    assert!(
+        ends.contains(&(state[0].key.clone(), state[0].value as u64)),
+        "{ends:?}"
+    );
+
+    // A restart seals every file the last run left, through its committed length.
+    let (c, _) = ctx(state.clone());
+    let mut sink = FileSink::open(config(dir.path(), |_| {}), c).unwrap();
+    let sealed = sink.take_sealed();
+    assert_eq!(sealed.len(), 1);
+    assert_eq!(
+        (sealed[0].unit.clone(), sealed[0].end as i64),
+        (state[0].key.clone(), state[0].value)
+    );
+}
+
+#[tokio::test]
+async fn an_idle_file_is_closed_and_sealed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (c, _) = ctx(vec![]);
+    let mut sink = FileSink::open(config(dir.path(), |c| c.seal_idle_ms = 50), c).unwrap();
+    sink.write(batch(1, "a", 0..2)).await.unwrap();
+    sink.flush().await.unwrap();
+    assert!(sink.take_sealed().is_empty());
+    tokio::time::sleep(Duration::from_millis(80)).await;
+    // Another sandbox's batch makes the sink flush; file "a" has been idle past the limit.
+    sink.write(batch(2, "b", 2..3)).await.unwrap();
+    sink.flush().await.unwrap();
+    let sealed: Vec<String> = sink.take_sealed().into_iter().map(|s| s.unit).collect();
+    assert_eq!(sealed.len(), 1);
+    assert!(sealed[0].contains("/a/"), "{sealed:?}");
+}
+
+#[tokio::test]
+async fn manifests_are_written_per_directory_once_and_torn_lines_are_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let unit = |d: &str| dir.path().join(d).join("x.ndjson").display().to_string();
+    std::fs::create_dir_all(dir.path().join("a")).unwrap();
+    std::fs::create_dir_all(dir.path().join("b")).unwrap();
+    let lines = vec![
+        ManifestLine {
+            seq: 1,
+            unit: unit("a"),
+            line: r#"{"seq":1}"#.into(),
+        },
+        ManifestLine {
+            seq: 2,
+            unit: unit("b"),
+            line: r#"{"seq":2}"#.into(),
+        },
+        ManifestLine {
+            seq: 3,
+            unit: unit("a"),
+            line: r#"{"seq":3}"#.into(),
+        },
+    ];
+    FileManifests.publish(&lines).await.unwrap();
+    let a = dir.path().join("a").join(MANIFEST_NAME);
+    assert_eq!(std::fs::read_to_string(&a).unwrap(), "{\"seq\":1}\n{\"seq\":3}\n");
+    let mode = std::fs::metadata(&a).unwrap().permissions();
+    assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777, 0o640);
+    // Published again after a crash, with a torn line left by the crash: no line twice.
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&a)
+        .unwrap()
+        .write_all(b"{\"se")
+        .unwrap();
+    FileManifests.publish(&lines).await.unwrap();
+    assert_eq!(std::fs::read_to_string(&a).unwrap(), "{\"seq\":1}\n{\"seq\":3}\n");
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("b").join(MANIFEST_NAME)).unwrap(),
+        "{\"seq\":2}\n"
+    );
 }

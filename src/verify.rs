@@ -1,0 +1,899 @@
+//! `auditship verify`: check an archive against its manifests.
+//!
+//! An auditor asks two questions of an archive: has anything been altered or removed, and is
+//! anything missing? [`verify`] reads every manifest under a root (see [`crate::manifest`]), then
+//! every unit, and reports:
+//! - **entries** that do not parse, whose hash does not match their content, whose HMAC does
+//!   not match (with the key), that appear twice or out of order;
+//! - **chains** with missing entries or broken links (a unit removed together with its manifest
+//!   line, an entry forged or reordered);
+//! - **units** that are missing, altered (SHA-256 differs), truncated, have bytes after their
+//!   last sealed stretch, or sit in another directory than their entry says;
+//! - **unlisted** files (in no manifest: added after the fact, or not sealed yet);
+//! - **duplicated event ids** across everything read, and, with a threshold, per-sandbox **time
+//!   gaps** between consecutive events;
+//! - with the checkpoint database (`--pipeline`), entries the database holds that the archive
+//!   lacks (the newest units removed with their lines) and entries it does not hold (forged).
+//!
+//! The archive is read through [`Archive`], so a directory and an S3 prefix are checked alike.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use auditship_sink::{UnitCompression, MANIFEST_NAME};
+use serde::Serialize;
+
+use crate::manifest::{self, Entry, Summarizer, GENESIS};
+use crate::transform::HmacKey;
+
+/// Where an archive's objects are read from: a directory, an S3 prefix.
+pub trait Archive {
+    /// Every object under the root: its path relative to the root (`/`-separated) and size.
+    fn list(&self) -> std::io::Result<Vec<(String, u64)>>;
+    /// Read one object.
+    fn open(&self, rel: &str) -> std::io::Result<Box<dyn Read + '_>>;
+    /// How to show the root in reports.
+    fn root(&self) -> String;
+}
+
+/// An archive in a local directory.
+#[derive(Debug, Clone)]
+pub struct DirArchive {
+    root: PathBuf,
+}
+
+impl DirArchive {
+    /// The archive under `root`.
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        DirArchive { root: root.into() }
+    }
+}
+
+impl Archive for DirArchive {
+    fn list(&self) -> std::io::Result<Vec<(String, u64)>> {
+        let mut out = Vec::new();
+        let meta = std::fs::metadata(&self.root)?;
+        if !meta.is_dir() {
+            return Err(std::io::Error::other(format!(
+                "{} is not a directory; give the directory the sink writes into",
+                self.root.display()
+            )));
+        }
+        let mut stack = vec![(self.root.clone(), String::new())];
+        while let Some((dir, rel)) = stack.pop() {
+            for entry in std::fs::read_dir(&dir)? {
+                let entry = entry?;
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let child_rel = if rel.is_empty() {
+                    name
+                } else {
+                    format!("{rel}/{name}")
+                };
+                let meta = std::fs::metadata(entry.path())?;
+                if meta.is_dir() {
+                    stack.push((entry.path(), child_rel));
+                } else if meta.is_file() {
+                    out.push((child_rel, meta.len()));
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    fn open(&self, rel: &str) -> std::io::Result<Box<dyn Read + '_>> {
+        Ok(Box::new(std::io::BufReader::with_capacity(
+            1 << 20,
+            std::fs::File::open(self.root.join(rel))?,
+        )))
+    }
+
+    fn root(&self) -> String {
+        self.root.display().to_string()
+    }
+}
+
+/// What a finding is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// A manifest line that is not an entry.
+    BadEntry,
+    /// An entry whose content does not match its own hash.
+    EntryAltered,
+    /// An entry whose HMAC does not match (wrong key, or forged).
+    BadSignature,
+    /// An entry without an HMAC where a key was given.
+    Unsigned,
+    /// The same entry (chain and seq) more than once.
+    DuplicateEntry,
+    /// Entries of one chain not in increasing order within a manifest.
+    OutOfOrder,
+    /// Entries of a chain that are not there.
+    MissingEntries,
+    /// An entry that does not link to the one before it.
+    BrokenLink,
+    /// An entry's unit in a different directory than its path says.
+    Misplaced,
+    /// A unit an entry lists that is not there.
+    Removed,
+    /// A unit's bytes differ from what its entry hashed.
+    Altered,
+    /// A unit shorter than its entries cover.
+    Truncated,
+    /// Bytes of a unit after its last sealed stretch.
+    Unsealed,
+    /// Stretches of a unit that overlap or leave a hole.
+    Overlap,
+    /// A file no manifest lists.
+    Unlisted,
+    /// An event id found more than once.
+    DuplicateEvent,
+    /// A per-sandbox time gap above the threshold.
+    Gap,
+    /// An entry the checkpoint database holds that the archive lacks, or differs from it.
+    NotInArchive,
+    /// An entry the archive holds that the checkpoint database does not.
+    NotInDatabase,
+    /// No manifest at all under the root.
+    NoManifest,
+}
+
+impl Kind {
+    fn label(self) -> &'static str {
+        match self {
+            Kind::BadEntry => "BAD ENTRY",
+            Kind::EntryAltered => "ENTRY ALTERED",
+            Kind::BadSignature => "BAD SIGNATURE",
+            Kind::Unsigned => "UNSIGNED",
+            Kind::DuplicateEntry => "DUPLICATE ENTRY",
+            Kind::OutOfOrder => "OUT OF ORDER",
+            Kind::MissingEntries => "MISSING ENTRIES",
+            Kind::BrokenLink => "BROKEN LINK",
+            Kind::Misplaced => "MISPLACED",
+            Kind::Removed => "REMOVED",
+            Kind::Altered => "ALTERED",
+            Kind::Truncated => "TRUNCATED",
+            Kind::Unsealed => "UNSEALED",
+            Kind::Overlap => "OVERLAP",
+            Kind::Unlisted => "UNLISTED",
+            Kind::DuplicateEvent => "DUPLICATE EVENT",
+            Kind::Gap => "GAP",
+            Kind::NotInArchive => "NOT IN ARCHIVE",
+            Kind::NotInDatabase => "NOT IN DATABASE",
+            Kind::NoManifest => "NO MANIFEST",
+        }
+    }
+}
+
+/// One problem found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Finding {
+    /// What kind.
+    pub kind: Kind,
+    /// The object concerned (relative to the root), if one is.
+    pub object: Option<String>,
+    /// What was found, for a person.
+    pub detail: String,
+}
+
+/// One hash chain (a pipeline's sink) as found.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChainReport {
+    /// The pipeline.
+    pub pipeline: String,
+    /// The sink.
+    pub sink: String,
+    /// Entries found.
+    pub entries: usize,
+    /// Lowest and highest seq found.
+    pub first_seq: u64,
+    /// Highest seq found.
+    pub last_seq: u64,
+    /// Whether its entries carry HMACs.
+    pub signed: bool,
+}
+
+/// What [`verify`] found.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// The root checked.
+    pub root: String,
+    /// True when there is nothing in `findings`.
+    pub clean: bool,
+    /// Manifests read.
+    pub manifests: usize,
+    /// Entries read.
+    pub entries: usize,
+    /// Units (listed data objects) read.
+    pub units: usize,
+    /// Events read (listed and unlisted objects).
+    pub events: u64,
+    /// Bytes of data read.
+    pub bytes: u64,
+    /// The chains.
+    pub chains: Vec<ChainReport>,
+    /// Problems: any makes the archive not clean.
+    pub findings: Vec<Finding>,
+    /// Findings of the same kind past the report's limit, by kind.
+    pub findings_not_shown: BTreeMap<String, u64>,
+    /// Things a person should know that are not problems (signatures not checked, unsealed
+    /// bytes accepted).
+    pub notes: Vec<String>,
+}
+
+/// The checkpoint database's record of one chain: `(seq, hash, unit)` in order.
+pub type AnchorChain = Vec<(u64, String, String)>;
+
+/// What the checkpoint database says the archive holds.
+#[derive(Debug, Clone, Default)]
+pub struct Anchor {
+    /// Its chains, by (pipeline, sink).
+    pub chains: BTreeMap<(String, String), AnchorChain>,
+    /// The path verified, as the pipeline sees it: entries whose unit does not lie under it are
+    /// not looked for.
+    pub under: PathBuf,
+}
+
+/// How to verify.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Report per-sandbox gaps between consecutive events (by cursor time) above this, in µs.
+    pub max_gap_us: Option<i64>,
+    /// Accept bytes after a unit's last sealed stretch and unlisted files as notes (a running
+    /// pipeline's open files), not problems.
+    pub allow_unsealed: bool,
+    /// Check HMACs with this key.
+    pub key: Option<HmacKey>,
+    /// The checkpoint database's chains (`--pipeline`).
+    pub anchor: Option<Anchor>,
+    /// Most findings of one kind listed (the rest are counted). 0: 100.
+    pub max_findings_per_kind: usize,
+}
+
+/// An entry as found, with where.
+struct Found {
+    entry: Entry,
+    manifest: String,
+    line: usize,
+    /// The directory of its manifest, relative to the root ("" for the root).
+    dir: String,
+}
+
+struct Findings {
+    list: Vec<Finding>,
+    per_kind: HashMap<Kind, usize>,
+    not_shown: BTreeMap<String, u64>,
+    limit: usize,
+}
+
+impl Findings {
+    fn add(&mut self, kind: Kind, object: Option<&str>, detail: String) {
+        let n = self.per_kind.entry(kind).or_default();
+        *n += 1;
+        if *n > self.limit {
+            *self.not_shown.entry(kind.label().to_lowercase()).or_default() += 1;
+            return;
+        }
+        self.list.push(Finding {
+            kind,
+            object: object.map(str::to_string),
+            detail,
+        });
+    }
+}
+
+/// Check `archive`. Errors only when it cannot be read at all; everything else is a finding.
+pub fn verify(archive: &dyn Archive, opts: &Options) -> std::io::Result<Report> {
+    let objects = archive.list()?;
+    let mut f = Findings {
+        list: Vec::new(),
+        per_kind: HashMap::new(),
+        not_shown: BTreeMap::new(),
+        limit: if opts.max_findings_per_kind == 0 {
+            100
+        } else {
+            opts.max_findings_per_kind
+        },
+    };
+    let mut notes = Vec::new();
+    let (manifests, data): (Vec<_>, Vec<_>) = objects
+        .iter()
+        .partition(|(rel, _)| rel.rsplit('/').next() == Some(MANIFEST_NAME));
+
+    // 1. Every entry of every manifest.
+    let mut found: Vec<Found> = Vec::new();
+    let mut signed_unchecked = false;
+    for (rel, _) in &manifests {
+        let dir = rel.rsplit_once('/').map_or(String::new(), |(d, _)| d.to_string());
+        let mut text = String::new();
+        if let Err(e) = archive.open(rel).and_then(|mut r| r.read_to_string(&mut text)) {
+            f.add(
+                Kind::BadEntry,
+                Some(rel),
+                format!("cannot read the manifest: {e}"),
+            );
+            continue;
+        }
+        let mut last_seq: HashMap<(String, String), u64> = HashMap::new();
+        for (i, line) in text.lines().enumerate() {
+            let n = i + 1;
+            if line.trim().is_empty() {
+                continue;
+            }
+            let entry: Entry = match serde_json::from_str(line) {
+                Ok(e) => e,
+                Err(e) => {
+                    f.add(
+                        Kind::BadEntry,
+                        Some(rel),
+                        format!("line {n} is not a manifest entry: {e}"),
+                    );
+                    continue;
+                }
+            };
+            if entry.compute_hash() != entry.hash {
+                f.add(
+                    Kind::EntryAltered,
+                    Some(rel),
+                    format!("line {n} (entry {} of {}/{}, unit {}): the entry does not match its own hash; it was edited", entry.seq, entry.pipeline, entry.sink, entry.unit),
+                );
+            }
+            match (&opts.key, &entry.hmac) {
+                (Some(key), Some(mac)) if *mac != manifest::sign(key, &entry.hash) => f.add(
+                    Kind::BadSignature,
+                    Some(rel),
+                    format!("line {n} (entry {}, unit {}): the HMAC does not match under the given key; the entry was forged, or the key is not the pipeline's", entry.seq, entry.unit),
+                ),
+                (Some(_), None) => f.add(
+                    Kind::Unsigned,
+                    Some(rel),
+                    format!("line {n} (entry {}, unit {}): no HMAC, though a key was given", entry.seq, entry.unit),
+                ),
+                (None, Some(_)) => signed_unchecked = true,
+                _ => {}
+            }
+            let chain = (entry.pipeline.clone(), entry.sink.clone());
+            if let Some(prev) = last_seq.get(&chain) {
+                if entry.seq <= *prev {
+                    f.add(
+                        Kind::OutOfOrder,
+                        Some(rel),
+                        format!(
+                            "line {n}: entry {} of {}/{} comes after entry {prev}; entries were moved",
+                            entry.seq, chain.0, chain.1
+                        ),
+                    );
+                }
+            }
+            last_seq.insert(chain, entry.seq);
+            found.push(Found {
+                entry,
+                manifest: rel.to_string(),
+                line: n,
+                dir: dir.clone(),
+            });
+        }
+    }
+    if manifests.is_empty() {
+        f.add(
+            Kind::NoManifest,
+            None,
+            format!("no {MANIFEST_NAME} under {}: nothing here can be verified (give the directory a file sink writes into, with [manifest] enabled)", archive.root()),
+        );
+    }
+    if opts.anchor.is_none() {
+        notes.push("checked without the checkpoint database: removing the newest units together with their manifest lines is only caught with --pipeline".into());
+    }
+    if signed_unchecked {
+        notes.push("entries carry HMACs that were not checked: give the key (--hmac-key-env, or --pipeline with [manifest] hmac_key) to check them".into());
+    }
+
+    // 2. The chains.
+    let mut chains: BTreeMap<(String, String), BTreeMap<u64, usize>> = BTreeMap::new();
+    for (i, x) in found.iter().enumerate() {
+        let chain = chains
+            .entry((x.entry.pipeline.clone(), x.entry.sink.clone()))
+            .or_default();
+        if let Some(&other) = chain.get(&x.entry.seq) {
+            let same = found[other].entry == x.entry;
+            f.add(
+                Kind::DuplicateEntry,
+                Some(&x.manifest),
+                format!(
+                    "line {}: entry {} of {}/{} appears again ({}, first at {} line {})",
+                    x.line,
+                    x.entry.seq,
+                    x.entry.pipeline,
+                    x.entry.sink,
+                    if same {
+                        "identical"
+                    } else {
+                        "with different content"
+                    },
+                    found[other].manifest,
+                    found[other].line
+                ),
+            );
+            continue;
+        }
+        chain.insert(x.entry.seq, i);
+    }
+    let mut chain_reports = Vec::new();
+    for ((pipeline, sink), entries) in &chains {
+        let name = format!("{pipeline}/{sink}");
+        let mut expected = 1u64;
+        let mut prev: Option<&Found> = None;
+        for (&seq, &i) in entries {
+            let x = &found[i];
+            if seq > expected {
+                let what = if seq - expected == 1 {
+                    format!("entry {expected}")
+                } else {
+                    format!("entries {expected}–{}", seq - 1)
+                };
+                let last_unit = x.entry.prev_unit.as_deref().unwrap_or("?");
+                f.add(
+                    Kind::MissingEntries,
+                    None,
+                    format!("chain {name}: {what} missing (the last of them listed unit {last_unit}); units were removed with their manifest lines, or lie outside the path checked"),
+                );
+            }
+            match prev.filter(|p| p.entry.seq + 1 == seq) {
+                Some(p) if x.entry.prev != p.entry.hash || x.entry.prev_unit.as_deref() != Some(p.entry.unit.as_str()) => {
+                    f.add(
+                        Kind::BrokenLink,
+                        Some(&x.manifest),
+                        format!("chain {name}: entry {seq} (unit {}) does not link to entry {} (unit {}); an entry was replaced or forged", x.entry.unit, p.entry.seq, p.entry.unit),
+                    );
+                }
+                Some(_) => {}
+                None if seq == 1 && x.entry.prev != GENESIS => f.add(
+                    Kind::BrokenLink,
+                    Some(&x.manifest),
+                    format!("chain {name}: entry 1 (unit {}) links to an entry before it; the chain's start was replaced", x.entry.unit),
+                ),
+                None => {}
+            }
+            expected = seq + 1;
+            prev = Some(x);
+        }
+        chain_reports.push(ChainReport {
+            pipeline: pipeline.clone(),
+            sink: sink.clone(),
+            entries: entries.len(),
+            first_seq: entries.keys().next().copied().unwrap_or(0),
+            last_seq: entries.keys().next_back().copied().unwrap_or(0),
+            signed: entries.values().any(|&i| found[i].entry.hmac.is_some()),
+        });
+    }
+
+    // 3. The checkpoint database, when given.
+    if let Some(Anchor {
+        chains: anchor,
+        under,
+    }) = &opts.anchor
+    {
+        for ((pipeline, sink), rows) in anchor {
+            let here = chains.get(&(pipeline.clone(), sink.clone()));
+            for (seq, hash, unit) in rows {
+                if !expected_under(unit, under) {
+                    continue;
+                }
+                match here.and_then(|c| c.get(seq)).map(|&i| &found[i]) {
+                    None => f.add(
+                        Kind::NotInArchive,
+                        None,
+                        format!("chain {pipeline}/{sink}: entry {seq} (unit {unit}) is in the checkpoint database but in no manifest here; it was removed"),
+                    ),
+                    Some(x) if x.entry.hash != *hash => f.add(
+                        Kind::NotInArchive,
+                        Some(&x.manifest),
+                        format!("chain {pipeline}/{sink}: entry {seq} (unit {unit}) differs from the checkpoint database's; it was replaced"),
+                    ),
+                    Some(_) => {}
+                }
+            }
+            let known: std::collections::HashSet<u64> = rows.iter().map(|r| r.0).collect();
+            if let Some(c) = here {
+                for (seq, &i) in c {
+                    if !known.contains(seq) {
+                        f.add(
+                            Kind::NotInDatabase,
+                            Some(&found[i].manifest),
+                            format!("chain {pipeline}/{sink}: entry {seq} (unit {}) is not in the checkpoint database; it was added", found[i].entry.unit),
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    // 4. Units: every listed one, stretch by stretch; then the unlisted files.
+    let sizes: HashMap<&str, u64> = data.iter().map(|(r, s)| (r.as_str(), *s)).collect();
+    let mut by_object: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    for entries in chains.values() {
+        for &i in entries.values() {
+            let x = &found[i];
+            let name = x.entry.unit.rsplit('/').next().unwrap_or(&x.entry.unit);
+            let rel = if x.dir.is_empty() {
+                name.to_string()
+            } else {
+                format!("{}/{name}", x.dir)
+            };
+            if !path_ends_with(&x.entry.unit, &rel) {
+                f.add(
+                    Kind::Misplaced,
+                    Some(&rel),
+                    format!(
+                        "entry {} lists unit {}, but its manifest is in {}; a unit and its line were moved",
+                        x.entry.seq,
+                        x.entry.unit,
+                        if x.dir.is_empty() { "the root" } else { &x.dir }
+                    ),
+                );
+            }
+            by_object.entry(rel).or_default().push(i);
+        }
+    }
+    let mut seen = EventIndex::default();
+    let mut units = 0usize;
+    let mut events = 0u64;
+    let mut bytes = 0u64;
+    for (rel, idx) in &mut by_object {
+        idx.sort_by_key(|&i| found[i].entry.offset);
+        let Some(&size) = sizes.get(rel.as_str()) else {
+            let n: u64 = idx.iter().map(|&i| found[i].entry.events).sum();
+            let seqs: Vec<String> = idx.iter().map(|&i| found[i].entry.seq.to_string()).collect();
+            f.add(
+                Kind::Removed,
+                Some(rel),
+                format!(
+                    "listed by entry {} ({n} events), not found; it was deleted or renamed",
+                    seqs.join(", ")
+                ),
+            );
+            continue;
+        };
+        units += 1;
+        bytes += size;
+        let mut reader = match archive.open(rel) {
+            Ok(r) => r,
+            Err(e) => {
+                f.add(Kind::Removed, Some(rel), format!("cannot be read: {e}"));
+                continue;
+            }
+        };
+        let mut pos = 0u64;
+        for &i in idx.iter() {
+            let e = &found[i].entry;
+            if e.offset > pos {
+                let kind = if pos == 0 { Kind::Unsealed } else { Kind::Overlap };
+                f.add(
+                    kind,
+                    Some(rel),
+                    format!("bytes {pos}–{} are in no manifest entry", e.offset),
+                );
+                if std::io::copy(&mut (&mut reader).take(e.offset - pos), &mut std::io::sink()).is_err() {
+                    break;
+                }
+                pos = e.offset;
+            } else if e.offset < pos {
+                f.add(
+                    Kind::Overlap,
+                    Some(rel),
+                    format!(
+                        "entry {} starts at byte {}, inside the stretch before it (ends at {pos})",
+                        e.seq, e.offset
+                    ),
+                );
+                continue;
+            }
+            let compression = UnitCompression::parse(&e.compression).unwrap_or(UnitCompression::None);
+            let mut summarizer = Summarizer::default();
+            let visit = |chunk: bytes::Bytes, s: &mut Summarizer, seen: &mut EventIndex| {
+                s.feed(chunk, |l| seen.add(l, rel, e.offset));
+            };
+            let read = manifest::read_unit((&mut reader).take(e.length), compression, |chunk| {
+                visit(chunk, &mut summarizer, &mut seen)
+            });
+            let summary = summarizer.finish_with(|l| seen.add(l, rel, e.offset));
+            events += summary.events;
+            pos += e.length;
+            match read {
+                Ok((_, len)) if len < e.length => {
+                    f.add(Kind::Truncated, Some(rel), format!("is {} bytes; entry {} covers bytes {}–{}: the end was cut off", e.offset + len, e.seq, e.offset, e.offset + e.length));
+                    pos = e.offset + len;
+                    break;
+                }
+                Ok((hash, _)) if hash != e.sha256 => f.add(
+                    Kind::Altered,
+                    Some(rel),
+                    format!("bytes {}–{} (entry {}, {} events) do not match their SHA-256: the content was changed", e.offset, e.offset + e.length, e.seq, e.events),
+                ),
+                Ok(_) if summary.events != e.events => f.add(
+                    Kind::EntryAltered,
+                    Some(rel),
+                    format!("entry {} says {} events, the unit holds {}", e.seq, e.events, summary.events),
+                ),
+                Ok(_) => {}
+                // The bytes hash or not; a stretch that cannot be decoded was changed.
+                Err(err) => f.add(
+                    Kind::Altered,
+                    Some(rel),
+                    format!("bytes {}–{} (entry {}) cannot be decoded as {}: {err}; the content was changed", e.offset, e.offset + e.length, e.seq, e.compression),
+                ),
+            }
+        }
+        if size > pos {
+            let detail = format!("{} bytes after the last sealed stretch (from byte {pos}): appended after sealing, or not sealed yet", size - pos);
+            if opts.allow_unsealed {
+                notes.push(format!("{rel}: {detail} (accepted: --allow-unsealed)"));
+            } else {
+                f.add(Kind::Unsealed, Some(rel), format!("{detail}; a running pipeline's open files look like this: use --allow-unsealed for them"));
+            }
+            // Read them too: repeated events show up as duplicates.
+            let compression = idx
+                .last()
+                .and_then(|&i| UnitCompression::parse(&found[i].entry.compression))
+                .unwrap_or(UnitCompression::None);
+            let mut summarizer = Summarizer::default();
+            let _ = manifest::read_unit(&mut reader, compression, |chunk| {
+                summarizer.feed(chunk, |l| seen.add(l, rel, pos))
+            });
+            events += summarizer.finish_with(|l| seen.add(l, rel, pos)).events;
+        }
+    }
+    for (rel, size) in &data {
+        if by_object.contains_key(rel.as_str()) {
+            continue;
+        }
+        bytes += size;
+        let detail =
+            "in no manifest: added after the fact, or written by a pipeline that has not sealed it yet"
+                .to_string();
+        if opts.allow_unsealed {
+            notes.push(format!("{rel}: {detail} (accepted: --allow-unsealed)"));
+        } else {
+            f.add(Kind::Unlisted, Some(rel), detail);
+        }
+        // Read it too: a copied unit shows as duplicated events.
+        let Ok(mut reader) = archive.open(rel) else {
+            continue;
+        };
+        let mut head = Vec::new();
+        if (&mut reader).take(4).read_to_end(&mut head).is_err() {
+            continue;
+        }
+        let compression = manifest::sniff(&head);
+        let mut summarizer = Summarizer::default();
+        let chained = std::io::Cursor::new(head).chain(reader);
+        let _ = manifest::read_unit(chained, compression, |chunk| {
+            summarizer.feed(chunk, |l| seen.add(l, rel, 0))
+        });
+        events += summarizer.finish_with(|l| seen.add(l, rel, 0)).events;
+    }
+
+    // 5. Events: duplicated ids, and gaps.
+    for dup in seen.duplicates() {
+        f.add(Kind::DuplicateEvent, Some(&dup.1), dup.0);
+    }
+    if let Some(max_gap) = opts.max_gap_us {
+        for (rid, gap_from, gap_to) in seen.gaps(max_gap) {
+            let show = |us: i64| crate::client::format_time(us);
+            f.add(
+                Kind::Gap,
+                None,
+                format!(
+                    "sandbox {rid:?}: no event between {} and {} ({} s)",
+                    show(gap_from),
+                    show(gap_to),
+                    (gap_to - gap_from) / 1_000_000
+                ),
+            );
+        }
+    }
+
+    let clean = f.list.is_empty() && f.not_shown.is_empty();
+    Ok(Report {
+        root: archive.root(),
+        clean,
+        manifests: manifests.len(),
+        entries: found.len(),
+        units,
+        events,
+        bytes,
+        chains: chain_reports,
+        findings: f.list,
+        findings_not_shown: f.not_shown,
+        notes,
+    })
+}
+
+/// Whether `unit` (a path as a sink wrote it) ends with the relative path `rel`, component by
+/// component.
+fn path_ends_with(unit: &str, rel: &str) -> bool {
+    unit == rel || unit.ends_with(&format!("/{rel}"))
+}
+
+/// Whether a unit written at `unit` (relative to the pipeline's working directory, or absolute)
+/// lies under `root`.
+fn expected_under(unit: &str, root: &Path) -> bool {
+    let absolute = |p: &Path| -> PathBuf {
+        let p = if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            std::env::current_dir().unwrap_or_default().join(p)
+        };
+        p.components()
+            .filter(|c| !matches!(c, std::path::Component::CurDir))
+            .collect()
+    };
+    absolute(Path::new(unit)).starts_with(absolute(root))
+}
+
+/// Every event read: where each id was first seen, and per sandbox the cursor times.
+#[derive(Default)]
+struct EventIndex {
+    /// Hash of (sandbox, id) → (object, byte offset of its stretch, line in the stretch).
+    first: HashMap<u128, (u32, u64, u64)>,
+    objects: Vec<String>,
+    object_index: HashMap<String, u32>,
+    /// Per (object holding the repeat, object holding the first): how many, and the first
+    /// repeat's description.
+    dups: BTreeMap<(u32, u32), (u64, String)>,
+    times: HashMap<String, Vec<i64>>,
+}
+
+impl EventIndex {
+    fn add(&mut self, line: &manifest::Line<'_>, object: &str, offset: u64) {
+        let Some(id) = line.id else { return };
+        let o = match self.object_index.get(object) {
+            Some(&o) => o,
+            None => {
+                self.objects.push(object.to_string());
+                let o = (self.objects.len() - 1) as u32;
+                self.object_index.insert(object.to_string(), o);
+                o
+            }
+        };
+        let key = key_of(line.resource_id, id);
+        match self.first.get(&key) {
+            Some(&(fo, foff, fline)) => {
+                let place = |obj: u32, off: u64, l: u64| {
+                    let name = self.objects.get(obj as usize).map_or("?", String::as_str);
+                    if off == 0 {
+                        format!("{name} line {l}")
+                    } else {
+                        format!("{name} (stretch at byte {off}) line {l}")
+                    }
+                };
+                let seen = self.dups.entry((o, fo)).or_insert((0, String::new()));
+                seen.0 += 1;
+                if seen.1.is_empty() {
+                    seen.1 = format!(
+                        "event {id:?} of sandbox {:?} at {} was already at {}",
+                        line.resource_id,
+                        place(o, offset, line.number),
+                        place(fo, foff, fline)
+                    );
+                }
+            }
+            None => {
+                self.first.insert(key, (o, offset, line.number));
+            }
+        }
+        if let Some(t) = line.cursor_us {
+            match self.times.get_mut(line.resource_id) {
+                Some(v) => v.push(t),
+                None => {
+                    self.times.insert(line.resource_id.to_string(), vec![t]);
+                }
+            }
+        }
+    }
+
+    /// One line per (object, object it repeats): `(detail, object)`.
+    fn duplicates(&mut self) -> Vec<(String, String)> {
+        let name = |o: u32| self.objects.get(o as usize).cloned().unwrap_or_default();
+        std::mem::take(&mut self.dups)
+            .into_iter()
+            .map(|((o, fo), (n, first))| {
+                let detail = if n == 1 {
+                    first
+                } else {
+                    format!("{n} events already in {} (the first: {first})", name(fo))
+                };
+                (detail, name(o))
+            })
+            .collect()
+    }
+
+    /// `(sandbox, from, to)` for every gap above `max_us` between consecutive cursor times.
+    fn gaps(&mut self, max_us: i64) -> Vec<(String, i64, i64)> {
+        let mut out = Vec::new();
+        let mut sandboxes: Vec<_> = self.times.iter_mut().collect();
+        sandboxes.sort_by(|a, b| a.0.cmp(b.0));
+        for (rid, times) in sandboxes {
+            times.sort_unstable();
+            for w in times.windows(2) {
+                if w[1] - w[0] > max_us {
+                    out.push((rid.clone(), w[0], w[1]));
+                }
+            }
+        }
+        out
+    }
+}
+
+/// A 128-bit digest of (sandbox, id): collisions are out of reach, and it is a quarter the size
+/// of the strings.
+fn key_of(rid: &str, id: &str) -> u128 {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update((rid.len() as u64).to_le_bytes());
+    h.update(rid.as_bytes());
+    h.update(id.as_bytes());
+    let d = h.finalize();
+    let mut b = [0u8; 16];
+    b.copy_from_slice(&d[..16]);
+    u128::from_le_bytes(b)
+}
+
+impl Report {
+    /// The report for a person.
+    pub fn to_text(&self) -> String {
+        use std::fmt::Write as _;
+        let mut s = String::new();
+        let problems = self.findings.len() as u64 + self.findings_not_shown.values().sum::<u64>();
+        let _ = writeln!(
+            s,
+            "auditship verify {}: {}",
+            self.root,
+            if self.clean {
+                "CLEAN".to_string()
+            } else {
+                format!(
+                    "NOT CLEAN ({problems} problem{})",
+                    if problems == 1 { "" } else { "s" }
+                )
+            }
+        );
+        let _ = writeln!(
+            s,
+            "  read {} manifest{}, {} entries, {} units, {} events, {} bytes",
+            self.manifests,
+            if self.manifests == 1 { "" } else { "s" },
+            self.entries,
+            self.units,
+            self.events,
+            self.bytes
+        );
+        for c in &self.chains {
+            let _ = writeln!(
+                s,
+                "  chain {}/{}: {} entries (seq {}–{}){}",
+                c.pipeline,
+                c.sink,
+                c.entries,
+                c.first_seq,
+                c.last_seq,
+                if c.signed { ", signed" } else { ", unsigned" }
+            );
+        }
+        for x in &self.findings {
+            let _ = match &x.object {
+                Some(o) => writeln!(s, "  {:<16} {o}: {}", x.kind.label(), x.detail),
+                None => writeln!(s, "  {:<16} {}", x.kind.label(), x.detail),
+            };
+        }
+        for (kind, n) in &self.findings_not_shown {
+            let _ = writeln!(s, "  … and {n} more of kind {kind}");
+        }
+        for n in &self.notes {
+            let _ = writeln!(s, "  note: {n}");
+        }
+        s
+    }
+}
