@@ -459,8 +459,22 @@ impl Sealer {
     /// Read every new stretch `sealed` closes. A stretch that cannot be read is left out with
     /// an error in the log; the unit's next seal (at the latest, the next start) covers it.
     pub(crate) async fn stretches(&mut self, sealed: Vec<Sealed>) -> Vec<Stretch> {
-        let mut work = Vec::new();
+        // Seals of one unit in one call (a restart's seal, then a rotation) start where the
+        // unit's last entry ends: keep the furthest, as one stretch.
+        let mut furthest: Vec<Sealed> = Vec::with_capacity(sealed.len());
+        let mut at: HashMap<String, usize> = HashMap::new();
         for s in sealed {
+            match at.get(&s.unit) {
+                Some(&i) if furthest[i].end < s.end => furthest[i] = s,
+                Some(_) => {}
+                None => {
+                    at.insert(s.unit.clone(), furthest.len());
+                    furthest.push(s);
+                }
+            }
+        }
+        let mut work = Vec::new();
+        for s in furthest {
             let start = match self.ends.get(&s.unit) {
                 Some(end) => *end,
                 None => match self.store.sealed_end(&self.pipeline, &self.sink, &s.unit).await {

@@ -475,6 +475,16 @@ pub fn verify(archive: &dyn Archive, opts: &Options) -> std::io::Result<Report> 
         under,
     }) = &opts.anchor
     {
+        for ((pipeline, sink), entries) in &chains {
+            if !anchor.contains_key(&(pipeline.clone(), sink.clone())) {
+                let first = entries.values().next().map(|&i| found[i].manifest.clone());
+                f.add(
+                    Kind::NotInDatabase,
+                    first.as_deref(),
+                    format!("chain {pipeline}/{sink} ({} entries) is not in the checkpoint database; it was added, or belongs to another pipeline (verify that one's directory on its own)", entries.len()),
+                );
+            }
+        }
         for ((pipeline, sink), rows) in anchor {
             let here = chains.get(&(pipeline.clone(), sink.clone()));
             for (seq, hash, unit) in rows {
@@ -538,6 +548,8 @@ pub fn verify(archive: &dyn Archive, opts: &Options) -> std::io::Result<Report> 
         }
     }
     let mut seen = EventIndex::default();
+    // Bytes after a unit's last sealed stretch: (object, where they start, encoding).
+    let mut tails: Vec<(String, u64, UnitCompression)> = Vec::new();
     let mut units = 0usize;
     let mut events = 0u64;
     let mut bytes = 0u64;
@@ -590,14 +602,31 @@ pub fn verify(archive: &dyn Archive, opts: &Options) -> std::io::Result<Report> 
                 );
                 continue;
             }
+            if size < e.offset + e.length {
+                f.add(
+                    Kind::Truncated,
+                    Some(rel),
+                    format!(
+                        "is {size} bytes; entry {} covers bytes {}–{}: the end was cut off",
+                        e.seq,
+                        e.offset,
+                        e.offset + e.length
+                    ),
+                );
+                pos = size;
+                break;
+            }
             let compression = UnitCompression::parse(&e.compression).unwrap_or(UnitCompression::None);
             let mut summarizer = Summarizer::default();
             let visit = |chunk: bytes::Bytes, s: &mut Summarizer, seen: &mut EventIndex| {
                 s.feed(chunk, |l| seen.add(l, rel, e.offset));
             };
-            let read = manifest::read_unit((&mut reader).take(e.length), compression, |chunk| {
+            let mut part = (&mut reader).take(e.length);
+            let read = manifest::read_unit(&mut part, compression, |chunk| {
                 visit(chunk, &mut summarizer, &mut seen)
             });
+            // A stretch that failed to decode still ends where its entry says.
+            let _ = std::io::copy(&mut part, &mut std::io::sink());
             let summary = summarizer.finish_with(|l| seen.add(l, rel, e.offset));
             events += summary.events;
             pos += e.length;
@@ -633,17 +662,26 @@ pub fn verify(archive: &dyn Archive, opts: &Options) -> std::io::Result<Report> 
             } else {
                 f.add(Kind::Unsealed, Some(rel), format!("{detail}; a running pipeline's open files look like this: use --allow-unsealed for them"));
             }
-            // Read them too: repeated events show up as duplicates.
+            // Read after every sealed stretch, so that a repeat is blamed on the added bytes.
             let compression = idx
                 .last()
                 .and_then(|&i| UnitCompression::parse(&found[i].entry.compression))
                 .unwrap_or(UnitCompression::None);
-            let mut summarizer = Summarizer::default();
-            let _ = manifest::read_unit(&mut reader, compression, |chunk| {
-                summarizer.feed(chunk, |l| seen.add(l, rel, pos))
-            });
-            events += summarizer.finish_with(|l| seen.add(l, rel, pos)).events;
+            tails.push((rel.clone(), pos, compression));
         }
+    }
+    for (rel, pos, compression) in tails {
+        let Ok(mut reader) = archive.open(&rel) else {
+            continue;
+        };
+        if std::io::copy(&mut (&mut reader).take(pos), &mut std::io::sink()).is_err() {
+            continue;
+        }
+        let mut summarizer = Summarizer::default();
+        let _ = manifest::read_unit(reader, compression, |chunk| {
+            summarizer.feed(chunk, |l| seen.add(l, &rel, pos))
+        });
+        events += summarizer.finish_with(|l| seen.add(l, &rel, pos)).events;
     }
     for (rel, size) in &data {
         if by_object.contains_key(rel.as_str()) {

@@ -23,3 +23,4 @@ mod shipping;
 mod tls;
 mod transforms;
 mod util;
+mod verify;

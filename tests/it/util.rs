@@ -45,6 +45,19 @@ impl Workspace {
 
     /// A workspace whose pipeline has the sinks in `sinks` (TOML; `{root}` is the workspace).
     pub fn with_sinks(sim: &Simulator, sandboxes: &[&str], extra_source: &str, sinks: &str) -> Workspace {
+        Workspace::with_tables(sim, sandboxes, extra_source, 2_000, sinks)
+    }
+
+    /// [`Workspace::with_sinks`] with batches of at most `batch_max_events`; `tables` may hold
+    /// other top-level tables besides the sinks.
+    pub fn with_tables(
+        sim: &Simulator,
+        sandboxes: &[&str],
+        extra_source: &str,
+        batch_max_events: usize,
+        tables: &str,
+    ) -> Workspace {
+        let sinks = tables;
         let dir = tempfile::tempdir().unwrap();
         let pipeline = dir.path().join("pipe.toml");
         let list = sandboxes
@@ -69,6 +82,7 @@ commit_interval_ms = 50
 
 [batch]
 timeout_ms = 20
+max_events = {batch_max_events}
 
 {sinks}
 "#,
@@ -103,6 +117,11 @@ timeout_ms = 20
 
     /// Start `auditship ARGS` in the workspace with the key in the environment.
     pub fn spawn(&self, key: &str, args: &[&str]) -> Proc {
+        self.spawn_env(key, args, &[])
+    }
+
+    /// [`Workspace::spawn`] with more environment variables.
+    pub fn spawn_env(&self, key: &str, args: &[&str], env: &[(&str, &str)]) -> Proc {
         let n = std::fs::read_dir(self.logs.path()).unwrap().count();
         let stdout = self.logs.path().join(format!("{n}.out"));
         let stderr = self.logs.path().join(format!("{n}.err"));
@@ -110,6 +129,7 @@ timeout_ms = 20
             .args(args)
             .current_dir(self.path())
             .env("MIOSA_API_KEY", key)
+            .envs(env.iter().copied())
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&stdout).unwrap())
