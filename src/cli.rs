@@ -215,7 +215,8 @@ enum Command {
     /// Exit codes: 0 clean, 1 problems found, 2 the check could not run (unreadable path, bad
     /// pipeline file, missing key).
     Verify {
-        /// The archive: the directory a file sink writes into (its template's fixed part).
+        /// The archive: the directory a file sink writes into (its template's fixed part), or
+        /// s3://BUCKET/PREFIX for an S3 sink's objects.
         path: PathBuf,
         /// Pipeline file: its checkpoint database anchors the chains (so removing the newest
         /// units together with their manifest lines is caught too) and its [manifest] hmac_key
@@ -237,6 +238,16 @@ enum Command {
         /// [manifest] hmac_key, with --pipeline).
         #[arg(long)]
         hmac_key_env: Option<String>,
+        /// For s3:// archives: an S3-compatible endpoint (default: the pipeline's S3 sink for
+        /// that bucket, else AWS). Credentials come from the AWS chain.
+        #[arg(long)]
+        s3_endpoint: Option<String>,
+        /// For s3:// archives: the region.
+        #[arg(long)]
+        s3_region: Option<String>,
+        /// For s3:// archives: path-style addressing (most S3-compatible stores need it).
+        #[arg(long)]
+        s3_path_style: bool,
     },
     /// Run the bundled simulator and a pipeline against it: no credentials, no services.
     Demo {
@@ -413,6 +424,9 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             max_gap,
             allow_unsealed,
             hmac_key_env,
+            s3_endpoint,
+            s3_region,
+            s3_path_style,
         } => {
             verify(VerifyArgs {
                 path,
@@ -421,6 +435,9 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 max_gap,
                 allow_unsealed,
                 hmac_key_env,
+                s3_endpoint,
+                s3_region,
+                s3_path_style,
             })
             .await
         }
@@ -622,6 +639,8 @@ fn span_secs(s: &str) -> anyhow::Result<i64> {
     })
 }
 
+// Without S3 support the S3 flags are parsed but have nothing to configure.
+#[cfg_attr(not(feature = "s3"), allow(dead_code))]
 struct VerifyArgs {
     path: PathBuf,
     pipeline: Option<PathBuf>,
@@ -629,11 +648,14 @@ struct VerifyArgs {
     max_gap: Option<String>,
     allow_unsealed: bool,
     hmac_key_env: Option<String>,
+    s3_endpoint: Option<String>,
+    s3_region: Option<String>,
+    s3_path_style: bool,
 }
 
 /// `auditship verify`.
 async fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
-    use auditship::verify::{self, DirArchive, Options};
+    use auditship::verify::{self, Archive, DirArchive, Options, Under};
     let fail = |m: String| -> anyhow::Result<ExitCode> {
         eprintln!("auditship verify: {m}");
         Ok(ExitCode::from(2))
@@ -662,6 +684,12 @@ async fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
+    let text = args.path.to_string_lossy().into_owned();
+    let s3 = text.strip_prefix("s3://").map(|rest| {
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        (bucket.to_string(), prefix.to_string())
+    });
+    let mut pipeline = None;
     if let Some(path) = &args.pipeline {
         let p = match config::load(path, LoadMode::Verify) {
             Ok(p) => p,
@@ -685,15 +713,26 @@ async fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
                 anchor.insert((p.name.clone(), sink.clone()), rows);
             }
         }
+        let under = match &s3 {
+            Some((_, prefix)) => Under::Prefix(prefix.clone()),
+            None => Under::Dir(args.path.clone()),
+        };
         opts.anchor = Some(auditship::verify::Anchor {
             chains: anchor,
-            under: args.path.clone(),
+            under,
         });
+        pipeline = Some(p);
     }
-    let archive = DirArchive::new(&args.path);
-    let report = match tokio::task::spawn_blocking(move || verify::verify(&archive, &opts)).await? {
+    let archive: Box<dyn Archive + Send> = match s3 {
+        None => Box::new(DirArchive::new(&args.path)),
+        Some((bucket, prefix)) => match s3_archive(&args, pipeline.as_ref(), &bucket, &prefix).await {
+            Ok(a) => a,
+            Err(m) => return fail(m),
+        },
+    };
+    let report = match tokio::task::spawn_blocking(move || verify::verify(archive.as_ref(), &opts)).await? {
         Ok(r) => r,
-        Err(e) => return fail(format!("cannot read {}: {e}", args.path.display())),
+        Err(e) => return fail(format!("cannot read {text}: {e}")),
     };
     match args.format {
         ReportFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
@@ -704,6 +743,53 @@ async fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
+}
+
+/// The S3 archive `s3://bucket/prefix`: endpoint, region and addressing from the flags, else
+/// from the pipeline's S3 sink writing to that bucket, else the AWS defaults.
+#[cfg(feature = "s3")]
+async fn s3_archive(
+    args: &VerifyArgs,
+    pipeline: Option<&Pipeline>,
+    bucket: &str,
+    prefix: &str,
+) -> Result<Box<dyn auditship::verify::Archive + Send>, String> {
+    if bucket.is_empty() {
+        return Err("give the archive as s3://BUCKET/PREFIX".into());
+    }
+    let sink = pipeline.and_then(|p| {
+        p.sinks.values().find_map(|s| match s {
+            config::SinkConfig::S3(c) if c.bucket == bucket => Some(c.clone()),
+            _ => None,
+        })
+    });
+    let endpoint = args
+        .s3_endpoint
+        .clone()
+        .or_else(|| sink.as_ref().and_then(|c| c.endpoint.clone()));
+    let region = args
+        .s3_region
+        .clone()
+        .or_else(|| sink.as_ref().and_then(|c| c.region.clone()));
+    let path_style = args.s3_path_style || sink.as_ref().is_some_and(|c| c.force_path_style);
+    let client = auditship_sink_s3::connect(region.as_deref(), endpoint.as_deref(), path_style).await;
+    Ok(Box::new(auditship::verify::S3Archive::new(
+        client,
+        bucket,
+        prefix,
+        tokio::runtime::Handle::current(),
+    )))
+}
+
+/// Without S3 support there is no S3 archive to read.
+#[cfg(not(feature = "s3"))]
+async fn s3_archive(
+    _args: &VerifyArgs,
+    _pipeline: Option<&Pipeline>,
+    _bucket: &str,
+    _prefix: &str,
+) -> Result<Box<dyn auditship::verify::Archive + Send>, String> {
+    Err("this auditship was built without S3 support; rebuild it with the `s3` feature".into())
 }
 
 /// Under `--shard I/N`, pipeline files see `${AUDITSHIP_SHARD}` and `${AUDITSHIP_SHARDS}`.

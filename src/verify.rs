@@ -50,6 +50,75 @@ impl DirArchive {
     }
 }
 
+/// An archive under an S3 prefix, read with a client of the S3 sink's crate. Its calls block:
+/// use it from a blocking thread of a Tokio runtime (as `verify` runs).
+#[cfg(feature = "s3")]
+pub struct S3Archive {
+    client: aws_sdk_s3::Client,
+    bucket: String,
+    prefix: String,
+    runtime: tokio::runtime::Handle,
+}
+
+#[cfg(feature = "s3")]
+impl S3Archive {
+    /// The archive under `prefix` of `bucket` (a prefix is a directory: a `/` is added when
+    /// missing). `runtime` runs the requests.
+    pub fn new(
+        client: aws_sdk_s3::Client,
+        bucket: &str,
+        prefix: &str,
+        runtime: tokio::runtime::Handle,
+    ) -> Self {
+        let mut prefix = prefix.trim_start_matches('/').to_string();
+        if !prefix.is_empty() && !prefix.ends_with('/') {
+            prefix.push('/');
+        }
+        S3Archive {
+            client,
+            bucket: bucket.to_string(),
+            prefix,
+            runtime,
+        }
+    }
+
+    /// The prefix, with its final `/`.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+}
+
+#[cfg(feature = "s3")]
+impl Archive for S3Archive {
+    fn list(&self) -> std::io::Result<Vec<(String, u64)>> {
+        let objects = self
+            .runtime
+            .block_on(auditship_sink_s3::list_objects(
+                &self.client,
+                &self.bucket,
+                &self.prefix,
+            ))
+            .map_err(std::io::Error::other)?;
+        Ok(objects
+            .into_iter()
+            .filter_map(|(key, size)| Some((key.strip_prefix(&self.prefix)?.to_string(), size)))
+            .collect())
+    }
+
+    fn open(&self, rel: &str) -> std::io::Result<Box<dyn Read + '_>> {
+        let key = format!("{}{rel}", self.prefix);
+        let body = self
+            .runtime
+            .block_on(auditship_sink_s3::get_object(&self.client, &self.bucket, &key))
+            .map_err(std::io::Error::other)?;
+        Ok(Box::new(std::io::Cursor::new(body)))
+    }
+
+    fn root(&self) -> String {
+        format!("s3://{}/{}", self.bucket, self.prefix)
+    }
+}
+
 impl Archive for DirArchive {
     fn list(&self) -> std::io::Result<Vec<(String, u64)>> {
         let mut out = Vec::new();
@@ -231,9 +300,24 @@ pub type AnchorChain = Vec<(u64, String, String)>;
 pub struct Anchor {
     /// Its chains, by (pipeline, sink).
     pub chains: BTreeMap<(String, String), AnchorChain>,
-    /// The path verified, as the pipeline sees it: entries whose unit does not lie under it are
+    /// What was verified, as the pipeline sees it: entries whose unit does not lie under it are
     /// not looked for.
-    pub under: PathBuf,
+    pub under: Under,
+}
+
+/// Where the units verified lie.
+#[derive(Debug, Clone)]
+pub enum Under {
+    /// A directory (relative to the working directory, or absolute).
+    Dir(PathBuf),
+    /// An S3 key prefix.
+    Prefix(String),
+}
+
+impl Default for Under {
+    fn default() -> Self {
+        Under::Prefix(String::new())
+    }
 }
 
 /// How to verify.
@@ -298,15 +382,14 @@ pub fn verify(archive: &dyn Archive, opts: &Options) -> std::io::Result<Report> 
         },
     };
     let mut notes = Vec::new();
-    let (manifests, data): (Vec<_>, Vec<_>) = objects
-        .iter()
-        .partition(|(rel, _)| rel.rsplit('/').next() == Some(MANIFEST_NAME));
+    let (manifests, data): (Vec<_>, Vec<_>) =
+        objects.iter().partition(|(rel, _)| manifest_dir(rel).is_some());
 
     // 1. Every entry of every manifest.
     let mut found: Vec<Found> = Vec::new();
     let mut signed_unchecked = false;
     for (rel, _) in &manifests {
-        let dir = rel.rsplit_once('/').map_or(String::new(), |(d, _)| d.to_string());
+        let dir = manifest_dir(rel).unwrap_or_default();
         let mut text = String::new();
         if let Err(e) = archive.open(rel).and_then(|mut r| r.read_to_string(&mut text)) {
             f.add(
@@ -380,7 +463,7 @@ pub fn verify(archive: &dyn Archive, opts: &Options) -> std::io::Result<Report> 
         f.add(
             Kind::NoManifest,
             None,
-            format!("no {MANIFEST_NAME} under {}: nothing here can be verified (give the directory a file sink writes into, with [manifest] enabled)", archive.root()),
+            format!("no {MANIFEST_NAME} under {}: nothing here can be verified (give the directory a file sink writes into, or the s3://bucket/prefix an S3 sink writes into, with [manifest] enabled)", archive.root()),
         );
     }
     if opts.anchor.is_none() {
@@ -749,15 +832,31 @@ pub fn verify(archive: &dyn Archive, opts: &Options) -> std::io::Result<Report> 
     })
 }
 
+/// For a manifest (a file `auditship.manifest`, or an object under `auditship.manifest/`), the
+/// directory whose units it lists; `None` for anything else.
+fn manifest_dir(rel: &str) -> Option<String> {
+    let parts: Vec<&str> = rel.split('/').collect();
+    let at = parts.iter().position(|c| *c == MANIFEST_NAME)?;
+    Some(parts[..at].join("/"))
+}
+
 /// Whether `unit` (a path as a sink wrote it) ends with the relative path `rel`, component by
 /// component.
 fn path_ends_with(unit: &str, rel: &str) -> bool {
     unit == rel || unit.ends_with(&format!("/{rel}"))
 }
 
-/// Whether a unit written at `unit` (relative to the pipeline's working directory, or absolute)
+/// Whether a unit written at `unit` lies under what was verified.
+fn expected_under(unit: &str, under: &Under) -> bool {
+    match under {
+        Under::Dir(root) => under_dir(unit, root),
+        Under::Prefix(prefix) => unit.starts_with(prefix.as_str()),
+    }
+}
+
+/// Whether a file written at `unit` (relative to the pipeline's working directory, or absolute)
 /// lies under `root`.
-fn expected_under(unit: &str, root: &Path) -> bool {
+fn under_dir(unit: &str, root: &Path) -> bool {
     let absolute = |p: &Path| -> PathBuf {
         let p = if p.is_absolute() {
             p.to_path_buf()

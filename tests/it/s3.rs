@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use auditship::sim::SimConfig;
-use auditship_sink_s3::testing::{client, create_bucket, lines, read_all, S3Server};
+use auditship_sink_s3::testing::{client, create_bucket, lines, read_all, read_all_objects, S3Server};
 
 use crate::util::{
     assert_exactly_once, finish, signal, sim, sim_lines, stop_when_all_committed, wait_for, Workspace,
@@ -63,12 +63,80 @@ async fn an_s3_pipeline_ships_every_event_once_into_checksummed_locked_objects()
     let (got, objects) = bucket_lines(&c, "archive").await;
     assert!(objects > 4, "{objects} objects");
     assert_exactly_once(&got, &sim_lines(&sim, &ids));
-    for o in read_all(&c, "archive").await.unwrap() {
+    // Manifest objects included: locked and encrypted like the data.
+    let all = read_all_objects(&c, "archive").await.unwrap();
+    let manifests = all
+        .iter()
+        .filter(|o| o.key.contains("/auditship.manifest/"))
+        .count();
+    assert_eq!(manifests, objects, "one manifest object per data object");
+    for o in all {
         assert!(o.key.starts_with("miosa/"), "{}", o.key);
         assert_eq!(o.lock_mode.as_deref(), Some("COMPLIANCE"), "{}", o.key);
         assert!(o.retain_until.is_some());
         assert_eq!(o.sse.as_deref(), Some("AES256"));
     }
+
+    // The bucket verifies clean, against the checkpoint database too.
+    let verify = |args: &[&str]| {
+        let mut all = vec!["verify", "s3://archive/miosa/"];
+        all.extend_from_slice(args);
+        ws.run(&key, &all)
+    };
+    let out = verify(&["--pipeline", "pipe.toml"]);
+    assert_eq!(out.code, Some(0), "{}{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains(": CLEAN"), "{}", out.stdout);
+    let endpoint = s.endpoint();
+    let out = verify(&["--s3-endpoint", &endpoint, "--s3-path-style", "--format", "json"]);
+    assert_eq!(out.code, Some(0), "{}{}", out.stdout, out.stderr);
+    let json: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(json["units"].as_u64(), Some(objects as u64));
+
+    // Object Lock keeps every version, but a new version can still be put over one, a delete
+    // marker hides one, and a copy can be added: each is named.
+    let data: Vec<String> = read_all(&c, "archive")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|o| o.key)
+        .collect();
+    let (altered, removed, copied) = (&data[0], &data[1], &data[2]);
+    c.put_object()
+        .bucket("archive")
+        .key(altered)
+        .body(aws_sdk_s3::primitives::ByteStream::from_static(b"{}\n"))
+        .send()
+        .await
+        .unwrap();
+    c.delete_object()
+        .bucket("archive")
+        .key(removed)
+        .send()
+        .await
+        .unwrap();
+    let copy_key = format!("{copied}.copy");
+    c.copy_object()
+        .bucket("archive")
+        // The copy source is URL-encoded: a sandbox id's `%2F` must reach the server as is.
+        .copy_source(format!("archive/{}", copied.replace('%', "%25")))
+        .key(&copy_key)
+        .send()
+        .await
+        .unwrap();
+    let out = verify(&["--pipeline", "pipe.toml", "--format", "json"]);
+    assert_eq!(out.code, Some(1), "{}{}", out.stdout, out.stderr);
+    let json: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    let named = |kind: &str, key: &str| {
+        json["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["kind"] == kind && f["object"].as_str() == key.strip_prefix("miosa/"))
+    };
+    assert!(named("altered", altered) || named("truncated", altered), "{json}");
+    assert!(named("removed", removed), "{json}");
+    assert!(named("unlisted", &copy_key), "{json}");
+    assert!(named("duplicate_event", &copy_key), "{json}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -124,6 +192,9 @@ async fn kill_9_at_random_moments_leaves_no_event_in_two_objects() {
     );
     let (got, _) = bucket_lines(&c, "crashes").await;
     assert_exactly_once(&got, &sim_lines(&sim, &ids));
+    // Objects put in place after a crash are in the manifest too.
+    let out = ws.run(&key, &["verify", "s3://crashes", "--pipeline", "pipe.toml"]);
+    assert_eq!(out.code, Some(0), "{}{}", out.stdout, out.stderr);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -394,7 +394,7 @@ async fn a_plain_archive_verifies_and_every_tampering_is_named() {
     let anchored = Options {
         anchor: Some(Anchor {
             chains,
-            under: ws.path().join("archive"),
+            under: auditship::verify::Under::Dir(ws.path().join("archive")),
         }),
         ..Default::default()
     };

@@ -19,6 +19,12 @@
 //! again (the checkpoint never passed them) they are recognised and not written a second time.
 //! So no event is in two objects, and none is lost.
 //!
+//! # Manifests
+//! Every uploaded object is sealed for the pipeline's tamper-evident manifest; [`S3Manifests`]
+//! writes each entry as its own object beside the data, `PREFIX/auditship.manifest/...`, with the
+//! same encryption and Object Lock as the data (a locked archive's manifest cannot be deleted
+//! either).
+//!
 //! # Faults
 //! Uploads that fail for a reason that can pass (5xx, throttling, timeouts, an unreachable
 //! endpoint) are retried forever with backoff, logged every 30 s; the checkpoint waits and the
@@ -35,7 +41,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use auditship_sink::{encode_component, Batch, Sink, SinkContext, SinkError, StateEntry};
+use auditship_sink::{
+    encode_component, Batch, ManifestLine, ManifestPublisher, Sealed, Sink, SinkContext, SinkError,
+    StateEntry, UnitCompression, MANIFEST_NAME,
+};
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::{ByteStream, DateTime};
 use aws_sdk_s3::types::{
@@ -147,6 +156,14 @@ impl Compression {
             Compression::Gzip => "application/gzip",
             Compression::Zstd => "application/zstd",
             Compression::None => "application/x-ndjson",
+        }
+    }
+
+    fn unit(self) -> UnitCompression {
+        match self {
+            Compression::Gzip => UnitCompression::Gzip,
+            Compression::Zstd => UnitCompression::Zstd,
+            Compression::None => UnitCompression::None,
         }
     }
 }
@@ -290,6 +307,8 @@ pub struct S3Sink {
     known: HashMap<Arc<str>, (usize, bool)>,
     /// Deletions waiting for the checkpoint to pass their objects.
     released: Vec<StateEntry>,
+    /// Objects uploaded (or put in place after a crash) not yet handed to the manifest.
+    sealed: Vec<Sealed>,
 }
 
 const PENDING: &str = "pending:";
@@ -336,6 +355,7 @@ impl S3Sink {
             held: Vec::new(),
             known: HashMap::new(),
             released: Vec::new(),
+            sealed: Vec::new(),
         })
     }
 
@@ -350,20 +370,8 @@ impl S3Sink {
     }
 
     async fn connect(&mut self) {
-        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
-        if let Some(r) = &self.config.region {
-            loader = loader.region(aws_config::Region::new(r.clone()));
-        }
-        let shared = loader.load().await;
-        let mut conf =
-            aws_sdk_s3::config::Builder::from(&shared).force_path_style(self.config.force_path_style);
-        if shared.region().is_none() {
-            conf = conf.region(aws_config::Region::new("us-east-1"));
-        }
-        if let Some(e) = &self.config.endpoint {
-            conf = conf.endpoint_url(e);
-        }
-        self.client = Some(aws_sdk_s3::Client::from_conf(conf.build()));
+        let c = &self.config;
+        self.client = Some(connect(c.region.as_deref(), c.endpoint.as_deref(), c.force_path_style).await);
     }
 
     fn render_prefix(&self, resource_id: &str, time_us: Option<i64>) -> String {
@@ -434,7 +442,13 @@ impl S3Sink {
             let _ = std::fs::remove_file(&staging);
             return Err(e);
         }
-        self.upload_until_done(&key, body).await?;
+        self.upload_until_done(&key, body.clone()).await?;
+        self.sealed.push(Sealed {
+            unit: key.clone(),
+            end: body.len() as u64,
+            compression: self.config.compression.unit(),
+            content: Some(body),
+        });
         let idx = self.held.len();
         for id in &buffer.ids {
             self.known.insert(id.clone(), (idx, true));
@@ -481,22 +495,13 @@ impl S3Sink {
     }
 
     fn retain_until(&self) -> Option<DateTime> {
-        let days = self.config.object_lock_retain_days?;
-        let until = chrono::Utc::now() + chrono::Duration::days(i64::from(days));
-        Some(DateTime::from_secs(until.timestamp()))
+        self.config.retain_until()
     }
 
     async fn upload(&self, key: &str, body: &bytes::Bytes) -> Result<(), Failure> {
         let client = self.client().map_err(|e| Failure::Stop(e.to_string()))?;
         let c = &self.config;
-        let sse = c.server_side_encryption.map(|s| match s {
-            Sse::Aes256 => ServerSideEncryption::Aes256,
-            Sse::Kms => ServerSideEncryption::AwsKms,
-        });
-        let lock = c.object_lock_mode.map(|m| match m {
-            LockMode::Governance => ObjectLockMode::Governance,
-            LockMode::Compliance => ObjectLockMode::Compliance,
-        });
+        let (sse, lock) = c.protection();
         if (body.len() as u64) <= c.multipart_threshold_bytes {
             client
                 .put_object()
@@ -669,6 +674,12 @@ impl S3Sink {
         };
         let ids = event_ids(&key, &body)
             .map_err(|m| SinkError::Config(format!("{}: pending object {key}: {m}", self.name())))?;
+        self.sealed.push(Sealed {
+            unit: key.clone(),
+            end: body.len() as u64,
+            compression: self.config.compression.unit(),
+            content: Some(bytes::Bytes::from(body)),
+        });
         let idx = self.held.len();
         let mut unseen = 0;
         for id in ids {
@@ -966,6 +977,174 @@ impl Sink for S3Sink {
         self.release();
         Ok(std::mem::take(&mut self.released))
     }
+
+    fn take_sealed(&mut self) -> Vec<Sealed> {
+        std::mem::take(&mut self.sealed)
+    }
+
+    fn manifest_publisher(&self) -> Option<Arc<dyn ManifestPublisher>> {
+        Some(Arc::new(S3Manifests {
+            client: self.client.clone()?,
+            config: self.config.clone(),
+            pipeline: self.ctx.pipeline.clone(),
+            sink: self.ctx.sink.clone(),
+        }))
+    }
+}
+
+impl S3SinkConfig {
+    /// The Object Lock retain-until date of an object written now.
+    fn retain_until(&self) -> Option<DateTime> {
+        let days = self.object_lock_retain_days?;
+        let until = chrono::Utc::now() + chrono::Duration::days(i64::from(days));
+        Some(DateTime::from_secs(until.timestamp()))
+    }
+
+    /// Server-side encryption and Object Lock mode for every object written.
+    fn protection(&self) -> (Option<ServerSideEncryption>, Option<ObjectLockMode>) {
+        let sse = self.server_side_encryption.map(|s| match s {
+            Sse::Aes256 => ServerSideEncryption::Aes256,
+            Sse::Kms => ServerSideEncryption::AwsKms,
+        });
+        let lock = self.object_lock_mode.map(|m| match m {
+            LockMode::Governance => ObjectLockMode::Governance,
+            LockMode::Compliance => ObjectLockMode::Compliance,
+        });
+        (sse, lock)
+    }
+}
+
+/// An S3 client: `region` (default: the AWS chain's, else `us-east-1`), an S3-compatible
+/// `endpoint`, path-style addressing; credentials from the AWS chain.
+pub async fn connect(
+    region: Option<&str>,
+    endpoint: Option<&str>,
+    force_path_style: bool,
+) -> aws_sdk_s3::Client {
+    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+    if let Some(r) = region {
+        loader = loader.region(aws_config::Region::new(r.to_string()));
+    }
+    let shared = loader.load().await;
+    let mut conf = aws_sdk_s3::config::Builder::from(&shared).force_path_style(force_path_style);
+    if shared.region().is_none() {
+        conf = conf.region(aws_config::Region::new("us-east-1"));
+    }
+    if let Some(e) = endpoint {
+        conf = conf.endpoint_url(e);
+    }
+    aws_sdk_s3::Client::from_conf(conf.build())
+}
+
+/// The key of a manifest entry's object: beside its unit, under `auditship.manifest/`, named by
+/// pipeline, sink and place in the chain.
+pub fn manifest_key(unit: &str, pipeline: &str, sink: &str, seq: u64) -> String {
+    let mut key = match unit.rsplit_once('/') {
+        Some((dir, _)) => format!("{dir}/"),
+        None => String::new(),
+    };
+    key.push_str(MANIFEST_NAME);
+    key.push('/');
+    encode_component(&mut key, pipeline);
+    key.push('.');
+    encode_component(&mut key, sink);
+    key.push_str(&format!(".{seq:012}.ndjson"));
+    key
+}
+
+/// Writes an S3 sink's manifest entries, one object per entry (S3 cannot append); putting the
+/// same entry again writes the same object, so publishing is idempotent.
+pub struct S3Manifests {
+    client: aws_sdk_s3::Client,
+    config: S3SinkConfig,
+    pipeline: String,
+    sink: String,
+}
+
+#[async_trait]
+impl ManifestPublisher for S3Manifests {
+    async fn publish(&self, entries: &[ManifestLine]) -> Result<(), SinkError> {
+        let c = &self.config;
+        let (sse, lock) = c.protection();
+        let retain = c.retain_until();
+        for e in entries {
+            let key = manifest_key(&e.unit, &self.pipeline, &self.sink, e.seq);
+            let body = bytes::Bytes::from(format!("{}\n", e.line));
+            self.client
+                .put_object()
+                .bucket(&c.bucket)
+                .key(&key)
+                .content_type("application/x-ndjson")
+                .checksum_algorithm(ChecksumAlgorithm::Sha256)
+                .checksum_sha256(sha256_b64(&body))
+                .body(ByteStream::from(body))
+                .set_server_side_encryption(sse.clone())
+                .set_ssekms_key_id(c.kms_key_id.clone())
+                .set_object_lock_mode(lock.clone())
+                .set_object_lock_retain_until_date(retain)
+                .send()
+                .await
+                .map_err(|err| SinkError::Remote {
+                    message: format!(
+                        "sinks.{}: writing manifest object {key} to bucket {:?}: {}",
+                        self.sink,
+                        c.bucket,
+                        DisplayErrorContext(&err)
+                    ),
+                    retryable: true,
+                })?;
+        }
+        Ok(())
+    }
+}
+
+/// Every object under `prefix` in `bucket` (all pages): key and size.
+pub async fn list_objects(
+    client: &aws_sdk_s3::Client,
+    bucket: &str,
+    prefix: &str,
+) -> Result<Vec<(String, u64)>, String> {
+    let mut out = Vec::new();
+    let mut token: Option<String> = None;
+    loop {
+        let page = client
+            .list_objects_v2()
+            .bucket(bucket)
+            .prefix(prefix)
+            .set_continuation_token(token.clone())
+            .send()
+            .await
+            .map_err(|e| format!("listing s3://{bucket}/{prefix}: {}", DisplayErrorContext(e)))?;
+        for o in page.contents() {
+            if let Some(key) = o.key() {
+                out.push((key.to_string(), o.size().unwrap_or(0).max(0) as u64));
+            }
+        }
+        token = page.next_continuation_token().map(str::to_string);
+        if token.is_none() {
+            return Ok(out);
+        }
+    }
+}
+
+/// One object's body.
+pub async fn get_object(
+    client: &aws_sdk_s3::Client,
+    bucket: &str,
+    key: &str,
+) -> Result<bytes::Bytes, String> {
+    let got = client
+        .get_object()
+        .bucket(bucket)
+        .key(key)
+        .send()
+        .await
+        .map_err(|e| format!("reading s3://{bucket}/{key}: {}", DisplayErrorContext(e)))?;
+    got.body
+        .collect()
+        .await
+        .map(|b| b.into_bytes())
+        .map_err(|e| format!("reading s3://{bucket}/{key}: {e}"))
 }
 
 #[cfg(test)]

@@ -172,8 +172,18 @@ pub struct Object {
     pub sse: Option<String>,
 }
 
-/// Every current object of `bucket` (all pages), with body and attributes.
+/// Every current data object of `bucket` (all pages), with body and attributes; manifest
+/// objects (under `auditship.manifest/`) are left out.
 pub async fn read_all(client: &aws_sdk_s3::Client, bucket: &str) -> Result<Vec<Object>, String> {
+    let all = read_all_objects(client, bucket).await?;
+    Ok(all
+        .into_iter()
+        .filter(|o| !o.key.split('/').any(|c| c == auditship_sink::MANIFEST_NAME))
+        .collect())
+}
+
+/// Every current object of `bucket` (all pages), manifests included.
+pub async fn read_all_objects(client: &aws_sdk_s3::Client, bucket: &str) -> Result<Vec<Object>, String> {
     let mut out = Vec::new();
     let mut token: Option<String> = None;
     loop {
