@@ -349,6 +349,8 @@ pub struct Summarizer {
     number: u64,
     /// The start of a line the previous chunk did not finish.
     partial: Vec<u8>,
+    /// Per span, its last event's cursor time.
+    last_cursor_us: Vec<Option<i64>>,
 }
 
 impl Summarizer {
@@ -379,6 +381,11 @@ impl Summarizer {
         if !self.partial.is_empty() {
             let last = Bytes::from(std::mem::take(&mut self.partial));
             self.line(last, &mut visit);
+        }
+        for (i, us) in std::mem::take(&mut self.last_cursor_us).into_iter().enumerate() {
+            if let Some(span) = self.summary.sandboxes.get_mut(i) {
+                span.last_cursor = us.map(crate::client::format_time);
+            }
         }
         std::mem::take(&mut self.summary)
     }
@@ -412,7 +419,7 @@ impl Summarizer {
                         resource_id: rid.to_string(),
                         events: 0,
                         first_id: event.id().to_string(),
-                        first_cursor: event.cursor_text().map(str::to_string),
+                        first_cursor: event.cursor_us().map(crate::client::format_time),
                         last_id: String::new(),
                         last_cursor: None,
                     });
@@ -426,7 +433,13 @@ impl Summarizer {
         span.events += 1;
         span.last_id.clear();
         span.last_id.push_str(event.id());
-        span.last_cursor = event.cursor_text().map(str::to_string);
+        // Formatted once, at the end: most lines are not the last.
+        if let Some(slot) = self.last_cursor_us.get_mut(i) {
+            *slot = event.cursor_us();
+        } else {
+            self.last_cursor_us.resize(i, None);
+            self.last_cursor_us.push(event.cursor_us());
+        }
         visit(&Line {
             number,
             id: Some(event.id()),
@@ -474,6 +487,7 @@ impl Sealer {
             }
         }
         let mut work = Vec::new();
+        let mut done = Vec::new();
         for s in furthest {
             let start = match self.ends.get(&s.unit) {
                 Some(end) => *end,
@@ -494,10 +508,27 @@ impl Sealer {
                 self.ends.insert(s.unit, start);
                 continue;
             }
+            if let Some(p) = s.precomputed.as_ref().filter(|p| p.start == start) {
+                // The sink hashed and counted the stretch as it wrote it: no read-back.
+                self.ends.insert(s.unit.clone(), s.end);
+                done.push(Stretch {
+                    unit: s.unit.clone(),
+                    offset: start,
+                    length: s.end - start,
+                    compression: s.compression,
+                    sha256: hex(&p.sha256),
+                    summary: Summary {
+                        events: p.events,
+                        unidentified: 0,
+                        sandboxes: p.sandboxes.iter().map(span_of).collect(),
+                    },
+                });
+                continue;
+            }
             work.push((s, start));
         }
         if work.is_empty() {
-            return Vec::new();
+            return done;
         }
         let read = tokio::task::spawn_blocking(move || {
             work.into_iter()
@@ -512,10 +543,10 @@ impl Sealer {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!(sink = %self.sink, error = %e, "reading sealed units failed; they are entered at their next seal");
-                return Vec::new();
+                return done;
             }
         };
-        let mut out = Vec::new();
+        let mut out = done;
         for (unit, end, r) in read {
             match r {
                 Ok(stretch) => {
@@ -528,6 +559,18 @@ impl Sealer {
             }
         }
         out
+    }
+}
+
+/// A sink's span facts as a manifest entry shows them.
+fn span_of(f: &auditship_sink::SpanFacts) -> SandboxSpan {
+    SandboxSpan {
+        resource_id: f.resource_id.to_string(),
+        events: f.events,
+        first_id: f.first_id.to_string(),
+        first_cursor: f.first_cursor_us.map(crate::client::format_time),
+        last_id: f.last_id.to_string(),
+        last_cursor: f.last_cursor_us.map(crate::client::format_time),
     }
 }
 
@@ -675,7 +718,10 @@ mod tests {
             );
             assert_eq!(
                 s.sandboxes[0].last_cursor.as_deref(),
-                Some("2026-11-25T10:00:02Z")
+                Some(
+                    crate::client::format_time(crate::client::parse_time("2026-11-25T10:00:02Z").unwrap())
+                        .as_str()
+                )
             );
             assert_eq!(s.sandboxes[1].events, 1);
             assert_eq!(seen.len(), 4);

@@ -122,6 +122,102 @@ pub struct Sealed {
     /// The whole unit's bytes when the sink holds them (an object it just uploaded, sealed from
     /// offset 0); `None`: read the stretch from the file.
     pub content: Option<Bytes>,
+    /// What the sink already knows of the stretch it wrote (hash and events, gathered as it
+    /// wrote them), so the pipeline need not read it back; used only when its `start` is where
+    /// the unit's previous entry ends.
+    pub precomputed: Option<Precomputed>,
+}
+
+/// A stretch's hash and events, gathered by the sink while writing it.
+#[derive(Debug, Clone)]
+pub struct Precomputed {
+    /// Where the stretch starts in the unit.
+    pub start: u64,
+    /// SHA-256 of its bytes as stored.
+    pub sha256: [u8; 32],
+    /// Events in it.
+    pub events: u64,
+    /// Per sandbox, in order of first appearance.
+    pub sandboxes: Vec<SpanFacts>,
+}
+
+/// One sandbox's events within a stretch.
+#[derive(Debug, Clone)]
+pub struct SpanFacts {
+    /// The sandbox.
+    pub resource_id: Arc<str>,
+    /// Its events.
+    pub events: u64,
+    /// Its first event's id.
+    pub first_id: Arc<str>,
+    /// That event's cursor time, µs since the Unix epoch.
+    pub first_cursor_us: Option<i64>,
+    /// Its last event's id.
+    pub last_id: Arc<str>,
+    /// That event's cursor time.
+    pub last_cursor_us: Option<i64>,
+}
+
+/// Per-sandbox spans of events, in order of first appearance, gathered one event at a time.
+#[derive(Debug, Clone, Default)]
+pub struct Spans {
+    /// The spans.
+    pub spans: Vec<SpanFacts>,
+    /// Events added.
+    pub events: u64,
+    index: std::collections::HashMap<Arc<str>, usize>,
+    last: usize,
+}
+
+impl Spans {
+    /// Count `event` in its sandbox's span.
+    pub fn add(&mut self, event: &Event) {
+        self.events += 1;
+        let hit = self.spans.get(self.last).is_some_and(|s| {
+            Arc::ptr_eq(&s.resource_id, &event.resource_id) || s.resource_id == event.resource_id
+        });
+        if !hit {
+            match self.index.get(&event.resource_id) {
+                Some(&i) => self.last = i,
+                None => {
+                    self.spans.push(SpanFacts {
+                        resource_id: event.resource_id.clone(),
+                        events: 0,
+                        first_id: event.id.clone(),
+                        first_cursor_us: event.cursor_us,
+                        last_id: event.id.clone(),
+                        last_cursor_us: event.cursor_us,
+                    });
+                    self.last = self.spans.len() - 1;
+                    self.index.insert(event.resource_id.clone(), self.last);
+                }
+            }
+        }
+        if let Some(s) = self.spans.get_mut(self.last) {
+            s.events += 1;
+            s.last_id = event.id.clone();
+            s.last_cursor_us = event.cursor_us;
+        }
+    }
+
+    /// Append `later` (events after these).
+    pub fn extend(&mut self, later: Spans) {
+        for s in later.spans {
+            match self.index.get(&s.resource_id) {
+                Some(&i) => {
+                    let mine = &mut self.spans[i];
+                    mine.events += s.events;
+                    mine.last_id = s.last_id;
+                    mine.last_cursor_us = s.last_cursor_us;
+                }
+                None => {
+                    self.index.insert(s.resource_id.clone(), self.spans.len());
+                    self.spans.push(s);
+                }
+            }
+        }
+        self.events += later.events;
+    }
 }
 
 /// How an archive unit is encoded: NDJSON as is, or a series of gzip members / zstd frames.

@@ -33,10 +33,11 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use auditship_sink::{
-    Batch, ManifestLine, ManifestPublisher, Sealed, Sink, SinkContext, SinkError, StateEntry,
-    UnitCompression, MANIFEST_NAME,
+    Batch, ManifestLine, ManifestPublisher, Precomputed, Sealed, Sink, SinkContext, SinkError, Spans,
+    StateEntry, UnitCompression, MANIFEST_NAME,
 };
 use serde::Deserialize;
+use sha2::{Digest, Sha256};
 
 pub use template::{PathTemplate, Values, Var};
 
@@ -186,6 +187,29 @@ struct Slot {
     new_file: bool,
     /// Rotation was decided at the last flush; the next write opens the next generation.
     rotate: bool,
+    /// The durable stretch written since the last seal, hashed and counted as written.
+    stretch: Stretch,
+    /// Events in `pending`, by sandbox.
+    pending_spans: Spans,
+}
+
+/// The stretch of a file written since its last seal: where it starts, the hash of its bytes
+/// and its events. `None` hash: something outside the sink changed the file, so the pipeline
+/// reads the stretch back instead.
+struct Stretch {
+    start: u64,
+    hasher: Option<Sha256>,
+    spans: Spans,
+}
+
+impl Stretch {
+    fn at(start: u64) -> Self {
+        Stretch {
+            start,
+            hasher: Some(Sha256::new()),
+            spans: Spans::default(),
+        }
+    }
 }
 
 /// The file sink. See the crate documentation for its guarantees.
@@ -236,6 +260,7 @@ impl FileSink {
                     end: len,
                     compression: config.compression.unit(),
                     content: None,
+                    precomputed: None,
                 });
             }
             match state {
@@ -391,7 +416,7 @@ impl Inner {
     /// Write every pending buffer and fsync. All or nothing: on error no durable length moves,
     /// and [`Inner::reset`] truncates whatever this attempt wrote.
     fn flush(&mut self) -> Result<Vec<StateEntry>, SinkError> {
-        let mut new_lens: Vec<(String, u64)> = Vec::new();
+        let mut new_lens: Vec<(String, u64, Option<Sha256>)> = Vec::new();
         let mut dirs_to_sync: Vec<PathBuf> = Vec::new();
         let keys: Vec<String> = self
             .slots
@@ -424,6 +449,8 @@ impl Inner {
                         // wrote: continue from what is there, so the committed length stays true.
                         tracing::warn!(path = %slot.path, committed_bytes = slot.durable_len, actual_bytes = len, "archive file is shorter than committed (changed outside auditship); appending after its current end");
                         slot.durable_len = len;
+                        // What was hashed is gone: the next seal reads the file back.
+                        slot.stretch.hasher = None;
                     }
                     slot.file = Some(file);
                     slot.new_file = created;
@@ -439,7 +466,11 @@ impl Inner {
                         dirs_to_sync.push(dir.to_path_buf());
                     }
                 }
-                new_lens.push((key.clone(), slot.durable_len + encoded.len() as u64));
+                let hashed = slot.stretch.hasher.clone().map(|mut h| {
+                    h.update(encoded);
+                    h
+                });
+                new_lens.push((key.clone(), slot.durable_len + encoded.len() as u64, hashed));
             }
             let to_sync: Vec<(&File, &str, bool)> = chunk
                 .iter()
@@ -468,10 +499,12 @@ impl Inner {
         sync_all_parallel(&dirs)?;
         // Everything is durable: now, and only now, move the lengths.
         let mut entries = Vec::with_capacity(new_lens.len());
-        for (key, len) in new_lens {
+        for (key, len, hashed) in new_lens {
             if let Some(slot) = self.slots.get_mut(&key) {
                 slot.durable_len = len;
                 slot.pending.clear();
+                slot.stretch.hasher = hashed;
+                slot.stretch.spans.extend(std::mem::take(&mut slot.pending_spans));
                 slot.new_file = false;
                 // `known` must always hold the true durable length: a slot forgotten by
                 // `close_idle` and made again later starts from it.
@@ -511,7 +544,7 @@ impl Inner {
         let compression = self.config.compression.unit();
         for slot in self.slots.values_mut() {
             slot.file = None;
-            if slot.durable_len > 0 {
+            if slot.durable_len > 0 && slot.stretch.start < slot.durable_len {
                 self.sealed.push(seal(slot, compression));
             }
         }
@@ -545,14 +578,16 @@ impl Inner {
         }
         // Forget slots that are closed and idle so a long run does not grow without bound.
         if self.slots.len() > self.config.max_open_files * 64 {
-            self.slots
-                .retain(|_, s| s.file.is_some() || !s.pending.is_empty() || s.rotate);
+            self.slots.retain(|_, s| {
+                s.file.is_some() || !s.pending.is_empty() || s.rotate || s.stretch.start < s.durable_len
+            });
         }
     }
 
     fn reset(&mut self) -> Result<(), SinkError> {
         for slot in self.slots.values_mut() {
             slot.pending.clear();
+            slot.pending_spans = Spans::default();
             if slot.file.take().is_some() || Path::new(&slot.path).exists() {
                 roll_back(Path::new(&slot.path), slot.durable_len)?;
             }
@@ -561,13 +596,22 @@ impl Inner {
     }
 }
 
-/// A seal of `slot`'s file through its durable length.
-fn seal(slot: &Slot, compression: UnitCompression) -> Sealed {
+/// A seal of `slot`'s file through its durable length, with what the sink gathered of the
+/// stretch; the next stretch starts there.
+fn seal(slot: &mut Slot, compression: UnitCompression) -> Sealed {
+    let stretch = std::mem::replace(&mut slot.stretch, Stretch::at(slot.durable_len));
+    let precomputed = stretch.hasher.map(|h| Precomputed {
+        start: stretch.start,
+        sha256: h.finalize().into(),
+        events: stretch.spans.events,
+        sandboxes: stretch.spans.spans,
+    });
     Sealed {
         unit: slot.path.clone(),
         end: slot.durable_len,
         compression,
         content: None,
+        precomputed,
     }
 }
 
@@ -699,11 +743,14 @@ impl Sink for FileSink {
                             last_write_at: now,
                             new_file: false,
                             rotate: false,
+                            stretch: Stretch::at(durable_len),
+                            pending_spans: Spans::default(),
                         },
                     );
                 }
                 if let Some(slot) = inner.slots.get_mut(&*rendered) {
                     append_ndjson(&mut slot.pending, &event.raw);
+                    slot.pending_spans.add(event);
                     slot.last_write = clock;
                     slot.last_write_at = now;
                 }

@@ -448,6 +448,7 @@ impl S3Sink {
             end: body.len() as u64,
             compression: self.config.compression.unit(),
             content: Some(body),
+            precomputed: None,
         });
         let idx = self.held.len();
         for id in &buffer.ids {
@@ -679,6 +680,7 @@ impl S3Sink {
             end: body.len() as u64,
             compression: self.config.compression.unit(),
             content: Some(bytes::Bytes::from(body)),
+            precomputed: None,
         });
         let idx = self.held.len();
         let mut unseen = 0;
