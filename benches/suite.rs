@@ -195,13 +195,19 @@ fn sandbox_ids(n: u64) -> Vec<String> {
 /// after `[sinks.archive]`) and, if given, its checkpoint commit interval.
 fn pipeline(sim: &Sim, sandboxes: u64, start: &str, sink: &str, commit_interval_ms: Option<u64>) -> String {
     let commit = commit_interval_ms.map_or(String::new(), |ms| format!("commit_interval_ms = {ms}\n"));
+    // SUITE_MANIFEST=off measures without the tamper-evident manifest (on by default, as in use).
+    let manifest = if std::env::var("SUITE_MANIFEST").is_ok_and(|v| v == "off") {
+        "[manifest]\nenabled = false\n"
+    } else {
+        ""
+    };
     let list: Vec<String> = sandbox_ids(sandboxes)
         .iter()
         .map(|s| format!("\"{s}\""))
         .collect();
     format!(
         "[source]\nbase_url = \"{}\"\napi_key = \"{KEY}\"\nsandboxes = [{}]\nrequests_per_minute = 10000000\nstart = \"{start}\"\n\
-         [checkpoint]\npath = \"state/cp.db\"\n{commit}[sinks.archive]\ntype = \"file\"\n{sink}\n",
+         [checkpoint]\npath = \"state/cp.db\"\n{commit}{manifest}[sinks.archive]\ntype = \"file\"\n{sink}\n",
         sim.base_url(),
         list.join(",")
     )
