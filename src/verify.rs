@@ -205,6 +205,8 @@ pub enum Kind {
     NotInArchive,
     /// An entry the archive holds that the checkpoint database does not.
     NotInDatabase,
+    /// An hour whose event count differs from the API's (`--against-api`).
+    ApiMismatch,
     /// No manifest at all under the root.
     NoManifest,
 }
@@ -231,6 +233,7 @@ impl Kind {
             Kind::Gap => "GAP",
             Kind::NotInArchive => "NOT IN ARCHIVE",
             Kind::NotInDatabase => "NOT IN DATABASE",
+            Kind::ApiMismatch => "API MISMATCH",
             Kind::NoManifest => "NO MANIFEST",
         }
     }
@@ -290,6 +293,15 @@ pub struct Report {
     /// Things a person should know that are not problems (signatures not checked, unsealed
     /// bytes accepted).
     pub notes: Vec<String>,
+    /// With `--against-api`: the (sandbox, hour) pairs compared with the API.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_hours_compared: Option<usize>,
+    /// Identified events per (sandbox, hour of cursor time), for comparing with the API.
+    #[serde(skip)]
+    pub hour_counts: BTreeMap<(String, i64), u64>,
+    /// Per sandbox: its first and last cursor time in the archive.
+    #[serde(skip)]
+    pub spans_us: BTreeMap<String, (i64, i64)>,
 }
 
 /// The checkpoint database's record of one chain: `(seq, hash, unit)` in order.
@@ -816,8 +828,12 @@ pub fn verify(archive: &dyn Archive, opts: &Options) -> std::io::Result<Report> 
         }
     }
 
+    let (hour_counts, spans_us) = seen.hours();
     let clean = f.list.is_empty() && f.not_shown.is_empty();
     Ok(Report {
+        api_hours_compared: None,
+        hour_counts,
+        spans_us,
         root: archive.root(),
         clean,
         manifests: manifests.len(),
@@ -947,6 +963,24 @@ impl EventIndex {
             .collect()
     }
 
+    /// Events per (sandbox, hour), and per sandbox the first and last cursor time.
+    #[allow(clippy::type_complexity)]
+    fn hours(&self) -> (BTreeMap<(String, i64), u64>, BTreeMap<String, (i64, i64)>) {
+        let mut counts = BTreeMap::new();
+        let mut spans = BTreeMap::new();
+        for (rid, times) in &self.times {
+            for t in times {
+                *counts
+                    .entry((rid.clone(), crate::checkpoint::hour_of(*t)))
+                    .or_default() += 1;
+            }
+            if let (Some(lo), Some(hi)) = (times.iter().min(), times.iter().max()) {
+                spans.insert(rid.clone(), (*lo, *hi));
+            }
+        }
+        (counts, spans)
+    }
+
     /// `(sandbox, from, to)` for every gap above `max_us` between consecutive cursor times.
     fn gaps(&mut self, max_us: i64) -> Vec<(String, i64, i64)> {
         let mut out = Vec::new();
@@ -979,6 +1013,102 @@ fn key_of(rid: &str, id: &str) -> u128 {
 }
 
 impl Report {
+    /// Compare the archive's events per sandbox and hour with what the list endpoint returns
+    /// for the same span, after the pipeline's transforms and `sink`'s route, and name the hours
+    /// that differ. A sandbox's span runs from its first archived cursor time to its last, or
+    /// to `shipped_until` (the checkpoint's newest cursor time) when that is later, so events
+    /// removed from the end show too.
+    pub async fn compare_with_api(
+        &mut self,
+        p: &crate::config::Pipeline,
+        sink: Option<&str>,
+        shipped_until: &BTreeMap<String, i64>,
+    ) -> Result<(), crate::pipeline::PipelineError> {
+        for (rid, (_, to)) in self.spans_us.iter_mut() {
+            if let Some(t) = shipped_until.get(rid) {
+                *to = (*to).max(*t);
+            }
+        }
+        use futures_util::StreamExt as _;
+        let client = crate::pipeline::client_for(p)?;
+        let route = sink.and_then(|s| p.routes.get(s)).cloned().unwrap_or_default();
+        let mut pipeline_chain = p.transforms.start();
+        let mut sink_chain = route.chain.start();
+        let mut api: BTreeMap<(String, i64), u64> = BTreeMap::new();
+        for (rid, (from, to)) in &self.spans_us {
+            let filters = crate::client::Filters {
+                until: Some(crate::client::format_time(*to)),
+                ..Default::default()
+            };
+            let audit = client.sandbox(rid.as_str()).audit();
+            let mut stream =
+                std::pin::pin!(audit.list_from(filters, crate::client::StartAt::Time(*from), p.page_limit));
+            while let Some(item) = stream.next().await {
+                let e = match item {
+                    Ok(e) => e,
+                    Err(crate::client::Error::Decode { .. }) => continue,
+                    Err(source) => {
+                        return Err(crate::pipeline::PipelineError::Source {
+                            resource_id: rid.clone(),
+                            source,
+                        })
+                    }
+                };
+                let Some(cursor) = e.cursor_us().filter(|c| (*from..=*to).contains(c)) else {
+                    continue;
+                };
+                let event = auditship_sink::Event {
+                    id: e.id_arc().clone(),
+                    resource_id: std::sync::Arc::from(rid.as_str()),
+                    cursor_us: Some(cursor),
+                    cursor_span: e.cursor_span(),
+                    time_us: e.time_us(),
+                    seq: 0,
+                    raw: e.into_raw(),
+                };
+                let kept = if route.pipeline_transforms {
+                    pipeline_chain.apply(&event)
+                } else {
+                    crate::transform::Outcome::Keep(event)
+                };
+                let crate::transform::Outcome::Keep(t) = kept else {
+                    continue;
+                };
+                if !matches!(sink_chain.apply(&t), crate::transform::Outcome::Keep(_)) {
+                    continue;
+                }
+                *api.entry((rid.clone(), crate::checkpoint::hour_of(cursor)))
+                    .or_default() += 1;
+            }
+        }
+        let mut keys: std::collections::BTreeSet<&(String, i64)> = api.keys().collect();
+        keys.extend(self.hour_counts.keys());
+        let mut diffs = Vec::new();
+        for key in &keys {
+            let (a, h) = (
+                api.get(*key).copied().unwrap_or(0),
+                self.hour_counts.get(*key).copied().unwrap_or(0),
+            );
+            if a != h {
+                diffs.push(Finding {
+                    kind: Kind::ApiMismatch,
+                    object: None,
+                    detail: format!(
+                        "sandbox {:?}, hour {}: the API holds {a} events, the archive {h}",
+                        key.0,
+                        crate::client::format_time(key.1)
+                    ),
+                });
+            }
+        }
+        self.api_hours_compared = Some(keys.len());
+        if !diffs.is_empty() {
+            self.clean = false;
+            self.findings.extend(diffs);
+        }
+        Ok(())
+    }
+
     /// The report for a person.
     pub fn to_text(&self) -> String {
         use std::fmt::Write as _;
@@ -1018,6 +1148,9 @@ impl Report {
                 c.last_seq,
                 if c.signed { ", signed" } else { ", unsigned" }
             );
+        }
+        if let Some(n) = self.api_hours_compared {
+            let _ = writeln!(s, "  compared {n} sandbox-hours with the API");
         }
         for x in &self.findings {
             let _ = match &x.object {

@@ -352,6 +352,33 @@ async fn a_plain_archive_verifies_and_every_tampering_is_named() {
     assert_eq!(json["events"], 900);
     assert!(json["findings"].as_array().unwrap().is_empty());
 
+    // Against the API: every sandbox-hour agrees. A unit removed from a copy shows as missing
+    // events in its hours too.
+    let out = ws.run(
+        &key,
+        &["verify", "archive", "--pipeline", "pipe.toml", "--against-api"],
+    );
+    assert_eq!(out.code, Some(0), "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout.contains("sandbox-hours with the API"),
+        "{}",
+        out.stdout
+    );
+    let copy = Copy::of(&ws.path().join("archive"));
+    let victim = copy.units()[1].clone();
+    std::fs::remove_file(copy.path(&victim)).unwrap();
+    let root = copy.root.display().to_string();
+    let out = ws.run(
+        &key,
+        &["verify", &root, "--pipeline", "pipe.toml", "--against-api"],
+    );
+    assert_eq!(out.code, Some(1), "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout.contains("REMOVED") && out.stdout.contains("API MISMATCH"),
+        "{}",
+        out.stdout
+    );
+
     // The newest unit removed with its manifest line leaves a chain that is whole; only the
     // checkpoint database knows it had one more entry.
     let store = auditship::checkpoint::Store::open(&ws.path().join("state/checkpoints.db")).unwrap();
@@ -383,6 +410,13 @@ async fn a_plain_archive_verifies_and_every_tampering_is_named() {
     assert_eq!(out.code, Some(1), "{}{}", out.stdout, out.stderr);
     assert!(out.stdout.contains("NOT IN ARCHIVE"), "{}", out.stdout);
     assert!(out.stdout.contains(&last.unit), "{}", out.stdout);
+    // The API, asked up to where the checkpoint says the archive reached, holds those events.
+    let out = ws.run(
+        &key,
+        &["verify", "archive", "--pipeline", "pipe.toml", "--against-api"],
+    );
+    assert_eq!(out.code, Some(1), "{}{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("API MISMATCH"), "{}", out.stdout);
     // In-process, the same through the anchor.
     let mut chains = BTreeMap::new();
     chains.insert(

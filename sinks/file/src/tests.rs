@@ -340,13 +340,19 @@ async fn rotation_close_and_recovery_seal_each_file_through_its_durable_length()
     assert_eq!(sealed[0].end as i64, state[0].value);
     assert!(sealed[0].content.is_none());
     // Hashed and counted as written: the same as reading the file back.
-    let p = sealed[0].precomputed.as_ref().expect("the sink wrote the whole stretch");
+    let p = sealed[0]
+        .precomputed
+        .as_ref()
+        .expect("the sink wrote the whole stretch");
     let bytes = std::fs::read(&sealed[0].unit).unwrap();
     assert_eq!(p.start, 0);
     assert_eq!(p.sha256, <[u8; 32]>::from(Sha256::digest(&bytes)));
     assert_eq!(p.events, 3);
     assert_eq!(p.sandboxes.len(), 1);
-    assert_eq!((&*p.sandboxes[0].first_id, &*p.sandboxes[0].last_id), ("e0", "e2"));
+    assert_eq!(
+        (&*p.sandboxes[0].first_id, &*p.sandboxes[0].last_id),
+        ("e0", "e2")
+    );
     assert!(sink.take_sealed().is_empty(), "a seal is handed over once");
     // The next flush writes generation 1; nothing is sealed until close.
     sink.write(batch(2, "a", 3..4)).await.unwrap();
