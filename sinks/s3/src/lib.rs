@@ -42,8 +42,8 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use auditship_sink::{
-    encode_component, Batch, ManifestLine, ManifestPublisher, Sealed, Sink, SinkContext, SinkError,
-    StateEntry, UnitCompression, MANIFEST_NAME,
+    encode_component, Batch, ManifestLine, ManifestPublisher, Precomputed, Sealed, Sink, SinkContext,
+    SinkError, Spans, StateEntry, UnitCompression, MANIFEST_NAME,
 };
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::{ByteStream, DateTime};
@@ -274,6 +274,8 @@ struct Buffer {
     /// Uncompressed size, newlines included.
     bytes: u64,
     ids: Vec<Arc<str>>,
+    /// The events by sandbox, for the manifest.
+    spans: Spans,
     events: usize,
     first_batch: u64,
     first_time_us: i64,
@@ -443,12 +445,21 @@ impl S3Sink {
             return Err(e);
         }
         self.upload_until_done(&key, body.clone()).await?;
+        // What the object holds is known: the manifest needs neither its bytes nor a read-back.
+        let precomputed = Precomputed {
+            start: 0,
+            sha256: Sha256::digest(&body).into(),
+            events: buffer.spans.events,
+            sandboxes: buffer.spans.spans.clone(),
+        };
         self.sealed.push(Sealed {
             unit: key.clone(),
             end: body.len() as u64,
             compression: self.config.compression.unit(),
+            // Kept for the read-back the pipeline falls back to if the precomputed part does
+            // not fit (it always starts at 0 for a new key).
             content: Some(body),
-            precomputed: None,
+            precomputed: Some(precomputed),
         });
         let idx = self.held.len();
         for id in &buffer.ids {
@@ -925,6 +936,7 @@ impl Sink for S3Sink {
                 lines: Vec::new(),
                 bytes: 0,
                 ids: Vec::new(),
+                spans: Spans::default(),
                 events: 0,
                 first_batch: batch.number,
                 first_time_us: e.cursor_us.or(e.time_us).unwrap_or(0),
@@ -933,6 +945,7 @@ impl Sink for S3Sink {
             b.lines.push(e.raw.clone());
             b.bytes += e.raw.len() as u64 + 1;
             b.ids.push(e.id.clone());
+            b.spans.add(e);
             b.events += 1;
         }
         self.written_through = self.written_through.max(batch.number);
