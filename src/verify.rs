@@ -778,8 +778,40 @@ pub fn verify(archive: &dyn Archive, opts: &Options) -> std::io::Result<Report> 
         });
         events += summarizer.finish_with(|l| seen.add(l, &rel, pos)).events;
     }
+    // Directories that hold a manifest: any other file in them is suspect. Elsewhere only a
+    // file that holds events is (so a state directory beside the archive is not).
+    let manifest_dirs: std::collections::HashSet<String> = manifests
+        .iter()
+        .filter_map(|(rel, _)| manifest_dir(rel))
+        .collect();
     for (rel, size) in &data {
         if by_object.contains_key(rel.as_str()) {
+            continue;
+        }
+        // Read it: a copied unit shows as duplicated events, and whether it holds events at all
+        // decides what it is.
+        let mut holds_events = false;
+        let mut readable = false;
+        if let Ok(mut reader) = archive.open(rel) {
+            let mut head = Vec::new();
+            if (&mut reader).take(4).read_to_end(&mut head).is_ok() {
+                let compression = manifest::sniff(&head);
+                let mut summarizer = Summarizer::default();
+                let chained = std::io::Cursor::new(head).chain(reader);
+                readable = manifest::read_unit(chained, compression, |chunk| {
+                    summarizer.feed(chunk, |l| seen.add(l, rel, 0))
+                })
+                .is_ok();
+                let summary = summarizer.finish_with(|l| seen.add(l, rel, 0));
+                holds_events = summary.events > summary.unidentified;
+                if holds_events {
+                    events += summary.events;
+                }
+            }
+        }
+        let dir = rel.rsplit_once('/').map_or("", |(d, _)| d);
+        if !holds_events && !manifest_dirs.contains(dir) && readable {
+            notes.push(format!("{rel}: not archive data (no events), not checked"));
             continue;
         }
         bytes += size;
@@ -791,21 +823,6 @@ pub fn verify(archive: &dyn Archive, opts: &Options) -> std::io::Result<Report> 
         } else {
             f.add(Kind::Unlisted, Some(rel), detail);
         }
-        // Read it too: a copied unit shows as duplicated events.
-        let Ok(mut reader) = archive.open(rel) else {
-            continue;
-        };
-        let mut head = Vec::new();
-        if (&mut reader).take(4).read_to_end(&mut head).is_err() {
-            continue;
-        }
-        let compression = manifest::sniff(&head);
-        let mut summarizer = Summarizer::default();
-        let chained = std::io::Cursor::new(head).chain(reader);
-        let _ = manifest::read_unit(chained, compression, |chunk| {
-            summarizer.feed(chunk, |l| seen.add(l, rel, 0))
-        });
-        events += summarizer.finish_with(|l| seen.add(l, rel, 0)).events;
     }
 
     // 5. Events: duplicated ids, and gaps.
