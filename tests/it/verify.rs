@@ -176,6 +176,19 @@ fn tamper_cases(archive: &Path, key: Option<&str>) {
     let other = series[2].clone();
     let first_unit = &series[0];
 
+    // Gaps: every sandbox's events are spaced apart, so a 1 µs threshold names gaps, a year's
+    // names none.
+    let r = clean.check(&Options {
+        max_gap_us: Some(1),
+        ..opts.clone()
+    });
+    assert_eq!(kinds(&r), [Kind::Gap], "{}", r.to_text());
+    let r = clean.check(&Options {
+        max_gap_us: Some(365 * 86_400_000_000),
+        ..opts.clone()
+    });
+    assert!(r.clean, "{}", r.to_text());
+
     // Flip one byte.
     let c = Copy::of(archive);
     let mut bytes = std::fs::read(c.path(&victim)).unwrap();
@@ -434,6 +447,15 @@ async fn a_plain_archive_verifies_and_every_tampering_is_named() {
     };
     let r = verify::verify(&DirArchive::new(ws.path().join("archive")), &anchored).unwrap();
     assert_eq!(kinds(&r), [Kind::NotInArchive], "{}", r.to_text());
+
+    // The workspace holds the archive beside the pipeline file and the state: those are notes.
+    let out = ws.run(&key, &["verify", "."]);
+    assert_eq!(out.code, Some(0), "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout.contains("state/checkpoints.db: not archive data"),
+        "{}",
+        out.stdout
+    );
 
     // A path that is not there cannot be checked: exit 2.
     let out = ws.run(&key, &["verify", "no-such-dir"]);
