@@ -214,46 +214,7 @@ enum Command {
     ///
     /// Exit codes: 0 clean, 1 problems found, 2 the check could not run (unreadable path, bad
     /// pipeline file, missing key).
-    Verify {
-        /// The archive: the directory a file sink writes into (its template's fixed part), or
-        /// s3://BUCKET/PREFIX for an S3 sink's objects.
-        path: PathBuf,
-        /// Pipeline file: its checkpoint database anchors the chains (so removing the newest
-        /// units together with their manifest lines is caught too) and its [manifest] hmac_key
-        /// checks the signatures.
-        #[arg(long)]
-        pipeline: Option<PathBuf>,
-        /// Output: `text` for a person, `json` for machines.
-        #[arg(long, value_enum, default_value = "text")]
-        format: ReportFormat,
-        /// Also report per-sandbox gaps between consecutive events longer than this (30m, 6h,
-        /// 1d), by cursor time.
-        #[arg(long)]
-        max_gap: Option<String>,
-        /// Accept bytes after a unit's last seal and files in no manifest as notes: a running
-        /// pipeline's open files look like that.
-        #[arg(long)]
-        allow_unsealed: bool,
-        /// Check HMACs with the key in this environment variable (default: the pipeline's
-        /// [manifest] hmac_key, with --pipeline).
-        #[arg(long)]
-        hmac_key_env: Option<String>,
-        /// For s3:// archives: an S3-compatible endpoint (default: the pipeline's S3 sink for
-        /// that bucket, else AWS). Credentials come from the AWS chain.
-        #[arg(long)]
-        s3_endpoint: Option<String>,
-        /// For s3:// archives: the region.
-        #[arg(long)]
-        s3_region: Option<String>,
-        /// For s3:// archives: path-style addressing (most S3-compatible stores need it).
-        #[arg(long)]
-        s3_path_style: bool,
-        /// Also compare the events per sandbox and hour with the API's list endpoint (after the
-        /// pipeline's transforms and the sink's route), over each sandbox's archived span, and
-        /// name the hours that differ. Needs --pipeline (and its API key).
-        #[arg(long, requires = "pipeline")]
-        against_api: bool,
-    },
+    Verify(VerifyArgs),
     /// Run the bundled simulator and a pipeline against it: no credentials, no services.
     Demo {
         /// Where the demo writes its archive and state (replaced on each run).
@@ -422,32 +383,7 @@ fn init_logging(format: LogFormat, level: &str) {
 
 async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Verify {
-            path,
-            pipeline,
-            format,
-            max_gap,
-            allow_unsealed,
-            hmac_key_env,
-            s3_endpoint,
-            s3_region,
-            s3_path_style,
-            against_api,
-        } => {
-            verify(VerifyArgs {
-                against_api,
-                path,
-                pipeline,
-                format,
-                max_gap,
-                allow_unsealed,
-                hmac_key_env,
-                s3_endpoint,
-                s3_region,
-                s3_path_style,
-            })
-            .await
-        }
+        Command::Verify(args) => verify(args).await,
         Command::Run {
             pipelines,
             shard,
@@ -646,18 +582,48 @@ fn span_secs(s: &str) -> anyhow::Result<i64> {
     })
 }
 
+/// `auditship verify`'s arguments.
 // Without S3 support the S3 flags are parsed but have nothing to configure.
 #[cfg_attr(not(feature = "s3"), allow(dead_code))]
+#[derive(clap::Args, Debug)]
 struct VerifyArgs {
+    /// The archive: the directory a file sink writes into (its template's fixed part), or
+    /// s3://BUCKET/PREFIX for an S3 sink's objects.
     path: PathBuf,
+    /// Pipeline file: its checkpoint database anchors the chains (so removing the newest
+    /// units together with their manifest lines is caught too) and its [manifest] hmac_key
+    /// checks the signatures.
+    #[arg(long)]
     pipeline: Option<PathBuf>,
+    /// Output: `text` for a person, `json` for machines.
+    #[arg(long, value_enum, default_value = "text")]
     format: ReportFormat,
+    /// Also report per-sandbox gaps between consecutive events longer than this (30m, 6h,
+    /// 1d), by cursor time.
+    #[arg(long)]
     max_gap: Option<String>,
+    /// Accept bytes after a unit's last seal and files in no manifest as notes: a running
+    /// pipeline's open files look like that.
+    #[arg(long)]
     allow_unsealed: bool,
+    /// Check HMACs with the key in this environment variable (default: the pipeline's
+    /// [manifest] hmac_key, with --pipeline).
+    #[arg(long)]
     hmac_key_env: Option<String>,
+    /// For s3:// archives: an S3-compatible endpoint (default: the pipeline's S3 sink for
+    /// that bucket, else AWS). Credentials come from the AWS chain.
+    #[arg(long)]
     s3_endpoint: Option<String>,
+    /// For s3:// archives: the region.
+    #[arg(long)]
     s3_region: Option<String>,
+    /// For s3:// archives: path-style addressing (most S3-compatible stores need it).
+    #[arg(long)]
     s3_path_style: bool,
+    /// Also compare the events per sandbox and hour with the API's list endpoint (after the
+    /// pipeline's transforms and the sink's route), over each sandbox's archived span, and
+    /// name the hours that differ. Needs --pipeline (and its API key).
+    #[arg(long, requires = "pipeline")]
     against_api: bool,
 }
 

@@ -185,50 +185,36 @@ pub async fn read_all(client: &aws_sdk_s3::Client, bucket: &str) -> Result<Vec<O
 /// Every current object of `bucket` (all pages), manifests included.
 pub async fn read_all_objects(client: &aws_sdk_s3::Client, bucket: &str) -> Result<Vec<Object>, String> {
     let mut out = Vec::new();
-    let mut token: Option<String> = None;
-    loop {
-        let page = client
-            .list_objects_v2()
+    for (key, _) in crate::list_objects(client, bucket, "").await? {
+        let got = client
+            .get_object()
             .bucket(bucket)
-            .set_continuation_token(token.clone())
+            .key(&key)
+            .checksum_mode(aws_sdk_s3::types::ChecksumMode::Enabled)
             .send()
             .await
-            .map_err(|e| format!("list {bucket}: {}", aws_sdk_s3::error::DisplayErrorContext(e)))?;
-        for o in page.contents() {
-            let Some(key) = o.key() else { continue };
-            let got = client
-                .get_object()
-                .bucket(bucket)
-                .key(key)
-                .checksum_mode(aws_sdk_s3::types::ChecksumMode::Enabled)
-                .send()
-                .await
-                .map_err(|e| format!("get {key}: {}", aws_sdk_s3::error::DisplayErrorContext(e)))?;
-            let checksum_sha256 = got.checksum_sha256().map(str::to_string);
-            let lock_mode = got.object_lock_mode().map(|m| m.as_str().to_string());
-            let retain_until = got.object_lock_retain_until_date().map(|d| d.to_string());
-            let sse = got.server_side_encryption().map(|s| s.as_str().to_string());
-            let body = got
-                .body
-                .collect()
-                .await
-                .map_err(|e| format!("read {key}: {e}"))?
-                .into_bytes()
-                .to_vec();
-            out.push(Object {
-                key: key.to_string(),
-                body,
-                checksum_sha256,
-                lock_mode,
-                retain_until,
-                sse,
-            });
-        }
-        token = page.next_continuation_token().map(str::to_string);
-        if token.is_none() {
-            return Ok(out);
-        }
+            .map_err(|e| format!("get {key}: {}", aws_sdk_s3::error::DisplayErrorContext(e)))?;
+        let checksum_sha256 = got.checksum_sha256().map(str::to_string);
+        let lock_mode = got.object_lock_mode().map(|m| m.as_str().to_string());
+        let retain_until = got.object_lock_retain_until_date().map(|d| d.to_string());
+        let sse = got.server_side_encryption().map(|s| s.as_str().to_string());
+        let body = got
+            .body
+            .collect()
+            .await
+            .map_err(|e| format!("read {key}: {e}"))?
+            .into_bytes()
+            .to_vec();
+        out.push(Object {
+            key,
+            body,
+            checksum_sha256,
+            lock_mode,
+            retain_until,
+            sse,
+        });
     }
+    Ok(out)
 }
 
 /// The NDJSON lines of an object body, decompressed by its key's extension.
