@@ -240,12 +240,15 @@ struct Inner {
     clock: u64,
     /// Seals not yet taken by the pipeline.
     sealed: Vec<Sealed>,
+    /// When to look for idle files next, though nothing is written (see `seal_idle_ms`).
+    idle_check_at: Instant,
 }
 
 impl FileSink {
     /// Build the sink and roll back every file it wrote to its committed length.
     pub fn open(config: FileSinkConfig, ctx: SinkContext) -> Result<Self, SinkError> {
         let template = config.validate().map_err(SinkError::Config)?;
+        let idle_check_at = Instant::now() + idle_check_every(&config);
         let mut recovered = HashMap::new();
         let mut prunable = Vec::new();
         // Every file the last run left behind is sealed through its committed length; the
@@ -280,6 +283,7 @@ impl FileSink {
                 rendered: HashMap::new(),
                 clock: 0,
                 sealed,
+                idle_check_at,
             }),
             ctx,
             prunable,
@@ -596,6 +600,12 @@ impl Inner {
     }
 }
 
+/// How often a quiet sink looks for idle files: a quarter of `seal_idle_ms`, so a file is sealed
+/// at most a quarter late.
+fn idle_check_every(config: &FileSinkConfig) -> Duration {
+    Duration::from_millis((config.seal_idle_ms / 4).max(10))
+}
+
 /// A seal of `slot`'s file through its durable length, with what the sink gathered of the
 /// stretch; the next stretch starts there.
 fn seal(slot: &mut Slot, compression: UnitCompression) -> Sealed {
@@ -763,11 +773,23 @@ impl Sink for FileSink {
     }
 
     async fn flush(&mut self) -> Result<Vec<StateEntry>, SinkError> {
-        let dirty = self.inner()?.slots.values().any(|s| !s.pending.is_empty());
+        let inner = self.inner()?;
+        let dirty = inner.slots.values().any(|s| !s.pending.is_empty());
         if !dirty {
+            // Woken by `flush_deadline` with nothing to write: seal the files idle by now, so
+            // a fleet that went quiet still gets its files into the manifest.
+            if Instant::now() >= inner.idle_check_at {
+                inner.idle_check_at = Instant::now() + idle_check_every(&inner.config);
+                inner.decide_rotation();
+            }
             return Ok(Vec::new());
         }
         self.blocking(|inner| inner.flush()).await
+    }
+
+    fn flush_deadline(&self) -> Option<tokio::time::Instant> {
+        let inner = self.inner.as_ref()?;
+        Some(tokio::time::Instant::from_std(inner.idle_check_at))
     }
 
     async fn reset(&mut self) -> Result<(), SinkError> {

@@ -396,6 +396,16 @@ async fn an_idle_file_is_closed_and_sealed() {
     let sealed: Vec<String> = sink.take_sealed().into_iter().map(|s| s.unit).collect();
     assert_eq!(sealed.len(), 1);
     assert!(sealed[0].contains("/a/"), "{sealed:?}");
+    // Nothing more arrives: the sink asks to be woken, and a flush with nothing to write seals
+    // the file that went idle meanwhile.
+    let deadline = sink
+        .flush_deadline()
+        .expect("a quiet sink still wants to look for idle files");
+    tokio::time::sleep_until(deadline.max(tokio::time::Instant::now() + Duration::from_millis(80))).await;
+    assert!(sink.flush().await.unwrap().is_empty());
+    let sealed: Vec<String> = sink.take_sealed().into_iter().map(|s| s.unit).collect();
+    assert_eq!(sealed.len(), 1);
+    assert!(sealed[0].contains("/b/"), "{sealed:?}");
 }
 
 #[tokio::test]
