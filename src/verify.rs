@@ -755,7 +755,7 @@ pub fn verify(archive: &dyn Archive, opts: &Options) -> std::io::Result<Report> 
             if opts.allow_unsealed {
                 notes.push(format!("{rel}: {detail} (accepted: --allow-unsealed)"));
             } else {
-                f.add(Kind::Unsealed, Some(rel), format!("{detail}; a running pipeline's open files look like this: use --allow-unsealed for them"));
+                f.add(Kind::Unsealed, Some(rel), format!("{detail}; a running pipeline's open files look like this (--allow-unsealed accepts them), and so do those a crash left until the pipeline's next start seals them"));
             }
             // Read after every sealed stretch, so that a repeat is blamed on the added bytes.
             let compression = idx
@@ -815,9 +815,7 @@ pub fn verify(archive: &dyn Archive, opts: &Options) -> std::io::Result<Report> 
             continue;
         }
         bytes += size;
-        let detail =
-            "in no manifest: added after the fact, or written by a pipeline that has not sealed it yet"
-                .to_string();
+        let detail = "in no manifest: added after the fact, or written by a pipeline that has not sealed it yet (running, or stopped by a crash: its next start seals it)".to_string();
         if opts.allow_unsealed {
             notes.push(format!("{rel}: {detail} (accepted: --allow-unsealed)"));
         } else {

@@ -90,8 +90,10 @@ async fn the_key_never_appears_in_output_logs_or_files() {
         SimConfig {
             api_key: key.into(),
             backlog_per_sandbox: 50,
+            // Three seconds of live frames: the socket surely carries some (and so garbage),
+            // even when a loaded machine connects it late.
             live_rate_per_sec: 100.0,
-            live_events_per_sandbox: Some(50),
+            live_events_per_sandbox: Some(300),
             no_socket: vec!["sb-nosock".into()],
             drop_every_frames: Some(9),
             ratio_429: 0.2,
@@ -103,9 +105,13 @@ async fn the_key_never_appears_in_output_logs_or_files() {
     .await;
     let ws = Workspace::new(&sim, &ids, "", "");
     let child = ws.spawn(key, &["--log-level", "trace", "run", "pipe.toml"]);
-    wait_for("the archive to fill", Duration::from_secs(60), || {
-        sim.live_done() && ws.archive_lines().len() >= sim.total_events()
-    })
+    // The dead-letter file must exist too: it is one of the files searched for the key.
+    let dead_letters = ws.path().join("state/dead-letter.ndjson");
+    wait_for(
+        "the archive to fill and a garbage frame to be dead-lettered",
+        Duration::from_secs(60),
+        || sim.live_done() && ws.archive_lines().len() >= sim.total_events() && dead_letters.exists(),
+    )
     .await;
     signal(&child, libc::SIGTERM);
     let out = finish(child, Duration::from_secs(30));
