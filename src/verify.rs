@@ -139,10 +139,13 @@ impl Archive for DirArchive {
                 } else {
                     format!("{rel}/{name}")
                 };
-                let meta = std::fs::metadata(entry.path())?;
-                if meta.is_dir() {
+                // A symlinked directory is not followed (it could loop); a symlinked file is read.
+                if entry.file_type()?.is_dir() {
                     stack.push((entry.path(), child_rel));
-                } else if meta.is_file() {
+                    continue;
+                }
+                let meta = std::fs::metadata(entry.path())?;
+                if meta.is_file() {
                     out.push((child_rel, meta.len()));
                 }
             }
