@@ -664,6 +664,7 @@ async fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
         (bucket.to_string(), prefix.to_string())
     });
     let mut pipeline = None;
+    let mut shipped_until = std::collections::BTreeMap::new();
     if let Some(path) = &args.pipeline {
         // Comparing with the API needs the API key; checking the archive alone does not.
         let mode = if args.against_api {
@@ -684,15 +685,18 @@ async fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
                 p.checkpoint_path.display()
             ));
         }
-        let store = auditship::checkpoint::Store::open(&p.checkpoint_path)?;
-        let mut anchor = std::collections::BTreeMap::new();
-        for sink in p.sinks.keys() {
-            let rows = store.manifest_rows(&p.name, sink, false).await?;
-            if !rows.is_empty() {
-                let rows = rows.into_iter().map(|r| (r.seq, r.hash, r.unit)).collect();
-                anchor.insert((p.name.clone(), sink.clone()), rows);
-            }
-        }
+        // Read-only: verifying must not change the database it checks against.
+        let db = match auditship::checkpoint::Snapshot::open(&p.checkpoint_path) {
+            Ok(db) => db,
+            Err(e) => return fail(e.to_string()),
+        };
+        let anchor = db
+            .manifest_chains(&p.name)?
+            .into_iter()
+            .filter(|(sink, _)| p.sinks.contains_key(sink))
+            .map(|(sink, rows)| ((p.name.clone(), sink), rows))
+            .collect();
+        shipped_until = db.shipped_until(&p.name)?;
         let under = match &s3 {
             Some((_, prefix)) => Under::Prefix(prefix.clone()),
             None => Under::Dir(args.path.clone()),
@@ -725,15 +729,7 @@ async fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
                 .find(|c| c.pipeline == p.name)
                 .map(|c| c.sink.clone());
             // How far the checkpoint says each sandbox was shipped, over all streams.
-            let mut shipped = std::collections::BTreeMap::new();
-            let store = auditship::checkpoint::Store::open(&p.checkpoint_path)?;
-            for (_, c) in store.streams(&p.name).await? {
-                if let Some(t) = c.cursor_us {
-                    let e = shipped.entry(c.resource_id.clone()).or_insert(t);
-                    *e = (*e).max(t);
-                }
-            }
-            if let Err(e) = report.compare_with_api(p, sink.as_deref(), &shipped).await {
+            if let Err(e) = report.compare_with_api(p, sink.as_deref(), &shipped_until).await {
                 return fail(format!("comparing with the API: {e}"));
             }
         }

@@ -308,7 +308,7 @@ pub struct Report {
 }
 
 /// The checkpoint database's record of one chain: `(seq, hash, unit)` in order.
-pub type AnchorChain = Vec<(u64, String, String)>;
+pub type AnchorChain = crate::checkpoint::ChainRows;
 
 /// What the checkpoint database says the archive holds.
 #[derive(Debug, Clone, Default)]
