@@ -359,28 +359,31 @@ async fn a_plain_archive_verifies_and_every_tampering_is_named() {
     let state_bytes = || {
         let mut files = Vec::new();
         walk_all(&ws.path().join("state"), &mut files);
-        files.sort();
         files
-            .iter()
+            .into_iter()
             // The lock file, and SQLite's WAL index (shared memory every reader maps and
             // marks; rebuilt from the WAL, it holds no data) are not the database.
             .filter(|f| {
                 let name = f.to_string_lossy();
                 !name.ends_with(".lock") && !name.ends_with("-shm")
             })
-            .map(|f| (f.clone(), std::fs::read(f).unwrap()))
-            .collect::<Vec<_>>()
+            .map(|f| {
+                let bytes = std::fs::read(&f).unwrap();
+                (f, bytes)
+            })
+            // A reader of a WAL database may create an empty WAL file: no data.
+            .filter(|(f, bytes)| !(f.to_string_lossy().ends_with("-wal") && bytes.is_empty()))
+            .collect::<BTreeMap<_, _>>()
     };
     let before = state_bytes();
     let out = ws.run(
         &key,
         &["verify", "archive", "--pipeline", "pipe.toml", "--format", "json"],
     );
-    let after = state_bytes();
-    assert_eq!(before.len(), after.len());
-    for (b, a) in before.iter().zip(&after) {
-        assert!(b == a, "verify --pipeline changed {}", b.0.display());
-    }
+    assert!(
+        before == state_bytes(),
+        "verify --pipeline changed the checkpoint database"
+    );
     assert_eq!(out.code, Some(0), "{}{}", out.stdout, out.stderr);
     let json: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
     assert_eq!(json["clean"], true);
