@@ -459,6 +459,7 @@ pub async fn run(p: &Pipeline, opts: RunOptions) -> Result<RunReport, PipelineEr
     // writes committed entries next to the data.
     let mut chains: Vec<Option<crate::manifest::ChainWriter>> = Vec::new();
     let mut publishers = JoinSet::new();
+    let exact: Vec<bool> = sinks.iter().map(|(_, sink)| sink.exact_state()).collect();
     let manifest_publishers: Vec<_> = sinks
         .iter()
         .map(|(_, sink)| sink.manifest_publisher().filter(|_| p.manifest_enabled))
@@ -547,6 +548,7 @@ pub async fn run(p: &Pipeline, opts: RunOptions) -> Result<RunReport, PipelineEr
         fatal_tx.clone(),
         uncommitted,
         chains,
+        exact,
     ));
 
     // Tails on the polling fallback share one org-wide list request per interval.
@@ -1441,14 +1443,15 @@ async fn checkpointer_task(
     fatal: mpsc::UnboundedSender<PipelineError>,
     uncommitted: Arc<tokio::sync::Semaphore>,
     mut chains: Vec<Option<crate::manifest::ChainWriter>>,
+    exact: Vec<bool>,
 ) {
     let sink_count = sink_names.len();
+    // The batch the last commit passed.
+    let mut committed_through: u64 = 0;
     // Per batch not yet committed: number, positions, events, and events per (sandbox, hour).
     type Pending = (u64, Vec<Checkpoint>, u64, Vec<(String, i64, u64)>);
     let mut pending: VecDeque<Pending> = VecDeque::new();
     let mut acked: Vec<u64> = vec![0; sink_count];
-    // Per sink: state entries and manifest entries, by the batch they describe.
-    type SinkFacts = (u64, Vec<StateEntry>, Vec<crate::checkpoint::ManifestRow>);
     let mut states: Vec<VecDeque<SinkFacts>> = vec![VecDeque::new(); sink_count];
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -1486,7 +1489,7 @@ async fn checkpointer_task(
             },
             _ = tick.tick() => (true, false),
         };
-        let watermark = acked.iter().copied().min().unwrap_or(0);
+        let watermark = commit_point(&acked, &states, &exact, committed_through);
         let ready = pending.front().is_some_and(|(n, _, _, _)| *n <= watermark)
             || states
                 .iter()
@@ -1555,6 +1558,7 @@ async fn checkpointer_task(
             match store.commit(&pipeline, &stream, commit).await {
                 Ok(()) => {
                     failures = 0;
+                    committed_through = committed_through.max(watermark);
                     for (i, chain) in chains.iter().enumerate() {
                         let Some(chain) = chain else { continue };
                         let lines: Vec<_> = published
@@ -1607,6 +1611,40 @@ async fn checkpointer_task(
         if closed {
             return;
         }
+    }
+}
+
+/// Per sink, what it reported with an acknowledgement: the batch acknowledged, state entries and
+/// manifest entries.
+type SinkFacts = (u64, Vec<StateEntry>, Vec<crate::checkpoint::ManifestRow>);
+
+/// The batch a commit may pass: the lowest acknowledgement over all sinks, lowered until it is a
+/// batch that every sink with exact state ([`Sink::exact_state`]) acknowledged exactly, so the
+/// state committed (file lengths) holds the batches the positions pass and no others. A sink
+/// acknowledging in larger steps than another (a group commit over many batches) would otherwise
+/// have its older state committed with newer positions, and a restart would cut events the
+/// checkpoint counts as shipped. `committed` is the batch the last commit passed, an exact point
+/// of every sink.
+fn commit_point(acked: &[u64], states: &[VecDeque<SinkFacts>], exact: &[bool], committed: u64) -> u64 {
+    let mut point = acked.iter().copied().min().unwrap_or(0);
+    loop {
+        let mut lowered = point;
+        for (q, exact) in states.iter().zip(exact) {
+            if !exact {
+                continue;
+            }
+            let at = q
+                .iter()
+                .map(|(n, _, _)| *n)
+                .filter(|n| *n <= lowered)
+                .max()
+                .unwrap_or(committed);
+            lowered = lowered.min(at);
+        }
+        if lowered == point {
+            return point;
+        }
+        point = lowered;
     }
 }
 
@@ -1701,5 +1739,33 @@ async fn dead_letter_task(
                 );
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn acks(points: &[u64]) -> VecDeque<SinkFacts> {
+        points.iter().map(|&n| (n, Vec::new(), Vec::new())).collect()
+    }
+
+    #[test]
+    fn a_commit_passes_only_batches_a_file_sink_acknowledged_exactly() {
+        // The file sink flushed batches 1–5, then 6–9 in one go; Kafka got to 7 and stopped.
+        let states = [acks(&[5, 9]), VecDeque::new()];
+        assert_eq!(commit_point(&[9, 7], &states, &[true, false], 0), 5);
+        // Had the file sink acknowledged 7, that is the point.
+        let states = [acks(&[5, 7, 9]), VecDeque::new()];
+        assert_eq!(commit_point(&[9, 7], &states, &[true, false], 0), 7);
+        // Without exact state (S3's pending deletions), the lowest acknowledgement is the point.
+        let states = [acks(&[5, 9]), VecDeque::new()];
+        assert_eq!(commit_point(&[9, 7], &states, &[false, false], 0), 7);
+        // Nothing new acknowledged at a common point: the last commit's.
+        let states = [acks(&[8]), acks(&[6])];
+        assert_eq!(commit_point(&[8, 6], &states, &[true, true], 4), 4);
+        // Two file sinks meet at 8.
+        let states = [acks(&[4, 8]), acks(&[6, 8])];
+        assert_eq!(commit_point(&[8, 8], &states, &[true, true], 0), 8);
     }
 }

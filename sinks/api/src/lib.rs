@@ -332,6 +332,15 @@ pub trait Sink: Send {
         self.flush().await
     }
 
+    /// Whether the state entries of a flush describe exactly the batches acknowledged, and no
+    /// other (a file's length holds batches up to the acknowledged one and nothing after): then
+    /// a checkpoint may only pass a batch this sink acknowledged exactly, or restoring that
+    /// state would drop or keep events the checkpoint does not account for. Default: false
+    /// (state that is right at any later checkpoint, such as pending-object deletions).
+    fn exact_state(&self) -> bool {
+        false
+    }
+
     /// After a successful [`Sink::flush`] or [`Sink::close`]: the units (or stretches of them)
     /// closed since the last call, for the manifest. Sinks without archive units (Kafka) keep
     /// the default, none.

@@ -802,6 +802,10 @@ impl Sink for FileSink {
         Ok(entries)
     }
 
+    fn exact_state(&self) -> bool {
+        true
+    }
+
     fn take_sealed(&mut self) -> Vec<Sealed> {
         match self.inner.as_mut() {
             Some(inner) => std::mem::take(&mut inner.sealed),
