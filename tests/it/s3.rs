@@ -11,6 +11,8 @@ use crate::util::{
 };
 
 fn server() -> S3Server {
+    // Children inherit the AWS chain's test credentials from this process.
+    auditship_sink_s3::testing::test_credentials_env();
     S3Server::start().unwrap_or_else(|e| panic!("{e}"))
 }
 

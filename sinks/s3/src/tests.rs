@@ -8,6 +8,9 @@ use super::*;
 use crate::testing::{client, create_bucket, lines, read_all, S3Server};
 
 fn server() -> S3Server {
+    // The sink reads credentials from the AWS chain: put the test ones in place before any sink
+    // connects, not only when a test's own client does (tests run in any order).
+    crate::testing::test_credentials_env();
     S3Server::start().unwrap_or_else(|e| panic!("{e}"))
 }
 
