@@ -19,8 +19,10 @@
 //! - A sink acknowledges "through batch N" only after N is durable, with the state entries (file
 //!   lengths) that describe exactly that point.
 //! - Every `commit_interval` the checkpointer finds W, the highest batch every sink has
-//!   acknowledged, and commits the positions of batches ≤ W with the sinks' state as of W in one
-//!   transaction. A crash at any moment leaves positions and sink state that agree.
+//!   acknowledged and every file sink acknowledged *exactly* (its file lengths describe that
+//!   batch; see `commit_point`), and commits the positions of batches ≤ W with the sinks' state
+//!   as of W in one transaction. A crash at any moment leaves positions and sink state that
+//!   agree.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::OpenOptions;
