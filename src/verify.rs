@@ -715,17 +715,10 @@ pub fn verify(archive: &dyn Archive, opts: &Options) -> std::io::Result<Report> 
                 break;
             }
             let compression = UnitCompression::parse(&e.compression).unwrap_or(UnitCompression::None);
-            let mut summarizer = Summarizer::default();
-            let visit = |chunk: bytes::Bytes, s: &mut Summarizer, seen: &mut EventIndex| {
-                s.feed(chunk, |l| seen.add(l, rel, e.offset));
-            };
             let mut part = (&mut reader).take(e.length);
-            let read = manifest::read_unit(&mut part, compression, |chunk| {
-                visit(chunk, &mut summarizer, &mut seen)
-            });
+            let (read, summary) = seen.read(&mut part, compression, rel, e.offset);
             // A stretch that failed to decode still ends where its entry says.
             let _ = std::io::copy(&mut part, &mut std::io::sink());
-            let summary = summarizer.finish_with(|l| seen.add(l, rel, e.offset));
             events += summary.events;
             pos += e.length;
             match read {
@@ -775,11 +768,7 @@ pub fn verify(archive: &dyn Archive, opts: &Options) -> std::io::Result<Report> 
         if std::io::copy(&mut (&mut reader).take(pos), &mut std::io::sink()).is_err() {
             continue;
         }
-        let mut summarizer = Summarizer::default();
-        let _ = manifest::read_unit(reader, compression, |chunk| {
-            summarizer.feed(chunk, |l| seen.add(l, &rel, pos))
-        });
-        events += summarizer.finish_with(|l| seen.add(l, &rel, pos)).events;
+        events += seen.read(reader, compression, &rel, pos).1.events;
     }
     // Directories that hold a manifest: any other file in them is suspect. Elsewhere only a
     // file that holds events is (so a state directory beside the archive is not).
@@ -799,13 +788,9 @@ pub fn verify(archive: &dyn Archive, opts: &Options) -> std::io::Result<Report> 
             let mut head = Vec::new();
             if (&mut reader).take(4).read_to_end(&mut head).is_ok() {
                 let compression = manifest::sniff(&head);
-                let mut summarizer = Summarizer::default();
                 let chained = std::io::Cursor::new(head).chain(reader);
-                readable = manifest::read_unit(chained, compression, |chunk| {
-                    summarizer.feed(chunk, |l| seen.add(l, rel, 0))
-                })
-                .is_ok();
-                let summary = summarizer.finish_with(|l| seen.add(l, rel, 0));
+                let (read, summary) = seen.read(chained, compression, rel, 0);
+                readable = read.is_ok();
                 holds_events = summary.events > summary.unidentified;
                 if holds_events {
                     events += summary.events;
@@ -918,6 +903,23 @@ struct EventIndex {
 }
 
 impl EventIndex {
+    /// Read a stretch of `object` that starts at byte `offset` (see [`manifest::read_unit`]),
+    /// adding every event to the index; returns the read's result and what the stretch holds.
+    fn read(
+        &mut self,
+        raw: impl Read,
+        compression: UnitCompression,
+        object: &str,
+        offset: u64,
+    ) -> (std::io::Result<(String, u64)>, manifest::Summary) {
+        let mut summarizer = Summarizer::default();
+        let read = manifest::read_unit(raw, compression, |chunk| {
+            summarizer.feed(chunk, |l| self.add(l, object, offset))
+        });
+        let summary = summarizer.finish_with(|l| self.add(l, object, offset));
+        (read, summary)
+    }
+
     fn add(&mut self, line: &manifest::Line<'_>, object: &str, offset: u64) {
         let Some(id) = line.id else { return };
         let o = match self.object_index.get(object) {

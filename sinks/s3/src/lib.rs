@@ -427,15 +427,18 @@ impl S3Sink {
             staging.clone(),
         );
         let name = self.name();
-        let body = tokio::task::spawn_blocking(move || -> Result<bytes::Bytes, SinkError> {
-            let body = compress(compression, &lines, size)
-                .map_err(|e| SinkError::io(format!("{name}: compressing an object"), e))?;
-            stage(&path, &body)
-                .map_err(|e| SinkError::io(format!("{name}: writing {}", path.display()), e))?;
-            Ok(body)
-        })
-        .await
-        .map_err(|e| SinkError::io("staging", std::io::Error::other(e.to_string())))??;
+        // The body's SHA-256 is taken once, here: the upload's checksum and the manifest use it.
+        let (body, sha256) =
+            tokio::task::spawn_blocking(move || -> Result<(bytes::Bytes, [u8; 32]), SinkError> {
+                let body = compress(compression, &lines, size)
+                    .map_err(|e| SinkError::io(format!("{name}: compressing an object"), e))?;
+                stage(&path, &body)
+                    .map_err(|e| SinkError::io(format!("{name}: writing {}", path.display()), e))?;
+                let sha256: [u8; 32] = Sha256::digest(&body).into();
+                Ok((body, sha256))
+            })
+            .await
+            .map_err(|e| SinkError::io("staging", std::io::Error::other(e.to_string())))??;
         let entry = StateEntry {
             key: format!("{PENDING}{key}"),
             value: chrono::Utc::now().timestamp_micros(),
@@ -444,11 +447,11 @@ impl S3Sink {
             let _ = std::fs::remove_file(&staging);
             return Err(e);
         }
-        self.upload_until_done(&key, body.clone()).await?;
+        self.upload_until_done(&key, body.clone(), &sha256).await?;
         // What the object holds is known: the manifest needs neither its bytes nor a read-back.
         let precomputed = Precomputed {
             start: 0,
-            sha256: Sha256::digest(&body).into(),
+            sha256,
             events: buffer.spans.events,
             sandboxes: buffer.spans.spans.clone(),
         };
@@ -475,12 +478,19 @@ impl S3Sink {
         Ok(())
     }
 
-    async fn upload_until_done(&self, key: &str, body: bytes::Bytes) -> Result<(), SinkError> {
+    /// Upload `body` (whose SHA-256 is `sha256`) under `key`, retrying what can pass.
+    async fn upload_until_done(
+        &self,
+        key: &str,
+        body: bytes::Bytes,
+        sha256: &[u8; 32],
+    ) -> Result<(), SinkError> {
+        let checksum = base64::engine::general_purpose::STANDARD.encode(sha256);
         let mut delay = Duration::from_millis(200);
         let mut warned: Option<Instant> = None;
         let mut failures = 0u32;
         loop {
-            match self.upload(key, &body).await {
+            match self.upload(key, &body, &checksum).await {
                 Ok(()) => {
                     if failures > 0 {
                         tracing::info!(sink = %self.ctx.sink, bucket = %self.config.bucket, failures, "S3 uploads work again");
@@ -510,7 +520,7 @@ impl S3Sink {
         self.config.retain_until()
     }
 
-    async fn upload(&self, key: &str, body: &bytes::Bytes) -> Result<(), Failure> {
+    async fn upload(&self, key: &str, body: &bytes::Bytes, checksum: &str) -> Result<(), Failure> {
         let client = self.client().map_err(|e| Failure::Stop(e.to_string()))?;
         let c = &self.config;
         let (sse, lock) = c.protection();
@@ -522,7 +532,7 @@ impl S3Sink {
                 .body(ByteStream::from(body.clone()))
                 .content_type(c.compression.content_type())
                 .checksum_algorithm(ChecksumAlgorithm::Sha256)
-                .checksum_sha256(sha256_b64(body))
+                .checksum_sha256(checksum)
                 .set_server_side_encryption(sse)
                 .set_ssekms_key_id(c.kms_key_id.clone())
                 .set_object_lock_mode(lock)
@@ -669,7 +679,8 @@ impl S3Sink {
                 match std::fs::read(&staging) {
                     Ok(b) => {
                         tracing::info!(sink = %self.ctx.sink, key = %key, "uploading an object staged before a crash");
-                        self.upload_until_done(&key, bytes::Bytes::from(b.clone()))
+                        let sha256: [u8; 32] = Sha256::digest(&b).into();
+                        self.upload_until_done(&key, bytes::Bytes::from(b.clone()), &sha256)
                             .await?;
                         b
                     }
