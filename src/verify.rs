@@ -900,6 +900,11 @@ struct EventIndex {
     /// repeat's description.
     dups: BTreeMap<(u32, u32), (u64, String)>,
     times: HashMap<String, Vec<i64>>,
+    /// The stretch being read: its repeats and times, kept apart until it decoded whole, so
+    /// that a corrupt compressed stretch (whose decoder emits garbage before its checksum
+    /// fails) adds no findings beyond `altered`.
+    pending_dups: BTreeMap<(u32, u32), (u64, String)>,
+    pending_times: HashMap<String, Vec<i64>>,
 }
 
 impl EventIndex {
@@ -917,6 +922,24 @@ impl EventIndex {
             summarizer.feed(chunk, |l| self.add(l, object, offset))
         });
         let summary = summarizer.finish_with(|l| self.add(l, object, offset));
+        let pending_times = std::mem::take(&mut self.pending_times);
+        let pending_dups = std::mem::take(&mut self.pending_dups);
+        if read.is_ok() {
+            for (rid, times) in pending_times {
+                self.times.entry(rid).or_default().extend(times);
+            }
+            for (pair, (n, first)) in pending_dups {
+                let seen = self.dups.entry(pair).or_insert((0, String::new()));
+                seen.0 += n;
+                if seen.1.is_empty() {
+                    seen.1 = first;
+                }
+            }
+        } else if let Some(&o) = self.object_index.get(object) {
+            // Rare (the stretch is reported altered): forget the ids it added.
+            self.first
+                .retain(|_, &mut (fo, foff, _)| fo != o || foff != offset);
+        }
         (read, summary)
     }
 
@@ -942,7 +965,7 @@ impl EventIndex {
                         format!("{name} (stretch at byte {off}) line {l}")
                     }
                 };
-                let seen = self.dups.entry((o, fo)).or_insert((0, String::new()));
+                let seen = self.pending_dups.entry((o, fo)).or_insert((0, String::new()));
                 seen.0 += 1;
                 if seen.1.is_empty() {
                     seen.1 = format!(
@@ -958,10 +981,10 @@ impl EventIndex {
             }
         }
         if let Some(t) = line.cursor_us {
-            match self.times.get_mut(line.resource_id) {
+            match self.pending_times.get_mut(line.resource_id) {
                 Some(v) => v.push(t),
                 None => {
-                    self.times.insert(line.resource_id.to_string(), vec![t]);
+                    self.pending_times.insert(line.resource_id.to_string(), vec![t]);
                 }
             }
         }
@@ -1185,5 +1208,60 @@ impl Report {
             let _ = writeln!(s, "  note: {n}");
         }
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(id: &str, at: &str) -> String {
+        format!(r#"{{"id":"{id}","resource_id":"sb-1","inserted_at":"{at}","action":"allow"}}"#) + "\n"
+    }
+
+    /// Yields its bytes, then fails, as a compressed stream whose checksum does not match.
+    struct Corrupt(std::io::Cursor<Vec<u8>>);
+
+    impl Read for Corrupt {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            match self.0.read(buf)? {
+                0 => Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    "checksum mismatch",
+                )),
+                n => Ok(n),
+            }
+        }
+    }
+
+    #[test]
+    fn a_stretch_that_fails_to_decode_adds_no_repeats_or_times() {
+        let t = "2026-11-26T10:00:00Z";
+        let garbage = [line("evt_a", t), line("evt_b", t), line("evt_a", t)].concat();
+        let mut index = EventIndex::default();
+        let (read, summary) = index.read(
+            Corrupt(std::io::Cursor::new(garbage.clone().into_bytes())),
+            UnitCompression::None,
+            "u.ndjson.gz",
+            0,
+        );
+        assert!(read.is_err());
+        assert_eq!(summary.events, 3, "the summary still says what was read");
+        assert!(index.duplicates().is_empty());
+        assert!(index.hours().0.is_empty());
+        // Its ids are forgotten: a sound stretch holding them repeats nothing.
+        let sound = [line("evt_a", t), line("evt_b", t)].concat();
+        let (read, _) = index.read(sound.as_bytes(), UnitCompression::None, "v.ndjson", 0);
+        assert!(read.is_ok());
+        assert!(index.duplicates().is_empty());
+        assert_eq!(index.hours().0.values().sum::<u64>(), 2);
+        // The same bytes, decoded whole, name the repeat and keep the times.
+        let (read, _) = index.read(garbage.as_bytes(), UnitCompression::None, "w.ndjson", 0);
+        assert!(read.is_ok());
+        let dups = index.duplicates();
+        assert_eq!(dups.len(), 1, "{dups:?}");
+        assert_eq!(dups[0].1, "w.ndjson");
+        assert!(dups[0].0.starts_with("3 events already in v.ndjson"), "{dups:?}");
+        assert_eq!(index.hours().0.values().sum::<u64>(), 5);
     }
 }

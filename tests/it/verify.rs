@@ -170,7 +170,23 @@ fn tamper_cases(archive: &Path, key: Option<&str>) {
         .map(|u| dir_of(u))
         .max_by_key(|d| units.iter().filter(|u| dir_of(u) == *d).count())
         .unwrap();
-    let series: Vec<String> = units.iter().filter(|u| dir_of(u) == busiest).cloned().collect();
+    // In the order they were sealed (the manifest's), not by name: `x.2.ndjson` sorts before
+    // `x.ndjson`, and the victim must not be the newest entry of the chain, whose removal
+    // together with its line only the checkpoint database can tell.
+    let series: Vec<String> = manifest_of(&clean, units.iter().find(|u| dir_of(u) == busiest).unwrap())
+        .1
+        .iter()
+        .map(|l| {
+            let unit = serde_json::from_str::<Entry>(l).unwrap().unit;
+            let name = Path::new(&unit)
+                .file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .to_string();
+            busiest.join(name).display().to_string()
+        })
+        .collect();
     assert!(series.len() >= 3, "three units in one directory: {units:?}");
     let victim = series[1].clone();
     let other = series[2].clone();
