@@ -253,6 +253,14 @@ impl Drop for Tail {
 /// time seen.
 pub(crate) struct Seen {
     ids: HashMap<Arc<str>, i64, foldhash::fast::RandomState>,
+    /// Ids newer than every id before them, in arrival (so cursor) order: they cannot be
+    /// repeats, so they are only hashed into `ids` when a lookup comes (an overlap). A live
+    /// socket's steady stream never hashes.
+    log: VecDeque<(i64, Arc<str>)>,
+    /// Whether an event's cursor time was not `inserted_at`. The same event could then carry
+    /// two cursor times (a frame without `inserted_at`, its list copy with it), and "newer than
+    /// everything" no longer proves it new.
+    mixed_cursors: bool,
     newest: Option<i64>,
     /// `newest` as the server spelled it.
     newest_text: Option<CursorText>,
@@ -264,6 +272,8 @@ impl Seen {
     pub(crate) fn new(start: &StartAt, window: Duration) -> Self {
         let mut seen = Seen {
             ids: HashMap::default(),
+            log: VecDeque::new(),
+            mixed_cursors: false,
             newest: None,
             newest_text: None,
             window_us: i64::try_from(window.as_micros()).unwrap_or(i64::MAX),
@@ -296,20 +306,31 @@ impl Seen {
     /// Record `event`; `false` if it was seen already.
     pub(crate) fn insert(&mut self, event: &AuditEvent) -> bool {
         let cursor = event.cursor_us().or(self.newest).unwrap_or(i64::MIN);
-        // One hash and probe per event (a repeat is rare: only overlaps repeat).
-        match self.ids.entry(event.id_arc().clone()) {
-            std::collections::hash_map::Entry::Occupied(_) => return false,
-            std::collections::hash_map::Entry::Vacant(slot) => {
-                slot.insert(cursor);
+        self.mixed_cursors |= !event.cursor_is_inserted_at();
+        let newer = self.newest.is_none_or(|n| cursor > n);
+        if newer && !self.mixed_cursors {
+            // Every id remembered was at or before `newest`, and an event's cursor time is its
+            // own: this one is new.
+            self.log.push_back((cursor, event.id_arc().clone()));
+        } else {
+            for (c, id) in self.log.drain(..) {
+                self.ids.insert(id, c);
+            }
+            // One hash and probe (a repeat is rare: only overlaps repeat).
+            match self.ids.entry(event.id_arc().clone()) {
+                std::collections::hash_map::Entry::Occupied(_) => return false,
+                std::collections::hash_map::Entry::Vacant(slot) => {
+                    slot.insert(cursor);
+                }
             }
         }
-        if self.newest.is_none_or(|n| cursor > n) {
+        if newer {
             self.newest = Some(cursor);
             self.newest_text = event.cursor_text_handle();
         }
         self.inserts_since_prune += 1;
         // Prune when the map may have doubled: amortized O(1) per event.
-        if self.inserts_since_prune >= 4096.max(self.ids.len() / 2) {
+        if self.inserts_since_prune >= 4096.max((self.ids.len() + self.log.len()) / 2) {
             self.prune();
         }
         true
@@ -320,6 +341,9 @@ impl Seen {
         if let Some(newest) = self.newest {
             let floor = newest.saturating_sub(self.window_us);
             self.ids.retain(|_, c| *c >= floor);
+            while self.log.front().is_some_and(|(c, _)| *c < floor) {
+                self.log.pop_front();
+            }
         }
     }
 }
@@ -1173,5 +1197,73 @@ impl TailTask {
             Err(e) => self.gather(Err(e)).await?,
         }
         Ok(None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(id: &str, inserted_at: Option<&str>, timestamp: Option<&str>) -> AuditEvent {
+        let mut json = format!(r#"{{"id":"{id}","resource_id":"sb-1""#);
+        if let Some(t) = inserted_at {
+            json += &format!(r#","inserted_at":"{t}""#);
+        }
+        if let Some(t) = timestamp {
+            json += &format!(r#","timestamp":"{t}""#);
+        }
+        json += "}";
+        AuditEvent::from_json(json).unwrap()
+    }
+
+    fn at(second: u32) -> String {
+        format!("2026-11-26T10:00:{second:02}Z")
+    }
+
+    #[test]
+    fn repeats_are_caught_whether_their_first_copy_was_logged_or_hashed() {
+        let mut seen = Seen::new(&StartAt::Earliest, Duration::from_secs(300));
+        // An in-order stream: all logged, none hashed.
+        for s in 0..10 {
+            assert!(seen.insert(&event(&format!("e{s}"), Some(&at(s)), None)));
+        }
+        assert_eq!((seen.log.len(), seen.ids.len()), (10, 0));
+        assert_eq!(seen.since().as_deref(), Some(at(9).as_str()));
+        // A repeat (at its own, older cursor time) is found; the log was hashed for it.
+        assert!(!seen.insert(&event("e3", Some(&at(3)), None)));
+        assert_eq!((seen.log.len(), seen.ids.len()), (0, 10));
+        // A repeat of the newest (same cursor time) too, and a new id at that time is new.
+        assert!(seen.insert(&event("e10", Some(&at(10)), None)));
+        assert!(!seen.insert(&event("e10", Some(&at(10)), None)));
+        assert!(seen.insert(&event("e10b", Some(&at(10)), None)));
+        assert!(!seen.insert(&event("e10b", Some(&at(10)), None)));
+        // An older event never seen is new, once.
+        assert!(seen.insert(&event("late", Some(&at(1)), None)));
+        assert!(!seen.insert(&event("late", Some(&at(1)), None)));
+    }
+
+    #[test]
+    fn an_event_seen_under_two_cursor_times_is_still_one_event() {
+        let mut seen = Seen::new(&StartAt::Earliest, Duration::from_secs(300));
+        // A frame without `inserted_at` (cursor: its `timestamp`), then its list copy with an
+        // `inserted_at` later than anything seen: newer, yet a repeat.
+        assert!(seen.insert(&event("e1", None, Some(&at(1)))));
+        assert!(seen.insert(&event("e2", Some(&at(2)), Some(&at(2)))));
+        assert!(!seen.insert(&event("e1", Some(&at(5)), Some(&at(1)))));
+    }
+
+    #[test]
+    fn the_log_is_pruned_to_the_window() {
+        let mut seen = Seen::new(&StartAt::Earliest, Duration::from_secs(60));
+        let t0 = parse_time("2026-11-26T10:00:00Z").unwrap();
+        for i in 0..10_000i64 {
+            let t = format_time(t0 + i * 1_000_000);
+            assert!(seen.insert(&event(&format!("e{i}"), Some(&t), None)));
+        }
+        // 10,000 seconds of events; a prune ran at least every 4,096 inserts, so at most the
+        // last window plus 4,096 remain, and the newest are among them.
+        assert!(seen.log.len() <= 61 + 4096, "{}", seen.log.len());
+        let newest = format_time(t0 + 9_999 * 1_000_000);
+        assert!(!seen.insert(&event("e9999", Some(&newest), None)));
     }
 }
