@@ -44,8 +44,9 @@ pub(crate) async fn connect(client: &Client, resource_id: &str) -> Result<Socket
     request
         .headers_mut()
         .insert("sec-websocket-protocol", HeaderValue::from_static(SUBPROTOCOL));
-    // A 16 KiB read buffer instead of tungstenite's 128 KiB: thousands of mostly idle sockets
-    // should not cost 128 KiB each; a busy socket just reads more often.
+    // A 4 KiB read buffer instead of tungstenite's 128 KiB: thousands of mostly idle sockets
+    // should not cost 128 KiB each; a busy socket just reads more often (a 64 KiB buffer, tried,
+    // saved about 5% of the live case's CPU, within the noise, and would hold 64 KiB per socket).
     let config = WebSocketConfig::default()
         .max_message_size(Some(MAX_FRAME_BYTES))
         .max_frame_size(Some(MAX_FRAME_BYTES))
