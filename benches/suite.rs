@@ -273,6 +273,7 @@ struct Row {
 }
 
 /// What a throughput run measured.
+#[derive(Clone)]
 struct Throughput {
     events: u64,
     secs: f64,
@@ -510,19 +511,21 @@ fn live_case(rows: &mut Vec<Row>) -> Res<()> {
             "-",
         ),
     ];
-    let (mut plain_rate, mut plain_cpu_per_event) = (0.0, 0.0);
-    let repeat = env_num("SUITE_REPEAT", 3).max(1);
+    let repeat = env_num("SUITE_REPEAT", 3).max(1) as usize;
     let only = std::env::var("SUITE_LIVE").unwrap_or_default();
-    for (name, sink, commit_interval_ms, target) in variants {
-        if !only.is_empty() && !only.split(';').any(|o| o.trim() == name) {
-            continue;
-        }
-        let mut runs: Vec<Throughput> = Vec::new();
-        for run in 1..=repeat {
+    let selected: Vec<_> = variants
+        .into_iter()
+        .filter(|(name, ..)| only.is_empty() || only.split(';').any(|o| o.trim() == *name))
+        .collect();
+    // Round after round of every variant, not every run of one variant and then the next: this
+    // machine drifts over minutes, and a drift must not read as a difference between variants.
+    let mut all: Vec<Vec<Throughput>> = selected.iter().map(|_| Vec::new()).collect();
+    for run in 1..=repeat {
+        for ((name, sink, commit_interval_ms, _), runs) in selected.iter().zip(all.iter_mut()) {
             let dir = workdir(&format!("live-{}", name.replace([' ', ',', '+'], "")))?;
             let sim = Sim::start(&dir, &sim_args)?;
-            let toml = pipeline(&sim, sandboxes, "earliest", &sink, commit_interval_ms);
-            eprintln!("live: auditship, {name} (run {run} of {repeat})");
+            let toml = pipeline(&sim, sandboxes, "earliest", sink, *commit_interval_ms);
+            eprintln!("live: auditship, {name} (round {run} of {repeat})");
             let mut t = auditship_live(&dir, &sim, &toml, events)?;
             t.bytes = (avg_bytes * t.events as f64) as u64;
             let lines = count_lines(&dir.join("archive"))?;
@@ -540,6 +543,13 @@ fn live_case(rows: &mut Vec<Row>) -> Res<()> {
             let _ = std::fs::remove_dir_all(&dir);
             runs.push(t);
         }
+    }
+    let plain_runs: Option<Vec<Throughput>> = selected
+        .iter()
+        .position(|(name, ..)| *name == "plain")
+        .map(|i| all[i].clone());
+    for ((name, _, _, target), mut runs) in selected.into_iter().zip(all) {
+        let by_round = runs.clone();
         // The run with the median rate stands for the variant; the spread is shown beside it.
         runs.sort_by(|a, b| a.rate().total_cmp(&b.rate()));
         let spread = match (runs.first(), runs.last()) {
@@ -552,26 +562,42 @@ fn live_case(rows: &mut Vec<Row>) -> Res<()> {
             _ => String::new(),
         };
         let t = runs.swap_remove(runs.len() / 2);
-        let (baseline, ratio) = if name.contains("rare") {
-            // Wall-clock rate and CPU per event, both: on a shared 2-core machine either alone
-            // moves by several per cent from run to run.
-            let cost = 1.0 - plain_rate / t.rate();
-            let cpu_cost = 1.0 - (t.cpu / t.events as f64) / plain_cpu_per_event;
-            (
-                format!("plain: {} ev/s", fmt_n(plain_rate)),
-                format!(
-                    "checkpoint cost {:+.1}% by rate, {:+.1}% by CPU/event",
-                    cost * 100.0,
-                    cpu_cost * 100.0
-                ),
-            )
-        } else {
-            (base.describe(), format!("{:.2}", t.rate() / base.rate()))
+        let (baseline, ratio) = match (&plain_runs, name.contains("rare")) {
+            (Some(plain), true) => {
+                // Each round's rare-checkpoint run against that round's plain run; the median
+                // of those differences, by wall-clock rate and by CPU per event (on a shared
+                // 2-core machine either alone moves by several per cent from run to run).
+                let per_event = |t: &Throughput| t.cpu / t.events as f64;
+                let median = |mut v: Vec<f64>| {
+                    v.sort_by(f64::total_cmp);
+                    let range = (v[0], v[v.len() - 1]);
+                    (v[v.len() / 2], range)
+                };
+                let (cost, (lo, hi)) = median(
+                    plain
+                        .iter()
+                        .zip(&by_round)
+                        .map(|(p, r)| 100.0 * (1.0 - p.rate() / r.rate()))
+                        .collect(),
+                );
+                let (cpu_cost, _) = median(
+                    plain
+                        .iter()
+                        .zip(&by_round)
+                        .map(|(p, r)| 100.0 * (1.0 - per_event(r) / per_event(p)))
+                        .collect(),
+                );
+                (
+                    format!("plain, same rounds: {} ev/s median", fmt_n(median(plain.iter().map(Throughput::rate).collect()).0)),
+                    format!(
+                        "checkpoint cost {cost:+.1}% by rate ({lo:+.1}% to {hi:+.1}% over {} rounds), {cpu_cost:+.1}% by CPU/event",
+                        by_round.len()
+                    ),
+                )
+            }
+            (None, true) => ("- (run plain too)".into(), "-".into()),
+            (_, false) => (base.describe(), format!("{:.2}", t.rate() / base.rate())),
         };
-        if name == "plain" {
-            plain_rate = t.rate();
-            plain_cpu_per_event = t.cpu / t.events as f64;
-        }
         rows.push(Row {
             case: format!("1. live -> file, {name}"),
             rate: format!("{}{spread}", t.describe()),
