@@ -358,6 +358,8 @@ impl Running {
                 open.ties.push(index);
             }
             (Some(c), Some(p)) if c < p => {}
+            // Same cursor time, or an event without one (it cannot move the cursor; remember
+            // its id at the current one so a resume skips it).
             _ => open.ties.push(index),
         }
         open.last = Some(index);
@@ -384,24 +386,10 @@ impl Running {
         }
     }
 
+    /// Take `e` in at once (when the batch may not keep it, so its index would not resolve).
     fn advance(&mut self, e: &Event) {
-        match (e.cursor_us, self.cursor_us) {
-            (Some(c), p) if p.is_none_or(|p| c > p) => {
-                self.cursor_us = Some(c);
-                // Unchecked here (a span of checked JSON text): this runs for every event.
-                self.cursor_src = e
-                    .cursor_span
-                    .and_then(|(s, t)| CursorText::from_span(&e.raw, s as usize, t as usize));
-                self.ties.clear();
-                self.ties.push(e.id.clone());
-            }
-            (Some(c), Some(p)) if c < p => {}
-            // Same cursor time, or an event without one (it cannot move the cursor; remember
-            // its id at the current one so a resume skips it).
-            _ => self.ties.push(e.id.clone()),
-        }
-        self.last_id = Some(e.id.clone());
-        self.shipped += 1;
+        self.advance_at(e, 0);
+        self.resolve(std::slice::from_ref(e));
     }
 
     fn checkpoint(&self, resource_id: &str) -> Checkpoint {
