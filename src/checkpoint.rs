@@ -208,7 +208,7 @@ enum Command {
     Register {
         pipeline: String,
         sink: String,
-        entry: StateEntry,
+        entries: Vec<StateEntry>,
         reply: Reply<()>,
     },
     Forget {
@@ -475,13 +475,21 @@ impl Store {
         .await
     }
 
-    /// Insert a sink state entry now, unless its key exists.
-    pub async fn register(&self, pipeline: &str, sink: &str, entry: StateEntry) -> Result<(), StoreError> {
+    /// Insert sink state entries now, in one transaction, skipping each whose key exists.
+    pub async fn register(
+        &self,
+        pipeline: &str,
+        sink: &str,
+        entries: Vec<StateEntry>,
+    ) -> Result<(), StoreError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
         let (pipeline, sink) = (pipeline.to_string(), sink.to_string());
         self.ask(|reply| Command::Register {
             pipeline,
             sink,
-            entry,
+            entries,
             reply,
         })
         .await
@@ -757,9 +765,9 @@ struct SinkRegistry {
 
 #[async_trait::async_trait]
 impl StateRegistry for SinkRegistry {
-    async fn register(&self, entry: StateEntry) -> Result<(), SinkError> {
+    async fn register(&self, entries: Vec<StateEntry>) -> Result<(), SinkError> {
         self.store
-            .register(&self.pipeline, &self.sink, entry)
+            .register(&self.pipeline, &self.sink, entries)
             .await
             .map_err(store_to_sink)
     }
@@ -849,15 +857,21 @@ fn serve(mut conn: Connection, rx: std::sync::mpsc::Receiver<Command>, path: Pat
             Command::Register {
                 pipeline,
                 sink,
-                entry,
+                entries,
                 reply,
             } => {
-                let r = conn
-                    .execute(
-                        "INSERT OR IGNORE INTO sink_state (pipeline, sink, key, value) VALUES (?1, ?2, ?3, ?4)",
-                        params![pipeline, sink, entry.key, entry.value],
-                    )
-                    .map(|_| ());
+                let r = (|| {
+                    let tx = conn.transaction()?;
+                    {
+                        let mut stmt = tx.prepare_cached(
+                            "INSERT OR IGNORE INTO sink_state (pipeline, sink, key, value) VALUES (?1, ?2, ?3, ?4)",
+                        )?;
+                        for entry in &entries {
+                            stmt.execute(params![pipeline, sink, entry.key, entry.value])?;
+                        }
+                    }
+                    tx.commit()
+                })();
                 let _ = reply.send(r.map_err(wrap));
             }
             Command::Forget {
@@ -1006,10 +1020,10 @@ mod tests {
             .register(
                 "p",
                 "archive",
-                StateEntry {
+                vec![StateEntry {
                     key: "a.ndjson".into(),
                     value: 0,
-                },
+                }],
             )
             .await
             .unwrap();
@@ -1041,15 +1055,17 @@ mod tests {
             )
             .await
             .unwrap();
-        // Registering an existing key never moves its committed value.
+        // Registering an existing key never moves its committed value; the new keys registered
+        // with it in the same call are all inserted.
+        let entry = |key: &str, value: i64| StateEntry {
+            key: key.into(),
+            value,
+        };
         store
             .register(
                 "p",
                 "archive",
-                StateEntry {
-                    key: "a.ndjson".into(),
-                    value: 0,
-                },
+                vec![entry("b.ndjson", 5), entry("a.ndjson", 0), entry("c.ndjson", 7)],
             )
             .await
             .unwrap();
@@ -1057,12 +1073,11 @@ mod tests {
         let store = Store::open(&path).unwrap();
         assert_eq!(store.load("p", "live").await.unwrap().get("sb-1"), Some(&cp));
         assert!(store.load("p", "backfill:x").await.unwrap().is_empty());
+        let mut state = store.sink_state("p", "archive").await.unwrap();
+        state.sort_by(|a, b| a.key.cmp(&b.key));
         assert_eq!(
-            store.sink_state("p", "archive").await.unwrap(),
-            vec![StateEntry {
-                key: "a.ndjson".into(),
-                value: 99
-            }]
+            state,
+            vec![entry("a.ndjson", 99), entry("b.ndjson", 5), entry("c.ndjson", 7)]
         );
     }
 
@@ -1075,10 +1090,10 @@ mod tests {
                 .register(
                     "p",
                     "cold",
-                    StateEntry {
+                    vec![StateEntry {
                         key: key.into(),
                         value: 7,
-                    },
+                    }],
                 )
                 .await
                 .unwrap();

@@ -537,7 +537,7 @@ pub async fn run(p: &Pipeline, opts: RunOptions) -> Result<RunReport, PipelineEr
             .get(idx)
             .is_some_and(Option::is_some)
             .then(|| crate::manifest::Sealer::new(store.clone(), &p.name, &name));
-        let (tx, rx) = mpsc::channel::<Arc<Batch>>(4);
+        let (tx, rx) = mpsc::channel::<Arc<Batch>>(SINK_QUEUE_BATCHES);
         let route = p.routes.get(&name).cloned().unwrap_or_default();
         let stats = opts.progress.sink(&name);
         // A sink that skips the pipeline's transforms is handed the batch as received.
@@ -1215,6 +1215,13 @@ const MAX_UNCOMMITTED_BATCHES: usize = 4096;
 
 /// Most batches one flush covers: bounds memory held for a retry.
 const MAX_UNFLUSHED_BATCHES: usize = 64;
+
+/// Batches queued for a sink while it writes and flushes. Group commit gathers only what is
+/// queued, so this is how far one fsync is shared: with 4, the live benchmark's file sink
+/// flushed about 8,000 events per fsync round and was the bottleneck (330k events/s steady);
+/// with 32, rounds grow with the load (20,000–45,000 events) and the same run went 25% faster,
+/// for about 90 MB more at its peak (2,000-event batches of 560-byte events).
+const SINK_QUEUE_BATCHES: usize = 32;
 
 /// Write batches to one sink and acknowledge them once durable.
 ///

@@ -90,8 +90,10 @@ impl StateEntry {
 /// wrote is known and can be rolled back to its committed length.
 #[async_trait]
 pub trait StateRegistry: Send + Sync {
-    /// Commit `entry` for this sink now, unless an entry with the same key already exists.
-    async fn register(&self, entry: StateEntry) -> Result<(), SinkError>;
+    /// Commit `entries` for this sink now, in one transaction (one fsync however many: a sink
+    /// that opens a file for each of a thousand sandboxes registers them together), skipping
+    /// each whose key already exists.
+    async fn register(&self, entries: Vec<StateEntry>) -> Result<(), SinkError>;
 
     /// Delete this sink's entries with these keys (state the sink no longer needs).
     async fn forget(&self, keys: Vec<String>) -> Result<(), SinkError>;
@@ -459,10 +461,12 @@ pub mod testing {
 
     #[async_trait]
     impl StateRegistry for MemRegistry {
-        async fn register(&self, entry: StateEntry) -> Result<(), SinkError> {
+        async fn register(&self, new: Vec<StateEntry>) -> Result<(), SinkError> {
             let mut entries = self.0.lock().unwrap_or_else(|e| e.into_inner());
-            if !entries.iter().any(|e| e.key == entry.key) {
-                entries.push(entry);
+            for entry in new {
+                if !entries.iter().any(|e| e.key == entry.key) {
+                    entries.push(entry);
+                }
             }
             Ok(())
         }

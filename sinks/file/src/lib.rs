@@ -785,9 +785,8 @@ impl Sink for FileSink {
                 }
             }
         }
-        for entry in to_register {
-            self.ctx.registry.register(entry).await?;
-        }
+        // One transaction for all: a fleet's new day is a hundred new files, not a hundred fsyncs.
+        self.ctx.registry.register(to_register).await?;
         Ok(())
     }
 

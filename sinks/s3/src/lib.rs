@@ -443,7 +443,7 @@ impl S3Sink {
             key: format!("{PENDING}{key}"),
             value: chrono::Utc::now().timestamp_micros(),
         };
-        if let Err(e) = self.ctx.registry.register(entry).await {
+        if let Err(e) = self.ctx.registry.register(vec![entry]).await {
             let _ = std::fs::remove_file(&staging);
             return Err(e);
         }
