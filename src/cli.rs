@@ -438,8 +438,11 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 while let Some(item) = stream.next().await {
                     match item {
                         Ok(e) => writeln!(out, "{}", e.json())?,
-                        Err(e @ auditship::client::Error::Decode { .. }) => {
-                            tracing::warn!(error = %e, "skipping an element that is not an event")
+                        // An element that is not an event; any other error ends the listing.
+                        Err(auditship::client::Error::Decode { what, message, .. })
+                            if what == auditship::client::LIST_ELEMENT =>
+                        {
+                            tracing::warn!(error = %message, "skipping an element that is not an event")
                         }
                         Err(e) => return Err(e.into()),
                     }

@@ -862,7 +862,8 @@ pub async fn count_window(p: &Pipeline, w: &Window) -> Result<DryRun, PipelineEr
     }
     while let Some(joined) = sources.join_next().await {
         if let Ok(r) = joined {
-            if let SourceEnd::Fatal(e) = r.end {
+            // A count that stopped early would understate the window.
+            if let SourceEnd::Fatal(e) | SourceEnd::Unfinished(e) = r.end {
                 return Err(PipelineError::Source {
                     resource_id: r.resource_id.to_string(),
                     source: e,
@@ -1015,6 +1016,11 @@ fn record_source(report: &mut RunReport, r: source::SourceReport, fatal: &mut Op
             report
                 .stopped
                 .insert(r.resource_id.to_string(), "sandbox not found (deleted?)".into());
+        }
+        SourceEnd::Unfinished(e) => {
+            report
+                .stopped
+                .insert(r.resource_id.to_string(), format!("the listing stopped: {e}"));
         }
         SourceEnd::Fatal(e) => {
             report.stopped.insert(r.resource_id.to_string(), e.to_string());

@@ -99,7 +99,10 @@ pub async fn reconcile(
         while let Some(item) = stream.next().await {
             let e = match item {
                 Ok(e) => e,
-                Err(crate::client::Error::Decode { .. }) => continue,
+                // An element that is not an event; any other error ends the listing short.
+                Err(crate::client::Error::Decode { what, .. }) if what == crate::client::LIST_ELEMENT => {
+                    continue
+                }
                 Err(source) => {
                     return Err(PipelineError::Source {
                         resource_id: rid.clone(),

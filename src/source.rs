@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::client::{
-    ActiveTransport, AuditEvent, Client, Error, Filters, StartAt, Tail, TailOptions, TailStatus,
+    ActiveTransport, AuditEvent, Client, Error, Filters, StartAt, Tail, TailOptions, TailStatus, LIST_ELEMENT,
 };
 
 /// What a source sends to the pipeline.
@@ -69,6 +69,10 @@ pub enum SourceEnd {
     Deleted,
     /// A fatal error (a refused key, a rejected request).
     Fatal(Error),
+    /// A window source's listing stopped before the window's end: the API was still
+    /// unreachable after the client's retries, or a list response did not decode (it is
+    /// dead-lettered). What was shipped before is checkpointed; a rerun resumes there.
+    Unfinished(Error),
 }
 
 /// The result of one source task: how it ended and the transport it was on.
@@ -110,6 +114,8 @@ pub async fn run(
     };
     let mut seq: u64 = 0;
     let tail_status = input.status();
+    // A window's listing ends after any error but a bad element: that end is not the window's.
+    let window = matches!(input, Input::Window(_));
     // Items already at hand travel on together: one send per chunk, not per event.
     let mut chunks = input.into_stream().ready_chunks(CHUNK);
     let mut events: Vec<Event> = Vec::new();
@@ -123,6 +129,7 @@ pub async fn run(
             break SourceEnd::Finished;
         };
         let mut end = None;
+        let mut letter_then_end = None;
         for item in chunk {
             let letter = match item {
                 Ok(event) => {
@@ -142,6 +149,19 @@ pub async fn run(
                     });
                     continue;
                 }
+                Err(Error::Decode { what, message, raw }) if window && what != LIST_ELEMENT => {
+                    tracing::error!(resource_id = %resource_id, "{what} did not decode ({message}); the window is not finished (the response is dead-lettered)");
+                    letter_then_end = Some(DeadLetter {
+                        resource_id: resource_id.clone(),
+                        event_id: None,
+                        sink: None,
+                        transform: false,
+                        reason: format!("{what}: {message}"),
+                        raw: raw.clone(),
+                    });
+                    end = Some(SourceEnd::Unfinished(Error::Decode { what, message, raw }));
+                    break;
+                }
                 Err(Error::Decode { what, message, raw }) => DeadLetter {
                     resource_id: resource_id.clone(),
                     event_id: None,
@@ -155,8 +175,13 @@ pub async fn run(
                     end = Some(SourceEnd::Deleted);
                     break;
                 }
+                Err(e) if e.is_retryable() && window => {
+                    tracing::error!(resource_id = %resource_id, error = %e, "the listing gave up after its retries; the window is not finished");
+                    end = Some(SourceEnd::Unfinished(e));
+                    break;
+                }
                 Err(e) if e.is_retryable() => {
-                    // The stream retries inside; a retryable error here is informational.
+                    // The tail retries inside; a retryable error here is informational.
                     tracing::warn!(resource_id = %resource_id, error = %e, "source error; retrying");
                     continue;
                 }
@@ -185,6 +210,11 @@ pub async fn run(
                 .is_err()
         {
             break SourceEnd::Stopped;
+        }
+        if let Some(letter) = letter_then_end {
+            if tx.send(SourceMsg::DeadLetter(letter)).await.is_err() {
+                break SourceEnd::Stopped;
+            }
         }
         if let Some(end) = end {
             break end;

@@ -600,6 +600,9 @@ impl Page {
     }
 }
 
+/// The `what` of an [`Error::Decode`] for an element of a list page that is not an event.
+pub const LIST_ELEMENT: &str = "list element";
+
 /// Decode a list response: a bare array, or an object holding the array under the first of
 /// `data`, `events`, `audit`, `items`, with optional `next_cursor`/`has_more`.
 pub(crate) fn decode_page(buf: Bytes) -> Result<Page, Error> {
@@ -638,14 +641,14 @@ pub(crate) fn decode_page(buf: Bytes) -> Result<Page, Error> {
         match element {
             Element::Object(head, text) => {
                 let slice = buf.slice_ref(text);
-                match event_from_members(&slice, text, head, "list element") {
+                match event_from_members(&slice, text, head, LIST_ELEMENT) {
                     Ok(event) => page.events.push(event),
                     Err(e) => page.invalid.push(e),
                 }
             }
             Element::Invalid(text, why) => {
                 page.invalid
-                    .push(decode_error("list element", why, &buf.slice_ref(text)))
+                    .push(decode_error(LIST_ELEMENT, why, &buf.slice_ref(text)))
             }
         }
     }

@@ -44,7 +44,7 @@ use url::Url;
 use crate::secret::ApiKey;
 
 pub use error::Error;
-pub use event::{format_time, parse_time, AuditEvent, AuditFields, CursorText, Page};
+pub use event::{format_time, parse_time, AuditEvent, AuditFields, CursorText, Page, LIST_ELEMENT};
 pub use org::{OrgPoller, SocketGate};
 pub use ratelimit::RateLimiter;
 pub use tail::{ActiveTransport, Position, StartAt, Tail, TailOptions, TailStatus, Transport};
@@ -122,7 +122,8 @@ pub struct RetryPolicy {
 }
 
 impl Default for RetryPolicy {
-    /// Six attempts from 250 ms doubling to 30 s: about a minute of trying before giving up.
+    /// Six attempts, the backoff from 250 ms doubling (capped at 30 s): five waits of 4–8 s in
+    /// all before giving up.
     fn default() -> Self {
         RetryPolicy {
             max_attempts: Some(6),
@@ -967,6 +968,11 @@ impl SandboxAudit {
 
     /// Every event of this sandbox matching `filters` from `filters.since` on, each once, oldest
     /// first, following `next_cursor` when the server gives one and `since`-paging when not.
+    ///
+    /// An element of a page that is not an event comes as an `Err` ([`Error::Decode`] whose
+    /// `what` is [`LIST_ELEMENT`]) and the stream goes on. Any other `Err` (the API still
+    /// unreachable after the client's retries, a response that is not a list page, a refused
+    /// key) is the last item: the listing did not reach its end.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]

@@ -4,7 +4,9 @@ use std::time::{Duration, Instant};
 
 use auditship::sim::SimConfig;
 
-use crate::util::{assert_exactly_once, finish, kill_9_rounds, signal, sim, sim_lines, wait_for, Workspace};
+use crate::util::{
+    assert_exactly_once, finish, kill_9_rounds, signal, sim, sim_lines, wait_for, BrokenListServer, Workspace,
+};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_drains_and_exits_zero_and_a_restart_adds_nothing() {
@@ -270,6 +272,63 @@ async fn an_interrupted_backfill_exits_2_with_a_resume_hint() {
         "{}",
         out.stderr
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backfill_that_cannot_reach_the_api_exits_2_not_done() {
+    let ids = ["sb-unreached"];
+    let sim = sim(&ids, SimConfig::default()).await;
+    let ws = Workspace::new(&sim, &ids, "", "");
+    let key = sim.api_key().to_string();
+    // Nothing listens on the simulator's port any more.
+    drop(sim);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let out = ws.run(&key, &["backfill", "pipe.toml", "--since", "1d", "--job", "j1"]);
+    // The listing gives up after the client's retries (about 6 s). That is not a finished
+    // window: cron must see it fail, and the job must not be marked done.
+    assert_eq!(out.code, Some(2), "stderr: {}", out.stderr);
+    assert!(!out.stderr.contains(" done: "), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("sb-unreached: the listing stopped: could not reach the Miosa API"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr
+            .contains("resume with: auditship backfill pipe.toml --job j1"),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains(&key));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backfill_whose_list_response_does_not_decode_exits_2_and_keeps_the_response() {
+    let broken = BrokenListServer::start().await;
+    let ids = ["sb-broken"];
+    let sim = sim(&ids, SimConfig::default()).await;
+    let ws = Workspace::new(&sim, &ids, "", "");
+    ws.point_at(&sim.base_url(), &broken.base_url());
+    let key = sim.api_key().to_string();
+    let out = ws.run(&key, &["backfill", "pipe.toml", "--since", "1d"]);
+    assert!(broken.requests() >= 1);
+    assert_eq!(out.code, Some(2), "stderr: {}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("sb-broken: the listing stopped: could not decode list response"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("resume with:"), "{}", out.stderr);
+    // The response is kept, with why, for whoever looks into it.
+    let letters = std::fs::read_to_string(ws.path().join("state/dead-letter.ndjson")).unwrap();
+    let letter: serde_json::Value = serde_json::from_str(letters.lines().next().unwrap()).unwrap();
+    assert!(
+        letter["reason"].as_str().unwrap().starts_with("list response"),
+        "{letter}"
+    );
+    assert!(letters.contains("evt_1"), "{letters}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -90,3 +90,28 @@ when = { action = "reject" }
     assert_eq!(again.code, Some(0), "{}", again.stderr);
     assert!(again.stdout.contains("0 hour(s) differ"), "{}", again.stdout);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_list_response_that_does_not_decode_fails_the_reconcile_instead_of_shortening_the_api_side() {
+    let ids = ["sb-rb"];
+    let sim = sim(
+        &ids,
+        SimConfig {
+            backlog_per_sandbox: 50,
+            ..SimConfig::default()
+        },
+    )
+    .await;
+    let ws = Workspace::new(&sim, &ids, "", "");
+    let key = sim.api_key().to_string();
+    let out = ws.run(&key, &["backfill", "pipe.toml", "--since", "2d"]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let broken = crate::util::BrokenListServer::start().await;
+    ws.point_at(&sim.base_url(), &broken.base_url());
+    let out = ws.run(&key, &["reconcile", "pipe.toml", "--since", "2d"]);
+    assert!(broken.requests() >= 1);
+    // Before, the broken page was skipped like a bad element and the API side read as empty.
+    assert_ne!(out.code, Some(0), "stdout: {}\nstderr: {}", out.stdout, out.stderr);
+    assert!(out.stderr.contains("could not decode list response"), "{}", out.stderr);
+    assert!(!out.stdout.contains("events in the API"), "{}", out.stdout);
+}

@@ -96,6 +96,13 @@ max_events = {batch_max_events}
         }
     }
 
+    /// Point the pipeline at another API: `from` (a base URL in `pipe.toml`) becomes `to`.
+    pub fn point_at(&self, from: &str, to: &str) {
+        let text = std::fs::read_to_string(&self.pipeline).unwrap();
+        assert!(text.contains(from), "{from} is not in the pipeline");
+        std::fs::write(&self.pipeline, text.replace(from, to)).unwrap();
+    }
+
     /// Events committed by the checkpoint, all sandboxes of the live stream.
     pub fn committed_events(&self) -> i64 {
         let db = self.path().join("state/checkpoints.db");
@@ -358,3 +365,62 @@ type = "file"
 path = "{root}/siem.ndjson"
 when = { action = "reject" }
 "#;
+
+/// An HTTP server whose every response is a list page cut off mid-way (broken JSON): a list
+/// response that does not decode, for the paths that must not take it as the end of a listing.
+pub struct BrokenListServer {
+    addr: std::net::SocketAddr,
+    requests: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl BrokenListServer {
+    pub async fn start() -> BrokenListServer {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let requests = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = requests.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut conn, _)) = listener.accept().await else {
+                    return;
+                };
+                let counted = counted.clone();
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match conn.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let body = r#"{"data":[{"id":"evt_1","inserted_at":"2026-11-25T00:00:00Z"},{"id":"#;
+                    let response = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = conn.write_all(response.as_bytes()).await;
+                });
+            }
+        });
+        BrokenListServer { addr, requests, task }
+    }
+
+    pub fn base_url(&self) -> String {
+        format!("http://{}/api/v1", self.addr)
+    }
+
+    /// Requests answered so far.
+    pub fn requests(&self) -> usize {
+        self.requests.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for BrokenListServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
