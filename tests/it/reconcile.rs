@@ -111,7 +111,17 @@ async fn a_list_response_that_does_not_decode_fails_the_reconcile_instead_of_sho
     let out = ws.run(&key, &["reconcile", "pipe.toml", "--since", "2d"]);
     assert!(broken.requests() >= 1);
     // Before, the broken page was skipped like a bad element and the API side read as empty.
-    assert_ne!(out.code, Some(0), "stdout: {}\nstderr: {}", out.stdout, out.stderr);
-    assert!(out.stderr.contains("could not decode list response"), "{}", out.stderr);
+    assert_ne!(
+        out.code,
+        Some(0),
+        "stdout: {}\nstderr: {}",
+        out.stdout,
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("could not decode list response"),
+        "{}",
+        out.stderr
+    );
     assert!(!out.stdout.contains("events in the API"), "{}", out.stdout);
 }
