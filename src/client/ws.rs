@@ -242,7 +242,11 @@ mod tests {
     }
 
     impl AsyncRead for Fake {
-        fn poll_read(self: Pin<&mut Self>, _: &mut Context<'_>, out: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            out: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
             let this = self.get_mut();
             this.reads += 1;
             if this.waiting.is_empty() {
@@ -307,7 +311,10 @@ mod tests {
             assert_eq!(r.buf.capacity(), 0);
         }
         assert_eq!(got, sent);
-        assert_eq!(r.inner.reads, 100, "one read per arrival and one that finds nothing");
+        assert_eq!(
+            r.inner.reads, 100,
+            "one read per arrival and one that finds nothing"
+        );
     }
 
     #[test]
@@ -317,9 +324,11 @@ mod tests {
             reads: 0,
         });
         let (mut got, mut sent) = (Vec::new(), Vec::new());
-        for (i, size) in [4096, 1, 4095, 65_536, 65_537, 70_000, 3, 200_000, 4097, 0, 131_072]
-            .into_iter()
-            .enumerate()
+        for (i, size) in [
+            4096, 1, 4095, 65_536, 65_537, 70_000, 3, 200_000, 4097, 0, 131_072,
+        ]
+        .into_iter()
+        .enumerate()
         {
             let part = pattern(size, i);
             r.inner.waiting.extend(part.iter().copied());
