@@ -1222,6 +1222,11 @@ const MAX_UNCOMMITTED_BATCHES: usize = 4096;
 /// Most batches one flush covers: bounds memory held for a retry.
 const MAX_UNFLUSHED_BATCHES: usize = 64;
 
+/// Most batches one flush covers when the sink has transforms: with 33 (a full queue), the
+/// live benchmark's OCSF sink peaked at 554–682 MiB; the transforms' CPU, not the fsync,
+/// bounds such a sink, so sharing an fsync among more batches gains it nothing.
+const TRANSFORMING_MAX_BATCHES: usize = 4;
+
 /// Batches queued for a sink while it writes and flushes. Group commit gathers only what is
 /// queued, so this is how far one fsync is shared: with 4, the live benchmark's file sink
 /// flushed about 8,000 events per fsync round and was the bottleneck (330k events/s steady);
@@ -1269,7 +1274,14 @@ async fn sink_task(
         let closing = match next {
             Some(Some(b)) => {
                 fresh.push(b);
-                while fresh.len() < MAX_UNFLUSHED_BATCHES {
+                // A sink that transforms holds each batch twice (as received and transformed)
+                // and is bound by the transforms' CPU, not by fsyncs: it takes a few at a time.
+                let most = if chain.is_empty() {
+                    MAX_UNFLUSHED_BATCHES
+                } else {
+                    TRANSFORMING_MAX_BATCHES
+                };
+                while fresh.len() < most {
                     match rx.try_recv() {
                         Ok(b) => fresh.push(b),
                         Err(_) => break,

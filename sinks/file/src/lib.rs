@@ -36,6 +36,7 @@ use auditship_sink::{
     Batch, ManifestLine, ManifestPublisher, Precomputed, Sealed, Sink, SinkContext, SinkError, Spans,
     StateEntry, UnitCompression, MANIFEST_NAME,
 };
+use bytes::Bytes;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
@@ -112,6 +113,76 @@ pub fn append_ndjson(buf: &mut Vec<u8>, raw: &[u8]) {
     buf.push(b'\n');
 }
 
+/// Most lines one `writev` takes (each line is two slices: the event and its newline; Linux
+/// takes at most 1,024).
+const LINES_PER_WRITE: usize = 512;
+
+/// Append `lines` (events' bytes, each followed by a newline) to `file` with vectored writes,
+/// straight from the events' buffers, and feed the same bytes to `hasher`.
+fn write_lines(file: &mut File, lines: &[Bytes], mut hasher: Option<&mut Sha256>) -> std::io::Result<()> {
+    for group in lines.chunks(LINES_PER_WRITE) {
+        let mut slices: Vec<std::io::IoSlice<'_>> = Vec::with_capacity(group.len() * 2);
+        for line in group {
+            slices.push(std::io::IoSlice::new(line));
+            slices.push(std::io::IoSlice::new(b"\n"));
+            if let Some(h) = hasher.as_mut() {
+                h.update(line);
+                h.update(b"\n");
+            }
+        }
+        let mut rest: &mut [std::io::IoSlice<'_>] = &mut slices;
+        while !rest.is_empty() {
+            match file.write_vectored(rest) {
+                Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+                Ok(n) => std::io::IoSlice::advance_slices(&mut rest, n),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Encode `lines` (events' bytes, each followed by a newline) as one compressed unit, fed to the
+/// encoder line by line (no joined copy of the text). `compression` is gzip or zstd; `none`
+/// returns the text joined.
+pub fn encode_lines(
+    compression: Compression,
+    level: Option<u32>,
+    lines: &[Bytes],
+) -> Result<Vec<u8>, std::io::Error> {
+    let size: usize = lines.iter().map(|l| l.len() + 1).sum();
+    let feed = |w: &mut dyn std::io::Write| -> std::io::Result<()> {
+        for line in lines {
+            w.write_all(line)?;
+            w.write_all(b"\n")?;
+        }
+        Ok(())
+    };
+    match compression {
+        Compression::None => {
+            let mut out = Vec::with_capacity(size);
+            feed(&mut out)?;
+            Ok(out)
+        }
+        Compression::Gzip => {
+            let mut enc = flate2::write::GzEncoder::new(
+                Vec::with_capacity(size / 4),
+                flate2::Compression::new(level.unwrap_or(6)),
+            );
+            feed(&mut enc)?;
+            enc.finish()
+        }
+        Compression::Zstd => {
+            let mut enc =
+                zstd::stream::write::Encoder::new(Vec::with_capacity(size / 4), level.unwrap_or(3) as i32)?;
+            enc.set_pledged_src_size(Some(size as u64))?;
+            feed(&mut enc)?;
+            enc.finish()
+        }
+    }
+}
+
 /// Encode NDJSON text as one unit of a file: as is, or one gzip member / zstd frame that a
 /// reader can decode on its own (so a file truncated between units stays valid). `level`:
 /// gzip 0–9 (default 6), zstd 1–22 (default 3).
@@ -175,8 +246,9 @@ struct Slot {
     path: String,
     /// Bytes committed (or found on disk, for a file that predates the sink's state).
     durable_len: u64,
-    /// Uncompressed lines written since the last flush.
-    pending: Vec<u8>,
+    /// Lines written since the last flush: the events' own buffers (no copy; each line is
+    /// followed by a newline when written).
+    pending: Vec<Bytes>,
     file: Option<File>,
     opened_at: Instant,
     /// Monotonic counter of the last write, for closing the least recently used file.
@@ -436,15 +508,13 @@ impl Inner {
                 let Some(slot) = self.slots.get_mut(key) else {
                     continue;
                 };
-                // Plain NDJSON is written straight from the pending buffer, not copied first.
-                let compressed;
-                let encoded: &[u8] = match compression {
-                    Compression::None => &slot.pending,
-                    _ => {
-                        compressed = encode_unit(compression, level, &slot.pending)
-                            .map_err(|e| SinkError::io(format!("compressing for {}", slot.path), e))?;
-                        &compressed
-                    }
+                // Plain NDJSON is written straight from the events' buffers, not copied first.
+                let compressed = match compression {
+                    Compression::None => None,
+                    _ => Some(
+                        encode_lines(compression, level, &slot.pending)
+                            .map_err(|e| SinkError::io(format!("compressing for {}", slot.path), e))?,
+                    ),
                 };
                 if slot.file.is_none() {
                     let (file, created, len) = open_for_append(Path::new(&slot.path), slot.durable_len)?;
@@ -463,18 +533,28 @@ impl Inner {
                 let Some(file) = slot.file.as_mut() else {
                     continue;
                 };
-                file.write_all(encoded)
-                    .map_err(|e| SinkError::io(format!("writing {}", slot.path), e))?;
+                let mut hashed = slot.stretch.hasher.clone();
+                let written = match &compressed {
+                    Some(encoded) => {
+                        file.write_all(encoded)
+                            .map_err(|e| SinkError::io(format!("writing {}", slot.path), e))?;
+                        if let Some(h) = hashed.as_mut() {
+                            h.update(encoded);
+                        }
+                        encoded.len() as u64
+                    }
+                    None => {
+                        write_lines(file, &slot.pending, hashed.as_mut())
+                            .map_err(|e| SinkError::io(format!("writing {}", slot.path), e))?;
+                        slot.pending.iter().map(|l| l.len() as u64 + 1).sum()
+                    }
+                };
                 if slot.new_file {
                     if let Some(dir) = Path::new(&slot.path).parent() {
                         dirs_to_sync.push(dir.to_path_buf());
                     }
                 }
-                let hashed = slot.stretch.hasher.clone().map(|mut h| {
-                    h.update(encoded);
-                    h
-                });
-                new_lens.push((key.clone(), slot.durable_len + encoded.len() as u64, hashed));
+                new_lens.push((key.clone(), slot.durable_len + written, hashed));
             }
             let to_sync: Vec<(&File, &str, bool)> = chunk
                 .iter()
@@ -774,11 +854,7 @@ impl Sink for FileSink {
                     );
                 }
                 if let Some(slot) = inner.slots.get_mut(&*rendered) {
-                    let bytes: usize = run.iter().map(|e| e.raw.len() + 1).sum();
-                    slot.pending.reserve(bytes);
-                    for e in run {
-                        append_ndjson(&mut slot.pending, &e.raw);
-                    }
+                    slot.pending.extend(run.iter().map(|e| e.raw.clone()));
                     slot.pending_spans.add_run(run);
                     slot.last_write = clock;
                     slot.last_write_at = now;

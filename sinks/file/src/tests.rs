@@ -450,3 +450,50 @@ async fn manifests_are_written_per_directory_once_and_torn_lines_are_cut() {
         "{\"seq\":2}\n"
     );
 }
+
+/// Lines of many sizes, more than one `writev` takes.
+fn lines(n: usize) -> Vec<Bytes> {
+    (0..n)
+        .map(|i| Bytes::from(format!(r#"{{"id":"e{i}","pad":"{}"}}"#, "x".repeat(i % 700))))
+        .collect()
+}
+
+#[test]
+fn vectored_writes_put_every_line_in_order_and_hash_what_they_wrote() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.ndjson");
+    let mut file = File::create(&path).unwrap();
+    let lines = lines(3 * LINES_PER_WRITE + 17);
+    let mut hasher = Sha256::new();
+    write_lines(&mut file, &lines, Some(&mut hasher)).unwrap();
+    drop(file);
+    let written = std::fs::read(&path).unwrap();
+    let mut expected = Vec::new();
+    for l in &lines {
+        append_ndjson(&mut expected, l);
+    }
+    assert_eq!(written, expected);
+    let want: [u8; 32] = Sha256::digest(&expected).into();
+    let got: [u8; 32] = hasher.finalize().into();
+    assert_eq!(got, want);
+}
+
+#[test]
+fn lines_fed_to_an_encoder_decode_to_the_joined_text() {
+    let lines = lines(2_000);
+    let mut text = Vec::new();
+    for l in &lines {
+        append_ndjson(&mut text, l);
+    }
+    assert_eq!(encode_lines(Compression::None, None, &lines).unwrap(), text);
+    let gz = encode_lines(Compression::Gzip, None, &lines).unwrap();
+    let mut back = Vec::new();
+    flate2::read::GzDecoder::new(&gz[..])
+        .read_to_end(&mut back)
+        .unwrap();
+    assert_eq!(back, text);
+    let zst = encode_lines(Compression::Zstd, Some(5), &lines).unwrap();
+    assert_eq!(zstd::decode_all(&zst[..]).unwrap(), text);
+    // One unit each, as the joined text makes.
+    assert!(gz.len() < text.len() / 2 && zst.len() < text.len() / 2);
+}
