@@ -43,7 +43,8 @@ path = "{{root}}/archive/{{resource_id}}/{{date}}.ndjson{ext}"
 compression = "{compression}"
 rotate_max_bytes = {rotate}
 "#,
-        rotate = if compression == "none" { 12_000 } else { 4_000 },
+        // Compressed: a new file after every flush round, so each round is a unit.
+        rotate = if compression == "none" { 12_000 } else { 1 },
         ext = match compression {
             "gzip" => ".gz",
             "zstd" => ".zst",
@@ -53,7 +54,10 @@ rotate_max_bytes = {rotate}
     let ws = Workspace::with_tables(
         &sim,
         ids,
-        "requests_per_minute = 100000\npage_limit = 25",
+        // 120 a minute: a burst of 20 pages, then two a second. The pages after the burst come
+        // one by one, each its own flush round, so every sandbox gets several units (a sink
+        // takes every queued batch in one round, and the burst alone may make one unit each).
+        "requests_per_minute = 120\npage_limit = 25",
         25,
         &tables,
     );
