@@ -506,6 +506,22 @@ async fn a_plain_archive_verifies_and_every_tampering_is_named() {
     let out = ws.run(&key, &["verify", "no-such-dir"]);
     assert_eq!(out.code, Some(2), "{}{}", out.stdout, out.stderr);
     assert!(out.stderr.contains("no-such-dir"), "{}", out.stderr);
+
+    // An API whose list response does not decode cannot be compared with: exit 2, not a
+    // comparison against a listing cut short.
+    let broken = crate::util::BrokenListServer::start().await;
+    ws.point_at(&sim.base_url(), &broken.base_url());
+    let out = ws.run(
+        &key,
+        &["verify", "archive", "--pipeline", "pipe.toml", "--against-api"],
+    );
+    assert!(broken.requests() >= 1);
+    assert_eq!(out.code, Some(2), "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.stderr.contains("could not decode list response"),
+        "{}",
+        out.stderr
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
