@@ -332,6 +332,33 @@ async fn a_backfill_whose_list_response_does_not_decode_exits_2_and_keeps_the_re
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn list_all_stops_with_an_error_on_a_list_response_that_does_not_decode() {
+    let ids = ["sb-la"];
+    let sim = sim(&ids, SimConfig::default()).await;
+    let ws = Workspace::new(&sim, &ids, "", "");
+    let broken = BrokenListServer::start().await;
+    ws.point_at(&sim.base_url(), &broken.base_url());
+    let out = ws.run(
+        sim.api_key(),
+        &["list", "pipe.toml", "--sandbox", "sb-la", "--all"],
+    );
+    assert!(broken.requests() >= 1);
+    // Before, the broken page was skipped like a bad element and the listing ended "complete".
+    assert_eq!(
+        out.code,
+        Some(1),
+        "stdout: {}\nstderr: {}",
+        out.stdout,
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("could not decode list response"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_run_whose_every_sandbox_is_gone_exits_1_and_says_why() {
     let sim = sim(&["sb-exists"], SimConfig::default()).await;
     let ws = Workspace::new(&sim, &["sb-typo-1", "sb-typo-2"], "transport = \"poll\"", "");
