@@ -439,10 +439,8 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                     match item {
                         Ok(e) => writeln!(out, "{}", e.json())?,
                         // An element that is not an event; any other error ends the listing.
-                        Err(auditship::client::Error::Decode { what, message, .. })
-                            if what == auditship::client::LIST_ELEMENT =>
-                        {
-                            tracing::warn!(error = %message, "skipping an element that is not an event")
+                        Err(e) if e.is_list_element() => {
+                            tracing::warn!(error = %e, "skipping an element that is not an event")
                         }
                         Err(e) => return Err(e.into()),
                     }

@@ -11,8 +11,9 @@ use futures_util::StreamExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::client::LIST_ELEMENT;
 use crate::client::{
-    ActiveTransport, AuditEvent, Client, Error, Filters, StartAt, Tail, TailOptions, TailStatus, LIST_ELEMENT,
+    ActiveTransport, AuditEvent, Client, Error, Filters, StartAt, Tail, TailOptions, TailStatus,
 };
 
 /// What a source sends to the pipeline.
@@ -129,7 +130,6 @@ pub async fn run(
             break SourceEnd::Finished;
         };
         let mut end = None;
-        let mut letter_then_end = None;
         for item in chunk {
             let letter = match item {
                 Ok(event) => {
@@ -149,27 +149,27 @@ pub async fn run(
                     });
                     continue;
                 }
-                Err(Error::Decode { what, message, raw }) if window && what != LIST_ELEMENT => {
-                    tracing::error!(resource_id = %resource_id, "{what} did not decode ({message}); the window is not finished (the response is dead-lettered)");
-                    letter_then_end = Some(DeadLetter {
+                Err(Error::Decode { what, message, raw }) => {
+                    if window && what != LIST_ELEMENT {
+                        // A response that is not a list page: the listing stopped there (the
+                        // dead letter keeps the response, so the report's error need not).
+                        let e = Error::Decode {
+                            what: what.clone(),
+                            message: message.clone(),
+                            raw: None,
+                        };
+                        tracing::error!(resource_id = %resource_id, error = %e, "the window is not finished (the response is dead-lettered)");
+                        end = Some(SourceEnd::Unfinished(e));
+                    }
+                    DeadLetter {
                         resource_id: resource_id.clone(),
                         event_id: None,
                         sink: None,
                         transform: false,
                         reason: format!("{what}: {message}"),
-                        raw: raw.clone(),
-                    });
-                    end = Some(SourceEnd::Unfinished(Error::Decode { what, message, raw }));
-                    break;
+                        raw,
+                    }
                 }
-                Err(Error::Decode { what, message, raw }) => DeadLetter {
-                    resource_id: resource_id.clone(),
-                    event_id: None,
-                    sink: None,
-                    transform: false,
-                    reason: format!("{what}: {message}"),
-                    raw,
-                },
                 Err(Error::NotFound { .. }) => {
                     tracing::warn!(resource_id = %resource_id, "sandbox not found (deleted?); no longer following it, its checkpoint is kept");
                     end = Some(SourceEnd::Deleted);
@@ -202,6 +202,9 @@ pub async fn run(
             if tx.send(SourceMsg::DeadLetter(letter)).await.is_err() {
                 break 'read SourceEnd::Stopped;
             }
+            if end.is_some() {
+                break;
+            }
         }
         if !events.is_empty()
             && tx
@@ -210,11 +213,6 @@ pub async fn run(
                 .is_err()
         {
             break SourceEnd::Stopped;
-        }
-        if let Some(letter) = letter_then_end {
-            if tx.send(SourceMsg::DeadLetter(letter)).await.is_err() {
-                break SourceEnd::Stopped;
-            }
         }
         if let Some(end) = end {
             break end;

@@ -1090,9 +1090,7 @@ impl Report {
                 let e = match item {
                     Ok(e) => e,
                     // An element that is not an event; any other error ends the listing short.
-                    Err(crate::client::Error::Decode { what, .. }) if what == crate::client::LIST_ELEMENT => {
-                        continue
-                    }
+                    Err(e) if e.is_list_element() => continue,
                     Err(source) => {
                         return Err(crate::pipeline::PipelineError::Source {
                             resource_id: rid.clone(),

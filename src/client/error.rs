@@ -114,6 +114,12 @@ impl Error {
         }
     }
 
+    /// Whether this is one element of a list page that is not an event: a listing goes on past
+    /// it. Any other error a listing yields is its last item.
+    pub fn is_list_element(&self) -> bool {
+        matches!(self, Error::Decode { what, .. } if what == super::event::LIST_ELEMENT)
+    }
+
     /// Whether the same request can succeed if tried again later.
     pub fn is_retryable(&self) -> bool {
         matches!(

@@ -600,8 +600,9 @@ impl Page {
     }
 }
 
-/// The `what` of an [`Error::Decode`] for an element of a list page that is not an event.
-pub const LIST_ELEMENT: &str = "list element";
+/// The `what` of an [`Error::Decode`] for an element of a list page that is not an event (see
+/// [`Error::is_list_element`]).
+pub(crate) const LIST_ELEMENT: &str = "list element";
 
 /// Decode a list response: a bare array, or an object holding the array under the first of
 /// `data`, `events`, `audit`, `items`, with optional `next_cursor`/`has_more`.

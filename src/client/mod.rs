@@ -44,7 +44,8 @@ use url::Url;
 use crate::secret::ApiKey;
 
 pub use error::Error;
-pub use event::{format_time, parse_time, AuditEvent, AuditFields, CursorText, Page, LIST_ELEMENT};
+pub(crate) use event::LIST_ELEMENT;
+pub use event::{format_time, parse_time, AuditEvent, AuditFields, CursorText, Page};
 pub use org::{OrgPoller, SocketGate};
 pub use ratelimit::RateLimiter;
 pub use tail::{ActiveTransport, Position, StartAt, Tail, TailOptions, TailStatus, Transport};
@@ -969,8 +970,8 @@ impl SandboxAudit {
     /// Every event of this sandbox matching `filters` from `filters.since` on, each once, oldest
     /// first, following `next_cursor` when the server gives one and `since`-paging when not.
     ///
-    /// An element of a page that is not an event comes as an `Err` ([`Error::Decode`] whose
-    /// `what` is [`LIST_ELEMENT`]) and the stream goes on. Any other `Err` (the API still
+    /// An element of a page that is not an event comes as an `Err` for which
+    /// [`Error::is_list_element`] holds, and the stream goes on. Any other `Err` (the API still
     /// unreachable after the client's retries, a response that is not a list page, a refused
     /// key) is the last item: the listing did not reach its end.
     ///

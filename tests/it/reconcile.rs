@@ -110,10 +110,11 @@ async fn a_list_response_that_does_not_decode_fails_the_reconcile_instead_of_sho
     ws.point_at(&sim.base_url(), &broken.base_url());
     let out = ws.run(&key, &["reconcile", "pipe.toml", "--since", "2d"]);
     assert!(broken.requests() >= 1);
-    // Before, the broken page was skipped like a bad element and the API side read as empty.
-    assert_ne!(
+    // Before, the broken page was skipped like a bad element, the API side read as empty and
+    // the reconcile exited 0. A response that is not JSON is no passing fault: exit 1.
+    assert_eq!(
         out.code,
-        Some(0),
+        Some(1),
         "stdout: {}\nstderr: {}",
         out.stdout,
         out.stderr

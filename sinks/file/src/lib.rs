@@ -118,13 +118,16 @@ pub fn append_ndjson(buf: &mut Vec<u8>, raw: &[u8]) {
 const LINES_PER_WRITE: usize = 512;
 
 /// Append `lines` (events' bytes, each followed by a newline) to `file` with vectored writes,
-/// straight from the events' buffers, and feed the same bytes to `hasher`.
-fn write_lines(file: &mut File, lines: &[Bytes], mut hasher: Option<&mut Sha256>) -> std::io::Result<()> {
+/// straight from the events' buffers, and feed the same bytes to `hasher`. Returns the bytes
+/// written.
+fn write_lines(file: &mut File, lines: &[Bytes], mut hasher: Option<&mut Sha256>) -> std::io::Result<u64> {
+    let mut written = 0u64;
     for group in lines.chunks(LINES_PER_WRITE) {
         let mut slices: Vec<std::io::IoSlice<'_>> = Vec::with_capacity(group.len() * 2);
         for line in group {
             slices.push(std::io::IoSlice::new(line));
             slices.push(std::io::IoSlice::new(b"\n"));
+            written += line.len() as u64 + 1;
             if let Some(h) = hasher.as_mut() {
                 h.update(line);
                 h.update(b"\n");
@@ -140,25 +143,44 @@ fn write_lines(file: &mut File, lines: &[Bytes], mut hasher: Option<&mut Sha256>
             }
         }
     }
-    Ok(())
+    Ok(written)
 }
 
-/// Encode `lines` (events' bytes, each followed by a newline) as one compressed unit, fed to the
-/// encoder line by line (no joined copy of the text). `compression` is gzip or zstd; `none`
-/// returns the text joined.
+/// Encode `lines` (events' bytes, each followed by a newline) as one unit of a file, fed to the
+/// encoder line by line (no joined copy of the text); see [`encode_unit`].
 pub fn encode_lines(
     compression: Compression,
     level: Option<u32>,
     lines: &[Bytes],
 ) -> Result<Vec<u8>, std::io::Error> {
     let size: usize = lines.iter().map(|l| l.len() + 1).sum();
-    let feed = |w: &mut dyn std::io::Write| -> std::io::Result<()> {
+    encode(compression, level, size, |w| {
         for line in lines {
             w.write_all(line)?;
             w.write_all(b"\n")?;
         }
         Ok(())
-    };
+    })
+}
+
+/// Encode NDJSON text as one unit of a file: as is, or one gzip member / zstd frame that a
+/// reader can decode on its own (so a file truncated between units stays valid). `level`:
+/// gzip 0–9 (default 6), zstd 1–22 (default 3).
+pub fn encode_unit(
+    compression: Compression,
+    level: Option<u32>,
+    pending: &[u8],
+) -> Result<Vec<u8>, std::io::Error> {
+    encode(compression, level, pending.len(), |w| w.write_all(pending))
+}
+
+/// One unit of `size` bytes of text, which `feed` writes into the encoder.
+fn encode(
+    compression: Compression,
+    level: Option<u32>,
+    size: usize,
+    feed: impl FnOnce(&mut dyn std::io::Write) -> std::io::Result<()>,
+) -> Result<Vec<u8>, std::io::Error> {
     match compression {
         Compression::None => {
             let mut out = Vec::with_capacity(size);
@@ -179,32 +201,6 @@ pub fn encode_lines(
             enc.set_pledged_src_size(Some(size as u64))?;
             feed(&mut enc)?;
             enc.finish()
-        }
-    }
-}
-
-/// Encode NDJSON text as one unit of a file: as is, or one gzip member / zstd frame that a
-/// reader can decode on its own (so a file truncated between units stays valid). `level`:
-/// gzip 0–9 (default 6), zstd 1–22 (default 3).
-pub fn encode_unit(
-    compression: Compression,
-    level: Option<u32>,
-    pending: &[u8],
-) -> Result<Vec<u8>, std::io::Error> {
-    match compression {
-        Compression::None => Ok(pending.to_vec()),
-        Compression::Gzip => {
-            let level = level.unwrap_or(6);
-            let mut enc = flate2::write::GzEncoder::new(
-                Vec::with_capacity(pending.len() / 4),
-                flate2::Compression::new(level),
-            );
-            enc.write_all(pending)?;
-            enc.finish()
-        }
-        Compression::Zstd => {
-            let level = level.unwrap_or(3) as i32;
-            zstd::bulk::compress(pending, level)
         }
     }
 }
@@ -543,11 +539,8 @@ impl Inner {
                         }
                         encoded.len() as u64
                     }
-                    None => {
-                        write_lines(file, &slot.pending, hashed.as_mut())
-                            .map_err(|e| SinkError::io(format!("writing {}", slot.path), e))?;
-                        slot.pending.iter().map(|l| l.len() as u64 + 1).sum()
-                    }
+                    None => write_lines(file, &slot.pending, hashed.as_mut())
+                        .map_err(|e| SinkError::io(format!("writing {}", slot.path), e))?,
                 };
                 if slot.new_file {
                     if let Some(dir) = Path::new(&slot.path).parent() {

@@ -465,9 +465,10 @@ fn vectored_writes_put_every_line_in_order_and_hash_what_they_wrote() {
     let mut file = File::create(&path).unwrap();
     let lines = lines(3 * LINES_PER_WRITE + 17);
     let mut hasher = Sha256::new();
-    write_lines(&mut file, &lines, Some(&mut hasher)).unwrap();
+    let n = write_lines(&mut file, &lines, Some(&mut hasher)).unwrap();
     drop(file);
     let written = std::fs::read(&path).unwrap();
+    assert_eq!(n, written.len() as u64);
     let mut expected = Vec::new();
     for l in &lines {
         append_ndjson(&mut expected, l);
