@@ -479,6 +479,19 @@ fn as_text(raw: &[u8]) -> &str {
     std::str::from_utf8(raw).unwrap_or("")
 }
 
+/// [`as_text`] for a member of an object the scan found all ASCII (`ascii`), without checking
+/// UTF-8 again: every event passes here, several members each.
+fn member_text(raw: &[u8], ascii: bool) -> &str {
+    if ascii {
+        debug_assert!(raw.is_ascii());
+        // SAFETY: the scan flags any byte of the object at or above 0x80 (`non_ascii`), so
+        // every byte of `raw`, a slice of that object, is ASCII, and ASCII is valid UTF-8.
+        unsafe { std::str::from_utf8_unchecked(raw) }
+    } else {
+        as_text(raw)
+    }
+}
+
 /// Decode an event out of `buf` (a frame, a `get` body, or a list element sliced from a page).
 pub(crate) fn decode_event(buf: Bytes, what: &str) -> Result<AuditEvent, Error> {
     let trimmed = buf.trim_ascii();
@@ -526,19 +539,21 @@ fn event_from_members(
             (inner, inner_head)
         }
     };
+    let ascii = !head.non_ascii;
+    let text = |raw| member_text(raw, ascii);
     let id = match head.id {
-        Some(raw) => raw_id(as_text(raw)).map_err(|m| fail(m, buf))?,
+        Some(raw) => raw_id(text(raw)).map_err(|m| fail(m, buf))?,
         None => return Err(fail("object has no `id`".into(), buf)),
     };
-    let inserted = raw_time(head.inserted_at.map(as_text));
-    let stamped = raw_time(head.timestamp.map(as_text));
+    let inserted = raw_time(head.inserted_at.map(text));
+    let stamped = raw_time(head.timestamp.map(text));
     let cursor_raw = if inserted.is_some() {
         head.inserted_at
     } else {
         head.timestamp
     };
-    let cursor_span = cursor_raw.and_then(|r| string_span(object, as_text(r)));
-    let resource_span = head.resource_id.and_then(|r| string_span(object, as_text(r)));
+    let cursor_span = cursor_raw.and_then(|r| string_span(object, text(r)));
+    let resource_span = head.resource_id.and_then(|r| string_span(object, text(r)));
     let raw = if memchr::memchr2(b'\n', b'\r', object).is_some() {
         Bytes::from(
             object

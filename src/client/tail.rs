@@ -562,38 +562,25 @@ pub(crate) fn list_from(
     let seen = Seen::new(&start, Duration::from_secs(300));
     let pager = Pager::new(filters, page_limit);
     let policy = client.retry_policy().clone();
-    let state = (
-        client,
-        pager,
-        seen,
-        VecDeque::<Result<AuditEvent, Error>>::new(),
-        policy,
-        false,
-    );
-    futures_util::stream::unfold(
-        state,
-        |(client, mut pager, mut seen, mut queue, policy, mut done)| async move {
-            loop {
-                if let Some(item) = queue.pop_front() {
-                    return Some((item, (client, pager, seen, queue, policy, done)));
-                }
-                if done {
-                    return None;
-                }
-                match pager.next(&client, &mut seen, &policy).await {
-                    Ok(Some(step)) => {
-                        queue.extend(step.invalid.into_iter().map(Err));
-                        queue.extend(step.events.into_iter().map(Ok));
-                    }
-                    Ok(None) => done = true,
-                    Err(e) => {
-                        done = true;
-                        queue.push_back(Err(e));
-                    }
-                }
+    // A page at a time, then flattened: an `unfold` per event moved its whole state (client,
+    // pager, ids seen) into a new future for every event it yielded (5 copies per event in
+    // callgrind); per page, that cost is shared by up to a hundred events.
+    futures_util::stream::unfold(Some((client, pager, seen, policy)), |state| async move {
+        let (client, mut pager, mut seen, policy) = state?;
+        let mut items: Vec<Result<AuditEvent, Error>> = Vec::new();
+        match pager.next(&client, &mut seen, &policy).await {
+            Ok(Some(step)) => {
+                items.reserve(step.invalid.len() + step.events.len());
+                items.extend(step.invalid.into_iter().map(Err));
+                items.extend(step.events.into_iter().map(Ok));
+                Some((items, Some((client, pager, seen, policy))))
             }
-        },
-    )
+            Ok(None) => None,
+            // The error is the listing's last item.
+            Err(e) => Some((vec![Err(e)], None)),
+        }
+    })
+    .flat_map(futures_util::stream::iter)
 }
 
 /// Whether `event` belongs to the resource asked for. A server that ignored the `resource_id`
