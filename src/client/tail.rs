@@ -253,9 +253,10 @@ impl Drop for Tail {
 /// time seen.
 pub(crate) struct Seen {
     ids: HashMap<Arc<str>, i64, foldhash::fast::RandomState>,
-    /// Ids newer than every id before them, in arrival (so cursor) order: they cannot be
-    /// repeats, so they are only hashed into `ids` when a lookup comes (an overlap). A live
-    /// socket's steady stream never hashes.
+    /// Ids newer than every id before them, in arrival (so strictly rising cursor) order: they
+    /// cannot be repeats, and a repeat of one is found by its cursor time (a binary search), so
+    /// they are hashed into `ids` only once cursor times are mixed. A live socket's steady
+    /// stream, and the overlaps of its catch-ups and sweep, never hash it.
     log: VecDeque<(i64, Arc<str>)>,
     /// Whether an event's cursor time was not `inserted_at`. The same event could then carry
     /// two cursor times (a frame without `inserted_at`, its list copy with it), and "newer than
@@ -313,8 +314,19 @@ impl Seen {
             // own: this one is new.
             self.log.push_back((cursor, event.id_arc().clone()));
         } else {
-            for (c, id) in self.log.drain(..) {
-                self.ids.insert(id, c);
+            if self.mixed_cursors {
+                // A copy may carry another cursor time than the logged one: look up by id.
+                for (c, id) in self.log.drain(..) {
+                    self.ids.insert(id, c);
+                }
+            } else if let Ok(k) = self.log.binary_search_by_key(&cursor, |(c, _)| *c) {
+                // The log holds one id per cursor time (each newer than the last), and a repeat
+                // carries its first copy's cursor time: only that entry can be it. Before, the
+                // whole log was hashed here, which a sweep's single page made the cost of
+                // hashing every event of a busy socket.
+                if self.log[k].1 == *event.id_arc() {
+                    return false;
+                }
             }
             // One hash and probe (a repeat is rare: only overlaps repeat).
             match self.ids.entry(event.id_arc().clone()) {
@@ -1223,9 +1235,15 @@ mod tests {
         }
         assert_eq!((seen.log.len(), seen.ids.len()), (10, 0));
         assert_eq!(seen.since().as_deref(), Some(at(9).as_str()));
-        // A repeat (at its own, older cursor time) is found; the log was hashed for it.
+        // A repeat (at its own, older cursor time) is found in the log, which stays a log.
         assert!(!seen.insert(&event("e3", Some(&at(3)), None)));
-        assert_eq!((seen.log.len(), seen.ids.len()), (0, 10));
+        assert_eq!((seen.log.len(), seen.ids.len()), (10, 0));
+        // So are the oldest and the newest logged; a new id at a logged time is new, once.
+        assert!(!seen.insert(&event("e0", Some(&at(0)), None)));
+        assert!(!seen.insert(&event("e9", Some(&at(9)), None)));
+        assert!(seen.insert(&event("e3b", Some(&at(3)), None)));
+        assert!(!seen.insert(&event("e3b", Some(&at(3)), None)));
+        assert_eq!((seen.log.len(), seen.ids.len()), (10, 1));
         // A repeat of the newest (same cursor time) too, and a new id at that time is new.
         assert!(seen.insert(&event("e10", Some(&at(10)), None)));
         assert!(!seen.insert(&event("e10", Some(&at(10)), None)));
