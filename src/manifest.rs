@@ -758,20 +758,21 @@ mod tests {
 
     #[test]
     fn compressed_units_are_hashed_as_stored_and_read_member_by_member() {
-        let a = format!("{}\n", line("a", "sb", "2026-11-25T10:00:00Z"));
-        let b = format!("{}\n", line("b", "sb", "2026-11-25T10:00:01Z"));
+        let a = line("a", "sb", "2026-11-25T10:00:00Z");
+        let b = line("b", "sb", "2026-11-25T10:00:01Z");
         for (c, fc) in [
             (UnitCompression::Gzip, auditship_sink_file::Compression::Gzip),
             (UnitCompression::Zstd, auditship_sink_file::Compression::Zstd),
         ] {
             let mut bytes = Vec::new();
             for part in [&a, &b] {
-                bytes.extend(auditship_sink_file::encode_unit(fc, None, part.as_bytes()).unwrap());
+                let part = Bytes::from(part.clone());
+                bytes.extend(auditship_sink_file::encode_lines(fc, None, &[part]).unwrap());
             }
             assert_eq!(sniff(&bytes), c);
             let mut text = Vec::new();
             let (hash, len) = read_unit(&bytes[..], c, |chunk| text.extend_from_slice(&chunk)).unwrap();
-            assert_eq!(text, format!("{a}{b}").into_bytes());
+            assert_eq!(text, format!("{a}\n{b}\n").into_bytes());
             assert_eq!((hash, len), (sha256_hex(&bytes), bytes.len() as u64));
             let s = Stretch::read("u", 0, &bytes[..], c).unwrap();
             assert_eq!(

@@ -106,13 +106,6 @@ impl Compression {
     }
 }
 
-/// Append one event to an NDJSON buffer: its bytes as received, then a newline (the source
-/// made sure an event holds no raw newline).
-pub fn append_ndjson(buf: &mut Vec<u8>, raw: &[u8]) {
-    buf.extend_from_slice(raw);
-    buf.push(b'\n');
-}
-
 /// Most lines one `writev` takes (each line is two slices: the event and its newline; Linux
 /// takes at most 1,024).
 const LINES_PER_WRITE: usize = 512;
@@ -146,41 +139,33 @@ fn write_lines(file: &mut File, lines: &[Bytes], mut hasher: Option<&mut Sha256>
     Ok(written)
 }
 
-/// Encode `lines` (events' bytes, each followed by a newline) as one unit of a file, fed to the
-/// encoder line by line (no joined copy of the text); see [`encode_unit`].
+/// How much text a compressor is handed at a time.
+const ENCODER_CHUNK_BYTES: usize = 64 * 1024;
+
+/// Encode `lines` (events' bytes, each followed by a newline) as one unit of a file: as is, or
+/// one gzip member / zstd frame that a reader can decode on its own (so a file truncated
+/// between units stays valid). The encoder is fed line by line, from the events' own buffers.
+/// `level`: gzip 0–9 (default 6), zstd 1–22 (default 3).
 pub fn encode_lines(
     compression: Compression,
     level: Option<u32>,
     lines: &[Bytes],
 ) -> Result<Vec<u8>, std::io::Error> {
     let size: usize = lines.iter().map(|l| l.len() + 1).sum();
-    encode(compression, level, size, |w| {
+    let feed = |w: &mut dyn std::io::Write| -> std::io::Result<()> {
         for line in lines {
             w.write_all(line)?;
             w.write_all(b"\n")?;
         }
         Ok(())
-    })
-}
-
-/// Encode NDJSON text as one unit of a file: as is, or one gzip member / zstd frame that a
-/// reader can decode on its own (so a file truncated between units stays valid). `level`:
-/// gzip 0–9 (default 6), zstd 1–22 (default 3).
-pub fn encode_unit(
-    compression: Compression,
-    level: Option<u32>,
-    pending: &[u8],
-) -> Result<Vec<u8>, std::io::Error> {
-    encode(compression, level, pending.len(), |w| w.write_all(pending))
-}
-
-/// One unit of `size` bytes of text, which `feed` writes into the encoder.
-fn encode(
-    compression: Compression,
-    level: Option<u32>,
-    size: usize,
-    feed: impl FnOnce(&mut dyn std::io::Write) -> std::io::Result<()>,
-) -> Result<Vec<u8>, std::io::Error> {
+    };
+    // A compressor pays a call per write: fed two writes per line, 1,000 simulator events took
+    // gzip 2.52 ms and zstd 0.255 ms; through a 64 KiB buffer, 1.81 and 0.237 (`hot_paths`).
+    let buffered = |w: &mut dyn std::io::Write| -> std::io::Result<()> {
+        let mut w = std::io::BufWriter::with_capacity(ENCODER_CHUNK_BYTES, w);
+        feed(&mut w)?;
+        w.flush()
+    };
     match compression {
         Compression::None => {
             let mut out = Vec::with_capacity(size);
@@ -192,14 +177,14 @@ fn encode(
                 Vec::with_capacity(size / 4),
                 flate2::Compression::new(level.unwrap_or(6)),
             );
-            feed(&mut enc)?;
+            buffered(&mut enc)?;
             enc.finish()
         }
         Compression::Zstd => {
             let mut enc =
                 zstd::stream::write::Encoder::new(Vec::with_capacity(size / 4), level.unwrap_or(3) as i32)?;
             enc.set_pledged_src_size(Some(size as u64))?;
-            feed(&mut enc)?;
+            buffered(&mut enc)?;
             enc.finish()
         }
     }

@@ -458,6 +458,16 @@ fn lines(n: usize) -> Vec<Bytes> {
         .collect()
 }
 
+/// `lines` as one NDJSON text.
+fn joined(lines: &[Bytes]) -> Vec<u8> {
+    lines
+        .iter()
+        .flat_map(|l| [&l[..], b"\n"])
+        .flatten()
+        .copied()
+        .collect()
+}
+
 #[test]
 fn vectored_writes_put_every_line_in_order_and_hash_what_they_wrote() {
     let dir = tempfile::tempdir().unwrap();
@@ -469,10 +479,7 @@ fn vectored_writes_put_every_line_in_order_and_hash_what_they_wrote() {
     drop(file);
     let written = std::fs::read(&path).unwrap();
     assert_eq!(n, written.len() as u64);
-    let mut expected = Vec::new();
-    for l in &lines {
-        append_ndjson(&mut expected, l);
-    }
+    let expected = joined(&lines);
     assert_eq!(written, expected);
     let want: [u8; 32] = Sha256::digest(&expected).into();
     let got: [u8; 32] = hasher.finalize().into();
@@ -482,10 +489,7 @@ fn vectored_writes_put_every_line_in_order_and_hash_what_they_wrote() {
 #[test]
 fn lines_fed_to_an_encoder_decode_to_the_joined_text() {
     let lines = lines(2_000);
-    let mut text = Vec::new();
-    for l in &lines {
-        append_ndjson(&mut text, l);
-    }
+    let text = joined(&lines);
     assert_eq!(encode_lines(Compression::None, None, &lines).unwrap(), text);
     let gz = encode_lines(Compression::Gzip, None, &lines).unwrap();
     let mut back = Vec::new();
