@@ -370,7 +370,7 @@ struct Inner {
     retry: RetryPolicy,
     connect_timeout: Duration,
     /// The socket's TLS configuration, when a CA file or `danger_accept_invalid_certs` changes
-    /// it from tungstenite's default (the public web roots).
+    /// it from the default (the public web roots).
     socket_tls: Option<Arc<rustls::ClientConfig>>,
     /// Socket handshakes in progress at once, per client.
     handshakes: tokio::sync::Semaphore,

@@ -24,13 +24,13 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::{FutureExt, SinkExt, Stream, StreamExt};
+use futures_util::{FutureExt, Stream, StreamExt};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::Message;
 
 use super::event::decode_event;
+use super::ws::Message;
 use super::{
     format_time, parse_time, ws, AuditEvent, Backoff, Client, CursorText, Error, Filters, RetryPolicy,
 };
@@ -640,10 +640,8 @@ fn observe_first(first: &FirstFrame, msg: &Message) {
     if first.get().is_some() {
         return;
     }
-    match msg {
-        Message::Text(t) => first.observe(&Bytes::from(t.clone())),
-        Message::Binary(b) => first.observe(b),
-        _ => {}
+    if let Message::Data(b) = msg {
+        first.observe(b);
     }
 }
 
@@ -651,8 +649,8 @@ fn observe_first(first: &FirstFrame, msg: &Message) {
 const SWEEP_AFTER: Duration = Duration::from_secs(2);
 
 /// Whether a socket error is a frame or message over the 1 MiB cap.
-fn is_oversized(e: &tokio_tungstenite::tungstenite::Error) -> bool {
-    matches!(e, tokio_tungstenite::tungstenite::Error::Capacity(_))
+fn is_oversized(e: &ws::WsError) -> bool {
+    e.is_oversized()
 }
 
 /// The dead letter for a frame over the cap: its bytes were never read, so there is no payload;
@@ -1113,7 +1111,7 @@ impl TailTask {
                     }
                     pinged = true;
                     idle.as_mut().reset(Instant::now() + ping_after);
-                    if let Err(e) = socket.send(Message::Ping(Bytes::new())).await {
+                    if let Err(e) = socket.ping().await {
                         let reason = self.client.key().redact(&e.to_string());
                         return SocketEnd::Dropped { reason, worked };
                     }
@@ -1129,7 +1127,7 @@ impl TailTask {
                     continue;
                 }
                 _ = self.tx.closed() => {
-                    let _ = socket.close(None).await;
+                    let _ = socket.close().await;
                     return SocketEnd::Gone;
                 }
             };
@@ -1151,13 +1149,13 @@ impl TailTask {
     /// Handle what the socket yielded; `Err` ends the socket.
     async fn on_frame(
         &mut self,
-        frame: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>,
+        frame: Option<Result<Message, ws::WsError>>,
         first: &FirstFrame,
         worked: &mut bool,
     ) -> Result<(), SocketEnd> {
         let reason = match frame {
             Some(Ok(msg)) => {
-                *worked |= matches!(msg, Message::Text(_) | Message::Binary(_));
+                *worked |= matches!(msg, Message::Data(_));
                 observe_first(first, &msg);
                 match self.on_message(msg).await {
                     Ok(None) => return Ok(()),
@@ -1182,16 +1180,15 @@ impl TailTask {
     /// Handle one socket message. `Ok(Some(reason))` means the socket is closing.
     async fn on_message(&mut self, msg: Message) -> Result<Option<String>, Gone> {
         let payload: Bytes = match msg {
-            Message::Text(t) => Bytes::from(t),
-            Message::Binary(b) => b,
+            Message::Data(b) => b,
             Message::Close(frame) => {
                 let reason = match frame {
-                    Some(f) => format!("closed by the server ({} {})", u16::from(f.code), f.reason),
+                    Some((code, reason)) => format!("closed by the server ({code} {reason})"),
                     None => "closed by the server".into(),
                 };
                 return Ok(Some(reason));
             }
-            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => return Ok(None),
+            Message::Ping | Message::Pong => return Ok(None),
         };
         crate::metrics::FRAMES_RECEIVED.inc();
         match decode_event(payload, "socket frame") {

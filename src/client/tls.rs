@@ -25,7 +25,7 @@ pub struct TlsOptions {
 pub(crate) struct Built {
     /// The CAs of `ca_file`, DER.
     pub extra_roots: Vec<CertificateDer<'static>>,
-    /// The socket's TLS configuration when it differs from tungstenite's default.
+    /// The socket's TLS configuration when it differs from the default (the public web roots).
     pub socket: Option<Arc<rustls::ClientConfig>>,
 }
 
