@@ -564,7 +564,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Stream for WsStream<S> {
                 State::Ended => return Poll::Ready(None),
             }
             let needed = match this.parse() {
-                Ok(Ok(message)) => return Poll::Ready(Some(Ok(message))),
+                Ok(Ok(message)) => {
+                    if matches!(message, Message::Close(_)) {
+                        // The caller usually drops the socket on a close: answer it now.
+                        let _ = this.poll_write_out(cx);
+                    }
+                    return Poll::Ready(Some(Ok(message)));
+                }
                 Ok(Err(needed)) => needed,
                 Err(e) => {
                     this.fail(match e {
@@ -847,6 +853,23 @@ mod tests {
                 "{what}"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn a_close_is_answered_even_if_the_socket_is_dropped_at_once() {
+        let (mut ws, mut server) = pair();
+        server
+            .write_all(&frame(true, OP_CLOSE, &[0x03, 0xe9]))
+            .await
+            .unwrap();
+        assert_eq!(
+            ws.next().await.unwrap().unwrap(),
+            Message::Close(Some((1001, String::new())))
+        );
+        drop(ws);
+        let mut back = Vec::new();
+        server.read_to_end(&mut back).await.unwrap();
+        assert_eq!(client_frames(&back), vec![(OP_CLOSE, vec![0x03, 0xe9])]);
     }
 
     #[tokio::test]
