@@ -369,9 +369,8 @@ struct Inner {
     limiter: Arc<RateLimiter>,
     retry: RetryPolicy,
     connect_timeout: Duration,
-    /// The socket's TLS configuration, when a CA file or `danger_accept_invalid_certs` changes
-    /// it from the default (the public web roots).
-    socket_tls: Option<Arc<rustls::ClientConfig>>,
+    /// The socket's TLS configuration (see [`tls::TlsOptions`]).
+    socket_tls: Arc<rustls::ClientConfig>,
     /// Socket handshakes in progress at once, per client.
     handshakes: tokio::sync::Semaphore,
 }

@@ -648,11 +648,6 @@ fn observe_first(first: &FirstFrame, msg: &Message) {
 /// How long into the live phase the one-time sweep runs (see `follow_socket`).
 const SWEEP_AFTER: Duration = Duration::from_secs(2);
 
-/// Whether a socket error is a frame or message over the 1 MiB cap.
-fn is_oversized(e: &ws::WsError) -> bool {
-    e.is_oversized()
-}
-
 /// The dead letter for a frame over the cap: its bytes were never read, so there is no payload;
 /// the socket closes and the catch-up after the reconnect fetches the event, if it was one,
 /// through the list endpoint.
@@ -1023,7 +1018,7 @@ impl TailTask {
                             }
                         }
                         Some(Err(e)) => {
-                            oversized |= is_oversized(&e);
+                            oversized |= e.is_oversized();
                             socket_failed = Some(key.redact(&e.to_string()));
                         }
                         None => socket_failed = Some("closed by the server".into()),
@@ -1164,7 +1159,7 @@ impl TailTask {
                 }
             }
             Some(Err(e)) => {
-                if is_oversized(&e) && self.send(Err(oversized_frame())).await.is_err() {
+                if e.is_oversized() && self.send(Err(oversized_frame())).await.is_err() {
                     return Err(SocketEnd::Gone);
                 }
                 self.client.key().redact(&e.to_string())

@@ -25,8 +25,9 @@ pub struct TlsOptions {
 pub(crate) struct Built {
     /// The CAs of `ca_file`, DER.
     pub extra_roots: Vec<CertificateDer<'static>>,
-    /// The socket's TLS configuration when it differs from the default (the public web roots).
-    pub socket: Option<Arc<rustls::ClientConfig>>,
+    /// The socket's TLS configuration (`wss://`): the public web roots, plus `ca_file`'s CAs, or
+    /// no verification when asked.
+    pub socket: Arc<rustls::ClientConfig>,
 }
 
 impl TlsOptions {
@@ -36,12 +37,6 @@ impl TlsOptions {
             Some(path) => read_cas(path)?,
             None => Vec::new(),
         };
-        if extra_roots.is_empty() && !self.insecure_skip_verify {
-            return Ok(Built {
-                extra_roots,
-                socket: None,
-            });
-        }
         crate::install_crypto_provider();
         let mut config = if self.insecure_skip_verify {
             rustls::ClientConfig::builder()
@@ -63,7 +58,7 @@ impl TlsOptions {
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(Built {
             extra_roots,
-            socket: Some(Arc::new(config)),
+            socket: Arc::new(config),
         })
     }
 }

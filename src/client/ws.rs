@@ -16,7 +16,6 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::{Arc, OnceLock};
 use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -112,7 +111,7 @@ pub(crate) async fn connect(client: &Client, resource_id: &str) -> Result<Socket
     let _turn = client.inner.handshakes.acquire().await;
     let host = url.host_str().unwrap_or_default().to_string();
     let port = url.port_or_known_default().unwrap_or(80);
-    let tls_config = tls.then(|| client.inner.socket_tls.clone().unwrap_or_else(default_tls));
+    let tls_config = tls.then(|| client.inner.socket_tls.clone());
     let connecting = async move {
         let bare = host.trim_start_matches('[').trim_end_matches(']');
         let tcp = TcpStream::connect((bare, port)).await.map_err(Handshake::Io)?;
@@ -157,24 +156,6 @@ pub(crate) async fn connect(client: &Client, resource_id: &str) -> Result<Socket
         )),
         Ok(Ok(socket)) => Ok(socket),
     }
-}
-
-/// The TLS configuration of a `wss://` socket when the client has none of its own: the public
-/// web roots.
-fn default_tls() -> Arc<rustls::ClientConfig> {
-    static CONFIG: OnceLock<Arc<rustls::ClientConfig>> = OnceLock::new();
-    CONFIG
-        .get_or_init(|| {
-            crate::install_crypto_provider();
-            let mut roots = rustls::RootCertStore::empty();
-            roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-            let mut config = rustls::ClientConfig::builder()
-                .with_root_certificates(roots)
-                .with_no_client_auth();
-            config.alpn_protocols = vec![b"http/1.1".to_vec()];
-            Arc::new(config)
-        })
-        .clone()
 }
 
 /// Why an upgrade failed.
@@ -227,7 +208,12 @@ async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
     let mut response = httparse::Response::new(&mut headers);
     match response.parse(&buf[..head_len]) {
         Ok(httparse::Status::Complete(_)) => {}
-        Ok(httparse::Status::Partial) => unreachable!("the head ends with a blank line"),
+        // Not reached: the head ends with its blank line.
+        Ok(httparse::Status::Partial) => {
+            return Err(Handshake::Invalid(
+                "the upgrade response's head is cut short".into(),
+            ))
+        }
         Err(e) => {
             return Err(Handshake::Invalid(format!(
                 "the upgrade response is not HTTP: {e}"
