@@ -152,7 +152,12 @@ async fn source_case(
         &refs(&names),
         SimConfig {
             backlog_per_sandbox: backlog as usize,
-            live_rate_per_sec: if p.full { 400.0 } else { 300.0 },
+            // A case may slow the live phase down to stretch it (see `all`).
+            live_rate_per_sec: match config.live_rate_per_sec {
+                r if r > 0.0 => r,
+                _ if p.full => 400.0,
+                _ => 300.0,
+            },
             live_events_per_sandbox: Some(per - backlog),
             ..config
         },
@@ -983,17 +988,25 @@ async fn source_cases(p: Profile) -> Vec<Row> {
             6,
             SimConfig {
                 no_socket: polling("all", 3),
-                drop_every_frames: Some(40),
+                // The socket faults act on frames, and here a socket sees few: a (re)connected
+                // sandbox catches up through the faulty list endpoint for seconds, and a
+                // dropped socket goes unnoticed until that ends. A live phase of 6 s or more
+                // and low counts make sure each socket fault is met (CI once saw 0 drops
+                // with drops every 40 frames and a 1 s live phase).
+                live_rate_per_sec: 50.0,
+                drop_every_frames: Some(8),
                 refuse_every_handshakes: Some(3),
                 ratio_429: 0.2,
                 ratio_5xx: 0.2,
                 slow_response_ms: 150,
                 hang_every_lists: Some(15),
-                garbage_ratio: 0.05,
-                oversize_every_frames: Some(30),
+                garbage_ratio: 0.1,
+                oversize_every_frames: Some(12),
                 ..SimConfig::default()
             },
-            "request_timeout_ms = 1000",
+            // A refused sandbox retries its socket within half a second (5 s at first by
+            // default, past the live phase): the socket faults need frames to act on.
+            "request_timeout_ms = 1000\nsocket_retry_max_ms = 500",
             |f| {
                 format!(
                     "{} drops, {} refused, {} × 429, {} × 5xx, {} hung, {} garbage, {} oversized",
