@@ -1271,9 +1271,12 @@ async fn sink_task(
     loop {
         let deadline = sink.flush_deadline();
         let next = tokio::select! {
+            // Batches first: a deadline that is due (a file sink's fsync in flight) waits
+            // until nothing else is to be written, so the next round overlaps that fsync.
+            biased;
+            _ = abandon.cancelled() => return,
             b = rx.recv() => Some(b),
             _ = sleep_until(deadline) => None,
-            _ = abandon.cancelled() => return,
         };
         let mut fresh = Vec::new();
         let closing = match next {

@@ -49,7 +49,24 @@ async fn sigterm_drains_and_exits_zero_and_a_restart_adds_nothing() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn kill_9_at_random_moments_loses_nothing_and_duplicates_nothing() {
-    let ids = ["sb-k1", "sb-k2", "sb-k3"];
+    kill_9_rounds_then_finish(["sb-k1", "sb-k2", "sb-k3"], "rotate_max_bytes = 20000").await;
+}
+
+/// The same with every flush of the file sink overlapping the last one's fsync (the overlap a
+/// busy pipeline's large flushes get), so kills also land while a round is written but not
+/// yet durable.
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_while_flushes_overlap_loses_nothing_and_duplicates_nothing() {
+    kill_9_rounds_then_finish(
+        ["sb-o1", "sb-o2", "sb-o3"],
+        "rotate_max_bytes = 20000\nsync_overlap_min_bytes = 0",
+    )
+    .await;
+}
+
+/// Six kill -9s of `auditship run` at spread-out moments, then a run to the end: every event
+/// once in the archive, and the manifests clean. `sink_extra`: lines for the archive sink.
+async fn kill_9_rounds_then_finish(ids: [&str; 3], sink_extra: &str) {
     let sim = sim(
         &ids,
         SimConfig {
@@ -64,7 +81,7 @@ async fn kill_9_at_random_moments_loses_nothing_and_duplicates_nothing() {
     .await;
     // Small batches and frequent commits: more moments for a kill to land between a write and
     // its commit.
-    let ws = Workspace::new(&sim, &ids, "", "rotate_max_bytes = 20000");
+    let ws = Workspace::new(&sim, &ids, "", sink_extra);
     let key = sim.api_key().to_string();
     kill_9_rounds(&ws, &key, 6).await;
     let child = ws.spawn(&key, &["run", "pipe.toml"]);

@@ -4,7 +4,9 @@
 //! Every file the sink appends to is *registered* (committed to the state store with its current
 //! length) before the first byte is written. On each flush the sink writes, fsyncs and reports the
 //! new durable length of every file it touched; the pipeline commits those lengths in the same
-//! SQLite transaction as the checkpoint. On start, every registered file is truncated back to its
+//! SQLite transaction as the checkpoint. A large flush (`sync_overlap_min_bytes`) leaves its
+//! fsync running while the next flush writes: its lengths are reported, and its batches
+//! acknowledged, only once that fsync is done (see [`FileSink::flush`](Sink::flush)). On start, every registered file is truncated back to its
 //! committed length, which drops exactly the bytes whose checkpoint never committed (a torn last
 //! line included). Compressed files are flushed as independent gzip members / zstd frames, so every
 //! committed length is a valid end of the stream.
@@ -69,12 +71,24 @@ pub struct FileSinkConfig {
     /// again later continues it, with a new manifest entry for the new stretch.
     #[serde(default = "default_seal_idle_ms")]
     pub seal_idle_ms: u64,
+    /// A flush of at least this many bytes (before compression) is written while the previous
+    /// flush's fsync still runs, and reported durable at the flush after it; a smaller one is
+    /// written and synced in one go. Overlapping keeps both the CPU and the disk busy when the
+    /// sink is what holds a pipeline back; under a light load it would only mean more, smaller
+    /// fsyncs. `0`: every flush overlaps.
+    #[serde(default = "default_sync_overlap_min_bytes")]
+    pub sync_overlap_min_bytes: u64,
 }
 
 /// Ten minutes: a quiet sandbox's file is not closed and reopened all day long, and a day's
 /// file is sealed soon after the day ends.
 fn default_seal_idle_ms() -> u64 {
     600_000
+}
+
+/// 4 MiB: a few thousand events, far above a quiet fleet's flush and far below a busy one's.
+fn default_sync_overlap_min_bytes() -> u64 {
+    4 << 20
 }
 
 /// 256 open files: a few hundred sandboxes per day fit without reopening, far below `ulimit -n`.
@@ -244,6 +258,32 @@ struct Slot {
     stretch: Stretch,
     /// Events in `pending`, by sandbox.
     pending_spans: Spans,
+    /// Written by a round whose fsync is still running: the file's length and the stretch's
+    /// hash after those bytes (see [`Round`]). `None`: nothing is in flight.
+    ahead: Option<(u64, Option<Sha256>)>,
+}
+
+/// One flush's writes, made durable by an fsync that runs while the next flush writes (see
+/// [`FileSink::flush`]). Until it completes, none of its lengths move.
+struct Round {
+    /// Per slot written: its key, the file's length after the round, the stretch's hash after
+    /// it, and the round's events by sandbox.
+    lens: Vec<(String, u64, Option<Sha256>, Spans)>,
+    /// The last batch the round holds.
+    through: u64,
+}
+
+/// What a round's fsync covers: a handle on each file it wrote (with its path, for errors), and
+/// the directories of the files it created.
+struct ToSync {
+    files: Vec<(File, String)>,
+    dirs: Vec<PathBuf>,
+}
+
+/// A round and its fsync, running off the async workers.
+struct InFlight {
+    round: Round,
+    sync: tokio::task::JoinHandle<Result<(), SinkError>>,
 }
 
 /// The stretch of a file written since its last seal: where it starts, the hash of its bytes
@@ -271,6 +311,10 @@ pub struct FileSink {
     ctx: SinkContext,
     /// Registered files the sink no longer needs to track (see [`IDLE_AFTER`]).
     prunable: Vec<String>,
+    /// The last round, written, its fsync running.
+    in_flight: Option<InFlight>,
+    /// Every batch up to this one is durable.
+    durable: u64,
 }
 
 /// A registered file untouched this long, whose length is its committed length, is forgotten:
@@ -293,6 +337,10 @@ struct Inner {
     clock: u64,
     /// Seals not yet taken by the pipeline.
     sealed: Vec<Sealed>,
+    /// The number of the last batch written.
+    last_batch: u64,
+    /// Bytes of the events pending (before compression).
+    pending_bytes: u64,
     /// When to look for idle files next, though nothing is written (see `seal_idle_ms`).
     idle_check_at: Instant,
 }
@@ -336,10 +384,14 @@ impl FileSink {
                 rendered: HashMap::new(),
                 clock: 0,
                 sealed,
+                last_batch: 0,
+                pending_bytes: 0,
                 idle_check_at,
             }),
             ctx,
             prunable,
+            in_flight: None,
+            durable: 0,
         })
     }
 
@@ -369,6 +421,21 @@ impl FileSink {
         })?;
         self.inner = Some(inner);
         result
+    }
+}
+
+impl FileSink {
+    /// Wait for the round in flight, if any, and move its lengths: what it made durable.
+    async fn land(&mut self) -> Result<Vec<StateEntry>, SinkError> {
+        let Some(InFlight { round, sync }) = self.in_flight.take() else {
+            return Ok(Vec::new());
+        };
+        sync.await.map_err(|e| SinkError::Remote {
+            message: format!("file sink fsync task failed: {e}"),
+            retryable: false,
+        })??;
+        self.durable = round.through;
+        Ok(self.inner()?.complete(round))
     }
 }
 
@@ -473,6 +540,11 @@ impl Inner {
     /// Write every pending buffer and fsync. All or nothing: on error no durable length moves,
     /// and [`Inner::reset`] truncates whatever this attempt wrote.
     fn flush(&mut self) -> Result<Vec<StateEntry>, SinkError> {
+        debug_assert!(
+            self.slots.values().all(|s| s.ahead.is_none()),
+            "a round is in flight"
+        );
+        self.pending_bytes = 0;
         let mut new_lens: Vec<(String, u64, Option<Sha256>)> = Vec::new();
         let mut dirs_to_sync: Vec<PathBuf> = Vec::new();
         let keys: Vec<String> = self
@@ -485,54 +557,11 @@ impl Inner {
         // go on. A flush over thousands of files stays within the open-files limit.
         for chunk in keys.chunks(self.config.max_open_files.max(1)) {
             for key in chunk {
-                let (compression, level) = (self.config.compression, self.config.compression_level);
                 let Some(slot) = self.slots.get_mut(key) else {
                     continue;
                 };
-                // Plain NDJSON is written straight from the events' buffers, not copied first.
-                let compressed = match compression {
-                    Compression::None => None,
-                    _ => Some(
-                        encode_lines(compression, level, &slot.pending)
-                            .map_err(|e| SinkError::io(format!("compressing for {}", slot.path), e))?,
-                    ),
-                };
-                if slot.file.is_none() {
-                    let (file, created, len) = open_for_append(Path::new(&slot.path), slot.durable_len)?;
-                    if len < slot.durable_len {
-                        // Moved away, compressed or truncated by someone else since we last
-                        // wrote: continue from what is there, so the committed length stays true.
-                        tracing::warn!(path = %slot.path, committed_bytes = slot.durable_len, actual_bytes = len, "archive file is shorter than committed (changed outside auditship); appending after its current end");
-                        slot.durable_len = len;
-                        // What was hashed is gone: the next seal reads the file back.
-                        slot.stretch.hasher = None;
-                    }
-                    slot.file = Some(file);
-                    slot.new_file = created;
-                    slot.opened_at = Instant::now();
-                }
-                let Some(file) = slot.file.as_mut() else {
-                    continue;
-                };
-                let mut hashed = slot.stretch.hasher.clone();
-                let written = match &compressed {
-                    Some(encoded) => {
-                        file.write_all(encoded)
-                            .map_err(|e| SinkError::io(format!("writing {}", slot.path), e))?;
-                        if let Some(h) = hashed.as_mut() {
-                            h.update(encoded);
-                        }
-                        encoded.len() as u64
-                    }
-                    None => write_lines(file, &slot.pending, hashed.as_mut())
-                        .map_err(|e| SinkError::io(format!("writing {}", slot.path), e))?,
-                };
-                if slot.new_file {
-                    if let Some(dir) = Path::new(&slot.path).parent() {
-                        dirs_to_sync.push(dir.to_path_buf());
-                    }
-                }
-                new_lens.push((key.clone(), slot.durable_len + written, hashed));
+                let (len, hashed) = write_slot(slot, &self.config, &mut dirs_to_sync)?;
+                new_lens.push((key.clone(), len, hashed));
             }
             let to_sync: Vec<(&File, &str, bool)> = chunk
                 .iter()
@@ -543,22 +572,7 @@ impl Inner {
             self.close_idle();
         }
         // New files' directory entries, with a full fsync of each directory.
-        dirs_to_sync.sort();
-        dirs_to_sync.dedup();
-        let mut dirs: Vec<File> = Vec::new();
-        for dir in &dirs_to_sync {
-            let dir = if dir.as_os_str().is_empty() {
-                Path::new(".")
-            } else {
-                dir.as_path()
-            };
-            dirs.push(
-                File::open(dir)
-                    .map_err(|e| SinkError::io(format!("opening directory {}", dir.display()), e))?,
-            );
-        }
-        let dirs: Vec<(&File, &str, bool)> = dirs.iter().map(|d| (d, "a directory", true)).collect();
-        sync_all_parallel(&dirs)?;
+        sync_dirs(&mut dirs_to_sync)?;
         // Everything is durable: now, and only now, move the lengths.
         let mut entries = Vec::with_capacity(new_lens.len());
         for (key, len, hashed) in new_lens {
@@ -582,19 +596,106 @@ impl Inner {
         Ok(entries)
     }
 
+    /// Write every pending buffer without an fsync: the round [`FileSink::flush`] makes durable
+    /// while the next one is written. No length moves until [`Inner::complete`]. Returns the
+    /// round and what its fsync must cover.
+    fn write_round(&mut self) -> Result<(Round, ToSync), SinkError> {
+        self.pending_bytes = 0;
+        let mut round = Round {
+            lens: Vec::new(),
+            through: self.last_batch,
+        };
+        let mut files = Vec::new();
+        let mut dirs = Vec::new();
+        for (key, slot) in self.slots.iter_mut() {
+            if slot.pending.is_empty() {
+                continue;
+            }
+            let (len, hashed) = write_slot(slot, &self.config, &mut dirs)?;
+            if let Some(file) = slot.file.as_ref() {
+                let handle = file
+                    .try_clone()
+                    .map_err(|e| SinkError::io(format!("opening {} for its fsync", slot.path), e))?;
+                files.push((handle, slot.path.clone()));
+            }
+            slot.pending.clear();
+            slot.ahead = Some((len, hashed.clone()));
+            round
+                .lens
+                .push((key.clone(), len, hashed, std::mem::take(&mut slot.pending_spans)));
+        }
+        Ok((round, ToSync { files, dirs }))
+    }
+
+    /// A round's fsync succeeded: move its lengths, and return them as state entries.
+    fn complete(&mut self, round: Round) -> Vec<StateEntry> {
+        let mut entries = Vec::with_capacity(round.lens.len());
+        for (key, len, hashed, spans) in round.lens {
+            // A slot with bytes in flight is neither rotated nor forgotten, so it is still there.
+            let Some(slot) = self.slots.get_mut(&key) else {
+                continue;
+            };
+            slot.durable_len = len;
+            slot.stretch.hasher = hashed;
+            slot.stretch.spans.extend(spans);
+            slot.new_file = false;
+            if slot.ahead.as_ref().is_some_and(|(ahead, _)| *ahead == len) {
+                slot.ahead = None;
+            }
+            self.known.insert(slot.path.clone(), len);
+            entries.push(StateEntry {
+                key: slot.path.clone(),
+                value: i64::try_from(len).unwrap_or(i64::MAX),
+            });
+        }
+        self.decide_rotation();
+        self.close_idle();
+        entries
+    }
+
+    /// Whether a file is due to rotate while it has bytes in flight or pending: rotation waits
+    /// for a flush that leaves nothing in flight.
+    fn rotation_waits(&self) -> bool {
+        self.slots
+            .values()
+            .any(|s| (s.ahead.is_some() || !s.pending.is_empty()) && self.rotation_due(s))
+    }
+
+    /// Whether `slot`'s file is big or old enough to rotate (counting bytes in flight).
+    fn rotation_due(&self, slot: &Slot) -> bool {
+        let len = slot.ahead.as_ref().map_or(slot.durable_len, |(len, _)| *len);
+        let too_big = self.config.rotate_max_bytes.is_some_and(|m| len >= m);
+        let too_old = self
+            .config
+            .rotate_max_age_ms
+            .is_some_and(|m| slot.file.is_some() && slot.opened_at.elapsed() >= Duration::from_millis(m));
+        !slot.rotate && len > 0 && (too_big || too_old)
+    }
+
+    /// Rotate the files due to, and seal those idle for `seal_idle_ms`. A file with bytes
+    /// pending or in flight waits: its seal must end where its durable bytes do.
     fn decide_rotation(&mut self) {
-        let max_bytes = self.config.rotate_max_bytes;
-        let max_age = self.config.rotate_max_age_ms.map(Duration::from_millis);
         let idle = Duration::from_millis(self.config.seal_idle_ms);
         let compression = self.config.compression.unit();
-        for slot in self.slots.values_mut() {
-            let too_big = max_bytes.is_some_and(|m| slot.durable_len >= m);
-            let too_old = max_age.is_some_and(|m| slot.file.is_some() && slot.opened_at.elapsed() >= m);
-            if !slot.rotate && slot.durable_len > 0 && (too_big || too_old) {
+        let due: Vec<String> = self
+            .slots
+            .iter()
+            .filter(|(_, s)| s.ahead.is_none() && s.pending.is_empty() && self.rotation_due(s))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in due {
+            if let Some(slot) = self.slots.get_mut(&key) {
                 slot.rotate = true;
                 slot.file = None;
                 self.sealed.push(seal(slot, compression));
-            } else if slot.file.is_some() && slot.pending.is_empty() && slot.last_write_at.elapsed() >= idle {
+            }
+        }
+        for slot in self.slots.values_mut() {
+            if slot.file.is_some()
+                && slot.ahead.is_none()
+                && slot.pending.is_empty()
+                && slot.last_write_at.elapsed() >= idle
+            {
                 slot.file = None;
                 self.sealed.push(seal(slot, compression));
             }
@@ -617,10 +718,11 @@ impl Inner {
         if open <= self.config.max_open_files {
             return;
         }
+        // A file with bytes in flight stays open until they land (at most one round more).
         let mut by_age: Vec<(u64, String)> = self
             .slots
             .iter()
-            .filter(|(_, s)| s.file.is_some())
+            .filter(|(_, s)| s.file.is_some() && s.ahead.is_none())
             .map(|(k, s)| (s.last_write, k.clone()))
             .collect();
         by_age.sort();
@@ -641,15 +743,21 @@ impl Inner {
         // Forget slots that are closed and idle so a long run does not grow without bound.
         if self.slots.len() > self.config.max_open_files * 64 {
             self.slots.retain(|_, s| {
-                s.file.is_some() || !s.pending.is_empty() || s.rotate || s.stretch.start < s.durable_len
+                s.file.is_some()
+                    || !s.pending.is_empty()
+                    || s.ahead.is_some()
+                    || s.rotate
+                    || s.stretch.start < s.durable_len
             });
         }
     }
 
     fn reset(&mut self) -> Result<(), SinkError> {
+        self.pending_bytes = 0;
         for slot in self.slots.values_mut() {
             slot.pending.clear();
             slot.pending_spans = Spans::default();
+            slot.ahead = None;
             if slot.file.take().is_some() || Path::new(&slot.path).exists() {
                 roll_back(Path::new(&slot.path), slot.durable_len)?;
             }
@@ -681,6 +789,92 @@ fn seal(slot: &mut Slot, compression: UnitCompression) -> Sealed {
         content: None,
         precomputed,
     }
+}
+
+/// Append `slot`'s pending lines to its file (opening it if needed), after the bytes already in
+/// flight. Returns the file's length after them and the stretch's hash through them; a created
+/// file's directory goes to `dirs`.
+fn write_slot(
+    slot: &mut Slot,
+    config: &FileSinkConfig,
+    dirs: &mut Vec<PathBuf>,
+) -> Result<(u64, Option<Sha256>), SinkError> {
+    let (compression, level) = (config.compression, config.compression_level);
+    // Plain NDJSON is written straight from the events' buffers, not copied first.
+    let compressed = match compression {
+        Compression::None => None,
+        _ => Some(
+            encode_lines(compression, level, &slot.pending)
+                .map_err(|e| SinkError::io(format!("compressing for {}", slot.path), e))?,
+        ),
+    };
+    if slot.file.is_none() {
+        // Only a slot with nothing in flight is ever closed, so `durable_len` is where it ends.
+        let (file, created, len) = open_for_append(Path::new(&slot.path), slot.durable_len)?;
+        if len < slot.durable_len {
+            // Moved away, compressed or truncated by someone else since we last
+            // wrote: continue from what is there, so the committed length stays true.
+            tracing::warn!(path = %slot.path, committed_bytes = slot.durable_len, actual_bytes = len, "archive file is shorter than committed (changed outside auditship); appending after its current end");
+            slot.durable_len = len;
+            // What was hashed is gone: the next seal reads the file back.
+            slot.stretch.hasher = None;
+        }
+        slot.file = Some(file);
+        slot.new_file = created;
+        slot.opened_at = Instant::now();
+    }
+    let (start, mut hashed) = match &slot.ahead {
+        Some((len, hasher)) => (*len, hasher.clone()),
+        None => (slot.durable_len, slot.stretch.hasher.clone()),
+    };
+    let Some(file) = slot.file.as_mut() else {
+        return Ok((start, hashed));
+    };
+    let written = match &compressed {
+        Some(encoded) => {
+            file.write_all(encoded)
+                .map_err(|e| SinkError::io(format!("writing {}", slot.path), e))?;
+            if let Some(h) = hashed.as_mut() {
+                h.update(encoded);
+            }
+            encoded.len() as u64
+        }
+        None => write_lines(file, &slot.pending, hashed.as_mut())
+            .map_err(|e| SinkError::io(format!("writing {}", slot.path), e))?,
+    };
+    if slot.new_file {
+        if let Some(dir) = Path::new(&slot.path).parent() {
+            dirs.push(dir.to_path_buf());
+        }
+    }
+    Ok((start + written, hashed))
+}
+
+/// fsync a round's files, then the directories of the files it created (see
+/// [`sync_all_parallel`]).
+fn sync_round(ToSync { files, mut dirs }: ToSync) -> Result<(), SinkError> {
+    let refs: Vec<(&File, &str, bool)> = files.iter().map(|(f, p)| (f, p.as_str(), false)).collect();
+    sync_all_parallel(&refs)?;
+    sync_dirs(&mut dirs)
+}
+
+/// fsync each directory once (its new entries), in full.
+fn sync_dirs(dirs: &mut Vec<PathBuf>) -> Result<(), SinkError> {
+    dirs.sort();
+    dirs.dedup();
+    let mut opened: Vec<File> = Vec::new();
+    for dir in dirs.iter() {
+        let dir = if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir.as_path()
+        };
+        opened.push(
+            File::open(dir).map_err(|e| SinkError::io(format!("opening directory {}", dir.display()), e))?,
+        );
+    }
+    let refs: Vec<(&File, &str, bool)> = opened.iter().map(|d| (d, "a directory", true)).collect();
+    sync_all_parallel(&refs)
 }
 
 /// fsync every file, several at a time. With a file per sandbox a flush can touch thousands of
@@ -767,6 +961,7 @@ impl Sink for FileSink {
         {
             let now = Instant::now();
             let inner = self.inner()?;
+            inner.last_batch = batch.number;
             // In runs of events of one sandbox and day (a source hands over up to a hundred at
             // once): one path, one slot lookup and one span update per run, not per event.
             let day_of = |e: &auditship_sink::Event| {
@@ -828,10 +1023,12 @@ impl Sink for FileSink {
                             rotate: false,
                             stretch: Stretch::at(durable_len),
                             pending_spans: Spans::default(),
+                            ahead: None,
                         },
                     );
                 }
                 if let Some(slot) = inner.slots.get_mut(&*rendered) {
+                    inner.pending_bytes += run.iter().map(|e| e.raw.len() as u64 + 1).sum::<u64>();
                     slot.pending.extend(run.iter().map(|e| e.raw.clone()));
                     slot.pending_spans.add_run(run);
                     slot.last_write = clock;
@@ -844,32 +1041,73 @@ impl Sink for FileSink {
         Ok(())
     }
 
+    /// Write what is pending and fsync it. A large flush (`sync_overlap_min_bytes`) is written
+    /// while the previous large flush's fsync still runs, and its own fsync is left running: it
+    /// returns (and reports through [`Sink::durable_through`]) what the previous one made
+    /// durable. So the disk syncs one round while the CPU writes and hashes the next, instead of
+    /// the two taking turns. A flush with nothing to write waits for the round in flight, and
+    /// [`Sink::close`] leaves nothing in flight.
+    ///
+    /// A small flush, one over more files than may stay open, or one after which a file is due
+    /// to rotate first waits for the round in flight, then writes and syncs in one go: a
+    /// rotation must seal a file exactly where its durable bytes end.
     async fn flush(&mut self) -> Result<Vec<StateEntry>, SinkError> {
         let inner = self.inner()?;
-        let dirty = inner.slots.values().any(|s| !s.pending.is_empty());
-        if !dirty {
+        let dirty = inner.slots.values().filter(|s| !s.pending.is_empty()).count();
+        if dirty == 0 {
+            let entries = self.land().await?;
             // Woken by `flush_deadline` with nothing to write: seal the files idle by now, so
             // a fleet that went quiet still gets its files into the manifest.
+            let inner = self.inner()?;
             if Instant::now() >= inner.idle_check_at {
                 inner.idle_check_at = Instant::now() + idle_check_every(&inner.config);
                 inner.decide_rotation();
             }
-            return Ok(Vec::new());
+            return Ok(entries);
         }
-        self.blocking(|inner| inner.flush()).await
+        // A small round is written and synced in one go: overlapping pays when the sink is what
+        // holds the pipeline back (large rounds); under a lighter load it would only mean more,
+        // smaller fsyncs.
+        if inner.pending_bytes < inner.config.sync_overlap_min_bytes
+            || dirty > inner.config.max_open_files
+            || inner.rotation_waits()
+        {
+            let mut entries = self.land().await?;
+            entries.extend(self.blocking(|inner| inner.flush()).await?);
+            self.durable = self.inner()?.last_batch;
+            return Ok(entries);
+        }
+        let (round, to_sync) = self.blocking(|inner| inner.write_round()).await?;
+        let entries = self.land().await?;
+        let sync = tokio::task::spawn_blocking(move || sync_round(to_sync));
+        self.in_flight = Some(InFlight { round, sync });
+        Ok(entries)
+    }
+
+    fn durable_through(&self) -> Option<u64> {
+        self.in_flight.as_ref().map(|_| self.durable)
     }
 
     fn flush_deadline(&self) -> Option<tokio::time::Instant> {
+        if self.in_flight.is_some() {
+            // Report the round in flight as soon as nothing else is to be written.
+            return Some(tokio::time::Instant::now());
+        }
         let inner = self.inner.as_ref()?;
         Some(tokio::time::Instant::from_std(inner.idle_check_at))
     }
 
     async fn reset(&mut self) -> Result<(), SinkError> {
+        if let Some(flight) = self.in_flight.take() {
+            // Its bytes are cut off below whatever its fsync did; only wait for it to end.
+            let _ = flight.sync.await;
+        }
         self.blocking(|inner| inner.reset()).await
     }
 
     async fn close(&mut self) -> Result<Vec<StateEntry>, SinkError> {
-        let entries = self.flush().await?;
+        let mut entries = self.flush().await?;
+        entries.extend(self.land().await?);
         self.inner()?.seal_all();
         Ok(entries)
     }

@@ -37,6 +37,7 @@ fn config(dir: &Path, extra: impl FnOnce(&mut FileSinkConfig)) -> FileSinkConfig
         rotate_max_age_ms: None,
         max_open_files: 256,
         seal_idle_ms: 600_000,
+        sync_overlap_min_bytes: 4 << 20,
     };
     extra(&mut c);
     c
@@ -501,4 +502,143 @@ fn lines_fed_to_an_encoder_decode_to_the_joined_text() {
     assert_eq!(zstd::decode_all(&zst[..]).unwrap(), text);
     // One unit each, as the joined text makes.
     assert!(gz.len() < text.len() / 2 && zst.len() < text.len() / 2);
+}
+
+/// The bytes `rid`'s events `range` take in a file.
+fn lines_len(rid: &str, range: std::ops::Range<u64>) -> i64 {
+    range.map(|n| event(rid, n).raw.len() as i64 + 1).sum()
+}
+
+/// State entries by key, for comparing without caring about order.
+fn by_key(mut entries: Vec<StateEntry>) -> Vec<(String, i64)> {
+    entries.sort_by(|a, b| a.key.cmp(&b.key));
+    entries.into_iter().map(|e| (e.key, e.value)).collect()
+}
+
+#[tokio::test]
+async fn an_overlapped_flush_is_reported_at_the_next_and_close_lands_the_last() {
+    let dir = tempfile::tempdir().unwrap();
+    let (c, _) = ctx(vec![]);
+    let mut sink = FileSink::open(config(dir.path(), |c| c.sync_overlap_min_bytes = 0), c).unwrap();
+    let a = dir.path().join("a/2025-11-24.ndjson").display().to_string();
+    let b = dir.path().join("b/2025-11-24.ndjson").display().to_string();
+    sink.write(batch(1, "a", 0..3)).await.unwrap();
+    sink.write(batch(2, "b", 0..2)).await.unwrap();
+    let first = sink.flush().await.unwrap();
+    assert!(
+        first.is_empty(),
+        "the round's fsync runs on: nothing is durable yet ({first:?})"
+    );
+    assert_eq!(sink.durable_through(), Some(0));
+    let due = sink.flush_deadline().expect("a round in flight wants reporting");
+    assert!(due <= tokio::time::Instant::now());
+    // Written already, only not yet reported durable.
+    assert_eq!(std::fs::read_to_string(&a).unwrap().lines().count(), 3);
+
+    sink.write(batch(3, "a", 3..5)).await.unwrap();
+    let second = sink.flush().await.unwrap();
+    assert_eq!(
+        by_key(second),
+        vec![
+            (a.clone(), lines_len("a", 0..3)),
+            (b.clone(), lines_len("b", 0..2))
+        ],
+        "the first round's lengths, not the second's"
+    );
+    assert_eq!(sink.durable_through(), Some(2));
+
+    // Nothing new to write: the flush waits for the round in flight and reports it.
+    let third = sink.flush().await.unwrap();
+    assert_eq!(by_key(third), vec![(a.clone(), lines_len("a", 0..5))]);
+    assert_eq!(sink.durable_through(), None, "nothing is in flight");
+
+    sink.write(batch(4, "b", 2..4)).await.unwrap();
+    assert!(sink.flush().await.unwrap().is_empty());
+    let closed = sink.close().await.unwrap();
+    assert_eq!(by_key(closed), vec![(b.clone(), lines_len("b", 0..4))]);
+    assert_eq!(sink.durable_through(), None);
+    assert_eq!(
+        std::fs::read_to_string(&b).unwrap().len() as i64,
+        lines_len("b", 0..4)
+    );
+}
+
+#[tokio::test]
+async fn a_reset_cuts_off_the_round_in_flight_and_its_rewrite_lands_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (c, _) = ctx(vec![]);
+    let mut sink = FileSink::open(config(dir.path(), |c| c.sync_overlap_min_bytes = 0), c).unwrap();
+    let a = dir.path().join("a/2025-11-24.ndjson");
+    sink.write(batch(1, "a", 0..3)).await.unwrap();
+    assert!(sink.flush().await.unwrap().is_empty());
+    sink.write(batch(2, "a", 3..5)).await.unwrap();
+    let first = sink.flush().await.unwrap();
+    assert_eq!(first[0].value, lines_len("a", 0..3));
+    assert_eq!(sink.durable_through(), Some(1));
+    // Batch 2 was written and its fsync is running: a retry starts over from batch 1's end.
+    sink.reset().await.unwrap();
+    assert_eq!(std::fs::metadata(&a).unwrap().len() as i64, lines_len("a", 0..3));
+    sink.write(batch(2, "a", 3..5)).await.unwrap();
+    let closed = sink.close().await.unwrap();
+    assert_eq!(closed.last().unwrap().value, lines_len("a", 0..5));
+    let text = std::fs::read_to_string(&a).unwrap();
+    let ids: Vec<&str> = text.lines().map(|l| &l[7..9]).collect();
+    assert_eq!(ids, ["e0", "e1", "e2", "e3", "e4"]);
+}
+
+#[tokio::test]
+async fn files_rotate_and_seal_exactly_while_flushes_overlap() {
+    let dir = tempfile::tempdir().unwrap();
+    let (c, _) = ctx(vec![]);
+    let mut sink = FileSink::open(
+        config(dir.path(), |c| {
+            c.sync_overlap_min_bytes = 0;
+            c.rotate_max_bytes = Some(300);
+        }),
+        c,
+    )
+    .unwrap();
+    let mut state = Vec::new();
+    let mut sealed = Vec::new();
+    for i in 0..12 {
+        sink.write(batch(i + 1, "a", i * 3..i * 3 + 3)).await.unwrap();
+        state.extend(sink.flush().await.unwrap());
+        sealed.extend(sink.take_sealed());
+    }
+    state.extend(sink.close().await.unwrap());
+    sealed.extend(sink.take_sealed());
+    // Every event once, in order, over the generations.
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir.path().join("a"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert!(files.len() >= 3, "rotated: {files:?}");
+    files.sort_by_key(|p| std::fs::metadata(p).unwrap().modified().unwrap());
+    let mut ids = Vec::new();
+    for f in &files {
+        for line in std::fs::read_to_string(f).unwrap().lines() {
+            ids.push(line[7..line.find("\",").unwrap()].to_string());
+        }
+    }
+    ids.sort_by_key(|id| id[1..].parse::<u64>().unwrap());
+    ids.dedup();
+    assert_eq!(ids.len(), 36);
+    // Each file is sealed through its whole length, with the hash of exactly those bytes, and
+    // its last state entry is that length.
+    for f in &files {
+        let unit = f.display().to_string();
+        let bytes = std::fs::read(f).unwrap();
+        let seals: Vec<&Sealed> = sealed.iter().filter(|s| s.unit == unit).collect();
+        assert!(!seals.is_empty(), "{unit} was never sealed");
+        let last = seals.iter().map(|s| s.end).max().unwrap();
+        assert_eq!(last, bytes.len() as u64, "{unit} sealed short of its end");
+        for s in seals {
+            let p = s.precomputed.as_ref().expect("the sink wrote the whole stretch");
+            let stretch = &bytes[p.start as usize..s.end as usize];
+            assert_eq!(p.sha256, <[u8; 32]>::from(Sha256::digest(stretch)), "{unit}");
+            assert_eq!(p.events as usize, stretch.iter().filter(|b| **b == b'\n').count());
+        }
+        let committed = state.iter().rev().find(|e| e.key == unit).map(|e| e.value);
+        assert_eq!(committed, Some(bytes.len() as i64), "{unit}");
+    }
 }
