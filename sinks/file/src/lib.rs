@@ -6,9 +6,9 @@
 //! new durable length of every file it touched; the pipeline commits those lengths in the same
 //! SQLite transaction as the checkpoint. A large flush (`sync_overlap_min_bytes`) leaves its
 //! fsync running while the next flush writes: its lengths are reported, and its batches
-//! acknowledged, only once that fsync is done (see [`FileSink::flush`](Sink::flush)). On start, every registered file is truncated back to its
-//! committed length, which drops exactly the bytes whose checkpoint never committed (a torn last
-//! line included). Compressed files are flushed as independent gzip members / zstd frames, so every
+//! acknowledged, only once that fsync is done (see [`FileSink::flush`](Sink::flush)). On start,
+//! every registered file is truncated back to its committed length, which drops exactly the
+//! bytes whose checkpoint never committed (a torn last line included). Compressed files are flushed as independent gzip members / zstd frames, so every
 //! committed length is a valid end of the stream.
 //!
 //! # Files
@@ -283,7 +283,29 @@ struct ToSync {
 /// A round and its fsync, running off the async workers.
 struct InFlight {
     round: Round,
-    sync: tokio::task::JoinHandle<Result<(), SinkError>>,
+    /// The fsync's outcome; closed without one if the fsync thread panicked.
+    done: tokio::sync::oneshot::Receiver<Result<(), SinkError>>,
+}
+
+impl InFlight {
+    /// Start `round`'s fsync.
+    fn start(round: Round, to_sync: ToSync) -> InFlight {
+        let (tx, done) = tokio::sync::oneshot::channel();
+        tokio::task::spawn_blocking(move || {
+            let _ = tx.send(sync_round(to_sync));
+        });
+        InFlight { round, done }
+    }
+}
+
+/// The outcome of a round's fsync, as received.
+fn synced(
+    outcome: Result<Result<(), SinkError>, tokio::sync::oneshot::error::RecvError>,
+) -> Result<(), SinkError> {
+    outcome.map_err(|_| SinkError::Remote {
+        message: "the file sink's fsync thread failed".into(),
+        retryable: false,
+    })?
 }
 
 /// The stretch of a file written since its last seal: where it starts, the hash of its bytes
@@ -427,15 +449,16 @@ impl FileSink {
 impl FileSink {
     /// Wait for the round in flight, if any, and move its lengths: what it made durable.
     async fn land(&mut self) -> Result<Vec<StateEntry>, SinkError> {
-        let Some(InFlight { round, sync }) = self.in_flight.take() else {
+        let Some(InFlight { round, done }) = self.in_flight.take() else {
             return Ok(Vec::new());
         };
-        sync.await.map_err(|e| SinkError::Remote {
-            message: format!("file sink fsync task failed: {e}"),
-            retryable: false,
-        })??;
+        synced(done.await)?;
         self.durable = round.through;
-        Ok(self.inner()?.complete(round))
+        let inner = self.inner()?;
+        let entries = inner.apply(round);
+        inner.decide_rotation();
+        inner.close_idle();
+        Ok(entries)
     }
 }
 
@@ -537,13 +560,11 @@ impl Inner {
         path
     }
 
-    /// Write every pending buffer and fsync. All or nothing: on error no durable length moves,
-    /// and [`Inner::reset`] truncates whatever this attempt wrote.
-    fn flush(&mut self) -> Result<Vec<StateEntry>, SinkError> {
-        debug_assert!(
-            self.slots.values().all(|s| s.ahead.is_none()),
-            "a round is in flight"
-        );
+    /// Write every pending buffer and fsync, taking in `in_flight`, the round whose fsync is
+    /// running (if any): everything written is durable when it returns. All or nothing: on
+    /// error no durable length moves (not even the round in flight's), and [`Inner::reset`]
+    /// truncates whatever was written since the last flush that returned.
+    fn flush(&mut self, in_flight: Option<InFlight>) -> Result<Vec<StateEntry>, SinkError> {
         self.pending_bytes = 0;
         let mut new_lens: Vec<(String, u64, Option<Sha256>)> = Vec::new();
         let mut dirs_to_sync: Vec<PathBuf> = Vec::new();
@@ -573,10 +594,16 @@ impl Inner {
         }
         // New files' directory entries, with a full fsync of each directory.
         sync_dirs(&mut dirs_to_sync)?;
-        // Everything is durable: now, and only now, move the lengths.
+        // The round in flight first: its bytes come before this flush's in the same files.
         let mut entries = Vec::with_capacity(new_lens.len());
+        if let Some(InFlight { round, done }) = in_flight {
+            synced(done.blocking_recv())?;
+            entries = self.apply(round);
+        }
+        // Everything is durable: now, and only now, move the lengths.
         for (key, len, hashed) in new_lens {
             if let Some(slot) = self.slots.get_mut(&key) {
+                slot.ahead = None;
                 slot.durable_len = len;
                 slot.pending.clear();
                 slot.stretch.hasher = hashed;
@@ -597,7 +624,7 @@ impl Inner {
     }
 
     /// Write every pending buffer without an fsync: the round [`FileSink::flush`] makes durable
-    /// while the next one is written. No length moves until [`Inner::complete`]. Returns the
+    /// while the next one is written. No length moves until [`Inner::apply`]. Returns the
     /// round and what its fsync must cover.
     fn write_round(&mut self) -> Result<(Round, ToSync), SinkError> {
         self.pending_bytes = 0;
@@ -628,7 +655,7 @@ impl Inner {
     }
 
     /// A round's fsync succeeded: move its lengths, and return them as state entries.
-    fn complete(&mut self, round: Round) -> Vec<StateEntry> {
+    fn apply(&mut self, round: Round) -> Vec<StateEntry> {
         let mut entries = Vec::with_capacity(round.lens.len());
         for (key, len, hashed, spans) in round.lens {
             // A slot with bytes in flight is neither rotated nor forgotten, so it is still there.
@@ -648,8 +675,6 @@ impl Inner {
                 value: i64::try_from(len).unwrap_or(i64::MAX),
             });
         }
-        self.decide_rotation();
-        self.close_idle();
         entries
     }
 
@@ -1072,15 +1097,15 @@ impl Sink for FileSink {
             || dirty > inner.config.max_open_files
             || inner.rotation_waits()
         {
-            let mut entries = self.land().await?;
-            entries.extend(self.blocking(|inner| inner.flush()).await?);
+            let in_flight = self.in_flight.take();
+            let entries = self.blocking(move |inner| inner.flush(in_flight)).await?;
             self.durable = self.inner()?.last_batch;
             return Ok(entries);
         }
         let (round, to_sync) = self.blocking(|inner| inner.write_round()).await?;
+        // Landing is the last thing that can fail: a flush that moved lengths returns them.
         let entries = self.land().await?;
-        let sync = tokio::task::spawn_blocking(move || sync_round(to_sync));
-        self.in_flight = Some(InFlight { round, sync });
+        self.in_flight = Some(InFlight::start(round, to_sync));
         Ok(entries)
     }
 
@@ -1100,15 +1125,18 @@ impl Sink for FileSink {
     async fn reset(&mut self) -> Result<(), SinkError> {
         if let Some(flight) = self.in_flight.take() {
             // Its bytes are cut off below whatever its fsync did; only wait for it to end.
-            let _ = flight.sync.await;
+            let _ = flight.done.await;
         }
         self.blocking(|inner| inner.reset()).await
     }
 
     async fn close(&mut self) -> Result<Vec<StateEntry>, SinkError> {
-        let mut entries = self.flush().await?;
-        entries.extend(self.land().await?);
-        self.inner()?.seal_all();
+        let in_flight = self.in_flight.take();
+        let entries = self.blocking(move |inner| inner.flush(in_flight)).await?;
+        let inner = self.inner()?;
+        let last = inner.last_batch;
+        inner.seal_all();
+        self.durable = last;
         Ok(entries)
     }
 

@@ -642,3 +642,33 @@ async fn files_rotate_and_seal_exactly_while_flushes_overlap() {
         assert_eq!(committed, Some(bytes.len() as i64), "{unit}");
     }
 }
+
+#[tokio::test]
+async fn a_flush_that_fails_after_an_overlapped_round_moves_no_length_and_the_retry_lands_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (c, _) = ctx(vec![]);
+    // Batch 1 is large enough to overlap; batch 2 is small, so its flush takes in the round in
+    // flight and syncs everything in one go, and fails: sandbox "x" cannot get its directory.
+    let mut sink = FileSink::open(config(dir.path(), |c| c.sync_overlap_min_bytes = 100), c).unwrap();
+    std::fs::write(dir.path().join("x"), b"in the way").unwrap();
+    let a = dir.path().join("a/2025-11-24.ndjson");
+    sink.write(batch(1, "a", 0..3)).await.unwrap();
+    assert!(sink.flush().await.unwrap().is_empty(), "in flight");
+    sink.write(batch(2, "x", 0..1)).await.unwrap();
+    let failed = sink.flush().await.unwrap_err();
+    assert!(failed.to_string().contains("x"), "{failed}");
+    // Nothing was reported, so the pipeline writes batch 1 again: the retry must start from
+    // before it, not after.
+    sink.reset().await.unwrap();
+    assert_eq!(std::fs::metadata(&a).unwrap().len(), 0);
+    std::fs::remove_file(dir.path().join("x")).unwrap();
+    sink.write(batch(1, "a", 0..3)).await.unwrap();
+    sink.write(batch(2, "x", 0..1)).await.unwrap();
+    let state = sink.close().await.unwrap();
+    assert_eq!(std::fs::read_to_string(&a).unwrap().lines().count(), 3);
+    let a_key = a.display().to_string();
+    assert_eq!(
+        state.iter().rev().find(|e| e.key == a_key).map(|e| e.value),
+        Some(lines_len("a", 0..3))
+    );
+}
