@@ -364,6 +364,12 @@ async fn far_more_sandboxes_than_open_files_lose_nothing() {
     let ws = Workspace::new(&sim, &refs, "", "max_open_files = 1");
     ship(&ws, &sim, &refs).await;
     assert_exactly_once(&ws.archive_lines(), &sim_lines(&sim, &refs));
+    // Regression: a file closed within a flush (to stay within max_open_files) was sealed
+    // before that flush's bytes, with a hash that went on through them: `verify` called the
+    // next stretch altered.
+    let verified = ws.run(sim.api_key(), &["verify", "archive", "--pipeline", "pipe.toml"]);
+    assert_eq!(verified.code, Some(0), "{}{}", verified.stdout, verified.stderr);
+    assert!(verified.stdout.contains(": CLEAN"), "{}", verified.stdout);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -568,6 +568,8 @@ impl Inner {
         self.pending_bytes = 0;
         let mut new_lens: Vec<(String, u64, Option<Sha256>)> = Vec::new();
         let mut dirs_to_sync: Vec<PathBuf> = Vec::new();
+        // Files this flush wrote and then closed to stay within `max_open_files`.
+        let mut closed: Vec<String> = Vec::new();
         let keys: Vec<String> = self
             .slots
             .iter()
@@ -591,6 +593,21 @@ impl Inner {
                 .collect();
             sync_all_parallel(&to_sync)?;
             self.close_idle();
+            // Still over the limit: close this chunk's files, synced already. Their seals wait
+            // until their lengths move below; sealed now, a seal would end before this
+            // flush's bytes while the stretch's hash went on through them.
+            let mut open = self.slots.values().filter(|s| s.file.is_some()).count();
+            for key in chunk {
+                if open <= self.config.max_open_files {
+                    break;
+                }
+                if let Some(slot) = self.slots.get_mut(key) {
+                    if slot.ahead.is_none() && slot.file.take().is_some() {
+                        open -= 1;
+                        closed.push(key.clone());
+                    }
+                }
+            }
         }
         // New files' directory entries, with a full fsync of each directory.
         sync_dirs(&mut dirs_to_sync)?;
@@ -616,6 +633,14 @@ impl Inner {
                     key: slot.path.clone(),
                     value: i64::try_from(len).unwrap_or(i64::MAX),
                 });
+            }
+        }
+        let compression = self.config.compression.unit();
+        for key in closed {
+            if let Some(slot) = self.slots.get_mut(&key) {
+                if slot.file.is_none() && slot.stretch.start < slot.durable_len {
+                    self.sealed.push(seal(slot, compression));
+                }
             }
         }
         self.decide_rotation();
@@ -743,11 +768,14 @@ impl Inner {
         if open <= self.config.max_open_files {
             return;
         }
-        // A file with bytes in flight stays open until they land (at most one round more).
+        // Only a file whose bytes are all durable is closed and sealed here: one with bytes in
+        // flight stays open until they land (at most one round more), and one with bytes
+        // pending until a flush writes them (a flush over more files than may stay open
+        // closes its own files as it goes).
         let mut by_age: Vec<(u64, String)> = self
             .slots
             .iter()
-            .filter(|(_, s)| s.file.is_some() && s.ahead.is_none())
+            .filter(|(_, s)| s.file.is_some() && s.ahead.is_none() && s.pending.is_empty())
             .map(|(k, s)| (s.last_write, k.clone()))
             .collect();
         by_age.sort();

@@ -672,3 +672,55 @@ async fn a_flush_that_fails_after_an_overlapped_round_moves_no_length_and_the_re
         Some(lines_len("a", 0..3))
     );
 }
+
+#[tokio::test]
+async fn files_closed_within_a_flush_over_more_files_than_may_be_open_seal_with_true_hashes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (c, _) = ctx(vec![]);
+    let mut sink = FileSink::open(config(dir.path(), |c| c.max_open_files = 3), c).unwrap();
+    let mut sealed = Vec::new();
+    // Every round is one flush over 12 files, 3 at a time: files written earlier in the same
+    // flush, holding bytes from earlier rounds, are closed (and sealed) to stay within the limit.
+    for round in 0..3u64 {
+        let events = (0..12u64)
+            .flat_map(|sb| (0..2).map(move |k| event(&format!("sb{sb}"), round * 10 + k)))
+            .collect();
+        sink.write(Arc::new(Batch {
+            number: round + 1,
+            events,
+        }))
+        .await
+        .unwrap();
+        sink.flush().await.unwrap();
+        sealed.extend(sink.take_sealed());
+    }
+    sink.close().await.unwrap();
+    sealed.extend(sink.take_sealed());
+    for sb in 0..12 {
+        let path = dir.path().join(format!("sb{sb}/2025-11-24.ndjson"));
+        let bytes = std::fs::read(&path).unwrap();
+        let unit = path.display().to_string();
+        let mut seals: Vec<&Sealed> = sealed.iter().filter(|s| s.unit == unit).collect();
+        seals.sort_by_key(|s| s.end);
+        let mut covered = 0;
+        for s in seals {
+            let p = s.precomputed.as_ref().expect("the sink wrote the whole stretch");
+            assert_eq!(p.start, covered, "{unit}: stretches follow each other");
+            let stretch = &bytes[p.start as usize..s.end as usize];
+            assert_eq!(
+                p.sha256,
+                <[u8; 32]>::from(Sha256::digest(stretch)),
+                "{unit}: the hash of bytes {}..{}",
+                p.start,
+                s.end
+            );
+            assert_eq!(
+                p.events as usize,
+                stretch.iter().filter(|b| **b == b'\n').count(),
+                "{unit}"
+            );
+            covered = s.end;
+        }
+        assert_eq!(covered, bytes.len() as u64, "{unit} sealed through its end");
+    }
+}
