@@ -8,8 +8,9 @@
 //! fsync running while the next flush writes: its lengths are reported, and its batches
 //! acknowledged, only once that fsync is done (see [`FileSink::flush`](Sink::flush)). On start,
 //! every registered file is truncated back to its committed length, which drops exactly the
-//! bytes whose checkpoint never committed (a torn last line included). Compressed files are flushed as independent gzip members / zstd frames, so every
-//! committed length is a valid end of the stream.
+//! bytes whose checkpoint never committed (a torn last line included). Compressed files are
+//! flushed as independent gzip members / zstd frames, so every committed length is a valid end
+//! of the stream.
 //!
 //! # Files
 //! The `path` template picks a file per event. Rotation (by size or age) moves a template path to
@@ -566,7 +567,10 @@ impl Inner {
     /// truncates whatever was written since the last flush that returned.
     fn flush(&mut self, in_flight: Option<InFlight>) -> Result<Vec<StateEntry>, SinkError> {
         self.pending_bytes = 0;
-        let mut new_lens: Vec<(String, u64, Option<Sha256>)> = Vec::new();
+        let mut round = Round {
+            lens: Vec::new(),
+            through: self.last_batch,
+        };
         let mut dirs_to_sync: Vec<PathBuf> = Vec::new();
         // Files this flush wrote and then closed to stay within `max_open_files`.
         let mut closed: Vec<String> = Vec::new();
@@ -583,8 +587,9 @@ impl Inner {
                 let Some(slot) = self.slots.get_mut(key) else {
                     continue;
                 };
-                let (len, hashed) = write_slot(slot, &self.config, &mut dirs_to_sync)?;
-                new_lens.push((key.clone(), len, hashed));
+                round
+                    .lens
+                    .push(write_pending(key, slot, &self.config, &mut dirs_to_sync)?);
             }
             let to_sync: Vec<(&File, &str, bool)> = chunk
                 .iter()
@@ -602,7 +607,7 @@ impl Inner {
                     break;
                 }
                 if let Some(slot) = self.slots.get_mut(key) {
-                    if slot.ahead.is_none() && slot.file.take().is_some() {
+                    if slot.file.take().is_some() {
                         open -= 1;
                         closed.push(key.clone());
                     }
@@ -611,30 +616,14 @@ impl Inner {
         }
         // New files' directory entries, with a full fsync of each directory.
         sync_dirs(&mut dirs_to_sync)?;
-        // The round in flight first: its bytes come before this flush's in the same files.
-        let mut entries = Vec::with_capacity(new_lens.len());
+        // Everything is durable: now, and only now, move the lengths. The round in flight
+        // first: its bytes come before this flush's in the same files.
+        let mut entries = Vec::new();
         if let Some(InFlight { round, done }) = in_flight {
             synced(done.blocking_recv())?;
             entries = self.apply(round);
         }
-        // Everything is durable: now, and only now, move the lengths.
-        for (key, len, hashed) in new_lens {
-            if let Some(slot) = self.slots.get_mut(&key) {
-                slot.ahead = None;
-                slot.durable_len = len;
-                slot.pending.clear();
-                slot.stretch.hasher = hashed;
-                slot.stretch.spans.extend(std::mem::take(&mut slot.pending_spans));
-                slot.new_file = false;
-                // `known` must always hold the true durable length: a slot forgotten by
-                // `close_idle` and made again later starts from it.
-                self.known.insert(slot.path.clone(), len);
-                entries.push(StateEntry {
-                    key: slot.path.clone(),
-                    value: i64::try_from(len).unwrap_or(i64::MAX),
-                });
-            }
-        }
+        entries.extend(self.apply(round));
         let compression = self.config.compression.unit();
         for key in closed {
             if let Some(slot) = self.slots.get_mut(&key) {
@@ -663,18 +652,15 @@ impl Inner {
             if slot.pending.is_empty() {
                 continue;
             }
-            let (len, hashed) = write_slot(slot, &self.config, &mut dirs)?;
+            round
+                .lens
+                .push(write_pending(key, slot, &self.config, &mut dirs)?);
             if let Some(file) = slot.file.as_ref() {
                 let handle = file
                     .try_clone()
                     .map_err(|e| SinkError::io(format!("opening {} for its fsync", slot.path), e))?;
                 files.push((handle, slot.path.clone()));
             }
-            slot.pending.clear();
-            slot.ahead = Some((len, hashed.clone()));
-            round
-                .lens
-                .push((key.clone(), len, hashed, std::mem::take(&mut slot.pending_spans)));
         }
         Ok((round, ToSync { files, dirs }))
     }
@@ -844,6 +830,25 @@ fn seal(slot: &mut Slot, compression: UnitCompression) -> Sealed {
     }
 }
 
+/// Write `slot`'s pending lines (see [`write_slot`]): they are in flight until their round is
+/// applied ([`Inner::apply`]). Returns the slot's entry in the round.
+fn write_pending(
+    key: &str,
+    slot: &mut Slot,
+    config: &FileSinkConfig,
+    dirs: &mut Vec<PathBuf>,
+) -> Result<(String, u64, Option<Sha256>, Spans), SinkError> {
+    let (len, hashed) = write_slot(slot, config, dirs)?;
+    slot.pending.clear();
+    slot.ahead = Some((len, hashed.clone()));
+    Ok((
+        key.to_string(),
+        len,
+        hashed,
+        std::mem::take(&mut slot.pending_spans),
+    ))
+}
+
 /// Append `slot`'s pending lines to its file (opening it if needed), after the bytes already in
 /// flight. Returns the file's length after them and the stretch's hash through them; a created
 /// file's directory goes to `dirs`.
@@ -862,7 +867,7 @@ fn write_slot(
         ),
     };
     if slot.file.is_none() {
-        // Only a slot with nothing in flight is ever closed, so `durable_len` is where it ends.
+        // A closed slot has nothing in flight, so `durable_len` is where its file ends.
         let (file, created, len) = open_for_append(Path::new(&slot.path), slot.durable_len)?;
         if len < slot.durable_len {
             // Moved away, compressed or truncated by someone else since we last
