@@ -621,8 +621,8 @@ async fn files_rotate_and_seal_exactly_while_flushes_overlap() {
         }
     }
     ids.sort_by_key(|id| id[1..].parse::<u64>().unwrap());
-    ids.dedup();
-    assert_eq!(ids.len(), 36);
+    let expected: Vec<String> = (0..36).map(|n| format!("e{n}")).collect();
+    assert_eq!(ids, expected, "every event once");
     // Each file is sealed through its whole length, with the hash of exactly those bytes, and
     // its last state entry is that length.
     for f in &files {
