@@ -94,6 +94,28 @@ impl Proc {
         (ticks(11) / clock_ticks(), ticks(12) / clock_ticks())
     }
 
+    /// CPU seconds so far of this process's threads named `name` (the kernel keeps 15 bytes of
+    /// a thread's name, so `name` is matched as a prefix of that).
+    fn thread_cpu_secs(&self, name: &str) -> f64 {
+        let name = &name[..name.len().min(15)];
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{}/task", self.pid())) else {
+            return 0.0;
+        };
+        let mut total = 0.0;
+        for task in tasks.flatten() {
+            let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+            if comm.trim_end() != name {
+                continue;
+            }
+            let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+            let rest = stat.rsplit_once(") ").map(|(_, r)| r).unwrap_or("");
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+            total += (ticks(11) + ticks(12)) / clock_ticks();
+        }
+        total
+    }
+
     /// A `/proc/PID/status` size in MiB (`VmRSS` now, `VmHWM` the peak).
     fn mem_mib(&self, field: &str) -> f64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
@@ -290,6 +312,10 @@ struct Throughput {
     sys_cpu: f64,
     sim_cpu: f64,
     peak_mib: f64,
+    /// CPU seconds of the checkpoint store's thread (`auditship-sqlite`, every SQLite call of
+    /// a run), where measured: the direct cost of checkpointing, which timing alone cannot
+    /// separate from this machine's noise.
+    store_cpu: f64,
 }
 
 impl Throughput {
@@ -376,6 +402,7 @@ fn noop_live(sim: &Sim, sandboxes: u64, target: u64) -> Res<Throughput> {
         sys_cpu: 0.0,
         sim_cpu: sim.proc.cpu_secs() - cpu0,
         peak_mib: 0.0,
+        store_cpu: 0.0,
     })
 }
 
@@ -404,6 +431,7 @@ fn auditship_live(dir: &Path, sim: &Sim, toml: &str, target: u64) -> Res<Through
     let secs = start.elapsed().as_secs_f64();
     let ((user, sys_cpu), peak_mib, sim_cpu) =
         (run.cpu_split(), run.mem_mib("VmHWM"), sim.proc.cpu_secs() - cpu0);
+    let store_cpu = run.thread_cpu_secs("auditship-sqlite");
     if let Some(text) = http_get(mport, "/metrics") {
         eprintln!(
             "  (API responses {}, socket drops {}, frames {})",
@@ -421,6 +449,7 @@ fn auditship_live(dir: &Path, sim: &Sim, toml: &str, target: u64) -> Res<Through
         sys_cpu,
         sim_cpu,
         peak_mib,
+        store_cpu,
     })
 }
 
@@ -542,10 +571,11 @@ fn live_case(rows: &mut Vec<Row>) -> Res<()> {
             t.bytes = (avg_bytes * t.events as f64) as u64;
             let lines = count_lines(&dir.join("archive"))?;
             eprintln!(
-                "  {} ({:.2} CPU s, {:.2} of it system, peak {:.0} MiB, simulator {:.2} CPU s; {lines} lines on disk)",
+                "  {} ({:.2} CPU s, {:.2} of it system, {:.3} in the checkpoint store, peak {:.0} MiB, simulator {:.2} CPU s; {lines} lines on disk)",
                 t.describe(),
                 t.cpu,
                 t.sys_cpu,
+                t.store_cpu,
                 t.peak_mib,
                 t.sim_cpu
             );
@@ -600,10 +630,18 @@ fn live_case(rows: &mut Vec<Row>) -> Res<()> {
                         .map(|(p, r)| 100.0 * (1.0 - per_event(r) / per_event(p)))
                         .collect(),
                 );
+                // The direct cost: the store thread's CPU (every SQLite call) as a share of
+                // the process's, in the plain runs that commit every `commit_interval_ms`.
+                let (store_share, _) = median(
+                    plain
+                        .iter()
+                        .map(|p| 100.0 * p.store_cpu / p.cpu.max(1e-9))
+                        .collect(),
+                );
                 (
                     format!("plain, same rounds: {} ev/s median", fmt_n(median(plain.iter().map(Throughput::rate).collect()).0)),
                     format!(
-                        "checkpoint cost {cost:+.1}% by rate ({lo:+.1}% to {hi:+.1}% over {} rounds), {cpu_cost:+.1}% by CPU/event",
+                        "checkpoint cost {cost:+.1}% by rate ({lo:+.1}% to {hi:+.1}% over {} rounds), {cpu_cost:+.1}% by CPU/event; checkpoint store thread {store_share:.1}% of the plain runs' CPU",
                         by_round.len()
                     ),
                 )
@@ -702,6 +740,7 @@ fn noop_backfill(sim: &Sim, sandboxes: u64, page: u32) -> Res<Throughput> {
         sys_cpu: 0.0,
         sim_cpu: sim.proc.cpu_secs() - cpu0,
         peak_mib: 0.0,
+        store_cpu: 0.0,
     })
 }
 
@@ -780,6 +819,7 @@ fn backfill_case(rows: &mut Vec<Row>) -> Res<()> {
         sys_cpu: t(usage.ru_stime),
         sim_cpu: sim.proc.cpu_secs() - cpu0,
         peak_mib: usage.ru_maxrss as f64 / 1024.0,
+        store_cpu: 0.0,
     };
     eprintln!(
         "  {} ({:.2} CPU s, {:.2} of it system, peak {:.0} MiB, simulator {:.2} CPU s)",
