@@ -97,7 +97,8 @@ impl Proc {
     }
 
     /// CPU seconds so far of this process's threads named `name` (the kernel keeps 15 bytes of
-    /// a thread's name, so `name` is matched as a prefix of that).
+    /// a thread's name, so `name` is cut to that). Read from `schedstat` in nanoseconds: a
+    /// thread that works for milliseconds shows as 0 in `stat`'s 10 ms ticks.
     fn thread_cpu_secs(&self, name: &str) -> f64 {
         let name = &name[..name.len().min(15)];
         let Ok(tasks) = std::fs::read_dir(format!("/proc/{}/task", self.pid())) else {
@@ -109,11 +110,12 @@ impl Proc {
             if comm.trim_end() != name {
                 continue;
             }
-            let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
-            let rest = stat.rsplit_once(") ").map(|(_, r)| r).unwrap_or("");
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-            total += (ticks(11) + ticks(12)) / clock_ticks();
+            let schedstat = std::fs::read_to_string(task.path().join("schedstat")).unwrap_or_default();
+            let ns = schedstat
+                .split_whitespace()
+                .next()
+                .and_then(|v| v.parse::<f64>().ok());
+            total += ns.unwrap_or(0.0) / 1e9;
         }
         total
     }
@@ -601,7 +603,7 @@ fn live_case(rows: &mut Vec<Row>) -> Res<()> {
             t.bytes = (avg_bytes * t.events as f64) as u64;
             let lines = count_lines(&dir.join("archive"))?;
             eprintln!(
-                "  {} ({:.2} CPU s, {:.2} of it system, {:.3} in the checkpoint store, peak {:.0} MiB, simulator {:.2} CPU s; {lines} lines on disk)",
+                "  {} ({:.2} CPU s, {:.2} of it system, {:.4} in the checkpoint store, peak {:.0} MiB, simulator {:.2} CPU s; {lines} lines on disk)",
                 t.describe(),
                 t.cpu,
                 t.sys_cpu,
@@ -671,7 +673,7 @@ fn live_case(rows: &mut Vec<Row>) -> Res<()> {
                 (
                     format!("plain, same rounds: {} ev/s median", fmt_n(median(plain.iter().map(Throughput::rate).collect()).0)),
                     format!(
-                        "checkpoint cost {cost:+.1}% by rate ({lo:+.1}% to {hi:+.1}% over {} rounds), {cpu_cost:+.1}% by CPU/event; checkpoint store thread {store_share:.1}% of the plain runs' CPU",
+                        "checkpoint cost {cost:+.1}% by rate ({lo:+.1}% to {hi:+.1}% over {} rounds), {cpu_cost:+.1}% by CPU/event; checkpoint store thread {store_share:.2}% of the plain runs' CPU",
                         by_round.len()
                     ),
                 )
