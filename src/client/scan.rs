@@ -181,25 +181,66 @@ fn with_name<T>(
     }
 }
 
-const ONES: u64 = 0x0101_0101_0101_0101;
-const HIGH: u64 = 0x8080_8080_8080_8080;
-
-/// The high bit of each byte of `x` (little-endian) that is `"`, `\`, below 0x20 or above
-/// 0x7f. The classic zero-byte test (`(v - 0x01..) & !v & 0x80..`) can also flag a byte above
-/// a true match, through the borrow, but never one below it: the lowest flag is exact.
-fn special(x: u64) -> u64 {
-    let quote = x ^ (ONES * u64::from(b'"'));
-    let backslash = x ^ (ONES * u64::from(b'\\'));
-    let quote = quote.wrapping_sub(ONES) & !quote;
-    let backslash = backslash.wrapping_sub(ONES) & !backslash;
-    let control = x.wrapping_sub(ONES * 0x20) & !x;
-    (quote | backslash | control | x) & HIGH
+/// Bit k set when byte `at + k` of `b` is `"`, `\\`, below 0x20 or above 0x7f, for the 64
+/// bytes from `at` (bytes past the end of `b` read as plain). Exact for every byte: a caller
+/// may look past the first flag.
+fn special_bits(b: &[u8], at: usize) -> u64 {
+    let rest = b.get(at..).unwrap_or_default();
+    let mut padded = [b'a'; 64];
+    let block: &[u8; 64] = match rest.first_chunk::<64>() {
+        Some(whole) => whole,
+        None => {
+            padded[..rest.len()].copy_from_slice(rest);
+            &padded
+        }
+    };
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{
+            __m128i, _mm_cmpeq_epi8, _mm_cmplt_epi8, _mm_loadu_si128, _mm_movemask_epi8, _mm_or_si128,
+            _mm_set1_epi8,
+        };
+        let mut bits = 0u64;
+        // SAFETY: SSE2 is part of every x86-64 target, so these intrinsics are available; each
+        // load reads 16 bytes inside `block` (64 bytes), and an unaligned load may.
+        unsafe {
+            let quote = _mm_set1_epi8(b'"' as i8);
+            let backslash = _mm_set1_epi8(b'\\' as i8);
+            let space = _mm_set1_epi8(0x20);
+            for (n, chunk) in block.chunks_exact(16).enumerate() {
+                let x = _mm_loadu_si128(chunk.as_ptr().cast::<__m128i>());
+                // A signed compare: bytes at or above 0x80 read as negative, so one compare
+                // finds both control characters and non-ASCII bytes.
+                let special = _mm_or_si128(
+                    _mm_or_si128(_mm_cmpeq_epi8(x, quote), _mm_cmpeq_epi8(x, backslash)),
+                    _mm_cmplt_epi8(x, space),
+                );
+                bits |= u64::from(_mm_movemask_epi8(special) as u16) << (16 * n);
+            }
+        }
+        bits
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let mut bits = 0u64;
+        for (k, &c) in block.iter().enumerate() {
+            if c == b'"' || c == b'\\' || !(0x20..0x80).contains(&c) {
+                bits |= 1 << k;
+            }
+        }
+        bits
+    }
 }
 
 struct Scanner<'a> {
     b: &'a [u8],
     i: usize,
     non_ascii: bool,
+    /// The 64-byte block of `b` (counted from its start) whose [`special_bits`] are in
+    /// `bits`, plus one; 0 before the first. A block holds several strings of a typical
+    /// event, so most strings end without touching the bytes again.
+    block: usize,
+    bits: u64,
 }
 
 impl<'a> Scanner<'a> {
@@ -208,6 +249,8 @@ impl<'a> Scanner<'a> {
             b,
             i: 0,
             non_ascii: false,
+            block: 0,
+            bits: 0,
         }
     }
 
@@ -330,55 +373,25 @@ impl<'a> Scanner<'a> {
         }
     }
 
-    /// Skip string bytes that need no attention (printable ASCII other than `"` and `\`):
-    /// stop at the first byte that does, or at the end of the text. Sixteen bytes at a time
-    /// where SSE2 is there (every x86-64), then eight (see [`special`]), then one.
+    /// Skip string bytes that need no attention (printable ASCII other than `"` and `\\`):
+    /// stop at the first byte that does, or at the end of the text. The bytes needing attention
+    /// are found a 64-byte block at a time ([`special_bits`]) and the block's bits kept, so
+    /// the next string in the same block ends with a shift and a count of trailing zeros:
+    /// scanning each string on its own made every string wait on loading and comparing its
+    /// bytes, the largest single cost of the scan.
     fn skip_plain(&mut self) {
-        #[cfg(target_arch = "x86_64")]
-        {
-            use std::arch::x86_64::{
-                __m128i, _mm_cmpeq_epi8, _mm_cmplt_epi8, _mm_loadu_si128, _mm_movemask_epi8, _mm_or_si128,
-                _mm_set1_epi8,
-            };
-            // SAFETY: SSE2 is part of every x86-64 target, so these intrinsics are available;
-            // each load reads `chunk`, 16 bytes in bounds, and an unaligned load may.
-            unsafe {
-                let quote = _mm_set1_epi8(b'"' as i8);
-                let backslash = _mm_set1_epi8(b'\\' as i8);
-                let space = _mm_set1_epi8(0x20);
-                while let Some(chunk) = self.b.get(self.i..self.i + 16) {
-                    let x = _mm_loadu_si128(chunk.as_ptr().cast::<__m128i>());
-                    // A signed compare: bytes at or above 0x80 read as negative, so one compare
-                    // finds both control characters and non-ASCII bytes.
-                    let special = _mm_or_si128(
-                        _mm_or_si128(_mm_cmpeq_epi8(x, quote), _mm_cmpeq_epi8(x, backslash)),
-                        _mm_cmplt_epi8(x, space),
-                    );
-                    let mask = _mm_movemask_epi8(special) as u32;
-                    if mask != 0 {
-                        self.i += mask.trailing_zeros() as usize;
-                        return;
-                    }
-                    self.i += 16;
-                }
+        while self.i < self.b.len() {
+            let k = self.i / 64;
+            if self.block != k + 1 {
+                self.bits = special_bits(self.b, k * 64);
+                self.block = k + 1;
             }
-        }
-        while let Some(chunk) = self.b.get(self.i..self.i + 8) {
-            let Ok(word) = <[u8; 8]>::try_from(chunk) else {
-                break;
-            };
-            let mask = special(u64::from_le_bytes(word));
-            if mask != 0 {
-                self.i += (mask.trailing_zeros() / 8) as usize;
+            let ahead = self.bits >> (self.i % 64);
+            if ahead != 0 {
+                self.i += ahead.trailing_zeros() as usize;
                 return;
             }
-            self.i += 8;
-        }
-        while let Some(&c) = self.b.get(self.i) {
-            if c == b'"' || c == b'\\' || !(0x20..0x80).contains(&c) {
-                return;
-            }
-            self.i += 1;
+            self.i = ((k + 1) * 64).min(self.b.len());
         }
     }
 
@@ -608,35 +621,92 @@ mod tests {
         assert!(scan_object(deeper.as_bytes()).is_err());
     }
 
-    /// The word-at-a-time skip stops exactly at the first byte the byte-at-a-time rule
-    /// stops at, wherever it stands and whatever follows it.
+    /// The block skip stops exactly at the first byte the byte-at-a-time rule stops at,
+    /// wherever it stands (in a block, at a block's edge, in a short last block) and whatever
+    /// follows it; and it stops at the end of a text with no such byte.
     #[test]
-    fn the_word_skip_stops_at_the_first_special_byte() {
+    fn the_block_skip_stops_at_the_first_special_byte() {
         let is_special = |c: u8| c == b'"' || c == b'\\' || !(0x20..0x80).contains(&c);
-        for first in [b'"', b'\\', 0x00, 0x1f, 0x80, 0xff] {
-            for after in [b'"', 0x00, 0x01, 0xff] {
-                for at in 0..48 {
-                    let mut text = vec![b'a'; 48];
-                    text[at] = first;
-                    text[(at + 1).min(47)] = after;
-                    let mut s = Scanner {
-                        b: &text,
-                        i: 0,
-                        non_ascii: false,
-                    };
-                    s.skip_plain();
-                    assert_eq!(s.i, at, "{first:#x} at {at}, then {after:#x}");
+        for len in [1, 47, 64, 65, 130, 200] {
+            for first in [b'"', b'\\', 0x00, 0x1f, 0x80, 0xff] {
+                for after in [b'"', 0x00, 0x01, 0xff] {
+                    for at in 0..len {
+                        let mut text = vec![b'a'; len];
+                        text[at] = first;
+                        if at + 1 < len {
+                            text[at + 1] = after;
+                        }
+                        for from in [0, at / 2, at] {
+                            let mut s = Scanner::new(&text);
+                            // A block's bits left from an earlier position must not mislead.
+                            s.skip_plain();
+                            s.i = from;
+                            s.skip_plain();
+                            assert_eq!(
+                                s.i, at,
+                                "{first:#x} at {at} of {len} from {from}, then {after:#x}"
+                            );
+                        }
+                    }
                 }
             }
+            let plain = vec![b'a'; len];
+            let mut s = Scanner::new(&plain);
+            s.skip_plain();
+            assert_eq!(s.i, len);
         }
+        // Every byte value, at every position of a block: flagged exactly when special.
         for c in 0u8..=255 {
-            let word = u64::from_le_bytes([b'a', b'a', c, b'a', b'a', b'a', b'a', b'a']);
-            let mask = special(word);
-            assert_eq!(mask == 0, !is_special(c), "byte {c:#x}");
-            if is_special(c) {
-                assert_eq!(mask.trailing_zeros() / 8, 2, "byte {c:#x}");
+            for at in [0, 15, 16, 63, 64, 100] {
+                let mut text = vec![b'a'; 128];
+                text[at] = c;
+                let bits = special_bits(&text, at / 64 * 64);
+                let want = if is_special(c) { 1u64 << (at % 64) } else { 0 };
+                assert_eq!(bits, want, "byte {c:#x} at {at}");
             }
         }
+    }
+
+    /// An event of several 64-byte blocks, with bytes flipped (often to bytes that matter
+    /// to JSON) and maybe cut short: the scan accepts it exactly when serde_json reads it as
+    /// an object (the scan leaves UTF-8 to its caller, so that is checked here as the caller
+    /// does), and then finds the same `id`.
+    #[test]
+    fn agrees_with_serde_json_on_mutated_events() {
+        use proptest::prelude::*;
+        const EVENT: &str = r#"{"id":"evt_042644f23727e8d9","tenant_id":"tn_demo","resource_id":"sb-1","host":"api.openai.com","path":"/v1/items?q=[REDACTED]","status_code":200,"bytes_in":59609,"request_transforms":[{"type":"secret_placeholder","name":"OPENAI_KEY"}],"metadata":{"seq":1,"cost_usd":1.50,"ratio":1e-3,"note":"caf\u00e9 \"quoted\" \\ x"},"inserted_at":"2026-11-27T01:37:25.170587Z","timestamp":"2026-11-27T01:37:25.169087Z"}"#;
+        const MATTERS: &[u8] = b"\"\\{}[],: \t0-.eu\x00\x1f\x7f\x80\xc3\xa9";
+        let byte = prop_oneof![any::<u8>(), prop::sample::select(MATTERS)];
+        let flips = prop::collection::vec((any::<prop::sample::Index>(), byte), 1..4);
+        let cut = prop::option::weighted(0.2, any::<prop::sample::Index>());
+        let config = ProptestConfig {
+            cases: 2048,
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        };
+        proptest::test_runner::TestRunner::new(config)
+            .run(&(flips, cut), |(flips, cut)| {
+                let mut b = EVENT.as_bytes().to_vec();
+                for (at, byte) in flips {
+                    let i = at.index(b.len());
+                    b[i] = byte;
+                }
+                if let Some(cut) = cut {
+                    b.truncate(cut.index(b.len()));
+                }
+                let serde = serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&b);
+                let ours = scan_object(&b)
+                    .ok()
+                    .filter(|m| !m.non_ascii || std::str::from_utf8(&b).is_ok());
+                prop_assert_eq!(ours.is_some(), serde.is_ok(), "{:?}", String::from_utf8_lossy(&b));
+                if let (Some(m), Ok(map)) = (ours, serde) {
+                    let id =
+                        m.id.map(|raw| serde_json::from_slice::<serde_json::Value>(raw).unwrap());
+                    prop_assert_eq!(id.as_ref(), map.get("id").filter(|v| !v.is_null()));
+                }
+                Ok(())
+            })
+            .unwrap();
     }
 
     /// Brackets and escaped quotes inside strings never move an element's boundary; an element
