@@ -18,7 +18,8 @@
 //!   `plain, rare checkpoints`, `plain, redact + OCSF`; default: all).
 //!
 //! Every `auditship` and simulator runs as its own process (the release binary), so each one's
-//! CPU time and memory are its own; the no-op baselines run in this process.
+//! CPU time and memory are its own; the no-op baselines (and the backfill's write-through
+//! floors) run in this process.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -700,10 +701,31 @@ fn live_case(rows: &mut Vec<Row>) -> Res<()> {
     Ok(())
 }
 
-/// The no-op backfill client: the same list requests (cursor paging, same page size, every
-/// sandbox at once), bodies read and dropped.
-fn noop_backfill(sim: &Sim, sandboxes: u64, page: u32) -> Res<Throughput> {
+/// What the backfill clients do with a page's body.
+#[derive(Clone, Copy, PartialEq)]
+enum Keep {
+    /// Count the events and drop the body: the no-op baseline.
+    Nothing,
+    /// Also append the body as it is to one file per sandbox, and `fdatasync` each file once
+    /// at the end: no parsing, no per-event work, the fewest syncs durability allows.
+    Write,
+    /// [`Keep::Write`], hashing every byte written with SHA-256 as auditship's manifest does.
+    WriteHashed,
+}
+
+/// The backfill clients: the same list requests (cursor paging, same page size, every sandbox
+/// at once); `keep` says what becomes of each body. The write-through ones are floors, not
+/// baselines: what any shipper that writes the bytes durably (and hashes them) must at least
+/// spend, with none of a shipper's other work.
+fn noop_backfill(sim: &Sim, sandboxes: u64, page: u32, keep: Keep, dir: &Path) -> Res<Throughput> {
+    use sha2::Digest as _;
     let rt = runtime()?;
+    let out = dir.join("write-through");
+    if keep != Keep::Nothing {
+        let _ = std::fs::remove_dir_all(&out);
+        std::fs::create_dir_all(&out)?;
+    }
+    let own_cpu0 = own_cpu_secs();
     let events = Arc::new(AtomicU64::new(0));
     let bytes = Arc::new(AtomicU64::new(0));
     let cpu0 = sim.proc.cpu_secs();
@@ -721,7 +743,12 @@ fn noop_backfill(sim: &Sim, sandboxes: u64, page: u32) -> Res<Throughput> {
                 sim.base_url(),
                 since.clone(),
             );
+            let mut file = match keep {
+                Keep::Nothing => None,
+                _ => Some(std::fs::File::create(out.join(format!("{id}.json")))?),
+            };
             tasks.spawn(async move {
+                let mut hash = sha2::Sha256::new();
                 let mut cursor: Option<String> = None;
                 loop {
                     let mut q = vec![
@@ -743,6 +770,13 @@ fn noop_backfill(sim: &Sim, sandboxes: u64, page: u32) -> Res<Throughput> {
                         .bytes()
                         .await?;
                     bytes.fetch_add(body.len() as u64, Ordering::Relaxed);
+                    if let Some(file) = file.as_mut() {
+                        // A page-cache write: brief enough to make on the runtime's thread.
+                        file.write_all(&body)?;
+                        if keep == Keep::WriteHashed {
+                            hash.update(&body);
+                        }
+                    }
                     // Count events by their ids; find the cursor at the end of the body.
                     let n = memchr::memmem::find_iter(&body, b"\"id\":\"evt_").count();
                     events.fetch_add(n as u64, Ordering::Relaxed);
@@ -756,6 +790,10 @@ fn noop_backfill(sim: &Sim, sandboxes: u64, page: u32) -> Res<Throughput> {
                         break;
                     }
                 }
+                if let Some(file) = file {
+                    tokio::task::spawn_blocking(move || file.sync_data()).await??;
+                    std::hint::black_box(hash.finalize());
+                }
                 Res::Ok(())
             });
         }
@@ -768,7 +806,7 @@ fn noop_backfill(sim: &Sim, sandboxes: u64, page: u32) -> Res<Throughput> {
         events: events.load(Ordering::Relaxed),
         secs: start.elapsed().as_secs_f64(),
         bytes: bytes.load(Ordering::Relaxed),
-        cpu: 0.0,
+        cpu: own_cpu_secs() - own_cpu0,
         sys_cpu: 0.0,
         sim_cpu: sim.proc.cpu_secs() - cpu0,
         peak_mib: 0.0,
@@ -808,9 +846,36 @@ fn backfill_case(rows: &mut Vec<Row>) -> Res<()> {
     eprintln!("backfill: baseline (no-op client, same list requests)");
     let base = {
         let sim = Sim::start(&dir, &sim_args)?;
-        noop_backfill(&sim, sandboxes, 100)?
+        noop_backfill(&sim, sandboxes, 100, Keep::Nothing, &dir)?
     };
-    eprintln!("  {} (simulator {:.2} CPU s)", base.describe(), base.sim_cpu);
+    eprintln!(
+        "  {} ({:.2} CPU s in the client, simulator {:.2} CPU s)",
+        base.describe(),
+        base.cpu,
+        base.sim_cpu
+    );
+    // The floors: what writing the same bytes durably costs before any of a shipper's own work.
+    let mut floors = Vec::new();
+    for (keep, what) in [
+        (
+            Keep::Write,
+            "bodies appended to one file per sandbox, one fdatasync each at the end",
+        ),
+        (Keep::WriteHashed, "the same, and SHA-256 over every byte written"),
+    ] {
+        eprintln!("backfill: write-through floor ({what})");
+        let sim = Sim::start(&dir, &sim_args)?;
+        let t = noop_backfill(&sim, sandboxes, 100, keep, &dir)?;
+        drop(sim);
+        let _ = std::fs::remove_dir_all(dir.join("write-through"));
+        eprintln!(
+            "  {} ({:.2} CPU s in the client, simulator {:.2} CPU s)",
+            t.describe(),
+            t.cpu,
+            t.sim_cpu
+        );
+        floors.push((what, t));
+    }
     let sim = Sim::start(&dir, &sim_args)?;
     std::fs::write(
         dir.join("p.toml"),
@@ -878,6 +943,21 @@ fn backfill_case(rows: &mut Vec<Row>) -> Res<()> {
             run.peak_mib
         ),
     });
+    for (what, t) in floors {
+        rows.push(Row {
+            case: format!("2. backfill floor, no parsing: {what}"),
+            rate: t.describe(),
+            baseline: base.describe(),
+            ratio: format!("{:.2}", t.rate() / base.rate()),
+            target: "- (a floor: what writing costs any shipper)".into(),
+            cost: format!(
+                "{:.2} CPU s in the client ({:.1} us/event), simulator {:.2} CPU s",
+                t.cpu,
+                t.cpu * 1e6 / t.events.max(1) as f64,
+                t.sim_cpu
+            ),
+        });
+    }
     drop(sim);
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
