@@ -14,6 +14,8 @@
 //!   the spread. Even rounds run the variants in reverse order.
 //! - `SUITE_WARMUP` (default 1): `0` skips the uncounted warm-up run that precedes the live
 //!   rounds.
+//! - `SUITE_FLOORS` (default 1): `0` skips the write-through floors of the live and backfill
+//!   cases.
 //! - `SUITE_LIVE`: `;`-separated live variants to run (`plain`, `zstd`, `gzip`,
 //!   `plain, rare checkpoints`, `plain, redact + OCSF`; default: all).
 //!
@@ -355,12 +357,24 @@ fn runtime() -> Res<tokio::runtime::Runtime> {
         .build()?)
 }
 
-/// The wire limit: open every sandbox's socket, read frames and discard them until `target`.
-fn noop_live(sim: &Sim, sandboxes: u64, target: u64) -> Res<Throughput> {
+/// The live clients: one socket per sandbox, frames read until `target` have arrived in all.
+/// `keep` says what becomes of each frame: dropped (the wire baseline), or appended with a
+/// newline to one file per sandbox through a 64 KiB buffer, each file synced once at the end
+/// (and hashed with SHA-256): the write-through floors, what writing the events durably costs
+/// any shipper before its own work.
+fn noop_live(sim: &Sim, sandboxes: u64, target: u64, keep: Keep, dir: &Path) -> Res<Throughput> {
+    use sha2::Digest as _;
     let rt = runtime()?;
+    let out = dir.join("write-through");
+    if keep != Keep::Nothing {
+        let _ = std::fs::remove_dir_all(&out);
+        std::fs::create_dir_all(&out)?;
+    }
     let events = Arc::new(AtomicU64::new(0));
     let bytes = Arc::new(AtomicU64::new(0));
+    let enough = tokio_util::sync::CancellationToken::new();
     let cpu0 = sim.proc.cpu_secs();
+    let own_cpu0 = own_cpu_secs();
     let start = Instant::now();
     rt.block_on(async {
         let mut tasks = tokio::task::JoinSet::new();
@@ -369,41 +383,63 @@ fn noop_live(sim: &Sim, sandboxes: u64, target: u64) -> Res<Throughput> {
                 "ws://127.0.0.1:{}/api/v1/egress/audit/resource/{id}?token={KEY}",
                 sim.port
             );
-            let (events, bytes) = (events.clone(), bytes.clone());
+            let (events, bytes, enough) = (events.clone(), bytes.clone(), enough.clone());
+            let mut file = match keep {
+                Keep::Nothing => None,
+                _ => Some(std::io::BufWriter::with_capacity(
+                    64 << 10,
+                    std::fs::File::create(out.join(format!("{id}.ndjson")))?,
+                )),
+            };
             tasks.spawn(async move {
                 let mut req = url.into_client_request()?;
                 req.headers_mut()
                     .insert("sec-websocket-protocol", HeaderValue::from_static(SUBPROTOCOL));
                 let (mut ws, _) = tokio_tungstenite::connect_async(req).await?;
-                while let Some(msg) = ws.next().await {
+                let mut hash = sha2::Sha256::new();
+                loop {
+                    let msg = tokio::select! {
+                        m = ws.next() => m,
+                        () = enough.cancelled() => None,
+                    };
+                    let Some(msg) = msg else { break };
                     if let Message::Text(t) = msg? {
-                        bytes.fetch_add(t.len() as u64, Ordering::Relaxed);
+                        let line = t.as_str().as_bytes();
+                        if let Some(file) = file.as_mut() {
+                            // Page-cache writes, 64 KiB at a time: brief enough for the
+                            // runtime's thread.
+                            file.write_all(line)?;
+                            file.write_all(b"\n")?;
+                            if keep == Keep::WriteHashed {
+                                hash.update(line);
+                                hash.update(b"\n");
+                            }
+                        }
+                        bytes.fetch_add(line.len() as u64, Ordering::Relaxed);
                         if events.fetch_add(1, Ordering::Relaxed) + 1 >= target {
-                            break;
+                            enough.cancel();
                         }
                     }
+                }
+                if let Some(file) = file {
+                    let file = file.into_inner().map_err(|e| e.into_error())?;
+                    tokio::task::spawn_blocking(move || file.sync_data()).await??;
+                    std::hint::black_box(hash.finalize());
                 }
                 Res::Ok(())
             });
         }
-        while events.load(Ordering::Relaxed) < target {
-            if tasks.is_empty() {
-                break;
-            }
-            tokio::select! {
-                r = tasks.join_next() => if let Some(Ok(Err(e))) = r { return Err(e) },
-                _ = tokio::time::sleep(Duration::from_millis(5)) => {}
-            }
+        while let Some(r) = tasks.join_next().await {
+            r??;
         }
-        tasks.abort_all();
-        Ok(())
+        Res::Ok(())
     })?;
     let secs = start.elapsed().as_secs_f64();
     Ok(Throughput {
         events: events.load(Ordering::Relaxed),
         secs,
         bytes: bytes.load(Ordering::Relaxed),
-        cpu: own_cpu_secs(),
+        cpu: own_cpu_secs() - own_cpu0,
         sys_cpu: 0.0,
         sim_cpu: sim.proc.cpu_secs() - cpu0,
         peak_mib: 0.0,
@@ -510,9 +546,14 @@ fn live_case(rows: &mut Vec<Row>) -> Res<()> {
     eprintln!("live: baseline (no-op client, {sandboxes} sockets, {events} events)");
     let base = {
         let sim = Sim::start(&dir, &sim_args)?;
-        noop_live(&sim, sandboxes, events)?
+        noop_live(&sim, sandboxes, events, Keep::Nothing, &dir)?
     };
-    eprintln!("  {} (simulator {:.2} CPU s)", base.describe(), base.sim_cpu);
+    eprintln!(
+        "  {} ({:.2} CPU s in the client, simulator {:.2} CPU s)",
+        base.describe(),
+        base.cpu,
+        base.sim_cpu
+    );
     let avg_bytes = base.bytes as f64 / base.events as f64;
     rows.push(Row {
         case: format!("1. live wire baseline (no-op client, {sandboxes} sockets)"),
@@ -522,6 +563,28 @@ fn live_case(rows: &mut Vec<Row>) -> Res<()> {
         target: "simulator >= 1,000,000 ev/s".into(),
         cost: format!("simulator {:.2} CPU s", base.sim_cpu),
     });
+    // The floors: what writing the same events durably costs before any of a shipper's work.
+    let kinds = [
+        (
+            Keep::Write,
+            "frames appended to one file per sandbox, one fdatasync each at the end",
+        ),
+        (Keep::WriteHashed, "the same, and SHA-256 over every byte written"),
+    ];
+    for (keep, what) in kinds.into_iter().filter(|_| env_num("SUITE_FLOORS", 1) > 0) {
+        eprintln!("live: write-through floor ({what})");
+        let sim = Sim::start(&dir, &sim_args)?;
+        let t = noop_live(&sim, sandboxes, events, keep, &dir)?;
+        drop(sim);
+        let _ = std::fs::remove_dir_all(dir.join("write-through"));
+        eprintln!(
+            "  {} ({:.2} CPU s in the client, simulator {:.2} CPU s)",
+            t.describe(),
+            t.cpu,
+            t.sim_cpu
+        );
+        rows.push(floor_row(format!("1. live floor, no parsing: {what}"), &t, &base));
+    }
     let redact = r#"{ type = "redact", fields = ["metadata.authorization", "path"], mode = "hmac-sha256", hmac_key = "bench-key-0123456789abcdef" }"#;
     // (name, sink lines, commit interval, target): the rare-checkpoint variant commits as
     // rarely as the pipeline allows, once an hour (and at the end).
@@ -826,6 +889,23 @@ fn wait_rusage(child: &mut Child) -> Res<(i32, libc::rusage)> {
     Ok((libc::WEXITSTATUS(status), usage))
 }
 
+/// A table row for a write-through floor, set against the no-op baseline of the same case.
+fn floor_row(case: String, t: &Throughput, base: &Throughput) -> Row {
+    Row {
+        case,
+        rate: t.describe(),
+        baseline: base.describe(),
+        ratio: format!("{:.2}", t.rate() / base.rate()),
+        target: "- (a floor: what writing costs any shipper)".into(),
+        cost: format!(
+            "{:.2} CPU s in the client ({:.1} us/event), simulator {:.2} CPU s",
+            t.cpu,
+            t.cpu * 1e6 / t.events.max(1) as f64,
+            t.sim_cpu
+        ),
+    }
+}
+
 fn backfill_case(rows: &mut Vec<Row>) -> Res<()> {
     let sandboxes = env_num("SUITE_SANDBOXES", 100);
     let events = env_num("SUITE_EVENTS", 1_000_000);
@@ -856,13 +936,14 @@ fn backfill_case(rows: &mut Vec<Row>) -> Res<()> {
     );
     // The floors: what writing the same bytes durably costs before any of a shipper's own work.
     let mut floors = Vec::new();
-    for (keep, what) in [
+    let kinds = [
         (
             Keep::Write,
             "bodies appended to one file per sandbox, one fdatasync each at the end",
         ),
         (Keep::WriteHashed, "the same, and SHA-256 over every byte written"),
-    ] {
+    ];
+    for (keep, what) in kinds.into_iter().filter(|_| env_num("SUITE_FLOORS", 1) > 0) {
         eprintln!("backfill: write-through floor ({what})");
         let sim = Sim::start(&dir, &sim_args)?;
         let t = noop_backfill(&sim, sandboxes, 100, keep, &dir)?;
@@ -944,19 +1025,11 @@ fn backfill_case(rows: &mut Vec<Row>) -> Res<()> {
         ),
     });
     for (what, t) in floors {
-        rows.push(Row {
-            case: format!("2. backfill floor, no parsing: {what}"),
-            rate: t.describe(),
-            baseline: base.describe(),
-            ratio: format!("{:.2}", t.rate() / base.rate()),
-            target: "- (a floor: what writing costs any shipper)".into(),
-            cost: format!(
-                "{:.2} CPU s in the client ({:.1} us/event), simulator {:.2} CPU s",
-                t.cpu,
-                t.cpu * 1e6 / t.events.max(1) as f64,
-                t.sim_cpu
-            ),
-        });
+        rows.push(floor_row(
+            format!("2. backfill floor, no parsing: {what}"),
+            &t,
+            &base,
+        ));
     }
     drop(sim);
     let _ = std::fs::remove_dir_all(&dir);
