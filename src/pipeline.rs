@@ -470,6 +470,7 @@ pub async fn run(p: &Pipeline, opts: RunOptions) -> Result<RunReport, PipelineEr
                 tx: dl_tx.clone(),
                 sink: name.clone(),
             }),
+            manifest: p.manifest_enabled,
         };
         let cfg_owned = cfg.clone();
         let checkpoint_path = p.checkpoint_path.clone();

@@ -308,6 +308,10 @@ pub struct SinkContext {
     pub registry: Arc<dyn StateRegistry>,
     /// Where to send events this sink can never deliver.
     pub dead_letters: Arc<dyn DeadLetters>,
+    /// Whether the pipeline keeps a tamper-evident manifest of this sink's units
+    /// (`[manifest] enabled`). When it does not, the seals a sink reports
+    /// ([`Sink::take_sealed`]) are dropped, and it may skip the hashing they would need.
+    pub manifest: bool,
 }
 
 /// A sink: takes batches, makes them durable on flush.
@@ -559,6 +563,7 @@ pub mod testing {
                 recovered,
                 registry: registry.clone(),
                 dead_letters: dead.clone(),
+                manifest: true,
             },
             registry,
             dead,

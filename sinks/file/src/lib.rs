@@ -319,10 +319,12 @@ struct Stretch {
 }
 
 impl Stretch {
-    fn at(start: u64) -> Self {
+    /// A stretch from `start`, hashed as it is written when `hash` (the pipeline keeps a
+    /// manifest of this sink: [`SinkContext::manifest`]).
+    fn at(start: u64, hash: bool) -> Self {
         Stretch {
             start,
-            hasher: Some(Sha256::new()),
+            hasher: hash.then(Sha256::new),
             spans: Spans::default(),
         }
     }
@@ -366,6 +368,9 @@ struct Inner {
     pending_bytes: u64,
     /// When to look for idle files next, though nothing is written (see `seal_idle_ms`).
     idle_check_at: Instant,
+    /// Whether to hash what is written for the seals: only when the pipeline keeps a manifest
+    /// of this sink ([`SinkContext::manifest`]). SHA-256 is the largest single cost of writing.
+    hash: bool,
 }
 
 impl FileSink {
@@ -410,6 +415,7 @@ impl FileSink {
                 last_batch: 0,
                 pending_bytes: 0,
                 idle_check_at,
+                hash: ctx.manifest,
             }),
             ctx,
             prunable,
@@ -624,11 +630,11 @@ impl Inner {
             entries = self.apply(round);
         }
         entries.extend(self.apply(round));
-        let compression = self.config.compression.unit();
+        let (compression, hash) = (self.config.compression.unit(), self.hash);
         for key in closed {
             if let Some(slot) = self.slots.get_mut(&key) {
                 if slot.file.is_none() && slot.stretch.start < slot.durable_len {
-                    self.sealed.push(seal(slot, compression));
+                    self.sealed.push(seal(slot, compression, hash));
                 }
             }
         }
@@ -712,7 +718,7 @@ impl Inner {
     /// pending or in flight waits: its seal must end where its durable bytes do.
     fn decide_rotation(&mut self) {
         let idle = Duration::from_millis(self.config.seal_idle_ms);
-        let compression = self.config.compression.unit();
+        let (compression, hash) = (self.config.compression.unit(), self.hash);
         let due: Vec<String> = self
             .slots
             .iter()
@@ -723,7 +729,7 @@ impl Inner {
             if let Some(slot) = self.slots.get_mut(&key) {
                 slot.rotate = true;
                 slot.file = None;
-                self.sealed.push(seal(slot, compression));
+                self.sealed.push(seal(slot, compression, hash));
             }
         }
         for slot in self.slots.values_mut() {
@@ -733,18 +739,18 @@ impl Inner {
                 && slot.last_write_at.elapsed() >= idle
             {
                 slot.file = None;
-                self.sealed.push(seal(slot, compression));
+                self.sealed.push(seal(slot, compression, hash));
             }
         }
     }
 
     /// Seal every file written this run (the sink is closing).
     fn seal_all(&mut self) {
-        let compression = self.config.compression.unit();
+        let (compression, hash) = (self.config.compression.unit(), self.hash);
         for slot in self.slots.values_mut() {
             slot.file = None;
             if slot.durable_len > 0 && slot.stretch.start < slot.durable_len {
-                self.sealed.push(seal(slot, compression));
+                self.sealed.push(seal(slot, compression, hash));
             }
         }
     }
@@ -765,12 +771,12 @@ impl Inner {
             .map(|(k, s)| (s.last_write, k.clone()))
             .collect();
         by_age.sort();
-        let compression = self.config.compression.unit();
+        let (compression, hash) = (self.config.compression.unit(), self.hash);
         for (_, key) in by_age.into_iter().take(open - self.config.max_open_files) {
             if let Some(slot) = self.slots.get_mut(&key) {
                 slot.file = None;
                 if slot.durable_len > 0 {
-                    self.sealed.push(seal(slot, compression));
+                    self.sealed.push(seal(slot, compression, hash));
                 }
                 // A closed slot keeps no buffer: it costs a few dozen bytes, so many can stay
                 // and a busy fleet does not re-create (and stat) its slots on every batch.
@@ -813,8 +819,8 @@ fn idle_check_every(config: &FileSinkConfig) -> Duration {
 
 /// A seal of `slot`'s file through its durable length, with what the sink gathered of the
 /// stretch; the next stretch starts there.
-fn seal(slot: &mut Slot, compression: UnitCompression) -> Sealed {
-    let stretch = std::mem::replace(&mut slot.stretch, Stretch::at(slot.durable_len));
+fn seal(slot: &mut Slot, compression: UnitCompression, hash: bool) -> Sealed {
+    let stretch = std::mem::replace(&mut slot.stretch, Stretch::at(slot.durable_len, hash));
     let precomputed = stretch.hasher.map(|h| Precomputed {
         start: stretch.start,
         sha256: h.finalize().into(),
@@ -1079,7 +1085,7 @@ impl Sink for FileSink {
                             last_write_at: now,
                             new_file: false,
                             rotate: false,
-                            stretch: Stretch::at(durable_len),
+                            stretch: Stretch::at(durable_len, inner.hash),
                             pending_spans: Spans::default(),
                             ahead: None,
                         },

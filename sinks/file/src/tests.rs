@@ -327,6 +327,36 @@ async fn one_flush_over_more_files_than_may_be_open() {
     }
 }
 
+/// Without a manifest nothing is hashed: the seals carry no hash (the pipeline drops them),
+/// and the files hold the same bytes as with one.
+#[tokio::test]
+async fn without_a_manifest_seals_carry_no_hash_and_the_files_are_the_same() {
+    let mut texts = Vec::new();
+    for manifest in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut c, _) = ctx(vec![]);
+        c.manifest = manifest;
+        let mut sink = FileSink::open(config(dir.path(), |c| c.rotate_max_bytes = Some(100)), c).unwrap();
+        sink.write(batch(1, "a", 0..3)).await.unwrap();
+        let state = sink.flush().await.unwrap();
+        sink.write(batch(2, "a", 3..5)).await.unwrap();
+        sink.flush().await.unwrap();
+        sink.close().await.unwrap();
+        let sealed = sink.take_sealed();
+        assert!(!sealed.is_empty());
+        assert!(
+            sealed.iter().all(|s| s.precomputed.is_some() == manifest),
+            "manifest {manifest}: {:?}",
+            sealed.iter().map(|s| s.precomputed.is_some()).collect::<Vec<_>>()
+        );
+        let first = std::fs::read_to_string(&state[0].key).unwrap();
+        let second = std::fs::read_to_string(state[0].key.replace(".ndjson", ".1.ndjson")).unwrap();
+        texts.push((first, second));
+    }
+    assert_eq!(texts[0], texts[1]);
+    assert_eq!(texts[0].0.lines().count() + texts[0].1.lines().count(), 5);
+}
+
 #[tokio::test]
 async fn rotation_close_and_recovery_seal_each_file_through_its_durable_length() {
     let dir = tempfile::tempdir().unwrap();
