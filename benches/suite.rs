@@ -563,28 +563,9 @@ fn live_case(rows: &mut Vec<Row>) -> Res<()> {
         target: "simulator >= 1,000,000 ev/s".into(),
         cost: format!("simulator {:.2} CPU s", base.sim_cpu),
     });
-    // The floors: what writing the same events durably costs before any of a shipper's work.
-    let kinds = [
-        (
-            Keep::Write,
-            "frames appended to one file per sandbox, one fdatasync each at the end",
-        ),
-        (Keep::WriteHashed, "the same, and SHA-256 over every byte written"),
-    ];
-    for (keep, what) in kinds.into_iter().filter(|_| env_num("SUITE_FLOORS", 1) > 0) {
-        eprintln!("live: write-through floor ({what})");
-        let sim = Sim::start(&dir, &sim_args)?;
-        let t = noop_live(&sim, sandboxes, events, keep, &dir)?;
-        drop(sim);
-        let _ = std::fs::remove_dir_all(dir.join("write-through"));
-        eprintln!(
-            "  {} ({:.2} CPU s in the client, simulator {:.2} CPU s)",
-            t.describe(),
-            t.cpu,
-            t.sim_cpu
-        );
-        rows.push(floor_row(format!("1. live floor, no parsing: {what}"), &t, &base));
-    }
+    floors(rows, "live", "frames", &dir, &sim_args, &base, |sim, keep| {
+        noop_live(sim, sandboxes, events, keep, &dir)
+    })?;
     let redact = r#"{ type = "redact", fields = ["metadata.authorization", "path"], mode = "hmac-sha256", hmac_key = "bench-key-0123456789abcdef" }"#;
     // (name, sink lines, commit interval, target): the rare-checkpoint variant commits as
     // rarely as the pipeline allows, once an hour (and at the end).
@@ -889,21 +870,57 @@ fn wait_rusage(child: &mut Child) -> Res<(i32, libc::rusage)> {
     Ok((libc::WEXITSTATUS(status), usage))
 }
 
-/// A table row for a write-through floor, set against the no-op baseline of the same case.
-fn floor_row(case: String, t: &Throughput, base: &Throughput) -> Row {
-    Row {
-        case,
-        rate: t.describe(),
-        baseline: base.describe(),
-        ratio: format!("{:.2}", t.rate() / base.rate()),
-        target: "- (a floor: what writing costs any shipper)".into(),
-        cost: format!(
-            "{:.2} CPU s in the client ({:.1} us/event), simulator {:.2} CPU s",
-            t.cpu,
-            t.cpu * 1e6 / t.events.max(1) as f64,
-            t.sim_cpu
-        ),
+/// The write-through floors of a case (unless `SUITE_FLOORS=0`): `run` with each kind of
+/// [`Keep`] that writes, each against a fresh simulator, set against the case's no-op `base`.
+fn floors(
+    rows: &mut Vec<Row>,
+    case: &str,
+    what: &str,
+    dir: &Path,
+    sim_args: &[&str],
+    base: &Throughput,
+    run: impl Fn(&Sim, Keep) -> Res<Throughput>,
+) -> Res<()> {
+    if env_num("SUITE_FLOORS", 1) == 0 {
+        return Ok(());
     }
+    let number = if case == "live" { 1 } else { 2 };
+    for (keep, how) in [
+        (
+            Keep::Write,
+            format!("{what} appended to one file per sandbox, one fdatasync each at the end"),
+        ),
+        (
+            Keep::WriteHashed,
+            "the same, and SHA-256 over every byte written".to_string(),
+        ),
+    ] {
+        eprintln!("{case}: write-through floor ({how})");
+        let sim = Sim::start(dir, sim_args)?;
+        let t = run(&sim, keep)?;
+        drop(sim);
+        let _ = std::fs::remove_dir_all(dir.join("write-through"));
+        eprintln!(
+            "  {} ({:.2} CPU s in the client, simulator {:.2} CPU s)",
+            t.describe(),
+            t.cpu,
+            t.sim_cpu
+        );
+        rows.push(Row {
+            case: format!("{number}. {case} floor, no parsing: {how}"),
+            rate: t.describe(),
+            baseline: base.describe(),
+            ratio: format!("{:.2}", t.rate() / base.rate()),
+            target: "- (a floor: what writing costs any shipper)".into(),
+            cost: format!(
+                "{:.2} CPU s in the client ({:.1} us/event), simulator {:.2} CPU s",
+                t.cpu,
+                t.cpu * 1e6 / t.events.max(1) as f64,
+                t.sim_cpu
+            ),
+        });
+    }
+    Ok(())
 }
 
 fn backfill_case(rows: &mut Vec<Row>) -> Res<()> {
@@ -934,29 +951,9 @@ fn backfill_case(rows: &mut Vec<Row>) -> Res<()> {
         base.cpu,
         base.sim_cpu
     );
-    // The floors: what writing the same bytes durably costs before any of a shipper's own work.
-    let mut floors = Vec::new();
-    let kinds = [
-        (
-            Keep::Write,
-            "bodies appended to one file per sandbox, one fdatasync each at the end",
-        ),
-        (Keep::WriteHashed, "the same, and SHA-256 over every byte written"),
-    ];
-    for (keep, what) in kinds.into_iter().filter(|_| env_num("SUITE_FLOORS", 1) > 0) {
-        eprintln!("backfill: write-through floor ({what})");
-        let sim = Sim::start(&dir, &sim_args)?;
-        let t = noop_backfill(&sim, sandboxes, 100, keep, &dir)?;
-        drop(sim);
-        let _ = std::fs::remove_dir_all(dir.join("write-through"));
-        eprintln!(
-            "  {} ({:.2} CPU s in the client, simulator {:.2} CPU s)",
-            t.describe(),
-            t.cpu,
-            t.sim_cpu
-        );
-        floors.push((what, t));
-    }
+    floors(rows, "backfill", "bodies", &dir, &sim_args, &base, |sim, keep| {
+        noop_backfill(sim, sandboxes, 100, keep, &dir)
+    })?;
     let sim = Sim::start(&dir, &sim_args)?;
     std::fs::write(
         dir.join("p.toml"),
@@ -1024,13 +1021,6 @@ fn backfill_case(rows: &mut Vec<Row>) -> Res<()> {
             run.peak_mib
         ),
     });
-    for (what, t) in floors {
-        rows.push(floor_row(
-            format!("2. backfill floor, no parsing: {what}"),
-            &t,
-            &base,
-        ));
-    }
     drop(sim);
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
