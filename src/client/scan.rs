@@ -181,7 +181,7 @@ fn with_name<T>(
     }
 }
 
-/// Bit k set when byte `at + k` of `b` is `"`, `\\`, below 0x20 or above 0x7f, for the 64
+/// Bit k set when byte `at + k` of `b` is `"`, `\`, below 0x20 or above 0x7f, for the 64
 /// bytes from `at` (bytes past the end of `b` read as plain). Exact for every byte: a caller
 /// may look past the first flag.
 fn special_bits(b: &[u8], at: usize) -> u64 {
@@ -392,7 +392,7 @@ impl<'a> Scanner<'a> {
         }
     }
 
-    /// Skip string bytes that need no attention (printable ASCII other than `"` and `\\`):
+    /// Skip string bytes that need no attention (printable ASCII other than `"` and `\`):
     /// stop at the first byte that does, or at the end of the text. The bytes needing attention
     /// are found a 64-byte block at a time ([`special_bits`]) and the block's bits kept, so
     /// the next string in the same block ends with a shift and a count of trailing zeros:
