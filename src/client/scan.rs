@@ -186,14 +186,20 @@ fn with_name<T>(
 /// may look past the first flag.
 fn special_bits(b: &[u8], at: usize) -> u64 {
     let rest = b.get(at..).unwrap_or_default();
-    let mut padded = [b'a'; 64];
-    let block: &[u8; 64] = match rest.first_chunk::<64>() {
-        Some(whole) => whole,
+    match rest.first_chunk::<64>() {
+        Some(block) => block_bits(block),
+        // Only the last block of a text is short: padding every block cost a 64-byte fill each.
         None => {
+            let mut padded = [b'a'; 64];
             padded[..rest.len()].copy_from_slice(rest);
-            &padded
+            block_bits(&padded)
         }
-    };
+    }
+}
+
+/// [`special_bits`] of one whole block.
+#[inline(always)]
+fn block_bits(block: &[u8; 64]) -> u64 {
     #[cfg(target_arch = "x86_64")]
     {
         use std::arch::x86_64::{
