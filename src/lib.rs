@@ -2,8 +2,9 @@
 //! event once, checkpointed, resumable.
 //!
 //! # Layout
-//! - [`client`]: the Miosa egress-audit client, usable on its own: `list`, `get`, and `tail` as
-//!   a `Stream` (socket first, polling fallback, catch-up after every reconnect).
+//! - [`client`]: the Miosa egress-audit client, its own crate (`crates/auditship-client`,
+//!   re-exported): `list`, `get`, and `tail` as a `Stream` (socket first, polling fallback,
+//!   catch-up after every reconnect), the API key type ([`secret`]), an observer for metrics.
 //! - [`source`]: one task per sandbox, built on [`client`]'s tail; turns audit events into
 //!   pipeline events with per-sandbox sequence numbers, and bad frames into dead letters.
 //! - [`checkpoint`]: the SQLite store (one writer thread): per-sandbox positions and sink state,
@@ -21,8 +22,8 @@
 //! - [`verify`]: `auditship verify`: recompute every hash, walk the chains, report what was
 //!   altered, removed, added, duplicated or is missing.
 //! - [`shard`]: `--shard I/N`, rendezvous hashing of sandbox ids over processes.
-//! - [`sim`]: the bundled Miosa simulator used by the demo, the tests and the benchmarks.
-//! - [`secret`]: the API key type that never prints, and redaction.
+//! - [`sim`]: the bundled Miosa simulator used by the demo, the tests and the benchmarks, its
+//!   own crate (`crates/auditship-sim`, re-exported).
 //! - [`metrics`]: process-wide counters.
 //! - Sinks live in their own crates under `sinks/`: the contract in `auditship-sink`, the file
 //!   sink in `auditship-sink-file`.
@@ -34,8 +35,9 @@
 //! # As a library
 //! Programs that want audit events without running the shipper use [`client`]: the SDK's
 //! `list`, `get` and `tail` (a `Stream` that prefers the socket, falls back to polling,
-//! reconnects and never yields an event twice). `examples/tail_sandbox.rs` tails one sandbox;
-//! every public function of the client has a runnable example against the bundled [`sim`].
+//! reconnects and never yields an event twice). It is the `auditship-client` crate, which a
+//! program can depend on alone; its `examples/tail_sandbox.rs` tails one sandbox, and every
+//! public function has a runnable example against the bundled [`sim`].
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
@@ -52,25 +54,23 @@
 //! ```
 
 pub mod checkpoint;
-pub mod client;
 pub mod config;
 pub mod manifest;
 pub mod metrics;
 pub mod pipeline;
 pub mod reconcile;
-pub mod secret;
 pub mod shard;
-pub mod sim;
 pub mod source;
 pub mod transform;
 pub mod verify;
 
-/// rustls needs one process-wide crypto provider; install ring's once (both the HTTP client and
-/// the socket use rustls).
-pub fn install_crypto_provider() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        // Fails only if another provider was installed first, which is just as good.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-    });
-}
+/// The Miosa egress-audit client: the `auditship-client` crate, which stands alone.
+#[doc(inline)]
+pub use auditship_client as client;
+#[doc(inline)]
+pub use auditship_client::secret;
+/// The bundled Miosa simulator: the `auditship-sim` crate.
+#[doc(inline)]
+pub use auditship_sim as sim;
+
+pub use auditship_client::install_crypto_provider;

@@ -88,6 +88,51 @@ pub fn api_response(status: u16) {
     *m.entry(status).or_default() += 1;
 }
 
+/// The client's reports ([`auditship_client::Observer`]) into the counters above: the
+/// pipeline gives every client it builds one of these.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ClientMetrics;
+
+impl ClientMetrics {
+    /// The gauge counting tails in state `s` (none for a stopped tail).
+    fn transport_gauge(s: auditship_client::ActiveTransport) -> Option<&'static Gauge> {
+        use auditship_client::ActiveTransport;
+        match s {
+            ActiveTransport::Connecting => Some(&TAILS_CONNECTING),
+            ActiveTransport::WebSocket => Some(&TAILS_WEBSOCKET),
+            ActiveTransport::Polling => Some(&TAILS_POLLING),
+            ActiveTransport::Stopped => None,
+        }
+    }
+}
+
+impl auditship_client::Observer for ClientMetrics {
+    fn api_response(&self, status: u16) {
+        api_response(status);
+    }
+
+    fn api_retry(&self) {
+        API_RETRIES.inc();
+    }
+
+    fn frame_received(&self) {
+        FRAMES_RECEIVED.inc();
+    }
+
+    fn socket_dropped(&self) {
+        SOCKET_DROPS.inc();
+    }
+
+    fn tail_transport(&self, from: auditship_client::ActiveTransport, to: auditship_client::ActiveTransport) {
+        if let Some(g) = Self::transport_gauge(from) {
+            g.dec();
+        }
+        if let Some(g) = Self::transport_gauge(to) {
+            g.inc();
+        }
+    }
+}
+
 /// What one sink has done.
 #[derive(Debug, Default)]
 pub struct SinkStats {

@@ -199,7 +199,8 @@ pub fn client_for(p: &Pipeline) -> Result<Client, PipelineError> {
         .api_key(key)
         .requests_per_minute(p.requests_per_minute)
         .timeout(p.request_timeout)
-        .connect_timeout(p.connect_timeout);
+        .connect_timeout(p.connect_timeout)
+        .observer(std::sync::Arc::new(crate::metrics::ClientMetrics));
     if let Some(t) = &p.tenant {
         b = b.tenant(t);
     }

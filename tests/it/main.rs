@@ -13,6 +13,7 @@ mod fuzz;
 mod jobs;
 #[cfg(feature = "kafka")]
 mod kafka;
+mod layout;
 mod metrics;
 mod process;
 mod reconcile;

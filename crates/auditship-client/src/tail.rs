@@ -174,7 +174,9 @@ impl Tail {
         let (tx, rx) = mpsc::channel(options.buffer.div_ceil(CHUNK).max(1));
         let status = Arc::new(AtomicU8::new(0));
         // The new tail is connecting (status 0) until it reaches its socket or the fallback.
-        crate::metrics::TAILS_CONNECTING.inc();
+        client
+            .observer()
+            .tail_transport(ActiveTransport::Stopped, ActiveTransport::Connecting);
         let seen = Seen::new(&options.start, options.dedupe_window);
         let task = TailTask {
             pager_base: Filters {
@@ -675,24 +677,18 @@ enum SocketEnd {
     Fatal,
 }
 
-/// The process-wide gauge counting tails in state `s` (none for a stopped tail).
-fn transport_gauge(s: ActiveTransport) -> Option<&'static crate::metrics::Gauge> {
-    match s {
-        ActiveTransport::Connecting => Some(&crate::metrics::TAILS_CONNECTING),
-        ActiveTransport::WebSocket => Some(&crate::metrics::TAILS_WEBSOCKET),
-        ActiveTransport::Polling => Some(&crate::metrics::TAILS_POLLING),
-        ActiveTransport::Stopped => None,
-    }
-}
-
 impl Drop for TailTask {
-    /// A tail that ends (dropped, aborted, or stopped) leaves the gauges and the org poller.
+    /// A tail that ends (dropped, aborted, or stopped) leaves the org poller, and tells the
+    /// observer it stopped.
     fn drop(&mut self) {
         if let (Some(org), Some(_)) = (&self.options.org_poller, &self.org_rx) {
             org.unsubscribe(&self.resource_id);
         }
-        if let Some(g) = transport_gauge(ActiveTransport::from_u8(self.status.load(Ordering::Relaxed))) {
-            g.dec();
+        let last = ActiveTransport::from_u8(self.status.load(Ordering::Relaxed));
+        if last != ActiveTransport::Stopped {
+            self.client
+                .observer()
+                .tail_transport(last, ActiveTransport::Stopped);
         }
     }
 }
@@ -721,12 +717,7 @@ impl TailTask {
     fn set_status(&self, s: ActiveTransport) {
         let old = ActiveTransport::from_u8(self.status.swap(s as u8, Ordering::Relaxed));
         if old != s {
-            if let Some(g) = transport_gauge(old) {
-                g.dec();
-            }
-            if let Some(g) = transport_gauge(s) {
-                g.inc();
-            }
+            self.client.observer().tail_transport(old, s);
         }
     }
 
@@ -777,7 +768,7 @@ impl TailTask {
                                 return;
                             }
                             SocketEnd::Dropped { reason, worked } => {
-                                crate::metrics::SOCKET_DROPS.inc();
+                                self.client.observer().socket_dropped();
                                 // A socket that delivered live frames was healthy: reconnect
                                 // promptly. One that fails before that backs off further.
                                 if worked {
@@ -1185,7 +1176,7 @@ impl TailTask {
             }
             Message::Ping | Message::Pong => return Ok(None),
         };
-        crate::metrics::FRAMES_RECEIVED.inc();
+        self.client.observer().frame_received();
         match decode_event(payload, "socket frame") {
             Ok(event) => {
                 if belongs(&event, Some(&self.resource_id)) && self.seen.insert(&event) {

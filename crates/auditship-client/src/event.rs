@@ -17,7 +17,7 @@ use super::Error;
 /// One egress-audit event: the raw JSON exactly as received, plus the fields the client reads.
 ///
 /// ```
-/// use auditship::client::{parse_time, AuditEvent};
+/// use auditship_client::{parse_time, AuditEvent};
 ///
 /// let event = AuditEvent::from_json(
 ///     r#"{"id":"evt_9","resource_id":"sb-1","inserted_at":"2026-11-25T10:00:01Z","timestamp":"2026-11-25T10:00:00Z"}"#,
@@ -31,7 +31,7 @@ use super::Error;
 /// assert_eq!(event.json().as_bytes(), &event.raw()[..]);
 /// let bytes = event.clone().into_raw();
 /// assert!(bytes.starts_with(b"{\"id\""));
-/// # Ok::<(), auditship::client::Error>(())
+/// # Ok::<(), auditship_client::Error>(())
 /// ```
 #[derive(Clone, Debug)]
 pub struct AuditEvent {
@@ -90,7 +90,7 @@ impl CursorText {
     /// [`AuditEvent::cursor_span`]). Runs for every event, so when `raw` has 46 bytes from
     /// `start` it copies exactly 46 (a few vector moves, no `memcpy` call); the bytes past the
     /// text are never read.
-    pub(crate) fn from_span(raw: &[u8], start: usize, end: usize) -> Option<Self> {
+    pub fn from_span(raw: &[u8], start: usize, end: usize) -> Option<Self> {
         let len = end.checked_sub(start)?;
         match raw.get(start..start + 46) {
             Some(window) if len <= 46 => {
@@ -181,14 +181,14 @@ impl AuditEvent {
     /// raw line break, so the value is unchanged and the event fits one NDJSON line).
     ///
     /// ```
-    /// use auditship::client::AuditEvent;
+    /// use auditship_client::AuditEvent;
     ///
     /// let event = AuditEvent::from_json(r#"{"event":{"id":"evt_1","action":"reject","cost":1.50,"x":{}}}"#)?;
     /// assert_eq!(event.id(), "evt_1");
     /// assert_eq!(event.json(), r#"{"id":"evt_1","action":"reject","cost":1.50,"x":{}}"#);
     /// assert_eq!(event.fields()?.action.as_deref(), Some("reject"));
     /// assert!(AuditEvent::from_json("not json{").is_err());
-    /// # Ok::<(), auditship::client::Error>(())
+    /// # Ok::<(), auditship_client::Error>(())
     /// ```
     pub fn from_json(bytes: impl Into<Bytes>) -> Result<Self, Error> {
         decode_event(bytes.into(), "event")
@@ -271,13 +271,13 @@ impl AuditEvent {
     /// [`AuditEvent::raw`].
     ///
     /// ```
-    /// use auditship::client::AuditEvent;
+    /// use auditship_client::AuditEvent;
     ///
     /// let event = AuditEvent::from_json(r#"{"id":"e","host":"pypi.org","status_code":200,"new_field":true}"#)?;
     /// let fields = event.fields()?;
     /// assert_eq!((fields.host.as_deref(), fields.status_code), (Some("pypi.org"), Some(200)));
     /// assert_eq!(event.to_value()?["new_field"], true);
-    /// # Ok::<(), auditship::client::Error>(())
+    /// # Ok::<(), auditship_client::Error>(())
     /// ```
     pub fn fields(&self) -> Result<AuditFields, Error> {
         serde_json::from_slice(&self.raw).map_err(|e| Error::Decode {
@@ -300,7 +300,7 @@ impl AuditEvent {
 /// Parse an RFC 3339 time to microseconds since the Unix epoch.
 ///
 /// ```
-/// use auditship::client::{format_time, parse_time};
+/// use auditship_client::{format_time, parse_time};
 ///
 /// let us = parse_time("2026-11-25T10:00:00.25+01:00").unwrap();
 /// assert_eq!(format_time(us), "2026-11-25T09:00:00.250000Z");
@@ -604,7 +604,7 @@ impl Page {
     /// does with the bytes it receives).
     ///
     /// ```
-    /// use auditship::client::Page;
+    /// use auditship_client::Page;
     ///
     /// let page = Page::from_json(r#"{"data":[{"id":"evt_1"}],"next_cursor":"c2"}"#).unwrap();
     /// assert_eq!(page.events[0].id(), "evt_1");
@@ -617,7 +617,7 @@ impl Page {
 
 /// The `what` of an [`Error::Decode`] for an element of a list page that is not an event (see
 /// [`Error::is_list_element`]).
-pub(crate) const LIST_ELEMENT: &str = "list element";
+pub const LIST_ELEMENT: &str = "list element";
 
 /// Decode a list response: a bare array, or an object holding the array under the first of
 /// `data`, `events`, `audit`, `items`, with optional `next_cursor`/`has_more`.

@@ -10,9 +10,9 @@
 
 use std::time::Duration;
 
-use auditship::client::{Client, Error, StartAt, TailOptions};
-use auditship::secret::ApiKey;
-use auditship::sim::{SimConfig, Simulator};
+use auditship_client::secret::ApiKey;
+use auditship_client::{Client, Error, StartAt, TailOptions};
+use auditship_sim::{SimConfig, Simulator};
 use futures_util::StreamExt;
 
 #[tokio::main]
@@ -23,7 +23,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Ok(key) => {
             let base = args
                 .next()
-                .unwrap_or_else(|| auditship::client::DEFAULT_BASE_URL.to_string());
+                .unwrap_or_else(|| auditship_client::DEFAULT_BASE_URL.to_string());
             let client = Client::builder()
                 .base_url(base)
                 .api_key(ApiKey::new(key))

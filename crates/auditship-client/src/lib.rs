@@ -2,8 +2,8 @@
 //! in the shape of the official SDK's `Miosa.Sandboxes.Audit`.
 //!
 //! ```no_run
-//! # async fn demo() -> Result<(), auditship::client::Error> {
-//! use auditship::client::{Client, Filters, TailOptions};
+//! # async fn demo() -> Result<(), auditship_client::Error> {
+//! use auditship_client::{Client, Filters, TailOptions};
 //! use futures_util::StreamExt;
 //!
 //! let client = Client::builder()
@@ -27,9 +27,11 @@
 
 mod error;
 mod event;
+mod observe;
 mod org;
 mod ratelimit;
 mod scan;
+pub mod secret;
 mod tail;
 mod tls;
 mod ws;
@@ -41,11 +43,12 @@ use bytes::Bytes;
 use futures_util::Stream;
 use url::Url;
 
-use crate::secret::ApiKey;
+use secret::ApiKey;
 
 pub use error::Error;
-pub(crate) use event::LIST_ELEMENT;
+pub use event::LIST_ELEMENT;
 pub use event::{format_time, parse_time, AuditEvent, AuditFields, CursorText, Page};
+pub use observe::{NoObserver, Observer};
 pub use org::{OrgPoller, SocketGate};
 pub use ratelimit::RateLimiter;
 pub use tail::{ActiveTransport, Position, StartAt, Tail, TailOptions, TailStatus, Transport};
@@ -184,10 +187,10 @@ pub struct SandboxInfo {
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// # let sim = auditship::sim::Simulator::start(Default::default()).await?;
+/// # let sim = auditship_sim::Simulator::start(Default::default()).await?;
 /// use std::time::Duration;
-/// use auditship::client::{Client, Error, RetryPolicy};
-/// use auditship::secret::ApiKey;
+/// use auditship_client::{Client, Error, RetryPolicy};
+/// use auditship_client::secret::ApiKey;
 ///
 /// let client = Client::builder()
 ///     .base_url(sim.base_url())
@@ -217,6 +220,7 @@ pub struct ClientBuilder {
     retry: Option<RetryPolicy>,
     user_agent: Option<String>,
     tls: TlsOptions,
+    observer: observe::SharedObserver,
 }
 
 impl ClientBuilder {
@@ -235,7 +239,7 @@ impl ClientBuilder {
     /// Read the API key from an environment variable.
     ///
     /// ```
-    /// use auditship::client::Client;
+    /// use auditship_client::Client;
     ///
     /// let missing = Client::builder().api_key_from_env("AUDITSHIP_DOC_UNSET_VARIABLE");
     /// assert!(missing.unwrap_err().to_string().contains("AUDITSHIP_DOC_UNSET_VARIABLE is not set"));
@@ -301,9 +305,16 @@ impl ClientBuilder {
         self
     }
 
+    /// Report requests, retries, socket frames and tail transports to `observer` (see
+    /// [`Observer`]). Default: [`NoObserver`], which reports nothing.
+    pub fn observer(mut self, observer: Arc<dyn Observer>) -> Self {
+        self.observer = observe::SharedObserver(observer);
+        self
+    }
+
     /// Build the client.
     pub fn build(self) -> Result<Client, Error> {
-        crate::install_crypto_provider();
+        install_crypto_provider();
         let base_text = self.base_url.unwrap_or_else(|| DEFAULT_BASE_URL.to_string());
         let base = Url::parse(&base_text)
             .map_err(|e| Error::Config(format!("base_url {base_text:?} is not a URL: {e}")))?;
@@ -349,6 +360,7 @@ impl ClientBuilder {
                 connect_timeout,
                 socket_tls: tls.socket,
                 handshakes: tokio::sync::Semaphore::new(MAX_CONCURRENT_HANDSHAKES),
+                observer: self.observer,
             }),
         })
     }
@@ -373,6 +385,8 @@ struct Inner {
     socket_tls: Arc<rustls::ClientConfig>,
     /// Socket handshakes in progress at once, per client.
     handshakes: tokio::sync::Semaphore,
+    /// Told of responses, retries, frames and transports.
+    observer: observe::SharedObserver,
 }
 
 /// A sandbox: anything that names one (`&str`, `String`).
@@ -406,10 +420,10 @@ impl Client {
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # let sim = auditship::sim::Simulator::start(Default::default()).await?;
+    /// # let sim = auditship_sim::Simulator::start(Default::default()).await?;
     /// use std::time::Duration;
-    /// use auditship::client::Client;
-    /// use auditship::secret::ApiKey;
+    /// use auditship_client::Client;
+    /// use auditship_client::secret::ApiKey;
     ///
     /// let client = Client::builder()
     ///     .base_url(sim.base_url()) // default: https://api.miosa.ai/api/v1
@@ -429,10 +443,10 @@ impl Client {
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # use auditship::sim::{SimConfig, Simulator};
+    /// # use auditship_sim::{SimConfig, Simulator};
     /// # let sim = Simulator::start(SimConfig { sandboxes: vec!["sb-123".into(), "sb-456".into()], backlog_per_sandbox: 30, ..SimConfig::default() }).await?;
-    /// # let client = auditship::client::Client::builder().base_url(sim.base_url()).api_key(auditship::secret::ApiKey::new(sim.api_key())).build()?;
-    /// use auditship::client::Filters;
+    /// # let client = auditship_client::Client::builder().base_url(sim.base_url()).api_key(auditship_client::secret::ApiKey::new(sim.api_key())).build()?;
+    /// use auditship_client::Filters;
     ///
     /// // Every sandbox's events, one page.
     /// let page = client.audit().list(&Filters { limit: Some(50), ..Default::default() }).await?;
@@ -448,10 +462,10 @@ impl Client {
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # use auditship::sim::{SimConfig, Simulator};
+    /// # use auditship_sim::{SimConfig, Simulator};
     /// # let sim = Simulator::start(SimConfig { sandboxes: vec!["sb-123".into(), "sb-456".into()], backlog_per_sandbox: 30, ..SimConfig::default() }).await?;
-    /// # let client = auditship::client::Client::builder().base_url(sim.base_url()).api_key(auditship::secret::ApiKey::new(sim.api_key())).build()?;
-    /// use auditship::client::Sandbox;
+    /// # let client = auditship_client::Client::builder().base_url(sim.base_url()).api_key(auditship_client::secret::ApiKey::new(sim.api_key())).build()?;
+    /// use auditship_client::Sandbox;
     ///
     /// let by_id = client.sandbox("sb-123").audit();
     /// let by_value = client.sandbox(Sandbox { id: "sb-123".into() }).audit();
@@ -471,7 +485,7 @@ impl Client {
     }
 
     /// The key this client sends, for redacting text that might hold it.
-    pub(crate) fn key(&self) -> &ApiKey {
+    pub fn key(&self) -> &ApiKey {
         &self.inner.key
     }
 
@@ -510,11 +524,11 @@ impl Client {
             req = req.header("x-miosa-tenant", t);
         }
         let resp = req.send().await.map_err(|e| {
-            crate::metrics::api_response(0);
+            self.inner.observer.api_response(0);
             self.transport(&e)
         })?;
         let status = resp.status().as_u16();
-        crate::metrics::api_response(status);
+        self.inner.observer.api_response(status);
         let request_id = request_id(resp.headers());
         let header_retry = resp
             .headers()
@@ -592,7 +606,7 @@ impl Client {
                 }
                 Err(e) if e.is_retryable() && policy.max_attempts.is_none_or(|m| attempt < m) => {
                     let delay = backoff.next_delay().max(e.retry_after().unwrap_or_default());
-                    crate::metrics::API_RETRIES.inc();
+                    self.inner.observer.api_retry();
                     if last_warn.is_none_or(|t| t.elapsed() >= Duration::from_secs(30)) {
                         tracing::warn!(what, attempt, retry_in_ms = delay.as_millis() as u64, request_id = e.request_id(), error = %e, "Miosa API request failed; retrying");
                         last_warn = Some(Instant::now());
@@ -649,9 +663,9 @@ impl Client {
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # use auditship::sim::{SimConfig, Simulator};
+    /// # use auditship_sim::{SimConfig, Simulator};
     /// # let sim = Simulator::start(SimConfig { sandboxes: vec!["sb-123".into(), "sb-456".into()], ..SimConfig::default() }).await?;
-    /// # let client = auditship::client::Client::builder().base_url(sim.base_url()).api_key(auditship::secret::ApiKey::new(sim.api_key())).build()?;
+    /// # let client = auditship_client::Client::builder().base_url(sim.base_url()).api_key(auditship_client::secret::ApiKey::new(sim.api_key())).build()?;
     /// let ids: Vec<String> = client.sandboxes().await?.into_iter().map(|s| s.id).collect();
     /// assert_eq!(ids, ["sb-123", "sb-456"]);
     /// # Ok(()) }
@@ -737,6 +751,22 @@ impl Client {
     pub(crate) fn retry_policy(&self) -> &RetryPolicy {
         &self.inner.retry
     }
+
+    /// Whom to tell of responses, retries, frames and transports.
+    pub(crate) fn observer(&self) -> &dyn Observer {
+        &*self.inner.observer
+    }
+}
+
+/// rustls needs one process-wide crypto provider; install ring's once (both the HTTP client and
+/// the socket use rustls). [`ClientBuilder::build`] calls it; a program that makes its own
+/// rustls configurations (a test server's) calls it first.
+pub fn install_crypto_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // Fails only if another provider was installed first, which is just as good.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
 }
 
 /// The `X-Request-ID` of a response, worth logging with every error.
@@ -851,10 +881,10 @@ impl OrgAudit {
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # use auditship::sim::{SimConfig, Simulator};
+    /// # use auditship_sim::{SimConfig, Simulator};
     /// # let sim = Simulator::start(SimConfig { sandboxes: vec!["sb-123".into(), "sb-456".into()], backlog_per_sandbox: 30, ..SimConfig::default() }).await?;
-    /// # let client = auditship::client::Client::builder().base_url(sim.base_url()).api_key(auditship::secret::ApiKey::new(sim.api_key())).build()?;
-    /// use auditship::client::Filters;
+    /// # let client = auditship_client::Client::builder().base_url(sim.base_url()).api_key(auditship_client::secret::ApiKey::new(sim.api_key())).build()?;
+    /// use auditship_client::Filters;
     ///
     /// let rejected = client.audit().list(&Filters { action: Some("reject".into()), ..Default::default() }).await?;
     /// assert!(rejected.iter().all(|e| e.fields().unwrap().action.as_deref() == Some("reject")));
@@ -869,10 +899,10 @@ impl OrgAudit {
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # use auditship::sim::{SimConfig, Simulator};
+    /// # use auditship_sim::{SimConfig, Simulator};
     /// # let sim = Simulator::start(SimConfig { sandboxes: vec!["sb-123".into(), "sb-456".into()], backlog_per_sandbox: 30, ..SimConfig::default() }).await?;
-    /// # let client = auditship::client::Client::builder().base_url(sim.base_url()).api_key(auditship::secret::ApiKey::new(sim.api_key())).build()?;
-    /// use auditship::client::Filters;
+    /// # let client = auditship_client::Client::builder().base_url(sim.base_url()).api_key(auditship_client::secret::ApiKey::new(sim.api_key())).build()?;
+    /// use auditship_client::Filters;
     /// use futures_util::StreamExt;
     ///
     /// let all: Vec<_> = client.audit().list_all(Filters::default()).collect().await;
@@ -891,10 +921,10 @@ impl OrgAudit {
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # use auditship::sim::{SimConfig, Simulator};
+    /// # use auditship_sim::{SimConfig, Simulator};
     /// # let sim = Simulator::start(SimConfig { sandboxes: vec!["sb-123".into(), "sb-456".into()], backlog_per_sandbox: 30, ..SimConfig::default() }).await?;
-    /// # let client = auditship::client::Client::builder().base_url(sim.base_url()).api_key(auditship::secret::ApiKey::new(sim.api_key())).build()?;
-    /// use auditship::client::{Error, Filters};
+    /// # let client = auditship_client::Client::builder().base_url(sim.base_url()).api_key(auditship_client::secret::ApiKey::new(sim.api_key())).build()?;
+    /// use auditship_client::{Error, Filters};
     ///
     /// let some = client.audit().list(&Filters::default()).await?;
     /// let again = client.audit().get(some[0].id()).await?;
@@ -951,10 +981,10 @@ impl SandboxAudit {
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # use auditship::sim::{SimConfig, Simulator};
+    /// # use auditship_sim::{SimConfig, Simulator};
     /// # let sim = Simulator::start(SimConfig { sandboxes: vec!["sb-123".into(), "sb-456".into()], backlog_per_sandbox: 30, ..SimConfig::default() }).await?;
-    /// # let client = auditship::client::Client::builder().base_url(sim.base_url()).api_key(auditship::secret::ApiKey::new(sim.api_key())).build()?;
-    /// use auditship::client::Filters;
+    /// # let client = auditship_client::Client::builder().base_url(sim.base_url()).api_key(auditship_client::secret::ApiKey::new(sim.api_key())).build()?;
+    /// use auditship_client::Filters;
     ///
     /// let audit = client.sandbox("sb-123").audit();
     /// let page = audit.list(&Filters { limit: Some(10), ..Default::default() }).await?;
@@ -977,10 +1007,10 @@ impl SandboxAudit {
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # use auditship::sim::{SimConfig, Simulator};
+    /// # use auditship_sim::{SimConfig, Simulator};
     /// # let sim = Simulator::start(SimConfig { sandboxes: vec!["sb-123".into(), "sb-456".into()], backlog_per_sandbox: 30, ..SimConfig::default() }).await?;
-    /// # let client = auditship::client::Client::builder().base_url(sim.base_url()).api_key(auditship::secret::ApiKey::new(sim.api_key())).build()?;
-    /// use auditship::client::Filters;
+    /// # let client = auditship_client::Client::builder().base_url(sim.base_url()).api_key(auditship_client::secret::ApiKey::new(sim.api_key())).build()?;
+    /// use auditship_client::Filters;
     /// use futures_util::TryStreamExt;
     ///
     /// let events: Vec<_> = client.sandbox("sb-123").audit().list_all(Filters::default()).try_collect().await?;
@@ -1002,11 +1032,11 @@ impl SandboxAudit {
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # use auditship::sim::{SimConfig, Simulator};
+    /// # use auditship_sim::{SimConfig, Simulator};
     /// # let sim = Simulator::start(SimConfig { sandboxes: vec!["sb-123".into(), "sb-456".into()], backlog_per_sandbox: 30, ..SimConfig::default() }).await?;
-    /// # let client = auditship::client::Client::builder().base_url(sim.base_url()).api_key(auditship::secret::ApiKey::new(sim.api_key())).build()?;
+    /// # let client = auditship_client::Client::builder().base_url(sim.base_url()).api_key(auditship_client::secret::ApiKey::new(sim.api_key())).build()?;
     /// use std::sync::Arc;
-    /// use auditship::client::{Filters, Position, StartAt};
+    /// use auditship_client::{Filters, Position, StartAt};
     /// use futures_util::TryStreamExt;
     ///
     /// let audit = client.sandbox("sb-123").audit();
@@ -1035,10 +1065,10 @@ impl SandboxAudit {
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # use auditship::sim::{SimConfig, Simulator};
+    /// # use auditship_sim::{SimConfig, Simulator};
     /// # let sim = Simulator::start(SimConfig { sandboxes: vec!["sb-123".into(), "sb-456".into()], backlog_per_sandbox: 30, ..SimConfig::default() }).await?;
-    /// # let client = auditship::client::Client::builder().base_url(sim.base_url()).api_key(auditship::secret::ApiKey::new(sim.api_key())).build()?;
-    /// use auditship::client::Filters;
+    /// # let client = auditship_client::Client::builder().base_url(sim.base_url()).api_key(auditship_client::secret::ApiKey::new(sim.api_key())).build()?;
+    /// use auditship_client::Filters;
     ///
     /// let audit = client.sandbox("sb-123").audit();
     /// let page = audit.list(&Filters::default()).await?;
@@ -1060,11 +1090,11 @@ impl SandboxAudit {
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # use auditship::sim::{SimConfig, Simulator};
+    /// # use auditship_sim::{SimConfig, Simulator};
     /// # let sim = Simulator::start(SimConfig { sandboxes: vec!["sb-123".into(), "sb-456".into()], backlog_per_sandbox: 30, ..SimConfig::default() }).await?;
-    /// # let client = auditship::client::Client::builder().base_url(sim.base_url()).api_key(auditship::secret::ApiKey::new(sim.api_key())).build()?;
+    /// # let client = auditship_client::Client::builder().base_url(sim.base_url()).api_key(auditship_client::secret::ApiKey::new(sim.api_key())).build()?;
     /// use std::time::Duration;
-    /// use auditship::client::{StartAt, TailOptions};
+    /// use auditship_client::{StartAt, TailOptions};
     /// use futures_util::StreamExt;
     ///
     /// let mut tail = client.sandbox("sb-123").audit().tail(TailOptions {

@@ -22,10 +22,11 @@ use serde::Deserialize;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
-use crate::client::{format_time, parse_time, SUBPROTOCOL};
+use auditship_client::{format_time, parse_time, SUBPROTOCOL};
 
 /// The shape of list responses.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum ListShape {
     /// A bare array.
@@ -209,7 +210,7 @@ impl SimTls {
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| bad("certificate", &e))?;
         let key = PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes()).map_err(|e| bad("key", &e))?;
-        crate::install_crypto_provider();
+        auditship_client::install_crypto_provider();
         let mut config = rustls::ServerConfig::builder()
             .with_no_client_auth()
             .with_single_cert(certs, key)

@@ -1,0 +1,78 @@
+//! The layout's promises that a compiler does not check: the client crate stands alone.
+
+use std::process::Command;
+
+/// Crates a program that only wants audit events must never compile: the shipper's storage,
+/// its sinks' heavy clients, a web server, a CLI parser.
+const NOT_IN_THE_CLIENT: &[&str] = &[
+    "rusqlite",
+    "libsqlite3-sys",
+    "rdkafka",
+    "rdkafka-sys",
+    "aws-sdk-s3",
+    "aws-config",
+    "aws-smithy-runtime",
+    "axum",
+    "clap",
+    "auditship",
+    "auditship-sink",
+];
+
+/// The package names in `cargo tree`'s output (`name vX.Y.Z …` after the tree drawing).
+fn packages(tree: &str) -> Vec<String> {
+    tree.lines()
+        .filter_map(|line| {
+            let start = line.find(|c: char| c.is_ascii_alphanumeric())?;
+            let name = line[start..].split_whitespace().next()?;
+            Some(name.to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn the_client_crate_depends_on_no_storage_sink_server_or_cli_crate() {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(cargo)
+        .args([
+            "tree",
+            "--offline",
+            "--locked",
+            "-p",
+            "auditship-client",
+            "-e",
+            "normal",
+            "--prefix",
+            "none",
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("running cargo tree");
+    assert!(
+        out.status.success(),
+        "cargo tree failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let tree = String::from_utf8_lossy(&out.stdout);
+    let names = packages(&tree);
+    assert_eq!(
+        names.first().map(String::as_str),
+        Some("auditship-client"),
+        "cargo tree printed no tree:\n{tree}"
+    );
+    // The tree really is the client's, with its own dependencies in it (a filter that matched
+    // nothing would pass whatever the tree held).
+    for expected in ["reqwest", "rustls", "tokio"] {
+        assert!(
+            names.iter().any(|n| n == expected),
+            "{expected} missing from:\n{tree}"
+        );
+    }
+    let forbidden: Vec<&String> = names
+        .iter()
+        .filter(|n| NOT_IN_THE_CLIENT.contains(&n.as_str()) || n.starts_with("aws-"))
+        .collect();
+    assert!(
+        forbidden.is_empty(),
+        "auditship-client pulls in {forbidden:?}; keep them out of crates/auditship-client/Cargo.toml"
+    );
+}
