@@ -550,6 +550,24 @@ pub struct Pipeline {
     pub warnings: Vec<String>,
 }
 
+impl Pipeline {
+    /// Whether this pipeline can run as loaded. One loaded only to validate may lack a
+    /// transform's secret; it is never run masked. `Err` says what to export.
+    pub fn check_runnable(&self) -> Result<(), String> {
+        let chains = std::iter::once(&self.transforms).chain(self.routes.values().map(|r| &r.chain));
+        for chain in chains {
+            if let Some(step) = chain.not_runnable() {
+                return Err(format!(
+                    "{}: {step} has no HMAC key; export {} (or set hmac_key = \"${{VAR}}\") and load the pipeline again",
+                    self.file.display(),
+                    crate::transform::HMAC_KEY_ENV
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;

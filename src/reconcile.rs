@@ -79,11 +79,7 @@ pub async fn reconcile(
     dry_run: bool,
 ) -> Result<Report, PipelineError> {
     let client = pipeline::client_for(p)?;
-    let sandboxes: Vec<String> = match (&p.discovery, sandboxes.is_empty()) {
-        (_, false) => sandboxes.to_vec(),
-        (Some(d), true) => pipeline::discover(&client, d).await?,
-        (None, true) => p.sandboxes.clone(),
-    };
+    let sandboxes = pipeline::sandboxes_to_follow(&client, p, sandboxes).await?;
     let mut report = Report::default();
 
     // The API's events, by sandbox.

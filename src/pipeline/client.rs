@@ -1,0 +1,38 @@
+//! The Miosa API client a pipeline file describes.
+
+use crate::client::Client;
+use crate::config::Pipeline;
+use crate::secret::ApiKey;
+
+use super::PipelineError;
+
+/// Build the API client of a pipeline.
+pub fn client_for(p: &Pipeline) -> Result<Client, PipelineError> {
+    let key: ApiKey = p.api_key.clone().ok_or_else(|| {
+        PipelineError::Config(format!(
+            "{}: no API key; set api_key = \"${{MIOSA_API_KEY}}\" in [source] and export the variable",
+            p.file.display()
+        ))
+    })?;
+    let mut b = Client::builder()
+        .base_url(&p.base_url)
+        .api_key(key)
+        .requests_per_minute(p.requests_per_minute)
+        .timeout(p.request_timeout)
+        .connect_timeout(p.connect_timeout)
+        .observer(std::sync::Arc::new(crate::metrics::ClientMetrics));
+    if let Some(t) = &p.tenant {
+        b = b.tenant(t);
+    }
+    if let Some(ca) = &p.tls.ca_file {
+        b = b.ca_file(ca);
+    }
+    if p.tls.insecure_skip_verify {
+        tracing::warn!(
+            pipeline = %p.name,
+            "TLS certificate verification is OFF (tls_insecure_skip_verify = true): anyone between auditship and the API can read the key; use tls_ca_file instead"
+        );
+        b = b.danger_accept_invalid_certs(true);
+    }
+    Ok(b.build()?)
+}
