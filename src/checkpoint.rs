@@ -110,6 +110,19 @@ pub struct Checkpoint {
     pub updated_at_us: i64,
 }
 
+/// One position as `auditship checkpoints --export` writes it: one JSON object per line, the
+/// checkpoint's fields beside the pipeline and stream it belongs to. `--import` reads it back.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ExportedCheckpoint {
+    /// The pipeline's name.
+    pub pipeline: String,
+    /// The stream (`live`, `backfill:…`, `job:…`).
+    pub stream: String,
+    /// The position.
+    #[serde(flatten)]
+    pub checkpoint: Checkpoint,
+}
+
 /// A named backfill job (`auditship backfill --job NAME`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Job {

@@ -9,8 +9,11 @@
 //!   pipeline events with per-sandbox sequence numbers, and bad frames into dead letters.
 //! - [`checkpoint`]: the SQLite store (one writer thread): per-sandbox positions and sink state,
 //!   committed together; migrations from `migrations/`.
-//! - [`pipeline`]: the runner. Sources → batcher → every sink → acknowledgements → checkpointer.
-//!   A checkpoint passes a batch only when every sink has made it durable.
+//! - [`pipeline`]: the runner, a folder with a file per stage of the flow below (`sources`,
+//!   `batcher`, `sink_task`, `checkpointer`, `dead_letter`, `discovery`, `positions`,
+//!   `dry_run`) and `run`, which only wires them. A checkpoint passes a batch only when every
+//!   sink has made it durable.
+//! - `sinks` (`src/sinks.rs`): the registry, the one place that knows every sink kind.
 //! - [`config`]: pipeline files (TOML): the model, `${VAR}` interpolation, errors with file:line.
 //! - [`transform`]: conditions, filter/redact/set/rename/remove/dedupe, the OCSF mapping; run per
 //!   pipeline in the batcher and per sink (with the sink's route) in its task.
@@ -25,12 +28,13 @@
 //! - [`sim`]: the bundled Miosa simulator used by the demo, the tests and the benchmarks, its
 //!   own crate (`crates/auditship-sim`, re-exported).
 //! - [`metrics`]: process-wide counters.
-//! - Sinks live in their own crates under `sinks/`: the contract in `auditship-sink`, the file
-//!   sink in `auditship-sink-file`.
+//! - Sinks live in their own crates under `sinks/`: the contract in `auditship-sink`, then
+//!   `auditship-sink-file`, `-kafka` and `-s3` (the last two behind features).
 //!
-//! Events flow one way: `client` → `source` → `pipeline` (batches, transforms) → sinks; acknowledgements
-//! flow back from sinks to the checkpointer, which commits positions and sink state in one
-//! transaction.
+//! Events flow one way: `client` → `source` → `pipeline`'s batcher (batches, the pipeline's
+//! transforms) → a sink task per sink (its route and transforms, then the sink);
+//! acknowledgements flow back from the sink tasks to the checkpointer, which commits positions
+//! and sink state in one transaction. Dead letters go to the dead-letter writer from every stage.
 //!
 //! # As a library
 //! Programs that want audit events without running the shipper use [`client`]: the SDK's
