@@ -20,12 +20,13 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use auditship_sink_file::FileSinkConfig;
+use auditship_sink::{Field, Interpolate};
 use serde::Deserialize;
 use toml::Spanned;
 
 use crate::client::{parse_time, StartAt, Transport};
 use crate::secret::ApiKey;
+use crate::sinks::AnySink;
 use crate::transform::{ChainSpec, Compile, TransformConfig, TransformRef};
 
 /// A pipeline file as written.
@@ -88,7 +89,7 @@ fn default_true() -> bool {
 pub struct SinkEntry {
     /// The sink's kind and settings.
     #[serde(flatten)]
-    pub sink: SinkConfig,
+    pub sink: AnySink,
     /// Routing: this sink only gets events matching this condition (after the pipeline's
     /// transforms). Events routed away count as delivered for this sink.
     #[serde(default)]
@@ -406,24 +407,59 @@ pub struct DeadLetterConfig {
     pub path: Option<String>,
 }
 
-/// A sink, picked by `type`.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(tag = "type", rename_all = "lowercase")]
-pub enum SinkConfig {
-    /// NDJSON files.
-    File(FileSinkConfig),
-    /// Kafka topics.
-    #[cfg(feature = "kafka")]
-    Kafka(auditship_sink_kafka::KafkaSinkConfig),
-    /// A Kafka sink in a build without Kafka support: loading it fails and says how to get it.
-    #[cfg(not(feature = "kafka"))]
-    Kafka(toml::Table),
-    /// S3 objects.
-    #[cfg(feature = "s3")]
-    S3(auditship_sink_s3::S3SinkConfig),
-    /// An S3 sink in a build without S3 support: loading it fails and says how to get it.
-    #[cfg(not(feature = "s3"))]
-    S3(toml::Table),
+/// Resolves one sink's `${VAR}`s for [`auditship_sink::SinkConfig::resolve`], and reports what
+/// it cannot resolve under the sink's name and its table's position.
+struct SinkVars<'a> {
+    file: &'a Path,
+    sink: &'a str,
+    location: Option<(usize, usize)>,
+    offline: bool,
+    errors: &'a mut Vec<ConfigError>,
+    warnings: &'a mut Vec<String>,
+}
+
+impl Interpolate for SinkVars<'_> {
+    fn text(&mut self, field: &str, value: &mut String, kind: Field) -> bool {
+        match interpolate(value) {
+            Ok(v) => {
+                if kind == Field::Secret {
+                    crate::secret::remember_secret(&v);
+                }
+                *value = v;
+                true
+            }
+            Err(m) if self.offline && kind != Field::Path => {
+                self.warnings.push(format!(
+                    "{}: sinks.{}.{field}: {m} (needed to run)",
+                    self.file.display(),
+                    self.sink
+                ));
+                false
+            }
+            Err(m) => {
+                self.errors.push(ConfigError {
+                    file: self.file.to_path_buf(),
+                    location: self.location,
+                    message: format!("sinks.{}.{field}: {m}", self.sink),
+                });
+                false
+            }
+        }
+    }
+
+    fn warn(&mut self, field: &str, message: &str) {
+        let at = if field.is_empty() {
+            format!("sinks.{}", self.sink)
+        } else {
+            format!("sinks.{}.{field}", self.sink)
+        };
+        self.warnings
+            .push(format!("{}: {at}: {message}", self.file.display()));
+    }
+
+    fn offline(&self) -> bool {
+        self.offline
+    }
 }
 
 /// One problem in a pipeline file, with where it is.
@@ -541,7 +577,7 @@ pub struct Pipeline {
     /// The key manifest entries are signed with, if any.
     pub manifest_key: Option<crate::transform::HmacKey>,
     /// Sinks by name.
-    pub sinks: BTreeMap<String, SinkConfig>,
+    pub sinks: BTreeMap<String, AnySink>,
     /// The pipeline's `[[transforms]]`, compiled.
     pub transforms: ChainSpec,
     /// Per sink: routing and transforms.
@@ -1115,16 +1151,23 @@ pub fn parse(path: &Path, text: &str, mode: LoadMode) -> Result<Pipeline, Config
         }
         routes.insert(sink_name.clone(), route);
         let mut sink = entry.sink;
-        match &mut sink {
-            SinkConfig::File(f) => match interpolate(&f.path) {
-                Ok(p) => {
-                    f.path = p;
-                    if let Err(m) = f.validate() {
-                        err(&mut errors, span.clone(), format!("sinks.{sink_name}: {m}"));
-                    }
-                    // Two sinks appending to the same files would roll back each other's bytes
-                    // after a crash.
-                    if let Some(other) = file_paths.insert(f.path.clone(), sink_name.clone()) {
+        match sink.config_mut() {
+            Ok(config) => {
+                let mut vars = SinkVars {
+                    file: path,
+                    sink: &sink_name,
+                    location: at(span.clone()),
+                    offline: mode.offline(),
+                    errors: &mut errors,
+                    warnings: &mut warnings,
+                };
+                if let Err(m) = config.resolve(&mut vars) {
+                    err(&mut errors, span.clone(), format!("sinks.{sink_name}: {m}"));
+                }
+                // Two sinks appending to the same files would roll back each other's bytes
+                // after a crash.
+                if let Some(files) = config.appends_to() {
+                    if let Some(other) = file_paths.insert(files.to_string(), sink_name.clone()) {
                         err(
                             &mut errors,
                             span.clone(),
@@ -1132,107 +1175,8 @@ pub fn parse(path: &Path, text: &str, mode: LoadMode) -> Result<Pipeline, Config
                         );
                     }
                 }
-                Err(m) => err(&mut errors, span.clone(), format!("sinks.{sink_name}.path: {m}")),
-            },
-            #[cfg(feature = "kafka")]
-            SinkConfig::Kafka(k) => {
-                // Returns whether the value is resolved (a validation may go on without it).
-                let resolve = |what: &str,
-                                   value: &mut String,
-                                   secret: bool,
-                                   errors: &mut Vec<ConfigError>,
-                                   warnings: &mut Vec<String>|
-                 -> bool {
-                    match interpolate(value) {
-                        Ok(v) => {
-                            if secret {
-                                crate::secret::remember_secret(&v);
-                            }
-                            *value = v;
-                            true
-                        }
-                        Err(m) if mode.offline() => {
-                            warnings.push(format!("{}: sinks.{sink_name}.{what}: {m} (needed to run)", path.display()));
-                            false
-                        }
-                        Err(m) => {
-                            err(errors, span.clone(), format!("sinks.{sink_name}.{what}: {m}"));
-                            false
-                        }
-                    }
-                };
-                let brokers_ok = resolve("brokers", &mut k.brokers, false, &mut errors, &mut warnings);
-                let topic_ok = resolve("topic", &mut k.topic, false, &mut errors, &mut warnings);
-                let resolved = brokers_ok && topic_ok;
-                let mut unresolved_options = Vec::new();
-                for (opt, value) in k.options.iter_mut() {
-                    if let auditship_sink_kafka::OptionValue::Text(v) = value {
-                        let secret = auditship_sink_kafka::is_secret_option(opt);
-                        if secret && !v.contains("${") && mode.offline() {
-                            warnings.push(format!(
-                                "{}: sinks.{sink_name}.options.\"{opt}\" is written literally in the pipeline file; use \"${{VAR}}\"",
-                                path.display()
-                            ));
-                        }
-                        if !resolve(&format!("options.\"{opt}\""), v, secret, &mut errors, &mut warnings) {
-                            unresolved_options.push(opt.clone());
-                        }
-                    }
-                }
-                if resolved {
-                    // Validation checks what it can: options whose variables are unset are
-                    // left out (their names are still checked by the run).
-                    let mut checked = k.clone();
-                    for opt in &unresolved_options {
-                        checked.options.remove(opt);
-                    }
-                    match checked.validate() {
-                        Ok(w) => warnings.extend(w.into_iter().map(|w| format!("{}: sinks.{sink_name}: {w}", path.display()))),
-                        Err(m) => err(&mut errors, span.clone(), format!("sinks.{sink_name}: {m}")),
-                    }
-                }
             }
-            #[cfg(feature = "s3")]
-            SinkConfig::S3(c) => {
-                let mut ok = true;
-                for (what, value) in [
-                    ("bucket", Some(&mut c.bucket)),
-                    ("key_prefix", Some(&mut c.key_prefix)),
-                    ("endpoint", c.endpoint.as_mut()),
-                    ("region", c.region.as_mut()),
-                    ("staging_dir", c.staging_dir.as_mut()),
-                ] {
-                    let Some(value) = value else { continue };
-                    match interpolate(value) {
-                        Ok(v) => *value = v,
-                        Err(m) if mode.offline() => {
-                            ok = false;
-                            warnings.push(format!("{}: sinks.{sink_name}.{what}: {m} (needed to run)", path.display()));
-                        }
-                        Err(m) => {
-                            ok = false;
-                            err(&mut errors, span.clone(), format!("sinks.{sink_name}.{what}: {m}"));
-                        }
-                    }
-                }
-                if ok {
-                    if let Err(m) = c.validate() {
-                        err(&mut errors, span.clone(), format!("sinks.{sink_name}: {m}"));
-                    }
-                }
-            }
-            #[cfg(not(feature = "s3"))]
-            SinkConfig::S3(_) => err(
-                &mut errors,
-                span.clone(),
-                format!("sinks.{sink_name}: this auditship was built without S3 support; rebuild it with the `s3` feature (on by default): cargo build --release --features s3"),
-            ),
-            #[cfg(not(feature = "kafka"))]
-            SinkConfig::Kafka(_) => err(
-                &mut errors,
-                span.clone(),
-                format!("sinks.{sink_name}: this auditship was built without Kafka support; rebuild it with the `kafka` feature (on by default): cargo build --release --features kafka"),
-            ),
+            Err(missing) => err(&mut errors, span.clone(), format!("sinks.{sink_name}: {missing}")),
         }
         sinks.insert(sink_name, sink);
     }
@@ -1447,7 +1391,7 @@ compression = "zstd"
             "{GOOD}\n[sinks.siem]\ntype = \"kafka\"\nbrokers = \"${{AUDITSHIP_TEST_KAFKA_HOST:-127.0.0.1:9092}}\"\ntopic = \"audit.{{action}}\"\noptions = {{ \"sasl.password\" = \"${{AUDITSHIP_TEST_KAFKA_PW}}\", \"linger.ms\" = 10 }}\n"
         );
         let p = parse(Path::new("p.toml"), &text, LoadMode::Run).unwrap();
-        let SinkConfig::Kafka(k) = &p.sinks["siem"] else {
+        let AnySink::Kafka(k) = &p.sinks["siem"] else {
             panic!("a kafka sink")
         };
         assert_eq!(k.brokers, "127.0.0.1:9092");
@@ -1485,7 +1429,7 @@ compression = "zstd"
             "{GOOD}\n[sinks.cold]\ntype = \"s3\"\nbucket = \"${{AUDITSHIP_TEST_BUCKET}}\"\nobject_lock_mode = \"COMPLIANCE\"\nobject_lock_retain_days = 30\n"
         );
         let p = parse(Path::new("p.toml"), &text, LoadMode::Run).unwrap();
-        let SinkConfig::S3(c) = &p.sinks["cold"] else {
+        let AnySink::S3(c) = &p.sinks["cold"] else {
             panic!("an s3 sink")
         };
         assert_eq!(c.bucket, "audit-7");

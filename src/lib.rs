@@ -64,7 +64,7 @@ pub mod metrics;
 pub mod pipeline;
 pub mod reconcile;
 pub mod shard;
-mod sinks;
+pub mod sinks;
 pub mod source;
 pub mod transform;
 pub mod verify;

@@ -276,11 +276,7 @@ pub fn read_unit(
         count: 0,
     };
     {
-        let mut decoded: Box<dyn Read + '_> = match compression {
-            UnitCompression::None => Box::new(&mut hashing),
-            UnitCompression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(&mut hashing)),
-            UnitCompression::Zstd => Box::new(zstd::stream::read::Decoder::new(&mut hashing)?),
-        };
+        let mut decoded = compression.decoder(&mut hashing)?;
         const CHUNK: usize = 1 << 20;
         let mut buf: Vec<u8> = Vec::with_capacity(CHUNK);
         loop {

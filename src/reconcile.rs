@@ -15,7 +15,7 @@
 //! holds more than the ledger is shipped whole.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use auditship_sink::Event;
@@ -23,9 +23,10 @@ use futures_util::StreamExt;
 
 use crate::checkpoint::{hour_of, Store};
 use crate::client::{format_time, Filters, StartAt};
-use crate::config::{Pipeline, SinkConfig};
+use crate::config::Pipeline;
 use crate::pipeline::{self, Mode, PipelineError, RunOptions, Window};
 use crate::transform::Outcome;
+use auditship_sink::{Archive as _, ArchiveLocation, UnitCompression};
 
 /// One hour that does not add up.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,6 +68,14 @@ type SandboxHour = (String, i64);
 struct ApiEvent {
     event: Event,
     hour_us: i64,
+}
+
+/// Whether a sink's archive is files this process can read back by id.
+fn has_dir_archive(sink: &crate::sinks::AnySink) -> bool {
+    matches!(
+        sink.config().ok().and_then(|c| c.archive()),
+        Some(ArchiveLocation::Dir(_))
+    )
 }
 
 /// Compare the window `[since_us, until_us]` for `sandboxes` (empty: the pipeline's), and
@@ -136,13 +145,9 @@ pub async fn reconcile(
     let wanted: HashSet<&str> = sandboxes.iter().map(String::as_str).collect();
     let mut archive_missing: BTreeMap<SandboxHour, BTreeMap<String, Vec<Arc<str>>>> = BTreeMap::new();
     for (name, cfg) in &p.sinks {
-        let SinkConfig::File(f) = cfg else { continue };
-        let base = match auditship_sink_file::PathTemplate::parse(&f.path) {
-            Ok(t) => t.base().to_path_buf(),
-            Err(e) => {
-                report.not_comparable.insert(name.clone(), e);
-                continue;
-            }
+        // Archives read back by id: files. (S3 objects are compared through the ledger.)
+        let Some(ArchiveLocation::Dir(base)) = cfg.config().ok().and_then(|c| c.archive()) else {
+            continue;
         };
         // Reading archives back is file I/O of a day's worth of data: off the async workers.
         let owned: HashSet<String> = wanted.iter().map(|s| s.to_string()).collect();
@@ -203,7 +208,7 @@ pub async fn reconcile(
     let comparable_archive = p
         .sinks
         .iter()
-        .any(|(n, c)| matches!(c, SinkConfig::File(_)) && !report.not_comparable.contains_key(n));
+        .any(|(n, c)| has_dir_archive(c) && !report.not_comparable.contains_key(n));
 
     // Hour by hour.
     let mut api_hours: BTreeMap<(String, i64), Vec<Arc<str>>> = BTreeMap::new();
@@ -337,28 +342,18 @@ fn read_archive_ids(
     if !base.exists() {
         return Ok(ids);
     }
-    let mut files = Vec::new();
-    walk(base, &mut files)?;
+    let archive = auditship_sink::DirArchive::new(base);
     let oldest = std::time::UNIX_EPOCH
         + std::time::Duration::from_micros(since_us.saturating_sub(86_400_000_000).max(0) as u64);
-    for f in files {
-        let name = f.to_string_lossy().into_owned();
-        let file = std::fs::File::open(&f)?;
+    for (rel, _) in archive.list()? {
+        let Some(compression) = UnitCompression::from_extension(&rel) else {
+            continue;
+        };
+        let file = std::fs::File::open(base.join(&rel))?;
         if file.metadata()?.modified().is_ok_and(|m| m < oldest) {
             continue;
         }
-        let reader: Box<dyn std::io::BufRead> = if name.ends_with(".gz") {
-            Box::new(std::io::BufReader::new(flate2::read::MultiGzDecoder::new(file)))
-        } else if name.ends_with(".zst") {
-            Box::new(std::io::BufReader::new(zstd::stream::read::Decoder::new(file)?))
-        } else if [".ndjson", ".jsonl", ".json", ".log"]
-            .iter()
-            .any(|ext| name.ends_with(ext))
-        {
-            Box::new(std::io::BufReader::new(file))
-        } else {
-            continue;
-        };
+        let reader = std::io::BufReader::new(compression.decoder(file)?);
         for line in reader.lines() {
             let line = line?;
             let Some(fields) = crate::transform::raw::Fields::parse(line.as_bytes()) else {
@@ -374,16 +369,4 @@ fn read_archive_ids(
         }
     }
     Ok(ids)
-}
-
-fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
-    for entry in std::fs::read_dir(dir)? {
-        let path = entry?.path();
-        if path.is_dir() {
-            walk(&path, out)?;
-        } else {
-            out.push(path);
-        }
-    }
-    Ok(())
 }

@@ -8,6 +8,8 @@ use anyhow::Context as _;
 use auditship::config::{self, LoadMode};
 use auditship::pipeline::{self, Mode, RunOptions};
 use auditship::sim::{SimConfig, Simulator};
+use auditship::verify::Archive as _;
+use auditship_sink::UnitCompression;
 
 use super::exit::{fail, Code, CommandResult};
 
@@ -54,22 +56,12 @@ pub async fn demo(dir: &Path) -> CommandResult {
     .context("starting the bundled simulator")?;
 
     let text = include_str!("../../pipelines/demo.toml");
+    // The pipeline puts its checkpoints and archive under ${AUDITSHIP_DEMO_DIR}.
+    config::define_var("AUDITSHIP_DEMO_DIR", &dir.to_string_lossy());
     let mut p = config::parse(Path::new("pipelines/demo.toml"), text, LoadMode::Validate)?;
     p.base_url = sim.base_url();
     p.api_key = Some(auditship::secret::ApiKey::new(sim.api_key()));
     p.poll_interval = Duration::from_millis(250);
-    p.checkpoint_path = dir.join("state/checkpoints.db");
-    p.dead_letter_path = dir.join("state/dead-letter.ndjson");
-    for sink in p.sinks.values_mut() {
-        let config::SinkConfig::File(f) = sink else {
-            continue;
-        };
-        f.path = format!(
-            "{}/{}",
-            dir.display(),
-            f.path.trim_start_matches("auditship-demo/")
-        );
-    }
 
     println!(
         "auditship demo: a simulated Miosa API with {} sandboxes on {}",
@@ -102,9 +94,13 @@ pub async fn demo(dir: &Path) -> CommandResult {
     sim.stop();
 
     let archive_root = dir.join("archive");
-    let mut files = Vec::new();
-    collect_files(&archive_root, &mut files)?;
-    files.sort();
+    // Every unit of the archive (manifests aside), as `verify` and `reconcile` see it.
+    let files: Vec<PathBuf> = auditship::verify::DirArchive::new(&archive_root)
+        .list()?
+        .into_iter()
+        .filter(|(rel, _)| UnitCompression::from_extension(rel).is_some())
+        .map(|(rel, _)| archive_root.join(rel))
+        .collect();
     // Check the archive against what the simulator made: every event once, byte for byte.
     let mut archived: std::collections::HashMap<String, u32> = std::collections::HashMap::new();
     for f in &files {
@@ -177,22 +173,4 @@ pub async fn demo(dir: &Path) -> CommandResult {
         archive_root.display()
     );
     Ok(Code::Ok)
-}
-
-fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
-    if !dir.exists() {
-        return Ok(());
-    }
-    for entry in std::fs::read_dir(dir)? {
-        let path = entry?.path();
-        if path.is_dir() {
-            collect_files(&path, out)?;
-        } else if path
-            .file_name()
-            .is_none_or(|n| n != auditship_sink::MANIFEST_NAME)
-        {
-            out.push(path);
-        }
-    }
-    Ok(())
 }

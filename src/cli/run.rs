@@ -54,16 +54,13 @@ pub fn load_for_run(
                 p.name
             );
         }
-        for sink in p.sinks.values() {
-            // Topics may be shared: only files would be corrupted by two writers.
-            let config::SinkConfig::File(f) = sink else {
-                continue;
-            };
-            if let Some(other) = owners.insert(format!("path:{}", f.path), p.file.display().to_string()) {
+        // Topics may be shared: only files would be corrupted by two writers.
+        let files = p.sinks.values().filter_map(|s| s.config().ok()?.appends_to());
+        for files in files {
+            if let Some(other) = owners.insert(format!("path:{files}"), p.file.display().to_string()) {
                 bail!(
-                    "{} and {other} both write files at {:?}; give each pipeline its own archive path",
+                    "{} and {other} both write files at {files:?}; give each pipeline its own archive path",
                     p.file.display(),
-                    f.path
                 );
             }
         }

@@ -3,6 +3,8 @@
 use std::path::PathBuf;
 
 use auditship::config::{self, LoadMode, Pipeline};
+#[cfg(feature = "s3")]
+use auditship_sink::ArchiveLocation;
 use clap::ValueEnum;
 
 use super::exit::{self, Code, CommandResult, OrExit};
@@ -189,21 +191,26 @@ async fn s3_archive(
     if bucket.is_empty() {
         return Err("give the archive as s3://BUCKET/PREFIX".into());
     }
-    let sink = pipeline.and_then(|p| {
-        p.sinks.values().find_map(|s| match s {
-            config::SinkConfig::S3(c) if c.bucket == bucket => Some(c.clone()),
-            _ => None,
-        })
-    });
-    let endpoint = args
-        .s3_endpoint
-        .clone()
-        .or_else(|| sink.as_ref().and_then(|c| c.endpoint.clone()));
-    let region = args
-        .s3_region
-        .clone()
-        .or_else(|| sink.as_ref().and_then(|c| c.region.clone()));
-    let path_style = args.s3_path_style || sink.as_ref().is_some_and(|c| c.force_path_style);
+    // The pipeline's sink writing to that bucket, if any: where and how it reaches it.
+    let (mut endpoint, mut region, mut path_style) = (None, None, false);
+    let sinks = pipeline.into_iter().flat_map(|p| p.sinks.values());
+    for location in sinks.filter_map(|s| s.config().ok()?.archive()) {
+        if let ArchiveLocation::S3 {
+            bucket: b,
+            endpoint: e,
+            region: r,
+            path_style: ps,
+        } = location
+        {
+            if b == bucket {
+                (endpoint, region, path_style) = (e, r, ps);
+                break;
+            }
+        }
+    }
+    let endpoint = args.s3_endpoint.clone().or(endpoint);
+    let region = args.s3_region.clone().or(region);
+    let path_style = args.s3_path_style || path_style;
     let client = auditship_sink_s3::connect(region.as_deref(), endpoint.as_deref(), path_style).await;
     Ok(Box::new(auditship::verify::S3Archive::new(
         client,

@@ -15,7 +15,6 @@ use crate::checkpoint::Store;
 use crate::client::Backoff;
 use crate::config::Pipeline;
 use crate::manifest::{ChainWriter, Sealer};
-use crate::sinks::build_sink;
 use crate::transform::Chain;
 
 use super::batcher::run_chain;
@@ -46,11 +45,19 @@ pub(super) async fn open_sinks(
             manifest: p.manifest_enabled,
         };
         let cfg_owned = cfg.clone();
-        let checkpoint_path = p.checkpoint_path.clone();
+        // Sinks stage what they must beside the checkpoint database that names it.
+        let state_dir = p
+            .checkpoint_path
+            .parent()
+            .unwrap_or(std::path::Path::new("."))
+            .to_path_buf();
         // Opening a sink reads and truncates files: blocking work.
-        let built = tokio::task::spawn_blocking(move || build_sink(&cfg_owned, ctx, &checkpoint_path))
-            .await
-            .map_err(|e| PipelineError::Config(format!("building sink {name}: {e}")))?;
+        let built = tokio::task::spawn_blocking(move || match cfg_owned.config() {
+            Ok(config) => config.build(ctx, &state_dir),
+            Err(missing) => Err(SinkError::Config(missing.to_string())),
+        })
+        .await
+        .map_err(|e| PipelineError::Config(format!("building sink {name}: {e}")))?;
         let mut sink = built.map_err(|source| PipelineError::Sink {
             sink: name.clone(),
             source,

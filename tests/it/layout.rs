@@ -76,3 +76,60 @@ fn the_client_crate_depends_on_no_storage_sink_server_or_cli_crate() {
         "auditship-client pulls in {forbidden:?}; keep them out of crates/auditship-client/Cargo.toml"
     );
 }
+
+/// The sink registry's promise (README, "Adding a sink"): outside `src/sinks.rs`, the shipper's
+/// code names no sink kind, so a new kind changes its crate and the registry only. `verify`'s
+/// reading of `s3://` archives is the one named exception (its command line names S3).
+#[test]
+fn only_the_registry_names_sink_kinds() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let kinds = [
+        "auditship_sink_file",
+        "auditship_sink_kafka",
+        "auditship_sink_s3",
+        "AnySink::",
+    ];
+    let allowed = |file: &str, kind: &str| {
+        file == "sinks.rs" || (kind == "auditship_sink_s3" && matches!(file, "verify.rs" | "cli/verify.rs"))
+    };
+    let mut files = Vec::new();
+    let mut dirs = vec![root.clone()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let entry = entry.unwrap();
+            let kind = entry.file_type().unwrap();
+            if kind.is_dir() {
+                dirs.push(entry.path());
+            } else if entry.path().extension().is_some_and(|e| e == "rs") {
+                files.push(entry.path());
+            }
+        }
+    }
+    assert!(files.len() > 20, "the walk found too few sources: {files:?}");
+    let mut named = Vec::new();
+    for path in &files {
+        let rel = path
+            .strip_prefix(&root)
+            .unwrap()
+            .to_string_lossy()
+            .replace('\\', "/");
+        let text = std::fs::read_to_string(path).unwrap();
+        // Unit tests may build a kind's config by hand.
+        let code = text.split("#[cfg(test)]").next().unwrap_or("");
+        for (n, line) in code.lines().enumerate() {
+            if line.trim_start().starts_with("//") {
+                continue;
+            }
+            for kind in kinds {
+                if line.contains(kind) && !allowed(&rel, kind) {
+                    named.push(format!("src/{rel}:{}: {}", n + 1, line.trim()));
+                }
+            }
+        }
+    }
+    assert!(
+        named.is_empty(),
+        "sink kinds named outside src/sinks.rs (go through auditship_sink::SinkConfig instead):\n{}",
+        named.join("\n")
+    );
+}

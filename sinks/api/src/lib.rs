@@ -17,6 +17,12 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 
+mod archive;
+mod config;
+
+pub use archive::{Archive, DirArchive};
+pub use config::{ArchiveLocation, Field, Interpolate, SinkConfig};
+
 /// One audit event as it travels through the pipeline: the raw JSON plus the few fields the
 /// pipeline reads. The raw bytes are the event exactly as the API sent it (envelopes removed,
 /// line breaks between tokens replaced by spaces so it fits one NDJSON line).

@@ -24,6 +24,7 @@
 //! written again after a seal gets another manifest entry for the stretch after it.
 //! [`FileManifests`] writes the entries to an `auditship.manifest` file in each directory.
 
+mod config;
 mod template;
 
 use std::collections::HashMap;

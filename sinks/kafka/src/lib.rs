@@ -26,6 +26,7 @@
 //! is what the pipeline wrote in one `commit_interval_ms` plus its queued batches. Each message
 //! carries the event id in its `event_id` header, so consumers can de-duplicate.
 
+mod config;
 mod fields;
 pub mod testing;
 

@@ -32,7 +32,11 @@
 //! without Object Lock stop the pipeline with an error that names the bucket and the fix.
 //! Credentials come only from the standard AWS chain (environment, profile, instance role).
 
+mod archive;
+mod config;
 pub mod testing;
+
+pub use archive::{get_object, list_objects, S3Archive};
 
 use std::collections::HashMap;
 use std::io::Write as _;
@@ -855,7 +859,7 @@ fn event_ids(key: &str, body: &[u8]) -> Result<Vec<Arc<str>>, String> {
         #[serde(borrow)]
         id: std::borrow::Cow<'a, str>,
     }
-    let lines = testing::lines(key, body)?;
+    let lines = archive::lines(key, body)?;
     lines
         .iter()
         .map(|l| {
@@ -1122,55 +1126,6 @@ impl ManifestPublisher for S3Manifests {
         }
         Ok(())
     }
-}
-
-/// Every object under `prefix` in `bucket` (all pages): key and size.
-pub async fn list_objects(
-    client: &aws_sdk_s3::Client,
-    bucket: &str,
-    prefix: &str,
-) -> Result<Vec<(String, u64)>, String> {
-    let mut out = Vec::new();
-    let mut token: Option<String> = None;
-    loop {
-        let page = client
-            .list_objects_v2()
-            .bucket(bucket)
-            .prefix(prefix)
-            .set_continuation_token(token.clone())
-            .send()
-            .await
-            .map_err(|e| format!("listing s3://{bucket}/{prefix}: {}", DisplayErrorContext(e)))?;
-        for o in page.contents() {
-            if let Some(key) = o.key() {
-                out.push((key.to_string(), o.size().unwrap_or(0).max(0) as u64));
-            }
-        }
-        token = page.next_continuation_token().map(str::to_string);
-        if token.is_none() {
-            return Ok(out);
-        }
-    }
-}
-
-/// One object's body.
-pub async fn get_object(
-    client: &aws_sdk_s3::Client,
-    bucket: &str,
-    key: &str,
-) -> Result<bytes::Bytes, String> {
-    let got = client
-        .get_object()
-        .bucket(bucket)
-        .key(key)
-        .send()
-        .await
-        .map_err(|e| format!("reading s3://{bucket}/{key}: {}", DisplayErrorContext(e)))?;
-    got.body
-        .collect()
-        .await
-        .map(|b| b.into_bytes())
-        .map_err(|e| format!("reading s3://{bucket}/{key}: {e}"))
 }
 
 #[cfg(test)]

@@ -217,22 +217,7 @@ pub async fn read_all_objects(client: &aws_sdk_s3::Client, bucket: &str) -> Resu
     Ok(out)
 }
 
-/// The NDJSON lines of an object body, decompressed by its key's extension.
-pub fn lines(key: &str, body: &[u8]) -> Result<Vec<String>, String> {
-    use std::io::Read as _;
-    let mut text = Vec::new();
-    if key.ends_with(".gz") {
-        flate2::read::MultiGzDecoder::new(body)
-            .read_to_end(&mut text)
-            .map_err(|e| format!("{key}: not gzip: {e}"))?;
-    } else if key.ends_with(".zst") {
-        text = zstd::stream::decode_all(body).map_err(|e| format!("{key}: not zstd: {e}"))?;
-    } else {
-        text = body.to_vec();
-    }
-    let text = String::from_utf8(text).map_err(|e| format!("{key}: not UTF-8: {e}"))?;
-    Ok(text.lines().map(str::to_string).collect())
-}
+pub use crate::archive::lines;
 
 /// Whether a plain `GET /` on `port` gets an S3 bucket listing back.
 fn answers_s3(port: u16) -> bool {
