@@ -7,18 +7,23 @@
 //! config.
 //!
 //! Adding a sink kind: write its crate under `sinks/` (its config implementing
-//! `auditship_sink::SinkConfig`), then add its variant here and its arm in [`AnySink::config`]
-//! and [`AnySink::config_mut`] (behind a feature when its dependencies are heavy, with a
-//! [`NotBuilt`] variant for builds without it).
+//! `auditship_sink::SinkConfig`), then add its variant here, its name in [`AnySink::KINDS`] and
+//! its arm in [`AnySink::from_options`], [`AnySink::config`] and [`AnySink::config_mut`] (behind
+//! a feature when its dependencies are heavy, with a [`NotBuilt`] arm for builds without it).
 
 use std::fmt;
 
 use auditship_sink::SinkConfig;
-use serde::Deserialize;
+
+use crate::transform::OptionsError;
+
+/// Read a kind's options, keeping the path of an error.
+fn read<T: serde::de::DeserializeOwned>(options: toml::Value) -> Result<T, OptionsError> {
+    serde_path_to_error::deserialize(options)
+}
 
 /// A sink of any kind this build knows, picked by `type`.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(tag = "type", rename_all = "lowercase")]
+#[derive(Clone, Debug)]
 pub enum AnySink {
     /// NDJSON files.
     File(auditship_sink_file::FileSinkConfig),
@@ -72,6 +77,24 @@ const NO_S3: NotBuilt = NotBuilt {
 };
 
 impl AnySink {
+    /// The kinds, as `type` names them.
+    pub const KINDS: [&'static str; 3] = ["file", "kafka", "s3"];
+
+    /// A sink of kind `kind` from its options (its table without `type` and the routing keys).
+    /// Read this way, not through an internally tagged enum, because serde buffers a tagged
+    /// table and loses the keys' paths: an error here names the key it is about. `None`: no
+    /// such kind.
+    pub fn from_options(kind: &str, options: toml::Value) -> Option<Result<Self, OptionsError>> {
+        Some(match kind {
+            // A kind this build lacks reads its options as a plain table; resolving it then
+            // says how to get the kind.
+            "file" => read(options).map(AnySink::File),
+            "kafka" => read(options).map(AnySink::Kafka),
+            "s3" => read(options).map(AnySink::S3),
+            _ => return None,
+        })
+    }
+
     /// The sink's configuration, through the contract every kind implements.
     pub fn config(&self) -> Result<&dyn SinkConfig, NotBuilt> {
         match self {

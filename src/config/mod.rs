@@ -32,6 +32,7 @@ mod load;
 mod model;
 mod pipeline;
 mod resolve;
+mod spans;
 
 #[cfg(test)]
 mod tests;

@@ -8,7 +8,7 @@ use toml::Spanned;
 
 use crate::client::Transport;
 use crate::sinks::AnySink;
-use crate::transform::{TransformConfig, TransformRef};
+use crate::transform::TransformConfig;
 
 /// A pipeline file as written.
 #[derive(Debug, Deserialize)]
@@ -29,14 +29,17 @@ pub struct PipelineFile {
     /// Where frames that are not events go.
     #[serde(default)]
     pub dead_letter: DeadLetterConfig,
-    /// Transforms every event passes, in order, before the sinks (see [`crate::transform`]).
+    /// Transforms every event passes, in order, before the sinks (see [`crate::transform`]):
+    /// tables whose `type` picks the transform, read by the loader into [`TransformConfig`]s.
     #[serde(default)]
-    pub transforms: Vec<Spanned<TransformConfig>>,
+    pub transforms: Vec<Spanned<toml::Table>>,
     /// Tamper-evident manifests of the archive sinks' units (see [`crate::manifest`]).
     #[serde(default)]
     pub manifest: ManifestConfig,
-    /// Named sinks; `type` picks the kind.
-    pub sinks: BTreeMap<String, Spanned<SinkEntry>>,
+    /// Named sinks: tables whose `type` picks the kind, read by the loader into
+    /// [`SinkEntry`]s. None is an error the resolution names.
+    #[serde(default)]
+    pub sinks: BTreeMap<String, Spanned<toml::Table>>,
 }
 
 /// `[manifest]`: the hash-chained manifest every file and S3 sink keeps of its closed units.
@@ -65,28 +68,20 @@ fn default_true() -> bool {
     true
 }
 
-/// A `[sinks.NAME]` table: the sink's own settings plus routing and per-sink transforms.
-#[derive(Debug, Deserialize)]
+/// A `[sinks.NAME]` table, read: the sink's own settings plus routing and per-sink transforms.
+#[derive(Debug)]
 pub struct SinkEntry {
-    /// The sink's kind and settings.
-    #[serde(flatten)]
+    /// The sink's kind and settings (every key but the three below).
     pub sink: AnySink,
     /// Routing: this sink only gets events matching this condition (after the pipeline's
     /// transforms). Events routed away count as delivered for this sink.
-    #[serde(default)]
     pub when: Option<toml::Value>,
     /// Transforms for this sink only, after the pipeline's: a type (`"ocsf"`, `"dedupe"`) or a
     /// table like a `[[transforms]]` entry.
-    #[serde(default)]
-    pub transforms: Vec<TransformRef>,
+    pub transforms: Vec<TransformConfig>,
     /// `false`: this sink gets events as received, skipping the pipeline's `[[transforms]]`
     /// (an archive beside a filtered, redacted SIEM feed). Default `true`.
-    #[serde(default = "yes")]
     pub pipeline_transforms: bool,
-}
-
-fn yes() -> bool {
-    true
 }
 
 /// `[source]`: the Miosa API and the sandboxes to follow.

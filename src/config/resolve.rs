@@ -1,419 +1,66 @@
 //! From the file as written to a [`Pipeline`]: variables resolved, values checked, transforms
-//! compiled, sinks resolved through the registry.
+//! compiled, sinks resolved through the registry. One method per section of the file; every
+//! problem found is kept, each where it is written, and all are returned together.
 
 use std::collections::BTreeMap;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::client::{parse_time, StartAt};
+use toml::Spanned;
+
+use crate::client::{parse_time, StartAt, TlsOptions};
 use crate::secret::ApiKey;
-use crate::transform::{ChainSpec, Compile, TransformConfig};
+use crate::sinks::AnySink;
+use crate::transform::{ChainSpec, Compile, HmacKey, TransformConfig};
 
 use super::interpolate::{interpolate, SinkVars};
-use super::load::{deserialize, line_col, precise_start, LoadMode};
-use super::model::SandboxList;
+use super::load::{line_col, read, LoadMode};
+use super::model::{PipelineFile, SandboxList, SinkEntry, SourceConfig};
+use super::spans::{KeySpans, Step};
 use super::{ConfigError, ConfigErrors, Discovery, Pipeline, SinkRoute};
 
 /// Read `text` (the file at `path`) and resolve it into a [`Pipeline`].
 pub(super) fn resolve(path: &Path, text: &str, mode: LoadMode) -> Result<Pipeline, ConfigErrors> {
-    let mut errors = Vec::new();
-    let mut warnings = Vec::new();
-    let at = |span: std::ops::Range<usize>| -> Option<(usize, usize)> {
-        if span.is_empty() && span.start == 0 {
-            None
-        } else {
-            Some(line_col(text, span.start))
-        }
-    };
-    let err = |errors: &mut Vec<ConfigError>, span: std::ops::Range<usize>, message: String| {
-        errors.push(ConfigError {
+    let read = read(path, text).map_err(ConfigErrors)?;
+    // The text parsed once already: its keys' spans are there.
+    let spans = KeySpans::parse(text).map_err(|e| {
+        ConfigErrors(vec![ConfigError {
             file: path.to_path_buf(),
-            location: at(span),
-            message,
-        });
+            location: None,
+            message: e.message().to_string(),
+        }])
+    })?;
+    let mut r = Resolver {
+        path,
+        text,
+        mode,
+        spans,
+        errors: Vec::new(),
+        warnings: Vec::new(),
     };
-    let file = match deserialize(path, text) {
-        Ok(f) => f,
-        Err(errors) => return Err(ConfigErrors(errors)),
-    };
-
-    let name = match &file.name {
-        Some(n) => n.get_ref().clone(),
-        None => path
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "pipeline".into()),
-    };
-    if name.is_empty() {
-        err(
-            &mut errors,
-            file.name.as_ref().map_or(0..0, |n| n.span()),
-            "name must not be empty".into(),
-        );
-    }
-
+    let file = &read.file;
     let src = &file.source;
-    let base_url = match interpolate(src.base_url.get_ref()) {
-        Ok(u) => {
-            match url::Url::parse(&u) {
-                Ok(parsed) if matches!(parsed.scheme(), "http" | "https") => {}
-                Ok(parsed) => err(
-                    &mut errors,
-                    src.base_url.span(),
-                    format!("base_url must be http:// or https://, not {}://", parsed.scheme()),
-                ),
-                Err(e) => err(
-                    &mut errors,
-                    src.base_url.span(),
-                    format!("base_url {u:?} is not a URL: {e}"),
-                ),
-            }
-            u
-        }
-        Err(m) => {
-            err(&mut errors, src.base_url.span(), format!("base_url: {m}"));
-            String::new()
-        }
-    };
-
-    let mut api_key = None;
-    match (&src.api_key, &src.api_key_file) {
-        (Some(k), Some(f)) => {
-            err(&mut errors, f.span(), "set api_key or api_key_file, not both".into());
-            let _ = k;
-        }
-        (Some(k), None) => {
-            if !k.get_ref().contains("${") {
-                warnings.push(format!(
-                    "{}:{}: the API key is written literally in the pipeline file; use api_key = \"${{MIOSA_API_KEY}}\" or api_key_file",
-                    path.display(),
-                    at(k.span()).map_or(0, |l| l.0)
-                ));
-            }
-            match interpolate(k.get_ref()) {
-                Ok(v) if !v.trim().is_empty() => api_key = Some(ApiKey::new(v)),
-                Ok(_) => err(&mut errors, k.span(), "api_key is empty".into()),
-                Err(m) if mode.offline() => warnings.push(format!("{}: api_key: {m} (needed to run)", path.display())),
-                Err(m) => err(&mut errors, k.span(), format!("api_key: {m}; export it before running")),
-            }
-        }
-        (None, Some(f)) => match interpolate(f.get_ref()) {
-            Ok(p) => match std::fs::read_to_string(&p) {
-                Ok(v) if !v.trim().is_empty() => api_key = Some(ApiKey::new(v)),
-                Ok(_) => err(&mut errors, f.span(), format!("api_key_file {p:?} is empty")),
-                Err(e) if mode.offline() => warnings.push(format!("{}: api_key_file {p:?}: {e} (needed to run)", path.display())),
-                Err(e) => err(&mut errors, f.span(), format!("cannot read api_key_file {p:?}: {e}")),
-            },
-            Err(m) => err(&mut errors, f.span(), format!("api_key_file: {m}")),
-        },
-        (None, None) => match std::env::var("MIOSA_API_KEY") {
-            Ok(v) if !v.trim().is_empty() => api_key = Some(ApiKey::new(v)),
-            _ if mode.offline() => warnings.push(format!(
-                "{}: no api_key in [source]; MIOSA_API_KEY will be read when running",
-                path.display()
-            )),
-            _ => err(&mut errors, 0..0, "no API key: set api_key = \"${MIOSA_API_KEY}\" (or api_key_file) in [source], or export MIOSA_API_KEY".into()),
-        },
-    }
-
-    let (sandboxes, discovery) = match src.sandboxes.get_ref() {
-        SandboxList::Ids(ids) => {
-            if !src.include.is_empty() || !src.exclude.is_empty() {
-                err(
-                    &mut errors,
-                    src.sandboxes.span(),
-                    "include and exclude filter discovered sandboxes; they need sandboxes = \"all\"".into(),
-                );
-            }
-            (ids.clone(), None)
-        }
-        SandboxList::All => {
-            if src.discover_interval_ms < 1_000 {
-                err(
-                    &mut errors,
-                    0..0,
-                    format!(
-                        "discover_interval_ms = {} is too small; use at least 1000",
-                        src.discover_interval_ms
-                    ),
-                );
-            }
-            (
-                Vec::new(),
-                Some(Discovery {
-                    include: src.include.clone(),
-                    exclude: src.exclude.clone(),
-                    interval: Duration::from_millis(src.discover_interval_ms),
-                    shard: None,
-                }),
-            )
-        }
-    };
-    if sandboxes.is_empty() && discovery.is_none() {
-        err(
-            &mut errors,
-            src.sandboxes.span(),
-            "sandboxes is empty; list the sandbox ids to follow, or write sandboxes = \"all\"".into(),
-        );
-    }
-    let mut seen = std::collections::HashSet::new();
-    for s in &sandboxes {
-        if s.is_empty() {
-            err(&mut errors, src.sandboxes.span(), "a sandbox id is empty".into());
-        } else if !seen.insert(s) {
-            err(
-                &mut errors,
-                src.sandboxes.span(),
-                format!("sandbox {s:?} is listed twice"),
-            );
-        }
-    }
-
-    let start = match src.start.get_ref().as_str() {
-        "earliest" => StartAt::Earliest,
-        "now" => StartAt::Now,
-        other => match parse_time(other) {
-            Some(t) => StartAt::Time(t),
-            None => {
-                err(&mut errors, src.start.span(), format!("start {other:?} is not `earliest`, `now` or an RFC 3339 time like 2026-11-01T00:00:00Z"));
-                StartAt::Earliest
-            }
-        },
-    };
-
-    for (value, name, min) in [
-        (src.poll_interval_ms, "poll_interval_ms", 50),
-        (src.request_timeout_ms, "request_timeout_ms", 100),
-        (src.connect_timeout_ms, "connect_timeout_ms", 100),
-        (file.checkpoint.commit_interval_ms, "commit_interval_ms", 1),
-        (file.batch.timeout_ms, "timeout_ms", 1),
-    ] {
-        if value < min {
-            err(
-                &mut errors,
-                0..0,
-                format!("{name} = {value} is too small; use at least {min}"),
-            );
-        }
-    }
-    if src.requests_per_minute == 0 {
-        err(&mut errors, 0..0, "requests_per_minute must be at least 1".into());
-    }
-    if !(1..=1000).contains(&src.page_limit) {
-        err(
-            &mut errors,
-            0..0,
-            format!("page_limit = {} must be between 1 and 1000", src.page_limit),
-        );
-    }
-    if file.batch.max_events == 0 {
-        err(&mut errors, 0..0, "batch.max_events must be at least 1".into());
-    }
-
-    let checkpoint_path = match interpolate(file.checkpoint.path.get_ref()) {
-        Ok(p) if !p.is_empty() => PathBuf::from(p),
-        Ok(_) => {
-            err(
-                &mut errors,
-                file.checkpoint.path.span(),
-                "checkpoint.path is empty".into(),
-            );
-            PathBuf::new()
-        }
-        Err(m) => {
-            err(
-                &mut errors,
-                file.checkpoint.path.span(),
-                format!("checkpoint.path: {m}"),
-            );
-            PathBuf::new()
-        }
-    };
-    let dead_letter_path = match &file.dead_letter.path {
-        Some(p) => match interpolate(p) {
-            Ok(p) => PathBuf::from(p),
-            Err(m) => {
-                err(&mut errors, 0..0, format!("dead_letter.path: {m}"));
-                PathBuf::new()
-            }
-        },
-        None => checkpoint_path.with_file_name("dead-letter.ndjson"),
-    };
-
-    let manifest_key = match &file.manifest.hmac_key {
-        None => None,
-        Some(text) if !text.get_ref().contains("${") => {
-            err(
-                &mut errors,
-                text.span(),
-                "manifest.hmac_key must name an environment variable, e.g. hmac_key = \"${AUDITSHIP_MANIFEST_KEY}\"; the key itself never goes in the pipeline file".into(),
-            );
-            None
-        }
-        Some(text) => match interpolate(text.get_ref()) {
-            Ok(v) => {
-                crate::secret::remember_secret(&v);
-                if v.len() < 16 {
-                    warnings.push(format!(
-                        "{}: manifest.hmac_key is shorter than 16 bytes; use at least 32 random bytes",
-                        path.display()
-                    ));
-                }
-                Some(crate::transform::HmacKey::new(v.as_bytes()))
-            }
-            Err(m) if mode.offline() && mode != LoadMode::Verify => {
-                warnings.push(format!(
-                    "{}: manifest.hmac_key: {m} (needed to run)",
-                    path.display()
-                ));
-                None
-            }
-            Err(m) => {
-                err(
-                    &mut errors,
-                    text.span(),
-                    format!("manifest.hmac_key: {m}; export it (at least 32 random bytes), or remove hmac_key to keep unsigned manifests"),
-                );
-                None
-            }
-        },
-    };
-    if file.sinks.is_empty() {
-        err(
-            &mut errors,
-            0..0,
-            "no sinks; add one, e.g. [sinks.archive] type = \"file\"".into(),
-        );
-    }
-    let mut transform_errors = Vec::new();
-    let mut pipeline_chain = ChainSpec::default();
-    let warnings_before = warnings.len();
-    {
-        let mut c = Compile {
-            validate_only: mode == LoadMode::Validate,
-            warnings: &mut warnings,
-            errors: &mut transform_errors,
-        };
-        let configs: Vec<TransformConfig> = file.transforms.iter().map(|t| t.get_ref().clone()).collect();
-        pipeline_chain.extend("transforms", &configs, &mut c);
-    }
-    for m in transform_errors.drain(..) {
-        // Point at the transform the message names (`transforms[2] (...)`).
-        let span = m
-            .strip_prefix("transforms[")
-            .and_then(|r| r.split(']').next())
-            .and_then(|n| n.parse::<usize>().ok())
-            .and_then(|n| file.transforms.get(n.wrapping_sub(1)))
-            .map_or(0..0, |t| t.span());
-        let span = if m.contains(": when:") && !span.is_empty() {
-            let at = precise_start(text, span.start, "unknown field `when`");
-            at..at + 1
-        } else {
-            span
-        };
-        err(&mut errors, span, m);
-    }
-    let mut routes = BTreeMap::new();
-    let mut sinks = BTreeMap::new();
-    let mut file_paths: BTreeMap<String, String> = BTreeMap::new();
-    for (sink_name, sink) in file.sinks {
-        let span = sink.span();
-        let entry = sink.into_inner();
-        let mut route = SinkRoute {
-            chain: ChainSpec::default(),
-            pipeline_transforms: entry.pipeline_transforms,
-        };
-        {
-            let mut c = Compile {
-                validate_only: mode == LoadMode::Validate,
-                warnings: &mut warnings,
-                errors: &mut transform_errors,
-            };
-            let configs: Vec<TransformConfig> = entry.transforms.iter().map(|t| t.0.clone()).collect();
-            route
-                .chain
-                .extend(&format!("sinks.{sink_name}.transforms"), &configs, &mut c);
-            if let Some(when) = &entry.when {
-                route
-                    .chain
-                    .route(&format!("sinks.{sink_name}.when"), when, &mut c);
-            }
-        }
-        for m in transform_errors.drain(..) {
-            // Point at the `when` or `transforms` line the message is about.
-            let key = if m.starts_with(&format!("sinks.{sink_name}.when")) {
-                "when"
-            } else {
-                "transforms"
-            };
-            let at = precise_start(text, span.start, &format!("unknown field `{key}`"));
-            err(&mut errors, at..at + 1, m);
-        }
-        if !entry.pipeline_transforms && file.transforms.is_empty() {
-            warnings.push(format!(
-                "{}: sinks.{sink_name}: pipeline_transforms = false has no effect: the pipeline has no [[transforms]]",
-                path.display()
-            ));
-        }
-        routes.insert(sink_name.clone(), route);
-        let mut sink = entry.sink;
-        match sink.config_mut() {
-            Ok(config) => {
-                let mut vars = SinkVars {
-                    file: path,
-                    sink: &sink_name,
-                    location: at(span.clone()),
-                    offline: mode.offline(),
-                    errors: &mut errors,
-                    warnings: &mut warnings,
-                };
-                if let Err(m) = config.resolve(&mut vars) {
-                    err(&mut errors, span.clone(), format!("sinks.{sink_name}: {m}"));
-                }
-                // Two sinks appending to the same files would roll back each other's bytes
-                // after a crash.
-                if let Some(files) = config.appends_to() {
-                    if let Some(other) = file_paths.insert(files.to_string(), sink_name.clone()) {
-                        err(
-                            &mut errors,
-                            span.clone(),
-                            format!("sinks.{sink_name} writes the same files as sinks.{other}; give each sink its own path"),
-                        );
-                    }
-                }
-            }
-            Err(missing) => err(&mut errors, span.clone(), format!("sinks.{sink_name}: {missing}")),
-        }
-        sinks.insert(sink_name, sink);
-    }
-
+    let name = r.name(file);
+    let base_url = r.base_url(src);
+    let api_key = r.api_key(src);
+    let (sandboxes, discovery) = r.sandboxes(src);
+    let start = r.start(src);
+    r.limits(file);
+    let (checkpoint_path, dead_letter_path) = r.paths(file);
+    let manifest_key = r.manifest_key(file);
+    let warnings_before = r.warnings.len();
+    let transforms = r.transforms(&read.transforms);
+    let (sinks, routes) = r.sinks(read.sinks, !read.transforms.is_empty());
     // Transform warnings name the transform; say which file it is in.
-    for w in &mut warnings[warnings_before..] {
+    for w in &mut r.warnings[warnings_before..] {
         if !w.starts_with(&path.display().to_string()) {
             *w = format!("{}: {w}", path.display());
         }
     }
-    let mut tls = crate::client::TlsOptions {
-        ca_file: None,
-        insecure_skip_verify: src.tls_insecure_skip_verify,
-    };
-    if let Some(f) = &src.tls_ca_file {
-        match interpolate(f.get_ref()) {
-            Ok(p) if std::path::Path::new(&p).is_file() => tls.ca_file = Some(PathBuf::from(p)),
-            Ok(p) if mode.offline() => {
-                warnings.push(format!("{}: tls_ca_file {p:?} does not exist here (needed to run)", path.display()));
-                tls.ca_file = Some(PathBuf::from(p));
-            }
-            Ok(p) => err(
-                &mut errors,
-                f.span(),
-                format!("tls_ca_file {p:?} is not a file; give the PEM file of the CA that signs the API's certificate"),
-            ),
-            Err(m) => err(&mut errors, f.span(), format!("tls_ca_file: {m}")),
-        }
-    }
-    if !errors.is_empty() {
-        return Err(ConfigErrors(errors));
+    let tls = r.tls(src);
+    if !r.errors.is_empty() {
+        return Err(ConfigErrors(r.errors));
     }
     Ok(Pipeline {
         name,
@@ -442,8 +89,445 @@ pub(super) fn resolve(path: &Path, text: &str, mode: LoadMode) -> Result<Pipelin
         manifest_enabled: file.manifest.enabled,
         manifest_key,
         sinks,
-        transforms: pipeline_chain,
+        transforms,
         routes,
-        warnings,
+        warnings: r.warnings,
     })
+}
+
+/// The file being resolved, and what was found wrong in it so far.
+struct Resolver<'a> {
+    path: &'a Path,
+    text: &'a str,
+    mode: LoadMode,
+    spans: KeySpans<'a>,
+    errors: Vec<ConfigError>,
+    warnings: Vec<String>,
+}
+
+impl Resolver<'_> {
+    /// Line and column of a span (none for `0..0`, a default's).
+    fn at(&self, span: Range<usize>) -> Option<(usize, usize)> {
+        if span.is_empty() && span.start == 0 {
+            None
+        } else {
+            Some(line_col(self.text, span.start))
+        }
+    }
+
+    /// A problem at `span`.
+    fn err(&mut self, span: Range<usize>, message: String) {
+        self.errors.push(ConfigError {
+            file: self.path.to_path_buf(),
+            location: self.at(span),
+            message,
+        });
+    }
+
+    /// A problem at the key `path` names (or the nearest table it is in).
+    fn err_at(&mut self, path: &[Step], message: String) {
+        let span = self.spans.locate(path).map_or(0..0, |l| l.span);
+        self.err(span, message);
+    }
+
+    /// `name`, else the file's name without `.toml`.
+    fn name(&mut self, file: &PipelineFile) -> String {
+        let name = match &file.name {
+            Some(n) => n.get_ref().clone(),
+            None => self
+                .path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "pipeline".into()),
+        };
+        if name.is_empty() {
+            self.err(
+                file.name.as_ref().map_or(0..0, |n| n.span()),
+                "name must not be empty".into(),
+            );
+        }
+        name
+    }
+
+    /// `base_url`, resolved and checked.
+    fn base_url(&mut self, src: &SourceConfig) -> String {
+        let base_url = match interpolate(src.base_url.get_ref()) {
+            Ok(u) => {
+                match url::Url::parse(&u) {
+                    Ok(parsed) if matches!(parsed.scheme(), "http" | "https") => {}
+                    Ok(parsed) => self.err(
+                        src.base_url.span(),
+                        format!("base_url must be http:// or https://, not {}://", parsed.scheme()),
+                    ),
+                    Err(e) => self.err(src.base_url.span(), format!("base_url {u:?} is not a URL: {e}")),
+                }
+                u
+            }
+            Err(m) => {
+                self.err(src.base_url.span(), format!("base_url: {m}"));
+                String::new()
+            }
+        };
+        base_url
+    }
+
+    /// The API key: `api_key`, `api_key_file`, else `MIOSA_API_KEY`.
+    fn api_key(&mut self, src: &SourceConfig) -> Option<ApiKey> {
+        let mut api_key = None;
+        match (&src.api_key, &src.api_key_file) {
+            (Some(k), Some(f)) => {
+                self.err(f.span(), "set api_key or api_key_file, not both".into());
+                let _ = k;
+            }
+            (Some(k), None) => {
+                if !k.get_ref().contains("${") {
+                    self.warnings.push(format!(
+                        "{}:{}: the API key is written literally in the pipeline file; use api_key = \"${{MIOSA_API_KEY}}\" or api_key_file",
+                        self.path.display(),
+                        self.at(k.span()).map_or(0, |l| l.0)
+                    ));
+                }
+                match interpolate(k.get_ref()) {
+                    Ok(v) if !v.trim().is_empty() => api_key = Some(ApiKey::new(v)),
+                    Ok(_) => self.err(k.span(), "api_key is empty".into()),
+                    Err(m) if self.mode.offline() => self.warnings.push(format!("{}: api_key: {m} (needed to run)", self.path.display())),
+                    Err(m) => self.err(k.span(), format!("api_key: {m}; export it before running")),
+                }
+            }
+            (None, Some(f)) => match interpolate(f.get_ref()) {
+                Ok(p) => match std::fs::read_to_string(&p) {
+                    Ok(v) if !v.trim().is_empty() => api_key = Some(ApiKey::new(v)),
+                    Ok(_) => self.err(f.span(), format!("api_key_file {p:?} is empty")),
+                    Err(e) if self.mode.offline() => self.warnings.push(format!("{}: api_key_file {p:?}: {e} (needed to run)", self.path.display())),
+                    Err(e) => self.err(f.span(), format!("cannot read api_key_file {p:?}: {e}")),
+                },
+                Err(m) => self.err(f.span(), format!("api_key_file: {m}")),
+            },
+            (None, None) => match std::env::var("MIOSA_API_KEY") {
+                Ok(v) if !v.trim().is_empty() => api_key = Some(ApiKey::new(v)),
+                _ if self.mode.offline() => self.warnings.push(format!(
+                    "{}: no api_key in [source]; MIOSA_API_KEY will be read when running",
+                    self.path.display()
+                )),
+                _ => self.err(0..0, "no API key: set api_key = \"${MIOSA_API_KEY}\" (or api_key_file) in [source], or export MIOSA_API_KEY".into()),
+            },
+        }
+        api_key
+    }
+
+    /// `sandboxes`: the ids, or discovery with `"all"`.
+    fn sandboxes(&mut self, src: &SourceConfig) -> (Vec<String>, Option<Discovery>) {
+        let (sandboxes, discovery) = match src.sandboxes.get_ref() {
+            SandboxList::Ids(ids) => {
+                if !src.include.is_empty() || !src.exclude.is_empty() {
+                    self.err(
+                        src.sandboxes.span(),
+                        "include and exclude filter discovered sandboxes; they need sandboxes = \"all\""
+                            .into(),
+                    );
+                }
+                (ids.clone(), None)
+            }
+            SandboxList::All => {
+                if src.discover_interval_ms < 1_000 {
+                    self.err(
+                        0..0,
+                        format!(
+                            "discover_interval_ms = {} is too small; use at least 1000",
+                            src.discover_interval_ms
+                        ),
+                    );
+                }
+                (
+                    Vec::new(),
+                    Some(Discovery {
+                        include: src.include.clone(),
+                        exclude: src.exclude.clone(),
+                        interval: Duration::from_millis(src.discover_interval_ms),
+                        shard: None,
+                    }),
+                )
+            }
+        };
+        if sandboxes.is_empty() && discovery.is_none() {
+            self.err(
+                src.sandboxes.span(),
+                "sandboxes is empty; list the sandbox ids to follow, or write sandboxes = \"all\"".into(),
+            );
+        }
+        let mut seen = std::collections::HashSet::new();
+        for s in &sandboxes {
+            if s.is_empty() {
+                self.err(src.sandboxes.span(), "a sandbox id is empty".into());
+            } else if !seen.insert(s) {
+                self.err(src.sandboxes.span(), format!("sandbox {s:?} is listed twice"));
+            }
+        }
+        (sandboxes, discovery)
+    }
+
+    /// `start`.
+    fn start(&mut self, src: &SourceConfig) -> StartAt {
+        let start = match src.start.get_ref().as_str() {
+            "earliest" => StartAt::Earliest,
+            "now" => StartAt::Now,
+            other => match parse_time(other) {
+                Some(t) => StartAt::Time(t),
+                None => {
+                    self.err(src.start.span(), format!("start {other:?} is not `earliest`, `now` or an RFC 3339 time like 2026-11-01T00:00:00Z"));
+                    StartAt::Earliest
+                }
+            },
+        };
+        start
+    }
+
+    /// Every number with a floor.
+    fn limits(&mut self, file: &PipelineFile) {
+        for (value, name, min) in [
+            (file.source.poll_interval_ms, "poll_interval_ms", 50),
+            (file.source.request_timeout_ms, "request_timeout_ms", 100),
+            (file.source.connect_timeout_ms, "connect_timeout_ms", 100),
+            (file.checkpoint.commit_interval_ms, "commit_interval_ms", 1),
+            (file.batch.timeout_ms, "timeout_ms", 1),
+        ] {
+            if value < min {
+                self.err(0..0, format!("{name} = {value} is too small; use at least {min}"));
+            }
+        }
+        if file.source.requests_per_minute == 0 {
+            self.err(0..0, "requests_per_minute must be at least 1".into());
+        }
+        if !(1..=1000).contains(&file.source.page_limit) {
+            self.err(
+                0..0,
+                format!(
+                    "page_limit = {} must be between 1 and 1000",
+                    file.source.page_limit
+                ),
+            );
+        }
+        if file.batch.max_events == 0 {
+            self.err(0..0, "batch.max_events must be at least 1".into());
+        }
+    }
+
+    /// The checkpoint database and the dead-letter file.
+    fn paths(&mut self, file: &PipelineFile) -> (PathBuf, PathBuf) {
+        let checkpoint_path = match interpolate(file.checkpoint.path.get_ref()) {
+            Ok(p) if !p.is_empty() => PathBuf::from(p),
+            Ok(_) => {
+                self.err(file.checkpoint.path.span(), "checkpoint.path is empty".into());
+                PathBuf::new()
+            }
+            Err(m) => {
+                self.err(file.checkpoint.path.span(), format!("checkpoint.path: {m}"));
+                PathBuf::new()
+            }
+        };
+        let dead_letter_path = match &file.dead_letter.path {
+            Some(p) => match interpolate(p) {
+                Ok(p) => PathBuf::from(p),
+                Err(m) => {
+                    self.err(0..0, format!("dead_letter.path: {m}"));
+                    PathBuf::new()
+                }
+            },
+            None => checkpoint_path.with_file_name("dead-letter.ndjson"),
+        };
+        (checkpoint_path, dead_letter_path)
+    }
+
+    /// `[manifest] hmac_key`: only as `${VAR}`.
+    fn manifest_key(&mut self, file: &PipelineFile) -> Option<HmacKey> {
+        let manifest_key = match &file.manifest.hmac_key {
+            None => None,
+            Some(text) if !text.get_ref().contains("${") => {
+                self.err(
+                    text.span(),
+                    "manifest.hmac_key must name an environment variable, e.g. hmac_key = \"${AUDITSHIP_MANIFEST_KEY}\"; the key itself never goes in the pipeline file".into(),
+                );
+                None
+            }
+            Some(text) => match interpolate(text.get_ref()) {
+                Ok(v) => {
+                    crate::secret::remember_secret(&v);
+                    if v.len() < 16 {
+                        self.warnings.push(format!(
+                            "{}: manifest.hmac_key is shorter than 16 bytes; use at least 32 random bytes",
+                            self.path.display()
+                        ));
+                    }
+                    Some(crate::transform::HmacKey::new(v.as_bytes()))
+                }
+                Err(m) if self.mode.offline() && self.mode != LoadMode::Verify => {
+                    self.warnings.push(format!(
+                        "{}: manifest.hmac_key: {m} (needed to run)",
+                        self.path.display()
+                    ));
+                    None
+                }
+                Err(m) => {
+                    self.err(
+                        text.span(),
+                        format!("manifest.hmac_key: {m}; export it (at least 32 random bytes), or remove hmac_key to keep unsigned manifests"),
+                    );
+                    None
+                }
+            },
+        };
+        manifest_key
+    }
+
+    /// `tls_ca_file` and `tls_insecure_skip_verify`.
+    fn tls(&mut self, src: &SourceConfig) -> TlsOptions {
+        let mut tls = crate::client::TlsOptions {
+            ca_file: None,
+            insecure_skip_verify: src.tls_insecure_skip_verify,
+        };
+        if let Some(f) = &src.tls_ca_file {
+            match interpolate(f.get_ref()) {
+                Ok(p) if std::path::Path::new(&p).is_file() => tls.ca_file = Some(PathBuf::from(p)),
+                Ok(p) if self.mode.offline() => {
+                    self.warnings.push(format!("{}: tls_ca_file {p:?} does not exist here (needed to run)", self.path.display()));
+                    tls.ca_file = Some(PathBuf::from(p));
+                }
+                Ok(p) => self.err(
+                    f.span(),
+                    format!("tls_ca_file {p:?} is not a file; give the PEM file of the CA that signs the API's certificate"),
+                ),
+                Err(m) => self.err(f.span(), format!("tls_ca_file: {m}")),
+            }
+        }
+        tls
+    }
+
+    /// The pipeline's `[[transforms]]`, compiled. A transform's error points at the transform
+    /// (its `when`, when the message is about that).
+    fn transforms(&mut self, transforms: &[Spanned<TransformConfig>]) -> ChainSpec {
+        let mut errors = Vec::new();
+        let mut chain = ChainSpec::default();
+        {
+            let mut c = Compile {
+                validate_only: self.mode == LoadMode::Validate,
+                warnings: &mut self.warnings,
+                errors: &mut errors,
+            };
+            let configs: Vec<TransformConfig> = transforms.iter().map(|t| t.get_ref().clone()).collect();
+            chain.extend("transforms", &configs, &mut c);
+        }
+        for m in errors {
+            // The transform the message names (`transforms[2] (...)`, counted from 1).
+            let index = m
+                .strip_prefix("transforms[")
+                .and_then(|r| r.split(']').next())
+                .and_then(|n| n.parse::<usize>().ok())
+                .and_then(|n| n.checked_sub(1));
+            match index {
+                Some(i) if m.contains(": when:") => {
+                    self.err_at(&[Step::key("transforms"), Step::Index(i), Step::key("when")], m)
+                }
+                Some(i) => self.err_at(&[Step::key("transforms"), Step::Index(i)], m),
+                None => self.err(0..0, m),
+            }
+        }
+        chain
+    }
+
+    /// Every sink: its route and transforms compiled, its settings resolved through the registry.
+    /// `pipeline_transforms`: whether the pipeline has `[[transforms]]`.
+    fn sinks(
+        &mut self,
+        entries: BTreeMap<String, Spanned<SinkEntry>>,
+        pipeline_transforms: bool,
+    ) -> (BTreeMap<String, AnySink>, BTreeMap<String, SinkRoute>) {
+        if entries.is_empty() && self.errors.is_empty() {
+            self.err(
+                0..0,
+                "no sinks; add one, e.g. [sinks.archive] type = \"file\"".into(),
+            );
+        }
+        let mut routes = BTreeMap::new();
+        let mut sinks = BTreeMap::new();
+        let mut file_paths: BTreeMap<String, String> = BTreeMap::new();
+        for (sink_name, entry) in entries {
+            let span = entry.span();
+            let entry = entry.into_inner();
+            routes.insert(
+                sink_name.clone(),
+                self.route(&sink_name, &entry, pipeline_transforms),
+            );
+            let mut sink = entry.sink;
+            let location = self.at(span.clone());
+            match sink.config_mut() {
+                Ok(config) => {
+                    let mut vars = SinkVars {
+                        file: self.path,
+                        sink: &sink_name,
+                        location,
+                        offline: self.mode.offline(),
+                        errors: &mut self.errors,
+                        warnings: &mut self.warnings,
+                    };
+                    if let Err(m) = config.resolve(&mut vars) {
+                        self.err(span.clone(), format!("sinks.{sink_name}: {m}"));
+                    }
+                    // Two sinks appending to the same files would roll back each other's bytes
+                    // after a crash.
+                    if let Some(files) = config.appends_to() {
+                        if let Some(other) = file_paths.insert(files.to_string(), sink_name.clone()) {
+                            self.err(
+                                span.clone(),
+                                format!("sinks.{sink_name} writes the same files as sinks.{other}; give each sink its own path"),
+                            );
+                        }
+                    }
+                }
+                Err(missing) => self.err(span.clone(), format!("sinks.{sink_name}: {missing}")),
+            }
+            sinks.insert(sink_name, sink);
+        }
+        (sinks, routes)
+    }
+
+    /// A sink's `when` and `transforms`, compiled; an error points at the key it is about.
+    fn route(&mut self, sink_name: &str, entry: &SinkEntry, pipeline_transforms: bool) -> SinkRoute {
+        let mut route = SinkRoute {
+            chain: ChainSpec::default(),
+            pipeline_transforms: entry.pipeline_transforms,
+        };
+        let mut errors = Vec::new();
+        {
+            let mut c = Compile {
+                validate_only: self.mode == LoadMode::Validate,
+                warnings: &mut self.warnings,
+                errors: &mut errors,
+            };
+            route.chain.extend(
+                &format!("sinks.{sink_name}.transforms"),
+                &entry.transforms,
+                &mut c,
+            );
+            if let Some(when) = &entry.when {
+                route
+                    .chain
+                    .route(&format!("sinks.{sink_name}.when"), when, &mut c);
+            }
+        }
+        for m in errors {
+            let key = if m.starts_with(&format!("sinks.{sink_name}.when")) {
+                "when"
+            } else {
+                "transforms"
+            };
+            self.err_at(&[Step::key("sinks"), Step::key(sink_name), Step::key(key)], m);
+        }
+        if !entry.pipeline_transforms && !pipeline_transforms {
+            self.warnings.push(format!(
+                "{}: sinks.{sink_name}: pipeline_transforms = false has no effect: the pipeline has no [[transforms]]",
+                self.path.display()
+            ));
+        }
+        route
+    }
 }

@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 
 use super::*;
 use crate::client::{parse_time, StartAt, Transport};
+#[cfg(any(feature = "kafka", feature = "s3"))]
 use crate::sinks::AnySink;
 
 const GOOD: &str = r#"
@@ -331,4 +332,38 @@ fn interpolation() {
     assert_eq!(interpolate("${AUDITSHIP_TEST_NOPE:-dflt}").unwrap(), "dflt");
     assert!(interpolate("${AUDITSHIP_TEST_NOPE}").is_err());
     assert!(interpolate("${bad name}").is_err());
+}
+
+/// Keys inside tables whose `type` picks what they are (transforms, sinks) are found by the
+/// path serde failed on, looked up in the parsed file: each error at its own line, whichever
+/// table of several it is in. (Read through serde's internally tagged enums, such errors had
+/// only the first `[[transforms]]` header's position.)
+#[test]
+fn keys_of_tagged_tables_are_located_where_written() {
+    let text = format!(
+        "{GOOD}\n[[transforms]]\ntype = \"set\"\nfields = {{ a = 1 }}\n\n[[transforms]]\ntype = \"rename\"\nfeilds = {{ a = \"b\" }}\n\n[sinks.siem]\ntype = \"file\"\npath = \"siem/{{resource_id}}.ndjson\"\ntransforms = [{{ type = \"remove\", fieldz = [\"x\"] }}]\n\n[sinks.odd]\ntype = \"carrier-pigeon\"\n\n[sinks.none]\npath = \"x\"\n"
+    );
+    let e = parse(Path::new("p.toml"), &text, LoadMode::Validate).unwrap_err();
+    let lines: Vec<String> = e.0.iter().map(|e| e.to_string()).collect();
+    let line_of = |needle: &str| {
+        text.lines()
+            .position(|l| l.contains(needle))
+            .map(|i| i + 1)
+            .unwrap()
+    };
+    let expect = [
+        (line_of("feilds"), "unknown field `feilds`"),
+        (line_of("fieldz"), "unknown field `fieldz`"),
+        (line_of("carrier-pigeon"), "unknown sink type `carrier-pigeon`"),
+        (line_of("[sinks.none]"), "this sink has no `type`"),
+    ];
+    for (line, what) in expect {
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with(&format!("p.toml:{line}:")) && l.contains(what)),
+            "{what} at line {line}: {lines:#?}"
+        );
+    }
+    assert_eq!(lines.len(), expect.len(), "{lines:#?}");
 }

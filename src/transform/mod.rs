@@ -29,12 +29,11 @@ pub mod raw;
 pub mod redact;
 
 use std::collections::{HashSet, VecDeque};
-use std::fmt;
 use std::sync::Arc;
 
 use auditship_sink::{Batch, Event};
 use bytes::Bytes;
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 use serde_json::Value;
 
 pub use condition::Condition;
@@ -64,7 +63,51 @@ pub enum TransformConfig {
     Ocsf(OcsfConfig),
 }
 
+/// An error reading a transform's or sink's options, with the path of the key it is about.
+pub type OptionsError = serde_path_to_error::Error<toml::de::Error>;
+
+/// Read a kind's options (every key of its table but `type`), keeping the path of an error.
+fn options<T: serde::de::DeserializeOwned>(options: toml::Value) -> Result<T, OptionsError> {
+    serde_path_to_error::deserialize(options)
+}
+
 impl TransformConfig {
+    /// The kinds, as `type` names them.
+    pub const KINDS: [&'static str; 7] = ["filter", "redact", "set", "rename", "remove", "dedupe", "ocsf"];
+
+    /// A transform of kind `kind` from its options (its table without `type`). Read this way,
+    /// not through an internally tagged enum, because serde buffers a tagged table and loses
+    /// the keys' paths: an error here names the key it is about. `None`: no such kind.
+    pub fn from_options(kind: &str, opts: toml::Value) -> Option<Result<Self, OptionsError>> {
+        Some(match kind {
+            "filter" => options(opts).map(TransformConfig::Filter),
+            "redact" => options(opts).map(TransformConfig::Redact),
+            "set" => options(opts).map(TransformConfig::Set),
+            "rename" => options(opts).map(TransformConfig::Rename),
+            "remove" => options(opts).map(TransformConfig::Remove),
+            "dedupe" => options(opts).map(TransformConfig::Dedupe),
+            "ocsf" => options(opts).map(TransformConfig::Ocsf),
+            _ => return None,
+        })
+    }
+
+    /// A transform named without options, as a sink's `transforms` may list it (`"ocsf"`).
+    pub fn by_name(name: &str) -> Result<Self, String> {
+        match name {
+            "ocsf" => Ok(TransformConfig::Ocsf(OcsfConfig::default())),
+            "dedupe" => Ok(TransformConfig::Dedupe(DedupeConfig {
+                field: default_dedupe_field(),
+                window_events: default_window_events(),
+            })),
+            "filter" | "redact" | "set" | "rename" | "remove" => Err(format!(
+                "transform `{name}` needs options; write it as a table, e.g. {{ type = \"{name}\", ... }}"
+            )),
+            other => Err(format!(
+                "unknown transform `{other}` (by name: ocsf, dedupe; as a table: filter, redact, set, rename, remove, dedupe, ocsf)"
+            )),
+        }
+    }
+
     /// The `type` as written.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -180,45 +223,6 @@ pub struct OcsfConfig {
     /// Reshape only events matching this condition.
     #[serde(default)]
     pub when: Option<toml::Value>,
-}
-
-/// An entry of a sink's `transforms`: a transform's type when it needs no options (`"ocsf"`,
-/// `"dedupe"`), or a full table like a `[[transforms]]` entry.
-#[derive(Clone, Debug)]
-pub struct TransformRef(pub TransformConfig);
-
-impl<'de> Deserialize<'de> for TransformRef {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> serde::de::Visitor<'de> for V {
-            type Value = TransformRef;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(
-                    "a transform type like \"ocsf\" or a table like { type = \"redact\", fields = [...] }",
-                )
-            }
-            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<TransformRef, E> {
-                match s {
-                    "ocsf" => Ok(TransformRef(TransformConfig::Ocsf(OcsfConfig::default()))),
-                    "dedupe" => Ok(TransformRef(TransformConfig::Dedupe(DedupeConfig {
-                        field: default_dedupe_field(),
-                        window_events: default_window_events(),
-                    }))),
-                    "filter" | "redact" | "set" | "rename" | "remove" => Err(E::custom(format!(
-                        "transform `{s}` needs options; write it as a table, e.g. {{ type = \"{s}\", ... }}"
-                    ))),
-                    other => Err(E::custom(format!(
-                        "unknown transform `{other}` (by name: ocsf, dedupe; as a table: filter, redact, set, rename, remove, dedupe, ocsf)"
-                    ))),
-                }
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<TransformRef, A::Error> {
-                TransformConfig::deserialize(serde::de::value::MapAccessDeserializer::new(map))
-                    .map(TransformRef)
-            }
-        }
-        d.deserialize_any(V)
-    }
 }
 
 /// What a chain did with one event.
