@@ -131,7 +131,8 @@ impl Batcher {
             .map(|((r, h), n)| (r.to_string(), h, n))
             .collect();
         // The next batch starts at full size: grown by doubling from empty, each batch copied
-        // its events about twice (the largest realloc copies in the live profile). A batch
+        // its events about twice (the largest realloc copies in the live profile;
+        // benches/HISTORY.md, change 22). A batch
         // closed well short of that (a timeout) gives back the rest while it waits in queues.
         let capacity = self.events.capacity();
         let mut events = std::mem::replace(&mut self.events, Vec::with_capacity(capacity));

@@ -120,14 +120,16 @@ const MAX_UNFLUSHED_BATCHES: usize = 64;
 
 /// Most batches one flush covers when the sink has transforms: with 33 (a full queue), the
 /// live benchmark's OCSF sink peaked at 554–682 MiB; the transforms' CPU, not the fsync,
-/// bounds such a sink, so sharing an fsync among more batches gains it nothing.
+/// bounds such a sink, so sharing an fsync among more batches gains it nothing
+/// (benches/HISTORY.md, change 19).
 const TRANSFORMING_MAX_BATCHES: usize = 4;
 
 /// Batches queued for a sink while it writes and flushes. Group commit gathers only what is
 /// queued, so this is how far one fsync is shared: with 4, the live benchmark's file sink
 /// flushed about 8,000 events per fsync round and was the bottleneck (330k events/s steady);
 /// with 32, rounds grow with the load (20,000–45,000 events) and the same run went 25% faster,
-/// for about 90 MB more at its peak (2,000-event batches of 560-byte events).
+/// for about 90 MB more at its peak (2,000-event batches of 560-byte events; benches/HISTORY.md,
+/// change 16).
 const SINK_QUEUE_BATCHES: usize = 32;
 
 /// Write batches to one sink and acknowledge them once durable.

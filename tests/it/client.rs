@@ -249,3 +249,54 @@ fn assert_in_order_once(sim: &auditship::sim::Simulator, sandbox: &str, ids: &[S
         .collect();
     assert!(times.windows(2).all(|w| w[0] <= w[1]), "in cursor-time order");
 }
+
+/// A server that ignores `resource_id` returns every sandbox's events: a sandbox's `list`
+/// leaves the others' out, as `list_all` and tails do, and its `get` of another sandbox's event
+/// is `NotFound`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sandbox_view_holds_only_its_sandbox_when_the_server_ignores_the_filter() {
+    let sim = sim(
+        &["sb-1", "sb-2"],
+        SimConfig {
+            backlog_per_sandbox: 30,
+            ignore_resource_filter: true,
+            list_shape: auditship::sim::ListShape::Data,
+            ..SimConfig::default()
+        },
+    )
+    .await;
+    let c = client(&sim);
+    // The server really mixes them: the org-wide page of the same request holds both.
+    let mixed = c
+        .audit()
+        .list(&Filters {
+            resource_id: Some("sb-1".into()),
+            limit: Some(60),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let owners: HashSet<String> = mixed
+        .iter()
+        .filter_map(|e| e.resource_id().map(str::to_string))
+        .collect();
+    assert_eq!(owners.len(), 2, "the server should ignore the filter here");
+
+    let audit = c.sandbox("sb-1").audit();
+    let page = audit
+        .list(&Filters {
+            limit: Some(60),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(page.len(), 30);
+    assert!(page.iter().all(|e| e.resource_id() == Some("sb-1")));
+
+    let other = mixed.iter().find(|e| e.resource_id() == Some("sb-2")).unwrap();
+    assert!(matches!(audit.get(other.id()).await, Err(Error::NotFound { .. })));
+    assert_eq!(
+        c.sandbox("sb-2").audit().get(other.id()).await.unwrap().id(),
+        other.id()
+    );
+}

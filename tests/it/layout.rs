@@ -87,7 +87,9 @@ fn only_the_registry_names_sink_kinds() {
         "auditship_sink_file",
         "auditship_sink_kafka",
         "auditship_sink_s3",
-        "AnySink::",
+        "AnySink::File",
+        "AnySink::Kafka",
+        "AnySink::S3",
     ];
     let allowed = |file: &str, kind: &str| {
         file == "sinks.rs" || (kind == "auditship_sink_s3" && matches!(file, "verify.rs" | "cli/verify.rs"))
@@ -114,7 +116,10 @@ fn only_the_registry_names_sink_kinds() {
             .to_string_lossy()
             .replace('\\', "/");
         let text = std::fs::read_to_string(path).unwrap();
-        // Unit tests may build a kind's config by hand.
+        // Unit tests (a `tests.rs`, or what follows `#[cfg(test)]`) may build a kind by hand.
+        if rel.ends_with("tests.rs") {
+            continue;
+        }
         let code = text.split("#[cfg(test)]").next().unwrap_or("");
         for (n, line) in code.lines().enumerate() {
             if line.trim_start().starts_with("//") {

@@ -13,7 +13,7 @@
 //! let audit = client.sandbox("sb-123").audit();
 //! let rejected = audit.list(&Filters { action: Some("reject".into()), ..Default::default() }).await?;
 //! let first = audit.get(rejected[0].id()).await?;
-//! let mut stream = audit.tail(TailOptions::default());
+//! let mut stream = audit.tail(TailOptions::default()); // from now on (StartAt::Earliest: history first)
 //! while let Some(event) = stream.next().await {
 //!     println!("{}", event?.json());
 //! }
@@ -76,9 +76,13 @@ pub struct Filters {
     pub action: Option<String>,
     /// Inclusive lower bound: an RFC 3339 time (or a relative string like `24h`, passed through).
     pub since: Option<String>,
-    /// Upper bound, RFC 3339.
+    /// Upper bound, RFC 3339, inclusive: an event whose cursor time is exactly `until` is in the
+    /// window. (The API's docs do not say; the bundled simulator and the shipper's backfill
+    /// windows treat it so, and the client passes the bound through for the server to apply.)
     pub until: Option<String>,
-    /// Page size (the API's maximum is 100).
+    /// Page size (the API's maximum is 100). `None` sends none: the server's default (20 in
+    /// the API reference) applies to [`SandboxAudit::list`]; `list_all`, `list_from` and tails
+    /// ask for 100.
     pub limit: Option<u32>,
     /// A `next_cursor` from an earlier page.
     pub cursor: Option<String>,
@@ -976,7 +980,10 @@ impl SandboxAudit {
     }
 
     /// One page of this sandbox's events matching `filters` (`resource_id` and
-    /// `resource_type = "sandbox"` are set for you).
+    /// `resource_type = "sandbox"` are set for you). The server applies the filters; an event
+    /// the page holds that names another resource is left out, as `list_all` and tails leave it
+    /// out (a server that ignored `resource_id` would otherwise mix sandboxes). The page size is
+    /// `filters.limit`, else the server's default.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
@@ -993,7 +1000,9 @@ impl SandboxAudit {
     /// # Ok(()) }
     /// ```
     pub async fn list(&self, filters: &Filters) -> Result<Vec<AuditEvent>, Error> {
-        Ok(self.client.list_page(&self.scoped(filters)).await?.events)
+        let mut events = self.client.list_page(&self.scoped(filters)).await?.events;
+        events.retain(|e| tail::belongs(e, Some(&self.resource_id)));
+        Ok(events)
     }
 
     /// Every event of this sandbox matching `filters` from `filters.since` on, each once, oldest
@@ -1060,7 +1069,9 @@ impl SandboxAudit {
         tail::list_from(self.client.clone(), self.scoped(&filters), start, page_limit)
     }
 
-    /// Fetch one event by id.
+    /// Fetch one event of this sandbox by id. An event of another sandbox is
+    /// [`Error::NotFound`], as it is not in this view (one that names no resource is taken at
+    /// the server's word); [`OrgAudit::get`] fetches any.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
@@ -1068,16 +1079,27 @@ impl SandboxAudit {
     /// # use auditship_sim::{SimConfig, Simulator};
     /// # let sim = Simulator::start(SimConfig { sandboxes: vec!["sb-123".into(), "sb-456".into()], backlog_per_sandbox: 30, ..SimConfig::default() }).await?;
     /// # let client = auditship_client::Client::builder().base_url(sim.base_url()).api_key(auditship_client::secret::ApiKey::new(sim.api_key())).build()?;
-    /// use auditship_client::Filters;
+    /// use auditship_client::{Error, Filters};
     ///
     /// let audit = client.sandbox("sb-123").audit();
     /// let page = audit.list(&Filters::default()).await?;
     /// let event = audit.get(page[0].id()).await?;
     /// assert_eq!(event.id(), page[0].id());
+    ///
+    /// // Another sandbox's event is not in this one's view.
+    /// let other = client.sandbox("sb-456").audit().list(&Filters::default()).await?;
+    /// assert!(matches!(audit.get(other[0].id()).await, Err(Error::NotFound { .. })));
     /// # Ok(()) }
     /// ```
     pub async fn get(&self, event_id: &str) -> Result<AuditEvent, Error> {
-        self.client.get_event(event_id).await
+        let event = self.client.get_event(event_id).await?;
+        if !tail::belongs(&event, Some(&self.resource_id)) {
+            return Err(Error::NotFound {
+                what: format!("audit event {event_id} of sandbox {}", self.resource_id),
+                request_id: None,
+            });
+        }
+        Ok(event)
     }
 
     /// Follow the sandbox live: a stream that prefers the WebSocket, falls back to polling the

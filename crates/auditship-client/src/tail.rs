@@ -80,9 +80,11 @@ pub struct Position {
 pub struct TailOptions {
     /// Polling cadence on the fallback path. Default 2 s (the SDKs' default).
     pub poll_interval: Duration,
-    /// Socket, polling, or both.
+    /// Socket, polling, or both. Default: [`Transport::Auto`] (the socket, and polling while
+    /// it cannot be had).
     pub transport: Transport,
-    /// Where to begin.
+    /// Where to begin. Default: [`StartAt::Now`], only events from now on; a tail that should
+    /// yield the sandbox's history first says [`StartAt::Earliest`].
     pub start: StartAt,
     /// Page size for catch-up and polling. Default 100 (the API's maximum).
     pub page_limit: u32,
@@ -152,8 +154,14 @@ impl ActiveTransport {
 ///
 /// Items are `Ok(event)`, or `Err(e)`: a [`Error::Decode`] for a frame that is not an event (the
 /// stream goes on), or a fatal error (unauthorized, sandbox not found) after which it ends.
-/// Retryable failures are retried inside, forever, and logged. Dropping the stream closes the
-/// socket.
+/// Retryable failures are retried inside, forever, and logged.
+///
+/// A refused socket upgrade, whatever its HTTP status (a 404 included), is a failed handshake,
+/// as the contract says: the tail falls back to polling the list endpoint and tries the socket
+/// again later. Whether the sandbox is gone is the list endpoint's to say.
+///
+/// Dropping the stream stops everything it runs: the socket is closed, polling stops, and its
+/// place in a shared org-wide poll ([`OrgPoller`](super::OrgPoller)) is given up.
 pub struct Tail {
     rx: mpsc::Receiver<Vec<TailItem>>,
     /// The rest of the last chunk received.
@@ -600,7 +608,7 @@ pub(crate) fn list_from(
 /// Whether `event` belongs to the resource asked for. A server that ignored the `resource_id`
 /// filter would otherwise file every sandbox's events under each sandbox; an event that does
 /// not name its resource is taken at the server's word.
-fn belongs(event: &AuditEvent, resource_id: Option<&str>) -> bool {
+pub(crate) fn belongs(event: &AuditEvent, resource_id: Option<&str>) -> bool {
     match (resource_id, event.resource_id()) {
         (Some(want), Some(got)) => want == got,
         _ => true,
@@ -727,7 +735,7 @@ impl TailTask {
     /// the socket follower): an async fn's future is as large as its largest await point, and
     /// every sandbox's task holds one. Measured in release: 14,160 bytes before, 3,296 + the
     /// socket follower's 5,512 while on a socket; 10,000 idle sandboxes went from 256–257 to
-    /// 214–215 MiB resident.
+    /// 214–215 MiB resident (benches/HISTORY.md, change 14).
     async fn run(mut self) {
         let mut socket_backoff = Backoff::new(Duration::from_secs(5), self.options.socket_retry_max);
         let mut reconnect_backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(30));

@@ -7,7 +7,8 @@
 //! until the sink has written them), allocates a fresh buffer every 4 KiB and copies the partial
 //! frame over. Here a busy socket reads 64 KiB per `recv` straight into the buffer that the
 //! frames' payloads are then split from, without a copy; an idle socket holds no buffer at all.
-//! The live benchmark's profile put tungstenite's reading at about a fifth of the process's CPU.
+//! The live benchmark's profile put tungstenite's reading at about a fifth of the process's CPU
+//! (benches/HISTORY.md, change 24).
 //!
 //! What this side needs of the protocol is small: a client handshake, unmasked frames in (a
 //! masked one is an error), masked control frames out, fragmented messages reassembled, pings
