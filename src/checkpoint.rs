@@ -177,18 +177,15 @@ pub struct ManifestRow {
     pub line: String,
 }
 
-impl ManifestRow {
-    /// The row for `entry`.
-    pub fn of(entry: &crate::manifest::Entry) -> Self {
-        ManifestRow {
-            seq: entry.seq,
-            unit: entry.unit.clone(),
-            offset: entry.offset,
-            end: entry.offset + entry.length,
-            hash: entry.hash.clone(),
-            line: entry.to_line(),
-        }
-    }
+/// The newest entry of a sink's manifest chain, as stored (see [`Store::manifest_head`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredHead {
+    /// Its place in the chain.
+    pub seq: u64,
+    /// Its hash.
+    pub hash: String,
+    /// Its unit.
+    pub unit: String,
 }
 
 /// The start of the hour holding `us` (µs since the Unix epoch).
@@ -520,27 +517,22 @@ impl Store {
         .await
     }
 
-    /// The end of `sink`'s manifest chain.
-    pub async fn manifest_head(
-        &self,
-        pipeline: &str,
-        sink: &str,
-    ) -> Result<crate::manifest::ChainHead, StoreError> {
+    /// The newest entry of `sink`'s manifest chain, if it has one.
+    pub async fn manifest_head(&self, pipeline: &str, sink: &str) -> Result<Option<StoredHead>, StoreError> {
         let (pipeline, sink) = (pipeline.to_string(), sink.to_string());
         self.with(move |conn| {
             conn.query_row(
                 "SELECT seq, hash, unit FROM manifest WHERE pipeline = ?1 AND sink = ?2 ORDER BY seq DESC LIMIT 1",
                 params![pipeline, sink],
                 |r| {
-                    Ok(crate::manifest::ChainHead {
+                    Ok(StoredHead {
                         seq: r.get::<_, i64>(0)?.max(0) as u64,
                         hash: r.get(1)?,
-                        unit: Some(r.get(2)?),
+                        unit: r.get(2)?,
                     })
                 },
             )
             .optional()
-            .map(Option::unwrap_or_default)
         })
         .await
     }

@@ -14,7 +14,8 @@
 //!   `dry_run`) and `run`, which only wires them. A checkpoint passes a batch only when every
 //!   sink has made it durable.
 //! - `sinks` (`src/sinks.rs`): the registry, the one place that knows every sink kind.
-//! - [`config`]: pipeline files (TOML): the model, `${VAR}` interpolation, errors with file:line.
+//! - [`config`]: pipeline files (TOML): the model, loading, resolution, errors with file:line.
+//! - [`vars`]: `${VAR}` and `${VAR:-default}`, for pipeline files and the transforms' keys.
 //! - [`transform`]: conditions, filter/redact/set/rename/remove/dedupe, the OCSF mapping; run per
 //!   pipeline in the batcher and per sink (with the sink's route) in its task.
 //! - [`reconcile`]: hour-by-hour comparison of what was shipped (ledger, file archives) with the
@@ -67,6 +68,7 @@ pub mod shard;
 pub mod sinks;
 pub mod source;
 pub mod transform;
+pub mod vars;
 pub mod verify;
 
 /// The Miosa egress-audit client: the `auditship-client` crate, which stands alone.

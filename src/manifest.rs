@@ -28,7 +28,7 @@ use hmac::{Hmac, KeyInit, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::checkpoint::Store;
+use crate::checkpoint::{ManifestRow, Store, StoredHead};
 use crate::client::AuditEvent;
 use crate::transform::HmacKey;
 
@@ -100,6 +100,18 @@ pub struct SandboxSpan {
 }
 
 impl Entry {
+    /// The row the store keeps of this entry (committed with the checkpoint).
+    pub fn row(&self) -> ManifestRow {
+        ManifestRow {
+            seq: self.seq,
+            unit: self.unit.clone(),
+            offset: self.offset,
+            end: self.offset + self.length,
+            hash: self.hash.clone(),
+            line: self.to_line(),
+        }
+    }
+
     /// The bytes the entry's hash covers.
     pub fn canonical(&self) -> Vec<u8> {
         let mut bare = self.clone();
@@ -132,15 +144,9 @@ pub fn sign(key: &HmacKey, hash: &str) -> String {
     }
 }
 
-/// Lowercase hex of `bytes`.
+/// Lowercase hex of `bytes` (`data-encoding`'s, as the S3 sink spells its own).
 pub fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(DIGITS[(b >> 4) as usize] as char);
-        s.push(DIGITS[(b & 15) as usize] as char);
-    }
-    s
+    data_encoding::HEXLOWER.encode(bytes)
 }
 
 /// SHA-256 of `bytes`, lowercase hex.
@@ -165,6 +171,20 @@ impl Default for ChainHead {
             seq: 0,
             hash: GENESIS.to_string(),
             unit: None,
+        }
+    }
+}
+
+impl From<Option<StoredHead>> for ChainHead {
+    /// The chain's end as the store holds it (none: the chain has no entry yet).
+    fn from(stored: Option<StoredHead>) -> Self {
+        match stored {
+            Some(s) => ChainHead {
+                seq: s.seq,
+                hash: s.hash,
+                unit: Some(s.unit),
+            },
+            None => ChainHead::default(),
         }
     }
 }

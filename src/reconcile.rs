@@ -19,13 +19,11 @@ use std::path::Path;
 use std::sync::Arc;
 
 use auditship_sink::Event;
-use futures_util::StreamExt;
 
 use crate::checkpoint::{hour_of, Store};
-use crate::client::{format_time, Filters, StartAt};
 use crate::config::Pipeline;
 use crate::pipeline::{self, Mode, PipelineError, RunOptions, Window};
-use crate::transform::Outcome;
+use crate::transform::{route, Outcome};
 use auditship_sink::{Archive as _, ArchiveLocation, UnitCompression};
 
 /// One hour that does not add up.
@@ -94,41 +92,19 @@ pub async fn reconcile(
     // The API's events, by sandbox.
     let mut api: BTreeMap<String, Vec<ApiEvent>> = BTreeMap::new();
     for rid in &sandboxes {
-        let audit = client.sandbox(rid.as_str()).audit();
-        let filters = Filters {
-            until: Some(format_time(until_us)),
-            ..Default::default()
-        };
-        let mut stream = std::pin::pin!(audit.list_from(filters, StartAt::Time(since_us), p.page_limit));
-        let mut events = Vec::new();
-        while let Some(item) = stream.next().await {
-            let e = match item {
-                Ok(e) => e,
-                // An element that is not an event; any other error ends the listing short.
-                Err(e) if e.is_list_element() => continue,
-                Err(source) => {
-                    return Err(PipelineError::Source {
-                        resource_id: rid.clone(),
-                        source,
-                    })
-                }
-            };
-            let cursor = e.cursor_us();
-            let time = e.time_us();
-            let id = e.id_arc().clone();
-            events.push(ApiEvent {
-                hour_us: hour_of(cursor.or(time).unwrap_or(0)),
-                event: Event {
-                    id,
-                    resource_id: Arc::from(rid.as_str()),
-                    cursor_us: cursor,
-                    cursor_span: e.cursor_span(),
-                    time_us: time,
-                    seq: events.len() as u64,
-                    raw: e.into_raw(),
-                },
-            });
-        }
+        let listed = crate::source::list_window(&client, rid, since_us, until_us, p.page_limit)
+            .await
+            .map_err(|source| PipelineError::Source {
+                resource_id: rid.clone(),
+                source,
+            })?;
+        let events: Vec<ApiEvent> = listed
+            .into_iter()
+            .map(|event| ApiEvent {
+                hour_us: hour_of(event.cursor_us.or(event.time_us).unwrap_or(0)),
+                event,
+            })
+            .collect();
         report.api_events += events.len() as u64;
         api.insert(rid.clone(), events);
     }
@@ -171,13 +147,9 @@ pub async fn reconcile(
         let mut shaped = false;
         for (rid, events) in &api {
             for a in events {
-                let first = if route.pipeline_transforms {
-                    pipeline_chain.apply(&a.event)
-                } else {
-                    Outcome::Keep(a.event.clone())
-                };
-                let Outcome::Keep(t) = first else { continue };
-                let Outcome::Keep(out) = sink_chain.apply(&t) else {
+                let first = route.pipeline_transforms.then(|| pipeline_chain.apply(&a.event));
+                let (_, Outcome::Keep(out)) = route::for_sink(&a.event, first.as_ref(), &mut sink_chain)
+                else {
                     continue;
                 };
                 expected_any = true;

@@ -16,6 +16,55 @@ use crate::client::{
     ActiveTransport, AuditEvent, Client, Error, Filters, StartAt, Tail, TailOptions, TailStatus,
 };
 
+/// An audit event as the pipeline carries it: its bytes, and the few fields the pipeline reads
+/// (taken from the client's scan, not parsed again). `seq` is its place in its sandbox's stream
+/// (where nothing counts them, any number). The one conversion from the client's events to the
+/// pipeline's.
+#[inline]
+pub fn pipeline_event(event: AuditEvent, resource_id: Arc<str>, seq: u64) -> Event {
+    Event {
+        id: event.id_arc().clone(),
+        resource_id,
+        cursor_us: event.cursor_us(),
+        cursor_span: event.cursor_span(),
+        time_us: event.time_us(),
+        seq,
+        raw: event.into_raw(),
+    }
+}
+
+/// Every event of sandbox `resource_id` the list endpoint holds from `since_us` to `until_us`
+/// (both inclusive; the server applies them), as pipeline events in the order listed, `seq`
+/// counting from 1. An element of a page that is not an event is skipped; any other error ends
+/// the listing short and is returned, so a caller never mistakes a short listing for the window.
+pub async fn list_window(
+    client: &Client,
+    resource_id: &str,
+    since_us: i64,
+    until_us: i64,
+    page_limit: u32,
+) -> Result<Vec<Event>, Error> {
+    let filters = Filters {
+        until: Some(crate::client::format_time(until_us)),
+        ..Default::default()
+    };
+    let audit = client.sandbox(resource_id).audit();
+    let mut stream = std::pin::pin!(audit.list_from(filters, StartAt::Time(since_us), page_limit));
+    let rid: Arc<str> = Arc::from(resource_id);
+    let mut events = Vec::new();
+    while let Some(item) = stream.next().await {
+        match item {
+            Ok(e) => {
+                let seq = events.len() as u64 + 1;
+                events.push(pipeline_event(e, rid.clone(), seq));
+            }
+            Err(e) if e.is_list_element() => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(events)
+}
+
 /// What a source sends to the pipeline.
 #[derive(Debug)]
 pub enum SourceMsg {
@@ -134,19 +183,7 @@ pub async fn run(
             let letter = match item {
                 Ok(event) => {
                     seq += 1;
-                    let cursor_us = event.cursor_us();
-                    let cursor_span = event.cursor_span();
-                    let time_us = event.time_us();
-                    let id = event.id_arc().clone();
-                    events.push(Event {
-                        raw: event.into_raw(),
-                        id,
-                        resource_id: resource_id.clone(),
-                        cursor_us,
-                        cursor_span,
-                        time_us,
-                        seq,
-                    });
+                    events.push(pipeline_event(event, resource_id.clone(), seq));
                     continue;
                 }
                 Err(Error::Decode { what, message, raw }) => {

@@ -939,53 +939,25 @@ impl Report {
                 *to = (*to).max(*t);
             }
         }
-        use futures_util::StreamExt as _;
         let client = crate::pipeline::client_for(p)?;
         let route = sink.and_then(|s| p.routes.get(s)).cloned().unwrap_or_default();
         let mut pipeline_chain = p.transforms.start();
         let mut sink_chain = route.chain.start();
         let mut api: BTreeMap<(String, i64), u64> = BTreeMap::new();
         for (rid, (from, to)) in &self.spans_us {
-            let filters = crate::client::Filters {
-                until: Some(crate::client::format_time(*to)),
-                ..Default::default()
-            };
-            let audit = client.sandbox(rid.as_str()).audit();
-            let mut stream =
-                std::pin::pin!(audit.list_from(filters, crate::client::StartAt::Time(*from), p.page_limit));
-            while let Some(item) = stream.next().await {
-                let e = match item {
-                    Ok(e) => e,
-                    // An element that is not an event; any other error ends the listing short.
-                    Err(e) if e.is_list_element() => continue,
-                    Err(source) => {
-                        return Err(crate::pipeline::PipelineError::Source {
-                            resource_id: rid.clone(),
-                            source,
-                        })
-                    }
-                };
-                let Some(cursor) = e.cursor_us().filter(|c| (*from..=*to).contains(c)) else {
+            let listed = crate::source::list_window(&client, rid, *from, *to, p.page_limit)
+                .await
+                .map_err(|source| crate::pipeline::PipelineError::Source {
+                    resource_id: rid.clone(),
+                    source,
+                })?;
+            for event in listed {
+                let Some(cursor) = event.cursor_us.filter(|c| (*from..=*to).contains(c)) else {
                     continue;
                 };
-                let event = auditship_sink::Event {
-                    id: e.id_arc().clone(),
-                    resource_id: std::sync::Arc::from(rid.as_str()),
-                    cursor_us: Some(cursor),
-                    cursor_span: e.cursor_span(),
-                    time_us: e.time_us(),
-                    seq: 0,
-                    raw: e.into_raw(),
-                };
-                let kept = if route.pipeline_transforms {
-                    pipeline_chain.apply(&event)
-                } else {
-                    crate::transform::Outcome::Keep(event)
-                };
-                let crate::transform::Outcome::Keep(t) = kept else {
-                    continue;
-                };
-                if !matches!(sink_chain.apply(&t), crate::transform::Outcome::Keep(_)) {
+                let first = route.pipeline_transforms.then(|| pipeline_chain.apply(&event));
+                let outcome = crate::transform::route::for_sink(&event, first.as_ref(), &mut sink_chain);
+                if !matches!(outcome, (_, crate::transform::Outcome::Keep(_))) {
                     continue;
                 }
                 *api.entry((rid.clone(), crate::checkpoint::hour_of(cursor)))

@@ -5,6 +5,7 @@ use std::path::Path;
 
 use anyhow::Context as _;
 use auditship::config::{self, LoadMode};
+use auditship::transform::route::{self, Stage};
 use auditship::transform::Outcome;
 
 use super::exit::{fail, Code, CommandResult};
@@ -41,15 +42,8 @@ pub fn transform(path: &Path, input: Option<&Path>, only: Option<&str>) -> Comma
         let e = auditship::client::AuditEvent::from_json(line.into_bytes())
             .map_err(|e| anyhow::anyhow!("line {}: not an event: {e}", n + 1))?;
         let resource_id: std::sync::Arc<str> = std::sync::Arc::from(e.resource_id().unwrap_or("-"));
-        events.push(auditship_sink::Event {
-            id: e.id_arc().clone(),
-            resource_id,
-            cursor_us: e.cursor_us(),
-            cursor_span: e.cursor_span(),
-            time_us: e.time_us(),
-            seq: events.len() as u64 + 1,
-            raw: e.into_raw(),
-        });
+        let seq = events.len() as u64 + 1;
+        events.push(auditship::source::pipeline_event(e, resource_id, seq));
     }
 
     let mut pipeline_chain = p.transforms.start();
@@ -63,32 +57,17 @@ pub fn transform(path: &Path, input: Option<&Path>, only: Option<&str>) -> Comma
         let mut chain = route.chain.start();
         let mut lines = Vec::new();
         for (e, first) in events.iter().zip(&after_pipeline) {
-            let outcome = if !route.pipeline_transforms {
-                chain.apply(e)
-            } else {
-                match first {
-                    Outcome::Keep(t) => chain.apply(t),
-                    Outcome::Drop { step } => {
-                        eprintln!(
-                            "sinks.{name}: {} dropped by {}",
-                            e.id,
-                            pipeline_chain.label(*step)
-                        );
-                        continue;
-                    }
-                    Outcome::Fail(why) => {
-                        failed_any = true;
-                        eprintln!("sinks.{name}: {} failed: {why}", e.id);
-                        continue;
-                    }
+            let taken = route.pipeline_transforms.then_some(first);
+            match route::for_sink(e, taken, &mut chain) {
+                (_, Outcome::Keep(t)) => lines.push(t.raw),
+                (stage, Outcome::Drop { step }) => {
+                    let by = match stage {
+                        Stage::Pipeline => pipeline_chain.label(step),
+                        Stage::Sink => chain.label(step),
+                    };
+                    eprintln!("sinks.{name}: {} dropped by {by}", e.id)
                 }
-            };
-            match outcome {
-                Outcome::Keep(t) => lines.push(t.raw),
-                Outcome::Drop { step } => {
-                    eprintln!("sinks.{name}: {} dropped by {}", e.id, chain.label(step))
-                }
-                Outcome::Fail(why) => {
+                (_, Outcome::Fail(why)) => {
                     failed_any = true;
                     eprintln!("sinks.{name}: {} failed: {why}", e.id);
                 }

@@ -20,7 +20,7 @@
 //! - `model.rs`: the file as written (serde, `deny_unknown_fields`, every default named).
 //! - `load.rs`: reading it: [`load`] and [`parse`], every key error in one pass.
 //! - `spans.rs`: where a key is written, from the TOML parser's spans.
-//! - `interpolate.rs`: `${VAR}` and `${VAR:-default}`, and variables the process defines.
+//! - `interpolate.rs`: a sink's `${VAR}`s, through [`crate::vars`].
 //! - `resolve.rs`: from the file to a [`Pipeline`]: values checked, transforms compiled, sinks
 //!   resolved through the registry ([`crate::sinks`]).
 //! - `pipeline.rs`: the resolved [`Pipeline`].
@@ -37,8 +37,8 @@ mod spans;
 #[cfg(test)]
 mod tests;
 
+pub use crate::vars::{define_var, interpolate};
 pub use errors::{ConfigError, ConfigErrors};
-pub use interpolate::{define_var, interpolate};
 pub use load::{load, parse, LoadMode};
 pub use model::{
     BatchConfig, CheckpointConfig, DeadLetterConfig, ManifestConfig, OrgPoll, PipelineFile, SandboxList,

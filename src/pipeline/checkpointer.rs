@@ -221,7 +221,7 @@ impl Checkpointer {
         if let (Some(Some(chain)), Some(name)) = (self.chains.get_mut(sink), self.sink_names.get(sink)) {
             for stretch in sealed {
                 let entry = stretch.into_entry(&mut chain.head, &self.pipeline, name, chain.key.as_ref());
-                rows.push(ManifestRow::of(&entry));
+                rows.push(entry.row());
             }
         }
         if let Some(q) = ledger.states.get_mut(sink) {
@@ -374,7 +374,7 @@ pub(super) async fn start_manifests(
             chains.push(None);
             continue;
         };
-        let head = store.manifest_head(&p.name, &name).await?;
+        let head = store.manifest_head(&p.name, &name).await?.into();
         let (tx, rx) = mpsc::unbounded_channel();
         publishers.spawn(crate::manifest::publisher_task(
             store.clone(),

@@ -8,7 +8,7 @@ use tokio::sync::mpsc;
 use crate::checkpoint::Store;
 use crate::config::Pipeline;
 use crate::source::{self, SourceEnd, SourceMsg};
-use crate::transform::Chain;
+use crate::transform::{route, Chain, Outcome};
 
 use super::discovery::sandboxes_to_follow;
 use super::sources::Sources;
@@ -89,20 +89,11 @@ impl DryRun {
         let out = self;
         *out.per_sandbox.entry(e.resource_id.to_string()).or_default() += 1;
         let first = pipeline_chain.apply(e);
-        for (name, after_pipeline, chain) in routes.iter_mut() {
-            let input = match (&first, *after_pipeline) {
-                (_, false) => e,
-                (crate::transform::Outcome::Keep(t), true) => t,
-                (crate::transform::Outcome::Drop { .. }, true) => continue,
-                (crate::transform::Outcome::Fail(_), true) => {
-                    *out.failing.entry(name.clone()).or_default() += 1;
-                    continue;
-                }
-            };
-            match chain.apply(input) {
-                crate::transform::Outcome::Keep(_) => *out.per_sink.entry(name.clone()).or_default() += 1,
-                crate::transform::Outcome::Drop { .. } => {}
-                crate::transform::Outcome::Fail(_) => *out.failing.entry(name.clone()).or_default() += 1,
+        for (name, takes_pipeline, chain) in routes.iter_mut() {
+            match route::for_sink(e, takes_pipeline.then_some(&first), chain).1 {
+                Outcome::Keep(_) => *out.per_sink.entry(name.clone()).or_default() += 1,
+                Outcome::Drop { .. } => {}
+                Outcome::Fail(_) => *out.failing.entry(name.clone()).or_default() += 1,
             }
         }
     }

@@ -27,6 +27,7 @@ pub mod ocsf;
 pub mod path;
 pub mod raw;
 pub mod redact;
+pub mod route;
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
@@ -468,7 +469,7 @@ fn hmac_key(label: &str, configured: Option<&str>, c: &mut Compile<'_>) -> Optio
                     "{label}: hmac_key is written literally in the pipeline file; use hmac_key = \"${{VAR}}\" or export {HMAC_KEY_ENV}"
                 ));
             }
-            (crate::config::interpolate(text), "hmac_key".to_string())
+            (crate::vars::interpolate(text), "hmac_key".to_string())
         }
         None => (
             std::env::var(HMAC_KEY_ENV)

@@ -795,7 +795,7 @@ impl S3Sink {
 }
 
 fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    data_encoding::HEXLOWER.encode(bytes)
 }
 
 /// The base64 SHA-256 of `bytes`, as S3's `ChecksumSHA256` spells it.
