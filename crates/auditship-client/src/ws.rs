@@ -25,7 +25,8 @@ use sha1::{Digest, Sha1};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
-use super::{encode_segment, status_error, Client, Error, SUBPROTOCOL};
+use super::{Client, Error, SUBPROTOCOL};
+use crate::http::{encode_segment, status_error};
 
 /// An open audit socket.
 pub(crate) type Socket = WsStream<Conn>;
