@@ -137,7 +137,7 @@ impl ClientBuilder {
     }
 
     /// Report requests, retries, socket frames and tail transports to `observer` (see
-    /// [`Observer`]). Default: [`NoObserver`], which reports nothing.
+    /// [`Observer`]). Default: [`NoObserver`](crate::NoObserver), which reports nothing.
     pub fn observer(mut self, observer: Arc<dyn Observer>) -> Self {
         self.observer = observe::SharedObserver(observer);
         self
