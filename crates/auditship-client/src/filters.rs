@@ -3,9 +3,9 @@
 /// Filters of the list endpoint. All optional; `None` leaves a parameter out.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Filters {
-    /// Events of one resource (set for you by [`SandboxAudit`]).
+    /// Events of one resource (set for you by [`SandboxAudit`](crate::SandboxAudit)).
     pub resource_id: Option<String>,
-    /// `sandbox` (set for you by [`SandboxAudit`]).
+    /// `sandbox` (set for you by [`SandboxAudit`](crate::SandboxAudit)).
     pub resource_type: Option<String>,
     /// Destination host.
     pub host: Option<String>,
@@ -18,7 +18,7 @@ pub struct Filters {
     /// windows treat it so, and the client passes the bound through for the server to apply.)
     pub until: Option<String>,
     /// Page size (the API's maximum is 100). `None` sends none: the server's default (20 in
-    /// the API reference) applies to [`SandboxAudit::list`]; `list_all`, `list_from` and tails
+    /// the API reference) applies to [`SandboxAudit::list`](crate::SandboxAudit::list); `list_all`, `list_from` and tails
     /// ask for 100.
     pub limit: Option<u32>,
     /// A `next_cursor` from an earlier page.

@@ -167,7 +167,7 @@ impl SandboxAudit {
     }
 
     /// Like [`SandboxAudit::list_all`], but starting after `start`: a time, or a resume
-    /// [`Position`] (the newest cursor time shipped and the ids shipped at it). Backfills resume
+    /// [`Position`](crate::Position) (the newest cursor time shipped and the ids shipped at it). Backfills resume
     /// with it.
     ///
     /// ```
