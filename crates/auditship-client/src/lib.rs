@@ -28,9 +28,9 @@
 //! # Layout
 //! - `client.rs`, `builder.rs`: the [`Client`] and its settings; `views.rs`: the SDK's audit
 //!   views ([`OrgAudit`], [`SandboxAudit`]); `filters.rs`: the list endpoint's [`Filters`].
-//! - `tail.rs`: the live [`Tail`] (socket first, polling fallback, catch-up), the pager behind
-//!   `list_all` and `list_from`, and the ids-seen window; `org.rs`: the org-wide poller and the
-//!   shared socket gate for large fleets.
+//! - `tail/`: the live [`Tail`] (socket first, polling fallback, catch-up: `task.rs`), the pager
+//!   behind `list_all` and `list_from` (`pager.rs`), and the ids-seen window (`seen.rs`);
+//!   `org.rs`: the org-wide poller and the shared socket gate for large fleets.
 //! - `ws.rs`: the client side of the WebSocket; `tls.rs`: certificate trust for REST and sockets.
 //! - `event.rs`, `scan.rs`: events and pages read without a full parse; `http.rs`: responses'
 //!   request ids and errors; `error.rs`: [`Error`], which says whether retrying helps.
