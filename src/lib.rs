@@ -7,7 +7,7 @@
 //!   catch-up after every reconnect), the API key type ([`secret`]), an observer for metrics.
 //! - [`source`]: one task per sandbox, built on [`client`]'s tail; turns audit events into
 //!   pipeline events with per-sandbox sequence numbers, and bad frames into dead letters.
-//! - [`checkpoint`]: the SQLite store (one writer thread): per-sandbox positions and sink state,
+//! - [`store`]: the checkpoint store, SQLite on one thread: per-sandbox positions and sink state,
 //!   committed together; migrations from `migrations/`.
 //! - [`pipeline`]: the runner, a folder with a file per stage of the flow below (`sources`,
 //!   `batcher`, `sink_task`, `checkpointer`, `dead_letter`, `discovery`, `positions`,
@@ -58,7 +58,6 @@
 //! # Ok(()) }
 //! ```
 
-pub mod checkpoint;
 pub mod config;
 pub mod manifest;
 pub mod metrics;
@@ -67,6 +66,7 @@ pub mod reconcile;
 pub mod shard;
 pub mod sinks;
 pub mod source;
+pub mod store;
 pub mod transform;
 pub mod vars;
 pub mod verify;

@@ -28,8 +28,8 @@ use hmac::{Hmac, KeyInit, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::checkpoint::{ManifestRow, Store, StoredHead};
 use crate::client::AuditEvent;
+use crate::store::{ManifestRow, Store, StoredHead};
 use crate::transform::HmacKey;
 
 /// The manifest format version written in every entry.

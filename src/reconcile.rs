@@ -20,9 +20,9 @@ use std::sync::Arc;
 
 use auditship_sink::Event;
 
-use crate::checkpoint::{hour_of, Store};
 use crate::config::Pipeline;
 use crate::pipeline::{self, Mode, PipelineError, RunOptions, Window};
+use crate::store::{hour_of, Store};
 use crate::transform::{route, Outcome};
 use auditship_sink::{Archive as _, ArchiveLocation, UnitCompression};
 

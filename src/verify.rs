@@ -175,7 +175,7 @@ pub struct Report {
 }
 
 /// The checkpoint database's record of one chain: `(seq, hash, unit)` in order.
-pub type AnchorChain = crate::checkpoint::ChainRows;
+pub type AnchorChain = crate::store::ChainRows;
 
 /// What the checkpoint database says the archive holds.
 #[derive(Debug, Clone, Default)]
@@ -881,7 +881,7 @@ impl EventIndex {
         for (rid, times) in &self.times {
             for t in times {
                 *counts
-                    .entry((rid.clone(), crate::checkpoint::hour_of(*t)))
+                    .entry((rid.clone(), crate::store::hour_of(*t)))
                     .or_default() += 1;
             }
             if let (Some(lo), Some(hi)) = (times.iter().min(), times.iter().max()) {
@@ -960,7 +960,7 @@ impl Report {
                 if !matches!(outcome, (_, crate::transform::Outcome::Keep(_))) {
                     continue;
                 }
-                *api.entry((rid.clone(), crate::checkpoint::hour_of(cursor)))
+                *api.entry((rid.clone(), crate::store::hour_of(cursor)))
                     .or_default() += 1;
             }
         }

@@ -6,10 +6,10 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use auditship::checkpoint::{Job, Store, StoreError};
 use auditship::client::format_time;
 use auditship::config::{self, LoadMode, Pipeline};
 use auditship::pipeline::{self, Mode, RunOptions, Window};
+use auditship::store::{Job, Store, StoreError};
 
 use super::exit::{fail, Code, CommandResult, OrExit, OrRetry};
 use super::time::resolve_time;

@@ -5,9 +5,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use auditship::checkpoint::{ExportedCheckpoint, Store};
 use auditship::client::format_time;
 use auditship::config::{self, LoadMode};
+use auditship::store::{ExportedCheckpoint, Store};
 
 use super::exit::{fail, Code, CommandResult};
 use super::time::human_duration;

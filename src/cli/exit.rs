@@ -116,7 +116,7 @@ impl RetryHint for auditship::pipeline::PipelineError {
     }
 }
 
-impl RetryHint for auditship::checkpoint::StoreError {
+impl RetryHint for auditship::store::StoreError {
     fn retry_helps(&self) -> bool {
         self.is_retryable()
     }

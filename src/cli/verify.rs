@@ -121,7 +121,7 @@ pub async fn verify(args: VerifyArgs) -> CommandResult {
             ));
         }
         // Read-only: verifying must not change the database it checks against.
-        let db = match auditship::checkpoint::Snapshot::open(&p.checkpoint_path) {
+        let db = match auditship::store::Snapshot::open(&p.checkpoint_path) {
             Ok(db) => db,
             Err(e) => return fail(e.to_string()),
         };

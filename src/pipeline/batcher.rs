@@ -9,9 +9,9 @@ use std::time::Duration;
 use auditship_sink::{Batch, Event};
 use tokio::sync::mpsc;
 
-use crate::checkpoint::Checkpoint;
 use crate::config::Pipeline;
 use crate::source::SourceMsg;
+use crate::store::Checkpoint;
 use crate::transform::{Applied, Chain};
 
 use super::checkpointer::{CkMsg, NewBatch};
@@ -123,7 +123,7 @@ impl Batcher {
         let count = self.events.len() as u64;
         let mut by_hour: HashMap<(&Arc<str>, i64), u64, foldhash::fast::RandomState> = HashMap::default();
         for e in &self.events {
-            let hour = crate::checkpoint::hour_of(e.cursor_us.or(e.time_us).unwrap_or(0));
+            let hour = crate::store::hour_of(e.cursor_us.or(e.time_us).unwrap_or(0));
             *by_hour.entry((&e.resource_id, hour)).or_default() += 1;
         }
         let hours: Vec<(String, i64, u64)> = by_hour

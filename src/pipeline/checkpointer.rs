@@ -12,9 +12,9 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::checkpoint::{Checkpoint, Commit, ManifestRow, Store};
 use crate::config::Pipeline;
 use crate::manifest::{ChainWriter, Stretch};
+use crate::store::{Checkpoint, Commit, ManifestRow, Store};
 
 use super::{PipelineError, Progress};
 

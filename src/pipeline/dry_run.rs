@@ -5,9 +5,9 @@ use std::collections::{BTreeMap, HashMap};
 use auditship_sink::Event;
 use tokio::sync::mpsc;
 
-use crate::checkpoint::Store;
 use crate::config::Pipeline;
 use crate::source::{self, SourceEnd, SourceMsg};
+use crate::store::Store;
 use crate::transform::{route, Chain, Outcome};
 
 use super::discovery::sandboxes_to_follow;

@@ -1,6 +1,6 @@
 //! Why a pipeline stopped, and whether running it again can help.
 
-use crate::checkpoint::StoreError;
+use crate::store::StoreError;
 use auditship_sink::SinkError;
 
 /// Errors that stop a pipeline. [`PipelineError::is_retryable`] says whether running it again

@@ -27,7 +27,7 @@ impl Window {
     /// checkpoint, so a backfill never moves a live position.
     pub fn stream_key(&self) -> String {
         if let Some(job) = &self.job {
-            return crate::checkpoint::Job::stream_key(job);
+            return crate::store::Job::stream_key(job);
         }
         format!(
             "backfill:{}:{}",

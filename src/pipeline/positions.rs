@@ -4,8 +4,8 @@ use std::sync::Arc;
 
 use auditship_sink::Event;
 
-use crate::checkpoint::Checkpoint;
 use crate::client::{CursorText, Position, StartAt};
+use crate::store::Checkpoint;
 
 /// Where one sandbox stands, as events pass the batcher.
 #[derive(Clone, Debug, Default)]

@@ -9,9 +9,9 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::checkpoint::Store;
 use crate::config::Pipeline;
 use crate::source::{self, SourceMsg};
+use crate::store::Store;
 
 use super::batcher::{Batcher, MAX_UNCOMMITTED_BATCHES};
 use super::checkpointer::{self, Checkpointer, CkMsg};

@@ -11,10 +11,10 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::checkpoint::Store;
 use crate::client::Backoff;
 use crate::config::Pipeline;
 use crate::manifest::{ChainWriter, Sealer};
+use crate::store::Store;
 use crate::transform::Chain;
 
 use super::batcher::run_chain;

@@ -8,10 +8,10 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::checkpoint::Checkpoint;
 use crate::client::{format_time, Client, OrgPoller, SocketGate, StartAt, TailOptions, Transport};
 use crate::config::Pipeline;
 use crate::source::{self, SourceEnd, SourceKind, SourceMsg, SourceReport};
+use crate::store::Checkpoint;
 
 use super::positions::start_for;
 use super::{Mode, PipelineError, RunReport};

@@ -439,7 +439,7 @@ async fn a_plain_archive_verifies_and_every_tampering_is_named() {
 
     // The newest unit removed with its manifest line leaves a chain that is whole; only the
     // checkpoint database knows it had one more entry.
-    let store = auditship::checkpoint::Store::open(&ws.path().join("state/checkpoints.db")).unwrap();
+    let store = auditship::store::Store::open(&ws.path().join("state/checkpoints.db")).unwrap();
     let rows = store.manifest_rows("pipe", "archive", false).await.unwrap();
     let last = rows.last().unwrap().clone();
     let unit = PathBuf::from(&last.unit);
