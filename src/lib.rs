@@ -13,7 +13,7 @@
 //!   `batcher`, `sink_task`, `checkpointer`, `dead_letter`, `discovery`, `positions`,
 //!   `dry_run`) and `run`, which only wires them. A checkpoint passes a batch only when every
 //!   sink has made it durable.
-//! - `sinks` (`src/sinks.rs`): the registry, the one place that knows every sink kind.
+//! - [`sinks`]: the registry, the one place that knows every sink kind.
 //! - [`config`]: pipeline files (TOML): the model, loading, resolution, errors with file:line.
 //! - [`vars`]: `${VAR}` and `${VAR:-default}`, for pipeline files and the transforms' keys.
 //! - [`transform`]: conditions, filter/redact/set/rename/remove/dedupe, the OCSF mapping; run per
@@ -24,7 +24,7 @@
 //!   per-sandbox span, hash-chained per sink (optionally HMAC-signed), committed with the
 //!   checkpoint and written next to the data.
 //! - [`verify`]: `auditship verify`: recompute every hash, walk the chains, report what was
-//!   altered, removed, added, duplicated or is missing.
+//!   altered, removed, added, duplicated or is missing (`check.rs`), by event (`events.rs`).
 //! - [`shard`]: `--shard I/N`, rendezvous hashing of sandbox ids over processes.
 //! - [`sim`]: the bundled Miosa simulator used by the demo, the tests and the benchmarks, its
 //!   own crate (`crates/auditship-sim`, re-exported).

@@ -92,7 +92,8 @@ fn only_the_registry_names_sink_kinds() {
         "AnySink::S3",
     ];
     let allowed = |file: &str, kind: &str| {
-        file == "sinks.rs" || (kind == "auditship_sink_s3" && matches!(file, "verify.rs" | "cli/verify.rs"))
+        file == "sinks.rs"
+            || (kind == "auditship_sink_s3" && matches!(file, "verify/mod.rs" | "cli/verify.rs"))
     };
     let mut files = Vec::new();
     let mut dirs = vec![root.clone()];
