@@ -1,0 +1,125 @@
+//! Start-up: every registered file rolled back to its committed length, and the generation each
+//! template path resumes at.
+
+use super::*;
+
+/// What start-up found of a registered file.
+pub(crate) enum Recovered {
+    /// Gone (moved or deleted by someone else).
+    Missing,
+    /// Untouched for [`IDLE_AFTER`] and exactly its committed length.
+    Idle,
+    /// Anything else: keep tracking it.
+    Active,
+}
+
+/// Truncate `path` to `len` if it is longer; a shorter file means data was removed by someone
+/// else, which we report loudly but cannot repair.
+pub(crate) fn roll_back(path: &Path, len: u64) -> Result<Recovered, SinkError> {
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if len > 0 {
+                tracing::error!(path = %path.display(), committed_bytes = len, "archive file is missing although its checkpoint says it holds data; no longer tracking it");
+            }
+            return Ok(Recovered::Missing);
+        }
+        Err(e) => {
+            return Err(SinkError::io(
+                format!("reading {} for recovery", path.display()),
+                e,
+            ))
+        }
+    };
+    let actual = meta.len();
+    if actual > len {
+        tracing::info!(path = %path.display(), dropped_bytes = actual - len, "rolling back bytes written after the last checkpoint");
+        OpenOptions::new()
+            .write(true)
+            .open(path)
+            .and_then(|file| file.set_len(len).and_then(|_| file.sync_all()))
+            .map_err(|e| SinkError::io(format!("truncating {}", path.display()), e))?;
+        return Ok(Recovered::Active);
+    }
+    if actual < len {
+        tracing::error!(path = %path.display(), committed_bytes = len, actual_bytes = actual, "archive file is shorter than its checkpoint says: it was changed outside auditship");
+        return Ok(Recovered::Active);
+    }
+    let idle = meta
+        .modified()
+        .ok()
+        .and_then(|m| m.elapsed().ok())
+        .is_some_and(|age| age >= IDLE_AFTER);
+    Ok(if idle { Recovered::Idle } else { Recovered::Active })
+}
+
+/// The relative path of generation `generation` of a template path: the number goes before the
+/// first extension, `2026-11-25.ndjson.gz` → `2026-11-25.1.ndjson.gz`.
+pub(crate) fn generation_path(rendered: &str, generation: u32) -> String {
+    if generation == 0 {
+        return rendered.to_string();
+    }
+    let name_start = rendered.rfind('/').map_or(0, |i| i + 1);
+    let name = &rendered[name_start..];
+    match name[1.min(name.len())..].find('.') {
+        Some(dot) => {
+            let at = name_start + 1 + dot;
+            format!("{}.{generation}{}", &rendered[..at], &rendered[at..])
+        }
+        None => format!("{rendered}.{generation}"),
+    }
+}
+
+pub(crate) const MICROS_PER_DAY: i64 = 86_400_000_000;
+
+pub(crate) fn format_day(day: i64) -> String {
+    match chrono::DateTime::from_timestamp_micros(day.saturating_mul(MICROS_PER_DAY)) {
+        Some(t) if day != i64::MIN => t.format("%Y-%m-%d").to_string(),
+        _ => "undated".to_string(),
+    }
+}
+
+/// Open `path` for appending at `expected_len`, creating it (and its directories) if needed.
+/// Returns the file, whether it was created, and its length after any truncation.
+pub(crate) fn open_for_append(path: &Path, expected_len: u64) -> Result<(File, bool, u64), SinkError> {
+    if let Some(dir) = path.parent() {
+        if !dir.as_os_str().is_empty() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o750)
+                .create(dir)
+                .map_err(|e| SinkError::io(format!("creating directory {}", dir.display()), e))?;
+        }
+    }
+    let existed = path.exists();
+    let file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o640)
+        .open(path)
+        .map_err(|e| SinkError::io(format!("opening {}", path.display()), e))?;
+    let len = file
+        .metadata()
+        .map_err(|e| SinkError::io(format!("reading {}", path.display()), e))?
+        .len();
+    if len > expected_len {
+        // Bytes past the durable length were never committed (an earlier failed attempt).
+        file.set_len(expected_len)
+            .map_err(|e| SinkError::io(format!("truncating {}", path.display()), e))?;
+        return Ok((file, !existed, expected_len));
+    }
+    Ok((file, !existed, len))
+}
+
+/// Where a template path starts this run: the newest generation that is registered or on disk.
+pub(crate) fn starting_generation(recovered: &HashMap<String, u64>, rendered: &str) -> u32 {
+    let mut generation = 0;
+    loop {
+        let next = generation_path(rendered, generation + 1);
+        if recovered.contains_key(&next) || Path::new(&next).exists() {
+            generation += 1;
+        } else {
+            return generation;
+        }
+    }
+}
