@@ -1,0 +1,700 @@
+//! [`S3Sink`]: events gathered per object, staged, uploaded under a recorded key, and
+//! recovered after a crash.
+
+use super::*;
+
+/// Events gathered for one object.
+pub(crate) struct Buffer {
+    /// The events' raw bytes, shared with the pipeline's batches (no copy until sealing).
+    pub(crate) lines: Vec<bytes::Bytes>,
+    /// Uncompressed size, newlines included.
+    pub(crate) bytes: u64,
+    pub(crate) ids: Vec<Arc<str>>,
+    /// The events by sandbox, for the manifest.
+    pub(crate) spans: Spans,
+    pub(crate) events: usize,
+    pub(crate) first_batch: u64,
+    pub(crate) first_time_us: i64,
+    pub(crate) opened_at: Instant,
+}
+
+/// An object whose events the pipeline has not yet checkpointed: its ids are recognised if they
+/// come again, and its pending entry is deleted once they are checkpointed.
+pub(crate) struct Held {
+    pub(crate) key: String,
+    /// Ids not yet seen again in this run (recovered objects only).
+    pub(crate) unseen: usize,
+    /// The last batch (this run) holding one of its events.
+    pub(crate) last_batch: u64,
+    pub(crate) staging: PathBuf,
+}
+
+/// The S3 sink. See the crate documentation for its guarantees.
+pub struct S3Sink {
+    pub(crate) config: S3SinkConfig,
+    pub(crate) prefix: Vec<Part>,
+    pub(crate) ctx: SinkContext,
+    pub(crate) client: Option<aws_sdk_s3::Client>,
+    pub(crate) staging: PathBuf,
+    pub(crate) run_id: String,
+    pub(crate) counter: u64,
+    pub(crate) buffers: HashMap<String, Buffer>,
+    pub(crate) written_through: u64,
+    pub(crate) held: Vec<Held>,
+    /// Event id → index in `held`, and whether it was seen in this run.
+    pub(crate) known: HashMap<Arc<str>, (usize, bool)>,
+    /// Deletions waiting for the checkpoint to pass their objects.
+    pub(crate) released: Vec<StateEntry>,
+    /// Objects uploaded (or put in place after a crash) not yet handed to the manifest.
+    pub(crate) sealed: Vec<Sealed>,
+}
+
+pub(crate) const PENDING: &str = "pending:";
+
+/// What an upload failure means.
+pub(crate) enum Failure {
+    Retry(String),
+    Stop(String),
+}
+
+impl S3Sink {
+    /// Build the sink (no network traffic until [`Sink::prepare`]). `default_staging` is used
+    /// when the configuration names no staging directory.
+    pub fn open(config: S3SinkConfig, ctx: SinkContext, default_staging: PathBuf) -> Result<Self, SinkError> {
+        config
+            .validate()
+            .map_err(|m| SinkError::Config(format!("sinks.{}: {m}", ctx.sink)))?;
+        let prefix = parse_prefix(&config.key_prefix).map_err(SinkError::Config)?;
+        let staging = config
+            .staging_dir
+            .as_ref()
+            .map(PathBuf::from)
+            .unwrap_or(default_staging);
+        std::fs::create_dir_all(&staging)
+            .map_err(|e| SinkError::io(format!("creating staging directory {}", staging.display()), e))?;
+        let seed = format!(
+            "{}:{}:{}:{:?}",
+            ctx.pipeline,
+            ctx.sink,
+            std::process::id(),
+            std::time::SystemTime::now()
+        );
+        let run_id = hex(&Sha256::digest(seed.as_bytes())[..4]);
+        Ok(S3Sink {
+            config,
+            prefix,
+            ctx,
+            client: None,
+            staging,
+            run_id,
+            counter: 0,
+            buffers: HashMap::new(),
+            written_through: 0,
+            held: Vec::new(),
+            known: HashMap::new(),
+            released: Vec::new(),
+            sealed: Vec::new(),
+        })
+    }
+
+    pub(crate) fn name(&self) -> String {
+        format!("sinks.{}", self.ctx.sink)
+    }
+
+    pub(crate) fn client(&self) -> Result<&aws_sdk_s3::Client, SinkError> {
+        self.client
+            .as_ref()
+            .ok_or_else(|| SinkError::Config(format!("{}: not prepared", self.name())))
+    }
+
+    pub(crate) async fn connect(&mut self) {
+        let c = &self.config;
+        self.client = Some(connect(c.region.as_deref(), c.endpoint.as_deref(), c.force_path_style).await);
+    }
+
+    pub(crate) fn render_prefix(&self, resource_id: &str, time_us: Option<i64>) -> String {
+        let mut out = String::new();
+        for p in &self.prefix {
+            match p {
+                Part::Literal(l) => out.push_str(l),
+                Part::ResourceId => encode_component(&mut out, resource_id),
+                Part::Pipeline => encode_component(&mut out, &self.ctx.pipeline),
+                Part::Date => {
+                    let date = time_us
+                        .and_then(chrono::DateTime::from_timestamp_micros)
+                        .map(|d| d.format("%Y-%m-%d").to_string())
+                        .unwrap_or_else(|| "unknown-date".into());
+                    encode_component(&mut out, &date);
+                }
+            }
+        }
+        out
+    }
+
+    pub(crate) fn staging_path(&self, key: &str) -> PathBuf {
+        self.staging
+            .join(format!("{}.obj", hex(&Sha256::digest(key.as_bytes())[..16])))
+    }
+
+    pub(crate) fn due(&self, b: &Buffer) -> bool {
+        b.events >= self.config.batch_max_events
+            || b.bytes >= self.config.batch_max_bytes
+            || b.opened_at.elapsed() >= Duration::from_millis(self.config.batch_timeout_ms)
+    }
+
+    /// Seal, stage, register and upload one buffer; its events are then durable.
+    pub(crate) async fn ship(&mut self, prefix: &str, buffer: &Buffer) -> Result<(), SinkError> {
+        let time = chrono::DateTime::from_timestamp_micros(buffer.first_time_us)
+            .map(|d| d.format("%Y%m%dT%H%M%S%.6fZ").to_string())
+            .unwrap_or_else(|| "00000000T000000.000000Z".into());
+        self.counter += 1;
+        let key = format!(
+            "{prefix}{time}-{}-{:06}{}",
+            self.run_id,
+            self.counter,
+            self.config.compression.extension()
+        );
+        let staging = self.staging_path(&key);
+        // Compressing megabytes and fsync'ing them are blocking work: off the async workers.
+        let (compression, lines, size, path) = (
+            self.config.compression,
+            buffer.lines.clone(),
+            buffer.bytes,
+            staging.clone(),
+        );
+        let name = self.name();
+        // The body's SHA-256 is taken once, here: the upload's checksum and the manifest use it.
+        let (body, sha256) =
+            tokio::task::spawn_blocking(move || -> Result<(bytes::Bytes, [u8; 32]), SinkError> {
+                let body = compress(compression, &lines, size)
+                    .map_err(|e| SinkError::io(format!("{name}: compressing an object"), e))?;
+                stage(&path, &body)
+                    .map_err(|e| SinkError::io(format!("{name}: writing {}", path.display()), e))?;
+                let sha256: [u8; 32] = Sha256::digest(&body).into();
+                Ok((body, sha256))
+            })
+            .await
+            .map_err(|e| SinkError::io("staging", std::io::Error::other(e.to_string())))??;
+        let entry = StateEntry {
+            key: format!("{PENDING}{key}"),
+            value: chrono::Utc::now().timestamp_micros(),
+        };
+        if let Err(e) = self.ctx.registry.register(vec![entry]).await {
+            let _ = std::fs::remove_file(&staging);
+            return Err(e);
+        }
+        self.upload_until_done(&key, body.clone(), &sha256).await?;
+        // What the object holds is known: the manifest needs neither its bytes nor a read-back.
+        let precomputed = Precomputed {
+            start: 0,
+            sha256,
+            events: buffer.spans.events,
+            sandboxes: buffer.spans.spans.clone(),
+        };
+        self.sealed.push(Sealed {
+            unit: key.clone(),
+            end: body.len() as u64,
+            compression: self.config.compression.unit(),
+            // Kept for the read-back the pipeline falls back to if the precomputed part does
+            // not fit (it always starts at 0 for a new key).
+            content: Some(body),
+            precomputed: Some(precomputed),
+        });
+        let idx = self.held.len();
+        for id in &buffer.ids {
+            self.known.insert(id.clone(), (idx, true));
+        }
+        self.held.push(Held {
+            key,
+            unseen: 0,
+            // An upper bound: the object holds nothing written after this batch.
+            last_batch: self.written_through,
+            staging,
+        });
+        Ok(())
+    }
+
+    /// Upload `body` (whose SHA-256 is `sha256`) under `key`, retrying what can pass.
+    pub(crate) async fn upload_until_done(
+        &self,
+        key: &str,
+        body: bytes::Bytes,
+        sha256: &[u8; 32],
+    ) -> Result<(), SinkError> {
+        let checksum = base64::engine::general_purpose::STANDARD.encode(sha256);
+        let mut delay = Duration::from_millis(200);
+        let mut warned: Option<Instant> = None;
+        let mut failures = 0u32;
+        loop {
+            match self.upload(key, &body, &checksum).await {
+                Ok(()) => {
+                    if failures > 0 {
+                        tracing::info!(sink = %self.ctx.sink, bucket = %self.config.bucket, failures, "S3 uploads work again");
+                    }
+                    return Ok(());
+                }
+                Err(Failure::Stop(m)) => {
+                    return Err(SinkError::Remote {
+                        message: m,
+                        retryable: false,
+                    })
+                }
+                Err(Failure::Retry(m)) => {
+                    failures += 1;
+                    if warned.is_none_or(|t| t.elapsed() >= Duration::from_secs(30)) {
+                        tracing::warn!(sink = %self.ctx.sink, bucket = %self.config.bucket, key = %key, failures, error = %m, "S3 upload failed; retrying (checkpoints wait, nothing is dropped)");
+                        warned = Some(Instant::now());
+                    }
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
+    }
+
+    pub(crate) fn retain_until(&self) -> Option<DateTime> {
+        self.config.retain_until()
+    }
+
+    pub(crate) async fn upload(&self, key: &str, body: &bytes::Bytes, checksum: &str) -> Result<(), Failure> {
+        let client = self.client().map_err(|e| Failure::Stop(e.to_string()))?;
+        let c = &self.config;
+        let (sse, lock) = c.protection();
+        if (body.len() as u64) <= c.multipart_threshold_bytes {
+            client
+                .put_object()
+                .bucket(&c.bucket)
+                .key(key)
+                .body(ByteStream::from(body.clone()))
+                .content_type(c.compression.content_type())
+                .checksum_algorithm(ChecksumAlgorithm::Sha256)
+                .checksum_sha256(checksum)
+                .set_server_side_encryption(sse)
+                .set_ssekms_key_id(c.kms_key_id.clone())
+                .set_object_lock_mode(lock)
+                .set_object_lock_retain_until_date(self.retain_until())
+                .send()
+                .await
+                .map_err(|e| self.classify(e))?;
+            return Ok(());
+        }
+        let created = client
+            .create_multipart_upload()
+            .bucket(&c.bucket)
+            .key(key)
+            .content_type(c.compression.content_type())
+            .checksum_algorithm(ChecksumAlgorithm::Sha256)
+            .set_server_side_encryption(sse)
+            .set_ssekms_key_id(c.kms_key_id.clone())
+            .set_object_lock_mode(lock)
+            .set_object_lock_retain_until_date(self.retain_until())
+            .send()
+            .await
+            .map_err(|e| self.classify(e))?;
+        let Some(upload_id) = created.upload_id().map(str::to_string) else {
+            return Err(Failure::Retry("the server gave no multipart upload id".into()));
+        };
+        let mut parts = Vec::new();
+        let result: Result<(), Failure> = async {
+            let part_len = c.multipart_part_bytes as usize;
+            for (i, start) in (0..body.len()).step_by(part_len).enumerate() {
+                let number = i as i32 + 1;
+                // A slice of the shared body: no copy per part.
+                let chunk = body.slice(start..(start + part_len).min(body.len()));
+                let checksum = sha256_b64(&chunk);
+                let part = client
+                    .upload_part()
+                    .bucket(&c.bucket)
+                    .key(key)
+                    .upload_id(&upload_id)
+                    .part_number(number)
+                    .body(ByteStream::from(chunk))
+                    .checksum_algorithm(ChecksumAlgorithm::Sha256)
+                    .checksum_sha256(&checksum)
+                    .send()
+                    .await
+                    .map_err(|e| self.classify(e))?;
+                parts.push(
+                    CompletedPart::builder()
+                        .part_number(number)
+                        .set_e_tag(part.e_tag().map(str::to_string))
+                        .checksum_sha256(checksum)
+                        .build(),
+                );
+            }
+            client
+                .complete_multipart_upload()
+                .bucket(&c.bucket)
+                .key(key)
+                .upload_id(&upload_id)
+                .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
+                .send()
+                .await
+                .map_err(|e| self.classify(e))?;
+            Ok(())
+        }
+        .await;
+        if result.is_err() {
+            let _ = client
+                .abort_multipart_upload()
+                .bucket(&c.bucket)
+                .key(key)
+                .upload_id(&upload_id)
+                .send()
+                .await;
+        }
+        result
+    }
+
+    /// Sort an SDK error into retry or stop, with a message that names the bucket and the fix.
+    pub(crate) fn classify<E: ProvideErrorMetadata + std::error::Error + 'static, R>(
+        &self,
+        e: SdkError<E, R>,
+    ) -> Failure
+    where
+        R: std::fmt::Debug,
+    {
+        let bucket = &self.config.bucket;
+        let code = e.code().unwrap_or("").to_string();
+        let detail = format!("{}", DisplayErrorContext(&e));
+        let stop = match code.as_str() {
+            "NoSuchBucket" => Some(format!("bucket {bucket:?} does not exist; create it or fix `bucket` in {}", self.name())),
+            "AccessDenied" | "AllAccessDisabled" => Some(format!(
+                "access to bucket {bucket:?} is denied; grant the credentials of the AWS chain s3:PutObject (and s3:PutObjectRetention with Object Lock) on it"
+            )),
+            "InvalidAccessKeyId" | "SignatureDoesNotMatch" | "ExpiredToken" | "InvalidToken" => Some(format!(
+                "the AWS credentials were refused by bucket {bucket:?} ({code}); check AWS_ACCESS_KEY_ID/AWS_PROFILE or the instance role"
+            )),
+            "InvalidBucketName" => Some(format!("{bucket:?} is not a valid bucket name")),
+            "InvalidRequest" | "InvalidArgument" if detail.contains("Object Lock") || detail.contains("ObjectLock") => Some(format!(
+                "bucket {bucket:?} has no Object Lock configuration; create the bucket with Object Lock enabled, or remove object_lock_mode from {}",
+                self.name()
+            )),
+            _ => None,
+        };
+        match stop {
+            Some(m) => Failure::Stop(format!("{}: {m} ({detail})", self.name())),
+            None => Failure::Retry(format!("{}: bucket {bucket:?}: {detail}", self.name())),
+        }
+    }
+
+    /// Put a pending object (from an earlier run) in place and remember its ids.
+    pub(crate) async fn recover(&mut self, entry: &StateEntry) -> Result<(), SinkError> {
+        let Some(key) = entry.key.strip_prefix(PENDING) else {
+            return Ok(());
+        };
+        let key = key.to_string();
+        let staging = self.staging_path(&key);
+        let client = self.client()?.clone();
+        let head = client
+            .head_object()
+            .bucket(&self.config.bucket)
+            .key(&key)
+            .send()
+            .await;
+        let body = match head {
+            Ok(_) => match std::fs::read(&staging) {
+                Ok(b) => b,
+                Err(_) => {
+                    let got = client
+                        .get_object()
+                        .bucket(&self.config.bucket)
+                        .key(&key)
+                        .send()
+                        .await
+                        .map_err(|e| self.remote(format!("reading back pending object {key}"), e))?;
+                    got.body
+                        .collect()
+                        .await
+                        .map_err(|e| SinkError::Remote {
+                            message: format!("{}: reading back pending object {key}: {e}", self.name()),
+                            retryable: true,
+                        })?
+                        .into_bytes()
+                        .to_vec()
+                }
+            },
+            Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 404) => {
+                match std::fs::read(&staging) {
+                    Ok(b) => {
+                        tracing::info!(sink = %self.ctx.sink, key = %key, "uploading an object staged before a crash");
+                        let sha256: [u8; 32] = Sha256::digest(&b).into();
+                        self.upload_until_done(&key, bytes::Bytes::from(b.clone()), &sha256)
+                            .await?;
+                        b
+                    }
+                    Err(_) => {
+                        // Neither uploaded nor staged: nothing of it reached S3, and the checkpoint
+                        // never passed its events, so they come again.
+                        tracing::warn!(sink = %self.ctx.sink, key = %key, "a pending object is neither in the bucket nor staged; its events will be shipped again");
+                        self.ctx.registry.forget(vec![entry.key.clone()]).await?;
+                        return Ok(());
+                    }
+                }
+            }
+            Err(e) => return Err(self.remote(format!("checking pending object {key}"), e)),
+        };
+        let ids = event_ids(&key, &body)
+            .map_err(|m| SinkError::Config(format!("{}: pending object {key}: {m}", self.name())))?;
+        self.sealed.push(Sealed {
+            unit: key.clone(),
+            end: body.len() as u64,
+            compression: self.config.compression.unit(),
+            content: Some(bytes::Bytes::from(body)),
+            precomputed: None,
+        });
+        let idx = self.held.len();
+        let mut unseen = 0;
+        for id in ids {
+            if self.known.insert(id, (idx, false)).is_none() {
+                unseen += 1;
+            }
+        }
+        tracing::info!(sink = %self.ctx.sink, key = %key, events = unseen, "object from before a crash is in place; its events will not be written again");
+        self.held.push(Held {
+            key,
+            unseen,
+            last_batch: 0,
+            staging,
+        });
+        Ok(())
+    }
+
+    pub(crate) fn remote<E: ProvideErrorMetadata + std::error::Error + 'static, R: std::fmt::Debug>(
+        &self,
+        what: String,
+        e: SdkError<E, R>,
+    ) -> SinkError {
+        match self.classify(e) {
+            Failure::Stop(m) => SinkError::Remote {
+                message: format!("{what}: {m}"),
+                retryable: false,
+            },
+            Failure::Retry(m) => SinkError::Remote {
+                message: format!("{what}: {m}"),
+                retryable: true,
+            },
+        }
+    }
+
+    /// Ship the buffer of `prefix`; on failure it stays (a reset then drops it, and the pipeline
+    /// writes its batches again).
+    pub(crate) async fn ship_buffer(&mut self, prefix: String) -> Result<(), SinkError> {
+        let Some(b) = self.buffers.remove(&prefix) else {
+            return Ok(());
+        };
+        match self.ship(&prefix, &b).await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                self.buffers.insert(prefix, b);
+                Err(e)
+            }
+        }
+    }
+
+    /// The last batch whose every event is in an uploaded object.
+    pub(crate) fn through(&self) -> u64 {
+        self.buffers
+            .values()
+            .map(|b| b.first_batch.saturating_sub(1))
+            .min()
+            .unwrap_or(self.written_through)
+            .min(self.written_through)
+    }
+
+    /// Pending entries whose objects' events are all durable and seen: delete them with the
+    /// checkpoint that covers them.
+    pub(crate) fn release(&mut self) {
+        let through = self.through();
+        let mut keep = Vec::new();
+        let mut remap = HashMap::new();
+        for (i, h) in std::mem::take(&mut self.held).into_iter().enumerate() {
+            if h.unseen == 0 && h.last_batch <= through {
+                self.released
+                    .push(StateEntry::deleted(format!("{PENDING}{}", h.key)));
+                let _ = std::fs::remove_file(&h.staging);
+            } else {
+                remap.insert(i, keep.len());
+                keep.push(h);
+            }
+        }
+        self.known.retain(|_, (idx, _)| match remap.get(idx) {
+            Some(n) => {
+                *idx = *n;
+                true
+            }
+            None => false,
+        });
+        self.held = keep;
+    }
+}
+
+/// The `id` of every event in an object body.
+pub(crate) fn event_ids(key: &str, body: &[u8]) -> Result<Vec<Arc<str>>, String> {
+    #[derive(Deserialize)]
+    struct Id<'a> {
+        #[serde(borrow)]
+        id: std::borrow::Cow<'a, str>,
+    }
+    let lines = archive::lines(key, body)?;
+    lines
+        .iter()
+        .map(|l| {
+            serde_json::from_str::<Id<'_>>(l)
+                .map(|i| Arc::from(i.id.as_ref()))
+                .map_err(|e| format!("a line without an id: {e}"))
+        })
+        .collect()
+}
+
+#[async_trait]
+impl Sink for S3Sink {
+    async fn prepare(&mut self) -> Result<(), SinkError> {
+        self.connect().await;
+        let client = self.client()?.clone();
+        let bucket = self.config.bucket.clone();
+        if let Err(e) = client.head_bucket().bucket(&bucket).send().await {
+            let status = e.raw_response().map(|r| r.status().as_u16());
+            let message = match status {
+                Some(404) => format!("{}: bucket {bucket:?} does not exist; create it or fix `bucket`", self.name()),
+                Some(403) => format!(
+                    "{}: access to bucket {bucket:?} is denied; grant the AWS chain's credentials s3:ListBucket and s3:PutObject on it",
+                    self.name()
+                ),
+                _ => format!(
+                    "{}: cannot reach bucket {bucket:?} ({}); check `endpoint`, `region` and the network",
+                    self.name(),
+                    DisplayErrorContext(&e)
+                ),
+            };
+            return Err(SinkError::Remote {
+                message,
+                retryable: !matches!(status, Some(404 | 403)),
+            });
+        }
+        if self.config.object_lock_mode.is_some() {
+            let lock = client
+                .get_object_lock_configuration()
+                .bucket(&bucket)
+                .send()
+                .await;
+            let enabled = lock
+                .as_ref()
+                .ok()
+                .and_then(|l| l.object_lock_configuration())
+                .is_some_and(|c| c.object_lock_enabled().is_some_and(|e| e.as_str() == "Enabled"));
+            if !enabled {
+                return Err(SinkError::Config(format!(
+                    "{}: bucket {bucket:?} has no Object Lock; create the bucket with Object Lock enabled (it turns versioning on), or remove object_lock_mode",
+                    self.name()
+                )));
+            }
+        }
+        let recovered = self.ctx.recovered.clone();
+        let mut referenced = std::collections::HashSet::new();
+        for entry in &recovered {
+            if let Some(key) = entry.key.strip_prefix(PENDING) {
+                referenced.insert(self.staging_path(key));
+            }
+            self.recover(entry).await?;
+        }
+        // Staged objects no pending entry names were never registered: their events come again.
+        if let Ok(dir) = std::fs::read_dir(&self.staging) {
+            for f in dir.flatten() {
+                if !referenced.contains(&f.path()) {
+                    let _ = std::fs::remove_file(f.path());
+                }
+            }
+        }
+        tracing::info!(sink = %self.ctx.sink, bucket = %bucket, recovered = self.held.len(), "S3 bucket reachable");
+        Ok(())
+    }
+
+    async fn write(&mut self, batch: Arc<Batch>) -> Result<(), SinkError> {
+        for e in &batch.events {
+            if let Some((idx, seen)) = self.known.get_mut(&e.id) {
+                // Already in an uploaded object: written again after a reset or a crash.
+                if let Some(h) = self.held.get_mut(*idx) {
+                    if !*seen {
+                        *seen = true;
+                        h.unseen = h.unseen.saturating_sub(1);
+                    }
+                    h.last_batch = h.last_batch.max(batch.number);
+                }
+                continue;
+            }
+            let prefix = self.render_prefix(&e.resource_id, e.time_us.or(e.cursor_us));
+            let b = self.buffers.entry(prefix).or_insert_with(|| Buffer {
+                lines: Vec::new(),
+                bytes: 0,
+                ids: Vec::new(),
+                spans: Spans::default(),
+                events: 0,
+                first_batch: batch.number,
+                first_time_us: e.cursor_us.or(e.time_us).unwrap_or(0),
+                opened_at: Instant::now(),
+            });
+            b.lines.push(e.raw.clone());
+            b.bytes += e.raw.len() as u64 + 1;
+            b.ids.push(e.id.clone());
+            b.spans.add(e);
+            b.events += 1;
+        }
+        self.written_through = self.written_through.max(batch.number);
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> Result<Vec<StateEntry>, SinkError> {
+        let due: Vec<String> = self
+            .buffers
+            .iter()
+            .filter(|(_, b)| self.due(b))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for prefix in due {
+            self.ship_buffer(prefix).await?;
+        }
+        self.release();
+        Ok(std::mem::take(&mut self.released))
+    }
+
+    fn durable_through(&self) -> Option<u64> {
+        Some(self.through())
+    }
+
+    fn flush_deadline(&self) -> Option<tokio::time::Instant> {
+        let timeout = Duration::from_millis(self.config.batch_timeout_ms);
+        self.buffers
+            .values()
+            .map(|b| tokio::time::Instant::from_std(b.opened_at + timeout))
+            .min()
+    }
+
+    async fn reset(&mut self) -> Result<(), SinkError> {
+        // Uploaded objects stay (their ids are recognised when written again); open buffers go.
+        self.buffers.clear();
+        Ok(())
+    }
+
+    async fn close(&mut self) -> Result<Vec<StateEntry>, SinkError> {
+        let prefixes: Vec<String> = self.buffers.keys().cloned().collect();
+        for prefix in prefixes {
+            self.ship_buffer(prefix).await?;
+        }
+        self.release();
+        Ok(std::mem::take(&mut self.released))
+    }
+
+    fn take_sealed(&mut self) -> Vec<Sealed> {
+        std::mem::take(&mut self.sealed)
+    }
+
+    fn manifest_publisher(&self) -> Option<Arc<dyn ManifestPublisher>> {
+        Some(Arc::new(S3Manifests {
+            client: self.client.clone()?,
+            config: self.config.clone(),
+            pipeline: self.ctx.pipeline.clone(),
+            sink: self.ctx.sink.clone(),
+        }))
+    }
+}
