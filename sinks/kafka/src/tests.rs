@@ -5,6 +5,7 @@ use auditship_sink::testing::context;
 use auditship_sink::{Batch, Event, Sink};
 
 use super::*;
+use crate::config::{default_key, default_stall_timeout_ms};
 use crate::testing::{read_topic, Broker};
 
 fn config(brokers: &str, topic: &str) -> KafkaSinkConfig {
