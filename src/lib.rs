@@ -25,6 +25,7 @@
 //!   checkpoint and written next to the data.
 //! - [`verify`]: `auditship verify`: recompute every hash, walk the chains, report what was
 //!   altered, removed, added, duplicated or is missing (`check.rs`), by event (`events.rs`).
+//! - [`ops`]: operations besides running, as a library: a backfill's lifecycle (named jobs).
 //! - [`shard`]: `--shard I/N`, rendezvous hashing of sandbox ids over processes.
 //! - [`sim`]: the bundled Miosa simulator used by the demo, the tests and the benchmarks, its
 //!   own crate (`crates/auditship-sim`, re-exported).
@@ -61,6 +62,7 @@
 pub mod config;
 pub mod manifest;
 pub mod metrics;
+pub mod ops;
 pub mod pipeline;
 pub mod reconcile;
 pub mod shard;

@@ -8,10 +8,10 @@ use std::time::Duration;
 use anyhow::Context as _;
 use auditship::client::format_time;
 use auditship::config::{self, LoadMode, Pipeline};
+use auditship::ops::backfill;
 use auditship::pipeline::{self, Mode, RunOptions, Window};
-use auditship::store::{Job, Store, StoreError};
 
-use super::exit::{fail, Code, CommandResult, OrExit, OrRetry};
+use super::exit::{self, Code, CommandResult, OrExit, OrRetry};
 use super::time::resolve_time;
 use super::{define_shard_vars, shutdown_signal};
 
@@ -61,100 +61,61 @@ pub async fn backfill(args: BackfillArgs) -> CommandResult {
             return Ok(Code::Ok);
         }
     }
-    if let Some(name) = &job {
-        if name.is_empty()
-            || !name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "._:-".contains(c))
-        {
-            return Err(fail(
-                Code::Fix,
-                format!("--job {name:?}: use letters, digits and . _ : - (e.g. nightly-2026-11-25)"),
-            ));
-        }
-    }
-    // A job that ran before keeps its window; a new one needs --since.
-    let known_job = match &job {
-        Some(name) => open_job(&p, name).await.or_retry(format!("reading job {name}"))?,
-        None => None,
+    let request = backfill::Request {
+        since_us: since
+            .as_deref()
+            .map(resolve_time)
+            .transpose()
+            .context("--since")?,
+        until_us: until
+            .as_deref()
+            .map(resolve_time)
+            .transpose()
+            .context("--until")?,
+        sandboxes,
+        job: job.clone(),
     };
-    if let Some(j) = &known_job {
-        let name = &j.name;
-        if let Some(done) = j.finished_at_us {
+    let flags_given =
+        request.since_us.is_some() || request.until_us.is_some() || !request.sandboxes.is_empty();
+    let now_us = chrono::Utc::now().timestamp_micros();
+    let planned = backfill::plan(&p, request, now_us)
+        .await
+        .or_retry(format!("backfill of {}", p.name))?;
+    let (window, job_run) = match planned {
+        backfill::Plan::Finished(j) => {
             eprintln!(
-                "job {name} of pipeline {} finished at {} (window {} to {}); nothing to do. A new window needs a new --job name.",
+                "job {} of pipeline {} finished at {} (window {} to {}); nothing to do. A new window needs a new --job name.",
+                j.name,
                 p.name,
-                format_time(done),
+                j.finished_at_us.map(format_time).unwrap_or_default(),
                 format_time(j.since_us),
                 format_time(j.until_us)
             );
             return Ok(Code::Ok);
         }
+        backfill::Plan::Ship { window, job } => (window, job),
+    };
+    if let Some(j) = job_run.as_ref().filter(|j| j.resumed) {
         eprintln!(
-            "resuming job {name}: window {} to {}, {} sandbox(es){}",
-            format_time(j.since_us),
-            format_time(j.until_us),
-            j.sandboxes.len(),
-            if since.is_some() || until.is_some() || !sandboxes.is_empty() {
+            "resuming job {}: window {} to {}, {} sandbox(es){}",
+            j.record.name,
+            format_time(j.record.since_us),
+            format_time(j.record.until_us),
+            j.record.sandboxes.len(),
+            if flags_given {
                 " (the job keeps the window and sandboxes it started with; --since, --until and --sandbox are ignored)"
             } else {
                 ""
             }
         );
     }
-    let Some(since) = since.or_else(|| known_job.as_ref().map(|j| format_time(j.since_us))) else {
-        return Err(fail(
-            Code::Fix,
-            format!(
-                "job {:?} has not run before: give --since",
-                job.unwrap_or_default()
-            ),
-        ));
-    };
-    let since_us = resolve_time(&since).context("--since")?;
-    let until_us = until
-        .as_deref()
-        .map(resolve_time)
-        .transpose()
-        .context("--until")?;
-    if until_us.is_some_and(|u| u < since_us) {
-        return Err(fail(Code::Fix, "--until is before --since"));
-    }
-    let mut window = Window {
-        since_us,
-        until_us,
-        sandboxes,
-        job: job.clone(),
-    };
-    if let Some(j) = &known_job {
-        window.since_us = j.since_us;
-        window.until_us = Some(j.until_us);
-        window.sandboxes = j.sandboxes.clone();
-    } else if job.is_some() {
-        // A job's window is fixed when it first runs, so that a rerun means the same events.
-        window.until_us = Some(until_us.unwrap_or_else(|| chrono::Utc::now().timestamp_micros()));
-    }
     if dry_run {
         return dry_run_report(&p, &window).await;
     }
-    if let (Some(name), None) = (&job, &known_job) {
-        let record = Job {
-            name: name.clone(),
-            since_us: window.since_us,
-            until_us: window.until_us.unwrap_or(window.since_us),
-            sandboxes: if window.sandboxes.is_empty() {
-                p.sandboxes.clone()
-            } else {
-                window.sandboxes.clone()
-            },
-            started_at_us: chrono::Utc::now().timestamp_micros(),
-            finished_at_us: None,
-        };
-        window.sandboxes = record.sandboxes.clone();
-        let started = async { Store::open(&p.checkpoint_path)?.start_job(&p.name, &record).await };
-        started
+    if let Some(j) = &job_run {
+        backfill::start(&p, j)
             .await
-            .context(format!("recording job {name}"))
+            .context(format!("recording job {}", j.record.name))
             .or_exit(Code::Again)?;
     }
     let mut opts = RunOptions::new(Mode::Backfill(window.clone()));
@@ -195,31 +156,12 @@ pub async fn backfill(args: BackfillArgs) -> CommandResult {
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
-    let resume = match &job {
-        Some(name) => format!("auditship backfill {} --job {name}", path.display()),
-        None => format!(
-            "auditship backfill {} --since {}{}{}",
-            path.display(),
-            format_time(since_us),
-            until_us
-                .map(|u| format!(" --until {}", format_time(u)))
-                .unwrap_or_default(),
-            window
-                .sandboxes
-                .iter()
-                .map(|s| format!(" --sandbox {s}"))
-                .collect::<String>()
-        ),
-    };
+    let resume = backfill::resume_command(&path, &window);
     match result {
         Ok(report) if report.complete => {
             if let Some(name) = &job {
-                let finished = async {
-                    Store::open(&p.checkpoint_path)?
-                        .finish_job(&p.name, name, chrono::Utc::now().timestamp_micros())
-                        .await
-                };
-                if let Err(e) = finished.await {
+                let finished = backfill::finish(&p, name, chrono::Utc::now().timestamp_micros()).await;
+                if let Err(e) = finished {
                     // Everything is shipped and checkpointed; a rerun would find nothing new.
                     eprintln!("warning: job {name} is done but could not be marked finished: {e}");
                 }
@@ -246,7 +188,7 @@ pub async fn backfill(args: BackfillArgs) -> CommandResult {
             for (sb, why) in &report.stopped {
                 eprintln!("  {sb}: {why}");
             }
-            if until_us.is_none() && job.is_none() {
+            if window.until_us.is_none() {
                 eprintln!("note: with no --until the window ends at the time of each run.");
             }
             eprintln!("resume with: {resume}");
@@ -254,10 +196,7 @@ pub async fn backfill(args: BackfillArgs) -> CommandResult {
         }
         Err(e) => {
             let retryable = e.is_retryable();
-            let failure = Err::<(), _>(e)
-                .or_retry(format!("backfill of {}", p.name))
-                .err()
-                .unwrap_or_else(|| fail(Code::Again, "backfill failed"));
+            let failure = exit::retry_failure(e, format!("backfill of {}", p.name));
             Err(if retryable {
                 failure.with_hint(format!("resume with: {resume}"))
             } else {
@@ -265,14 +204,6 @@ pub async fn backfill(args: BackfillArgs) -> CommandResult {
             })
         }
     }
-}
-
-/// A named job's record, if it ran before.
-async fn open_job(p: &Pipeline, name: &str) -> Result<Option<Job>, StoreError> {
-    if !p.checkpoint_path.exists() {
-        return Ok(None);
-    }
-    Store::open(&p.checkpoint_path)?.job(&p.name, name).await
 }
 
 /// Print what a backfill would ship.

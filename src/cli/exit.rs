@@ -122,6 +122,24 @@ impl RetryHint for auditship::store::StoreError {
     }
 }
 
+impl RetryHint for auditship::ops::backfill::BackfillError {
+    fn retry_helps(&self) -> bool {
+        self.is_retryable()
+    }
+}
+
+/// A library error as a failure with the exit code its [`RetryHint`] says, under `context`.
+pub fn retry_failure<E>(e: E, context: impl fmt::Display) -> Failure
+where
+    E: RetryHint + std::error::Error + Send + Sync + 'static,
+{
+    Failure {
+        code: Code::retry_if(e.retry_helps()),
+        error: anyhow::Error::from(e).context(context.to_string()),
+        hint: None,
+    }
+}
+
 /// Give a library error the exit code its [`RetryHint`] says, under `context`.
 pub trait OrRetry<T> {
     /// [`Code::Again`] if retrying helps, else [`Code::Fix`]; the message starts with `context`.
@@ -133,11 +151,7 @@ where
     E: RetryHint + std::error::Error + Send + Sync + 'static,
 {
     fn or_retry(self, context: impl fmt::Display) -> Result<T, Failure> {
-        self.map_err(|e| Failure {
-            code: Code::retry_if(e.retry_helps()),
-            error: anyhow::Error::from(e).context(context.to_string()),
-            hint: None,
-        })
+        self.map_err(|e| retry_failure(e, context))
     }
 }
 

@@ -7,7 +7,7 @@ use auditship::config::{self, LoadMode, Pipeline};
 use auditship::pipeline::{self, Mode, RunOptions};
 use tokio_util::sync::CancellationToken;
 
-use super::exit::{self, Code, CommandResult, Failure, OrRetry};
+use super::exit::{self, Code, CommandResult, Failure};
 use super::{define_shard_vars, shutdown_signal};
 
 /// Load and check the pipelines `run` follows (after sharding). `Ok(vec![])`: this shard owns
@@ -155,9 +155,7 @@ async fn run_generation(
                         tracing::info!(pipeline = %name, events_shipped = total, filtered = report.filtered, dead_lettered = report.dead_lettered, "pipeline stopped");
                     }
                     Some(Ok((name, Err(e)))) => {
-                        if let Err(f) = Err::<(), _>(e).or_retry(format!("pipeline {name}")) {
-                            keep_first(&mut failure, f);
-                        }
+                        keep_first(&mut failure, exit::retry_failure(e, format!("pipeline {name}")));
                         // One pipeline failing stops the others: a supervisor restarts the process.
                         stop.cancel();
                     }
