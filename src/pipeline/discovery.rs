@@ -8,7 +8,7 @@ use crate::client::Client;
 use crate::config::{Discovery, Pipeline};
 
 use super::sources::Sources;
-use super::{PipelineError, RunReport};
+use super::{Mode, PipelineError, RunReport};
 
 /// The sandboxes to follow: `chosen` when it names any, else those discovery finds now, else
 /// the pipeline's list. Every operation that walks a pipeline's sandboxes (a run, a dry run,
@@ -38,7 +38,7 @@ async fn discover(client: &Client, d: &Discovery) -> Result<Vec<String>, Pipelin
 
 /// Read the sandbox list every `d.interval` and send what discovery follows. A refused key is
 /// fatal; other failures are logged and tried at the next interval.
-pub(super) async fn every_interval(
+async fn every_interval(
     client: Client,
     d: Discovery,
     tx: mpsc::Sender<Vec<String>>,
@@ -63,6 +63,20 @@ pub(super) async fn every_interval(
             }
         }
     }
+}
+
+/// With discovery on a live run: the task that reads the sandbox list every interval, and where
+/// the lists it reads arrive. A refused key is fatal (sent to `fatal`).
+pub(super) fn start(
+    client: &Client,
+    p: &Pipeline,
+    mode: &Mode,
+    fatal: &mpsc::UnboundedSender<PipelineError>,
+) -> Option<(tokio::task::JoinHandle<()>, mpsc::Receiver<Vec<String>>)> {
+    let d = p.discovery.clone().filter(|_| matches!(mode, Mode::Live))?;
+    let (tx, rx) = mpsc::channel(1);
+    let task = tokio::spawn(every_interval(client.clone(), d, tx, fatal.clone()));
+    Some((task, rx))
 }
 
 /// Follow the sandboxes new in `listed` and stop following those it no longer holds.

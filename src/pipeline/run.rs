@@ -3,6 +3,7 @@
 //! for a stop, a fatal error or the end of every source, then drains and reports. The stages
 //! themselves live in the files next to this one.
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -11,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Pipeline;
 use crate::source::{self, SourceMsg};
-use crate::store::Store;
+use crate::store::{Checkpoint, Store};
 
 use super::batcher::{Batcher, MAX_UNCOMMITTED_BATCHES};
 use super::checkpointer::{self, Checkpointer, CkMsg};
@@ -19,7 +20,7 @@ use super::dead_letter::{self, DlMsg};
 use super::discovery::{self, sandboxes_to_follow};
 use super::sink_task;
 use super::sources::{record_source, Sources};
-use super::{client_for, Mode, PipelineError, RunOptions, RunReport};
+use super::{client_for, Mode, PipelineError, Progress, RunOptions, RunReport};
 
 /// The channel ends every stage may need, made once by [`run`].
 #[derive(Clone)]
@@ -94,16 +95,8 @@ pub async fn run(p: &Pipeline, opts: RunOptions) -> Result<RunReport, PipelineEr
     let checkpointer = tokio::spawn(checkpointer.run(ck_rx));
 
     let mut sources = Sources::start(&client, p, &opts.mode, &loaded, src_tx, sandboxes);
-    let discovering = p.discovery.is_some() && matches!(opts.mode, Mode::Live);
-    let (disc_tx, mut disc_rx) = mpsc::channel::<Vec<String>>(1);
-    let discovery_task = p.discovery.clone().filter(|_| discovering).map(|d| {
-        tokio::spawn(discovery::every_interval(
-            client.clone(),
-            d,
-            disc_tx,
-            links.fatal.clone(),
-        ))
-    });
+    let mut discovery = discovery::start(&client, p, &opts.mode, &links.fatal);
+    let discovering = discovery.is_some();
     progress
         .sandboxes
         .store(sources.active() as u64, Ordering::Relaxed);
@@ -115,19 +108,11 @@ pub async fn run(p: &Pipeline, opts: RunOptions) -> Result<RunReport, PipelineEr
         dead_letter_path: p.dead_letter_path.clone(),
         ..Default::default()
     };
-    let mut fatal = supervise(
-        p,
-        &opts,
-        &mut sources,
-        &mut fatal_rx,
-        discovering.then_some(&mut disc_rx),
-        &mut report,
-    )
-    .await;
-    if let Some(t) = discovery_task {
-        t.abort();
+    let listed = discovery.as_mut().map(|(_, rx)| rx);
+    let mut fatal = supervise(p, &opts, &mut sources, &mut fatal_rx, listed, &mut report).await;
+    if let Some((task, _)) = discovery {
+        task.abort();
     }
-    drop(disc_rx);
     let all_ended = sources.all_ended();
 
     // Drain: stop sources; the batcher closes its last batch when their channel closes, sinks
@@ -162,13 +147,7 @@ pub async fn run(p: &Pipeline, opts: RunOptions) -> Result<RunReport, PipelineEr
         return Err(nothing_left(p, &report));
     }
     let committed = store.load(&p.name, &stream_key).await?;
-    for rid in sources.followed() {
-        let now = committed.get(rid).map_or(0, |c| c.events_shipped);
-        let before = loaded.get(rid).map_or(0, |c| c.events_shipped);
-        report.shipped.insert(rid.clone(), now.saturating_sub(before));
-    }
-    report.dead_lettered = progress.dead_lettered();
-    report.filtered = progress.filtered.load(Ordering::Relaxed);
+    count_shipped(&mut report, sources.followed(), &loaded, &committed, progress);
     report.complete = matches!(opts.mode, Mode::Backfill(_))
         && drained
         && report.stopped.is_empty()
@@ -223,6 +202,25 @@ async fn supervise(
             }
         }
     }
+}
+
+/// What the run shipped, per sandbox followed: committed now, less committed before it began;
+/// and what it dead-lettered and filtered.
+fn count_shipped(
+    report: &mut RunReport,
+    followed: &[String],
+    before: &HashMap<String, Checkpoint>,
+    now: &HashMap<String, Checkpoint>,
+    progress: &Progress,
+) {
+    for rid in followed {
+        let shipped = |at: &HashMap<String, Checkpoint>| at.get(rid).map_or(0, |c| c.events_shipped);
+        report
+            .shipped
+            .insert(rid.clone(), shipped(now).saturating_sub(shipped(before)));
+    }
+    report.dead_lettered = progress.dead_lettered();
+    report.filtered = progress.filtered.load(Ordering::Relaxed);
 }
 
 /// Run `drain` to its end, within the drain timeout. When every source ended by itself (a
