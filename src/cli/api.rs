@@ -2,7 +2,7 @@
 //! settings, printing events as NDJSON.
 
 use std::io::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use auditship::client::{format_time, Error, Filters, StartAt, TailOptions};
 use auditship::pipeline;
@@ -13,22 +13,30 @@ use super::time::resolve_time;
 use super::{load_one, shutdown_signal};
 
 /// `auditship list`'s arguments.
+#[derive(clap::Args, Debug)]
 pub struct ListArgs {
-    /// The pipeline file whose connection settings to use.
-    pub pipeline: std::path::PathBuf,
+    /// Pipeline file (for the API settings).
+    pub pipeline: PathBuf,
     /// The sandbox.
+    #[arg(long)]
     pub sandbox: String,
-    /// Only events with this action.
+    /// Only this action (allow, reject, stub, error, client_cancel).
+    #[arg(long)]
     pub action: Option<String>,
-    /// Only events to this host.
+    /// Only this destination host.
+    #[arg(long)]
     pub host: Option<String>,
-    /// From this time (RFC 3339 or a span before now).
+    /// From this time (RFC 3339 or relative like 24h).
+    #[arg(long)]
     pub since: Option<String>,
-    /// Up to this time.
+    /// Until this time (RFC 3339).
+    #[arg(long)]
     pub until: Option<String>,
     /// Page size.
+    #[arg(long)]
     pub limit: Option<u32>,
-    /// Every page, not just the first.
+    /// Follow pages until the end instead of printing one page.
+    #[arg(long)]
     pub all: bool,
 }
 

@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+use super::api::ListArgs;
+use super::backfill::BackfillArgs;
 use super::sim::SimArgs;
 use super::verify::VerifyArgs;
 
@@ -64,34 +66,7 @@ pub enum Command {
     /// nothing once finished (cron: `--job nightly-$(date +%F) --since 24h`). Never moves the
     /// live checkpoint. Exit codes: 0 done, 1 bad configuration or credentials, 2 interrupted or
     /// partial.
-    Backfill {
-        /// Pipeline file.
-        pipeline: PathBuf,
-        /// Window start: RFC 3339 (2026-11-01T00:00:00Z) or relative (24h, 7d, 30m). Needed
-        /// unless resuming a --job.
-        #[arg(long, required_unless_present = "job")]
-        since: Option<String>,
-        /// Window end (inclusive): RFC 3339 or relative. Default: now.
-        #[arg(long)]
-        until: Option<String>,
-        /// Only these sandboxes (repeatable). Default: the pipeline's.
-        #[arg(long = "sandbox")]
-        sandboxes: Vec<String>,
-        /// Name the run: its window and progress are kept under this name in the checkpoint
-        /// database, so running it again resumes it, or does nothing if it finished.
-        #[arg(long)]
-        job: Option<String>,
-        /// Count what would be shipped (per sandbox, and per sink after transforms and routes)
-        /// without shipping or recording anything.
-        #[arg(long)]
-        dry_run: bool,
-        /// Backfill only this shard's sandboxes (I/N, as for `run`).
-        #[arg(long, env = "AUDITSHIP_SHARD_SPEC")]
-        shard: Option<auditship::shard::Shard>,
-        /// Serve metrics while the backfill runs (as for `run`).
-        #[arg(long, env = "AUDITSHIP_METRICS_ADDR")]
-        metrics_addr: Option<std::net::SocketAddr>,
-    },
+    Backfill(BackfillArgs),
     /// Compare what was shipped with what the API holds for a window, hour by hour, and ship
     /// exactly what is missing. For nightly jobs.
     ///
@@ -117,31 +92,7 @@ pub enum Command {
         dry_run: bool,
     },
     /// List a sandbox's events (NDJSON on stdout), like the SDK's `list`.
-    List {
-        /// Pipeline file (for the API settings).
-        pipeline: PathBuf,
-        /// The sandbox.
-        #[arg(long)]
-        sandbox: String,
-        /// Only this action (allow, reject, stub, error, client_cancel).
-        #[arg(long)]
-        action: Option<String>,
-        /// Only this destination host.
-        #[arg(long)]
-        host: Option<String>,
-        /// From this time (RFC 3339 or relative like 24h).
-        #[arg(long)]
-        since: Option<String>,
-        /// Until this time (RFC 3339).
-        #[arg(long)]
-        until: Option<String>,
-        /// Page size.
-        #[arg(long)]
-        limit: Option<u32>,
-        /// Follow pages until the end instead of printing one page.
-        #[arg(long)]
-        all: bool,
-    },
+    List(ListArgs),
     /// Fetch one event by id (JSON on stdout), like the SDK's `get`.
     Get {
         /// Pipeline file (for the API settings).

@@ -16,29 +16,40 @@ use super::time::resolve_time;
 use super::{define_shard_vars, shutdown_signal};
 
 /// `auditship backfill`'s arguments.
+#[derive(clap::Args, Debug)]
 pub struct BackfillArgs {
-    /// The pipeline file.
-    pub path: PathBuf,
-    /// The window's start: RFC 3339 or a span before now.
+    /// Pipeline file.
+    pub pipeline: PathBuf,
+    /// Window start: RFC 3339 (2026-11-01T00:00:00Z) or relative (24h, 7d, 30m). Needed
+    /// unless resuming a --job.
+    #[arg(long, required_unless_present = "job")]
     pub since: Option<String>,
-    /// The window's end (default: now, at each run).
+    /// Window end (inclusive): RFC 3339 or relative. Default: now.
+    #[arg(long)]
     pub until: Option<String>,
-    /// Only these sandboxes.
+    /// Only these sandboxes (repeatable). Default: the pipeline's.
+    #[arg(long = "sandbox")]
     pub sandboxes: Vec<String>,
-    /// The job's name, for a window fixed at its first run.
+    /// Name the run: its window and progress are kept under this name in the checkpoint
+    /// database, so running it again resumes it, or does nothing if it finished.
+    #[arg(long)]
     pub job: Option<String>,
-    /// Count, ship nothing.
+    /// Count what would be shipped (per sandbox, and per sink after transforms and routes)
+    /// without shipping or recording anything.
+    #[arg(long)]
     pub dry_run: bool,
-    /// Only this shard's sandboxes.
+    /// Backfill only this shard's sandboxes (I/N, as for `run`).
+    #[arg(long, env = "AUDITSHIP_SHARD_SPEC")]
     pub shard: Option<auditship::shard::Shard>,
-    /// Serve metrics here while it runs.
+    /// Serve metrics while the backfill runs (as for `run`).
+    #[arg(long, env = "AUDITSHIP_METRICS_ADDR")]
     pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// `auditship backfill`: 0 shipped, 1 fix something, 2 interrupted or partial (resume).
 pub async fn backfill(args: BackfillArgs) -> CommandResult {
     let BackfillArgs {
-        path,
+        pipeline: path,
         since,
         until,
         sandboxes,

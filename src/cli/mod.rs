@@ -68,50 +68,8 @@ async fn dispatch(command: Command) -> CommandResult {
             shard,
             metrics_addr,
         } => run::run(pipelines, shard, metrics_addr).await,
-        Command::Backfill {
-            pipeline,
-            since,
-            until,
-            sandboxes,
-            job,
-            dry_run,
-            shard,
-            metrics_addr,
-        } => {
-            backfill::backfill(backfill::BackfillArgs {
-                path: pipeline,
-                since,
-                until,
-                sandboxes,
-                job,
-                dry_run,
-                shard,
-                metrics_addr,
-            })
-            .await
-        }
-        Command::List {
-            pipeline,
-            sandbox,
-            action,
-            host,
-            since,
-            until,
-            limit,
-            all,
-        } => {
-            api::list(api::ListArgs {
-                pipeline,
-                sandbox,
-                action,
-                host,
-                since,
-                until,
-                limit,
-                all,
-            })
-            .await
-        }
+        Command::Backfill(args) => backfill::backfill(args).await,
+        Command::List(args) => api::list(args).await,
         Command::Get { pipeline, event_id } => api::get(&pipeline, &event_id).await,
         Command::Tail {
             pipeline,
