@@ -441,7 +441,7 @@ impl Resolver<'_> {
         entries: BTreeMap<String, Spanned<SinkEntry>>,
         pipeline_transforms: bool,
     ) -> (BTreeMap<String, AnySink>, BTreeMap<String, SinkRoute>) {
-        if entries.is_empty() && self.errors.is_empty() {
+        if entries.is_empty() {
             self.err(
                 0..0,
                 "no sinks; add one, e.g. [sinks.archive] type = \"file\"".into(),
