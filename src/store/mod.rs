@@ -34,7 +34,7 @@ pub use snapshot::{ChainRows, Snapshot};
 
 use registry::SinkRegistry;
 use schema::migrate;
-use sql::{apply, load, upsert_position};
+use sql::{apply, execute_each, load, upsert_position};
 
 /// Work for the store's thread: a closure with the connection, which sends its own reply. Every
 /// operation of the store is one (see [`Store::with`]): one way in, in the order sent.
@@ -304,16 +304,11 @@ impl Store {
         }
         let (pipeline, sink) = (pipeline.to_string(), sink.to_string());
         self.with(move |conn| {
-            let tx = conn.transaction()?;
-            {
-                let mut stmt = tx.prepare_cached(
-                    "INSERT OR IGNORE INTO sink_state (pipeline, sink, key, value) VALUES (?1, ?2, ?3, ?4)",
-                )?;
-                for entry in &entries {
-                    stmt.execute(params![pipeline, sink, entry.key, entry.value])?;
-                }
-            }
-            tx.commit()
+            execute_each(
+                conn,
+                "INSERT OR IGNORE INTO sink_state (pipeline, sink, key, value) VALUES (?1, ?2, ?3, ?4)",
+                entries.iter().map(|e| (&pipeline, &sink, &e.key, e.value)),
+            )
         })
         .await
     }
@@ -322,16 +317,11 @@ impl Store {
     pub async fn forget(&self, pipeline: &str, sink: &str, keys: Vec<String>) -> Result<(), StoreError> {
         let (pipeline, sink) = (pipeline.to_string(), sink.to_string());
         self.with(move |conn| {
-            let tx = conn.transaction()?;
-            {
-                let mut stmt = tx.prepare_cached(
-                    "DELETE FROM sink_state WHERE pipeline = ?1 AND sink = ?2 AND key = ?3",
-                )?;
-                for key in &keys {
-                    stmt.execute(params![pipeline, sink, key])?;
-                }
-            }
-            tx.commit()
+            execute_each(
+                conn,
+                "DELETE FROM sink_state WHERE pipeline = ?1 AND sink = ?2 AND key = ?3",
+                keys.iter().map(|k| (&pipeline, &sink, k)),
+            )
         })
         .await
     }
@@ -401,16 +391,11 @@ impl Store {
     pub async fn mark_published(&self, pipeline: &str, sink: &str, seqs: Vec<u64>) -> Result<(), StoreError> {
         let (pipeline, sink) = (pipeline.to_string(), sink.to_string());
         self.with(move |conn| {
-            let tx = conn.transaction()?;
-            {
-                let mut stmt = tx.prepare_cached(
-                    "UPDATE manifest SET published = 1 WHERE pipeline = ?1 AND sink = ?2 AND seq = ?3",
-                )?;
-                for seq in seqs {
-                    stmt.execute(params![pipeline, sink, seq as i64])?;
-                }
-            }
-            tx.commit()
+            execute_each(
+                conn,
+                "UPDATE manifest SET published = 1 WHERE pipeline = ?1 AND sink = ?2 AND seq = ?3",
+                seqs.iter().map(|seq| (&pipeline, &sink, *seq as i64)),
+            )
         })
         .await
     }

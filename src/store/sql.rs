@@ -4,6 +4,23 @@ use rusqlite::{params, Connection};
 
 use super::{Checkpoint, Commit};
 
+/// Run `sql` once for each row of parameters, all in one transaction (registering, forgetting
+/// and marking many rows at once).
+pub(super) fn execute_each<P: rusqlite::Params>(
+    conn: &mut Connection,
+    sql: &str,
+    rows: impl IntoIterator<Item = P>,
+) -> rusqlite::Result<()> {
+    let tx = conn.transaction()?;
+    {
+        let mut stmt = tx.prepare_cached(sql)?;
+        for row in rows {
+            stmt.execute(row)?;
+        }
+    }
+    tx.commit()
+}
+
 pub(super) fn load(
     conn: &Connection,
     pipeline: &str,
