@@ -197,7 +197,7 @@ async fn sink_task(
         for b in fresh.iter_mut() {
             let failed = match run_chain(&mut chain, b).await {
                 Ok(applied) => {
-                    stats.filtered.add(applied.dropped);
+                    stats.filtered.inc_by(applied.dropped);
                     *b = applied.batch;
                     applied.failed
                 }
@@ -235,7 +235,7 @@ async fn sink_task(
                         .filter(|b| b.number <= t)
                         .map(|b| b.events.len())
                         .sum();
-                    stats.shipped.add(durable as u64);
+                    stats.shipped.inc_by(durable as u64);
                     held.retain(|b| b.number > t);
                     acked = acked.max(t);
                 }

@@ -204,3 +204,26 @@ fn the_grafana_dashboard_only_queries_series_auditship_serves() {
     }
     assert!(checked >= 12, "{checked}");
 }
+
+/// The families `/metrics` declares, with their help texts and types, are the ones
+/// `tests/golden/metrics-families.txt` lists (written by the hand-made renderer this replaced):
+/// dashboards and alerts keyed on them keep working.
+#[test]
+fn the_families_and_their_help_texts_stay_as_they_were() {
+    let served = auditship::metrics::render();
+    let mut declared: Vec<&str> = served.lines().filter(|l| l.starts_with("# ")).collect();
+    declared.sort_unstable();
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/metrics-families.txt");
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&path, declared.join("\n") + "\n").unwrap();
+    }
+    let golden = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}; run with UPDATE_GOLDEN=1 and review it", path.display()));
+    let expected: Vec<&str> = golden.lines().collect();
+    assert_eq!(
+        declared,
+        expected,
+        "the served families differ from {}",
+        path.display()
+    );
+}
