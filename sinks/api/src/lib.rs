@@ -19,6 +19,7 @@ use bytes::Bytes;
 
 mod archive;
 mod config;
+pub mod template;
 
 pub use archive::{Archive, DirArchive};
 pub use config::{ArchiveLocation, Field, Interpolate, SinkConfig};

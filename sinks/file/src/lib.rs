@@ -59,7 +59,7 @@ pub use config::{Compression, FileSinkConfig};
 pub use encode::encode_lines;
 pub use manifests::FileManifests;
 pub use sink::{FileSink, IDLE_AFTER};
-pub use template::{PathTemplate, Values, Var};
+pub use template::{PathTemplate, Values, PLACEHOLDERS};
 
 use encode::*;
 use recovery::*;

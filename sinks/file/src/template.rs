@@ -8,27 +8,16 @@
 
 use std::path::{Component, Path, PathBuf};
 
-/// A placeholder in a path template.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Var {
-    /// `{resource_id}`: the sandbox id.
-    ResourceId,
-    /// `{date}`: the event's UTC date, `YYYY-MM-DD`.
-    Date,
-    /// `{pipeline}`: the pipeline's name.
-    Pipeline,
-}
+use auditship_sink::template::{Placeholder, Template};
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Part {
-    Literal(String),
-    Var(Var),
-}
+/// The placeholders a path template takes.
+pub const PLACEHOLDERS: [Placeholder; 3] =
+    [Placeholder::ResourceId, Placeholder::Date, Placeholder::Pipeline];
 
-/// A parsed path template.
+/// A parsed path template: the contract's [`Template`] plus the base directory it cannot leave.
 #[derive(Debug, Clone)]
 pub struct PathTemplate {
-    parts: Vec<Part>,
+    template: Template,
     base: PathBuf,
 }
 
@@ -51,35 +40,8 @@ impl PathTemplate {
                 "path is empty; give a file path such as \"archive/{resource_id}/{date}.ndjson\"".into(),
             );
         }
-        let mut parts = Vec::new();
-        let mut rest = template;
-        while let Some(open) = rest.find('{') {
-            if open > 0 {
-                parts.push(Part::Literal(rest[..open].to_string()));
-            }
-            let Some(close) = rest[open..].find('}') else {
-                return Err(format!("unclosed `{{` in path template {template:?}"));
-            };
-            let name = &rest[open + 1..open + close];
-            let var = match name {
-                "resource_id" => Var::ResourceId,
-                "date" => Var::Date,
-                "pipeline" => Var::Pipeline,
-                other => {
-                    return Err(format!(
-                        "unknown placeholder `{{{other}}}` in path template; use {{resource_id}}, {{date}} or {{pipeline}}"
-                    ))
-                }
-            };
-            parts.push(Part::Var(var));
-            rest = &rest[open + close + 1..];
-        }
-        if rest.contains('}') {
-            return Err(format!("stray `}}` in path template {template:?}"));
-        }
-        if !rest.is_empty() {
-            parts.push(Part::Literal(rest.to_string()));
-        }
+        let parsed =
+            Template::parse(template, &PLACEHOLDERS).map_err(|e| format!("{e} (in path {template:?})"))?;
         if template.ends_with('/') {
             return Err(format!(
                 "path template {template:?} names a directory; end it with a file name"
@@ -109,7 +71,10 @@ impl PathTemplate {
                 base.display()
             ));
         }
-        Ok(PathTemplate { parts, base })
+        Ok(PathTemplate {
+            template: parsed,
+            base,
+        })
     }
 
     /// The directory no rendered path can leave.
@@ -118,27 +83,25 @@ impl PathTemplate {
     }
 
     /// Whether the template uses a placeholder.
-    pub fn uses(&self, var: Var) -> bool {
-        self.parts.contains(&Part::Var(var))
+    pub fn uses(&self, p: Placeholder) -> bool {
+        self.template.uses(p)
     }
 
     /// Render the template. Every value becomes one safe path component.
     pub fn render(&self, values: &Values<'_>) -> String {
         let mut out = String::new();
-        for part in &self.parts {
-            match part {
-                Part::Literal(s) => out.push_str(s),
-                Part::Var(Var::ResourceId) => push_component(&mut out, values.resource_id),
-                Part::Var(Var::Date) => push_component(&mut out, values.date),
-                Part::Var(Var::Pipeline) => push_component(&mut out, values.pipeline),
-            }
-        }
+        self.template.render(&mut out, |p, out| {
+            let value = match p {
+                Placeholder::ResourceId => values.resource_id,
+                Placeholder::Date => values.date,
+                Placeholder::Pipeline => values.pipeline,
+                // `parse` refuses `{action}`: a file's path does not depend on what an event did.
+                Placeholder::Action => "",
+            };
+            auditship_sink::encode_component(out, value);
+        });
         out
     }
-}
-
-fn push_component(out: &mut String, value: &str) {
-    auditship_sink::encode_component(out, value);
 }
 
 #[cfg(test)]

@@ -3,6 +3,8 @@
 use std::borrow::Cow;
 use std::fmt;
 
+use auditship_sink::template::{Piece, Placeholder, Template};
+
 use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
@@ -73,19 +75,18 @@ impl<'de> Visitor<'de> for Seed<'_> {
     }
 }
 
-/// One piece of a topic template.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Part {
-    Literal(String),
-    ResourceId,
-    Action,
-    Pipeline,
-}
+/// The placeholders a topic template takes.
+pub const PLACEHOLDERS: [Placeholder; 3] = [
+    Placeholder::ResourceId,
+    Placeholder::Action,
+    Placeholder::Pipeline,
+];
 
-/// A parsed `topic` template: literal text with `{resource_id}`, `{action}` and `{pipeline}`.
+/// A parsed `topic` template: the contract's [`Template`] with `{resource_id}`, `{action}` and
+/// `{pipeline}`, whose text is made of legal topic characters.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopicTemplate {
-    parts: Vec<Part>,
+    template: Template,
 }
 
 /// Kafka's limit on a topic name's length.
@@ -98,36 +99,13 @@ fn legal(c: char) -> bool {
 impl TopicTemplate {
     /// Parse a template; the literal parts must already be legal topic characters.
     pub fn parse(text: &str) -> Result<Self, String> {
-        let mut parts = Vec::new();
-        let mut rest = text;
-        while let Some(open) = rest.find('{') {
-            if open > 0 {
-                parts.push(Part::Literal(rest[..open].to_string()));
-            }
-            let after = &rest[open + 1..];
-            let close = after
-                .find('}')
-                .ok_or_else(|| format!("topic {text:?}: '{{' without a closing '}}'"))?;
-            parts.push(match &after[..close] {
-                "resource_id" => Part::ResourceId,
-                "action" => Part::Action,
-                "pipeline" => Part::Pipeline,
-                other => {
-                    return Err(format!(
-                        "topic {text:?}: unknown variable {{{other}}}; use {{resource_id}}, {{action}} or {{pipeline}}"
-                    ))
-                }
-            });
-            rest = &after[close + 1..];
-        }
-        if !rest.is_empty() {
-            parts.push(Part::Literal(rest.to_string()));
-        }
-        if parts.is_empty() {
+        let template =
+            Template::parse(text, &PLACEHOLDERS).map_err(|e| format!("{e} (in topic {text:?})"))?;
+        if template.is_empty() {
             return Err("topic is empty; name a topic, e.g. topic = \"miosa.audit\"".into());
         }
-        for p in &parts {
-            if let Part::Literal(l) = p {
+        for p in template.pieces() {
+            if let Piece::Text(l) = p {
                 if let Some(bad) = l.chars().find(|c| !legal(*c)) {
                     return Err(format!(
                         "topic {text:?}: {bad:?} cannot be part of a Kafka topic name; use letters, digits, '.', '_' and '-'"
@@ -135,43 +113,38 @@ impl TopicTemplate {
                 }
             }
         }
-        if let [Part::Literal(l)] = parts.as_slice() {
+        if let Some(l) = template.fixed() {
             if l.len() > MAX_TOPIC_LEN || l == "." || l == ".." {
                 return Err(format!("topic {text:?} is not a valid Kafka topic name (at most {MAX_TOPIC_LEN} characters, not '.' or '..')"));
             }
         }
-        Ok(TopicTemplate { parts })
+        Ok(TopicTemplate { template })
     }
 
     /// The topic when the template has no variable.
     pub fn fixed(&self) -> Option<&str> {
-        match self.parts.as_slice() {
-            [Part::Literal(l)] => Some(l),
-            _ => None,
-        }
+        self.template.fixed()
     }
 
     /// Whether the template reads the event's `action`.
     pub fn uses_action(&self) -> bool {
-        self.parts.contains(&Part::Action)
+        self.template.uses(Placeholder::Action)
     }
 
     /// The topic for one event. Characters a topic name cannot hold become `_`; a missing
     /// `action` is `unknown`. Fails when the result is not a valid topic name.
     pub fn render(&self, resource_id: &str, action: Option<&str>, pipeline: &str) -> Result<String, String> {
         let mut out = String::with_capacity(64);
-        for p in &self.parts {
+        self.template.render(&mut out, |p, out| {
             let value = match p {
-                Part::Literal(l) => {
-                    out.push_str(l);
-                    continue;
-                }
-                Part::ResourceId => resource_id,
-                Part::Action => action.unwrap_or("unknown"),
-                Part::Pipeline => pipeline,
+                Placeholder::ResourceId => resource_id,
+                Placeholder::Action => action.unwrap_or("unknown"),
+                Placeholder::Pipeline => pipeline,
+                // `parse` refuses `{date}`: a topic is not split by day.
+                Placeholder::Date => "",
             };
             out.extend(value.chars().map(|c| if legal(c) { c } else { '_' }));
-        }
+        });
         if out.is_empty() || out.len() > MAX_TOPIC_LEN || out == "." || out == ".." {
             return Err(format!(
                 "topic {out:?} is not a valid Kafka topic name (1 to {MAX_TOPIC_LEN} characters, not '.' or '..')"
@@ -229,7 +202,7 @@ mod tests {
     fn bad_templates_say_why() {
         assert!(TopicTemplate::parse("a.{nope}")
             .unwrap_err()
-            .contains("unknown variable {nope}"));
+            .contains("unknown placeholder `{nope}`; use {resource_id}, {action} or {pipeline}"));
         assert!(TopicTemplate::parse("a/b").unwrap_err().contains("'/'"));
         assert!(TopicTemplate::parse("a.{resource_id")
             .unwrap_err()

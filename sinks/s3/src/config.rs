@@ -182,44 +182,18 @@ pub enum LockMode {
     Compliance,
 }
 
-/// Parsed `key_prefix`.
-#[derive(Debug, Clone)]
-pub(crate) enum Part {
-    Literal(String),
-    ResourceId,
-    Date,
-    Pipeline,
-}
+/// The placeholders `key_prefix` takes.
+const PREFIX_PLACEHOLDERS: [Placeholder; 3] =
+    [Placeholder::ResourceId, Placeholder::Date, Placeholder::Pipeline];
 
-pub(crate) fn parse_prefix(text: &str) -> Result<Vec<Part>, String> {
-    let mut parts = Vec::new();
-    let mut rest = text;
-    while let Some(open) = rest.find('{') {
-        if open > 0 {
-            parts.push(Part::Literal(rest[..open].to_string()));
-        }
-        let close = rest[open..]
-            .find('}')
-            .ok_or_else(|| format!("key_prefix {text:?}: `{{` without a closing `}}`"))?;
-        parts.push(match &rest[open + 1..open + close] {
-            "resource_id" => Part::ResourceId,
-            "date" => Part::Date,
-            "pipeline" => Part::Pipeline,
-            other => {
-                return Err(format!(
-                    "key_prefix: unknown placeholder `{{{other}}}`; use {{resource_id}}, {{date}} or {{pipeline}}"
-                ))
-            }
-        });
-        rest = &rest[open + close + 1..];
-    }
-    if !rest.is_empty() {
-        parts.push(Part::Literal(rest.to_string()));
-    }
+/// Parse `key_prefix` (the contract's one template syntax).
+pub(crate) fn parse_prefix(text: &str) -> Result<Template, String> {
+    let template =
+        Template::parse(text, &PREFIX_PLACEHOLDERS).map_err(|e| format!("{e} (in key_prefix {text:?})"))?;
     if text.starts_with('/') {
         return Err("key_prefix must not start with '/'".into());
     }
-    Ok(parts)
+    Ok(template)
 }
 
 impl S3SinkConfig {

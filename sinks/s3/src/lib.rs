@@ -62,6 +62,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use auditship_sink::template::{Placeholder, Template};
 use auditship_sink::{
     encode_component, Batch, ManifestLine, ManifestPublisher, Precomputed, Sealed, Sink, SinkContext,
     SinkError, Spans, StateEntry, UnitCompression, MANIFEST_NAME,

@@ -32,7 +32,7 @@ pub(crate) struct Held {
 /// The S3 sink. See the crate documentation for its guarantees.
 pub struct S3Sink {
     pub(crate) config: S3SinkConfig,
-    pub(crate) prefix: Vec<Part>,
+    pub(crate) prefix: Template,
     pub(crate) ctx: SinkContext,
     pub(crate) client: Option<aws_sdk_s3::Client>,
     pub(crate) staging: PathBuf,
@@ -114,20 +114,19 @@ impl S3Sink {
 
     pub(crate) fn render_prefix(&self, resource_id: &str, time_us: Option<i64>) -> String {
         let mut out = String::new();
-        for p in &self.prefix {
-            match p {
-                Part::Literal(l) => out.push_str(l),
-                Part::ResourceId => encode_component(&mut out, resource_id),
-                Part::Pipeline => encode_component(&mut out, &self.ctx.pipeline),
-                Part::Date => {
-                    let date = time_us
-                        .and_then(chrono::DateTime::from_timestamp_micros)
-                        .map(|d| d.format("%Y-%m-%d").to_string())
-                        .unwrap_or_else(|| "unknown-date".into());
-                    encode_component(&mut out, &date);
-                }
+        self.prefix.render(&mut out, |p, out| match p {
+            Placeholder::ResourceId => encode_component(out, resource_id),
+            Placeholder::Pipeline => encode_component(out, &self.ctx.pipeline),
+            Placeholder::Date => {
+                let date = time_us
+                    .and_then(chrono::DateTime::from_timestamp_micros)
+                    .map(|d| d.format("%Y-%m-%d").to_string())
+                    .unwrap_or_else(|| "unknown-date".into());
+                encode_component(out, &date);
             }
-        }
+            // `parse_prefix` refuses `{action}`: objects hold many actions.
+            Placeholder::Action => {}
+        });
         out
     }
 
