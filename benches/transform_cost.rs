@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use auditship::transform::{ChainSpec, Compile, TransformConfig};
+use auditship::transform::{Compile, TransformConfig, Transforms};
 use auditship_sink::Event;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -38,7 +38,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         let f: F = toml::from_str(text)?;
         let (mut w, mut e) = (Vec::new(), Vec::new());
-        let mut spec = ChainSpec::default();
+        let mut spec = Transforms::default();
         spec.extend(
             "t",
             &f.transforms,

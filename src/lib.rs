@@ -29,7 +29,8 @@
 //! - [`shard`]: `--shard I/N`, rendezvous hashing of sandbox ids over processes.
 //! - [`sim`]: the bundled Miosa simulator used by the demo, the tests and the benchmarks, its
 //!   own crate (`crates/auditship-sim`, re-exported).
-//! - [`metrics`]: process-wide counters.
+//! - [`metrics`]: counters per pipeline, per sink and of the client, `/metrics` (encoded by
+//!   `prometheus-client`), `/health` and `/live`.
 //! - Sinks live in their own crates under `sinks/`: the contract in `auditship-sink`, then
 //!   `auditship-sink-file`, `-kafka` and `-s3` (the last two behind features).
 //!
@@ -37,6 +38,20 @@
 //! transforms) → a sink task per sink (its route and transforms, then the sink);
 //! acknowledgements flow back from the sink tasks to the checkpointer, which commits positions
 //! and sink state in one transaction. Dead letters go to the dead-letter writer from every stage.
+//!
+//! # Names
+//! One name per idea, the same in code, docs and messages:
+//! - a **position** is where a sandbox stands: the newest cursor time shipped and the ids at
+//!   it ([`client::Position`], what a tail resumes from). The store keeps a
+//!   [`store::SavedPosition`] per sandbox and stream; the batcher tracks a pending position
+//!   ahead of it as events pass (`pipeline/positions.rs`).
+//! - a **checkpoint** is the commit that saves positions and sink state together (the
+//!   `checkpointer` stage, the `[checkpoint]` settings, `auditship checkpoints`).
+//! - a **pipeline config** ([`config::PipelineConfig`]) is a pipeline file, loaded and
+//!   resolved; the **pipeline** ([`pipeline`]) is the runner that runs one.
+//! - **transforms** ([`transform::Transforms`]) are a compiled list of `[[transforms]]`; a
+//!   [`transform::Transformer`] runs one with its state. A **chain** is only ever a manifest's
+//!   hash chain ([`manifest`]).
 //!
 //! # As a library
 //! Programs that want audit events without running the shipper use [`client`]: the SDK's

@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use auditship_sink::Event;
 
-use crate::config::Pipeline;
+use crate::config::PipelineConfig;
 use crate::pipeline::{self, Mode, PipelineError, RunOptions, Window};
 use crate::store::{hour_of, Store};
 use crate::transform::{route, Outcome};
@@ -79,7 +79,7 @@ fn has_dir_archive(sink: &crate::sinks::AnySink) -> bool {
 /// Compare the window `[since_us, until_us]` for `sandboxes` (empty: the pipeline's), and
 /// unless `dry_run`, ship what is missing.
 pub async fn reconcile(
-    p: &Pipeline,
+    p: &PipelineConfig,
     since_us: i64,
     until_us: i64,
     sandboxes: &[String],
@@ -141,14 +141,17 @@ pub async fn reconcile(
             }
         };
         let route = p.routes.get(name).cloned().unwrap_or_default();
-        let mut pipeline_chain = p.transforms.start();
-        let mut sink_chain = route.chain.start();
+        let mut pipeline_transformer = p.transforms.start();
+        let mut sink_transformer = route.transforms.start();
         let mut expected_any = false;
         let mut shaped = false;
         for (rid, events) in &api {
             for a in events {
-                let first = route.pipeline_transforms.then(|| pipeline_chain.apply(&a.event));
-                let (_, Outcome::Keep(out)) = route::for_sink(&a.event, first.as_ref(), &mut sink_chain)
+                let first = route
+                    .pipeline_transforms
+                    .then(|| pipeline_transformer.apply(&a.event));
+                let (_, Outcome::Keep(out)) =
+                    route::for_sink(&a.event, first.as_ref(), &mut sink_transformer)
                 else {
                     continue;
                 };

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use auditship::client::format_time;
-use auditship::config::{self, LoadMode, Pipeline};
+use auditship::config::{self, LoadMode, PipelineConfig};
 use auditship::ops::backfill;
 use auditship::pipeline::{self, Mode, RunOptions, Window};
 
@@ -218,7 +218,7 @@ pub async fn backfill(args: BackfillArgs) -> CommandResult {
 }
 
 /// Print what a backfill would ship.
-async fn dry_run_report(p: &Pipeline, window: &Window) -> CommandResult {
+async fn dry_run_report(p: &PipelineConfig, window: &Window) -> CommandResult {
     let counted = pipeline::count_window(p, window)
         .await
         .or_retry(format!("dry run of {}", p.name))?;

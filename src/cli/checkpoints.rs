@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use auditship::client::format_time;
 use auditship::config::{self, LoadMode};
-use auditship::store::{ExportedCheckpoint, Store};
+use auditship::store::{ExportedPosition, Store};
 
 use super::exit::{fail, Code, CommandResult};
 use super::time::human_duration;
@@ -64,11 +64,11 @@ pub async fn export(path: &Path, to: &Path) -> CommandResult {
         Vec::new()
     };
     let mut text = String::new();
-    for (stream, checkpoint) in &rows {
-        let row = ExportedCheckpoint {
+    for (stream, position) in &rows {
+        let row = ExportedPosition {
             pipeline: p.name.clone(),
             stream: stream.clone(),
-            checkpoint: checkpoint.clone(),
+            position: position.clone(),
         };
         text.push_str(&serde_json::to_string(&row)?);
         text.push('\n');
@@ -96,7 +96,7 @@ pub async fn import(path: &Path, from: &Path) -> CommandResult {
         if line.trim().is_empty() {
             continue;
         }
-        let row: ExportedCheckpoint = serde_json::from_str(line)
+        let row: ExportedPosition = serde_json::from_str(line)
             .with_context(|| format!("{}:{}: not an exported checkpoint", from.display(), n + 1))?;
         if row.pipeline != p.name {
             return Err(fail(
@@ -110,7 +110,7 @@ pub async fn import(path: &Path, from: &Path) -> CommandResult {
                 ),
             ));
         }
-        rows.push((row.stream, row.checkpoint));
+        rows.push((row.stream, row.position));
     }
     let store = Store::open(&p.checkpoint_path)?;
     // A running pipeline would overwrite what is imported with its own positions.

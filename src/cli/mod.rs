@@ -19,7 +19,7 @@ mod verify;
 use std::path::Path;
 use std::process::ExitCode;
 
-use auditship::config::{self, LoadMode, Pipeline};
+use auditship::config::{self, LoadMode, PipelineConfig};
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
@@ -104,7 +104,7 @@ async fn dispatch(command: Command) -> CommandResult {
 }
 
 /// Load a pipeline file to run it, logging its warnings.
-fn load_one(path: &Path) -> anyhow::Result<Pipeline> {
+fn load_one(path: &Path) -> anyhow::Result<PipelineConfig> {
     let p = config::load(path, LoadMode::Run)?;
     for w in &p.warnings {
         tracing::warn!("{w}");

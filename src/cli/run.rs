@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::bail;
-use auditship::config::{self, LoadMode, Pipeline};
+use auditship::config::{self, LoadMode, PipelineConfig};
 use auditship::pipeline::{self, Mode, RunOptions};
 use tokio_util::sync::CancellationToken;
 
@@ -15,7 +15,7 @@ use super::{define_shard_vars, shutdown_signal};
 pub fn load_for_run(
     paths: &[PathBuf],
     shard: Option<auditship::shard::Shard>,
-) -> anyhow::Result<Vec<Pipeline>> {
+) -> anyhow::Result<Vec<PipelineConfig>> {
     let mut pipelines = Vec::new();
     let mut errors = Vec::new();
     for path in paths {
@@ -73,7 +73,7 @@ enum Generation {
     /// Stopped by SIGTERM/SIGINT (`Ok`), or a pipeline failed (the first failure).
     Exit(CommandResult),
     /// SIGHUP with pipeline files that load: run these next.
-    Reload(Vec<Pipeline>),
+    Reload(Vec<PipelineConfig>),
 }
 
 /// `auditship run`: every pipeline until SIGTERM/SIGINT or a failure; SIGHUP reloads.
@@ -114,7 +114,7 @@ pub async fn run(
 /// pipelines go on untouched. If they do, the running ones drain (sinks flush, checkpoints
 /// commit, as on SIGTERM) and the new ones start from those checkpoints: nothing is lost.
 async fn run_generation(
-    pipelines: Vec<Pipeline>,
+    pipelines: Vec<PipelineConfig>,
     paths: &[PathBuf],
     shard: Option<auditship::shard::Shard>,
     stop: &CancellationToken,
@@ -139,7 +139,7 @@ async fn run_generation(
     }
     // The first failure is the run's (printed once, by `main`); later ones are logged.
     let mut failure: Option<Failure> = None;
-    let mut next: Option<Vec<Pipeline>> = None;
+    let mut next: Option<Vec<PipelineConfig>> = None;
     loop {
         let hup = async {
             match hangups.as_mut() {

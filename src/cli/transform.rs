@@ -46,24 +46,24 @@ pub fn transform(path: &Path, input: Option<&Path>, only: Option<&str>) -> Comma
         events.push(auditship::source::pipeline_event(e, resource_id, seq));
     }
 
-    let mut pipeline_chain = p.transforms.start();
-    let after_pipeline: Vec<Outcome> = events.iter().map(|e| pipeline_chain.apply(e)).collect();
+    let mut pipeline_transformer = p.transforms.start();
+    let after_pipeline: Vec<Outcome> = events.iter().map(|e| pipeline_transformer.apply(e)).collect();
     let mut failed_any = false;
     let mut out = std::io::stdout().lock();
     for (name, route) in &p.routes {
         if only.is_some_and(|o| o != name) {
             continue;
         }
-        let mut chain = route.chain.start();
+        let mut transformer = route.transforms.start();
         let mut lines = Vec::new();
         for (e, first) in events.iter().zip(&after_pipeline) {
             let taken = route.pipeline_transforms.then_some(first);
-            match route::for_sink(e, taken, &mut chain) {
+            match route::for_sink(e, taken, &mut transformer) {
                 (_, Outcome::Keep(t)) => lines.push(t.raw),
                 (stage, Outcome::Drop { step }) => {
                     let by = match stage {
-                        Stage::Pipeline => pipeline_chain.label(step),
-                        Stage::Sink => chain.label(step),
+                        Stage::Pipeline => pipeline_transformer.label(step),
+                        Stage::Sink => transformer.label(step),
                     };
                     eprintln!("sinks.{name}: {} dropped by {by}", e.id)
                 }

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use auditship::config::{self, LoadMode, Pipeline};
+use auditship::config::{self, LoadMode, PipelineConfig};
 #[cfg(feature = "s3")]
 use auditship_sink::ArchiveLocation;
 use clap::ValueEnum;
@@ -184,7 +184,7 @@ pub async fn verify(args: VerifyArgs) -> CommandResult {
 #[cfg(feature = "s3")]
 async fn s3_archive(
     args: &VerifyArgs,
-    pipeline: Option<&Pipeline>,
+    pipeline: Option<&PipelineConfig>,
     bucket: &str,
     prefix: &str,
 ) -> Result<Box<dyn auditship::verify::Archive + Send>, String> {
@@ -224,7 +224,7 @@ async fn s3_archive(
 #[cfg(not(feature = "s3"))]
 async fn s3_archive(
     _args: &VerifyArgs,
-    _pipeline: Option<&Pipeline>,
+    _pipeline: Option<&PipelineConfig>,
     _bucket: &str,
     _prefix: &str,
 ) -> Result<Box<dyn auditship::verify::Archive + Send>, String> {

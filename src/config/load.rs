@@ -10,7 +10,7 @@ use super::model::{
     BatchConfig, CheckpointConfig, DeadLetterConfig, ManifestConfig, SinkEntry, SourceConfig,
 };
 use super::spans::{self, KeySpans, Step};
-use super::{ConfigError, ConfigErrors, Pipeline, PipelineFile};
+use super::{ConfigError, ConfigErrors, PipelineConfig, PipelineFile};
 use crate::sinks::AnySink;
 use crate::transform::{OptionsError, TransformConfig};
 
@@ -38,7 +38,7 @@ impl LoadMode {
 }
 
 /// Load a pipeline file. Every problem found is returned, each with its file and line.
-pub fn load(path: &Path, mode: LoadMode) -> Result<Pipeline, ConfigErrors> {
+pub fn load(path: &Path, mode: LoadMode) -> Result<PipelineConfig, ConfigErrors> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         ConfigErrors(vec![ConfigError {
             file: path.to_path_buf(),
@@ -50,7 +50,7 @@ pub fn load(path: &Path, mode: LoadMode) -> Result<Pipeline, ConfigErrors> {
 }
 
 /// Parse a pipeline from text (`path` names it in errors and gives the default name).
-pub fn parse(path: &Path, text: &str, mode: LoadMode) -> Result<Pipeline, ConfigErrors> {
+pub fn parse(path: &Path, text: &str, mode: LoadMode) -> Result<PipelineConfig, ConfigErrors> {
     super::resolve::resolve(path, text, mode)
 }
 

@@ -21,9 +21,9 @@
 //! - `load.rs`: reading it: [`load`] and [`parse`], every key error in one pass.
 //! - `spans.rs`: where a key is written, from the TOML parser's spans.
 //! - `interpolate.rs`: a sink's `${VAR}`s, through [`crate::vars`].
-//! - `resolve.rs`: from the file to a [`Pipeline`]: values checked, transforms compiled, sinks
+//! - `resolve.rs`: from the file to a [`PipelineConfig`]: values checked, transforms compiled, sinks
 //!   resolved through the registry ([`crate::sinks`]).
-//! - `pipeline.rs`: the resolved [`Pipeline`].
+//! - `pipeline.rs`: the resolved [`PipelineConfig`].
 //! - `errors.rs`: [`ConfigError`], with file, line and column.
 
 mod errors;
@@ -44,4 +44,4 @@ pub use model::{
     BatchConfig, CheckpointConfig, DeadLetterConfig, ManifestConfig, OrgPoll, PipelineFile, SandboxList,
     SinkEntry, SourceConfig,
 };
-pub use pipeline::{glob_match, Discovery, Pipeline, SinkRoute};
+pub use pipeline::{glob_match, Discovery, PipelineConfig, SinkRoute};

@@ -7,7 +7,7 @@ use std::time::Duration;
 use crate::client::{StartAt, Transport};
 use crate::secret::ApiKey;
 use crate::sinks::AnySink;
-use crate::transform::ChainSpec;
+use crate::transform::Transforms;
 
 use super::OrgPoll;
 
@@ -15,7 +15,7 @@ use super::OrgPoll;
 #[derive(Clone, Debug, Default)]
 pub struct SinkRoute {
     /// The sink's `when`, then its `transforms`.
-    pub chain: ChainSpec,
+    pub transforms: Transforms,
     /// Whether the pipeline's transforms run before this sink.
     pub pipeline_transforms: bool,
 }
@@ -68,7 +68,7 @@ pub fn glob_match(glob: &str, text: &str) -> bool {
 
 /// A pipeline, loaded and resolved.
 #[derive(Clone, Debug)]
-pub struct Pipeline {
+pub struct PipelineConfig {
     /// Its name.
     pub name: String,
     /// The file it came from.
@@ -122,20 +122,20 @@ pub struct Pipeline {
     /// Sinks by name.
     pub sinks: BTreeMap<String, AnySink>,
     /// The pipeline's `[[transforms]]`, compiled.
-    pub transforms: ChainSpec,
+    pub transforms: Transforms,
     /// Per sink: routing and transforms.
     pub routes: BTreeMap<String, SinkRoute>,
     /// Things that work but deserve a look.
     pub warnings: Vec<String>,
 }
 
-impl Pipeline {
+impl PipelineConfig {
     /// Whether this pipeline can run as loaded. One loaded only to validate may lack a
     /// transform's secret; it is never run masked. `Err` says what to export.
     pub fn check_runnable(&self) -> Result<(), String> {
-        let chains = std::iter::once(&self.transforms).chain(self.routes.values().map(|r| &r.chain));
-        for chain in chains {
-            if let Some(step) = chain.not_runnable() {
+        let lists = std::iter::once(&self.transforms).chain(self.routes.values().map(|r| &r.transforms));
+        for list in lists {
+            if let Some(step) = list.not_runnable() {
                 return Err(format!(
                     "{}: {step} has no HMAC key; export {} (or set hmac_key = \"${{VAR}}\") and load the pipeline again",
                     self.file.display(),

@@ -1,4 +1,4 @@
-//! From the file as written to a [`Pipeline`]: variables resolved, values checked, transforms
+//! From the file as written to a [`PipelineConfig`]: variables resolved, values checked, transforms
 //! compiled, sinks resolved through the registry. One method per section of the file; every
 //! problem found is kept, each where it is written, and all are returned together.
 
@@ -12,16 +12,16 @@ use toml::Spanned;
 use crate::client::{parse_time, StartAt, TlsOptions};
 use crate::secret::ApiKey;
 use crate::sinks::AnySink;
-use crate::transform::{ChainSpec, Compile, HmacKey, TransformConfig};
+use crate::transform::{Compile, HmacKey, TransformConfig, Transforms};
 
 use super::interpolate::{interpolate, SinkVars};
 use super::load::{line_col, read, LoadMode};
 use super::model::{PipelineFile, SandboxList, SinkEntry, SourceConfig};
 use super::spans::{KeySpans, Step};
-use super::{ConfigError, ConfigErrors, Discovery, Pipeline, SinkRoute};
+use super::{ConfigError, ConfigErrors, Discovery, PipelineConfig, SinkRoute};
 
-/// Read `text` (the file at `path`) and resolve it into a [`Pipeline`].
-pub(super) fn resolve(path: &Path, text: &str, mode: LoadMode) -> Result<Pipeline, ConfigErrors> {
+/// Read `text` (the file at `path`) and resolve it into a [`PipelineConfig`].
+pub(super) fn resolve(path: &Path, text: &str, mode: LoadMode) -> Result<PipelineConfig, ConfigErrors> {
     let read = read(path, text).map_err(ConfigErrors)?;
     // The text parsed once already: its keys' spans are there.
     let spans = KeySpans::parse(text).map_err(|e| {
@@ -62,7 +62,7 @@ pub(super) fn resolve(path: &Path, text: &str, mode: LoadMode) -> Result<Pipelin
     if !r.errors.is_empty() {
         return Err(ConfigErrors(r.errors));
     }
-    Ok(Pipeline {
+    Ok(PipelineConfig {
         name,
         file: path.to_path_buf(),
         base_url,
@@ -404,9 +404,9 @@ impl Resolver<'_> {
 
     /// The pipeline's `[[transforms]]`, compiled. A transform's error points at the transform
     /// (its `when`, when the message is about that).
-    fn transforms(&mut self, transforms: &[Spanned<TransformConfig>]) -> ChainSpec {
+    fn transforms(&mut self, transforms: &[Spanned<TransformConfig>]) -> Transforms {
         let mut errors = Vec::new();
-        let mut chain = ChainSpec::default();
+        let mut list = Transforms::default();
         {
             let mut c = Compile {
                 validate_only: self.mode == LoadMode::Validate,
@@ -414,7 +414,7 @@ impl Resolver<'_> {
                 errors: &mut errors,
             };
             let configs: Vec<TransformConfig> = transforms.iter().map(|t| t.get_ref().clone()).collect();
-            chain.extend("transforms", &configs, &mut c);
+            list.extend("transforms", &configs, &mut c);
         }
         for m in errors {
             // The transform the message names (`transforms[2] (...)`, counted from 1).
@@ -431,7 +431,7 @@ impl Resolver<'_> {
                 None => self.err(0..0, m),
             }
         }
-        chain
+        list
     }
 
     /// Every sink: its route and transforms compiled, its settings resolved through the registry.
@@ -493,7 +493,7 @@ impl Resolver<'_> {
     /// A sink's `when` and `transforms`, compiled; an error points at the key it is about.
     fn route(&mut self, sink_name: &str, entry: &SinkEntry, pipeline_transforms: bool) -> SinkRoute {
         let mut route = SinkRoute {
-            chain: ChainSpec::default(),
+            transforms: Transforms::default(),
             pipeline_transforms: entry.pipeline_transforms,
         };
         let mut errors = Vec::new();
@@ -503,14 +503,14 @@ impl Resolver<'_> {
                 warnings: &mut self.warnings,
                 errors: &mut errors,
             };
-            route.chain.extend(
+            route.transforms.extend(
                 &format!("sinks.{sink_name}.transforms"),
                 &entry.transforms,
                 &mut c,
             );
             if let Some(when) = &entry.when {
                 route
-                    .chain
+                    .transforms
                     .route(&format!("sinks.{sink_name}.when"), when, &mut c);
             }
         }

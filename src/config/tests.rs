@@ -220,12 +220,12 @@ fn transforms_and_routes_compile_and_their_mistakes_are_located() {
     assert!(!p.transforms.is_empty());
     assert!(!p.routes["siem"].pipeline_transforms);
     assert!(p.routes["archive"].pipeline_transforms);
-    assert!(p.routes["archive"].chain.is_empty());
-    let mut chain = p.routes["siem"].chain.start();
-    assert_eq!(chain.label(0), "sinks.siem.when");
-    assert_eq!(chain.label(2), "sinks.siem.transforms[2] (remove)");
+    assert!(p.routes["archive"].transforms.is_empty());
+    let mut transformer = p.routes["siem"].transforms.start();
+    assert_eq!(transformer.label(0), "sinks.siem.when");
+    assert_eq!(transformer.label(2), "sinks.siem.transforms[2] (remove)");
     assert!(matches!(
-        chain.apply(&auditship_sink::Event {
+        transformer.apply(&auditship_sink::Event {
             raw: bytes::Bytes::from_static(br#"{"id":"e","action":"allow"}"#),
             id: "e".into(),
             resource_id: "sb".into(),

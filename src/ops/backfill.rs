@@ -12,7 +12,7 @@
 use std::path::Path;
 
 use crate::client::format_time;
-use crate::config::Pipeline;
+use crate::config::PipelineConfig;
 use crate::pipeline::Window;
 use crate::store::{Job, Store, StoreError};
 
@@ -78,7 +78,7 @@ impl BackfillError {
 
 /// Resolve `req` for pipeline `p` at `now_us`: a job that ran before keeps its window and
 /// sandboxes (what `req` says of them is ignored); a new job's window is fixed now.
-pub async fn plan(p: &Pipeline, req: Request, now_us: i64) -> Result<Plan, BackfillError> {
+pub async fn plan(p: &PipelineConfig, req: Request, now_us: i64) -> Result<Plan, BackfillError> {
     let known = match &req.job {
         Some(name) => {
             let valid = !name.is_empty()
@@ -145,7 +145,7 @@ pub async fn plan(p: &Pipeline, req: Request, now_us: i64) -> Result<Plan, Backf
 }
 
 /// Record a new job (a resumed one is recorded already), before anything ships.
-pub async fn start(p: &Pipeline, job: &JobRun) -> Result<(), StoreError> {
+pub async fn start(p: &PipelineConfig, job: &JobRun) -> Result<(), StoreError> {
     if job.resumed {
         return Ok(());
     }
@@ -155,7 +155,7 @@ pub async fn start(p: &Pipeline, job: &JobRun) -> Result<(), StoreError> {
 }
 
 /// Mark job `name` finished at `at_us`: every later run of it ships nothing.
-pub async fn finish(p: &Pipeline, name: &str, at_us: i64) -> Result<(), StoreError> {
+pub async fn finish(p: &PipelineConfig, name: &str, at_us: i64) -> Result<(), StoreError> {
     Store::open(&p.checkpoint_path)?
         .finish_job(&p.name, name, at_us)
         .await
@@ -184,7 +184,7 @@ pub fn resume_command(path: &Path, window: &Window) -> String {
 }
 
 /// A named job's record, if it ran before (no database yet: it did not).
-async fn open_job(p: &Pipeline, name: &str) -> Result<Option<Job>, StoreError> {
+async fn open_job(p: &PipelineConfig, name: &str) -> Result<Option<Job>, StoreError> {
     if !p.checkpoint_path.exists() {
         return Ok(None);
     }
@@ -196,7 +196,7 @@ mod tests {
     use super::*;
     use crate::config::{parse, LoadMode};
 
-    fn pipeline(dir: &Path) -> Pipeline {
+    fn pipeline(dir: &Path) -> PipelineConfig {
         let text = format!(
             "[source]\nbase_url = \"http://127.0.0.1:1/api/v1\"\napi_key = \"msk_test_key\"\nsandboxes = [\"sb-1\", \"sb-2\"]\n\n[checkpoint]\npath = \"{}/cp.db\"\n\n[sinks.archive]\ntype = \"file\"\npath = \"{}/archive/{{resource_id}}.ndjson\"\n",
             dir.display(),

@@ -9,14 +9,14 @@ use std::time::Duration;
 use auditship_sink::{Batch, Event};
 use tokio::sync::mpsc;
 
-use crate::config::Pipeline;
+use crate::config::PipelineConfig;
 use crate::source::SourceMsg;
-use crate::store::Checkpoint;
-use crate::transform::{Applied, Chain};
+use crate::store::SavedPosition;
+use crate::transform::{Applied, Transformer};
 
 use super::checkpointer::{CkMsg, NewBatch};
 use super::dead_letter::{dead_letter_failures, DlMsg};
-use super::positions::Running;
+use super::positions::PendingPosition;
 use super::run::Links;
 use super::sink_task::SinkQueue;
 use super::{PipelineError, Progress, RunOptions};
@@ -27,11 +27,11 @@ pub(super) struct Batcher {
     /// Each sink's queue, and whether it takes the batch after the pipeline's transforms.
     sinks: Vec<SinkQueue>,
     /// The pipeline's `[[transforms]]`.
-    chain: Chain,
+    transformer: Transformer,
     dead_letters: mpsc::Sender<DlMsg>,
     fatal: mpsc::UnboundedSender<PipelineError>,
     ck: mpsc::UnboundedSender<CkMsg>,
-    running: HashMap<Arc<str>, Running, foldhash::fast::RandomState>,
+    pending: HashMap<Arc<str>, PendingPosition, foldhash::fast::RandomState>,
     number: u64,
     events: Vec<Event>,
     /// Sandboxes with an event in the open batch.
@@ -47,22 +47,22 @@ pub(super) struct Batcher {
 impl Batcher {
     /// A batcher for a run of `p`, whose sandboxes start where `loaded` says.
     pub(super) fn new(
-        p: &Pipeline,
+        p: &PipelineConfig,
         opts: &RunOptions,
-        loaded: &HashMap<String, Checkpoint>,
+        loaded: &HashMap<String, SavedPosition>,
         sinks: Vec<SinkQueue>,
         uncommitted: Arc<tokio::sync::Semaphore>,
         links: &Links,
     ) -> Self {
         Batcher {
             sinks,
-            chain: p.transforms.start(),
+            transformer: p.transforms.start(),
             dead_letters: links.dead_letters.clone(),
             fatal: links.fatal.clone(),
             ck: links.ck.clone(),
-            running: loaded
+            pending: loaded
                 .iter()
-                .map(|(rid, c)| (Arc::from(rid.as_str()), Running::from_checkpoint(c)))
+                .map(|(rid, c)| (Arc::from(rid.as_str()), PendingPosition::from_saved(c)))
                 .collect(),
             number: 0,
             events: Vec::with_capacity(p.batch_max_events.min(65_536)),
@@ -74,7 +74,7 @@ impl Batcher {
     }
 
     fn push(&mut self, e: Event) {
-        let r = self.running.entry(e.resource_id.clone()).or_default();
+        let r = self.pending.entry(e.resource_id.clone()).or_default();
         if !r.in_batch {
             r.in_batch = true;
             self.touched.push(e.resource_id.clone());
@@ -107,16 +107,16 @@ impl Batcher {
         }
         self.number += 1;
         let number = self.number;
-        let running = &mut self.running;
+        let pending = &mut self.pending;
         let events = &self.events;
         let positions = self
             .touched
             .drain(..)
             .filter_map(|rid| {
-                running.get_mut(&rid).map(|r| {
+                pending.get_mut(&rid).map(|r| {
                     r.in_batch = false;
                     r.resolve(events);
-                    r.checkpoint(&rid)
+                    r.to_saved(&rid)
                 })
             })
             .collect();
@@ -152,7 +152,7 @@ impl Batcher {
         {
             return false;
         }
-        let transformed = match run_chain(&mut self.chain, &batch).await {
+        let transformed = match run_transforms(&mut self.transformer, &batch).await {
             Ok(Applied {
                 batch: out,
                 failed,
@@ -242,14 +242,17 @@ impl Batcher {
 /// Most batches in flight between the batcher and a commit.
 pub(super) const MAX_UNCOMMITTED_BATCHES: usize = 4096;
 
-/// Run `chain` over `batch` on a blocking thread (transforms are CPU work, and a batch of
-/// thousands of events would hold an async worker for milliseconds). An empty chain passes the
+/// Run `transformer` over `batch` on a blocking thread (transforms are CPU work, and a batch of
+/// thousands of events would hold an async worker for milliseconds). An empty transformer passes the
 /// batch through untouched.
-pub(super) async fn run_chain(chain: &mut Chain, batch: &Arc<Batch>) -> Result<Applied, String> {
-    if chain.is_empty() {
-        return Ok(chain.apply_batch(batch));
+pub(super) async fn run_transforms(
+    transformer: &mut Transformer,
+    batch: &Arc<Batch>,
+) -> Result<Applied, String> {
+    if transformer.is_empty() {
+        return Ok(transformer.apply_batch(batch));
     }
-    let mut owned = std::mem::take(chain);
+    let mut owned = std::mem::take(transformer);
     let b = batch.clone();
     let (owned, out) = tokio::task::spawn_blocking(move || {
         let out = owned.apply_batch(&b);
@@ -257,6 +260,6 @@ pub(super) async fn run_chain(chain: &mut Chain, batch: &Arc<Batch>) -> Result<A
     })
     .await
     .map_err(|e| format!("a transform panicked: {e}"))?;
-    *chain = owned;
+    *transformer = owned;
     Ok(out)
 }

@@ -12,9 +12,9 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Pipeline;
+use crate::config::PipelineConfig;
 use crate::manifest::{ChainWriter, Stretch};
-use crate::store::{Checkpoint, Commit, ManifestRow, Store};
+use crate::store::{Commit, ManifestRow, SavedPosition, Store};
 
 use super::{PipelineError, Progress};
 
@@ -32,7 +32,7 @@ pub(super) struct NewBatch {
     /// The batch's number (they count up from 1 in a run).
     pub(super) number: u64,
     /// Where each sandbox with an event in the batch stands after it.
-    pub(super) positions: Vec<Checkpoint>,
+    pub(super) positions: Vec<SavedPosition>,
     /// Events in the batch.
     pub(super) events: u64,
     /// Events per (sandbox, hour of cursor time), for the ledger.
@@ -256,7 +256,7 @@ impl Ledger {
         if !ready {
             return None;
         }
-        let mut positions: HashMap<String, Checkpoint> = HashMap::new();
+        let mut positions: HashMap<String, SavedPosition> = HashMap::new();
         let mut events = 0;
         let mut batches = 0;
         let mut hour_counts: HashMap<(String, i64), u64> = HashMap::new();
@@ -362,7 +362,7 @@ pub(super) struct Manifests {
 /// Start a manifest publisher for every sink that keeps a manifest (when `[manifest]` is on).
 /// `sinks`: each sink's name and where it publishes manifests, if it does.
 pub(super) async fn start_manifests(
-    p: &Pipeline,
+    p: &PipelineConfig,
     store: &Store,
     sinks: Vec<(String, Option<Arc<dyn ManifestPublisher>>)>,
     abandon: &CancellationToken,

@@ -1,13 +1,13 @@
 //! The Miosa API client a pipeline file describes.
 
 use crate::client::Client;
-use crate::config::Pipeline;
+use crate::config::PipelineConfig;
 use crate::secret::ApiKey;
 
 use super::PipelineError;
 
 /// Build the API client of a pipeline.
-pub fn client_for(p: &Pipeline) -> Result<Client, PipelineError> {
+pub fn client_for(p: &PipelineConfig) -> Result<Client, PipelineError> {
     let key: ApiKey = p.api_key.clone().ok_or_else(|| {
         PipelineError::Config(format!(
             "{}: no API key; set api_key = \"${{MIOSA_API_KEY}}\" in [source] and export the variable",

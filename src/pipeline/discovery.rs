@@ -5,7 +5,7 @@
 use tokio::sync::mpsc;
 
 use crate::client::Client;
-use crate::config::{Discovery, Pipeline};
+use crate::config::{Discovery, PipelineConfig};
 
 use super::sources::Sources;
 use super::{Mode, PipelineError, RunReport};
@@ -15,7 +15,7 @@ use super::{Mode, PipelineError, RunReport};
 /// reconciliation) asks here.
 pub async fn sandboxes_to_follow(
     client: &Client,
-    p: &Pipeline,
+    p: &PipelineConfig,
     chosen: &[String],
 ) -> Result<Vec<String>, PipelineError> {
     match (&p.discovery, chosen.is_empty()) {
@@ -69,7 +69,7 @@ async fn every_interval(
 /// the lists it reads arrive. A refused key is fatal (sent to `fatal`).
 pub(super) fn start(
     client: &Client,
-    p: &Pipeline,
+    p: &PipelineConfig,
     mode: &Mode,
     fatal: &mpsc::UnboundedSender<PipelineError>,
 ) -> Option<(tokio::task::JoinHandle<()>, mpsc::Receiver<Vec<String>>)> {
@@ -80,7 +80,12 @@ pub(super) fn start(
 }
 
 /// Follow the sandboxes new in `listed` and stop following those it no longer holds.
-pub(super) fn apply(p: &Pipeline, sources: &mut Sources<'_>, listed: Vec<String>, report: &mut RunReport) {
+pub(super) fn apply(
+    p: &PipelineConfig,
+    sources: &mut Sources<'_>,
+    listed: Vec<String>,
+    report: &mut RunReport,
+) {
     for rid in sources.not_in(&listed) {
         if sources.unfollow(&rid) {
             tracing::info!(pipeline = %p.name, resource_id = %rid, "sandbox left the sandbox list; stopped following it (its checkpoint stays)");

@@ -5,10 +5,10 @@ use std::collections::{BTreeMap, HashMap};
 use auditship_sink::Event;
 use tokio::sync::mpsc;
 
-use crate::config::Pipeline;
+use crate::config::PipelineConfig;
 use crate::source::{self, SourceEnd, SourceMsg};
 use crate::store::Store;
-use crate::transform::{route, Chain, Outcome};
+use crate::transform::{route, Outcome, Transformer};
 
 use super::discovery::sandboxes_to_follow;
 use super::sources::Sources;
@@ -30,7 +30,7 @@ pub struct DryRun {
 /// Count what a backfill of `w` would ship, from where its progress stands, without writing
 /// anything: the same list requests as the backfill, every transform and route applied, no sink
 /// contacted and no checkpoint written.
-pub async fn count_window(p: &Pipeline, w: &Window) -> Result<DryRun, PipelineError> {
+pub async fn count_window(p: &PipelineConfig, w: &Window) -> Result<DryRun, PipelineError> {
     let client = client_for(p)?;
     let loaded = if p.checkpoint_path.exists() {
         Store::open(&p.checkpoint_path)?
@@ -48,11 +48,11 @@ pub async fn count_window(p: &Pipeline, w: &Window) -> Result<DryRun, PipelineEr
     for rid in sources.followed() {
         out.per_sandbox.insert(rid.clone(), 0);
     }
-    let mut pipeline_chain = p.transforms.start();
-    let mut routes: Vec<(String, bool, Chain)> = p
+    let mut pipeline_transformer = p.transforms.start();
+    let mut routes: Vec<(String, bool, Transformer)> = p
         .routes
         .iter()
-        .map(|(name, r)| (name.clone(), r.pipeline_transforms, r.chain.start()))
+        .map(|(name, r)| (name.clone(), r.pipeline_transforms, r.transforms.start()))
         .collect();
     while let Some(msg) = rx.recv().await {
         let events = match msg {
@@ -63,7 +63,7 @@ pub async fn count_window(p: &Pipeline, w: &Window) -> Result<DryRun, PipelineEr
             }
         };
         for e in events {
-            out.count(&e, &mut pipeline_chain, &mut routes);
+            out.count(&e, &mut pipeline_transformer, &mut routes);
         }
     }
     for r in sources.join_all().await {
@@ -83,14 +83,14 @@ impl DryRun {
     pub(super) fn count(
         &mut self,
         e: &Event,
-        pipeline_chain: &mut Chain,
-        routes: &mut [(String, bool, Chain)],
+        pipeline_transformer: &mut Transformer,
+        routes: &mut [(String, bool, Transformer)],
     ) {
         let out = self;
         *out.per_sandbox.entry(e.resource_id.to_string()).or_default() += 1;
-        let first = pipeline_chain.apply(e);
-        for (name, takes_pipeline, chain) in routes.iter_mut() {
-            match route::for_sink(e, takes_pipeline.then_some(&first), chain).1 {
+        let first = pipeline_transformer.apply(e);
+        for (name, takes_pipeline, transformer) in routes.iter_mut() {
+            match route::for_sink(e, takes_pipeline.then_some(&first), transformer).1 {
                 Outcome::Keep(_) => *out.per_sink.entry(name.clone()).or_default() += 1,
                 Outcome::Drop { .. } => {}
                 Outcome::Fail(_) => *out.failing.entry(name.clone()).or_default() += 1,

@@ -5,11 +5,12 @@ use std::sync::Arc;
 use auditship_sink::Event;
 
 use crate::client::{CursorText, Position, StartAt};
-use crate::store::Checkpoint;
+use crate::store::SavedPosition;
 
-/// Where one sandbox stands, as events pass the batcher.
+/// Where one sandbox stands as events pass the batcher: its position ahead of the saved one
+/// (a [`SavedPosition`] once the batches holding its events commit).
 #[derive(Clone, Debug, Default)]
-pub(super) struct Running {
+pub(super) struct PendingPosition {
     cursor_us: Option<i64>,
     /// The cursor time as the server spelled it (inline: no allocation, and the event's buffer,
     /// perhaps a whole list page, is not kept alive).
@@ -26,7 +27,7 @@ pub(super) struct Running {
     open: OpenBatch,
 }
 
-/// A sandbox's changes in the open batch (see [`Running::resolve`]).
+/// A sandbox's changes in the open batch (see [`PendingPosition::resolve`]).
 #[derive(Clone, Debug, Default)]
 pub(super) struct OpenBatch {
     /// Whether the cursor time moved forward (the ties then start afresh).
@@ -39,9 +40,9 @@ pub(super) struct OpenBatch {
     last: Option<usize>,
 }
 
-impl Running {
-    pub(super) fn from_checkpoint(c: &Checkpoint) -> Self {
-        Running {
+impl PendingPosition {
+    pub(super) fn from_saved(c: &SavedPosition) -> Self {
+        PendingPosition {
             cursor_us: c.cursor_us,
             cursor_src: c.cursor_text.as_deref().map(CursorText::new),
             ties: c.tie_ids.iter().map(|s| Arc::from(s.as_str())).collect(),
@@ -52,8 +53,8 @@ impl Running {
         }
     }
 
-    /// [`Running::advance`] for the event at `index` of the open batch, read when it closes
-    /// ([`Running::resolve`]).
+    /// [`PendingPosition::advance`] for the event at `index` of the open batch, read when it closes
+    /// ([`PendingPosition::resolve`]).
     pub(super) fn advance_at(&mut self, e: &Event, index: usize) {
         let open = &mut self.open;
         match (e.cursor_us, self.cursor_us) {
@@ -99,8 +100,9 @@ impl Running {
         self.resolve(std::slice::from_ref(e));
     }
 
-    pub(super) fn checkpoint(&self, resource_id: &str) -> Checkpoint {
-        Checkpoint {
+    /// The position to save for `resource_id` once the batches it has seen are committed.
+    pub(super) fn to_saved(&self, resource_id: &str) -> SavedPosition {
+        SavedPosition {
             resource_id: resource_id.to_string(),
             last_event_id: self.last_id.as_deref().map(str::to_string),
             cursor_us: self.cursor_us,
@@ -113,8 +115,8 @@ impl Running {
 }
 
 /// Where a sandbox's source begins: its committed position, else `fresh`.
-pub(super) fn start_for(checkpoint: Option<&Checkpoint>, fresh: StartAt) -> StartAt {
-    match checkpoint {
+pub(super) fn start_for(saved: Option<&SavedPosition>, fresh: StartAt) -> StartAt {
+    match saved {
         Some(c) => StartAt::Position(Position {
             cursor_us: c.cursor_us,
             cursor_text: c.cursor_text.clone(),
@@ -177,8 +179,8 @@ mod tests {
             vec![3, 6, 10, 15],
             vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15],
         ] {
-            let mut eager = Running::default();
-            let mut lazy = Running::default();
+            let mut eager = PendingPosition::default();
+            let mut lazy = PendingPosition::default();
             let mut from = 0;
             for (k, cut) in cuts.iter().enumerate() {
                 let batch: Vec<Event> = (from..*cut)
@@ -189,7 +191,7 @@ mod tests {
                     lazy.advance_at(e, i);
                 }
                 lazy.resolve(&batch);
-                let (a, b) = (eager.checkpoint("sb-1"), lazy.checkpoint("sb-1"));
+                let (a, b) = (eager.to_saved("sb-1"), lazy.to_saved("sb-1"));
                 assert_eq!(
                     (
                         &a.last_event_id,
@@ -209,7 +211,7 @@ mod tests {
                 );
                 from = *cut;
             }
-            let end = eager.checkpoint("sb-1");
+            let end = eager.to_saved("sb-1");
             assert_eq!(end.cursor_text.as_deref(), Some("2026-11-26T10:00:05.5Z"));
             assert_eq!(end.tie_ids, ["e13", "e14"]);
             assert_eq!(end.last_event_id.as_deref(), Some("e14"));

@@ -10,9 +10,9 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Pipeline;
+use crate::config::PipelineConfig;
 use crate::source::{self, SourceMsg};
-use crate::store::{Checkpoint, Store};
+use crate::store::{SavedPosition, Store};
 
 use super::batcher::{Batcher, MAX_UNCOMMITTED_BATCHES};
 use super::checkpointer::{self, Checkpointer, CkMsg};
@@ -36,7 +36,7 @@ pub(super) struct Links {
 }
 
 /// Run a pipeline until it is stopped (live) or its window is shipped (backfill).
-pub async fn run(p: &Pipeline, opts: RunOptions) -> Result<RunReport, PipelineError> {
+pub async fn run(p: &PipelineConfig, opts: RunOptions) -> Result<RunReport, PipelineError> {
     p.check_runnable().map_err(PipelineError::Config)?;
     let client = client_for(p)?;
     let store = Store::open(&p.checkpoint_path)?;
@@ -160,7 +160,7 @@ pub async fn run(p: &Pipeline, opts: RunOptions) -> Result<RunReport, PipelineEr
 /// followed and stopped as `discovered` lists them, and the run goes on until stopped). The
 /// fatal error, if one stopped the run.
 async fn supervise(
-    p: &Pipeline,
+    p: &PipelineConfig,
     opts: &RunOptions,
     sources: &mut Sources<'_>,
     fatal_rx: &mut mpsc::UnboundedReceiver<PipelineError>,
@@ -209,12 +209,12 @@ async fn supervise(
 fn count_shipped(
     report: &mut RunReport,
     followed: &[String],
-    before: &HashMap<String, Checkpoint>,
-    now: &HashMap<String, Checkpoint>,
+    before: &HashMap<String, SavedPosition>,
+    now: &HashMap<String, SavedPosition>,
     progress: &Progress,
 ) {
     for rid in followed {
-        let shipped = |at: &HashMap<String, Checkpoint>| at.get(rid).map_or(0, |c| c.events_shipped);
+        let shipped = |at: &HashMap<String, SavedPosition>| at.get(rid).map_or(0, |c| c.events_shipped);
         report
             .shipped
             .insert(rid.clone(), shipped(now).saturating_sub(shipped(before)));
@@ -247,7 +247,7 @@ async fn drain_within(
 
 /// A live pipeline whose every sandbox stopped (all deleted, say) has nothing left to do;
 /// exiting non-zero tells the supervisor, and the reasons tell the operator.
-fn nothing_left(p: &Pipeline, report: &RunReport) -> PipelineError {
+fn nothing_left(p: &PipelineConfig, report: &RunReport) -> PipelineError {
     let reasons: Vec<String> = report
         .stopped
         .iter()

@@ -12,12 +12,12 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::client::Backoff;
-use crate::config::Pipeline;
+use crate::config::PipelineConfig;
 use crate::manifest::{ChainWriter, Sealer};
 use crate::store::Store;
-use crate::transform::Chain;
+use crate::transform::Transformer;
 
-use super::batcher::run_chain;
+use super::batcher::run_transforms;
 use super::checkpointer::{CkMsg, SinkAck};
 use super::dead_letter::{dead_letter_failures, DlMsg, SinkDeadLetters};
 use super::run::Links;
@@ -26,7 +26,7 @@ use super::{PipelineError, Progress};
 /// Build and prepare every sink of `p`, in order. Each rolls its output back to the state its
 /// last commit recorded before anything new arrives.
 pub(super) async fn open_sinks(
-    p: &Pipeline,
+    p: &PipelineConfig,
     store: &Store,
     dead_letters: &mpsc::Sender<DlMsg>,
 ) -> Result<Vec<(String, Box<dyn Sink>)>, PipelineError> {
@@ -78,7 +78,7 @@ pub(super) type SinkQueue = (mpsc::Sender<Arc<Batch>>, bool);
 /// Start a task per sink. `chains` says, per sink, whether it keeps a manifest (then its task
 /// reads the stretches it seals).
 pub(super) fn spawn_all(
-    p: &Pipeline,
+    p: &PipelineConfig,
     store: &Store,
     sinks: Vec<(String, Box<dyn Sink>)>,
     chains: &[Option<ChainWriter>],
@@ -101,7 +101,7 @@ pub(super) fn spawn_all(
                 idx,
                 name,
                 sink,
-                chain: route.chain.start(),
+                transformer: route.transforms.start(),
                 dead_letters: links.dead_letters.clone(),
                 stats,
                 sealer,
@@ -153,7 +153,7 @@ async fn sink_task(
         idx,
         name,
         mut sink,
-        mut chain,
+        mut transformer,
         dead_letters,
         stats,
         mut sealer,
@@ -177,7 +177,7 @@ async fn sink_task(
                 fresh.push(b);
                 // A sink that transforms holds each batch twice (as received and transformed)
                 // and is bound by the transforms' CPU, not by fsyncs: it takes a few at a time.
-                let most = if chain.is_empty() {
+                let most = if transformer.is_empty() {
                     MAX_UNFLUSHED_BATCHES
                 } else {
                     TRANSFORMING_MAX_BATCHES
@@ -195,7 +195,7 @@ async fn sink_task(
         };
         // The sink's route and transforms run once per batch; a retry rewrites their output.
         for b in fresh.iter_mut() {
-            let failed = match run_chain(&mut chain, b).await {
+            let failed = match run_transforms(&mut transformer, b).await {
                 Ok(applied) => {
                     stats.filtered.inc_by(applied.dropped);
                     *b = applied.batch;
@@ -273,7 +273,7 @@ struct SinkWorker {
     name: String,
     sink: Box<dyn Sink>,
     /// The sink's route (`when`) and `transforms`.
-    chain: Chain,
+    transformer: Transformer,
     dead_letters: mpsc::Sender<DlMsg>,
     stats: Arc<crate::metrics::SinkStats>,
     /// Reads the stretches the sink seals, when it keeps a manifest.

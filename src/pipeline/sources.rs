@@ -9,9 +9,9 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::client::{format_time, Client, OrgPoller, SocketGate, StartAt, TailOptions, Transport};
-use crate::config::Pipeline;
+use crate::config::PipelineConfig;
 use crate::source::{self, SourceEnd, SourceKind, SourceMsg, SourceReport};
-use crate::store::Checkpoint;
+use crate::store::SavedPosition;
 
 use super::positions::start_for;
 use super::{Mode, PipelineError, RunReport};
@@ -20,10 +20,10 @@ use super::{Mode, PipelineError, RunReport};
 /// sandboxes that leave the list), and the count of those that ended.
 pub(super) struct Sources<'a> {
     client: Client,
-    p: &'a Pipeline,
+    p: &'a PipelineConfig,
     mode: &'a Mode,
     /// Committed positions, where each source resumes.
-    loaded: &'a HashMap<String, Checkpoint>,
+    loaded: &'a HashMap<String, SavedPosition>,
     org_poller: Option<OrgPoller>,
     socket_gate: Option<SocketGate>,
     /// The batcher's queue; `None` once the run stops taking events (the batcher ends when
@@ -45,9 +45,9 @@ impl<'a> Sources<'a> {
     /// Start a source for each of `sandboxes`.
     pub(super) fn start(
         client: &Client,
-        p: &'a Pipeline,
+        p: &'a PipelineConfig,
         mode: &'a Mode,
-        loaded: &'a HashMap<String, Checkpoint>,
+        loaded: &'a HashMap<String, SavedPosition>,
         tx: mpsc::Sender<SourceMsg>,
         sandboxes: Vec<String>,
     ) -> Self {

@@ -6,7 +6,7 @@
 //!
 //! # Layout
 //! - `mod.rs`: the [`Store`] handle and its thread; every operation is a closure run there.
-//! - `model.rs`: what it keeps ([`Checkpoint`], [`Job`], [`Commit`], [`ManifestRow`]).
+//! - `model.rs`: what it keeps ([`SavedPosition`], [`Job`], [`Commit`], [`ManifestRow`]).
 //! - `sql.rs`: the statements behind positions and commits; `schema.rs`: the migrations.
 //! - `registry.rs`: the store as a sink's state registry; `snapshot.rs`: read-only access for
 //!   `verify`; `error.rs`: [`StoreError`].
@@ -29,7 +29,7 @@ mod snapshot;
 mod sql;
 
 pub use error::StoreError;
-pub use model::{hour_of, Checkpoint, Commit, ExportedCheckpoint, Job, ManifestRow, StoredHead};
+pub use model::{hour_of, Commit, ExportedPosition, Job, ManifestRow, SavedPosition, StoredHead};
 pub use snapshot::{ChainRows, Snapshot};
 
 use registry::SinkRegistry;
@@ -166,7 +166,7 @@ impl Store {
     pub async fn import(
         &self,
         pipeline: &str,
-        rows: Vec<(String, Checkpoint)>,
+        rows: Vec<(String, SavedPosition)>,
     ) -> Result<(usize, usize), StoreError> {
         let pipeline = pipeline.to_string();
         self.with(move |conn| {
@@ -257,7 +257,7 @@ impl Store {
         &self,
         pipeline: &str,
         stream: &str,
-    ) -> Result<HashMap<String, Checkpoint>, StoreError> {
+    ) -> Result<HashMap<String, SavedPosition>, StoreError> {
         let (pipeline, stream) = (pipeline.to_string(), stream.to_string());
         self.with(move |conn| {
             let rows = load(conn, &pipeline, Some(&stream))?;
@@ -270,7 +270,7 @@ impl Store {
     }
 
     /// Every (stream, position) of a pipeline.
-    pub async fn streams(&self, pipeline: &str) -> Result<Vec<(String, Checkpoint)>, StoreError> {
+    pub async fn streams(&self, pipeline: &str) -> Result<Vec<(String, SavedPosition)>, StoreError> {
         let pipeline = pipeline.to_string();
         self.with(move |conn| load(conn, &pipeline, None)).await
     }
@@ -488,7 +488,7 @@ mod tests {
             )
             .await
             .unwrap();
-        let cp = Checkpoint {
+        let cp = SavedPosition {
             resource_id: "sb-1".into(),
             last_event_id: Some("e2".into()),
             cursor_us: Some(42),

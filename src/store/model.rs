@@ -2,9 +2,11 @@
 
 use auditship_sink::StateEntry;
 
-/// A sandbox's committed position in one stream.
+/// A sandbox's position as the store saved it in one stream: where its source resumes (the
+/// client's [`Position`](auditship_client::Position): cursor time and the ids at it), plus the last
+/// event id, the count shipped and when the row was written.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Checkpoint {
+pub struct SavedPosition {
     /// The sandbox.
     pub resource_id: String,
     /// The last event shipped.
@@ -22,16 +24,16 @@ pub struct Checkpoint {
 }
 
 /// One position as `auditship checkpoints --export` writes it: one JSON object per line, the
-/// checkpoint's fields beside the pipeline and stream it belongs to. `--import` reads it back.
+/// saved position's fields beside the pipeline and stream it belongs to. `--import` reads it back.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct ExportedCheckpoint {
+pub struct ExportedPosition {
     /// The pipeline's name.
     pub pipeline: String,
     /// The stream (`live`, `backfill:…`, `job:…`).
     pub stream: String,
     /// The position.
     #[serde(flatten)]
-    pub checkpoint: Checkpoint,
+    pub position: SavedPosition,
 }
 
 /// A named backfill job (`auditship backfill --job NAME`).
@@ -62,7 +64,7 @@ impl Job {
 #[derive(Debug, Default)]
 pub struct Commit {
     /// Positions to write, whole rows.
-    pub positions: Vec<Checkpoint>,
+    pub positions: Vec<SavedPosition>,
     /// Sink state to upsert, by sink name.
     pub sink_state: Vec<(String, StateEntry)>,
     /// Events shipped per (sandbox, hour start in µs), added to the ledger.

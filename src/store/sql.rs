@@ -2,7 +2,7 @@
 
 use rusqlite::{params, Connection};
 
-use super::{Checkpoint, Commit};
+use super::{Commit, SavedPosition};
 
 /// Run `sql` once for each row of parameters, all in one transaction (registering, forgetting
 /// and marking many rows at once).
@@ -25,7 +25,7 @@ pub(super) fn load(
     conn: &Connection,
     pipeline: &str,
     stream: Option<&str>,
-) -> rusqlite::Result<Vec<(String, Checkpoint)>> {
+) -> rusqlite::Result<Vec<(String, SavedPosition)>> {
     let mut stmt = conn.prepare_cached(
         "SELECT stream, resource_id, last_event_id, cursor_us, tie_ids, events_shipped, updated_at_us, cursor_text
          FROM checkpoints WHERE pipeline = ?1 AND (?2 IS NULL OR stream = ?2)
@@ -35,7 +35,7 @@ pub(super) fn load(
         let ties: String = r.get(4)?;
         Ok((
             r.get::<_, String>(0)?,
-            Checkpoint {
+            SavedPosition {
                 resource_id: r.get(1)?,
                 last_event_id: r.get(2)?,
                 cursor_us: r.get(3)?,
@@ -54,7 +54,7 @@ pub(super) fn upsert_position(
     conn: &Connection,
     pipeline: &str,
     stream: &str,
-    p: &Checkpoint,
+    p: &SavedPosition,
 ) -> rusqlite::Result<()> {
     let mut upsert = conn.prepare_cached(
         "INSERT INTO checkpoints (pipeline, stream, resource_id, last_event_id, cursor_us, tie_ids, events_shipped, updated_at_us, cursor_text)

@@ -13,7 +13,7 @@
 //! transforms = ["ocsf"]           # then these, for this sink only
 //! ```
 //!
-//! - A chain runs on one event at a time and ends in [`Outcome::Keep`] (possibly reshaped),
+//! - A [`Transformer`] runs on one event at a time and ends in [`Outcome::Keep`] (possibly reshaped),
 //!   [`Outcome::Drop`] (a filter, a route or `dedupe` said no: it counts as delivered, so the
 //!   checkpoint passes it) or [`Outcome::Fail`] (a transform could not do its work: the event
 //!   goes to the dead-letter file with the reason, durably, before its batch is acknowledged).
@@ -226,13 +226,13 @@ pub struct OcsfConfig {
     pub when: Option<toml::Value>,
 }
 
-/// What a chain did with one event.
+/// What a transformer did with one event.
 #[derive(Debug)]
 pub enum Outcome {
     /// Pass it on (reshaped or as it was).
     Keep(Event),
     /// A filter, route or dedupe dropped it; it counts as delivered. `step` is the index of the
-    /// step that did ([`Chain::label`]).
+    /// step that did ([`Transformer::label`]).
     Drop {
         /// Which step.
         step: usize,
@@ -260,10 +260,10 @@ struct Step {
     kind: Kind,
 }
 
-/// A compiled list of transforms: cheap to clone; [`ChainSpec::start`] gives a runnable chain
+/// A compiled list of transforms: cheap to clone; [`Transforms::start`] gives a [`Transformer`]
 /// with its own state (dedupe windows).
 #[derive(Clone, Debug, Default)]
-pub struct ChainSpec {
+pub struct Transforms {
     steps: Vec<Step>,
 }
 
@@ -277,8 +277,8 @@ pub struct Compile<'a> {
     pub errors: &'a mut Vec<String>,
 }
 
-impl ChainSpec {
-    /// Whether the chain does nothing (events pass as they are, without being read).
+impl Transforms {
+    /// Whether the list does nothing (events pass as they are, without being read).
     pub fn is_empty(&self) -> bool {
         self.steps.is_empty()
     }
@@ -330,9 +330,9 @@ impl ChainSpec {
         }
     }
 
-    /// A runnable chain.
-    pub fn start(&self) -> Chain {
-        Chain {
+    /// A runnable list of transforms: a [`Transformer`].
+    pub fn start(&self) -> Transformer {
+        Transformer {
             state: self
                 .steps
                 .iter()
@@ -539,7 +539,7 @@ impl Window {
     }
 }
 
-/// What a chain did with a batch.
+/// What a transformer did with a batch.
 #[derive(Debug)]
 pub struct Applied {
     /// The events to hand on, under the batch's number.
@@ -550,7 +550,7 @@ pub struct Applied {
     pub dropped: u64,
 }
 
-/// An event as a chain works on it: JSON text, parsed into a tree only when a step needs one,
+/// An event as a transformer works on it: JSON text, parsed into a tree only when a step needs one,
 /// and written back only when a tree was changed.
 struct Doc {
     bytes: Bytes,
@@ -607,15 +607,15 @@ impl Doc {
     }
 }
 
-/// A runnable chain (owns its dedupe windows). The default does nothing.
+/// A running list of transforms (owns its dedupe windows). The default does nothing.
 #[derive(Debug, Default)]
-pub struct Chain {
-    spec: ChainSpec,
+pub struct Transformer {
+    spec: Transforms,
     state: Vec<Option<Window>>,
 }
 
-impl Chain {
-    /// Whether the chain does nothing.
+impl Transformer {
+    /// Whether the list does nothing.
     pub fn is_empty(&self) -> bool {
         self.spec.is_empty()
     }
@@ -625,7 +625,7 @@ impl Chain {
         self.spec.steps.get(i).map_or("?", |s| s.label.as_str())
     }
 
-    /// Run the chain on one event.
+    /// Run the transforms on one event.
     pub fn apply(&mut self, event: &Event) -> Outcome {
         if self.spec.steps.is_empty() {
             return Outcome::Keep(event.clone());
@@ -739,7 +739,7 @@ impl Chain {
         }
     }
 
-    /// Run the chain on a batch: the batch to hand on (same number), the events that failed
+    /// Run the transforms on a batch: the batch to hand on (same number), the events that failed
     /// with their reasons, and how many were dropped (the caller counts them per pipeline or
     /// sink).
     pub fn apply_batch(&mut self, batch: &Arc<Batch>) -> Applied {

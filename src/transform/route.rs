@@ -5,21 +5,21 @@
 
 use auditship_sink::Event;
 
-use super::{Chain, Outcome};
+use super::{Outcome, Transformer};
 
 /// Which stage decided an event's fate for a sink.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Stage {
-    /// The pipeline's `[[transforms]]` (step indexes are the pipeline chain's).
+    /// The pipeline's `[[transforms]]` (step indexes count in the pipeline's list).
     Pipeline,
-    /// The sink's route and transforms (step indexes are the sink chain's).
+    /// The sink's route and transforms (step indexes count in the sink's list).
     Sink,
 }
 
-/// What `sink` (its chain) receives of `event`, given what the pipeline's chain made of it
+/// What `sink` (its transformer) receives of `event`, given what the pipeline's transformer made of it
 /// (computed once per event for every sink that takes it), or `None` for a sink that takes
 /// events as received.
-pub fn for_sink(event: &Event, after_pipeline: Option<&Outcome>, sink: &mut Chain) -> (Stage, Outcome) {
+pub fn for_sink(event: &Event, after_pipeline: Option<&Outcome>, sink: &mut Transformer) -> (Stage, Outcome) {
     let Some(after_pipeline) = after_pipeline else {
         return (Stage::Sink, sink.apply(event));
     };

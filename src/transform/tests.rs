@@ -1,4 +1,4 @@
-//! Tests of the transform chain and the OCSF golden files.
+//! Tests of the transform transformer and the OCSF golden files.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -22,15 +22,15 @@ fn event(v: &Value) -> Event {
     }
 }
 
-/// Compile `[[transforms]]` from TOML text: the chain, or every error.
-fn compile(toml_text: &str) -> Result<Chain, Vec<String>> {
+/// Compile `[[transforms]]` from TOML text: the transformer, or every error.
+fn compile(toml_text: &str) -> Result<Transformer, Vec<String>> {
     #[derive(serde::Deserialize)]
     struct F {
         transforms: Vec<TransformConfig>,
     }
     let f: F = toml::from_str(toml_text).map_err(|e| vec![e.to_string()])?;
     let (mut warnings, mut errors) = (Vec::new(), Vec::new());
-    let mut spec = ChainSpec::default();
+    let mut spec = Transforms::default();
     spec.extend(
         "transforms",
         &f.transforms,
@@ -47,7 +47,7 @@ fn compile(toml_text: &str) -> Result<Chain, Vec<String>> {
     }
 }
 
-fn chain(toml_text: &str) -> Chain {
+fn transformer(toml_text: &str) -> Transformer {
     compile(toml_text).unwrap()
 }
 
@@ -64,7 +64,7 @@ fn kept(o: Outcome) -> Value {
 
 #[test]
 fn a_filter_keeps_matches_and_leaves_their_bytes_alone() {
-    let mut c = chain(
+    let mut c = transformer(
         r#"
 [[transforms]]
 type = "filter"
@@ -94,7 +94,7 @@ when = { action = ["reject", "error"] }
 
 #[test]
 fn set_rename_remove_reshape_in_order() {
-    let mut c = chain(
+    let mut c = transformer(
         r#"
 [[transforms]]
 type = "set"
@@ -128,7 +128,7 @@ when = { action = "reject" }
 
 #[test]
 fn a_transform_that_cannot_work_fails_the_event_with_the_reason() {
-    let mut c = chain(
+    let mut c = transformer(
         r#"
 [[transforms]]
 type = "set"
@@ -152,7 +152,7 @@ fields = { "host.name" = "x" }
 
 #[test]
 fn dedupe_drops_repeats_within_its_window_only() {
-    let mut c = chain(
+    let mut c = transformer(
         r#"
 [[transforms]]
 type = "dedupe"
@@ -167,7 +167,7 @@ window_events = 2
     // "a" is remembered until two newer ids push it out of the window.
     assert_eq!(kept, [true, true, false, true, true, false]);
 
-    let mut by_field = chain(
+    let mut by_field = transformer(
         r#"
 [[transforms]]
 type = "dedupe"
@@ -187,9 +187,9 @@ field = "metadata.request_id"
 }
 
 #[test]
-fn redact_in_a_chain_with_hmac_from_the_environment() {
+fn redact_in_a_list_with_hmac_from_the_environment() {
     std::env::set_var(HMAC_KEY_ENV, "a-test-key-of-32-bytes-0123456789");
-    let mut c = chain(
+    let mut c = transformer(
         r#"
 [[transforms]]
 type = "redact"
@@ -231,7 +231,7 @@ hmac_key = "${AUDITSHIP_TEST_NO_SUCH_KEY}"
 }
 
 #[test]
-fn a_chain_validated_without_its_hmac_key_says_it_cannot_run() {
+fn a_list_validated_without_its_hmac_key_says_it_cannot_run() {
     #[derive(serde::Deserialize)]
     struct F {
         transforms: Vec<TransformConfig>,
@@ -241,7 +241,7 @@ fn a_chain_validated_without_its_hmac_key_says_it_cannot_run() {
     )
     .unwrap();
     let (mut warnings, mut errors) = (Vec::new(), Vec::new());
-    let mut spec = ChainSpec::default();
+    let mut spec = Transforms::default();
     spec.extend(
         "transforms",
         &f.transforms,
@@ -283,7 +283,7 @@ fn config_mistakes_are_named() {
 
 #[test]
 fn a_batch_keeps_its_number_and_reports_failures() {
-    let mut c = chain(
+    let mut c = transformer(
         r#"
 [[transforms]]
 type = "filter"
@@ -410,7 +410,7 @@ fn check_required(name: &str, v: &Value) {
 #[test]
 fn ocsf_golden_files_for_every_action() {
     let update = std::env::var_os("UPDATE_GOLDEN").is_some();
-    let mut c = chain("[[transforms]]\ntype = \"ocsf\"\n");
+    let mut c = transformer("[[transforms]]\ntype = \"ocsf\"\n");
     let mut inputs: Vec<PathBuf> = std::fs::read_dir(golden_dir())
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -470,8 +470,8 @@ fn ocsf_golden_files_for_every_action() {
 fn ocsf_reads_a_changed_tree_exactly_as_it_reads_text() {
     // `set` then `remove` leaves the event as it was but as a changed tree, so `ocsf` takes its
     // tree path; the result must equal the text path's.
-    let mut via_text = chain("[[transforms]]\ntype = \"ocsf\"\n");
-    let mut via_tree = chain(
+    let mut via_text = transformer("[[transforms]]\ntype = \"ocsf\"\n");
+    let mut via_tree = transformer(
         "[[transforms]]\ntype = \"set\"\nfields = { zz = 1 }\n[[transforms]]\ntype = \"remove\"\nfields = [\"zz\"]\n[[transforms]]\ntype = \"ocsf\"\n",
     );
     for entry in std::fs::read_dir(golden_dir()).unwrap() {

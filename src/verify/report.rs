@@ -10,7 +10,7 @@ impl Report {
     /// removed from the end show too.
     pub async fn compare_with_api(
         &mut self,
-        p: &crate::config::Pipeline,
+        p: &crate::config::PipelineConfig,
         sink: Option<&str>,
         shipped_until: &BTreeMap<String, i64>,
     ) -> Result<(), crate::pipeline::PipelineError> {
@@ -21,8 +21,8 @@ impl Report {
         }
         let client = crate::pipeline::client_for(p)?;
         let route = sink.and_then(|s| p.routes.get(s)).cloned().unwrap_or_default();
-        let mut pipeline_chain = p.transforms.start();
-        let mut sink_chain = route.chain.start();
+        let mut pipeline_transformer = p.transforms.start();
+        let mut sink_transformer = route.transforms.start();
         let mut api: BTreeMap<(String, i64), u64> = BTreeMap::new();
         for (rid, (from, to)) in &self.spans_us {
             let listed = crate::source::list_window(&client, rid, *from, *to, p.page_limit)
@@ -35,8 +35,11 @@ impl Report {
                 let Some(cursor) = event.cursor_us.filter(|c| (*from..=*to).contains(c)) else {
                     continue;
                 };
-                let first = route.pipeline_transforms.then(|| pipeline_chain.apply(&event));
-                let outcome = crate::transform::route::for_sink(&event, first.as_ref(), &mut sink_chain);
+                let first = route
+                    .pipeline_transforms
+                    .then(|| pipeline_transformer.apply(&event));
+                let outcome =
+                    crate::transform::route::for_sink(&event, first.as_ref(), &mut sink_transformer);
                 if !matches!(outcome, (_, crate::transform::Outcome::Keep(_))) {
                     continue;
                 }
