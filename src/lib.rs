@@ -18,19 +18,19 @@
 //! - [`vars`]: `${VAR}` and `${VAR:-default}`, for pipeline files and the transforms' keys.
 //! - [`transform`]: conditions, filter/redact/set/rename/remove/dedupe, the OCSF mapping; run per
 //!   pipeline in the batcher and per sink (with the sink's route) in its task.
-//! - [`reconcile`]: hour-by-hour comparison of what was shipped (ledger, file archives) with the
-//!   API, and shipping exactly what is missing.
 //! - [`manifest`]: tamper-evident manifests: each sealed archive unit's SHA-256, counts and
 //!   per-sandbox span, hash-chained per sink (optionally HMAC-signed), committed with the
 //!   checkpoint and written next to the data.
-//! - [`verify`]: `auditship verify`: recompute every hash, walk the chains, report what was
-//!   altered, removed, added, duplicated or is missing (`check.rs`), by event (`events.rs`).
-//! - [`ops`]: operations besides running, as a library: a backfill's lifecycle (named jobs).
+//! - [`ops`]: operations besides running, as a library: a backfill's lifecycle (named jobs),
+//!   reconciliation with the API, `verify` (every hash recomputed, the chains walked), the
+//!   export and import of saved positions.
 //! - [`shard`]: `--shard I/N`, rendezvous hashing of sandbox ids over processes.
 //! - [`sim`]: the bundled Miosa simulator used by the demo, the tests and the benchmarks, its
 //!   own crate (`crates/auditship-sim`, re-exported).
 //! - [`metrics`]: counters per pipeline, per sink and of the client, `/metrics` (encoded by
 //!   `prometheus-client`), `/health` and `/live`.
+//! - `cli/` (the binary's, beside `main.rs`, not the library's): a file per command;
+//!   `cli/exit.rs` is the one place an error chain is printed and an exit code chosen.
 //! - Sinks live in their own crates under `sinks/`: the contract in `auditship-sink`, then
 //!   `auditship-sink-file`, `-kafka` and `-s3` (the last two behind features).
 //!
@@ -79,14 +79,12 @@ pub mod manifest;
 pub mod metrics;
 pub mod ops;
 pub mod pipeline;
-pub mod reconcile;
 pub mod shard;
 pub mod sinks;
 pub mod source;
 pub mod store;
 pub mod transform;
 pub mod vars;
-pub mod verify;
 
 /// The Miosa egress-audit client: the `auditship-client` crate, which stands alone.
 #[doc(inline)]

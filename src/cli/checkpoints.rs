@@ -7,9 +7,10 @@ use std::time::Duration;
 use anyhow::Context as _;
 use auditship::client::format_time;
 use auditship::config::{self, LoadMode};
-use auditship::store::{ExportedPosition, Store};
+use auditship::ops::positions;
+use auditship::store::Store;
 
-use super::exit::{fail, Code, CommandResult};
+use super::exit::{Code, CommandResult};
 use super::time::human_duration;
 
 /// `auditship checkpoints`: a table of every stream's positions.
@@ -58,21 +59,8 @@ pub async fn show(path: &Path) -> CommandResult {
 /// `auditship checkpoints --export FILE` (`-`: stdout): every position, one JSON object a line.
 pub async fn export(path: &Path, to: &Path) -> CommandResult {
     let p = config::load(path, LoadMode::Validate)?;
-    let rows = if p.checkpoint_path.exists() {
-        Store::open(&p.checkpoint_path)?.streams(&p.name).await?
-    } else {
-        Vec::new()
-    };
-    let mut text = String::new();
-    for (stream, position) in &rows {
-        let row = ExportedPosition {
-            pipeline: p.name.clone(),
-            stream: stream.clone(),
-            position: position.clone(),
-        };
-        text.push_str(&serde_json::to_string(&row)?);
-        text.push('\n');
-    }
+    let rows = positions::export(&p).await?;
+    let text = positions::to_json_lines(&rows)?;
     if to == Path::new("-") {
         std::io::stdout().lock().write_all(text.as_bytes())?;
     } else {
@@ -91,31 +79,8 @@ pub async fn export(path: &Path, to: &Path) -> CommandResult {
 pub async fn import(path: &Path, from: &Path) -> CommandResult {
     let p = config::load(path, LoadMode::Validate)?;
     let text = std::fs::read_to_string(from).with_context(|| format!("reading {}", from.display()))?;
-    let mut rows = Vec::new();
-    for (n, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let row: ExportedPosition = serde_json::from_str(line)
-            .with_context(|| format!("{}:{}: not an exported checkpoint", from.display(), n + 1))?;
-        if row.pipeline != p.name {
-            return Err(fail(
-                Code::Fix,
-                format!(
-                    "{}:{}: the export is of pipeline {:?}, not {:?}; import it with that pipeline's file",
-                    from.display(),
-                    n + 1,
-                    row.pipeline,
-                    p.name
-                ),
-            ));
-        }
-        rows.push((row.stream, row.position));
-    }
-    let store = Store::open(&p.checkpoint_path)?;
-    // A running pipeline would overwrite what is imported with its own positions.
-    let _lock = store.lock(&p.name)?;
-    let (written, kept) = store.import(&p.name, rows).await?;
+    let rows = positions::from_json_lines(&text, &p.name).with_context(|| from.display().to_string())?;
+    let (written, kept) = positions::import(&p, rows).await?;
     eprintln!(
         "imported into {}: {written} positions written, {kept} kept (this database's were as new or newer)",
         p.checkpoint_path.display()

@@ -6,9 +6,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use auditship::config::{self, LoadMode};
+use auditship::ops::verify::Archive as _;
 use auditship::pipeline::{self, Mode, RunOptions};
 use auditship::sim::{SimConfig, Simulator};
-use auditship::verify::Archive as _;
 use auditship_sink::UnitCompression;
 
 use super::exit::{fail, Code, CommandResult};
@@ -95,7 +95,7 @@ pub async fn demo(dir: &Path) -> CommandResult {
 
     let archive_root = dir.join("archive");
     // Every unit of the archive (manifests aside), as `verify` and `reconcile` see it.
-    let files: Vec<PathBuf> = auditship::verify::DirArchive::new(&archive_root)
+    let files: Vec<PathBuf> = auditship::ops::verify::DirArchive::new(&archive_root)
         .list()?
         .into_iter()
         .filter(|(rel, _)| UnitCompression::from_extension(rel).is_some())
@@ -161,8 +161,8 @@ pub async fn demo(dir: &Path) -> CommandResult {
         ));
     }
     println!("every event archived exactly once, byte for byte as the API sent it.");
-    let archive = auditship::verify::DirArchive::new(&archive_root);
-    let verified = auditship::verify::verify(&archive, &Default::default())?;
+    let archive = auditship::ops::verify::DirArchive::new(&archive_root);
+    let verified = auditship::ops::verify::verify(&archive, &Default::default())?;
     if !verified.clean {
         eprint!("{}", verified.to_text());
         return Ok(Code::Again);

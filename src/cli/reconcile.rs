@@ -23,7 +23,7 @@ pub async fn reconcile(
         Some(u) => resolve_time(u)?,
         None => chrono::Utc::now().timestamp_micros(),
     };
-    let report = auditship::reconcile::reconcile(&p, since_us, until_us, sandboxes, dry_run)
+    let report = auditship::ops::reconcile::reconcile(&p, since_us, until_us, sandboxes, dry_run)
         .await
         .or_retry(format!("reconcile of {}", p.name))?;
     let mut out = std::io::stdout().lock();

@@ -66,7 +66,7 @@ pub struct VerifyArgs {
 
 /// `auditship verify`.
 pub async fn verify(args: VerifyArgs) -> CommandResult {
-    use auditship::verify::{self, Archive, DirArchive, Options, Under};
+    use auditship::ops::verify::{self, Archive, DirArchive, Options, Under};
     // Anything that keeps the check from running exits 2 (1 means findings).
     let fail = |m: String| -> CommandResult { Err(exit::fail(Code::Again, m)) };
     let mut opts = Options {
@@ -137,7 +137,7 @@ pub async fn verify(args: VerifyArgs) -> CommandResult {
             Some((_, prefix)) => Under::Prefix(prefix.clone()),
             None => Under::Dir(args.path.clone()),
         };
-        opts.anchor = Some(auditship::verify::Anchor {
+        opts.anchor = Some(auditship::ops::verify::Anchor {
             chains: anchor,
             under,
         });
@@ -187,7 +187,7 @@ async fn s3_archive(
     pipeline: Option<&PipelineConfig>,
     bucket: &str,
     prefix: &str,
-) -> Result<Box<dyn auditship::verify::Archive + Send>, String> {
+) -> Result<Box<dyn auditship::ops::verify::Archive + Send>, String> {
     if bucket.is_empty() {
         return Err("give the archive as s3://BUCKET/PREFIX".into());
     }
@@ -212,7 +212,7 @@ async fn s3_archive(
     let region = args.s3_region.clone().or(region);
     let path_style = args.s3_path_style || path_style;
     let client = auditship_sink_s3::connect(region.as_deref(), endpoint.as_deref(), path_style).await;
-    Ok(Box::new(auditship::verify::S3Archive::new(
+    Ok(Box::new(auditship::ops::verify::S3Archive::new(
         client,
         bucket,
         prefix,
@@ -227,6 +227,6 @@ async fn s3_archive(
     _pipeline: Option<&PipelineConfig>,
     _bucket: &str,
     _prefix: &str,
-) -> Result<Box<dyn auditship::verify::Archive + Send>, String> {
+) -> Result<Box<dyn auditship::ops::verify::Archive + Send>, String> {
     Err("this auditship was built without S3 support; rebuild it with the `s3` feature".into())
 }

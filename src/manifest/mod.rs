@@ -11,7 +11,7 @@
 //! Entries are built by the checkpointer when a sink reports a seal, committed in the same SQLite
 //! transaction as the checkpoint that makes the bytes permanent (table `manifest`), and then
 //! written next to the data by the sink's [`auditship_sink::ManifestPublisher`]. `auditship
-//! verify` ([`crate::verify`]) checks an archive against them.
+//! verify` ([`crate::ops::verify`]) checks an archive against them.
 //!
 //! The entry's hash is the SHA-256 of its JSON as serialised by this module with `hash` empty
 //! and `hmac` absent, fields in declaration order; a verifier re-serialises the parsed entry to

@@ -1,5 +1,17 @@
-//! Operations on a pipeline besides running it, callable as a library: a backfill's lifecycle
-//! (named jobs, resumable windows). Reconciliation ([`crate::reconcile`]) and `verify`
-//! ([`crate::verify`]) are operations of the same kind; they keep their own modules.
+//! Operations on a pipeline besides running it, callable as a library; the CLI's commands of
+//! the same names are their thin front ends.
+//!
+//! # Layout
+//! - [`backfill`]: a backfill's lifecycle: named jobs, resumable windows, the command that
+//!   resumes one.
+//! - [`reconcile`]: hour-by-hour comparison of what was shipped (ledger, file archives) with
+//!   the API, and shipping exactly what is missing.
+//! - [`verify`]: an archive checked against its manifests: every hash recomputed, the chains
+//!   walked, what was altered, removed, added, duplicated or is missing reported.
+//! - [`positions`]: the saved positions of a pipeline exported and imported, one JSON object a
+//!   line (`auditship checkpoints --export/--import`).
 
 pub mod backfill;
+pub mod positions;
+pub mod reconcile;
+pub mod verify;

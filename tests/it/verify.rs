@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use auditship::manifest::Entry;
+use auditship::ops::verify::{self, Anchor, DirArchive, Kind, Options, Report};
 use auditship::sim::SimConfig;
-use auditship::verify::{self, Anchor, DirArchive, Kind, Options, Report};
 use auditship_sink::MANIFEST_NAME;
 
 use crate::util::{assert_exactly_once, finish, sim, sim_lines, walk, walk_all, Workspace};
@@ -486,7 +486,7 @@ async fn a_plain_archive_verifies_and_every_tampering_is_named() {
     let anchored = Options {
         anchor: Some(Anchor {
             chains,
-            under: auditship::verify::Under::Dir(ws.path().join("archive")),
+            under: auditship::ops::verify::Under::Dir(ws.path().join("archive")),
         }),
         ..Default::default()
     };
