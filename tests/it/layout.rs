@@ -1,4 +1,5 @@
-//! The layout's promises that a compiler does not check: the client crate stands alone.
+//! The layout's promises that a compiler does not check: the client crate stands alone, test
+//! helpers stay out of production builds, only the registry names sink kinds, no import circles.
 
 use std::process::Command;
 
@@ -75,6 +76,62 @@ fn the_client_crate_depends_on_no_storage_sink_server_or_cli_crate() {
         forbidden.is_empty(),
         "auditship-client pulls in {forbidden:?}; keep them out of crates/auditship-client/Cargo.toml"
     );
+}
+
+/// `cargo tree` of the shipper with the given edge kinds and features shown, one line a node.
+fn shipper_tree(edges: &str) -> String {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(cargo)
+        .args([
+            "tree",
+            "--offline",
+            "--locked",
+            "-p",
+            "auditship",
+            "-e",
+            edges,
+            "--prefix",
+            "none",
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("running cargo tree");
+    assert!(
+        out.status.success(),
+        "cargo tree failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The sinks' test helpers (tansu and moto spawners, in-memory registries) sit behind their
+/// crates' `testing` feature, which only the tests turn on: a production build has none of them.
+#[test]
+fn sink_test_helpers_are_only_in_test_builds() {
+    let testing = |tree: &str| -> Vec<String> {
+        tree.lines()
+            .filter(|l| l.contains("feature \"testing\""))
+            .map(|l| l.trim().to_string())
+            .collect()
+    };
+    let production = shipper_tree("normal,features");
+    assert!(
+        production.contains("auditship-sink-s3") && production.contains("auditship-sink-kafka"),
+        "the tree lacks the sink crates:\n{production}"
+    );
+    assert_eq!(
+        testing(&production),
+        Vec::<String>::new(),
+        "a production build turns on test helpers"
+    );
+    // The same question of the test build finds them, so the check above can fail.
+    let tests = testing(&shipper_tree("normal,dev,features"));
+    for krate in ["auditship-sink", "auditship-sink-kafka", "auditship-sink-s3"] {
+        assert!(
+            tests.iter().any(|l| l.starts_with(&format!("{krate} feature"))),
+            "{krate}'s testing feature is not on for the tests: {tests:?}"
+        );
+    }
 }
 
 /// The sink registry's promise (README, "Adding a sink"): outside `src/sinks.rs`, the shipper's

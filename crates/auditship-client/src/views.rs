@@ -236,7 +236,7 @@ impl SandboxAudit {
 
     /// Follow the sandbox live: a stream that prefers the WebSocket, falls back to polling the
     /// list endpoint, reconnects after drops, catches up after every (re)connect and never yields
-    /// an event twice. Dropping the stream closes the socket.
+    /// an event twice. Dropping the stream stops all of it: the socket closes and polling stops.
     ///
     /// Items are `Ok(event)`, or `Err(e)`: an [`Error::Decode`] for a frame that is not an
     /// event (the stream goes on), or a fatal error after which it ends.

@@ -458,7 +458,10 @@ pub fn encode_component(out: &mut String, value: &str) {
     }
 }
 
-/// In-memory state registry and dead-letter box, for sink tests and tools that run a sink alone.
+/// In-memory state registry and dead-letter box, and the test services' plumbing (free ports,
+/// binaries from the service cache), for sink tests: behind the `testing` feature, so none of
+/// it is in a production build.
+#[cfg(any(test, feature = "testing"))]
 pub mod testing {
     use std::sync::{Arc, Mutex};
 

@@ -36,6 +36,7 @@ mod config;
 mod fields;
 mod producer;
 mod sink;
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
 use std::collections::{BTreeMap, HashMap};

@@ -44,6 +44,7 @@ mod config;
 mod manifests;
 mod object;
 mod sink;
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
 pub use archive::{get_object, list_objects, S3Archive};
