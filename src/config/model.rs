@@ -105,6 +105,10 @@ pub struct SourceConfig {
     /// could read the key. Certificate checks are on unless this says otherwise.
     #[serde(default)]
     pub tls_insecure_skip_verify: bool,
+    /// Allow an `http://` `base_url` to a host that is not loopback. The key then crosses the
+    /// network in cleartext, so this is refused unless set, and warned about at every start.
+    #[serde(default)]
+    pub allow_insecure_http: bool,
     /// Sent as `X-MIOSA-Tenant`.
     #[serde(default)]
     pub tenant: Option<String>,

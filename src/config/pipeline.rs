@@ -81,6 +81,8 @@ pub struct PipelineConfig {
     pub tenant: Option<String>,
     /// How the API's certificate is checked.
     pub tls: crate::client::TlsOptions,
+    /// Whether an `http://` base URL to another machine is allowed (`allow_insecure_http`).
+    pub allow_insecure_http: bool,
     /// Sandboxes to follow (empty with discovery: see `discovery`).
     pub sandboxes: Vec<String>,
     /// `sandboxes = "all"`: discovered sandboxes, filtered.

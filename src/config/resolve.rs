@@ -20,6 +20,9 @@ use super::model::{PipelineFile, SandboxList, SinkEntry, SourceConfig};
 use super::spans::{KeySpans, Step};
 use super::{ConfigError, ConfigErrors, Discovery, PipelineConfig, SinkRoute};
 
+/// The shortest API key accepted: anything shorter is a placeholder or a cut-off variable.
+const MIN_KEY_CHARS: usize = 8;
+
 /// Read `text` (the file at `path`) and resolve it into a [`PipelineConfig`].
 pub(super) fn resolve(path: &Path, text: &str, mode: LoadMode) -> Result<PipelineConfig, ConfigErrors> {
     let read = read(path, text).map_err(ConfigErrors)?;
@@ -67,6 +70,7 @@ pub(super) fn resolve(path: &Path, text: &str, mode: LoadMode) -> Result<Pipelin
         file: path.to_path_buf(),
         base_url,
         api_key,
+        allow_insecure_http: src.allow_insecure_http,
         tenant: src.tenant.clone(),
         tls,
         sandboxes,
@@ -154,6 +158,16 @@ impl Resolver<'_> {
         let base_url = match interpolate(src.base_url.get_ref()) {
             Ok(u) => {
                 match url::Url::parse(&u) {
+                    Ok(parsed)
+                        if parsed.scheme() == "http"
+                            && !crate::client::is_loopback(&parsed)
+                            && !src.allow_insecure_http =>
+                    {
+                        self.err(
+                            src.base_url.span(),
+                            format!("base_url {u:?} is http:// to another machine: the API key would cross the network in cleartext; use https://, or set allow_insecure_http = true in [source] if nobody can listen on that network"),
+                        )
+                    }
                     Ok(parsed) if matches!(parsed.scheme(), "http" | "https") => {}
                     Ok(parsed) => self.err(
                         src.base_url.span(),
@@ -211,6 +225,19 @@ impl Resolver<'_> {
                 )),
                 _ => self.err(0..0, "no API key: set api_key = \"${MIOSA_API_KEY}\" (or api_key_file) in [source], or export MIOSA_API_KEY".into()),
             },
+        }
+        // A key this short is a placeholder or a truncated variable, and too short to be
+        // redacted from logs safely (it would match ordinary text).
+        if let Some(n) = api_key.as_ref().map(|k| k.expose().chars().count()) {
+            if n < MIN_KEY_CHARS {
+                let span = src
+                    .api_key
+                    .as_ref()
+                    .or(src.api_key_file.as_ref())
+                    .map_or(0..0, |s| s.span());
+                self.err(span, format!("the API key is {n} characters long, too short to be a Miosa key (at least {MIN_KEY_CHARS}); check what api_key, api_key_file or MIOSA_API_KEY holds"));
+                api_key = None;
+            }
         }
         api_key
     }

@@ -367,3 +367,59 @@ fn keys_of_tagged_tables_are_located_where_written() {
     }
     assert_eq!(lines.len(), expect.len(), "{lines:#?}");
 }
+
+/// `http://` keeps the key off the network only on loopback: to another host it is refused at
+/// load unless `allow_insecure_http = true` says the network is trusted.
+#[test]
+fn http_to_another_machine_is_refused_unless_allowed() {
+    std::env::set_var("AUDITSHIP_TEST_KEY_GOOD", "msk_test_123");
+    for (url, allow, refused) in [
+        ("http://127.0.0.1:1/api/v1", false, false),
+        ("http://localhost:8080/api/v1", false, false),
+        ("http://[::1]:8080/api/v1", false, false),
+        ("https://api.example.com/api/v1", false, false),
+        ("http://api.example.com/api/v1", false, true),
+        ("http://10.0.0.7/api/v1", false, true),
+        ("http://api.example.com/api/v1", true, false),
+    ] {
+        let mut text = GOOD.replace("http://127.0.0.1:1/api/v1", url);
+        if allow {
+            text = text.replace("[source]\n", "[source]\nallow_insecure_http = true\n");
+        }
+        let got = parse(Path::new("p.toml"), &text, LoadMode::Run);
+        match (refused, got) {
+            (false, Ok(p)) => assert_eq!(p.allow_insecure_http, allow),
+            (true, Err(e)) => {
+                let shown = e.to_string();
+                assert!(shown.starts_with("p.toml:3:12: base_url"), "{shown}");
+                assert!(
+                    shown.contains("cleartext") && shown.contains("allow_insecure_http = true"),
+                    "{shown}"
+                );
+            }
+            (refused, got) => panic!("{url} (allow {allow}): refused should be {refused}, got {got:?}"),
+        }
+    }
+    // The client refuses it too, for programs that build one without a pipeline file.
+    let built = crate::client::Client::builder()
+        .base_url("http://api.example.com/api/v1")
+        .api_key(crate::secret::ApiKey::new("msk_test_123"))
+        .build();
+    assert!(matches!(built, Err(crate::client::Error::Config(m)) if m.contains("cleartext")));
+}
+
+/// A key under 8 characters is a placeholder or a cut-off variable: refused, without printing it.
+#[test]
+fn a_short_key_is_refused_without_being_shown() {
+    std::env::set_var("AUDITSHIP_TEST_KEY_SHORT", "abc1234");
+    let text = GOOD.replace("AUDITSHIP_TEST_KEY_GOOD", "AUDITSHIP_TEST_KEY_SHORT");
+    let e = parse(Path::new("p.toml"), &text, LoadMode::Run).unwrap_err();
+    let shown = e.to_string();
+    assert!(
+        shown.starts_with("p.toml:4:11: the API key is 7 characters long"),
+        "{shown}"
+    );
+    assert!(!shown.contains("abc1234"), "{shown}");
+    std::env::set_var("AUDITSHIP_TEST_KEY_SHORT", "abcd1234");
+    assert!(parse(Path::new("p.toml"), &text, LoadMode::Run).is_ok());
+}

@@ -27,6 +27,14 @@ pub fn client_for(p: &PipelineConfig) -> Result<Client, PipelineError> {
     if let Some(ca) = &p.tls.ca_file {
         b = b.ca_file(ca);
     }
+    if p.allow_insecure_http && p.base_url.starts_with("http://") {
+        tracing::warn!(
+            pipeline = %p.name,
+            base_url = %p.base_url,
+            "the API key crosses the network in cleartext (http://, allow_insecure_http = true): anyone on the path can read it; use https://"
+        );
+        b = b.allow_insecure_http(true);
+    }
     if p.tls.insecure_skip_verify {
         tracing::warn!(
             pipeline = %p.name,

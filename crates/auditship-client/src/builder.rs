@@ -51,7 +51,21 @@ pub struct ClientBuilder {
     retry: Option<RetryPolicy>,
     user_agent: Option<String>,
     tls: TlsOptions,
+    allow_insecure_http: bool,
     observer: observe::SharedObserver,
+}
+
+/// Whether `url`'s host is this machine (`localhost`, `127.0.0.0/8`, `::1`): the one place an
+/// `http://` base URL keeps the key off the network.
+pub fn is_loopback(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(d)) => {
+            d.eq_ignore_ascii_case("localhost") || d.to_ascii_lowercase().ends_with(".localhost")
+        }
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
 }
 
 impl ClientBuilder {
@@ -136,6 +150,14 @@ impl ClientBuilder {
         self
     }
 
+    /// Accept an `http://` base URL to a host that is not loopback. The key then crosses the
+    /// network in cleartext (the `Authorization` header, the socket's `?token=`): only for a
+    /// network where nobody can listen. Default: refused, with an error saying so.
+    pub fn allow_insecure_http(mut self, allow: bool) -> Self {
+        self.allow_insecure_http = allow;
+        self
+    }
+
     /// Report requests, retries, socket frames and tail transports to `observer` (see
     /// [`Observer`]). Default: [`NoObserver`](crate::NoObserver), which reports nothing.
     pub fn observer(mut self, observer: Arc<dyn Observer>) -> Self {
@@ -153,6 +175,11 @@ impl ClientBuilder {
             return Err(Error::Config(format!(
                 "base_url must start with http:// or https://, got {}://",
                 base.scheme()
+            )));
+        }
+        if base.scheme() == "http" && !is_loopback(&base) && !self.allow_insecure_http {
+            return Err(Error::Config(format!(
+                "base_url {base} is http:// to another machine: the API key would cross the network in cleartext; use https://, or allow it for a trusted network (allow_insecure_http)"
             )));
         }
         let key = self.api_key.filter(|k| !k.is_empty()).ok_or_else(|| {

@@ -54,7 +54,7 @@ mod tls;
 mod views;
 mod ws;
 
-pub use builder::ClientBuilder;
+pub use builder::{is_loopback, ClientBuilder};
 pub use client::{Client, Sandbox, SandboxInfo};
 pub use error::Error;
 pub use event::LIST_ELEMENT;

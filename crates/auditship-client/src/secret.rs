@@ -86,30 +86,35 @@ pub fn redact_all(text: &str) -> String {
     out
 }
 
-/// Replace the value of every `token=` query parameter and every `Bearer` credential in `text`.
+/// Replace the value of every `token=` query parameter and every `Bearer` credential in `text`,
+/// whatever their case (`TOKEN=`, `bearer `): a proxy or a library may spell them either way.
 pub fn redact_tokens(text: &str) -> String {
+    // ASCII lowercasing keeps every byte offset, so positions found in `lower` hold in `text`.
+    let lower = text.to_ascii_lowercase();
     let mut out = String::with_capacity(text.len());
-    let mut rest = text;
+    let mut at_in_text = 0;
     loop {
+        let rest = &lower[at_in_text..];
         let token = rest.find("token=").map(|i| (i, "token=".len()));
-        let bearer = rest.find("Bearer ").map(|i| (i, "Bearer ".len()));
+        let bearer = rest.find("bearer ").map(|i| (i, "bearer ".len()));
         let next = match (token, bearer) {
             (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
             (a, b) => a.or(b),
         };
         let Some((at, len)) = next else {
-            out.push_str(rest);
+            out.push_str(&text[at_in_text..]);
             return out;
         };
-        out.push_str(&rest[..at + len]);
-        let value = &rest[at + len..];
+        let value_at = at_in_text + at + len;
+        out.push_str(&text[at_in_text..value_at]);
+        let value = &text[value_at..];
         let end = value
             .find(|c: char| matches!(c, '&' | '"' | '\'' | ')' | ',' | ';') || c.is_whitespace())
             .unwrap_or(value.len());
         if end > 0 {
             out.push_str("***");
         }
-        rest = &value[end..];
+        at_in_text = value_at + end;
     }
 }
 
@@ -137,5 +142,13 @@ mod tests {
         assert_eq!(s, "ws://h/x?a=1&token=***&b=2 and Bearer ***, key ***");
         assert_eq!(redact_tokens("?token=abc"), "?token=***");
         assert_eq!(redact_tokens("no secrets"), "no secrets");
+    }
+
+    #[test]
+    fn token_and_bearer_are_found_in_any_case() {
+        assert_eq!(
+            redact_tokens("GET /x?TOKEN=abc&Token=def authorization: bearer ghi BEARER jkl é token=mno"),
+            "GET /x?TOKEN=***&Token=*** authorization: bearer *** BEARER *** é token=***"
+        );
     }
 }
