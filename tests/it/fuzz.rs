@@ -63,6 +63,42 @@ fn is_object(raw: &[u8]) -> bool {
     serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(raw).is_ok()
 }
 
+/// A path template: literal pieces, separators and placeholders in any order, so that most
+/// generated templates hold one or more placeholders (a character class alone almost never
+/// spells one).
+fn template() -> impl Strategy<Value = String> {
+    let piece = prop_oneof![
+        3 => Just("{resource_id}".to_string()),
+        2 => Just("{date}".to_string()),
+        1 => Just("{pipeline}".to_string()),
+        3 => Just("/".to_string()),
+        1 => Just("..".to_string()),
+        1 => Just(".".to_string()),
+        3 => "[a-z_.-]{1,6}",
+        1 => "[a-z{}]{1,3}",
+    ];
+    prop::collection::vec(piece, 1..8).prop_map(|pieces| pieces.concat())
+}
+
+/// Sandbox ids as a hostile server might send them: traversal, separators, NUL, empty, 300
+/// bytes, text that looks like our own escapes, the manifest's name, and anything at all.
+fn hostile_id() -> impl Strategy<Value = String> {
+    prop_oneof![
+        Just(String::new()),
+        Just("\0".to_string()),
+        Just("..".to_string()),
+        Just(".".to_string()),
+        Just("/".to_string()),
+        Just("auditship.manifest".to_string()),
+        Just("%empty".to_string()),
+        Just("%00".to_string()),
+        Just("x".repeat(300)),
+        "(\\.\\.|/|\\\\|%[0-9A-Fa-f]{0,2}|\\x00|[a-z]|auditship\\.){0,6}",
+        "\\PC{0,20}",
+        any::<String>(),
+    ]
+}
+
 proptest! {
     #![proptest_config(config())]
 
@@ -149,19 +185,46 @@ proptest! {
         let _ = parse(Path::new("any.toml"), &text, LoadMode::Validate);
     }
 
-    /// Any template and any values: no panic, and a rendered path never leaves the template's
-    /// base directory.
+    /// Templates built of placeholders, separators and odd literals, rendered with hostile
+    /// values: no panic, a rendered path never leaves the template's base directory, and when
+    /// the template holds `{resource_id}`, two different ids never share a path.
     #[test]
-    fn path_templates_stay_inside_their_base(template in "[a-z/{}._ -]{0,40}", rid in "\\PC{0,20}", pipeline in "\\PC{0,12}") {
-        if let Ok(t) = PathTemplate::parse(&template) {
-            let out = t.render(&Values { resource_id: &rid, date: "2026-11-25", pipeline: &pipeline });
-            let path = Path::new(&out);
-            // A base of `.` holds every relative path.
-            let inside = path.starts_with(t.base()) || (t.base() == Path::new(".") && path.is_relative());
-            prop_assert!(inside, "{out:?} outside {:?}", t.base());
-            // A `..` the template's own text holds is the operator's choice; no value may add one.
-            let rest = path.strip_prefix(t.base()).unwrap_or(path);
-            prop_assert!(!rest.components().any(|c| matches!(c, std::path::Component::ParentDir)), "{out:?}");
+    fn path_templates_stay_inside_their_base(
+        template in template(),
+        rid in hostile_id(),
+        other in hostile_id(),
+        pipeline in hostile_id(),
+    ) {
+        // A refused template (stray braces, `..` after the base, a directory) is an error, not
+        // a panic; the rest is checked on the templates that parse.
+        let Ok(t) = PathTemplate::parse(&template) else {
+            return Ok(());
+        };
+        let render = |id: &str| t.render(&Values { resource_id: id, date: "2026-11-25", pipeline: &pipeline });
+        let out = render(&rid);
+        let path = Path::new(&out);
+        // A base of `.` holds every relative path.
+        let inside = path.starts_with(t.base()) || (t.base() == Path::new(".") && path.is_relative());
+        prop_assert!(inside, "{out:?} outside {:?}", t.base());
+        // A `..` the template's own text holds is the operator's choice; no value may add one.
+        let rest = path.strip_prefix(t.base()).unwrap_or(path);
+        prop_assert!(!rest.components().any(|c| matches!(c, std::path::Component::ParentDir)), "{out:?}");
+        prop_assert!(!out.contains('\0'), "{out:?}");
+        if t.uses(auditship_sink::template::Placeholder::ResourceId) && rid != other {
+            prop_assert_ne!(out, render(&other), "{:?} and {:?} share a path", rid, other);
+        }
+    }
+
+    /// Every value encodes to one safe component and back, and different values apart.
+    #[test]
+    fn components_round_trip_and_stay_apart(a in hostile_id(), b in hostile_id()) {
+        let enc = |v: &str| { let mut out = String::new(); auditship_sink::encode_component(&mut out, v); out };
+        let (ea, eb) = (enc(&a), enc(&b));
+        prop_assert_eq!(auditship_sink::decode_component(&ea), Some(a.clone()));
+        prop_assert!(!ea.contains(['/', '\\', '\0']) && ea != "." && ea != "..", "{:?} -> {:?}", a, ea);
+        prop_assert!(!ea.to_ascii_lowercase().starts_with(auditship_sink::RESERVED_PREFIX), "{:?} -> {:?}", a, ea);
+        if a != b {
+            prop_assert_ne!(ea, eb);
         }
     }
 }

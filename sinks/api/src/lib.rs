@@ -18,10 +18,12 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 mod archive;
+mod component;
 mod config;
 pub mod template;
 
 pub use archive::{Archive, DirArchive};
+pub use component::{decode_component, encode_component, RESERVED_PREFIX};
 pub use config::{ArchiveLocation, Field, Interpolate, SinkConfig};
 
 /// One audit event as it travels through the pipeline: the raw JSON plus the few fields the
@@ -431,29 +433,6 @@ impl SinkError {
         SinkError::Io {
             context: context.into(),
             source,
-        }
-    }
-}
-
-/// Append `value` to `out` as one safe, injective path (or object key) component: separators,
-/// `%`, `:` and control characters are percent-encoded, and so is a leading dot, so `.` and `..`
-/// cannot appear; an empty value is `%00`. Two different values never encode alike.
-pub fn encode_component(out: &mut String, value: &str) {
-    use std::fmt::Write as _;
-    if value.is_empty() {
-        out.push_str("%00");
-        return;
-    }
-    for (i, c) in value.chars().enumerate() {
-        let unsafe_char = matches!(c, '/' | '\\' | '%' | ':') || c.is_control() || (i == 0 && c == '.');
-        if unsafe_char {
-            let mut buf = [0u8; 4];
-            for b in c.encode_utf8(&mut buf).bytes() {
-                // Writing to a String cannot fail.
-                let _ = write!(out, "%{b:02X}");
-            }
-        } else {
-            out.push(c);
         }
     }
 }
