@@ -139,6 +139,10 @@ pub struct SourceConfig {
     /// Timeout of one HTTP request.
     #[serde(default = "default_request_timeout_ms")]
     pub request_timeout_ms: u64,
+    /// The largest REST response body read (default 16 MiB): a larger one stops the pipeline
+    /// with an error naming this setting, rather than taking the process's memory.
+    #[serde(default = "default_max_response_bytes")]
+    pub max_response_bytes: u64,
     /// Timeout of a connection or socket handshake (the contract says 5 s).
     #[serde(default = "default_connect_timeout_ms")]
     pub connect_timeout_ms: u64,
@@ -244,6 +248,10 @@ fn default_start() -> Spanned<String> {
 fn default_rpm() -> u32 {
     600
 }
+fn default_max_response_bytes() -> u64 {
+    crate::client::DEFAULT_MAX_RESPONSE_BYTES as u64
+}
+
 fn default_request_timeout_ms() -> u64 {
     30_000
 }

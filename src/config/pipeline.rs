@@ -97,6 +97,8 @@ pub struct PipelineConfig {
     pub requests_per_minute: u32,
     /// One HTTP request's timeout.
     pub request_timeout: Duration,
+    /// The largest REST response body read.
+    pub max_response_bytes: usize,
     /// Handshake timeout.
     pub connect_timeout: Duration,
     /// Page size.

@@ -80,6 +80,7 @@ pub(super) fn resolve(path: &Path, text: &str, mode: LoadMode) -> Result<Pipelin
         poll_interval: Duration::from_millis(src.poll_interval_ms),
         requests_per_minute: src.requests_per_minute,
         request_timeout: Duration::from_millis(src.request_timeout_ms),
+        max_response_bytes: usize::try_from(src.max_response_bytes).unwrap_or(usize::MAX),
         connect_timeout: Duration::from_millis(src.connect_timeout_ms),
         page_limit: src.page_limit,
         dedupe_window: Duration::from_millis(src.dedupe_window_ms),
@@ -314,6 +315,7 @@ impl Resolver<'_> {
         for (value, name, min) in [
             (file.source.poll_interval_ms, "poll_interval_ms", 50),
             (file.source.request_timeout_ms, "request_timeout_ms", 100),
+            (file.source.max_response_bytes, "max_response_bytes", 65_536),
             (file.source.connect_timeout_ms, "connect_timeout_ms", 100),
             (file.checkpoint.commit_interval_ms, "commit_interval_ms", 1),
             (file.batch.timeout_ms, "timeout_ms", 1),

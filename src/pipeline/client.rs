@@ -20,6 +20,7 @@ pub fn client_for(p: &PipelineConfig) -> Result<Client, PipelineError> {
         .requests_per_minute(p.requests_per_minute)
         .timeout(p.request_timeout)
         .connect_timeout(p.connect_timeout)
+        .max_response_bytes(p.max_response_bytes)
         .observer(std::sync::Arc::new(crate::metrics::ClientMetrics));
     if let Some(t) = &p.tenant {
         b = b.tenant(t);

@@ -52,6 +52,7 @@ pub struct ClientBuilder {
     user_agent: Option<String>,
     tls: TlsOptions,
     allow_insecure_http: bool,
+    max_response_bytes: Option<usize>,
     observer: observe::SharedObserver,
 }
 
@@ -150,6 +151,13 @@ impl ClientBuilder {
         self
     }
 
+    /// The largest REST response body read; a larger one is [`Error::TooLarge`], not retried.
+    /// Default [`DEFAULT_MAX_RESPONSE_BYTES`](crate::DEFAULT_MAX_RESPONSE_BYTES) (16 MiB).
+    pub fn max_response_bytes(mut self, bytes: usize) -> Self {
+        self.max_response_bytes = Some(bytes);
+        self
+    }
+
     /// Accept an `http://` base URL to a host that is not loopback. The key then crosses the
     /// network in cleartext (the `Authorization` header, the socket's `?token=`): only for a
     /// network where nobody can listen. Default: refused, with an error saying so.
@@ -219,6 +227,9 @@ impl ClientBuilder {
                 socket_tls: tls.socket,
                 handshakes: tokio::sync::Semaphore::new(MAX_CONCURRENT_HANDSHAKES),
                 observer: self.observer,
+                max_response_bytes: self
+                    .max_response_bytes
+                    .unwrap_or(crate::DEFAULT_MAX_RESPONSE_BYTES),
             }),
         })
     }

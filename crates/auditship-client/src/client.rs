@@ -45,6 +45,8 @@ pub(crate) struct Inner {
     pub(crate) handshakes: tokio::sync::Semaphore,
     /// Told of responses, retries, frames and transports.
     pub(crate) observer: observe::SharedObserver,
+    /// The largest response body read.
+    pub(crate) max_response_bytes: usize,
 }
 
 /// A sandbox: anything that names one (`&str`, `String`).
@@ -168,6 +170,34 @@ impl Client {
         url
     }
 
+    /// A response's body, refused once it passes `max_response_bytes` (before reading it, when
+    /// the server states its length).
+    async fn read_body(&self, mut resp: reqwest::Response, path: &str) -> Result<Bytes, Error> {
+        let limit = self.inner.max_response_bytes;
+        let too_large = || Error::TooLarge {
+            what: format!("the response to GET {path}"),
+            limit_bytes: limit,
+        };
+        if resp.content_length().is_some_and(|n| n > limit as u64) {
+            return Err(too_large());
+        }
+        // Most bodies arrive as one chunk: hand it on without a copy.
+        let mut chunks: Vec<Bytes> = Vec::new();
+        let mut total = 0usize;
+        while let Some(chunk) = resp.chunk().await.map_err(|e| self.transport(&e))? {
+            total += chunk.len();
+            if total > limit {
+                return Err(too_large());
+            }
+            chunks.push(chunk);
+        }
+        Ok(match chunks.len() {
+            0 => Bytes::new(),
+            1 => chunks.swap_remove(0),
+            _ => chunks.concat().into(),
+        })
+    }
+
     /// One GET, no retry. `what` names the resource for 404 messages.
     async fn get_once(&self, path: &str, query: &[(&str, String)], what: &str) -> Result<Bytes, Error> {
         self.inner.limiter.acquire().await;
@@ -195,7 +225,7 @@ impl Client {
             .and_then(|v| v.trim().parse::<f64>().ok())
             .filter(|s| s.is_finite() && *s >= 0.0)
             .map(|s| Duration::from_secs_f64(s.min(3600.0)));
-        let body = resp.bytes().await.map_err(|e| self.transport(&e))?;
+        let body = self.read_body(resp, path).await?;
         if (200..300).contains(&status) {
             return Ok(body);
         }

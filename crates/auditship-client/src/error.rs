@@ -97,6 +97,15 @@ pub enum Error {
         /// The payload, when there is one.
         raw: Option<Bytes>,
     },
+    /// A response was larger than the client reads. Not retryable: the same server sends the
+    /// same size again; the fix is a larger limit, or a smaller page.
+    #[error("{what} is larger than {limit_bytes} bytes, the most this client reads; if the API's events really are that large, raise max_response_bytes in [source] (ClientBuilder::max_response_bytes in the library)")]
+    TooLarge {
+        /// What was being read.
+        what: String,
+        /// The limit it passed.
+        limit_bytes: usize,
+    },
     /// The client was configured wrongly (a bad base URL, a missing key).
     #[error("invalid Miosa client configuration: {0}")]
     Config(String),

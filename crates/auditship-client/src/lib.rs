@@ -71,6 +71,11 @@ pub use views::{OrgAudit, SandboxAudit, SandboxHandle};
 /// The default API base URL.
 pub const DEFAULT_BASE_URL: &str = "https://api.miosa.ai/api/v1";
 
+/// The largest REST response body read by default: 16 MiB, some 300 times a full page of 100
+/// events. A server that sends more (a broken proxy, a hostile endpoint) gets an error, not
+/// the process's memory ([`ClientBuilder::max_response_bytes`]).
+pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
+
 /// Socket handshakes one client runs at once.
 pub(crate) const MAX_CONCURRENT_HANDSHAKES: usize = 64;
 

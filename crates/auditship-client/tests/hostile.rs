@@ -1,0 +1,147 @@
+//! A hostile or broken server cannot take the client's memory: each limit ends in a clear
+//! error, on a real TCP connection to a server written here byte by byte.
+
+use std::time::Duration;
+
+use auditship_client::secret::ApiKey;
+use auditship_client::{Client, Error, Filters};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+/// A server that answers every request with `head`, then calls `body` with the socket until it
+/// fails (the client hung up). Returns its base URL.
+async fn server<F, Fut>(head: &'static str, body: F) -> String
+where
+    F: Fn(tokio::net::TcpStream) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("binding a loopback port");
+    let addr = listener.local_addr().expect("a bound address");
+    let body = std::sync::Arc::new(body);
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let body = body.clone();
+            tokio::spawn(async move {
+                let mut request = vec![0u8; 8192];
+                let mut read = 0;
+                while !request[..read].windows(4).any(|w| w == b"\r\n\r\n") {
+                    match socket.read(&mut request[read..]).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => read += n,
+                    }
+                }
+                if socket.write_all(head.as_bytes()).await.is_err() {
+                    return;
+                }
+                body(socket).await;
+            });
+        }
+    });
+    format!("http://{addr}/api/v1")
+}
+
+fn client(base: &str, max_response_bytes: usize) -> Client {
+    Client::builder()
+        .base_url(base)
+        .api_key(ApiKey::new("msk_test_hostile"))
+        .max_response_bytes(max_response_bytes)
+        .build()
+        .expect("a client")
+}
+
+/// A body that never ends (chunked, no length) is cut off at the limit: the call returns
+/// `TooLarge` instead of reading until memory runs out, which would never return here.
+#[tokio::test]
+async fn an_endless_body_is_refused_at_the_limit() {
+    let base = server(
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n",
+        |mut socket| async move {
+            let chunk = format!("{:x}\r\n{}\r\n", 64 * 1024, "x".repeat(64 * 1024));
+            loop {
+                if socket.write_all(chunk.as_bytes()).await.is_err() {
+                    return;
+                }
+            }
+        },
+    )
+    .await;
+    let listed = tokio::time::timeout(
+        Duration::from_secs(20),
+        client(&base, 1024 * 1024)
+            .sandbox("sb-1")
+            .audit()
+            .list(&Filters::default()),
+    )
+    .await
+    .expect("the client stopped reading at its limit");
+    match listed {
+        Err(
+            e @ Error::TooLarge {
+                limit_bytes: 1_048_576,
+                ..
+            },
+        ) => {
+            assert!(!e.is_retryable());
+            let shown = e.to_string();
+            assert!(
+                shown.contains("max_response_bytes") && !shown.contains("msk_test_hostile"),
+                "{shown}"
+            );
+        }
+        other => panic!("expected TooLarge, got {other:?}"),
+    }
+}
+
+/// A declared length over the limit is refused before a byte of the body is read.
+#[tokio::test]
+async fn a_declared_length_over_the_limit_is_refused_before_reading() {
+    let base = server(
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 1073741824\r\n\r\n",
+        |socket| async move {
+            // Send nothing: a client that waited for the body would time out instead.
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            drop(socket);
+        },
+    )
+    .await;
+    let listed = tokio::time::timeout(
+        Duration::from_secs(10),
+        client(&base, 1024 * 1024)
+            .sandbox("sb-1")
+            .audit()
+            .list(&Filters::default()),
+    )
+    .await
+    .expect("refused without waiting for the body");
+    assert!(matches!(listed, Err(Error::TooLarge { .. })), "{listed:?}");
+}
+
+/// Under the limit, a body in many chunks arrives whole.
+#[tokio::test]
+async fn a_body_in_many_chunks_under_the_limit_arrives_whole() {
+    let base = server(
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n",
+        |mut socket| async move {
+            let page = r#"{"data":[{"id":"evt_1","resource_id":"sb-1","inserted_at":"2026-11-25T10:00:00Z"},{"id":"evt_2","resource_id":"sb-1","inserted_at":"2026-11-25T10:00:01Z"}]}"#;
+            for piece in page.as_bytes().chunks(7) {
+                let chunk = format!("{:x}\r\n{}\r\n", piece.len(), String::from_utf8_lossy(piece));
+                if socket.write_all(chunk.as_bytes()).await.is_err() {
+                    return;
+                }
+                let _ = socket.flush().await;
+            }
+            let _ = socket.write_all(b"0\r\n\r\n").await;
+        },
+    )
+    .await;
+    let listed = client(&base, 1024 * 1024)
+        .sandbox("sb-1")
+        .audit()
+        .list(&Filters::default())
+        .await
+        .expect("a page");
+    let ids: Vec<&str> = listed.iter().map(|e| e.id()).collect();
+    assert_eq!(ids, ["evt_1", "evt_2"]);
+}
