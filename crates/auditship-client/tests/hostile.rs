@@ -1,6 +1,8 @@
 //! A hostile or broken server cannot take the client's memory: each limit ends in a clear
 //! error, on a real TCP connection to a server written here byte by byte.
 
+#![allow(clippy::expect_used)]
+
 use std::time::Duration;
 
 use auditship_client::secret::ApiKey;
