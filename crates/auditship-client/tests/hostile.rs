@@ -147,3 +147,53 @@ async fn a_body_in_many_chunks_under_the_limit_arrives_whole() {
     let ids: Vec<&str> = listed.iter().map(|e| e.id()).collect();
     assert_eq!(ids, ["evt_1", "evt_2"]);
 }
+
+/// A full response with `body`, then the connection closed.
+fn response(body: &str) -> String {
+    format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+/// Requests the server below has answered.
+static ANSWERED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// A `next_cursor` that comes back, or fresh cursors over the same page, end cursor paging
+/// (with a warning) instead of being followed forever on the key's budget; the events come
+/// once each.
+#[tokio::test]
+async fn cursors_that_loop_or_stall_end_in_since_paging() {
+    for fresh_cursors in [false, true] {
+        let base = server("", move |mut socket| async move {
+            let n = ANSWERED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let cursor = if fresh_cursors { format!("c{n}") } else { "c1".to_string() };
+            let page = format!(
+                r#"{{"data":[{{"id":"evt_1","resource_id":"sb-1","inserted_at":"2026-11-25T10:00:00Z"}},{{"id":"evt_2","resource_id":"sb-1","inserted_at":"2026-11-25T10:00:01Z"}}],"next_cursor":"{cursor}","has_more":true}}"#
+            );
+            let _ = socket.write_all(response(&page).as_bytes()).await;
+        })
+        .await;
+        let before = ANSWERED.load(std::sync::atomic::Ordering::Relaxed);
+        let filters = Filters {
+            resource_id: Some("sb-1".into()),
+            ..Filters::default()
+        };
+        let all: Vec<_> = tokio::time::timeout(
+            Duration::from_secs(20),
+            futures_util::StreamExt::collect::<Vec<_>>(client(&base, 1024 * 1024).audit().list_all(filters)),
+        )
+        .await
+        .expect("the listing ended");
+        let ids: Vec<String> = all
+            .into_iter()
+            .map(|e| e.expect("an event").id().to_string())
+            .collect();
+        assert_eq!(ids, ["evt_1", "evt_2"], "fresh cursors: {fresh_cursors}");
+        let asked = ANSWERED.load(std::sync::atomic::Ordering::Relaxed) - before;
+        assert!(
+            asked <= 5,
+            "{asked} requests for one page (fresh cursors: {fresh_cursors})"
+        );
+    }
+}

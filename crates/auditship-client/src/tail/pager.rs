@@ -19,8 +19,11 @@ pub(crate) struct Pager {
     started: bool,
     finished: bool,
     pub(super) warned_ties: bool,
-    /// The server refused a `next_cursor` it gave us: page by `since` from now on.
+    /// The server refused a `next_cursor` it gave us, or its cursors went round in a circle
+    /// or stopped moving: page by `since` from now on.
     ignore_cursor: bool,
+    /// The cursors followed since the last `since` request: one coming back is a loop.
+    followed: std::collections::HashSet<String>,
 }
 
 /// The largest page a pager asks for when timestamp ties overflow a page.
@@ -51,6 +54,7 @@ impl Pager {
             finished: false,
             warned_ties: false,
             ignore_cursor: false,
+            followed: std::collections::HashSet::new(),
         }
     }
 
@@ -99,6 +103,7 @@ impl Pager {
                 filters.since = self.chain.0.clone();
             }
             None => {
+                self.followed.clear();
                 let since = self.next_since(seen);
                 let floor = since
                     .as_deref()
@@ -125,6 +130,8 @@ impl Pager {
             Err(e) => return Err(e),
         };
         let floor = self.chain.1;
+        let via_cursor = self.cursor.is_some();
+        let frontier_before = self.frontier_us();
         let mut ordered: Vec<(i64, usize, AuditEvent)> = page
             .events
             .into_iter()
@@ -163,6 +170,26 @@ impl Pager {
         self.cursor = page
             .next_cursor
             .filter(|_| page.has_more != Some(false) && !self.ignore_cursor);
+        // A cursor that comes back, or a cursor page that neither moved this pager's frontier
+        // nor brought an event, would be followed forever, spending the key's shared budget:
+        // `since`-paging from the frontier reached is always correct, and it ends.
+        if let Some(c) = &self.cursor {
+            let repeated = !self.followed.insert(c.clone());
+            let stalled = via_cursor && events.is_empty() && self.frontier_us() == frontier_before;
+            if repeated || stalled {
+                tracing::warn!(
+                    resource_id = self.base.resource_id.as_deref().unwrap_or("*"),
+                    why = if repeated {
+                        "a next_cursor came back"
+                    } else {
+                        "a cursor page brought nothing new"
+                    },
+                    "the server's cursor paging does not move forward; paging by since instead"
+                );
+                self.ignore_cursor = true;
+                self.cursor = None;
+            }
+        }
         let limit = self.base.limit.unwrap_or(100);
         if self.cursor.is_none() && !advanced && returned >= limit as usize && limit < MAX_PAGE_LIMIT {
             // A full page that all shares the `since` timestamp: more events may share it than a
