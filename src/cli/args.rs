@@ -56,6 +56,10 @@ pub enum Command {
         /// this address (e.g. 127.0.0.1:9464; port 0 picks one and logs it).
         #[arg(long, env = "AUDITSHIP_METRICS_ADDR")]
         metrics_addr: Option<std::net::SocketAddr>,
+        /// With --shard I/N, add I to --metrics-addr's port (9460 serves shard 0, 9470 shard
+        /// 10), so that one service template gives every shard a port of its own.
+        #[arg(long, requires_all = ["shard", "metrics_addr"])]
+        metrics_port_per_shard: bool,
     },
     /// Ship a window of past events through the list endpoint, then exit.
     ///

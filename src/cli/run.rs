@@ -7,7 +7,7 @@ use auditship::config::{self, LoadMode, PipelineConfig};
 use auditship::pipeline::{self, Mode, RunOptions};
 use tokio_util::sync::CancellationToken;
 
-use super::exit::{self, Code, CommandResult, Failure};
+use super::exit::{self, fail, Code, CommandResult, Failure};
 use super::{define_shard_vars, shutdown_signal};
 
 /// Load and check the pipelines `run` follows (after sharding). `Ok(vec![])`: this shard owns
@@ -76,13 +76,40 @@ enum Generation {
     Reload(Vec<PipelineConfig>),
 }
 
+/// `--metrics-port-per-shard`: the metrics port of shard `s`, `addr`'s port plus its index.
+fn shard_metrics_addr(
+    mut addr: std::net::SocketAddr,
+    s: auditship::shard::Shard,
+) -> Result<std::net::SocketAddr, Failure> {
+    let port = u32::from(addr.port()) + s.index;
+    match u16::try_from(port) {
+        Ok(p) if addr.port() != 0 => {
+            addr.set_port(p);
+            Ok(addr)
+        }
+        _ => Err(fail(
+            Code::Fix,
+            format!(
+                "--metrics-port-per-shard: port {} plus shard {} is not a port (1 to 65535); give --metrics-addr a base port such as 9460",
+                addr.port(),
+                s.index
+            ),
+        )),
+    }
+}
+
 /// `auditship run`: every pipeline until SIGTERM/SIGINT or a failure; SIGHUP reloads.
 pub async fn run(
     paths: Vec<PathBuf>,
     shard: Option<auditship::shard::Shard>,
     metrics_addr: Option<std::net::SocketAddr>,
+    metrics_port_per_shard: bool,
 ) -> CommandResult {
     define_shard_vars(shard);
+    let metrics_addr = match (metrics_addr, shard) {
+        (Some(addr), Some(s)) if metrics_port_per_shard => Some(shard_metrics_addr(addr, s)?),
+        (addr, _) => addr,
+    };
     let mut pipelines = load_for_run(&paths, shard)?;
     let stop = shutdown_signal();
     if let Some(addr) = metrics_addr {

@@ -227,3 +227,54 @@ fn the_families_and_their_help_texts_stay_as_they_were() {
         path.display()
     );
 }
+
+/// The systemd unit's command line works for any shard: shard 10 of 12 gets the base port plus
+/// 10 (`--metrics-port-per-shard`), shown here by taking that port first. (The unit used to
+/// append the shard to the port's digits: `946%i` made port 94610 for shard 10.)
+#[tokio::test(flavor = "multi_thread")]
+async fn the_systemd_unit_gives_every_shard_its_own_metrics_port() {
+    let unit = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/systemd/auditship@.service"),
+    )
+    .unwrap();
+    let exec = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecStart="))
+        .expect("the unit has an ExecStart");
+    let ids: Vec<String> = (0..60).map(|i| format!("sb-{i}")).collect();
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let sim = sim(&ids, SimConfig::default()).await;
+    let ws = Workspace::new(&sim, &ids, "", "");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let shard_port = taken.local_addr().unwrap().port();
+    let base = shard_port - 10;
+    let args: Vec<String> = exec
+        .split_whitespace()
+        .skip(1) // the binary's path
+        .map(|a| {
+            a.replace("%i", "10")
+                .replace("${SHARDS}", "12")
+                .replace("127.0.0.1:9460", &format!("127.0.0.1:{base}"))
+        })
+        .map(|a| {
+            if a.ends_with(".toml") {
+                "pipe.toml".to_string()
+            } else {
+                a
+            }
+        })
+        .collect();
+    assert!(
+        args.iter().any(|a| a == &format!("127.0.0.1:{base}")),
+        "the unit's base port moved: {exec}"
+    );
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = ws.run(sim.api_key(), &args);
+    assert_eq!(out.code, Some(1), "{args:?}: stderr: {}", out.stderr);
+    assert!(
+        out.stderr
+            .contains(&format!("cannot listen on 127.0.0.1:{shard_port} for metrics")),
+        "{args:?}: {}",
+        out.stderr
+    );
+}
