@@ -92,10 +92,12 @@ async fn dropped_sockets_reconnect_and_catch_up_without_a_gap() {
     )
     .await;
     let ws = Workspace::new(&sim, &ids, "", "");
-    let before = auditship::metrics::SOCKET_DROPS.get();
     ship(&ws, &sim, &ids).await;
     assert_exactly_once(&ws.archive_lines(), &sim_lines(&sim, &ids));
-    let drops = auditship::metrics::SOCKET_DROPS.get() - before;
+    // Counted by this test's own simulator (the process-wide metric is shared with the tests
+    // running beside this one): a socket is dropped every 7 frames, so the live events reached
+    // the archive only through many reconnects.
+    let drops = sim.faults().socket_drops;
     assert!(drops > 10, "sockets were dropped and reopened: {drops}");
 }
 

@@ -105,17 +105,27 @@ max_events = {batch_max_events}
 
     /// Events committed by the checkpoint, all sandboxes of the live stream.
     pub fn committed_events(&self) -> i64 {
+        // Before the first start there is nothing to read, and that is 0. Any other failure
+        // fails the test: a reader that answered 0 on an error would let "the checkpoint held
+        // still" pass with the database unreadable.
         let db = self.path().join("state/checkpoints.db");
-        let Ok(conn) = rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-        else {
+        if !db.exists() {
             return 0;
-        };
-        conn.query_row(
+        }
+        let conn = rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .unwrap_or_else(|e| panic!("opening {}: {e}", db.display()));
+        conn.busy_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|e| panic!("{}: {e}", db.display()));
+        match conn.query_row(
             "SELECT COALESCE(SUM(events_shipped), 0) FROM checkpoints WHERE stream = 'live'",
             [],
             |r| r.get(0),
-        )
-        .unwrap_or(0)
+        ) {
+            Ok(n) => n,
+            // Created, not yet migrated: the process is starting.
+            Err(rusqlite::Error::SqliteFailure(_, Some(m))) if m.contains("no such table") => 0,
+            Err(e) => panic!("reading the checkpoints in {}: {e}", db.display()),
+        }
     }
 
     pub fn path(&self) -> &Path {
