@@ -3,7 +3,7 @@
 
 use std::fs::OpenOptions;
 use std::io::Write as _;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -142,10 +142,7 @@ pub(super) async fn writer_task(
         let p = path.clone();
         let written = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
             if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::DirBuilder::new()
-                    .recursive(true)
-                    .mode(0o750)
-                    .create(dir)?;
+                auditship_sink::create_dir_all_durable(dir, 0o750)?;
             }
             let mut f = OpenOptions::new()
                 .create(true)

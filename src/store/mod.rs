@@ -13,7 +13,7 @@
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -61,10 +61,7 @@ impl Store {
             message,
         };
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o750)
-                .create(dir)
+            auditship_sink::create_dir_all_durable(dir, 0o750)
                 .map_err(|e| open_err(format!("creating directory {}: {e}", dir.display())))?;
         }
         // Create the file ourselves so it is never world-readable.

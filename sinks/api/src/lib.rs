@@ -20,11 +20,13 @@ use bytes::Bytes;
 mod archive;
 mod component;
 mod config;
+mod durable;
 pub mod template;
 
 pub use archive::{Archive, DirArchive};
 pub use component::{decode_component, encode_component, RESERVED_PREFIX};
 pub use config::{ArchiveLocation, Field, Interpolate, SinkConfig};
+pub use durable::create_dir_all_durable;
 
 /// One audit event as it travels through the pipeline: the raw JSON plus the few fields the
 /// pipeline reads. The raw bytes are the event exactly as the API sent it (envelopes removed,

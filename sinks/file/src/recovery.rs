@@ -84,10 +84,7 @@ pub(crate) fn format_day(day: i64) -> String {
 pub(crate) fn open_for_append(path: &Path, expected_len: u64) -> Result<(File, bool, u64), SinkError> {
     if let Some(dir) = path.parent() {
         if !dir.as_os_str().is_empty() {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o750)
-                .create(dir)
+            auditship_sink::create_dir_all_durable(dir, 0o750)
                 .map_err(|e| SinkError::io(format!("creating directory {}", dir.display()), e))?;
         }
     }

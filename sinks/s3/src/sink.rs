@@ -70,7 +70,7 @@ impl S3Sink {
             .as_ref()
             .map(PathBuf::from)
             .unwrap_or(default_staging);
-        std::fs::create_dir_all(&staging)
+        auditship_sink::create_dir_all_durable(&staging, 0o750)
             .map_err(|e| SinkError::io(format!("creating staging directory {}", staging.display()), e))?;
         let seed = format!(
             "{}:{}:{}:{:?}",
