@@ -439,6 +439,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsStream<S> {
             if masked {
                 return Err(protocol("the server sent a masked frame"));
             }
+            // Before the size cap: an oversized control frame breaks the protocol (1002), it
+            // is not a message too big to take (1009).
+            if opcode >= 8 && (len > 125 || !fin) {
+                return Err(protocol("a control frame is fragmented or over 125 bytes"));
+            }
             let len = match usize::try_from(len) {
                 Ok(n) if n <= MAX_FRAME_BYTES => n,
                 _ => {
@@ -447,9 +452,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsStream<S> {
                     })
                 }
             };
-            if opcode >= 8 && (len > 125 || !fin) {
-                return Err(protocol("a control frame is fragmented or over 125 bytes"));
-            }
             if b.len() < head + len {
                 return Ok(Err(head + len));
             }
@@ -481,7 +483,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsStream<S> {
                     self.partial = Some((text, so_far));
                 }
                 OP_PING => {
-                    if !self.close_sent {
+                    // A server that pings and never reads what we write would grow the queue
+                    // without end: past a bound, pings go unanswered (a pong answers the latest
+                    // ping anyway, RFC 6455 5.5.3), and the server is read on.
+                    if !self.close_sent && self.out.len() < MAX_QUEUED_BYTES {
                         queue_frame(&mut self.out, OP_PONG, &payload);
                     }
                     return Ok(Ok(Message::Ping));
@@ -493,6 +498,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsStream<S> {
                         1 => return Err(protocol("a close frame with a one-byte body")),
                         _ => {
                             let code = u16::from_be_bytes([payload[0], payload[1]]);
+                            if !close_code_may_be_sent(code) {
+                                return Err(protocol(&format!(
+                                    "a close frame with code {code}, which no endpoint may send"
+                                )));
+                            }
                             let reason = std::str::from_utf8(&payload[2..])
                                 .map_err(|_| protocol("a close frame's reason is not UTF-8"))?;
                             Some((code, reason.to_string()))
@@ -595,6 +605,16 @@ const OP_BINARY: u8 = 0x2;
 const OP_CLOSE: u8 = 0x8;
 const OP_PING: u8 = 0x9;
 const OP_PONG: u8 = 0xa;
+
+/// Bytes of pongs and close frames queued for writing beyond which pings are not answered.
+const MAX_QUEUED_BYTES: usize = 4096;
+
+/// Whether a peer may put `code` in a close frame (RFC 6455 7.4 and the IANA registry): 1000-1003,
+/// 1007-1014, and 3000-4999 for libraries and applications. 1005, 1006 and 1015 only report
+/// what happened locally and are never sent; the rest are reserved or undefined.
+fn close_code_may_be_sent(code: u16) -> bool {
+    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
+}
 
 fn protocol(what: &str) -> WsError {
     WsError::Protocol(what.to_string())
@@ -802,6 +822,57 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn every_close_code_a_peer_may_send_is_echoed() {
+        for code in [1000u16, 1001, 1003, 1007, 1011, 1012, 1014, 3000, 4999] {
+            let (mut ws, mut server) = pair();
+            server
+                .write_all(&frame(true, OP_CLOSE, &code.to_be_bytes()))
+                .await
+                .unwrap();
+            match ws.next().await {
+                Some(Ok(Message::Close(Some((got, _))))) => assert_eq!(got, code),
+                other => panic!("{code}: {other:?}"),
+            }
+            drop(ws);
+            let mut back = Vec::new();
+            server.read_to_end(&mut back).await.unwrap();
+            assert_eq!(
+                client_frames(&back),
+                vec![(OP_CLOSE, code.to_be_bytes().to_vec())],
+                "{code}"
+            );
+        }
+    }
+
+    /// A server that pings without reading what we write: the pongs queued for it stay
+    /// bounded, and its pings are still read.
+    #[tokio::test]
+    async fn pongs_to_a_server_that_never_reads_stay_bounded() {
+        let (client, mut server) = tokio::io::duplex(1024);
+        let mut ws = WsStream::new(client, BytesMut::new());
+        let pings = 5_000;
+        let writer = tokio::spawn(async move {
+            let ping = frame(true, OP_PING, &[7; 125]);
+            for _ in 0..pings {
+                server.write_all(&ping).await.unwrap();
+            }
+            server
+        });
+        for i in 0..pings {
+            match ws.next().await {
+                Some(Ok(Message::Ping)) => {}
+                other => panic!("ping {i}: {other:?}"),
+            }
+            assert!(
+                ws.out.len() <= 4096 + 131,
+                "{} bytes queued after {i} pings",
+                ws.out.len()
+            );
+        }
+        drop(writer.await.unwrap());
+    }
+
+    #[tokio::test]
     async fn protocol_breaches_fail_the_socket_with_1002() {
         let masked = {
             let mut f = frame(true, OP_TEXT, b"abcd");
@@ -817,6 +888,19 @@ mod tests {
             ("text not UTF-8", frame(true, OP_TEXT, &[0xff, 0xfe])),
             ("continuation first", frame(true, OP_CONTINUATION, b"x")),
             ("long ping", frame(true, OP_PING, &[0; 126])),
+            // Over the message cap as well: still a protocol breach (1002), not 1009.
+            ("a 2 MiB ping", {
+                let mut h = vec![0x80 | OP_PING, 127];
+                h.extend_from_slice(&(2u64 << 20).to_be_bytes());
+                h
+            }),
+            ("close code 1005", frame(true, OP_CLOSE, &1005u16.to_be_bytes())),
+            ("close code 1006", frame(true, OP_CLOSE, &1006u16.to_be_bytes())),
+            ("close code 1015", frame(true, OP_CLOSE, &1015u16.to_be_bytes())),
+            ("close code 999", frame(true, OP_CLOSE, &999u16.to_be_bytes())),
+            ("close code 1004", frame(true, OP_CLOSE, &1004u16.to_be_bytes())),
+            ("close code 2999", frame(true, OP_CLOSE, &2999u16.to_be_bytes())),
+            ("close code 5000", frame(true, OP_CLOSE, &5000u16.to_be_bytes())),
             ("unknown opcode", frame(true, 0x3, b"x")),
             ("new message inside a fragmented one", {
                 let mut w = frame(false, OP_TEXT, b"a");
