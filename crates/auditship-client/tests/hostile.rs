@@ -197,3 +197,75 @@ async fn cursors_that_loop_or_stall_end_in_since_paging() {
         );
     }
 }
+
+/// Socket upgrades the pinging server below has accepted.
+static UPGRADES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// A server whose socket pings every 50 ms and does nothing else (it sends no event, reads
+/// nothing, so never answers our ping): its pings must not pass for life. The tail drops the
+/// socket after twice `ping_after` and connects again. (Pings reset the idle timer before, and
+/// such a socket was kept forever.) The list endpoint answers empty pages.
+#[tokio::test]
+async fn a_socket_that_only_pings_is_dropped_as_idle() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("a loopback port");
+    let addr = listener.local_addr().expect("an address");
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut request = vec![0u8; 8192];
+                let mut read = 0;
+                while !request[..read].windows(4).any(|w| w == b"\r\n\r\n") {
+                    match socket.read(&mut request[read..]).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => read += n,
+                    }
+                }
+                // The key's case matters: only the header's name is matched without case.
+                let raw = String::from_utf8_lossy(&request[..read]).into_owned();
+                let Some(key) = raw
+                    .lines()
+                    .find(|l| l.to_ascii_lowercase().starts_with("sec-websocket-key:"))
+                    .and_then(|l| l.split_once(':'))
+                    .map(|(_, v)| v.trim().to_string())
+                else {
+                    let _ = socket.write_all(response(r#"{"data":[]}"#).as_bytes()).await;
+                    return;
+                };
+                use sha1::Digest as _;
+                let accept = data_encoding::BASE64.encode(&sha1::Sha1::digest(
+                    format!("{key}258EAFA5-E914-47DA-95CA-C5AB0DC85B11").as_bytes(),
+                ));
+                let upgraded = format!(
+                    "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-accept: {accept}\r\nsec-websocket-protocol: {}\r\n\r\n",
+                    auditship_client::SUBPROTOCOL
+                );
+                if socket.write_all(upgraded.as_bytes()).await.is_err() {
+                    return;
+                }
+                UPGRADES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                // Ping, never read: the client's pongs and pings go unanswered.
+                while socket.write_all(&[0x89, 0x00]).await.is_ok() {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            });
+        }
+    });
+    let base = format!("http://{addr}/api/v1");
+    let options = auditship_client::TailOptions {
+        transport: auditship_client::Transport::WebSocket,
+        ping_after: Duration::from_millis(300),
+        socket_retry_max: Duration::from_secs(1),
+        ..auditship_client::TailOptions::default()
+    };
+    let tail = client(&base, 1024 * 1024).sandbox("sb-1").audit().tail(options);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while UPGRADES.load(std::sync::atomic::Ordering::Relaxed) < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the socket that only pings was kept: {} upgrade(s) in 15 s",
+            UPGRADES.load(std::sync::atomic::Ordering::Relaxed)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(tail);
+}

@@ -45,6 +45,9 @@ fn observe_first(first: &FirstFrame, msg: &Message) {
 /// How long into the live phase the one-time sweep runs (see `follow_socket`).
 const SWEEP_AFTER: Duration = Duration::from_secs(2);
 
+/// How long a closing handshake may take to write before the socket is simply dropped.
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
+
 /// The dead letter for a frame over the cap: its bytes were never read, so there is no payload;
 /// the socket closes and the catch-up after the reconnect fetches the event, if it was one,
 /// through the list endpoint.
@@ -492,9 +495,17 @@ impl TailTask {
                     }
                     pinged = true;
                     idle.as_mut().reset(Instant::now() + ping_after);
-                    if let Err(e) = socket.ping().await {
-                        let reason = self.client.key().redact(&e.to_string());
-                        return SocketEnd::Dropped { reason, worked };
+                    // A server that reads nothing would hold this write forever.
+                    match tokio::time::timeout(ping_after, socket.ping()).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => {
+                            let reason = self.client.key().redact(&e.to_string());
+                            return SocketEnd::Dropped { reason, worked };
+                        }
+                        Err(_) => {
+                            let reason = format!("the server took no ping for {} s", ping_after.as_secs_f64());
+                            return SocketEnd::Dropped { reason, worked };
+                        }
                     }
                     continue;
                 }
@@ -508,12 +519,18 @@ impl TailTask {
                     continue;
                 }
                 _ = self.tx.closed() => {
-                    let _ = socket.close().await;
+                    // Bounded: a server that reads nothing cannot keep a dropped tail alive.
+                    let _ = tokio::time::timeout(CLOSE_WAIT, socket.close()).await;
                     return SocketEnd::Gone;
                 }
             };
-            last_frame = Instant::now();
-            pinged = false;
+            // A server's own pings show that it is connected, not that it delivers: only other
+            // frames (data, the pong to our ping, a close) count, so a server that pings and
+            // sends nothing else is still found idle and dropped.
+            if !matches!(frame, Some(Ok(Message::Ping))) {
+                last_frame = Instant::now();
+                pinged = false;
+            }
             // Take every frame already read, up to a chunk, before handing events over.
             let mut next = Some(frame);
             while let Some(frame) = next.take() {
