@@ -158,4 +158,17 @@ mod tests {
             );
         }
     }
+
+    /// A unit that is one endless line (a tampered archive) ends the read with an error,
+    /// which `verify` reports as the stretch altered, after at most the line limit in memory:
+    /// it is never read to its end.
+    #[test]
+    fn an_endless_line_is_an_error_not_a_read_to_exhaustion() {
+        let endless = std::io::repeat(b'x');
+        let mut chunks = 0;
+        let e = read_unit(endless, UnitCompression::None, |_| chunks += 1).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::InvalidData, "{e}");
+        assert!(e.to_string().contains("a line longer than"), "{e}");
+        assert_eq!(chunks, 0, "no part of the line was handed on as a line");
+    }
 }

@@ -49,6 +49,9 @@ pub fn read_unit(
             if let Some(cut) = memchr::memrchr(b'\n', &buf[filled..]).map(|i| filled + i + 1) {
                 let rest = buf.split_off(cut);
                 lines(Bytes::from(std::mem::replace(&mut buf, rest)));
+            } else if buf.len() > auditship_sink::MAX_LINE_BYTES {
+                // One line, still open, past any event's size: a tampered unit.
+                return Err(auditship_sink::line_too_long());
             }
         }
     }

@@ -328,10 +328,22 @@ fn read_archive_ids(
         if file.metadata()?.modified().is_ok_and(|m| m < oldest) {
             continue;
         }
-        let reader = std::io::BufReader::new(compression.decoder(file)?);
-        for line in reader.lines() {
-            let line = line?;
-            let Some(fields) = crate::transform::raw::Fields::parse(line.as_bytes()) else {
+        let mut reader = std::io::BufReader::new(compression.decoder(file)?);
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            // At most one byte past the limit is read, so an endless line costs no memory.
+            let limit = auditship_sink::MAX_LINE_BYTES as u64 + 1;
+            if std::io::Read::take(&mut reader, limit).read_until(b'\n', &mut line)? == 0 {
+                break;
+            }
+            if line.len() > auditship_sink::MAX_LINE_BYTES {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("{rel}: {}", auditship_sink::line_too_long()),
+                ));
+            }
+            let Some(fields) = crate::transform::raw::Fields::parse(&line) else {
                 continue;
             };
             let rid = fields.text("resource_id").map(|(_, t)| t);

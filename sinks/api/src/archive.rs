@@ -102,13 +102,93 @@ impl UnitCompression {
 
     /// The decoded bytes of `raw`, a unit stored with this compression: every gzip member or
     /// zstd frame in turn (sinks flush in independent members and frames).
+    ///
+    /// A unit that decodes to more than [`MAX_EXPANSION`] times the bytes read of it (past
+    /// [`EXPANSION_FLOOR_BYTES`]) is refused with an `InvalidData` error as it reads: a
+    /// tampered archive's decompression bomb must not take a reader's memory or hours of its
+    /// time. Readers report that unit as unreadable (verify: altered).
     pub fn decoder<'a>(self, raw: impl Read + 'a) -> io::Result<Box<dyn Read + 'a>> {
-        Ok(match self {
-            UnitCompression::None => Box::new(raw),
-            UnitCompression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(raw)),
-            UnitCompression::Zstd => Box::new(zstd::stream::read::Decoder::new(raw)?),
-        })
+        self.decoder_with_floor(raw, EXPANSION_FLOOR_BYTES)
     }
+
+    /// [`UnitCompression::decoder`] with another floor (tests use a small one).
+    fn decoder_with_floor<'a>(self, raw: impl Read + 'a, floor: u64) -> io::Result<Box<dyn Read + 'a>> {
+        let read = std::rc::Rc::new(std::cell::Cell::new(0u64));
+        let counted = Counted {
+            inner: raw,
+            read: read.clone(),
+        };
+        let decoded: Box<dyn Read + 'a> = match self {
+            UnitCompression::None => return Ok(Box::new(counted.inner)),
+            UnitCompression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(counted)),
+            UnitCompression::Zstd => Box::new(zstd::stream::read::Decoder::new(counted)?),
+        };
+        Ok(Box::new(Bounded {
+            inner: decoded,
+            read,
+            decoded: 0,
+            floor,
+        }))
+    }
+}
+
+/// The most a compressed unit may expand: JSON lines of audit events compress 5 to 30 times.
+pub const MAX_EXPANSION: u64 = 200;
+
+/// Decoded bytes always allowed, whatever the ratio (a small unit of very alike events).
+pub const EXPANSION_FLOOR_BYTES: u64 = 64 << 20;
+
+/// Counts the stored bytes a decoder has read.
+struct Counted<R> {
+    inner: R,
+    read: std::rc::Rc<std::cell::Cell<u64>>,
+}
+
+impl<R: Read> Read for Counted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.read.set(self.read.get() + n as u64);
+        Ok(n)
+    }
+}
+
+/// A decoder that fails once its output passes [`MAX_EXPANSION`] times its input.
+struct Bounded<'a> {
+    inner: Box<dyn Read + 'a>,
+    read: std::rc::Rc<std::cell::Cell<u64>>,
+    decoded: u64,
+    floor: u64,
+}
+
+impl Read for Bounded<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.decoded += n as u64;
+        let allowed = self.read.get().saturating_mul(MAX_EXPANSION).max(self.floor);
+        if self.decoded > allowed {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "decodes to more than {MAX_EXPANSION} times its stored size ({} bytes from {}): a decompression bomb, not a unit a sink wrote",
+                    self.decoded,
+                    self.read.get()
+                ),
+            ));
+        }
+        Ok(n)
+    }
+}
+
+/// The longest line readers take: far above any event (the client refuses REST bodies over
+/// 16 MiB and socket frames over 1 MiB), far below what would exhaust a reader's memory.
+pub const MAX_LINE_BYTES: usize = 64 << 20;
+
+/// The error for a line over [`MAX_LINE_BYTES`].
+pub fn line_too_long() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("a line longer than {MAX_LINE_BYTES} bytes: no event is that long"),
+    )
 }
 
 #[cfg(test)]
@@ -163,5 +243,53 @@ mod tests {
             assert_eq!(text, "a\nb\n", "{name}");
         }
         assert_eq!(UnitCompression::from_extension("auditship.manifest"), None);
+    }
+
+    /// 16 MiB of zeros compress to a few KiB: with a 1 MiB floor both decoders stop with
+    /// `InvalidData` a little past the floor, while the same bytes as a real unit's (events,
+    /// 10 times smaller compressed) decode whole.
+    #[test]
+    fn a_decompression_bomb_is_refused_and_a_real_unit_is_not() {
+        let bomb_plain = vec![0u8; 16 << 20];
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        gz.write_all(&bomb_plain).unwrap();
+        let gz = gz.finish().unwrap();
+        let zst = zstd::encode_all(&bomb_plain[..], 3).unwrap();
+        for (c, raw) in [(UnitCompression::Gzip, gz), (UnitCompression::Zstd, zst)] {
+            assert!(
+                raw.len() * (MAX_EXPANSION as usize) < bomb_plain.len(),
+                "{c:?}: not a bomb"
+            );
+            let mut out = Vec::new();
+            let e = c
+                .decoder_with_floor(&raw[..], 1 << 20)
+                .unwrap()
+                .read_to_end(&mut out)
+                .unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{c:?}: {e}");
+            assert!(e.to_string().contains("decompression bomb"), "{e}");
+            assert!(
+                out.len() <= 4 << 20,
+                "{c:?}: {} bytes decoded before stopping",
+                out.len()
+            );
+        }
+        let events: String = (0..20_000)
+            .map(|i| {
+                format!(
+                    "{{\"id\":\"evt_{i}\",\"resource_id\":\"sb-{}\",\"host\":\"h{}.example.com\"}}\n",
+                    i % 7,
+                    i * 7919 % 1000
+                )
+            })
+            .collect();
+        let zst = zstd::encode_all(events.as_bytes(), 3).unwrap();
+        let mut out = Vec::new();
+        UnitCompression::Zstd
+            .decoder_with_floor(&zst[..], 1 << 16)
+            .unwrap()
+            .read_to_end(&mut out)
+            .unwrap();
+        assert_eq!(out, events.as_bytes());
     }
 }

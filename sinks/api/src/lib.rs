@@ -23,7 +23,7 @@ mod config;
 mod durable;
 pub mod template;
 
-pub use archive::{Archive, DirArchive};
+pub use archive::{line_too_long, Archive, DirArchive, EXPANSION_FLOOR_BYTES, MAX_EXPANSION, MAX_LINE_BYTES};
 pub use component::{decode_component, encode_component, RESERVED_PREFIX};
 pub use config::{ArchiveLocation, Field, Interpolate, SinkConfig};
 pub use durable::create_dir_all_durable;
