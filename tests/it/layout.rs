@@ -32,28 +32,7 @@ fn packages(tree: &str) -> Vec<String> {
 
 #[test]
 fn the_client_crate_depends_on_no_storage_sink_server_or_cli_crate() {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let out = Command::new(cargo)
-        .args([
-            "tree",
-            "--offline",
-            "--locked",
-            "-p",
-            "auditship-client",
-            "-e",
-            "normal",
-            "--prefix",
-            "none",
-        ])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .expect("running cargo tree");
-    assert!(
-        out.status.success(),
-        "cargo tree failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let tree = String::from_utf8_lossy(&out.stdout);
+    let tree = cargo_tree("auditship-client", "normal");
     let names = packages(&tree);
     assert_eq!(
         names.first().map(String::as_str),
@@ -78,8 +57,8 @@ fn the_client_crate_depends_on_no_storage_sink_server_or_cli_crate() {
     );
 }
 
-/// `cargo tree` of the shipper with the given edge kinds and features shown, one line a node.
-fn shipper_tree(edges: &str) -> String {
+/// `cargo tree` of `package` with the given edge kinds, one line a node, no tree drawing.
+fn cargo_tree(package: &str, edges: &str) -> String {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let out = Command::new(cargo)
         .args([
@@ -87,7 +66,7 @@ fn shipper_tree(edges: &str) -> String {
             "--offline",
             "--locked",
             "-p",
-            "auditship",
+            package,
             "-e",
             edges,
             "--prefix",
@@ -114,7 +93,7 @@ fn sink_test_helpers_are_only_in_test_builds() {
             .map(|l| l.trim().to_string())
             .collect()
     };
-    let production = shipper_tree("normal,features");
+    let production = cargo_tree("auditship", "normal,features");
     assert!(
         production.contains("auditship-sink-s3") && production.contains("auditship-sink-kafka"),
         "the tree lacks the sink crates:\n{production}"
@@ -125,7 +104,7 @@ fn sink_test_helpers_are_only_in_test_builds() {
         "a production build turns on test helpers"
     );
     // The same question of the test build finds them, so the check above can fail.
-    let tests = testing(&shipper_tree("normal,dev,features"));
+    let tests = testing(&cargo_tree("auditship", "normal,dev,features"));
     for krate in ["auditship-sink", "auditship-sink-kafka", "auditship-sink-s3"] {
         assert!(
             tests.iter().any(|l| l.starts_with(&format!("{krate} feature"))),

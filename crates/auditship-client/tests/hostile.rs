@@ -10,6 +10,19 @@ use auditship_client::{Client, Error, Filters};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
+/// Read one request's head (to its blank line); `None` when the client hung up first.
+async fn read_request(socket: &mut tokio::net::TcpStream) -> Option<String> {
+    let mut request = vec![0u8; 8192];
+    let mut read = 0;
+    while !request[..read].windows(4).any(|w| w == b"\r\n\r\n") {
+        match socket.read(&mut request[read..]).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => read += n,
+        }
+    }
+    Some(String::from_utf8_lossy(&request[..read]).into_owned())
+}
+
 /// A server that answers every request with `head`, then calls `body` with the socket until it
 /// fails (the client hung up). Returns its base URL.
 async fn server<F, Fut>(head: &'static str, body: F) -> String
@@ -26,13 +39,8 @@ where
         while let Ok((mut socket, _)) = listener.accept().await {
             let body = body.clone();
             tokio::spawn(async move {
-                let mut request = vec![0u8; 8192];
-                let mut read = 0;
-                while !request[..read].windows(4).any(|w| w == b"\r\n\r\n") {
-                    match socket.read(&mut request[read..]).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => read += n,
-                    }
+                if read_request(&mut socket).await.is_none() {
+                    return;
                 }
                 if socket.write_all(head.as_bytes()).await.is_err() {
                     return;
@@ -198,6 +206,52 @@ async fn cursors_that_loop_or_stall_end_in_since_paging() {
     }
 }
 
+/// A server on loopback that answers a socket upgrade (101, the subprotocol) and hands the
+/// socket to `upgraded`, and hands any other request's socket to `rest`. Returns the base URL.
+async fn ws_server<U, UF, R, RF>(upgraded: U, rest: R) -> String
+where
+    U: Fn(tokio::net::TcpStream) -> UF + Send + Sync + 'static,
+    UF: std::future::Future<Output = ()> + Send,
+    R: Fn(tokio::net::TcpStream) -> RF + Send + Sync + 'static,
+    RF: std::future::Future<Output = ()> + Send,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("a loopback port");
+    let addr = listener.local_addr().expect("an address");
+    let (upgraded, rest) = (std::sync::Arc::new(upgraded), std::sync::Arc::new(rest));
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let (upgraded, rest) = (upgraded.clone(), rest.clone());
+            tokio::spawn(async move {
+                let Some(raw) = read_request(&mut socket).await else {
+                    return;
+                };
+                // The key's case matters: only the header's name is matched without case.
+                let Some(key) = raw
+                    .lines()
+                    .find(|l| l.to_ascii_lowercase().starts_with("sec-websocket-key:"))
+                    .and_then(|l| l.split_once(':'))
+                    .map(|(_, v)| v.trim().to_string())
+                else {
+                    rest(socket).await;
+                    return;
+                };
+                use sha1::Digest as _;
+                let accept = data_encoding::BASE64.encode(&sha1::Sha1::digest(
+                    format!("{key}258EAFA5-E914-47DA-95CA-C5AB0DC85B11").as_bytes(),
+                ));
+                let head = format!(
+                    "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-accept: {accept}\r\nsec-websocket-protocol: {}\r\n\r\n",
+                    auditship_client::SUBPROTOCOL
+                );
+                if socket.write_all(head.as_bytes()).await.is_ok() {
+                    upgraded(socket).await;
+                }
+            });
+        }
+    });
+    format!("http://{addr}/api/v1")
+}
+
 /// Socket upgrades the pinging server below has accepted.
 static UPGRADES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
@@ -207,50 +261,19 @@ static UPGRADES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize
 /// such a socket was kept forever.) The list endpoint answers empty pages.
 #[tokio::test]
 async fn a_socket_that_only_pings_is_dropped_as_idle() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("a loopback port");
-    let addr = listener.local_addr().expect("an address");
-    tokio::spawn(async move {
-        while let Ok((mut socket, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut request = vec![0u8; 8192];
-                let mut read = 0;
-                while !request[..read].windows(4).any(|w| w == b"\r\n\r\n") {
-                    match socket.read(&mut request[read..]).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => read += n,
-                    }
-                }
-                // The key's case matters: only the header's name is matched without case.
-                let raw = String::from_utf8_lossy(&request[..read]).into_owned();
-                let Some(key) = raw
-                    .lines()
-                    .find(|l| l.to_ascii_lowercase().starts_with("sec-websocket-key:"))
-                    .and_then(|l| l.split_once(':'))
-                    .map(|(_, v)| v.trim().to_string())
-                else {
-                    let _ = socket.write_all(response(r#"{"data":[]}"#).as_bytes()).await;
-                    return;
-                };
-                use sha1::Digest as _;
-                let accept = data_encoding::BASE64.encode(&sha1::Sha1::digest(
-                    format!("{key}258EAFA5-E914-47DA-95CA-C5AB0DC85B11").as_bytes(),
-                ));
-                let upgraded = format!(
-                    "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-accept: {accept}\r\nsec-websocket-protocol: {}\r\n\r\n",
-                    auditship_client::SUBPROTOCOL
-                );
-                if socket.write_all(upgraded.as_bytes()).await.is_err() {
-                    return;
-                }
-                UPGRADES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                // Ping, never read: the client's pongs and pings go unanswered.
-                while socket.write_all(&[0x89, 0x00]).await.is_ok() {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            });
-        }
-    });
-    let base = format!("http://{addr}/api/v1");
+    let base = ws_server(
+        |mut socket| async move {
+            UPGRADES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            // Ping, never read: the client's pongs and pings go unanswered.
+            while socket.write_all(&[0x89, 0x00]).await.is_ok() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        },
+        |mut socket| async move {
+            let _ = socket.write_all(response(r#"{"data":[]}"#).as_bytes()).await;
+        },
+    )
+    .await;
     let options = auditship_client::TailOptions {
         transport: auditship_client::Transport::WebSocket,
         ping_after: Duration::from_millis(300),
@@ -267,5 +290,62 @@ async fn a_socket_that_only_pings_is_dropped_as_idle() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    drop(tail);
+}
+
+/// Bytes of socket frames the flooding server below has handed to TCP.
+static FLOODED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+/// Its socket upgrades.
+static FLOOD_UPGRADES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// While a catch-up waits on a slow list endpoint, a server pushes 100 frames of 512 KiB down
+/// the socket: the tail buffers up to `catch_up_buffer_bytes` (1 MiB here) and then stops
+/// reading, so the server can hand TCP only that plus what the kernel's buffers hold. (Bounded
+/// only by 2,000 frames, the tail read all 50 MiB into memory.)
+#[tokio::test]
+async fn the_catch_up_buffer_is_bounded_in_bytes() {
+    let base = ws_server(
+        |mut socket| async move {
+            FLOOD_UPGRADES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let payload = 512 * 1024;
+            let mut frame = vec![0x81, 127];
+            frame.extend_from_slice(&(payload as u64).to_be_bytes());
+            frame.extend(std::iter::repeat_n(b'x', payload));
+            for _ in 0..100 {
+                if socket.write_all(&frame).await.is_err() {
+                    return;
+                }
+                FLOODED.fetch_add(frame.len(), std::sync::atomic::Ordering::Relaxed);
+            }
+        },
+        |mut socket| async move {
+            // The list endpoint, slow: the catch-up waits while the socket floods.
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            let _ = socket.write_all(response(r#"{"data":[]}"#).as_bytes()).await;
+        },
+    )
+    .await;
+    let options = auditship_client::TailOptions {
+        transport: auditship_client::Transport::WebSocket,
+        catch_up_buffer_bytes: 1 << 20,
+        ..auditship_client::TailOptions::default()
+    };
+    let tail = client(&base, 1024 * 1024).sandbox("sb-1").audit().tail(options);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while FLOOD_UPGRADES.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the tail never opened its socket"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Well inside the list's 3 s delay: everything the tail would read, it has read by now.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let flooded = FLOODED.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        flooded < 24 << 20,
+        "{} MiB of frames taken during one catch-up (the buffer's bound is 1 MiB)",
+        flooded >> 20
+    );
     drop(tail);
 }

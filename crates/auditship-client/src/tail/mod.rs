@@ -110,6 +110,9 @@ pub struct TailOptions {
     /// until the catch-up ends (TCP holds the rest back, nothing is lost; a server that drops
     /// a slow reader just makes the tail reconnect and catch up again). Default 2,000.
     pub catch_up_buffer_frames: usize,
+    /// The same bound in bytes, whichever comes first: frames of up to 1 MiB would otherwise
+    /// let a server fill 2,000 MiB per socket during one catch-up. Default 16 MiB.
+    pub catch_up_buffer_bytes: usize,
     /// On the polling fallback, take events from this org-wide poller (one request per interval
     /// for every tail that shares it) instead of polling the sandbox alone. Default: none.
     pub org_poller: Option<super::OrgPoller>,
@@ -130,6 +133,7 @@ impl Default for TailOptions {
             ping_after: Duration::from_secs(30),
             buffer: 256,
             catch_up_buffer_frames: 2_000,
+            catch_up_buffer_bytes: 16 << 20,
             org_poller: None,
             socket_gate: None,
         }

@@ -377,7 +377,8 @@ impl TailTask {
     }
 
     /// Run a list catch-up while the socket keeps being read into a buffer (up to
-    /// [`TailOptions::catch_up_buffer_frames`]; then the socket waits), then replay the buffer.
+    /// [`TailOptions::catch_up_buffer_frames`] or `catch_up_buffer_bytes`; then the socket
+    /// waits), then replay the buffer.
     /// `Ok(())` means the socket is still good to follow live.
     async fn list_while_buffering(
         &mut self,
@@ -391,6 +392,8 @@ impl TailTask {
         let mut oversized = false;
         // The catch-up borrows `self`; the loop below touches only locals and the socket.
         let cap = self.options.catch_up_buffer_frames;
+        let cap_bytes = self.options.catch_up_buffer_bytes;
+        let mut buffered_bytes = 0usize;
         let key = self.client.key().clone();
         let listed = {
             let listing = self.catch_up_to(from, Some(first));
@@ -401,8 +404,11 @@ impl TailTask {
                     frame = socket.next(), if !full && socket_failed.is_none() => match frame {
                         Some(Ok(msg)) => {
                             observe_first(first, &msg);
+                            if let Message::Data(b) = &msg {
+                                buffered_bytes += b.len();
+                            }
                             buffer.push_back(msg);
-                            if buffer.len() >= cap {
+                            if buffer.len() >= cap || buffered_bytes >= cap_bytes {
                                 full = true;
                             }
                         }
