@@ -754,3 +754,32 @@ async fn files_closed_within_a_flush_over_more_files_than_may_be_open_seal_with_
         assert_eq!(covered, bytes.len() as u64, "{unit} sealed through its end");
     }
 }
+
+/// A sandbox id too long for a file name (a hostile or broken server's) is dead-lettered
+/// with the reason, and the rest of the batch is written: retrying the open would fail forever
+/// and stall the pipeline.
+#[tokio::test]
+async fn an_id_too_long_for_a_file_name_is_dead_lettered_not_retried() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ctx, _registry, dead) = auditship_sink::testing::context("archive", vec![]);
+    let mut sink = FileSink::open(config(dir.path(), |_| {}), ctx).unwrap();
+    let long = "s".repeat(300);
+    let events = vec![
+        event("sb-1", 0),
+        event(&long, 1),
+        event(&long, 2),
+        event("sb-1", 3),
+    ];
+    sink.write(Arc::new(Batch { number: 1, events })).await.unwrap();
+    sink.flush().await.unwrap();
+    let text = std::fs::read_to_string(dir.path().join("sb-1/2025-11-24.ndjson")).unwrap();
+    assert_eq!(text.lines().count(), 2, "{text}");
+    let dead = dead.0.lock().unwrap().clone();
+    let ids: Vec<&str> = dead.iter().map(|(id, _)| id.as_str()).collect();
+    assert_eq!(ids, ["e1", "e2"]);
+    assert!(
+        dead[0].1.contains("300 bytes long, more than the 255"),
+        "{}",
+        dead[0].1
+    );
+}
