@@ -599,7 +599,7 @@ impl Sink for FileSink {
                 let rendered = inner.render(&event.resource_id, event.time_us.or(event.cursor_us));
                 // A name no file system takes would fail every retry and stall the pipeline:
                 // its events are dead-lettered with the reason instead.
-                if let Some(why) = unwritable_path(&rendered) {
+                if let Some(why) = template::unwritable_path(&rendered) {
                     unwritable.extend(run.iter().map(|e| (e.clone(), why.clone())));
                     continue;
                 }
@@ -756,30 +756,4 @@ impl Sink for FileSink {
     fn manifest_publisher(&self) -> Option<Arc<dyn ManifestPublisher>> {
         Some(Arc::new(FileManifests))
     }
-}
-
-/// The longest file name (one path component) Linux file systems take, in bytes (`NAME_MAX`).
-const NAME_MAX_BYTES: usize = 255;
-/// The longest path the kernel takes (`PATH_MAX`, with its terminating NUL).
-const PATH_MAX_BYTES: usize = 4095;
-
-/// Why `path` cannot be a file on any common file system, if it cannot: a component over 255
-/// bytes or a path over 4,095 (a sandbox id of hundreds of bytes, percent-encoded).
-pub(crate) fn unwritable_path(path: &str) -> Option<String> {
-    if path.len() > PATH_MAX_BYTES {
-        return Some(format!(
-            "its archive path is {} bytes long, more than the {PATH_MAX_BYTES} a path may have (is the sandbox id that long?)",
-            path.len()
-        ));
-    }
-    let long = path.split('/').find(|c| c.len() > NAME_MAX_BYTES)?;
-    let mut shown = long.len().min(40);
-    while !long.is_char_boundary(shown) {
-        shown -= 1;
-    }
-    Some(format!(
-        "its archive file name {:?}… is {} bytes long, more than the {NAME_MAX_BYTES} a file system takes (is the sandbox id that long?)",
-        &long[..shown],
-        long.len()
-    ))
 }
