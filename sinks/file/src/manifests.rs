@@ -39,8 +39,9 @@ impl FileManifests {
                 .read(true)
                 .append(true)
                 .mode(0o640)
+                .custom_flags(libc::O_NOFOLLOW)
                 .open(&path)
-                .map_err(what)?;
+                .map_err(|e| what(crate::recovery::no_link(e)))?;
             let mut have = Vec::new();
             std::io::Read::read_to_end(&mut file, &mut have).map_err(what)?;
             // A crash mid-append leaves a line without its newline: cut it, it is written again.

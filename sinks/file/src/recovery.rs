@@ -36,6 +36,7 @@ pub(crate) fn roll_back(path: &Path, len: u64) -> Result<Recovered, SinkError> {
         tracing::info!(path = %path.display(), dropped_bytes = actual - len, "rolling back bytes written after the last checkpoint");
         OpenOptions::new()
             .write(true)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(path)
             .and_then(|file| file.set_len(len).and_then(|_| file.sync_all()))
             .map_err(|e| SinkError::io(format!("truncating {}", path.display()), e))?;
@@ -89,12 +90,15 @@ pub(crate) fn open_for_append(path: &Path, expected_len: u64) -> Result<(File, b
         }
     }
     let existed = path.exists();
+    // Never through a link: one in the archive could point anywhere, and appending or
+    // truncating there would write outside it.
     let file = OpenOptions::new()
         .create(true)
         .append(true)
         .mode(0o640)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(path)
-        .map_err(|e| SinkError::io(format!("opening {}", path.display()), e))?;
+        .map_err(|e| SinkError::io(format!("opening {}", path.display()), no_link(e)))?;
     let len = file
         .metadata()
         .map_err(|e| SinkError::io(format!("reading {}", path.display()), e))?
@@ -118,5 +122,17 @@ pub(crate) fn starting_generation(recovered: &HashMap<String, u64>, rendered: &s
         } else {
             return generation;
         }
+    }
+}
+
+/// `ELOOP` from an `O_NOFOLLOW` open, said plainly.
+pub(crate) fn no_link(e: std::io::Error) -> std::io::Error {
+    if e.raw_os_error() == Some(libc::ELOOP) {
+        std::io::Error::new(
+            e.kind(),
+            "it is a symbolic link, and the file sink never writes through one (it could point outside the archive); replace it with the file itself",
+        )
+    } else {
+        e
     }
 }

@@ -783,3 +783,21 @@ async fn an_id_too_long_for_a_file_name_is_dead_lettered_not_retried() {
         dead[0].1
     );
 }
+
+/// An archive file replaced by a symbolic link is never written through: the flush fails and
+/// says so, and the link's target is left as it was.
+#[tokio::test]
+async fn a_link_in_place_of_an_archive_file_is_not_written_through() {
+    let dir = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    let target = outside.path().join("victim");
+    std::fs::write(&target, b"precious\n").unwrap();
+    std::fs::create_dir_all(dir.path().join("sb-1")).unwrap();
+    std::os::unix::fs::symlink(&target, dir.path().join("sb-1/2025-11-24.ndjson")).unwrap();
+    let (ctx, _registry) = ctx(vec![]);
+    let mut sink = FileSink::open(config(dir.path(), |_| {}), ctx).unwrap();
+    sink.write(batch(1, "sb-1", 0..3)).await.unwrap();
+    let e = sink.flush().await.unwrap_err();
+    assert!(e.to_string().contains("symbolic link"), "{e}");
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "precious\n");
+}
