@@ -331,8 +331,16 @@ pub(super) async fn write_durably(
                     tracing::error!(sink = name, failures, error = %e, "sink write failed; checkpoints wait, retrying (data is kept)");
                     last_warn = Some(Instant::now());
                 }
-                if let Err(reset) = sink.reset().await {
-                    tracing::error!(sink = name, error = %reset, "sink reset failed; retrying");
+                // A failed reset may leave the failed attempt's bytes in place, and writing the
+                // held batches over them would store lines twice: reset until a reset succeeds,
+                // and only then write again.
+                while let Err(reset) = sink.reset().await {
+                    tracing::error!(sink = name, error = %reset, "sink reset failed; resetting again before any write");
+                    let delay = backoff.next_delay();
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = abandon.cancelled() => return Err(None),
+                    }
                 }
                 let delay = backoff.next_delay();
                 tokio::select! {
@@ -342,5 +350,84 @@ pub(super) async fn write_durably(
             }
             Err(e) => return Err(Some(e)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use async_trait::async_trait;
+
+    use super::*;
+
+    /// A sink that fails its first flush and its first reset, and writes down every call.
+    #[derive(Default)]
+    struct Flaky {
+        calls: Arc<Mutex<Vec<&'static str>>>,
+        flushes: u32,
+        resets: u32,
+    }
+
+    #[async_trait]
+    impl Sink for Flaky {
+        async fn write(&mut self, _batch: Arc<Batch>) -> Result<(), SinkError> {
+            self.calls.lock().unwrap().push("write");
+            Ok(())
+        }
+
+        async fn flush(&mut self) -> Result<Vec<StateEntry>, SinkError> {
+            self.flushes += 1;
+            if self.flushes == 1 {
+                self.calls.lock().unwrap().push("flush failed");
+                return Err(SinkError::Remote {
+                    message: "down".into(),
+                    retryable: true,
+                });
+            }
+            self.calls.lock().unwrap().push("flush");
+            Ok(Vec::new())
+        }
+
+        async fn reset(&mut self) -> Result<(), SinkError> {
+            self.resets += 1;
+            if self.resets == 1 {
+                self.calls.lock().unwrap().push("reset failed");
+                return Err(SinkError::Remote {
+                    message: "could not roll back".into(),
+                    retryable: true,
+                });
+            }
+            self.calls.lock().unwrap().push("reset");
+            Ok(())
+        }
+    }
+
+    /// After a failed reset nothing is written until a reset succeeds: writing the held
+    /// batches over what the failed reset left would store lines twice.
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_reset_is_retried_before_anything_is_written_again() {
+        let mut sink = Flaky::default();
+        let calls = sink.calls.clone();
+        let batch = Arc::new(Batch {
+            number: 1,
+            events: Vec::new(),
+        });
+        let stats = crate::metrics::SinkStats::default();
+        let out = write_durably(
+            "flaky",
+            &mut sink,
+            &[],
+            &[batch],
+            false,
+            &CancellationToken::new(),
+            &stats,
+        )
+        .await;
+        assert!(out.is_ok());
+        assert_eq!(
+            *calls.lock().unwrap(),
+            ["write", "flush failed", "reset failed", "reset", "write", "flush"]
+        );
     }
 }

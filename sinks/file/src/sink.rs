@@ -443,17 +443,23 @@ impl Inner {
         }
     }
 
+    /// Drop what is pending and roll every file back to its durable length. Every file is
+    /// tried, whatever fails: the first error is returned, and the pipeline resets again
+    /// (every file again) before it writes anything.
     pub(crate) fn reset(&mut self) -> Result<(), SinkError> {
         self.pending_bytes = 0;
+        let mut first_error = None;
         for slot in self.slots.values_mut() {
             slot.pending.clear();
             slot.pending_spans = Spans::default();
             slot.ahead = None;
             if slot.file.take().is_some() || Path::new(&slot.path).exists() {
-                roll_back(Path::new(&slot.path), slot.durable_len)?;
+                if let Err(e) = roll_back(Path::new(&slot.path), slot.durable_len) {
+                    first_error.get_or_insert(e);
+                }
             }
         }
-        Ok(())
+        first_error.map_or(Ok(()), Err)
     }
 }
 
