@@ -39,8 +39,11 @@ async fn sigterm_drains_and_exits_zero_and_a_restart_adds_nothing() {
     );
     assert_exactly_once(&ws.archive_lines(), &sim_lines(&sim, &ids));
 
-    let child = ws.spawn(&key, &["run", "pipe.toml"]);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // The restart: once every sandbox is past its catch-up (what a restart would ship again,
+    // it ships then), stop it and count.
+    let addr = format!("127.0.0.1:{}", auditship_sink::testing::free_port().unwrap());
+    let child = ws.spawn(&key, &["run", "pipe.toml", "--metrics-addr", &addr]);
+    crate::util::wait_ready(&addr, Duration::from_secs(30)).await;
     signal(&child, libc::SIGTERM);
     let out = finish(child, Duration::from_secs(30));
     assert_eq!(out.code, Some(0), "stderr: {}", out.stderr);

@@ -434,3 +434,20 @@ impl Drop for BrokenListServer {
         self.task.abort();
     }
 }
+
+/// Wait until `auditship` serving `--metrics-addr addr` answers `/health` with 200: every
+/// pipeline running and every sandbox past its catch-up. Fails the test after `timeout`.
+pub async fn wait_ready(addr: &str, timeout: Duration) {
+    let http = reqwest::Client::new();
+    let url = format!("http://{addr}/health");
+    let start = Instant::now();
+    loop {
+        let last = match http.get(&url).send().await {
+            Ok(r) if r.status() == 200 => return,
+            Ok(r) => format!("{}: {}", r.status(), r.text().await.unwrap_or_default()),
+            Err(e) => e.to_string(),
+        };
+        assert!(start.elapsed() < timeout, "never ready in {timeout:?}: {last}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
