@@ -209,14 +209,15 @@ max_events = {batch_max_events}
     }
 }
 
-/// Every data file below `dir`: manifests (`auditship.manifest`) are left out.
+/// Every data file below `dir`: auditship's own files (manifests, archive locks: names that
+/// start `auditship.`) are left out.
 pub fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
     let mut all = Vec::new();
     walk_all(dir, &mut all);
-    out.extend(
-        all.into_iter()
-            .filter(|p| p.file_name().is_none_or(|n| n != auditship_sink::MANIFEST_NAME)),
-    );
+    out.extend(all.into_iter().filter(|p| {
+        p.file_name()
+            .is_none_or(|n| !n.to_string_lossy().starts_with(auditship_sink::RESERVED_PREFIX))
+    }));
 }
 
 /// Every file below `dir`.

@@ -136,3 +136,55 @@ pub(crate) fn no_link(e: std::io::Error) -> std::io::Error {
         e
     }
 }
+
+/// The lock files in an archive's base directory start with this (auditship's own namespace:
+/// no sandbox id encodes to it); the pipeline's and the sink's names follow.
+pub(crate) const LOCK_PREFIX: &str = "auditship.lock.";
+
+/// An archive's lock, held while the sink lives: two processes with their own checkpoint
+/// databases writing one archive would roll back each other's files at every start.
+#[derive(Debug)]
+pub(crate) struct ArchiveLock {
+    _file: File,
+}
+
+/// Take the lock of sink `sink` of pipeline `pipeline` on the archive under `base` (creating
+/// the directory and the lock file), or say who holds it. Per sink: two sinks of one pipeline
+/// may share a base directory with files of their own; the same sink in two processes (two
+/// shards given one path, a copy started by hand) may not.
+pub(crate) fn lock_archive(base: &Path, pipeline: &str, sink: &str) -> Result<ArchiveLock, SinkError> {
+    auditship_sink::create_dir_all_durable(base, 0o750)
+        .map_err(|e| SinkError::io(format!("creating directory {}", base.display()), e))?;
+    let mut name = LOCK_PREFIX.to_string();
+    auditship_sink::encode_component(&mut name, pipeline);
+    name.push('.');
+    auditship_sink::encode_component(&mut name, sink);
+    let path = base.join(name);
+    let holder = format!("pipeline {pipeline}, sink {sink}");
+    let mut file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .mode(0o640)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&path)
+        .map_err(|e| SinkError::io(format!("opening {}", path.display()), no_link(e)))?;
+    if file.try_lock().is_err() {
+        let mut other = String::new();
+        let _ = std::io::Read::read_to_string(&mut file, &mut other);
+        return Err(SinkError::Config(format!(
+            "the archive {} is being written by another auditship process ({}; lock {}); two processes writing one archive would roll back each other's files after a crash: give each its own path (shards: put ${{AUDITSHIP_SHARD}} in it)",
+            base.display(),
+            other.trim(),
+            path.display()
+        )));
+    }
+    // Who holds it, for the next one to name; the lock itself is the flock, not this text.
+    let _ = file.set_len(0);
+    let _ = std::io::Write::write_all(
+        &mut file,
+        format!("{holder}, pid {}\n", std::process::id()).as_bytes(),
+    );
+    Ok(ArchiveLock { _file: file })
+}

@@ -62,6 +62,8 @@ pub struct FileSink {
     pub(crate) in_flight: Option<InFlight>,
     /// Every batch up to this one is durable.
     pub(crate) durable: u64,
+    /// This sink's lock on its archive, held while it lives.
+    pub(crate) _lock: crate::recovery::ArchiveLock,
 }
 
 /// A registered file untouched this long, whose length is its committed length, is forgotten:
@@ -99,6 +101,9 @@ impl FileSink {
     /// Build the sink and roll back every file it wrote to its committed length.
     pub fn open(config: FileSinkConfig, ctx: SinkContext) -> Result<Self, SinkError> {
         let template = config.validate().map_err(SinkError::Config)?;
+        // Before anything is rolled back: another process writing this archive would have its
+        // files cut at every start of this one.
+        let lock = crate::recovery::lock_archive(template.base(), &ctx.pipeline, &ctx.sink)?;
         let idle_check_at = Instant::now() + idle_check_every(&config);
         let mut recovered = HashMap::new();
         let mut prunable = Vec::new();
@@ -143,6 +148,7 @@ impl FileSink {
             prunable,
             in_flight: None,
             durable: 0,
+            _lock: lock,
         })
     }
 

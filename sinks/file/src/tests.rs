@@ -400,7 +400,9 @@ async fn rotation_close_and_recovery_seal_each_file_through_its_durable_length()
     );
 
     // A restart seals every file the last run left, through its committed length; what this
-    // process did not write, the pipeline reads back.
+    // process did not write, the pipeline reads back. (The last run's sink is gone, and its
+    // lock on the archive with it.)
+    drop(sink);
     let (c, _) = ctx(state.clone());
     let mut sink = FileSink::open(config(dir.path(), |_| {}), c).unwrap();
     let sealed = sink.take_sealed();
@@ -800,4 +802,36 @@ async fn a_link_in_place_of_an_archive_file_is_not_written_through() {
     let e = sink.flush().await.unwrap_err();
     assert!(e.to_string().contains("symbolic link"), "{e}");
     assert_eq!(std::fs::read_to_string(&target).unwrap(), "precious\n");
+}
+
+/// A second sink of the same pipeline and sink name on the same archive (another process,
+/// with its own checkpoint database) is refused before it rolls anything back, naming the
+/// holder; a sink of another name may share the directory, and the lock goes with its sink.
+#[tokio::test]
+async fn a_second_writer_of_one_archive_is_refused_naming_the_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let (c, _) = ctx(vec![]);
+    let mut first = FileSink::open(config(dir.path(), |_| {}), c).unwrap();
+    first.write(batch(1, "sb-1", 0..3)).await.unwrap();
+    let state = first.flush().await.unwrap();
+    // The second start recovers from the first's committed state: it would cut the file back.
+    let (c, _) = ctx(state.clone());
+    let e = FileSink::open(config(dir.path(), |_| {}), c)
+        .err()
+        .expect("refused");
+    assert!(!e.is_retryable());
+    let shown = e.to_string();
+    assert!(
+        shown.contains("another auditship process (pipeline p, sink archive, pid"),
+        "{shown}"
+    );
+    let (c, _, _) = auditship_sink::testing::context("rejects", vec![]);
+    let other = FileSink::open(config(dir.path(), |_| {}), c);
+    assert!(other.is_ok(), "another sink may share the directory");
+    drop(first);
+    let (c, _) = ctx(state);
+    assert!(
+        FileSink::open(config(dir.path(), |_| {}), c).is_ok(),
+        "the lock went with its sink"
+    );
 }

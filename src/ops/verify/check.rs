@@ -48,8 +48,15 @@ pub fn verify(archive: &dyn Archive, opts: &Options) -> std::io::Result<Report> 
         },
     };
     let mut notes = Vec::new();
-    let (manifests, data): (Vec<_>, Vec<_>) =
-        objects.iter().partition(|(rel, _)| manifest_dir(rel).is_some());
+    // auditship's own names beside the data (an archive's lock) are neither data nor manifests.
+    let own = |rel: &str| {
+        let name = rel.rsplit('/').next().unwrap_or(rel);
+        name.starts_with(auditship_sink::RESERVED_PREFIX) && name != MANIFEST_NAME
+    };
+    let (manifests, data): (Vec<_>, Vec<_>) = objects
+        .iter()
+        .filter(|(rel, _)| manifest_dir(rel).is_some() || !own(rel))
+        .partition(|(rel, _)| manifest_dir(rel).is_some());
 
     // 1. Every entry of every manifest.
     let mut found: Vec<Found> = Vec::new();
