@@ -623,6 +623,16 @@ impl Sink for S3Sink {
                 continue;
             }
             let prefix = self.render_prefix(&e.resource_id, e.time_us.or(e.cursor_us));
+            // A key S3 refuses would fail every upload and stall the pipeline: the event is
+            // dead-lettered with the reason instead.
+            if prefix.len() > MAX_PREFIX_BYTES {
+                let why = format!(
+                    "its object key would pass S3's {MAX_KEY_BYTES} bytes: the rendered key_prefix alone is {} bytes (is the sandbox id that long?)",
+                    prefix.len()
+                );
+                self.ctx.dead_letters.reject(e, &why).await?;
+                continue;
+            }
             let b = self.buffers.entry(prefix).or_insert_with(|| Buffer {
                 lines: Vec::new(),
                 bytes: 0,
@@ -697,3 +707,10 @@ impl Sink for S3Sink {
         }))
     }
 }
+
+/// S3's longest object key.
+const MAX_KEY_BYTES: usize = 1024;
+
+/// The longest rendered prefix: what follows it in a key (a time, the run id, a counter, the
+/// extension) takes under 64 bytes.
+const MAX_PREFIX_BYTES: usize = MAX_KEY_BYTES - 64;

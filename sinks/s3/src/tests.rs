@@ -289,3 +289,29 @@ async fn a_stopped_server_holds_the_flush_and_nothing_is_lost() {
     sink.close().await.unwrap();
     assert_eq!(sorted(all_lines(&c, "pause").await), sorted(raw_lines(&events)));
 }
+
+/// A sandbox id too long for an S3 key is dead-lettered with the reason, and the rest of the
+/// batch goes up: S3 would refuse the key on every retry.
+#[tokio::test]
+async fn an_id_too_long_for_an_object_key_is_dead_lettered_not_retried() {
+    let s = server();
+    let c = client(&s.endpoint()).await;
+    create_bucket(&c, "long", false).await.unwrap();
+    let staging = tempfile::tempdir().unwrap();
+    let (ctx, _registry, dead) = context("cold", vec![]);
+    let mut sink = S3Sink::open(config(&s.endpoint(), "long"), ctx, staging.path().to_path_buf()).unwrap();
+    sink.prepare().await.unwrap();
+    let long = "s".repeat(1000);
+    sink.write(batch(
+        1,
+        vec![event("sb-1", 1, 0), event(&long, 2, 0), event("sb-1", 3, 0)],
+    ))
+    .await
+    .unwrap();
+    sink.close().await.unwrap();
+    let dead = dead.0.lock().unwrap().clone();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert!(dead[0].1.contains("S3's 1024 bytes"), "{}", dead[0].1);
+    let got = all_lines(&c, "long").await;
+    assert_eq!(got.len(), 2, "{got:?}");
+}
