@@ -54,32 +54,13 @@ pub fn encode_component(out: &mut String, value: &str) {
 }
 
 /// The value `encoded` was made from by [`encode_component`], or `None` when no value encodes
-/// to it.
+/// to it. The `percent-encoding` crate decodes; only the encoder's own spelling of a value is
+/// taken (`%2f` or a stray `%` decode, but no value encodes to them).
 pub fn decode_component(encoded: &str) -> Option<String> {
     if encoded == EMPTY {
         return Some(String::new());
     }
-    let bytes = encoded.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = |b: u8| match b {
-                b'0'..=b'9' => Some(b - b'0'),
-                b'A'..=b'F' => Some(b - b'A' + 10),
-                _ => None,
-            };
-            let hi = hex(*bytes.get(i + 1)?)?;
-            let lo = hex(*bytes.get(i + 2)?)?;
-            out.push(hi << 4 | lo);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    let value = String::from_utf8(out).ok()?;
-    // Only what the encoder writes decodes: the canonical spelling, nothing else.
+    let value = percent_encoding::percent_decode_str(encoded).decode_utf8().ok()?.into_owned();
     let mut again = String::new();
     encode_component(&mut again, &value);
     (again == encoded).then_some(value)
