@@ -28,14 +28,18 @@ pub fn client_for(p: &PipelineConfig) -> Result<Client, PipelineError> {
     if let Some(ca) = &p.tls.ca_file {
         b = b.ca_file(ca);
     }
-    if p.allow_insecure_http && p.base_url.starts_with("http://") {
+    // The builder refuses cleartext to another machine unless allowed; when it is allowed and
+    // used, every start says so.
+    let cleartext = url::Url::parse(&p.base_url)
+        .is_ok_and(|u| u.scheme() == "http" && !crate::client::is_loopback(&u));
+    if p.allow_insecure_http && cleartext {
         tracing::warn!(
             pipeline = %p.name,
             base_url = %p.base_url,
             "the API key crosses the network in cleartext (http://, allow_insecure_http = true): anyone on the path can read it; use https://"
         );
-        b = b.allow_insecure_http(true);
     }
+    b = b.allow_insecure_http(p.allow_insecure_http);
     if p.tls.insecure_skip_verify {
         tracing::warn!(
             pipeline = %p.name,
