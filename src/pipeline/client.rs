@@ -30,8 +30,8 @@ pub fn client_for(p: &PipelineConfig) -> Result<Client, PipelineError> {
     }
     // The builder refuses cleartext to another machine unless allowed; when it is allowed and
     // used, every start says so.
-    let cleartext = url::Url::parse(&p.base_url)
-        .is_ok_and(|u| u.scheme() == "http" && !crate::client::is_loopback(&u));
+    let cleartext =
+        url::Url::parse(&p.base_url).is_ok_and(|u| u.scheme() == "http" && !crate::client::is_loopback(&u));
     if p.allow_insecure_http && cleartext {
         tracing::warn!(
             pipeline = %p.name,

@@ -60,7 +60,10 @@ pub fn decode_component(encoded: &str) -> Option<String> {
     if encoded == EMPTY {
         return Some(String::new());
     }
-    let value = percent_encoding::percent_decode_str(encoded).decode_utf8().ok()?.into_owned();
+    let value = percent_encoding::percent_decode_str(encoded)
+        .decode_utf8()
+        .ok()?
+        .into_owned();
     let mut again = String::new();
     encode_component(&mut again, &value);
     (again == encoded).then_some(value)
