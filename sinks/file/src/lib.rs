@@ -8,7 +8,11 @@
 //! fsync running while the next flush writes: its lengths are reported, and its batches
 //! acknowledged, only once that fsync is done (see [`FileSink::flush`](Sink::flush)). On start,
 //! every registered file is truncated back to its committed length, which drops exactly the
-//! bytes whose checkpoint never committed (a torn last line included). Compressed files are
+//! bytes whose checkpoint never committed (a torn last line included), unless those bytes are
+//! not what the sink writes: then the file is set aside and the start stops (`foreign.rs`).
+//! Registered paths are absolute: the `path` template is resolved against the working
+//! directory when the sink starts, so a later start from elsewhere still finds its files.
+//! Compressed files are
 //! flushed as independent gzip members / zstd frames, so every committed length is a valid end
 //! of the stream.
 //!
@@ -29,10 +33,12 @@
 //! - `sink.rs`: [`FileSink`], its slots (a template path and its generation) and stretches.
 //! - `encode.rs`: lines to bytes; `sync.rs`: a flush's fsync, overlapping the next flush.
 //! - `recovery.rs`: rolling registered files back at start; `manifests.rs`: [`FileManifests`].
+//! - `foreign.rs`: bytes after a committed length that the sink did not write, set aside.
 //! - `template.rs`: the `path` template.
 
 mod config;
 mod encode;
+mod foreign;
 mod manifests;
 mod recovery;
 mod sink;

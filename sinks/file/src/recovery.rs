@@ -14,11 +14,25 @@ pub(crate) enum Recovered {
 }
 
 /// Truncate `path` to `len` if it is longer; a shorter file means data was removed by someone
-/// else, which we report loudly but cannot repair.
-pub(crate) fn roll_back(path: &Path, len: u64) -> Result<Recovered, SinkError> {
-    let meta = match std::fs::metadata(path) {
+/// else, which we report loudly but cannot repair. With `check`, the bytes after `len` are
+/// first read: if auditship did not write them, the file is set aside and the error says so
+/// ([`crate::foreign`]). `reset` passes `None`: it cuts what this process just wrote.
+pub(crate) fn roll_back(
+    path: &Path,
+    len: u64,
+    check: Option<UnitCompression>,
+) -> Result<Recovered, SinkError> {
+    let meta = match std::fs::symlink_metadata(path) {
         Ok(m) => m,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if let Some(aside) = crate::foreign::still_set_aside(path) {
+                return Err(SinkError::Config(format!(
+                    "{} was set aside as {} because bytes auditship did not write followed its committed length of {len} bytes; move it back without them (see the error of the start that set it aside), or delete {} to give the file up",
+                    path.display(),
+                    aside.display(),
+                    aside.display()
+                )));
+            }
             if len > 0 {
                 tracing::error!(path = %path.display(), committed_bytes = len, "archive file is missing although its checkpoint says it holds data; no longer tracking it");
             }
@@ -33,6 +47,13 @@ pub(crate) fn roll_back(path: &Path, len: u64) -> Result<Recovered, SinkError> {
     };
     let actual = meta.len();
     if actual > len {
+        if let Some(compression) = check {
+            let why = crate::foreign::foreign_tail(path, len, compression)
+                .map_err(|e| SinkError::io(format!("reading {} for recovery", path.display()), e))?;
+            if let Some(why) = why {
+                return Err(crate::foreign::set_aside(path, len, actual, &why));
+            }
+        }
         tracing::info!(path = %path.display(), dropped_bytes = actual - len, "rolling back bytes written after the last checkpoint");
         OpenOptions::new()
             .write(true)
@@ -82,7 +103,11 @@ pub(crate) fn format_day(day: i64) -> String {
 
 /// Open `path` for appending at `expected_len`, creating it (and its directories) if needed.
 /// Returns the file, whether it was created, and its length after any truncation.
-pub(crate) fn open_for_append(path: &Path, expected_len: u64) -> Result<(File, bool, u64), SinkError> {
+pub(crate) fn open_for_append(
+    path: &Path,
+    expected_len: u64,
+    compression: UnitCompression,
+) -> Result<(File, bool, u64), SinkError> {
     if let Some(dir) = path.parent() {
         if !dir.as_os_str().is_empty() {
             auditship_sink::create_dir_all_durable(dir, 0o750)
@@ -104,7 +129,14 @@ pub(crate) fn open_for_append(path: &Path, expected_len: u64) -> Result<(File, b
         .map_err(|e| SinkError::io(format!("reading {}", path.display()), e))?
         .len();
     if len > expected_len {
-        // Bytes past the durable length were never committed (an earlier failed attempt).
+        // A closed file ends at its durable length (a reset rolled back any failed attempt):
+        // more is someone else's unless it reads as ours.
+        let why = crate::foreign::foreign_tail(path, expected_len, compression)
+            .map_err(|e| SinkError::io(format!("reading {}", path.display()), e))?;
+        if let Some(why) = why {
+            drop(file);
+            return Err(crate::foreign::set_aside(path, expected_len, len, &why));
+        }
         file.set_len(expected_len)
             .map_err(|e| SinkError::io(format!("truncating {}", path.display()), e))?;
         return Ok((file, !existed, expected_len));
@@ -113,11 +145,15 @@ pub(crate) fn open_for_append(path: &Path, expected_len: u64) -> Result<(File, b
 }
 
 /// Where a template path starts this run: the newest generation that is registered or on disk.
-pub(crate) fn starting_generation(recovered: &HashMap<String, u64>, rendered: &str) -> u32 {
+pub(crate) fn starting_generation(
+    recovered: &HashMap<String, u64>,
+    legacy: &HashMap<String, String>,
+    rendered: &str,
+) -> u32 {
     let mut generation = 0;
     loop {
         let next = generation_path(rendered, generation + 1);
-        if recovered.contains_key(&next) || Path::new(&next).exists() {
+        if recovered.contains_key(&next) || legacy.contains_key(&next) || Path::new(&next).exists() {
             generation += 1;
         } else {
             return generation;

@@ -81,6 +81,8 @@ pub(crate) struct Inner {
     /// The durable length of every file this sink tracks, by path: committed lengths from the
     /// last run, registrations, and every flush since.
     pub(crate) known: HashMap<String, u64>,
+    /// Relative paths an earlier version registered, by their absolute form (see `open`).
+    pub(crate) legacy: HashMap<String, String>,
     /// Cache of rendered template paths, by (sandbox, day number).
     pub(crate) rendered: HashMap<(Arc<str>, i64), Arc<str>>,
     pub(crate) clock: u64,
@@ -99,7 +101,11 @@ pub(crate) struct Inner {
 
 impl FileSink {
     /// Build the sink and roll back every file it wrote to its committed length.
-    pub fn open(config: FileSinkConfig, ctx: SinkContext) -> Result<Self, SinkError> {
+    pub fn open(mut config: FileSinkConfig, ctx: SinkContext) -> Result<Self, SinkError> {
+        config.validate().map_err(SinkError::Config)?;
+        // Registered paths are absolute: a relative one means whatever the working directory
+        // is at the next start, and rolling back there would cut someone else's file.
+        config.path = absolute(&config.path)?;
         let template = config.validate().map_err(SinkError::Config)?;
         // Before anything is rolled back: another process writing this archive would have its
         // files cut at every start of this one.
@@ -110,9 +116,13 @@ impl FileSink {
         // Every file the last run left behind is sealed through its committed length; the
         // pipeline skips those whose manifest already reaches it.
         let mut sealed = Vec::new();
+        // Paths an earlier version registered relative to the working directory, by their
+        // absolute form: read relative to this start's directory, as that version did, and
+        // kept under the key their manifest entries name until they go idle.
+        let mut legacy = HashMap::new();
         for entry in &ctx.recovered {
             let len = u64::try_from(entry.value).unwrap_or(0);
-            let state = roll_back(Path::new(&entry.key), len)?;
+            let state = roll_back(Path::new(&entry.key), len, Some(config.compression.unit()))?;
             if len > 0 && !matches!(state, Recovered::Missing) {
                 sealed.push(Sealed {
                     unit: entry.key.clone(),
@@ -126,6 +136,9 @@ impl FileSink {
                 Recovered::Missing | Recovered::Idle => prunable.push(entry.key.clone()),
                 Recovered::Active => {
                     recovered.insert(entry.key.clone(), len);
+                    if Path::new(&entry.key).is_relative() {
+                        legacy.insert(absolute(&entry.key)?, entry.key.clone());
+                    }
                 }
             }
         }
@@ -136,6 +149,7 @@ impl FileSink {
                 pipeline: ctx.pipeline.clone(),
                 slots: HashMap::new(),
                 known: recovered,
+                legacy,
                 rendered: HashMap::new(),
                 clock: 0,
                 sealed,
@@ -460,7 +474,7 @@ impl Inner {
             slot.pending_spans = Spans::default();
             slot.ahead = None;
             if slot.file.take().is_some() || Path::new(&slot.path).exists() {
-                if let Err(e) = roll_back(Path::new(&slot.path), slot.durable_len) {
+                if let Err(e) = roll_back(Path::new(&slot.path), slot.durable_len, None) {
                     first_error.get_or_insert(e);
                 }
             }
@@ -532,7 +546,8 @@ pub(crate) fn write_slot(
     };
     if slot.file.is_none() {
         // A closed slot has nothing in flight, so `durable_len` is where its file ends.
-        let (file, created, len) = open_for_append(Path::new(&slot.path), slot.durable_len)?;
+        let (file, created, len) =
+            open_for_append(Path::new(&slot.path), slot.durable_len, config.compression.unit())?;
         if len < slot.durable_len {
             // Moved away, compressed or truncated by someone else since we last
             // wrote: continue from what is there, so the committed length stays true.
@@ -624,9 +639,10 @@ impl Sink for FileSink {
                 if needs_slot {
                     let generation = match inner.slots.get(&*rendered) {
                         Some(slot) => slot.generation + 1,
-                        None => starting_generation(&inner.known, &rendered),
+                        None => starting_generation(&inner.known, &inner.legacy, &rendered),
                     };
                     let path = generation_path(&rendered, generation);
+                    let path = inner.legacy.get(&path).cloned().unwrap_or(path);
                     let durable_len = match inner.known.get(&path) {
                         Some(len) => *len,
                         None => {
@@ -768,4 +784,21 @@ impl Sink for FileSink {
     fn manifest_publisher(&self) -> Option<Arc<dyn ManifestPublisher>> {
         Some(Arc::new(FileManifests))
     }
+}
+
+/// `path` made absolute against the working directory (lexically: links are not followed, so
+/// the archive stays where the template says).
+pub(crate) fn absolute(path: &str) -> Result<String, SinkError> {
+    let abs = std::path::absolute(path).map_err(|e| {
+        SinkError::io(
+            format!("resolving the path {path} against the working directory"),
+            e,
+        )
+    })?;
+    abs.into_os_string().into_string().map_err(|abs| {
+        SinkError::Config(format!(
+            "the path {path} resolves to {}, which is not UTF-8; give an absolute path",
+            abs.to_string_lossy()
+        ))
+    })
 }

@@ -835,3 +835,179 @@ async fn a_second_writer_of_one_archive_is_refused_naming_the_first() {
         "the lock went with its sink"
     );
 }
+
+/// `path` under `dir` spelled relative to the test's working directory (without changing it:
+/// tests run in parallel).
+fn relative_to_cwd(dir: &Path, rest: &str) -> String {
+    let cwd = std::env::current_dir().unwrap();
+    let up = "../".repeat(cwd.components().count() - 1);
+    format!("{up}{}/{rest}", dir.display().to_string().trim_start_matches('/'))
+}
+
+#[tokio::test]
+async fn a_relative_path_is_registered_absolute() {
+    let dir = tempfile::tempdir().unwrap();
+    let (c, registry) = ctx(vec![]);
+    let relative = relative_to_cwd(dir.path(), "{resource_id}/{date}.ndjson");
+    let mut sink = FileSink::open(config(dir.path(), |c| c.path = relative.clone()), c).unwrap();
+    sink.write(batch(1, "a", 0..2)).await.unwrap();
+    let state = sink.flush().await.unwrap();
+    let registered = registry.0.lock().unwrap().clone();
+    for key in [&registered[0].key, &state[0].key] {
+        assert!(Path::new(key).is_absolute(), "{key}");
+        assert_eq!(
+            std::fs::canonicalize(key).unwrap(),
+            std::fs::canonicalize(dir.path().join("a/2025-11-24.ndjson")).unwrap()
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_relative_path_an_earlier_version_registered_is_rolled_back_and_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    // As an earlier version would have run it: the same relative template.
+    let relative = relative_to_cwd(dir.path(), "{resource_id}/{date}.ndjson");
+    let config = || config(dir.path(), |c| c.path = relative.clone());
+    let (c, _) = ctx(vec![]);
+    let mut sink = FileSink::open(config(), c).unwrap();
+    sink.write(batch(1, "a", 0..2)).await.unwrap();
+    let committed = sink.flush().await.unwrap();
+    sink.write(batch(2, "a", 2..4)).await.unwrap();
+    sink.flush().await.unwrap(); // never committed
+    drop(sink);
+    let path = PathBuf::from(&committed[0].key);
+    let legacy = StateEntry {
+        key: relative_to_cwd(dir.path(), "a/2025-11-24.ndjson"),
+        value: committed[0].value,
+    };
+
+    let (c, registry) = ctx(vec![legacy.clone()]);
+    let mut sink = FileSink::open(config(), c).unwrap();
+    assert_eq!(std::fs::metadata(&path).unwrap().len() as i64, legacy.value);
+    sink.write(batch(3, "a", 2..4)).await.unwrap();
+    let state = sink.flush().await.unwrap();
+    // The same file under the key its manifest entries name, not registered again at 0.
+    assert!(registry.0.lock().unwrap().is_empty());
+    assert_eq!(state[0].key, legacy.key);
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert_eq!(text.lines().count(), 4);
+}
+
+/// A committed file, then `tail` appended as if by a crash (`ours`) or by someone else.
+async fn committed_then(dir: &Path, compression: Compression, tail: &[u8]) -> (PathBuf, Vec<StateEntry>) {
+    let (c, _) = ctx(vec![]);
+    let mut sink = FileSink::open(config(dir, |c| c.compression = compression), c).unwrap();
+    sink.write(batch(1, "a", 0..2)).await.unwrap();
+    let committed = sink.flush().await.unwrap();
+    drop(sink);
+    let path = PathBuf::from(&committed[0].key);
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .unwrap()
+        .write_all(tail)
+        .unwrap();
+    (path, committed)
+}
+
+#[tokio::test]
+async fn bytes_auditship_did_not_write_are_set_aside_not_cut() {
+    let ours = |compression| {
+        let lines = [
+            Bytes::from_static(b"{\"id\":\"e9\"}"),
+            Bytes::from_static(b"{\"id\":\"e10\"}"),
+        ];
+        let mut member = encode_lines(compression, None, &lines).unwrap();
+        // Torn by the crash.
+        member.truncate(member.len() - 3);
+        member
+    };
+    for compression in [Compression::None, Compression::Gzip, Compression::Zstd] {
+        // Our own torn tail is rolled back.
+        let dir = tempfile::tempdir().unwrap();
+        let (path, committed) = committed_then(dir.path(), compression, &ours(compression)).await;
+        let (c, _) = ctx(committed.clone());
+        FileSink::open(config(dir.path(), |c| c.compression = compression), c).unwrap();
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().len() as i64,
+            committed[0].value,
+            "{compression:?}"
+        );
+
+        // Someone else's line after ours is not.
+        let dir = tempfile::tempdir().unwrap();
+        let mut tail = ours(compression);
+        if compression == Compression::None {
+            tail.extend_from_slice(b"\n");
+        }
+        tail.extend_from_slice(b"operator: archive checked 2026-12-06\n");
+        let (path, committed) = committed_then(dir.path(), compression, &tail).await;
+        let whole = committed[0].value as usize + tail.len();
+        let (c, _) = ctx(committed.clone());
+        let err = FileSink::open(config(dir.path(), |c| c.compression = compression), c)
+            .err()
+            .expect("foreign bytes stop the start");
+        let message = err.to_string();
+        assert!(!err.is_retryable());
+        assert!(
+            message.contains("auditship did not write them") && message.contains("Nothing was cut off"),
+            "{compression:?}: {message}"
+        );
+        assert!(!path.exists());
+        let aside: Vec<PathBuf> = std::fs::read_dir(path.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| {
+                p.file_name()
+                    .unwrap()
+                    .to_str()
+                    .unwrap()
+                    .starts_with(crate::foreign::SET_ASIDE_PREFIX)
+            })
+            .collect();
+        assert_eq!(aside.len(), 1, "{compression:?}");
+        assert_eq!(
+            std::fs::metadata(&aside[0]).unwrap().len() as usize,
+            whole,
+            "every byte kept"
+        );
+        assert!(message.contains(&aside[0].display().to_string()), "{message}");
+
+        // Until someone moves it back, every start stops.
+        let (c, _) = ctx(committed.clone());
+        let again = FileSink::open(config(dir.path(), |c| c.compression = compression), c)
+            .err()
+            .expect("still set aside");
+        assert!(again.to_string().contains("was set aside as"), "{again}");
+
+        // Moved back without the foreign bytes, the start goes on.
+        let f = std::fs::OpenOptions::new().write(true).open(&aside[0]).unwrap();
+        f.set_len(committed[0].value as u64).unwrap();
+        std::fs::rename(&aside[0], &path).unwrap();
+        let (c, _) = ctx(committed.clone());
+        FileSink::open(config(dir.path(), |c| c.compression = compression), c).unwrap();
+    }
+}
+
+#[tokio::test]
+async fn bytes_appended_to_a_closed_file_while_running_are_set_aside() {
+    let dir = tempfile::tempdir().unwrap();
+    let (c, _) = ctx(vec![]);
+    let mut sink = FileSink::open(config(dir.path(), |c| c.max_open_files = 1), c).unwrap();
+    sink.write(batch(1, "a", 0..2)).await.unwrap();
+    let committed = sink.flush().await.unwrap();
+    // Another file takes the one open slot: `a` is closed.
+    sink.write(batch(2, "b", 0..2)).await.unwrap();
+    sink.flush().await.unwrap();
+    let path = PathBuf::from(&committed[0].key);
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .unwrap()
+        .write_all(b"not ours\n")
+        .unwrap();
+    sink.write(batch(3, "a", 2..3)).await.unwrap();
+    let err = sink.flush().await.expect_err("the write stops");
+    assert!(err.to_string().contains("auditship did not write them"), "{err}");
+    assert!(!path.exists());
+}
