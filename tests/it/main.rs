@@ -14,6 +14,7 @@ mod jobs;
 #[cfg(feature = "kafka")]
 mod kafka;
 mod layout;
+mod lossyfs;
 mod metrics;
 mod process;
 mod reconcile;

@@ -5,6 +5,11 @@
 //! `scripts/reliability` runs the full one (`AUDITSHIP_FAULTS=full`) and writes the table into
 //! RELIABILITY.md. `AUDITSHIP_FAULTS_ONLY=<case id>` runs one case. Every case runs to the end and
 //! the table is written before anything is asserted, so a failing run still shows its figures.
+//!
+//! # Layout
+//! - `mod.rs`: the profile, the table, the process (`kill-*`), sink, resource and source cases.
+//! - `power.rs`: power cuts on the lossy file system (`power-*`), and that file system's own
+//!   check.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -12,6 +17,8 @@ use std::time::{Duration, Instant};
 use auditship::sim::{SimConfig, SimFaults, Simulator};
 
 use crate::util::{finish, signal, sim, sim_lines, Output, Proc, Workspace};
+
+mod power;
 
 /// How big a run is.
 #[derive(Clone, Copy, Debug)]
@@ -281,21 +288,33 @@ async fn kill_rounds(
     ws: &Workspace,
     sim: &Simulator,
     p: Profile,
+    after_kill: impl FnMut(),
+) -> (Output, String) {
+    kill_rounds_by(ws, sim, p, |child| signal(child, libc::SIGKILL), after_kill).await
+}
+
+/// [`kill_rounds`] with the kill done by `kill` (which ends the process at once: a signal, a
+/// power cut).
+async fn kill_rounds_by(
+    ws: &Workspace,
+    sim: &Simulator,
+    p: Profile,
+    mut kill: impl FnMut(&mut Proc),
     mut after_kill: impl FnMut(),
 ) -> (Output, String) {
     let key = sim.api_key().to_string();
     let mut printed = String::new();
     let mut seed = 0x9e37_79b9_7f4a_7c15u64 ^ p.kills;
     for _ in 0..p.kills {
-        let child = ws.spawn(&key, &["run", "pipe.toml"]);
+        let mut child = ws.spawn(&key, &["run", "pipe.toml"]);
         seed = seed
             .wrapping_mul(6364136223846793005)
             .wrapping_add(1442695040888963407);
         let pause = 400 + (seed >> 33) % 1200;
         tokio::time::sleep(Duration::from_millis(pause)).await;
-        signal(&child, libc::SIGKILL);
+        kill(&mut child);
         let out = finish(child, Duration::from_secs(10));
-        assert_eq!(out.code, None, "killed by a signal");
+        assert_eq!(out.code, None, "killed by a signal: {}", out.stderr);
         printed.push_str(&out.stdout);
         printed.push_str(&out.stderr);
         after_kill();
@@ -1095,6 +1114,13 @@ async fn fault_suite_loses_nothing() {
     #[cfg(feature = "kafka")]
     if want("kill-kafka") {
         rows.push(kill_kafka(p).await);
+    }
+    if want("power-file") {
+        rows.push(power::power_file(p).await);
+    }
+    #[cfg(feature = "s3")]
+    if want("power-s3") {
+        rows.push(power::power_s3(p).await);
     }
     rows.extend(sink_cases(p).await);
     rows.extend(source_cases(p).await);
