@@ -14,6 +14,9 @@
 //! masked one is an error), masked control frames out, fragmented messages reassembled, pings
 //! answered, the closing handshake echoed, and the 1 MiB cap (the Elixir SDK's; larger closes
 //! with 1009). No extension is offered, so a frame with a reserved bit set is an error.
+//!
+//! Since it is our own, `ws/differential.rs` holds it to tokio-tungstenite: random server byte
+//! streams, good and broken, read through both must give the same messages and errors.
 
 use std::io;
 use std::pin::Pin;
@@ -329,6 +332,10 @@ pub(crate) struct WsStream<S> {
     busy: bool,
     /// A fragmented message being put together: whether it is text, and the payload so far.
     partial: Option<(bool, BytesMut)>,
+    /// Of a fragmented text message, the bytes so far known to be UTF-8 (checked as each
+    /// fragment comes, so a message that can no longer be UTF-8 fails at once, as
+    /// tungstenite does, not after every fragment of up to 1 MiB was taken).
+    partial_checked: usize,
     /// Frames to write (pongs, close replies): written before reading on.
     out: Vec<u8>,
     /// We queued a close frame: never queue another.
@@ -344,6 +351,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsStream<S> {
             buf: read,
             busy: false,
             partial: None,
+            partial_checked: 0,
             out: Vec::new(),
             close_sent: false,
             state: State::Open,
@@ -356,14 +364,50 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsStream<S> {
         self.write_out().await
     }
 
-    /// Start the closing handshake (no code) and write it; the socket is not read further.
+    /// Start the closing handshake (no code), write it, and wait for the server to finish it:
+    /// its close frame, then the end of the TCP stream, which RFC 6455 (7.1.1) has the server
+    /// close first. Messages still arriving meanwhile are dropped (whoever closes wants no
+    /// more). Unbounded here: the caller bounds it in time.
     pub(crate) async fn close(&mut self) -> Result<(), WsError> {
         if !self.close_sent {
             self.close_sent = true;
             queue_frame(&mut self.out, OP_CLOSE, &[]);
         }
+        let closing = self.state;
         self.state = State::Ended;
-        self.write_out().await
+        self.write_out().await?;
+        if closing == State::Ended {
+            return Ok(());
+        }
+        let done = self.await_server_close(closing == State::Closing).await;
+        self.state = State::Ended;
+        done
+    }
+
+    /// Read until the server's close frame (unless `close_seen`), then until its end of stream.
+    async fn await_server_close(&mut self, mut close_seen: bool) -> Result<(), WsError> {
+        self.partial = None;
+        loop {
+            let needed = if close_seen {
+                // After its close frame a server sends nothing; whatever comes is dropped.
+                self.buf.clear();
+                1
+            } else {
+                match self.parse() {
+                    Ok(Ok(Message::Close(_))) => {
+                        close_seen = true;
+                        continue;
+                    }
+                    Ok(Ok(_)) => continue,
+                    Ok(Err(needed)) => needed,
+                    // A server that breaks the protocol while we close: closed enough.
+                    Err(_) => return Ok(()),
+                }
+            };
+            if std::future::poll_fn(|cx| self.poll_fill(cx, needed)).await? == 0 {
+                return Ok(());
+            }
+        }
     }
 
     async fn write_out(&mut self) -> Result<(), WsError> {
@@ -465,6 +509,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsStream<S> {
                     if fin {
                         return finish(opcode == OP_TEXT, payload).map(Ok);
                     }
+                    self.partial_checked = 0;
+                    if opcode == OP_TEXT {
+                        self.partial_checked = utf8_so_far(&payload, 0)?;
+                    }
                     self.partial = Some((opcode == OP_TEXT, payload));
                 }
                 OP_CONTINUATION => {
@@ -479,6 +527,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsStream<S> {
                     so_far.extend_from_slice(&payload);
                     if fin {
                         return finish(text, so_far).map(Ok);
+                    }
+                    if text {
+                        self.partial_checked = utf8_so_far(&so_far, self.partial_checked)?;
                     }
                     self.partial = Some((text, so_far));
                 }
@@ -620,6 +671,17 @@ fn protocol(what: &str) -> WsError {
     WsError::Protocol(what.to_string())
 }
 
+/// How much of `so_far`, the start of a text message, is UTF-8 (from `checked`, known to be):
+/// an error if what follows cannot begin a character, only a character cut at the end is
+/// let pass, since the next fragment may complete it.
+fn utf8_so_far(so_far: &[u8], checked: usize) -> Result<usize, WsError> {
+    match std::str::from_utf8(&so_far[checked..]) {
+        Ok(_) => Ok(so_far.len()),
+        Err(e) if e.error_len().is_none() => Ok(checked + e.valid_up_to()),
+        Err(_) => Err(protocol("a text message is not UTF-8")),
+    }
+}
+
 /// A whole message's payload; a text message must be UTF-8 (RFC 6455 8.1).
 fn finish(text: bool, payload: BytesMut) -> Result<Message, WsError> {
     if text && std::str::from_utf8(&payload).is_err() {
@@ -646,6 +708,9 @@ fn queue_frame(out: &mut Vec<u8>, opcode: u8, payload: &[u8]) {
     out.extend_from_slice(&mask);
     out.extend(payload.iter().zip(mask.iter().cycle()).map(|(b, m)| b ^ m));
 }
+
+#[cfg(test)]
+mod differential;
 
 #[cfg(test)]
 mod tests {
@@ -968,12 +1033,52 @@ mod tests {
         ws.ping().await.unwrap();
         server.write_all(&frame(true, OP_PONG, b"")).await.unwrap();
         assert_eq!(ws.next().await.unwrap().unwrap(), Message::Pong);
+        // The server answers the close and ends the connection, as a server does.
+        server.write_all(&frame(true, OP_CLOSE, b"")).await.unwrap();
+        server.shutdown().await.unwrap();
         ws.close().await.unwrap();
         assert!(ws.next().await.is_none(), "a closed socket is not read further");
         drop(ws);
         let mut back = Vec::new();
         server.read_to_end(&mut back).await.unwrap();
         assert_eq!(client_frames(&back), vec![(OP_PING, vec![]), (OP_CLOSE, vec![])]);
+    }
+
+    /// RFC 6455 7.1.1: the server closes the TCP connection first, so `close` waits for the
+    /// server's close frame and then for the end of the stream; what arrives meanwhile is
+    /// dropped.
+    #[tokio::test]
+    async fn close_waits_for_the_servers_close_and_its_end_of_stream() {
+        let (mut ws, mut server) = pair();
+        let closing = tokio::spawn(async move { ws.close().await });
+        // Our close frame arrives; the close is not done while the server has not answered.
+        let mut head = [0u8; 6];
+        server.read_exact(&mut head).await.unwrap();
+        assert_eq!(client_frames(&head), vec![(OP_CLOSE, vec![])]);
+        server.write_all(&frame(true, OP_TEXT, &event(1))).await.unwrap();
+        server.write_all(&frame(true, OP_PING, b"p")).await.unwrap();
+        for _ in 0..20 {
+            tokio::task::yield_now().await;
+        }
+        assert!(!closing.is_finished(), "done before the server's close frame");
+        server
+            .write_all(&frame(true, OP_CLOSE, &1000u16.to_be_bytes()))
+            .await
+            .unwrap();
+        for _ in 0..20 {
+            tokio::task::yield_now().await;
+        }
+        assert!(
+            !closing.is_finished(),
+            "done before the server ended the connection"
+        );
+        server.write_all(b"after the close").await.unwrap();
+        server.shutdown().await.unwrap();
+        closing.await.unwrap().unwrap();
+        // Nothing was written after our close: no pong, no second close.
+        let mut back = Vec::new();
+        server.read_to_end(&mut back).await.unwrap();
+        assert!(back.is_empty(), "{back:?}");
     }
 
     /// Serve one upgrade on `server`: check the request, answer with `respond(key)`.
