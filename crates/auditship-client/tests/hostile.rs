@@ -10,6 +10,43 @@ use auditship_client::{Client, Error, Filters};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
+/// The heap, counted, so that each test asserts the memory its hostile server could take.
+#[global_allocator]
+static HEAP: peak_alloc::PeakAlloc = peak_alloc::PeakAlloc;
+
+/// The tests of this file run one at a time, so that each one's peak is its own.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// While it lives, the other tests wait; [`HeapWatch::peak_growth_mib`] is the most the heap
+/// grew over what it held when the watch began (the client's buffers and the server's).
+struct HeapWatch {
+    base: usize,
+    _one: tokio::sync::MutexGuard<'static, ()>,
+}
+
+async fn watch_heap() -> HeapWatch {
+    let one = ONE_AT_A_TIME.lock().await;
+    let base = HEAP.current_usage();
+    HEAP.reset_peak_usage();
+    HeapWatch { base, _one: one }
+}
+
+impl HeapWatch {
+    fn peak_growth_mib(&self) -> f64 {
+        HEAP.peak_usage().saturating_sub(self.base) as f64 / f64::from(1 << 20)
+    }
+
+    /// Fail unless the heap stayed under `bound_mib` over the base.
+    fn assert_under(&self, bound_mib: f64, what: &str) {
+        let peak = self.peak_growth_mib();
+        eprintln!("{what}: the heap grew by at most {peak:.2} MiB (bound {bound_mib} MiB)");
+        assert!(
+            peak < bound_mib,
+            "{what}: the heap grew by {peak:.1} MiB, over the {bound_mib} MiB bound"
+        );
+    }
+}
+
 /// Read one request's head (to its blank line); `None` when the client hung up first.
 async fn read_request(socket: &mut tokio::net::TcpStream) -> Option<String> {
     let mut request = vec![0u8; 8192];
@@ -65,6 +102,7 @@ fn client(base: &str, max_response_bytes: usize) -> Client {
 /// `TooLarge` instead of reading until memory runs out, which would never return here.
 #[tokio::test]
 async fn an_endless_body_is_refused_at_the_limit() {
+    let heap = watch_heap().await;
     let base = server(
         "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n",
         |mut socket| async move {
@@ -102,11 +140,13 @@ async fn an_endless_body_is_refused_at_the_limit() {
         }
         other => panic!("expected TooLarge, got {other:?}"),
     }
+    heap.assert_under(4.0, "an endless body, 1 MiB limit");
 }
 
 /// A declared length over the limit is refused before a byte of the body is read.
 #[tokio::test]
 async fn a_declared_length_over_the_limit_is_refused_before_reading() {
+    let _one = watch_heap().await;
     let base = server(
         "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 1073741824\r\n\r\n",
         |socket| async move {
@@ -131,6 +171,7 @@ async fn a_declared_length_over_the_limit_is_refused_before_reading() {
 /// Under the limit, a body in many chunks arrives whole.
 #[tokio::test]
 async fn a_body_in_many_chunks_under_the_limit_arrives_whole() {
+    let _one = watch_heap().await;
     let base = server(
         "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n",
         |mut socket| async move {
@@ -172,6 +213,7 @@ static ANSWERED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize
 /// once each.
 #[tokio::test]
 async fn cursors_that_loop_or_stall_end_in_since_paging() {
+    let heap = watch_heap().await;
     for fresh_cursors in [false, true] {
         let base = server("", move |mut socket| async move {
             let n = ANSWERED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -204,6 +246,7 @@ async fn cursors_that_loop_or_stall_end_in_since_paging() {
             "{asked} requests for one page (fresh cursors: {fresh_cursors})"
         );
     }
+    heap.assert_under(4.0, "cursors that loop");
 }
 
 /// A server on loopback that answers a socket upgrade (101, the subprotocol) and hands the
@@ -261,6 +304,7 @@ static UPGRADES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize
 /// such a socket was kept forever.) The list endpoint answers empty pages.
 #[tokio::test]
 async fn a_socket_that_only_pings_is_dropped_as_idle() {
+    let heap = watch_heap().await;
     let base = ws_server(
         |mut socket| async move {
             UPGRADES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -290,6 +334,7 @@ async fn a_socket_that_only_pings_is_dropped_as_idle() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    heap.assert_under(4.0, "a socket that only pings and never reads");
     drop(tail);
 }
 
@@ -304,6 +349,7 @@ static FLOOD_UPGRADES: std::sync::atomic::AtomicUsize = std::sync::atomic::Atomi
 /// only by 2,000 frames, the tail read all 50 MiB into memory.)
 #[tokio::test]
 async fn the_catch_up_buffer_is_bounded_in_bytes() {
+    let heap = watch_heap().await;
     let base = ws_server(
         |mut socket| async move {
             FLOOD_UPGRADES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -341,6 +387,7 @@ async fn the_catch_up_buffer_is_bounded_in_bytes() {
     }
     // Well inside the list's 3 s delay: everything the tail would read, it has read by now.
     tokio::time::sleep(Duration::from_millis(1500)).await;
+    heap.assert_under(4.0, "a socket flooded during a catch-up, 1 MiB buffer");
     let flooded = FLOODED.load(std::sync::atomic::Ordering::Relaxed);
     assert!(
         flooded < 24 << 20,
