@@ -211,7 +211,7 @@ async fn s3_archive(
     let endpoint = args.s3_endpoint.clone().or(endpoint);
     let region = args.s3_region.clone().or(region);
     let path_style = args.s3_path_style || path_style;
-    let client = auditship_sink_s3::connect(region.as_deref(), endpoint.as_deref(), path_style).await;
+    let client = auditship_sink_s3::connect(region.as_deref(), endpoint.as_deref(), path_style, None).await;
     Ok(Box::new(auditship::ops::verify::S3Archive::new(
         client,
         bucket,

@@ -57,7 +57,7 @@ async fn discovery_follows_new_sandboxes_and_leaves_deleted_ones() {
     wait_for("every live event", Duration::from_secs(60), || sim.live_done()).await;
     let followed = ["sb-b", "sb-new"];
     wait_for("the followed sandboxes complete", Duration::from_secs(30), || {
-        let lines = ws.archive_lines();
+        let lines = ws.archive_lines_so_far();
         let want = sim_lines(&sim, &followed);
         want.iter().all(|l| lines.contains(l))
     })

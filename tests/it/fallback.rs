@@ -54,7 +54,7 @@ async fn fleet_on_the_fallback(transport: &str) {
 
     // Each sandbox catches up alone once (its own position), then joins the shared poll.
     wait_for("the backlog of every sandbox", Duration::from_secs(60), || {
-        ws.archive_lines().len() >= 1000
+        ws.archive_lines_so_far().len() >= 1000
     })
     .await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -74,7 +74,7 @@ async fn fleet_on_the_fallback(transport: &str) {
     );
 
     wait_for("every event", Duration::from_secs(60), || {
-        sim.live_done() && ws.archive_lines().len() >= sim.total_events()
+        sim.live_done() && ws.archive_lines_so_far().len() >= sim.total_events()
     })
     .await;
     stop.cancel();

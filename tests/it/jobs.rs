@@ -31,12 +31,12 @@ async fn a_killed_job_resumes_with_its_own_window_and_a_finished_one_ships_nothi
     wait_for(
         "part of the window to be shipped",
         Duration::from_secs(60),
-        || ws.archive_lines().len() > 500,
+        || ws.archive_lines_so_far().len() > 500,
     )
     .await;
     signal(&child, libc::SIGKILL);
     finish(child, Duration::from_secs(10));
-    let partial = ws.archive_lines().len();
+    let partial = ws.archive_lines_so_far().len();
     assert!(partial < 6_000, "killed before the end ({partial})");
 
     // Events that arrive after the job started are outside its window: the resumed job must

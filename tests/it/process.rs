@@ -25,7 +25,7 @@ async fn sigterm_drains_and_exits_zero_and_a_restart_adds_nothing() {
     let key = sim.api_key().to_string();
     let child = ws.spawn(&key, &["run", "pipe.toml"]);
     wait_for("the archive to fill", Duration::from_secs(60), || {
-        sim.live_done() && ws.archive_lines().len() >= sim.total_events()
+        sim.live_done() && ws.archive_lines_so_far().len() >= sim.total_events()
     })
     .await;
     signal(&child, libc::SIGTERM);
@@ -89,7 +89,7 @@ async fn kill_9_rounds_then_finish(ids: [&str; 3], sink_extra: &str) {
     kill_9_rounds(&ws, &key, 6).await;
     let child = ws.spawn(&key, &["run", "pipe.toml"]);
     wait_for("the archive to hold every event", Duration::from_secs(90), || {
-        sim.live_done() && ws.archive_lines().len() >= sim.total_events()
+        sim.live_done() && ws.archive_lines_so_far().len() >= sim.total_events()
     })
     .await;
     signal(&child, libc::SIGTERM);
@@ -130,11 +130,12 @@ async fn the_key_never_appears_in_output_logs_or_files() {
     // The dead-letter file must exist too: it is one of the files searched for the key.
     let dead_letters = ws.path().join("state/dead-letter.ndjson");
     let started = Instant::now();
-    while !(sim.live_done() && ws.archive_lines().len() >= sim.total_events() && dead_letters.exists()) {
+    while !(sim.live_done() && ws.archive_lines_so_far().len() >= sim.total_events() && dead_letters.exists())
+    {
         assert!(
             started.elapsed() < Duration::from_secs(120),
             "after 120 s: {} of {} events archived, garbage frames sent {}, dead-letter file {}; stderr tail: {}",
-            ws.archive_lines().len(),
+            ws.archive_lines_so_far().len(),
             sim.total_events(),
             sim.garbage_frames(),
             if dead_letters.exists() { "present" } else { "absent" },
@@ -254,12 +255,12 @@ async fn a_killed_backfill_resumes_where_it_stopped() {
     wait_for(
         "part of the window to be shipped",
         Duration::from_secs(60),
-        || ws.archive_lines().len() > 500,
+        || ws.archive_lines_so_far().len() > 500,
     )
     .await;
     signal(&child, libc::SIGKILL);
     finish(child, Duration::from_secs(10));
-    let partial = ws.archive_lines().len();
+    let partial = ws.archive_lines_so_far().len();
     assert!(partial < 6_000, "killed before the end ({partial})");
     let out = ws.run(&key, &args);
     assert_eq!(out.code, Some(0), "stderr: {}", out.stderr);
@@ -280,7 +281,7 @@ async fn an_interrupted_backfill_exits_2_with_a_resume_hint() {
     let ws = Workspace::new(&sim, &ids, "requests_per_minute = 600\npage_limit = 20", "");
     let child = ws.spawn(sim.api_key(), &["backfill", "pipe.toml", "--since", "1d"]);
     wait_for("some progress", Duration::from_secs(60), || {
-        !ws.archive_lines().is_empty()
+        !ws.archive_lines_so_far().is_empty()
     })
     .await;
     signal(&child, libc::SIGTERM);
@@ -449,7 +450,7 @@ async fn list_get_tail_and_checkpoints_commands() {
     assert!(out.stdout.contains("no checkpoints yet"), "{}", out.stdout);
     let child = ws.spawn(&key, &["run", "pipe.toml"]);
     wait_for("the archive", Duration::from_secs(30), || {
-        ws.archive_lines().len() >= sim.total_events()
+        ws.archive_lines_so_far().len() >= sim.total_events()
     })
     .await;
     signal(&child, libc::SIGTERM);
@@ -485,7 +486,7 @@ async fn sighup_reloads_pipeline_files_without_losing_events_and_refuses_broken_
     let key = sim.api_key().to_string();
     let child = ws.spawn(&key, &["run", "pipe.toml"]);
     wait_for("live events flowing", Duration::from_secs(30), || {
-        ws.archive_lines().len() > 150
+        ws.archive_lines_so_far().len() > 150
     })
     .await;
 
@@ -497,9 +498,9 @@ async fn sighup_reloads_pipeline_files_without_losing_events_and_refuses_broken_
     )
     .unwrap();
     signal(&child, libc::SIGHUP);
-    let before = ws.archive_lines().len();
+    let before = ws.archive_lines_so_far().len();
     wait_for("events after a refused reload", Duration::from_secs(30), || {
-        ws.archive_lines().len() > before + 60
+        ws.archive_lines_so_far().len() > before + 60
     })
     .await;
 
@@ -519,7 +520,7 @@ async fn sighup_reloads_pipeline_files_without_losing_events_and_refuses_broken_
     })
     .await;
     wait_for("every event archived", Duration::from_secs(60), || {
-        sim.live_done() && ws.archive_lines().len() >= sim.total_events()
+        sim.live_done() && ws.archive_lines_so_far().len() >= sim.total_events()
     })
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;

@@ -78,7 +78,7 @@ async fn two_shards_together_follow_every_sandbox_exactly_once() {
     let ws = sharded_workspace(&sim, &refs);
     let procs = start_shards(&ws, sim.api_key(), 2);
     wait_for("every event archived", Duration::from_secs(60), || {
-        sim.live_done() && ws.archive_lines().len() >= sim.total_events()
+        sim.live_done() && ws.archive_lines_so_far().len() >= sim.total_events()
     })
     .await;
     stop_all(procs).await;
@@ -115,7 +115,7 @@ async fn resharding_from_2_to_3_with_export_and_import_resumes_every_sandbox() {
     let key = sim.api_key().to_string();
     let procs = start_shards(&ws, &key, 2);
     wait_for("the backlog archived", Duration::from_secs(60), || {
-        ws.archive_lines().len() >= sim.total_events()
+        ws.archive_lines_so_far().len() >= sim.total_events()
     })
     .await;
     stop_all(procs).await;
@@ -153,7 +153,7 @@ async fn resharding_from_2_to_3_with_export_and_import_resumes_every_sandbox() {
     }
     let procs = start_shards(&ws, &key, 3);
     wait_for("the new events archived", Duration::from_secs(60), || {
-        ws.archive_lines().len() >= sim.total_events()
+        ws.archive_lines_so_far().len() >= sim.total_events()
     })
     .await;
     stop_all(procs).await;

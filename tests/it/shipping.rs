@@ -21,7 +21,7 @@ async fn ship(ws: &Workspace, sim: &Simulator, sandboxes: &[&str]) -> RunReport 
     let handle = tokio::spawn(async move { pipeline::run(&p, opts).await });
     wait_for("every event to be archived", Duration::from_secs(60), || {
         let expected: usize = sandboxes.iter().map(|s| sim.events(s).len()).sum();
-        sim.live_done() && ws.archive_lines().len() >= expected
+        sim.live_done() && ws.archive_lines_so_far().len() >= expected
     })
     .await;
     stop.cancel();

@@ -122,7 +122,10 @@ when = { any = [{ action = "error" }, { status_code = { gte = 500 } }] }
 transforms = [{ type = "remove", fields = ["request_transforms"] }]
 "#;
     let ws = Workspace::with_sinks(&sim, &ids, "", sinks);
-    let report = run_until(&ws, &sim, || ws.archive_lines().len() >= sim.total_events()).await;
+    let report = run_until(&ws, &sim, || {
+        ws.archive_lines_so_far().len() >= sim.total_events()
+    })
+    .await;
     let events = sim_events(&sim, &ids);
     let total = events.len();
 
@@ -263,7 +266,10 @@ path = "{root}/tagged/out.ndjson"
 transforms = [{ type = "set", fields = { "host.flag" = true }, when = { action = "error" } }, { type = "set", fields = { shipped_by = "auditship" } }]
 "#;
     let ws = Workspace::with_sinks(&sim, &ids, "", sinks);
-    let report = run_until(&ws, &sim, || ws.archive_lines().len() >= sim.total_events()).await;
+    let report = run_until(&ws, &sim, || {
+        ws.archive_lines_so_far().len() >= sim.total_events()
+    })
+    .await;
     let events = sim_events(&sim, &ids);
     let failing = ids_where(&events, |e| e["action"] == "error");
     assert!(failing.len() > 20, "{}", failing.len());

@@ -166,36 +166,65 @@ max_events = {batch_max_events}
         finish(child, Duration::from_secs(120))
     }
 
-    /// Every archived line, across all files (decompressing .gz/.zst).
-    ///
-    /// Tests poll this while a pipeline writes, so a file may end in a unit being written: what
-    /// decodes counts, up to its last complete line. Nothing is hidden by that: a unit that does
-    /// not decode, or a torn tail after the pipeline stopped, shows as lines missing from the
-    /// exactly-once checks.
+    /// Every archived line, across all files (decompressing .gz/.zst), read strictly: for a
+    /// pipeline that has stopped (or never started). A unit that does not decode to its end, a
+    /// file that ends inside a line, or text that is not UTF-8 fails the test, naming the file:
+    /// none of them may be left by a pipeline that stopped, and a lenient reader would show
+    /// them only as lines missing.
     pub fn archive_lines(&self) -> Vec<String> {
+        self.read_archive(true).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`Workspace::archive_lines`] for a pipeline still writing, or killed: what decodes
+    /// counts, up to its last complete line (a file may end in a unit being written, or one a
+    /// kill tore).
+    pub fn archive_lines_so_far(&self) -> Vec<String> {
+        self.read_archive(false).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`Workspace::archive_lines`], returning what is wrong instead of failing the test.
+    pub fn archive_lines_checked(&self) -> Result<Vec<String>, String> {
+        self.read_archive(true)
+    }
+
+    fn read_archive(&self, strict: bool) -> Result<Vec<String>, String> {
         let mut files = Vec::new();
         walk(&self.path().join("archive"), &mut files);
         let mut lines = Vec::new();
         for f in files {
-            let raw = std::fs::read(&f).unwrap();
+            let raw = std::fs::read(&f).map_err(|e| format!("reading {}: {e}", f.display()))?;
             let mut bytes = Vec::new();
-            match raw.get(..4) {
+            let decoded = match raw.get(..4) {
                 Some([0x1f, 0x8b, _, _]) => {
-                    let _ = flate2::read::MultiGzDecoder::new(&raw[..]).read_to_end(&mut bytes);
+                    flate2::read::MultiGzDecoder::new(&raw[..]).read_to_end(&mut bytes)
                 }
                 Some([0x28, 0xb5, 0x2f, 0xfd]) => {
-                    let _ = zstd::stream::read::Decoder::new(&raw[..])
-                        .and_then(|mut d| d.read_to_end(&mut bytes));
+                    zstd::stream::read::Decoder::new(&raw[..]).and_then(|mut d| d.read_to_end(&mut bytes))
                 }
-                _ => bytes = raw,
+                _ => {
+                    bytes = raw;
+                    Ok(0)
+                }
+            };
+            if let (true, Err(e)) = (strict, decoded) {
+                return Err(format!("{} does not decode to its end: {e}", f.display()));
             }
-            let complete = bytes
-                .iter()
-                .rposition(|&b| b == b'\n')
-                .map_or(&bytes[..0], |end| &bytes[..=end]);
-            lines.extend(std::str::from_utf8(complete).unwrap().lines().map(str::to_string));
+            let complete = match bytes.iter().rposition(|&b| b == b'\n') {
+                Some(end) => &bytes[..=end],
+                None => &bytes[..0],
+            };
+            if strict && complete.len() != bytes.len() {
+                return Err(format!(
+                    "{} ends inside a line: {} bytes after its last line break",
+                    f.display(),
+                    bytes.len() - complete.len()
+                ));
+            }
+            let text =
+                std::str::from_utf8(complete).map_err(|e| format!("{} is not UTF-8: {e}", f.display()))?;
+            lines.extend(text.lines().map(str::to_string));
         }
-        lines
+        Ok(lines)
     }
 
     /// Every file below the workspace (manifests included), relative.
@@ -451,4 +480,34 @@ pub async fn wait_ready(addr: &str, timeout: Duration) {
         assert!(start.elapsed() < timeout, "never ready in {timeout:?}: {last}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// The strict reader fails on what a stopped pipeline must never leave, and the lenient one
+/// reads past it.
+#[test]
+fn the_strict_archive_reader_names_torn_and_undecodable_files() {
+    use std::io::Write as _;
+    let ws = Workspace {
+        dir: tempfile::tempdir().unwrap(),
+        pipeline: PathBuf::new(),
+        logs: tempfile::tempdir().unwrap(),
+    };
+    let dir = ws.path().join("archive/sb");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("a.ndjson"), "{\"id\":1}\n").unwrap();
+    assert_eq!(ws.archive_lines(), ["{\"id\":1}"]);
+
+    std::fs::write(dir.join("b.ndjson"), "{\"id\":2}\n{\"id\":").unwrap();
+    let e = ws.archive_lines_checked().unwrap_err();
+    assert!(e.contains("b.ndjson ends inside a line"), "{e}");
+    assert_eq!(ws.archive_lines_so_far().len(), 2);
+    std::fs::remove_file(dir.join("b.ndjson")).unwrap();
+
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(b"{\"id\":3}\n{\"id\":4}\n").unwrap();
+    let mut member = gz.finish().unwrap();
+    member.truncate(member.len() - 6);
+    std::fs::write(dir.join("c.ndjson.gz"), &member).unwrap();
+    let e = ws.archive_lines_checked().unwrap_err();
+    assert!(e.contains("c.ndjson.gz does not decode to its end"), "{e}");
 }

@@ -96,6 +96,15 @@ pub struct S3SinkConfig {
     /// the checkpoint database.
     #[serde(default)]
     pub staging_dir: Option<String>,
+    /// The longest one attempt of a request (an upload, a part) may take before it is given up
+    /// and retried, and the failure logged: a server that accepts the connection and then
+    /// answers nothing would otherwise hold the sink, silently, for as long as TCP allows.
+    #[serde(default = "default_request_timeout_ms")]
+    pub request_timeout_ms: u64,
+}
+
+pub(crate) fn default_request_timeout_ms() -> u64 {
+    60_000
 }
 
 pub(crate) fn default_key_prefix() -> String {
@@ -203,6 +212,11 @@ impl S3SinkConfig {
             return Err("bucket is empty".into());
         }
         parse_prefix(&self.key_prefix)?;
+        if self.request_timeout_ms == 0 {
+            return Err(
+                "request_timeout_ms must be greater than 0 (it bounds one attempt of an upload)".into(),
+            );
+        }
         if self.batch_max_events == 0 || self.batch_max_bytes == 0 || self.batch_timeout_ms == 0 {
             return Err(
                 "batch_max_events, batch_max_bytes and batch_timeout_ms must be greater than 0".into(),
@@ -262,6 +276,7 @@ pub async fn connect(
     region: Option<&str>,
     endpoint: Option<&str>,
     force_path_style: bool,
+    attempt_timeout: Option<std::time::Duration>,
 ) -> aws_sdk_s3::Client {
     let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
     if let Some(r) = region {
@@ -274,6 +289,13 @@ pub async fn connect(
     }
     if let Some(e) = endpoint {
         conf = conf.endpoint_url(e);
+    }
+    if let Some(t) = attempt_timeout {
+        conf = conf.timeout_config(
+            aws_sdk_s3::config::timeout::TimeoutConfig::builder()
+                .operation_attempt_timeout(t)
+                .build(),
+        );
     }
     aws_sdk_s3::Client::from_conf(conf.build())
 }

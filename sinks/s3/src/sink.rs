@@ -109,7 +109,16 @@ impl S3Sink {
 
     pub(crate) async fn connect(&mut self) {
         let c = &self.config;
-        self.client = Some(connect(c.region.as_deref(), c.endpoint.as_deref(), c.force_path_style).await);
+        let attempt = Duration::from_millis(c.request_timeout_ms);
+        self.client = Some(
+            connect(
+                c.region.as_deref(),
+                c.endpoint.as_deref(),
+                c.force_path_style,
+                Some(attempt),
+            )
+            .await,
+        );
     }
 
     pub(crate) fn render_prefix(&self, resource_id: &str, time_us: Option<i64>) -> String {

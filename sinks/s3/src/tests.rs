@@ -32,6 +32,7 @@ fn config(endpoint: &str, bucket: &str) -> S3SinkConfig {
         multipart_threshold_bytes: default_multipart_threshold_bytes(),
         multipart_part_bytes: default_multipart_part_bytes(),
         staging_dir: None,
+        request_timeout_ms: default_request_timeout_ms(),
     }
 }
 
@@ -89,6 +90,9 @@ fn bad_configurations_are_named() {
     let mut c = config("http://x", "b");
     c.multipart_part_bytes = 1024;
     assert!(c.validate().unwrap_err().contains("5 MiB"));
+    let mut c = config("http://x", "b");
+    c.request_timeout_ms = 0;
+    assert!(c.validate().unwrap_err().contains("request_timeout_ms"));
 }
 
 #[tokio::test(flavor = "multi_thread")]

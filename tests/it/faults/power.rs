@@ -69,7 +69,7 @@ pub(super) async fn power_file(p: Profile) -> Row {
     let mut disk = on_lossy_disk(&ws, &["archive", "state"]);
     let (out, printed, dropped) = cut_rounds(&ws, &sim, p, &mut disk).await;
     let expected = sim_lines(&sim, &refs(&names));
-    let got = ws.archive_lines();
+    let got = archived(&ws);
     let mut row = kill_row(
         "power-file",
         "power cut: unsynced writes dropped (file sink, checkpoint database)".into(),
