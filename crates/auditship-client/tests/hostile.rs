@@ -143,6 +143,35 @@ async fn an_endless_body_is_refused_at_the_limit() {
     heap.assert_under(4.0, "an endless body, 1 MiB limit");
 }
 
+/// A response head that never ends (header lines forever) is refused at the HTTP client's
+/// head limit (hyper's, about 400 KiB), not read until memory runs out.
+#[tokio::test]
+async fn an_endless_response_head_is_refused() {
+    let heap = watch_heap().await;
+    let base = server(
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n",
+        |mut socket| async move {
+            let line = format!("x-filler: {}\r\n", "y".repeat(1000));
+            while socket.write_all(line.as_bytes()).await.is_ok() {}
+        },
+    )
+    .await;
+    let listed = tokio::time::timeout(
+        Duration::from_secs(30),
+        client(&base, 1024 * 1024)
+            .sandbox("sb-1")
+            .audit()
+            .list(&Filters::default()),
+    )
+    .await
+    .expect("the client stopped reading the head");
+    let e = listed.expect_err("an endless head is an error");
+    let shown = e.to_string();
+    assert!(!shown.contains("msk_test_hostile"), "{shown}");
+    eprintln!("an endless response head: {shown}");
+    heap.assert_under(4.0, "an endless response head");
+}
+
 /// A declared length over the limit is refused before a byte of the body is read.
 #[tokio::test]
 async fn a_declared_length_over_the_limit_is_refused_before_reading() {
