@@ -159,6 +159,13 @@ pub enum Command {
     /// Exit codes: 0 clean, 1 problems found, 2 the check could not run (unreadable path, bad
     /// pipeline file, missing key).
     Verify(VerifyArgs),
+    /// Write a key pair for signing digests: PREFIX.key (private, mode 0600) and PREFIX.pub
+    /// (public, for auditors), Ed25519 in PEM (openssl reads both). Never overwrites a key.
+    Keygen {
+        /// Where to write: PREFIX.key and PREFIX.pub.
+        #[arg(long, default_value = "auditship-signing")]
+        out: PathBuf,
+    },
     /// Run the bundled simulator and a pipeline against it: no credentials, no services.
     Demo {
         /// Where the demo writes its archive and state (replaced on each run).

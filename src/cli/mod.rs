@@ -7,6 +7,7 @@ mod backfill;
 mod checkpoints;
 mod demo;
 mod exit;
+mod keygen;
 mod logging;
 mod reconcile;
 mod run;
@@ -99,6 +100,7 @@ async fn dispatch(command: Command) -> CommandResult {
             (None, Some(from)) => checkpoints::import(&pipeline, &from).await,
             (None, None) => checkpoints::show(&pipeline).await,
         },
+        Command::Keygen { out } => keygen::keygen(&out),
         Command::Demo { dir } => demo::demo(&dir).await,
         Command::Sim(args) => sim::sim(args).await,
     }

@@ -23,6 +23,7 @@
 //! - `seal.rs`: what a sink's seals become (read back only where the sink did not hash as it
 //!   wrote); `read.rs`: reading a unit back, hashed and summarised.
 //! - `publish.rs`: writing committed entries next to the data.
+//! - `signing.rs`: the Ed25519 keys that sign digests (`auditship keygen` writes a pair).
 
 use std::collections::HashMap;
 use std::io::{Read, Seek};
@@ -44,6 +45,7 @@ mod entry;
 mod publish;
 mod read;
 mod seal;
+mod signing;
 
 pub(crate) use chain::ChainWriter;
 pub use chain::{ChainHead, Stretch};
@@ -51,6 +53,7 @@ pub use entry::{hex, sha256_hex, sign, Entry, SandboxSpan};
 pub(crate) use publish::publisher_task;
 pub use read::{read_unit, sniff, Line, Summarizer, Summary};
 pub(crate) use seal::Sealer;
+pub use signing::{write_key_pair, DigestPublicKey, DigestSigningKey, KeyError};
 
 /// The manifest format version written in every entry.
 pub const FORMAT_VERSION: u32 = 1;

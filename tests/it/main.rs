@@ -13,6 +13,7 @@ mod fuzz;
 mod jobs;
 #[cfg(feature = "kafka")]
 mod kafka;
+mod keygen;
 mod layout;
 mod lossyfs;
 mod metrics;

@@ -33,12 +33,26 @@ fn on_lossy_disk(ws: &Workspace, dirs: &[&str]) -> Disk {
     disk
 }
 
-/// What the cuts dropped, for the table.
-fn injected(p: Profile, dropped: Dropped) -> String {
-    format!(
-        "{} × power cut, dropping {} unsynced bytes and {} unsynced directory entries in all, each followed by a restart",
-        p.kills, dropped.bytes, dropped.entries
-    )
+/// The cuts, for the table; what they dropped goes to the note, and a run whose cuts dropped
+/// nothing at all (so proved nothing a kill -9 would not) fails. One kind alone may be 0: the
+/// S3 staging syncs each object as soon as it is written, so its cuts often find no unsynced
+/// bytes, only directory entries.
+fn mark_cuts(row: &mut Row, p: Profile, dropped: Dropped) {
+    row.injected = format!("{} × power cut, each followed by a restart", p.kills);
+    let what = format!(
+        "the cuts dropped {} unsynced bytes and {} unsynced directory entries in all",
+        dropped.bytes, dropped.entries
+    );
+    let what = if dropped.bytes + dropped.entries == 0 {
+        format!("FAILED: {what}, so they proved nothing")
+    } else {
+        what
+    };
+    row.note = [what, std::mem::take(&mut row.note)]
+        .into_iter()
+        .filter(|n| !n.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ");
 }
 
 /// Kill rounds whose kills are power cuts of `disk`.
@@ -79,7 +93,6 @@ pub(super) async fn power_file(p: Profile) -> Row {
         &out,
         started,
     );
-    row.injected = injected(p, dropped);
     row.leaks = key_leaks(sim.api_key(), &ws, &printed, &got);
     // The manifests survived the cuts too: every byte sealed and entered, in agreement with the
     // checkpoint database.
@@ -93,6 +106,7 @@ pub(super) async fn power_file(p: Profile) -> Row {
             last_line(&verified.stderr)
         );
     }
+    mark_cuts(&mut row, p, dropped);
     row
 }
 
@@ -127,8 +141,8 @@ pub(super) async fn power_s3(p: Profile) -> Row {
         &out,
         started,
     );
-    row.injected = injected(p, dropped);
     row.leaks = key_leaks(sim.api_key(), &ws, &printed, &got);
+    mark_cuts(&mut row, p, dropped);
     row
 }
 
