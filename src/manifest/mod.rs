@@ -23,7 +23,8 @@
 //! - `seal.rs`: what a sink's seals become (read back only where the sink did not hash as it
 //!   wrote); `read.rs`: reading a unit back, hashed and summarised.
 //! - `publish.rs`: writing committed entries next to the data.
-//! - `signing.rs`: the Ed25519 keys that sign digests (`auditship keygen` writes a pair).
+//! - `signing.rs`: the Ed25519 keys that sign digests (`auditship keygen` writes a pair);
+//!   `digest.rs`: a period's signed digest of a sink's entries, and its checks.
 
 use std::collections::HashMap;
 use std::io::{Read, Seek};
@@ -41,6 +42,7 @@ use crate::store::{ManifestRow, Store, StoredHead};
 use crate::transform::HmacKey;
 
 mod chain;
+mod digest;
 mod entry;
 mod publish;
 mod read;
@@ -49,6 +51,7 @@ mod signing;
 
 pub(crate) use chain::ChainWriter;
 pub use chain::{ChainHead, Stretch};
+pub use digest::{DigestEntry, DigestProblem, SignedDigest, DIGEST_FORMAT_VERSION};
 pub use entry::{hex, sha256_hex, sign, Entry, SandboxSpan};
 pub(crate) use publish::publisher_task;
 pub use read::{read_unit, sniff, Line, Summarizer, Summary};

@@ -112,10 +112,11 @@ async fn the_key_never_appears_in_output_logs_or_files() {
         SimConfig {
             api_key: key.into(),
             backlog_per_sandbox: 50,
-            // Four seconds of live frames: the socket surely carries some (and so garbage),
-            // even when a loaded machine connects it late or a few handshakes fail.
+            // Ten seconds of live frames: the socket surely carries some (and so garbage),
+            // even when a loaded machine connects it late or a few handshakes fail. (Four
+            // seconds once passed with no garbage frame sent at all.)
             live_rate_per_sec: 150.0,
-            live_events_per_sandbox: Some(600),
+            live_events_per_sandbox: Some(1500),
             no_socket: vec!["sb-nosock".into()],
             drop_every_frames: Some(9),
             ratio_429: 0.2,

@@ -97,8 +97,9 @@ pub struct S3SinkConfig {
     #[serde(default)]
     pub staging_dir: Option<String>,
     /// The longest one attempt of a request (an upload, a part) may take before it is given up
-    /// and retried, and the failure logged: a server that accepts the connection and then
-    /// answers nothing would otherwise hold the sink, silently, for as long as TCP allows.
+    /// and retried: a server that accepts the connection and then answers nothing would
+    /// otherwise hold the sink, silently, for as long as TCP allows. The SDK makes 3 attempts
+    /// (with backoff) before the sink logs the failure and retries on its own.
     #[serde(default = "default_request_timeout_ms")]
     pub request_timeout_ms: u64,
 }

@@ -783,13 +783,20 @@ async fn sqlite_readonly(p: Profile) -> Row {
 #[cfg(feature = "s3")]
 async fn s3_down(p: Profile) -> Row {
     use auditship_sink_s3::testing::{client, create_bucket, lines, read_all, S3Server};
+    // The SDK makes 3 attempts (each bounded by request_timeout_ms, 300 ms here) with up to
+    // 3 s of backoff between them before the sink's own loop sees a failure and logs it: an
+    // outage of at least 8 s, so the log's warning surely falls inside it.
+    let p = Profile {
+        outage: p.outage.max(Duration::from_secs(8)),
+        ..p
+    };
     let started = Instant::now();
     let server = S3Server::start().unwrap_or_else(|e| panic!("{e}"));
     let c = client(&server.endpoint()).await;
     create_bucket(&c, "outage", false).await.unwrap();
     let (sim, names) = outage_sim("s3d", p).await;
     let sink = format!(
-        "[sinks.cold]\ntype = \"s3\"\nbucket = \"outage\"\nregion = \"us-east-1\"\nendpoint = \"{}\"\nforce_path_style = true\nkey_prefix = \"a/{{resource_id}}/\"\nbatch_max_events = 200\nbatch_timeout_ms = 300\nrequest_timeout_ms = 1000\n",
+        "[sinks.cold]\ntype = \"s3\"\nbucket = \"outage\"\nregion = \"us-east-1\"\nendpoint = \"{}\"\nforce_path_style = true\nkey_prefix = \"a/{{resource_id}}/\"\nbatch_max_events = 200\nbatch_timeout_ms = 300\nrequest_timeout_ms = 300\n",
         server.endpoint()
     );
     let ws = Workspace::with_sinks(&sim, &refs(&names), "", &sink);
@@ -797,7 +804,7 @@ async fn s3_down(p: Profile) -> Row {
     let child = ws.spawn(&key, &["run", "pipe.toml"]);
     until_shipping(&ws, &sim).await;
     server.pause();
-    let (held, _) = checkpoint_held(&ws, p.outage).await;
+    let (held, frozen) = checkpoint_held(&ws, p.outage).await;
     server.resume();
     let out = drain(&ws, &sim, child, Duration::from_secs(240)).await;
     keep_log("s3-down", &out);
@@ -833,6 +840,12 @@ async fn s3_down(p: Profile) -> Row {
     };
     if !held {
         row.note = format!("FAILED: {}", row.note);
+    }
+    if frozen >= sim.total_events() as i64 {
+        row.note = format!(
+            "FAILED: every event was committed before the outage, so it tested nothing; {}",
+            row.note
+        );
     }
     row.leaks = key_leaks(sim.api_key(), &ws, &format!("{}{}", out.stdout, out.stderr), &got);
     row.secs = started.elapsed().as_secs_f64();
@@ -899,6 +912,12 @@ async fn kafka_down(p: Profile) -> Row {
     );
     if !held {
         row.note = format!("FAILED: {}", row.note);
+    }
+    if frozen >= sim.total_events() as i64 {
+        row.note = format!(
+            "FAILED: every event was committed before the outage, so it tested nothing; {}",
+            row.note
+        );
     }
     row.leaks = key_leaks(sim.api_key(), &ws, &format!("{}{}", out.stdout, out.stderr), &got);
     row.secs = started.elapsed().as_secs_f64();
