@@ -494,8 +494,16 @@ impl Sink for KafkaSink {
                 }
             }
             if retry > 0 {
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(30));
+                // A producer in a fatal state (its idempotence lost, say, to a broker that came
+                // back without its state: UnknownProducerId) fails every send from then on, so
+                // resending through it would stall the sink for good: rebuild it first.
+                if let Some((code, reason)) = self.producer()?.client().fatal_error() {
+                    tracing::warn!(sink = %self.ctx.sink, error = %format!("{code:?}: {reason}"), "Kafka producer hit a fatal error; rebuilding it and sending the undelivered events again");
+                    self.rebuild().await?;
+                } else {
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                }
                 self.resend_unsent().await?;
             }
         }
