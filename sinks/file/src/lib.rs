@@ -34,7 +34,7 @@
 //! - `encode.rs`: lines to bytes; `sync.rs`: a flush's fsync, overlapping the next flush.
 //! - `recovery.rs`: rolling registered files back at start; `manifests.rs`: [`FileManifests`].
 //! - `foreign.rs`: bytes after a committed length that the sink did not write, set aside.
-//! - `template.rs`: the `path` template.
+//! - `template.rs`: the `path` template, and the path made absolute against the working directory.
 
 mod config;
 mod encode;
@@ -65,6 +65,7 @@ pub use config::{Compression, FileSinkConfig};
 pub use encode::encode_lines;
 pub use manifests::FileManifests;
 pub use sink::{FileSink, IDLE_AFTER};
+use template::absolute;
 pub use template::{PathTemplate, Values, PLACEHOLDERS};
 
 use encode::*;

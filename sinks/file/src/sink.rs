@@ -102,10 +102,12 @@ pub(crate) struct Inner {
 impl FileSink {
     /// Build the sink and roll back every file it wrote to its committed length.
     pub fn open(mut config: FileSinkConfig, ctx: SinkContext) -> Result<Self, SinkError> {
-        config.validate().map_err(SinkError::Config)?;
         // Registered paths are absolute: a relative one means whatever the working directory
-        // is at the next start, and rolling back there would cut someone else's file.
-        config.path = absolute(&config.path)?;
+        // is at the next start, and rolling back there would cut someone else's file. (An
+        // empty path is left for `validate` to name.)
+        if !config.path.is_empty() {
+            config.path = absolute(&config.path)?;
+        }
         let template = config.validate().map_err(SinkError::Config)?;
         // Before anything is rolled back: another process writing this archive would have its
         // files cut at every start of this one.
@@ -784,21 +786,4 @@ impl Sink for FileSink {
     fn manifest_publisher(&self) -> Option<Arc<dyn ManifestPublisher>> {
         Some(Arc::new(FileManifests))
     }
-}
-
-/// `path` made absolute against the working directory (lexically: links are not followed, so
-/// the archive stays where the template says).
-pub(crate) fn absolute(path: &str) -> Result<String, SinkError> {
-    let abs = std::path::absolute(path).map_err(|e| {
-        SinkError::io(
-            format!("resolving the path {path} against the working directory"),
-            e,
-        )
-    })?;
-    abs.into_os_string().into_string().map_err(|abs| {
-        SinkError::Config(format!(
-            "the path {path} resolves to {}, which is not UTF-8; give an absolute path",
-            abs.to_string_lossy()
-        ))
-    })
 }

@@ -9,6 +9,7 @@
 use std::path::{Component, Path, PathBuf};
 
 use auditship_sink::template::{Placeholder, Template};
+use auditship_sink::SinkError;
 
 /// The placeholders a path template takes.
 pub const PLACEHOLDERS: [Placeholder; 3] =
@@ -128,6 +129,23 @@ pub(crate) fn unwritable_path(path: &str) -> Option<String> {
         &long[..shown],
         long.len()
     ))
+}
+
+/// `path` made absolute against the working directory (lexically: links are not followed, so
+/// the archive stays where the template says).
+pub(crate) fn absolute(path: &str) -> Result<String, SinkError> {
+    let abs = std::path::absolute(path).map_err(|e| {
+        SinkError::io(
+            format!("resolving the path {path} against the working directory"),
+            e,
+        )
+    })?;
+    abs.into_os_string().into_string().map_err(|abs| {
+        SinkError::Config(format!(
+            "the path {path} resolves to {}, which is not UTF-8; give an absolute path",
+            abs.to_string_lossy()
+        ))
+    })
 }
 
 #[cfg(test)]
