@@ -47,6 +47,16 @@ pub struct VerifyArgs {
     /// [manifest] hmac_key, with --pipeline).
     #[arg(long)]
     hmac_key_env: Option<String>,
+    /// Check the signed digests with this public key (PEM, as `auditship keygen` writes it):
+    /// every signature, the chain of digests with no hole, every entry they list. Needs
+    /// nothing else: no checkpoint database, no secret.
+    #[arg(long, value_name = "FILE")]
+    public_key: Option<PathBuf>,
+    /// With --public-key: the digests must reach this time (RFC 3339, or 2h/1d ago). Default:
+    /// now minus two digest periods, where a chain the pipeline signed as stopped earlier is
+    /// accepted with a note.
+    #[arg(long, requires = "public_key")]
+    until: Option<String>,
     /// For s3:// archives: an S3-compatible endpoint (default: the pipeline's S3 sink for
     /// that bucket, else AWS). Credentials come from the AWS chain.
     #[arg(long)]
@@ -91,6 +101,18 @@ pub async fn verify(args: VerifyArgs) -> CommandResult {
                     "--hmac-key-env {var}: that environment variable is not set; export the manifest key"
                 ))
             }
+        }
+    }
+    if let Some(path) = &args.public_key {
+        match auditship::manifest::DigestPublicKey::from_file(path) {
+            Ok(k) => opts.public_key = Some(k),
+            Err(e) => return fail(format!("--public-key: {e}")),
+        }
+    }
+    if let Some(until) = &args.until {
+        match super::time::resolve_time(until) {
+            Ok(us) => opts.horizon = Some(verify::Horizon::Until(us)),
+            Err(e) => return fail(format!("--until {until}: {e}")),
         }
     }
     let text = args.path.to_string_lossy().into_owned();

@@ -53,6 +53,21 @@ pub struct ManifestConfig {
     /// never goes in the file). `auditship verify` then needs the same key to pass.
     #[serde(default)]
     pub hmac_key: Option<Spanned<String>>,
+    /// Sign a digest of each archive sink's manifest every period with this Ed25519 private
+    /// key: a PKCS#8 PEM file, mode 0600, as `auditship keygen` writes. Anyone with the public
+    /// half can then check the archive offline (`auditship verify --public-key`). `${VAR}` is
+    /// replaced.
+    #[serde(default)]
+    pub signing_key_file: Option<Spanned<String>>,
+    /// The same key's PEM text, written as `${VAR}` (the key itself never goes in the file).
+    /// At most one of `signing_key_file` and `signing_key`.
+    #[serde(default)]
+    pub signing_key: Option<Spanned<String>>,
+    /// The length of a digest's period, in milliseconds (default: one hour; 1000 to 86400000).
+    /// Periods are aligned to multiples of it since the Unix epoch; one with nothing sealed
+    /// still gets its digest.
+    #[serde(default = "default_digest_interval_ms")]
+    pub digest_interval_ms: u64,
 }
 
 impl Default for ManifestConfig {
@@ -60,8 +75,15 @@ impl Default for ManifestConfig {
         ManifestConfig {
             enabled: true,
             hmac_key: None,
+            signing_key_file: None,
+            signing_key: None,
+            digest_interval_ms: default_digest_interval_ms(),
         }
     }
+}
+
+fn default_digest_interval_ms() -> u64 {
+    3_600_000
 }
 
 fn default_true() -> bool {

@@ -20,6 +20,8 @@ use super::model::{PipelineFile, SandboxList, SinkEntry, SourceConfig};
 use super::spans::{KeySpans, Step};
 use super::{ConfigError, ConfigErrors, Discovery, PipelineConfig, SinkRoute};
 
+mod manifest;
+
 /// The shortest API key accepted: anything shorter is a placeholder or a cut-off variable.
 const MIN_KEY_CHARS: usize = 8;
 
@@ -52,6 +54,7 @@ pub(super) fn resolve(path: &Path, text: &str, mode: LoadMode) -> Result<Pipelin
     r.limits(file);
     let (checkpoint_path, dead_letter_path) = r.paths(file);
     let manifest_key = r.manifest_key(file);
+    let digests = r.digests(file);
     let warnings_before = r.warnings.len();
     let transforms = r.transforms(&read.transforms);
     let (sinks, routes) = r.sinks(read.sinks, !read.transforms.is_empty());
@@ -93,6 +96,7 @@ pub(super) fn resolve(path: &Path, text: &str, mode: LoadMode) -> Result<Pipelin
         dead_letter_path,
         manifest_enabled: file.manifest.enabled,
         manifest_key,
+        digests,
         sinks,
         transforms,
         routes,
@@ -365,47 +369,6 @@ impl Resolver<'_> {
             None => checkpoint_path.with_file_name("dead-letter.ndjson"),
         };
         (checkpoint_path, dead_letter_path)
-    }
-
-    /// `[manifest] hmac_key`: only as `${VAR}`.
-    fn manifest_key(&mut self, file: &PipelineFile) -> Option<HmacKey> {
-        let manifest_key = match &file.manifest.hmac_key {
-            None => None,
-            Some(text) if !text.get_ref().contains("${") => {
-                self.err(
-                    text.span(),
-                    "manifest.hmac_key must name an environment variable, e.g. hmac_key = \"${AUDITSHIP_MANIFEST_KEY}\"; the key itself never goes in the pipeline file".into(),
-                );
-                None
-            }
-            Some(text) => match interpolate(text.get_ref()) {
-                Ok(v) => {
-                    crate::secret::remember_secret(&v);
-                    if v.len() < 16 {
-                        self.warnings.push(format!(
-                            "{}: manifest.hmac_key is shorter than 16 bytes; use at least 32 random bytes",
-                            self.path.display()
-                        ));
-                    }
-                    Some(crate::transform::HmacKey::new(v.as_bytes()))
-                }
-                Err(m) if self.mode.offline() && self.mode != LoadMode::Verify => {
-                    self.warnings.push(format!(
-                        "{}: manifest.hmac_key: {m} (needed to run)",
-                        self.path.display()
-                    ));
-                    None
-                }
-                Err(m) => {
-                    self.err(
-                        text.span(),
-                        format!("manifest.hmac_key: {m}; export it (at least 32 random bytes), or remove hmac_key to keep unsigned manifests"),
-                    );
-                    None
-                }
-            },
-        };
-        manifest_key
     }
 
     /// `tls_ca_file` and `tls_insecure_skip_verify`.

@@ -423,3 +423,91 @@ fn a_short_key_is_refused_without_being_shown() {
     std::env::set_var("AUDITSHIP_TEST_KEY_SHORT", "abcd1234");
     assert!(parse(Path::new("p.toml"), &text, LoadMode::Run).is_ok());
 }
+
+#[test]
+fn signing_keys_resolve_from_a_file_or_a_variable_and_their_mistakes_are_named() {
+    std::env::set_var("AUDITSHIP_TEST_KEY_GOOD", "msk_test_123");
+    let dir = tempfile::tempdir().unwrap();
+    let (private, _, _) = crate::manifest::write_key_pair(&dir.path().join("sign")).unwrap();
+    let with = |manifest: &str| format!("{GOOD}\n[manifest]\n{manifest}\n");
+    let load = |manifest: &str, mode| parse(Path::new("p.toml"), &with(manifest), mode);
+
+    // From a file, with the default period.
+    let p = load(
+        &format!("signing_key_file = {:?}", private.display().to_string()),
+        LoadMode::Run,
+    )
+    .unwrap();
+    let d = p.digests.unwrap();
+    assert_eq!(d.interval, std::time::Duration::from_secs(3600));
+    // From a variable holding the PEM text; the text is scrubbed from logs.
+    let pem = std::fs::read_to_string(&private).unwrap();
+    std::env::set_var("AUDITSHIP_TEST_SIGNING_KEY", &pem);
+    let p = load(
+        "signing_key = \"${AUDITSHIP_TEST_SIGNING_KEY}\"\ndigest_interval_ms = 60000",
+        LoadMode::Run,
+    )
+    .unwrap();
+    let d2 = p.digests.unwrap();
+    assert_eq!(d2.key.fingerprint(), d.key.fingerprint());
+    assert_eq!(d2.interval, std::time::Duration::from_secs(60));
+    assert!(!crate::secret::redact_all(&format!("x {pem} y")).contains(pem.trim()));
+
+    let error = |manifest: &str, mode| load(manifest, mode).unwrap_err().to_string();
+    // A missing file: an error to run, a warning to validate.
+    let missing = "signing_key_file = \"/nonexistent/sign.key\"";
+    let e = error(missing, LoadMode::Run);
+    assert!(
+        e.contains("p.toml:") && e.contains("does not exist") && e.contains("auditship keygen"),
+        "{e}"
+    );
+    let p = load(missing, LoadMode::Validate).unwrap();
+    assert!(p.digests.is_none());
+    assert!(
+        p.warnings.iter().any(|w| w.contains("needed to run")),
+        "{:?}",
+        p.warnings
+    );
+    // A key others may read is refused, as ssh refuses one.
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let e = error(
+        &format!("signing_key_file = {:?}", private.display().to_string()),
+        LoadMode::Validate,
+    );
+    assert!(e.contains("chmod 600"), "{e}");
+    std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o600)).unwrap();
+    // The key itself in the file, both ways at once, no manifests, a period out of range.
+    let e = error(
+        "signing_key = \"-----BEGIN PRIVATE KEY-----\"",
+        LoadMode::Validate,
+    );
+    assert!(e.contains("must name an environment variable"), "{e}");
+    assert!(!e.contains("BEGIN PRIVATE KEY"), "the text is not echoed: {e}");
+    let both = format!(
+        "signing_key_file = {:?}\nsigning_key = \"${{AUDITSHIP_TEST_SIGNING_KEY}}\"",
+        private.display().to_string()
+    );
+    assert!(error(&both, LoadMode::Run).contains("keep one"));
+    let off = format!(
+        "enabled = false\nsigning_key_file = {:?}",
+        private.display().to_string()
+    );
+    assert!(error(&off, LoadMode::Run).contains("manifests are off"));
+    let fast = format!(
+        "signing_key_file = {:?}\ndigest_interval_ms = 10",
+        private.display().to_string()
+    );
+    let e = error(&fast, LoadMode::Run);
+    assert!(
+        e.contains("p.toml:") && e.contains("digest_interval_ms = 10"),
+        "{e}"
+    );
+    // Not a key.
+    std::env::set_var("AUDITSHIP_TEST_SIGNING_KEY_BAD", "not a pem");
+    let e = error(
+        "signing_key = \"${AUDITSHIP_TEST_SIGNING_KEY_BAD}\"",
+        LoadMode::Run,
+    );
+    assert!(e.contains("PKCS#8 Ed25519 private key"), "{e}");
+}

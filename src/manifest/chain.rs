@@ -114,10 +114,12 @@ impl Stretch {
     }
 }
 
-/// The checkpointer side of one sink's manifest: the chain's end, the key, and where committed
-/// entries go to be published.
+/// The checkpointer side of one sink's manifest: the chain's end, the key, the digests being
+/// cut (when the pipeline signs them), and where committed entries and stored digests go to be
+/// published.
 pub(crate) struct ChainWriter {
     pub(crate) head: ChainHead,
     pub(crate) key: Option<HmacKey>,
-    pub(crate) publish: tokio::sync::mpsc::UnboundedSender<Vec<ManifestLine>>,
+    pub(crate) digests: Option<super::DigestCutter>,
+    pub(crate) publish: tokio::sync::mpsc::UnboundedSender<super::publish::Publish>,
 }

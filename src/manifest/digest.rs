@@ -11,8 +11,8 @@
 //! digest that names them, and removing that digest too leaves a hole in the periods before the
 //! horizon (now minus two periods), which a verifier names.
 //!
-//! This file holds the format and its checks; cutting digests in a running pipeline and
-//! verifying archives with them build on it.
+//! This file holds the format and its checks; `cutter.rs` cuts them in a running pipeline, and
+//! `auditship verify --public-key` checks archives with them.
 //!
 //! The digest's `hash` is the SHA-256 of its JSON as serialised here with `hash` and
 //! `signature` empty, fields in declaration order (as an entry's); the signature is over the
@@ -22,9 +22,9 @@
 //! use auditship::manifest::{SignedDigest, DigestSigningKey, DigestPublicKey};
 //! let key = DigestSigningKey::generate()?;
 //! let public = DigestPublicKey::from_pem(&key.public_pem()?)?;
-//! let first = SignedDigest::open("pipe", "archive", None, "2026-12-06T10:00:00Z", "2026-12-06T11:00:00Z")
+//! let first = SignedDigest::open("pipe", "archive", None, "2026-12-06T10:00:00Z", "2026-12-06T11:00:00Z", 3_600_000)
 //!     .seal(&key);
-//! let second = SignedDigest::open("pipe", "archive", Some(&first), "2026-12-06T11:00:00Z", "2026-12-06T12:00:00Z")
+//! let second = SignedDigest::open("pipe", "archive", Some(&first), "2026-12-06T11:00:00Z", "2026-12-06T12:00:00Z", 3_600_000)
 //!     .seal(&key);
 //! assert!(first.check(&public).is_ok());
 //! assert!(second.follows(Some(&first)).is_ok());
@@ -52,11 +52,19 @@ pub struct SignedDigest {
     pub period_start: String,
     /// The period's end (exclusive).
     pub period_end: String,
+    /// The length of a full period, in milliseconds: digests come at every multiple of it
+    /// (since the Unix epoch), so a verifier knows when the next one was due.
+    pub interval_ms: u64,
     /// The manifest entries committed in the period, in chain order.
     pub entries: Vec<DigestEntry>,
     /// The seq of the sink's last manifest entry at the period's end: the last of `entries`,
     /// or the previous digest's when the period sealed nothing (0 before any entry).
     pub through: u64,
+    /// The pipeline stopped at `period_end` (a clean stop): the chain goes on, if at all, at
+    /// its next start. A chain ending in such a digest ends there by the signer's word; one
+    /// ending in any other digest before the horizon has lost its newest digests.
+    #[serde(default)]
+    pub stopped: bool,
     /// The previous digest's `hash` ([`GENESIS`] for the first).
     pub prev: String,
     /// The previous digest's `signature` (empty for the first): a digest replaced by one signed
@@ -161,6 +169,7 @@ impl SignedDigest {
         prev: Option<&SignedDigest>,
         start: &str,
         end: &str,
+        interval_ms: u64,
     ) -> SignedDigest {
         SignedDigest {
             v: DIGEST_FORMAT_VERSION,
@@ -169,8 +178,10 @@ impl SignedDigest {
             seq: prev.map_or(1, |p| p.seq + 1),
             period_start: start.to_string(),
             period_end: end.to_string(),
+            interval_ms,
             entries: Vec::new(),
             through: prev.map_or(0, |p| p.through),
+            stopped: false,
             prev: prev.map_or_else(|| GENESIS.to_string(), |p| p.hash.clone()),
             prev_signature: prev.map(|p| p.signature.clone()).unwrap_or_default(),
             key: String::new(),
@@ -210,6 +221,30 @@ impl SignedDigest {
     /// The digest as one line of JSON.
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// Its path under the archive's `auditship.digest/`: `PIPELINE/SINK/SEQ-END.json`, the
+    /// names encoded as path components, the seq zero-padded (names sort in chain order), the
+    /// period's end to the second. A digest found under another name was moved or replayed.
+    pub fn file_name(&self) -> String {
+        let mut name = String::new();
+        auditship_sink::encode_component(&mut name, &self.pipeline);
+        name.push('/');
+        auditship_sink::encode_component(&mut name, &self.sink);
+        let end = chrono::DateTime::parse_from_rfc3339(&self.period_end)
+            .map(|t| t.with_timezone(&chrono::Utc).format("%Y%m%dT%H%M%SZ").to_string())
+            .unwrap_or_else(|_| "unknown".into());
+        name.push_str(&format!("/{:012}-{end}.json", self.seq));
+        name
+    }
+
+    /// The digest as the sink publishes it.
+    pub fn file(&self) -> auditship_sink::DigestFile {
+        auditship_sink::DigestFile {
+            seq: self.seq,
+            name: self.file_name(),
+            body: format!("{}\n", self.to_json()),
+        }
     }
 
     /// Whether the digest is intact and signed by `key`.
@@ -343,6 +378,7 @@ mod tests {
                 out.last(),
                 &format!("2026-12-06T{}:00:00Z", w[0]),
                 &format!("2026-12-06T{}:00:00Z", w[1]),
+                3_600_000,
             );
             // The middle hour sealed nothing: it still gets its digest.
             if i != 1 {

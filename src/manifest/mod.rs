@@ -22,9 +22,10 @@
 //!   a sealed [`Stretch`] taking its place after it.
 //! - `seal.rs`: what a sink's seals become (read back only where the sink did not hash as it
 //!   wrote); `read.rs`: reading a unit back, hashed and summarised.
-//! - `publish.rs`: writing committed entries next to the data.
+//! - `publish.rs`: writing committed entries next to the data, and digests at its root.
 //! - `signing.rs`: the Ed25519 keys that sign digests (`auditship keygen` writes a pair);
-//!   `digest.rs`: a period's signed digest of a sink's entries, and its checks.
+//!   `digest.rs`: a period's signed digest of a sink's entries, and its checks; `cutter.rs`:
+//!   when a running pipeline cuts one.
 
 use std::collections::HashMap;
 use std::io::{Read, Seek};
@@ -42,6 +43,7 @@ use crate::store::{ManifestRow, Store, StoredHead};
 use crate::transform::HmacKey;
 
 mod chain;
+mod cutter;
 mod digest;
 mod entry;
 mod publish;
@@ -51,9 +53,11 @@ mod signing;
 
 pub(crate) use chain::ChainWriter;
 pub use chain::{ChainHead, Stretch};
+pub use cutter::CutterError;
+pub(crate) use cutter::DigestCutter;
 pub use digest::{DigestEntry, DigestProblem, SignedDigest, DIGEST_FORMAT_VERSION};
 pub use entry::{hex, sha256_hex, sign, Entry, SandboxSpan};
-pub(crate) use publish::publisher_task;
+pub(crate) use publish::{publisher_task, Publish};
 pub use read::{read_unit, sniff, Line, Summarizer, Summary};
 pub(crate) use seal::Sealer;
 pub use signing::{write_key_pair, DigestPublicKey, DigestSigningKey, KeyError};

@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::PipelineConfig;
-use crate::manifest::{ChainWriter, Stretch};
+use crate::manifest::{ChainWriter, DigestCutter, DigestEntry, Publish, SignedDigest, Stretch};
 use crate::store::{Commit, ManifestRow, SavedPosition, Store};
 
 use super::{PipelineError, Progress};
@@ -58,6 +58,8 @@ struct AckedState {
     through: u64,
     state: Vec<StateEntry>,
     rows: Vec<ManifestRow>,
+    /// The same entries as the sink's digest will list them.
+    digested: Vec<DigestEntry>,
 }
 
 /// What the checkpointer needs of the pipeline.
@@ -102,6 +104,8 @@ struct Taken {
     commit: Commit,
     /// Manifest lines to publish once the commit holds, per sink index.
     published: Vec<(usize, ManifestLine)>,
+    /// The same entries for the sinks' digests, per sink index.
+    digested: Vec<(usize, DigestEntry)>,
     events: u64,
     newest_us: Option<i64>,
     batches: usize,
@@ -148,6 +152,17 @@ impl Checkpointer {
                 ledger.committed_through,
             );
             if due {
+                // Digests first: a period's digest lists what earlier commits made durable.
+                if let Err(e) = self.cut_digests(false).await {
+                    if !e.is_retryable() || closed {
+                        let _ = self.fatal.send(PipelineError::Store(e));
+                        return;
+                    }
+                    failures += 1;
+                    if failures == 1 || failures.is_multiple_of(40) {
+                        tracing::error!(pipeline = %self.pipeline, error = %e, "storing a signed digest failed; will retry");
+                    }
+                }
                 if let Some(taken) = ledger.take(watermark, &self.sink_names) {
                     match self
                         .store
@@ -158,6 +173,7 @@ impl Checkpointer {
                             failures = 0;
                             ledger.committed_through = ledger.committed_through.max(watermark);
                             self.publish(taken.published);
+                            self.digested(taken.digested);
                             ledger.pending.drain(..taken.batches);
                             self.uncommitted.add_permits(taken.batches);
                             for (q, n) in ledger.states.iter_mut().zip(&taken.per_sink) {
@@ -199,7 +215,39 @@ impl Checkpointer {
                 since_status = 0;
             }
             if closed {
+                // A clean stop is on record, signed: the chain ends here by our word.
+                if let Err(e) = self.cut_digests(true).await {
+                    tracing::error!(pipeline = %self.pipeline, error = %e, "cannot store the stop's signed digest; the next start's first digest covers this run's last entries");
+                }
                 return;
+            }
+        }
+    }
+
+    /// Store and publish the digests due (with `stopping`, every sink's stop digest too).
+    async fn cut_digests(&mut self, stopping: bool) -> Result<(), crate::store::StoreError> {
+        let now = chrono::Utc::now().timestamp_micros();
+        for (chain, sink) in self.chains.iter_mut().zip(&self.sink_names) {
+            let Some(chain) = chain else { continue };
+            if let Some(d) = chain.digests.as_ref().and_then(|c| c.due(now)) {
+                store_digest(&self.store, &self.pipeline, sink, chain, d).await?;
+            }
+            if let Some(d) = chain.digests.as_ref().filter(|_| stopping).map(|c| c.stop(now)) {
+                store_digest(&self.store, &self.pipeline, sink, chain, d).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Entries whose commit held go to their sinks' digests.
+    fn digested(&mut self, digested: Vec<(usize, DigestEntry)>) {
+        for (i, e) in digested {
+            if let Some(Some(ChainWriter {
+                digests: Some(cutter),
+                ..
+            })) = self.chains.get_mut(i)
+            {
+                cutter.committed([e]);
             }
         }
     }
@@ -218,14 +266,23 @@ impl Checkpointer {
             *a = (*a).max(through);
         }
         let mut rows = Vec::new();
+        let mut digested = Vec::new();
         if let (Some(Some(chain)), Some(name)) = (self.chains.get_mut(sink), self.sink_names.get(sink)) {
             for stretch in sealed {
                 let entry = stretch.into_entry(&mut chain.head, &self.pipeline, name, chain.key.as_ref());
+                if chain.digests.is_some() {
+                    digested.push(DigestEntry::from(&entry));
+                }
                 rows.push(entry.row());
             }
         }
         if let Some(q) = ledger.states.get_mut(sink) {
-            q.push_back(AckedState { through, state, rows });
+            q.push_back(AckedState {
+                through,
+                state,
+                rows,
+                digested,
+            });
         }
     }
 
@@ -239,7 +296,7 @@ impl Checkpointer {
                 .map(|(_, l)| l.clone())
                 .collect();
             if !lines.is_empty() {
-                let _ = chain.publish.send(lines);
+                let _ = chain.publish.send(Publish::Lines(lines));
             }
         }
     }
@@ -273,6 +330,7 @@ impl Ledger {
         let mut sink_state: Vec<(String, StateEntry)> = Vec::new();
         let mut manifest: Vec<(String, ManifestRow)> = Vec::new();
         let mut published: Vec<(usize, ManifestLine)> = Vec::new();
+        let mut digested: Vec<(usize, DigestEntry)> = Vec::new();
         let mut per_sink = vec![0; self.states.len()];
         for (i, (q, name)) in self.states.iter().zip(sink_names).enumerate() {
             let mut merged: HashMap<&str, i64> = HashMap::new();
@@ -291,6 +349,7 @@ impl Ledger {
                         },
                     ));
                 }
+                digested.extend(a.digested.iter().map(|e| (i, e.clone())));
                 per_sink[i] += 1;
             }
             for (k, v) in merged {
@@ -312,12 +371,31 @@ impl Ledger {
                 manifest,
             },
             published,
+            digested,
             events,
             newest_us,
             batches,
             per_sink,
         })
     }
+}
+
+/// Keep a signed digest in the store, hand it to the sink's publisher, and move the chain's
+/// cutter past it.
+async fn store_digest(
+    store: &Store,
+    pipeline: &str,
+    sink: &str,
+    chain: &mut ChainWriter,
+    d: SignedDigest,
+) -> Result<(), crate::store::StoreError> {
+    store.insert_digest(pipeline, sink, DigestCutter::row(&d)).await?;
+    tracing::debug!(sink = %sink, seq = d.seq, entries = d.entries.len(), stopped = d.stopped, "digest signed");
+    let _ = chain.publish.send(Publish::Digest(d.file()));
+    if let Some(cutter) = chain.digests.as_mut() {
+        cutter.cut(d);
+    }
+    Ok(())
 }
 
 /// The batch a commit may pass: the lowest acknowledgement over all sinks, lowered until it is a
@@ -375,6 +453,10 @@ pub(super) async fn start_manifests(
             continue;
         };
         let head = store.manifest_head(&p.name, &name).await?.into();
+        let digests = match &p.digests {
+            Some(settings) => Some(DigestCutter::restore(store, &p.name, &name, settings.clone()).await?),
+            None => None,
+        };
         let (tx, rx) = mpsc::unbounded_channel();
         publishers.spawn(crate::manifest::publisher_task(
             store.clone(),
@@ -387,6 +469,7 @@ pub(super) async fn start_manifests(
         chains.push(Some(ChainWriter {
             head,
             key: p.manifest_key.clone(),
+            digests,
             publish: tx,
         }));
     }
@@ -407,6 +490,7 @@ mod tests {
                 through: n,
                 state: Vec::new(),
                 rows: Vec::new(),
+                digested: Vec::new(),
             })
             .collect()
     }

@@ -34,6 +34,9 @@ pub enum PipelineError {
     /// Building the client failed.
     #[error(transparent)]
     Client(#[from] crate::client::Error),
+    /// The signed digests could not pick up where the checkpoint database stands.
+    #[error(transparent)]
+    Digests(#[from] crate::manifest::CutterError),
 }
 
 impl PipelineError {
@@ -44,6 +47,7 @@ impl PipelineError {
             PipelineError::Store(e) => e.is_retryable() || matches!(e, StoreError::Locked { .. }),
             PipelineError::Sink { source, .. } => source.is_retryable(),
             PipelineError::Source { source, .. } => source.is_retryable(),
+            PipelineError::Digests(e) => e.is_retryable(),
         }
     }
 }

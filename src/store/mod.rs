@@ -8,6 +8,7 @@
 //! - `mod.rs`: the [`Store`] handle and its thread; every operation is a closure run there.
 //! - `model.rs`: what it keeps ([`SavedPosition`], [`Job`], [`Commit`], [`ManifestRow`]).
 //! - `sql.rs`: the statements behind positions and commits; `schema.rs`: the migrations.
+//! - `digests.rs`: signed digests ([`DigestRow`]) and the entries none lists yet.
 //! - `registry.rs`: the store as a sink's state registry; `snapshot.rs`: read-only access for
 //!   `verify`; `error.rs`: [`StoreError`].
 
@@ -21,6 +22,7 @@ use auditship_sink::{StateEntry, StateRegistry};
 use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::oneshot;
 
+mod digests;
 mod error;
 mod model;
 mod registry;
@@ -28,13 +30,14 @@ mod schema;
 mod snapshot;
 mod sql;
 
+pub use digests::DigestRow;
 pub use error::StoreError;
 pub use model::{hour_of, Commit, ExportedPosition, Job, ManifestRow, SavedPosition, StoredHead};
 pub use snapshot::{ChainRows, Snapshot};
 
 use registry::SinkRegistry;
 use schema::migrate;
-use sql::{apply, execute_each, load, upsert_position};
+use sql::{apply, execute_each, load, manifest_row, upsert_position};
 
 /// Work for the store's thread: a closure with the connection, which sends its own reply. Every
 /// operation of the store is one (see [`Store::with`]): one way in, in the order sent.
@@ -369,16 +372,7 @@ impl Store {
                 "SELECT seq, unit, offset_bytes, end_bytes, hash, line FROM manifest
                  WHERE pipeline = ?1 AND sink = ?2 AND (?3 = 0 OR published = 0) ORDER BY seq",
             )?;
-            let rows = stmt.query_map(params![pipeline, sink, unpublished as i64], |r| {
-                Ok(ManifestRow {
-                    seq: r.get::<_, i64>(0)?.max(0) as u64,
-                    unit: r.get(1)?,
-                    offset: r.get::<_, i64>(2)?.max(0) as u64,
-                    end: r.get::<_, i64>(3)?.max(0) as u64,
-                    hash: r.get(4)?,
-                    line: r.get(5)?,
-                })
-            })?;
+            let rows = stmt.query_map(params![pipeline, sink, unpublished as i64], manifest_row)?;
             rows.collect()
         })
         .await

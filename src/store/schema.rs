@@ -8,6 +8,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (2, include_str!("../../migrations/0002_backfill_jobs.sql")),
     (3, include_str!("../../migrations/0003_shipped_hours.sql")),
     (4, include_str!("../../migrations/0004_manifest.sql")),
+    (5, include_str!("../../migrations/0005_digests.sql")),
 ];
 
 pub(super) fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {

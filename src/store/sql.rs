@@ -2,7 +2,7 @@
 
 use rusqlite::{params, Connection};
 
-use super::{Commit, SavedPosition};
+use super::{Commit, ManifestRow, SavedPosition};
 
 /// Run `sql` once for each row of parameters, all in one transaction (registering, forgetting
 /// and marking many rows at once).
@@ -128,4 +128,16 @@ pub(super) fn apply(
         }
     }
     tx.commit()
+}
+
+/// A row of `SELECT seq, unit, offset_bytes, end_bytes, hash, line FROM manifest`.
+pub(super) fn manifest_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ManifestRow> {
+    Ok(ManifestRow {
+        seq: r.get::<_, i64>(0)?.max(0) as u64,
+        unit: r.get(1)?,
+        offset: r.get::<_, i64>(2)?.max(0) as u64,
+        end: r.get::<_, i64>(3)?.max(0) as u64,
+        hash: r.get(4)?,
+        line: r.get(5)?,
+    })
 }

@@ -6,6 +6,7 @@
 
 mod client;
 mod config;
+mod digests;
 mod discovery;
 mod fallback;
 mod faults;

@@ -238,14 +238,18 @@ max_events = {batch_max_events}
     }
 }
 
-/// Every data file below `dir`: auditship's own files (manifests, archive locks: names that
-/// start `auditship.`) are left out.
+/// Every data file below `dir`: auditship's own files (manifests, archive locks, digests: names
+/// that start `auditship.`, and what lies in such a directory) are left out.
 pub fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
     let mut all = Vec::new();
     walk_all(dir, &mut all);
     out.extend(all.into_iter().filter(|p| {
-        p.file_name()
-            .is_none_or(|n| !n.to_string_lossy().starts_with(auditship_sink::RESERVED_PREFIX))
+        let own = |c: std::path::Component<'_>| {
+            c.as_os_str()
+                .to_string_lossy()
+                .starts_with(auditship_sink::RESERVED_PREFIX)
+        };
+        !p.strip_prefix(dir).unwrap_or(p).components().any(own)
     }));
 }
 

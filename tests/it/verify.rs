@@ -84,13 +84,13 @@ fn copy_tree(from: &Path, to: &Path) {
 }
 
 /// A fresh copy of the archive to tamper with.
-struct Copy {
+pub(crate) struct Copy {
     _dir: tempfile::TempDir,
-    root: PathBuf,
+    pub(crate) root: PathBuf,
 }
 
 impl Copy {
-    fn of(archive: &Path) -> Copy {
+    pub(crate) fn of(archive: &Path) -> Copy {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("archive");
         copy_tree(archive, &root);
@@ -98,7 +98,7 @@ impl Copy {
     }
 
     /// Data files, sorted, relative to the root.
-    fn units(&self) -> Vec<String> {
+    pub(crate) fn units(&self) -> Vec<String> {
         let mut files = Vec::new();
         walk(&self.root, &mut files);
         let mut rel: Vec<String> = files
@@ -109,7 +109,7 @@ impl Copy {
         rel
     }
 
-    fn path(&self, rel: &str) -> PathBuf {
+    pub(crate) fn path(&self, rel: &str) -> PathBuf {
         self.root.join(rel)
     }
 
@@ -126,7 +126,7 @@ fn names(report: &Report, kind: Kind, object: &str) -> bool {
         .any(|f| f.kind == kind && f.object.as_deref() == Some(object))
 }
 
-fn kinds(report: &Report) -> Vec<Kind> {
+pub(crate) fn kinds(report: &Report) -> Vec<Kind> {
     let mut k: Vec<Kind> = report.findings.iter().map(|f| f.kind).collect();
     k.dedup();
     k

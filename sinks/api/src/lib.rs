@@ -298,12 +298,36 @@ pub struct ManifestLine {
 /// sealed units. It does not end in `.ndjson`, so globs over an archive's data skip it.
 pub const MANIFEST_NAME: &str = "auditship.manifest";
 
-/// Writes committed manifest entries next to the data they describe.
+/// The directory (file sink) or key prefix (S3 sink) at the archive's root that holds its
+/// signed digests, one file or object per digest.
+pub const DIGEST_DIR: &str = "auditship.digest";
+
+/// One signed digest, ready to be written at the archive's root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DigestFile {
+    /// The digest's place in its sink's chain of digests.
+    pub seq: u64,
+    /// Its path under [`DIGEST_DIR`]: `PIPELINE/SINK/SEQ-END.json` (names encoded as path
+    /// components, seq zero-padded, the period's end as `YYYYMMDDTHHMMSSZ`), so that names sort
+    /// in chain order and say which period they vouch for.
+    pub name: String,
+    /// The signed digest (JSON, newline-terminated).
+    pub body: String,
+}
+
+/// Writes committed manifest entries next to the data they describe, and signed digests at the
+/// archive's root.
 #[async_trait]
 pub trait ManifestPublisher: Send + Sync {
     /// Make `entries` (in chain order) durable beside their units. Must be idempotent: after a
     /// crash the same entries are published again and must not appear twice.
     async fn publish(&self, entries: &[ManifestLine]) -> Result<(), SinkError>;
+
+    /// Make `digest` durable under [`DIGEST_DIR`] at the archive's root (the fixed part of the
+    /// sink's path or key template). Create-only: publishing the same digest again is a no-op,
+    /// and a different digest under the same name is an error that is not retried (a chain
+    /// never forks; the file there was changed, or a second pipeline writes the same archive).
+    async fn publish_digest(&self, digest: &DigestFile) -> Result<(), SinkError>;
 }
 
 /// What a sink gets when it is built.

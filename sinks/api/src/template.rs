@@ -159,6 +159,15 @@ impl Template {
         }
     }
 
+    /// The text before the first placeholder (all of it when there is none): what every
+    /// rendering starts with.
+    pub fn fixed_start(&self) -> &str {
+        match self.pieces.first() {
+            Some(Piece::Text(t)) => t,
+            _ => "",
+        }
+    }
+
     /// Whether the template is the empty string.
     pub fn is_empty(&self) -> bool {
         self.pieces.is_empty()
@@ -198,6 +207,8 @@ mod tests {
         assert!(t.uses(Placeholder::Date) && !t.uses(Placeholder::Action));
         assert_eq!(t.fixed(), None);
         assert_eq!(Template::parse("fixed", ALL).unwrap().fixed(), Some("fixed"));
+        assert_eq!(t.fixed_start(), "");
+        assert_eq!(Template::parse("a/b{date}/c", ALL).unwrap().fixed_start(), "a/b");
         assert!(Template::parse("", ALL).unwrap().is_empty());
     }
 

@@ -55,8 +55,8 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use auditship_sink::{
-    Batch, ManifestLine, ManifestPublisher, Precomputed, Sealed, Sink, SinkContext, SinkError, Spans,
-    StateEntry, UnitCompression, MANIFEST_NAME,
+    Batch, DigestFile, ManifestLine, ManifestPublisher, Precomputed, Sealed, Sink, SinkContext, SinkError,
+    Spans, StateEntry, UnitCompression, DIGEST_DIR, MANIFEST_NAME,
 };
 use bytes::Bytes;
 use sha2::{Digest, Sha256};

@@ -64,6 +64,8 @@ pub struct FileSink {
     pub(crate) durable: u64,
     /// This sink's lock on its archive, held while it lives.
     pub(crate) _lock: crate::recovery::ArchiveLock,
+    /// The archive's root: the fixed directory of the path template (digests go there).
+    pub(crate) root: PathBuf,
 }
 
 /// A registered file untouched this long, whose length is its committed length, is forgotten:
@@ -112,6 +114,7 @@ impl FileSink {
         // Before anything is rolled back: another process writing this archive would have its
         // files cut at every start of this one.
         let lock = crate::recovery::lock_archive(template.base(), &ctx.pipeline, &ctx.sink)?;
+        let root = template.base().to_path_buf();
         let idle_check_at = Instant::now() + idle_check_every(&config);
         let mut recovered = HashMap::new();
         let mut prunable = Vec::new();
@@ -165,6 +168,7 @@ impl FileSink {
             in_flight: None,
             durable: 0,
             _lock: lock,
+            root,
         })
     }
 
@@ -784,6 +788,6 @@ impl Sink for FileSink {
     }
 
     fn manifest_publisher(&self) -> Option<Arc<dyn ManifestPublisher>> {
-        Some(Arc::new(FileManifests))
+        Some(Arc::new(FileManifests::new(&self.root)))
     }
 }

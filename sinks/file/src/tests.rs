@@ -464,7 +464,7 @@ async fn manifests_are_written_per_directory_once_and_torn_lines_are_cut() {
             line: r#"{"seq":3}"#.into(),
         },
     ];
-    FileManifests.publish(&lines).await.unwrap();
+    FileManifests::default().publish(&lines).await.unwrap();
     let a = dir.path().join("a").join(MANIFEST_NAME);
     assert_eq!(std::fs::read_to_string(&a).unwrap(), "{\"seq\":1}\n{\"seq\":3}\n");
     let mode = std::fs::metadata(&a).unwrap().permissions();
@@ -476,7 +476,7 @@ async fn manifests_are_written_per_directory_once_and_torn_lines_are_cut() {
         .unwrap()
         .write_all(b"{\"se")
         .unwrap();
-    FileManifests.publish(&lines).await.unwrap();
+    FileManifests::default().publish(&lines).await.unwrap();
     assert_eq!(std::fs::read_to_string(&a).unwrap(), "{\"seq\":1}\n{\"seq\":3}\n");
     assert_eq!(
         std::fs::read_to_string(dir.path().join("b").join(MANIFEST_NAME)).unwrap(),

@@ -49,7 +49,7 @@ pub mod testing;
 
 pub use archive::{get_object, list_objects, S3Archive};
 pub use config::{connect, Compression, LockMode, S3SinkConfig, Sse};
-pub use manifests::{manifest_key, S3Manifests};
+pub use manifests::{digest_key, manifest_key, S3Manifests};
 pub use object::sha256_base64;
 pub use sink::S3Sink;
 
@@ -65,8 +65,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use auditship_sink::template::{Placeholder, Template};
 use auditship_sink::{
-    encode_component, Batch, ManifestLine, ManifestPublisher, Precomputed, Sealed, Sink, SinkContext,
-    SinkError, Spans, StateEntry, UnitCompression, MANIFEST_NAME,
+    encode_component, Batch, DigestFile, ManifestLine, ManifestPublisher, Precomputed, Sealed, Sink,
+    SinkContext, SinkError, Spans, StateEntry, UnitCompression, DIGEST_DIR, MANIFEST_NAME,
 };
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::{ByteStream, DateTime};

@@ -713,6 +713,7 @@ impl Sink for S3Sink {
             config: self.config.clone(),
             pipeline: self.ctx.pipeline.clone(),
             sink: self.ctx.sink.clone(),
+            prefix: self.prefix.clone(),
         }))
     }
 }

@@ -172,13 +172,17 @@ pub struct Object {
     pub sse: Option<String>,
 }
 
-/// Every current data object of `bucket` (all pages), with body and attributes; manifest
-/// objects (under `auditship.manifest/`) are left out.
+/// Every current data object of `bucket` (all pages), with body and attributes; manifest and
+/// digest objects (under `auditship.manifest/`, `auditship.digest/`) are left out.
 pub async fn read_all(client: &aws_sdk_s3::Client, bucket: &str) -> Result<Vec<Object>, String> {
     let all = read_all_objects(client, bucket).await?;
     Ok(all
         .into_iter()
-        .filter(|o| !o.key.split('/').any(|c| c == auditship_sink::MANIFEST_NAME))
+        .filter(|o| {
+            !o.key
+                .split('/')
+                .any(|c| c == auditship_sink::MANIFEST_NAME || c == auditship_sink::DIGEST_DIR)
+        })
         .collect())
 }
 

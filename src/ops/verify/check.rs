@@ -53,8 +53,11 @@ pub fn verify(archive: &dyn Archive, opts: &Options) -> std::io::Result<Report> 
         let name = rel.rsplit('/').next().unwrap_or(rel);
         name.starts_with(auditship_sink::RESERVED_PREFIX) && name != MANIFEST_NAME
     };
-    let (manifests, data): (Vec<_>, Vec<_>) = objects
+    let (digest_objects, objects): (Vec<_>, Vec<_>) = objects
         .iter()
+        .partition(|(rel, _)| super::digests::is_digest(rel));
+    let (manifests, data): (Vec<_>, Vec<_>) = objects
+        .into_iter()
         .filter(|(rel, _)| manifest_dir(rel).is_some() || !own(rel))
         .partition(|(rel, _)| manifest_dir(rel).is_some());
 
@@ -139,8 +142,8 @@ pub fn verify(archive: &dyn Archive, opts: &Options) -> std::io::Result<Report> 
             format!("no {MANIFEST_NAME} under {}: nothing here can be verified (give the directory a file sink writes into, or the s3://bucket/prefix an S3 sink writes into, with [manifest] enabled)", archive.root()),
         );
     }
-    if opts.anchor.is_none() {
-        notes.push("checked without the checkpoint database: removing the newest units together with their manifest lines is only caught with --pipeline".into());
+    if opts.anchor.is_none() && opts.public_key.is_none() {
+        notes.push("checked without the checkpoint database or a public key: removing the newest units together with their manifest lines is only caught with --pipeline, or --public-key when the pipeline signs digests".into());
     }
     if signed_unchecked {
         notes.push("entries carry HMACs that were not checked: give the key (--hmac-key-env, or --pipeline with [manifest] hmac_key) to check them".into());
@@ -225,7 +228,19 @@ pub fn verify(archive: &dyn Archive, opts: &Options) -> std::io::Result<Report> 
         });
     }
 
-    // 3. The checkpoint database, when given.
+    // 3. The signed digests, with the public key; the checkpoint database, when given.
+    let listed: super::digests::Listed = chains
+        .iter()
+        .map(|(chain, entries)| {
+            let by_seq = entries
+                .iter()
+                .map(|(seq, &i)| (*seq, (found[i].entry.hash.clone(), found[i].entry.unit.clone())))
+                .collect();
+            (chain.clone(), by_seq)
+        })
+        .collect();
+    let digest_chains =
+        super::digests::check_digests(archive, &digest_objects, &listed, opts, &mut f, &mut notes);
     if let Some(Anchor {
         chains: anchor,
         under,
@@ -503,6 +518,7 @@ pub fn verify(archive: &dyn Archive, opts: &Options) -> std::io::Result<Report> 
         events,
         bytes,
         chains: chain_reports,
+        digest_chains,
         findings: f.list,
         findings_not_shown: f.not_shown,
         notes,

@@ -13,7 +13,10 @@
 //! - **duplicated event ids** across everything read, and, with a threshold, per-sandbox **time
 //!   gaps** between consecutive events;
 //! - with the checkpoint database (`--pipeline`), entries the database holds that the archive
-//!   lacks (the newest units removed with their lines) and entries it does not hold (forged).
+//!   lacks (the newest units removed with their lines) and entries it does not hold (forged);
+//! - with the public key (`--public-key`), the signed digests: signatures, the chain of
+//!   digests up to a horizon, and the entries they list (see `digests.rs`). This catches the
+//!   newest units removed with their lines without the database.
 //!
 //! The archive is read through [`Archive`], so a directory and an S3 prefix are checked alike.
 
@@ -34,10 +37,12 @@ pub use auditship_sink::{Archive, DirArchive};
 pub use auditship_sink_s3::S3Archive;
 
 mod check;
+mod digests;
 mod events;
 mod report;
 
 pub use check::verify;
+pub use digests::{DigestChainReport, Horizon};
 use events::EventIndex;
 
 /// What a finding is about.
@@ -86,6 +91,22 @@ pub enum Kind {
     ApiMismatch,
     /// No manifest at all under the root.
     NoManifest,
+    /// With a public key: a chain without signed digests, or none under the root.
+    NoDigest,
+    /// A digest that does not parse or does not hash to its hash: edited.
+    DigestAltered,
+    /// A digest whose signature does not verify under the key it names.
+    BadDigestSignature,
+    /// A digest signed by a key other than the one given.
+    WrongKey,
+    /// A digest under another digest's name: moved, or replayed from another period.
+    DigestMoved,
+    /// Digests missing: a hole in a chain, or a chain ending before the horizon.
+    MissingDigests,
+    /// A digest that does not follow the one before it.
+    DigestChainBroken,
+    /// A manifest entry other than the one a digest signed.
+    NotAsDigested,
 }
 
 impl Kind {
@@ -112,6 +133,14 @@ impl Kind {
             Kind::NotInDatabase => "NOT IN DATABASE",
             Kind::ApiMismatch => "API MISMATCH",
             Kind::NoManifest => "NO MANIFEST",
+            Kind::NoDigest => "NO DIGEST",
+            Kind::DigestAltered => "DIGEST ALTERED",
+            Kind::BadDigestSignature => "BAD SIGNATURE",
+            Kind::WrongKey => "WRONG KEY",
+            Kind::DigestMoved => "DIGEST MOVED",
+            Kind::MissingDigests => "MISSING DIGESTS",
+            Kind::DigestChainBroken => "BROKEN DIGESTS",
+            Kind::NotAsDigested => "NOT AS SIGNED",
         }
     }
 }
@@ -163,6 +192,8 @@ pub struct Report {
     pub bytes: u64,
     /// The chains.
     pub chains: Vec<ChainReport>,
+    /// The chains' signed digests, when checked with a public key.
+    pub digest_chains: Vec<DigestChainReport>,
     /// Problems: any makes the archive not clean.
     pub findings: Vec<Finding>,
     /// Findings of the same kind past the report's limit, by kind.
@@ -223,6 +254,10 @@ pub struct Options {
     pub anchor: Option<Anchor>,
     /// Most findings of one kind listed (the rest are counted). 0: 100.
     pub max_findings_per_kind: usize,
+    /// Check the signed digests with this public key.
+    pub public_key: Option<crate::manifest::DigestPublicKey>,
+    /// How far the digests must reach (default: now minus two periods).
+    pub horizon: Option<Horizon>,
 }
 
 #[cfg(test)]

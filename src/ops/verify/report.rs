@@ -115,6 +115,23 @@ impl Report {
                 if c.signed { ", signed" } else { ", unsigned" }
             );
         }
+        for d in &self.digest_chains {
+            let _ = writeln!(
+                s,
+                "  digests {}/{}: {} signed (seq 1–{}), entries through {}, through {}{}",
+                d.pipeline,
+                d.sink,
+                d.digests,
+                d.last_seq,
+                d.entries_through,
+                d.through,
+                if d.stopped {
+                    " (the pipeline stopped there)"
+                } else {
+                    ""
+                }
+            );
+        }
         if let Some(n) = self.api_hours_compared {
             let _ = writeln!(s, "  compared {n} sandbox-hours with the API");
         }
