@@ -44,4 +44,4 @@ pub use model::{
     BatchConfig, CheckpointConfig, DeadLetterConfig, ManifestConfig, OrgPoll, PipelineFile, SandboxList,
     SinkEntry, SourceConfig,
 };
-pub use pipeline::{glob_match, DigestSettings, Discovery, PipelineConfig, SinkRoute};
+pub use pipeline::{glob_match, Discovery, PipelineConfig, SinkRoute};

@@ -124,7 +124,7 @@ pub struct PipelineConfig {
     /// The key manifest entries are signed with, if any.
     pub manifest_key: Option<crate::transform::HmacKey>,
     /// Signed digests of the manifests, when `[manifest]` names a signing key.
-    pub digests: Option<DigestSettings>,
+    pub digests: Option<crate::manifest::DigestSettings>,
     /// Sinks by name.
     pub sinks: BTreeMap<String, AnySink>,
     /// The pipeline's `[[transforms]]`, compiled.
@@ -133,15 +133,6 @@ pub struct PipelineConfig {
     pub routes: BTreeMap<String, SinkRoute>,
     /// Things that work but deserve a look.
     pub warnings: Vec<String>,
-}
-
-/// How a pipeline signs digests of its manifests (see [`crate::manifest::SignedDigest`]).
-#[derive(Clone, Debug)]
-pub struct DigestSettings {
-    /// The Ed25519 private key.
-    pub key: std::sync::Arc<crate::manifest::DigestSigningKey>,
-    /// The length of a period, aligned to multiples of it since the Unix epoch.
-    pub interval: Duration,
 }
 
 impl PipelineConfig {

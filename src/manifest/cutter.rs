@@ -8,8 +8,17 @@
 
 use super::*;
 use crate::client::{format_time, parse_time};
-use crate::config::DigestSettings;
 use crate::store::{DigestRow, StoreError};
+
+/// How a pipeline signs digests of its manifests (see [`SignedDigest`]): `[manifest]
+/// signing_key_file` and `digest_interval_ms`.
+#[derive(Clone, Debug)]
+pub struct DigestSettings {
+    /// The Ed25519 private key.
+    pub key: Arc<DigestSigningKey>,
+    /// The length of a period, aligned to multiples of it since the Unix epoch.
+    pub interval: Duration,
+}
 
 /// One sink's digests being cut.
 pub(crate) struct DigestCutter {

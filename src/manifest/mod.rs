@@ -53,8 +53,8 @@ mod signing;
 
 pub(crate) use chain::ChainWriter;
 pub use chain::{ChainHead, Stretch};
-pub use cutter::CutterError;
 pub(crate) use cutter::DigestCutter;
+pub use cutter::{CutterError, DigestSettings};
 pub use digest::{DigestEntry, DigestProblem, SignedDigest, DIGEST_FORMAT_VERSION};
 pub use entry::{hex, sha256_hex, sign, Entry, SandboxSpan};
 pub(crate) use publish::{publisher_task, Publish};

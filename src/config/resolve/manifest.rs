@@ -5,9 +5,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::super::DigestSettings;
 use super::*;
-use crate::manifest::{DigestSigningKey, KeyError};
+use crate::manifest::{DigestSettings, DigestSigningKey, KeyError};
 
 /// The shortest and longest digest period accepted, in ms: a second (for tests and tight
 /// evidence windows) to a day (a digest period is what an attacker may cut unnoticed before the

@@ -135,12 +135,12 @@ impl Kind {
             Kind::NoManifest => "NO MANIFEST",
             Kind::NoDigest => "NO DIGEST",
             Kind::DigestAltered => "DIGEST ALTERED",
-            Kind::BadDigestSignature => "BAD SIGNATURE",
+            Kind::BadDigestSignature => "BAD DIGEST SIGNATURE",
             Kind::WrongKey => "WRONG KEY",
             Kind::DigestMoved => "DIGEST MOVED",
             Kind::MissingDigests => "MISSING DIGESTS",
-            Kind::DigestChainBroken => "BROKEN DIGESTS",
-            Kind::NotAsDigested => "NOT AS SIGNED",
+            Kind::DigestChainBroken => "DIGEST CHAIN BROKEN",
+            Kind::NotAsDigested => "NOT AS DIGESTED",
         }
     }
 }
