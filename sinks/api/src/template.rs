@@ -207,7 +207,8 @@ mod tests {
         assert!(t.uses(Placeholder::Date) && !t.uses(Placeholder::Action));
         assert_eq!(t.fixed(), None);
         assert_eq!(Template::parse("fixed", ALL).unwrap().fixed(), Some("fixed"));
-        assert_eq!(t.fixed_start(), "");
+        assert_eq!(t.fixed_start(), "a");
+        assert_eq!(Template::parse("{date}/x", ALL).unwrap().fixed_start(), "");
         assert_eq!(Template::parse("a/b{date}/c", ALL).unwrap().fixed_start(), "a/b");
         assert!(Template::parse("", ALL).unwrap().is_empty());
     }
