@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use super::api::ListArgs;
 use super::backfill::BackfillArgs;
 use super::sim::SimArgs;
+use super::export::{ExportArgs, VerifyExportArgs};
 use super::verify::VerifyArgs;
 
 /// Ship Miosa sandbox egress-audit events to files, exactly once, with checkpoints.
@@ -159,6 +160,19 @@ pub enum Command {
     /// Exit codes: 0 clean, 1 problems found, 2 the check could not run (unreadable path, bad
     /// pipeline file, missing key).
     Verify(VerifyArgs),
+    /// Cut an evidence bundle out of a signed archive: the selection's stretches of data, with
+    /// exactly the manifest entries, signed digests and public key that prove them, and a
+    /// README, in one .tar.zst. Everything is checked on the way; an archive that does not
+    /// verify is not exported.
+    ///
+    /// Exit codes: 0 written, 1 nothing to export or the archive does not prove it (run
+    /// verify), 2 reading or writing failed.
+    Export(ExportArgs),
+    /// Check an evidence bundle offline: every digest's signature, the runs of digests, every
+    /// entry they list, every stretch byte for byte; print which events it proves.
+    ///
+    /// Exit codes: 0 clean, 1 problems found, 2 the bundle could not be opened.
+    VerifyExport(VerifyExportArgs),
     /// Write a key pair for signing digests: PREFIX.key (private, mode 0600) and PREFIX.pub
     /// (public, for auditors), Ed25519 in PEM (openssl reads both). Never overwrites a key.
     Keygen {

@@ -2,11 +2,13 @@
 //! (`exit.rs`) that prints an error chain once and picks the exit code.
 
 mod api;
+mod archive;
 mod args;
 mod backfill;
 mod checkpoints;
 mod demo;
 mod exit;
+mod export;
 mod keygen;
 mod logging;
 mod reconcile;
@@ -100,6 +102,8 @@ async fn dispatch(command: Command) -> CommandResult {
             (None, Some(from)) => checkpoints::import(&pipeline, &from).await,
             (None, None) => checkpoints::show(&pipeline).await,
         },
+        Command::Export(args) => export::export(args).await,
+        Command::VerifyExport(args) => export::verify_export(args).await,
         Command::Keygen { out } => keygen::keygen(&out),
         Command::Demo { dir } => demo::demo(&dir).await,
         Command::Sim(args) => sim::sim(args).await,

@@ -2,9 +2,7 @@
 
 use std::path::PathBuf;
 
-use auditship::config::{self, LoadMode, PipelineConfig};
-#[cfg(feature = "s3")]
-use auditship_sink::ArchiveLocation;
+use auditship::config::{self, LoadMode};
 use clap::ValueEnum;
 
 use super::exit::{self, Code, CommandResult, OrExit};
@@ -20,8 +18,6 @@ pub enum ReportFormat {
 }
 
 /// `auditship verify`'s arguments.
-// Without S3 support the S3 flags are parsed but have nothing to configure.
-#[cfg_attr(not(feature = "s3"), allow(dead_code))]
 #[derive(clap::Args, Debug)]
 pub struct VerifyArgs {
     /// The archive: the directory a file sink writes into (its template's fixed part), or
@@ -57,16 +53,9 @@ pub struct VerifyArgs {
     /// accepted with a note.
     #[arg(long, requires = "public_key")]
     until: Option<String>,
-    /// For s3:// archives: an S3-compatible endpoint (default: the pipeline's S3 sink for
-    /// that bucket, else AWS). Credentials come from the AWS chain.
-    #[arg(long)]
-    s3_endpoint: Option<String>,
-    /// For s3:// archives: the region.
-    #[arg(long)]
-    s3_region: Option<String>,
-    /// For s3:// archives: path-style addressing (most S3-compatible stores need it).
-    #[arg(long)]
-    s3_path_style: bool,
+    /// Where an s3:// archive is served.
+    #[command(flatten)]
+    s3: super::archive::S3Flags,
     /// Also compare the events per sandbox and hour with the API's list endpoint (after the
     /// pipeline's transforms and the sink's route), over each sandbox's archived span, and
     /// name the hours that differ. Needs --pipeline (and its API key).
@@ -76,7 +65,7 @@ pub struct VerifyArgs {
 
 /// `auditship verify`.
 pub async fn verify(args: VerifyArgs) -> CommandResult {
-    use auditship::ops::verify::{self, Archive, DirArchive, Options, Under};
+    use auditship::ops::verify::{self, Options, Under};
     // Anything that keeps the check from running exits 2 (1 means findings).
     let fail = |m: String| -> CommandResult { Err(exit::fail(Code::Again, m)) };
     let mut opts = Options {
@@ -116,10 +105,7 @@ pub async fn verify(args: VerifyArgs) -> CommandResult {
         }
     }
     let text = args.path.to_string_lossy().into_owned();
-    let s3 = text.strip_prefix("s3://").map(|rest| {
-        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-        (bucket.to_string(), prefix.to_string())
-    });
+    let s3 = super::archive::s3_location(&args.path);
     let mut pipeline = None;
     let mut shipped_until = std::collections::BTreeMap::new();
     if let Some(path) = &args.pipeline {
@@ -165,12 +151,9 @@ pub async fn verify(args: VerifyArgs) -> CommandResult {
         });
         pipeline = Some(p);
     }
-    let archive: Box<dyn Archive + Send> = match s3 {
-        None => Box::new(DirArchive::new(&args.path)),
-        Some((bucket, prefix)) => match s3_archive(&args, pipeline.as_ref(), &bucket, &prefix).await {
-            Ok(a) => a,
-            Err(m) => return fail(m),
-        },
+    let archive = match args.s3.archive(&args.path, pipeline.as_ref()).await {
+        Ok(a) => a,
+        Err(m) => return fail(m),
     };
     let mut report = match tokio::task::spawn_blocking(move || verify::verify(archive.as_ref(), &opts))
         .await
@@ -199,56 +182,4 @@ pub async fn verify(args: VerifyArgs) -> CommandResult {
         ReportFormat::Text => print!("{}", report.to_text()),
     }
     Ok(if report.clean { Code::Ok } else { Code::Fix })
-}
-
-/// The S3 archive `s3://bucket/prefix`: endpoint, region and addressing from the flags, else
-/// from the pipeline's S3 sink writing to that bucket, else the AWS defaults.
-#[cfg(feature = "s3")]
-async fn s3_archive(
-    args: &VerifyArgs,
-    pipeline: Option<&PipelineConfig>,
-    bucket: &str,
-    prefix: &str,
-) -> Result<Box<dyn auditship::ops::verify::Archive + Send>, String> {
-    if bucket.is_empty() {
-        return Err("give the archive as s3://BUCKET/PREFIX".into());
-    }
-    // The pipeline's sink writing to that bucket, if any: where and how it reaches it.
-    let (mut endpoint, mut region, mut path_style) = (None, None, false);
-    let sinks = pipeline.into_iter().flat_map(|p| p.sinks.values());
-    for location in sinks.filter_map(|s| s.config().ok()?.archive()) {
-        if let ArchiveLocation::S3 {
-            bucket: b,
-            endpoint: e,
-            region: r,
-            path_style: ps,
-        } = location
-        {
-            if b == bucket {
-                (endpoint, region, path_style) = (e, r, ps);
-                break;
-            }
-        }
-    }
-    let endpoint = args.s3_endpoint.clone().or(endpoint);
-    let region = args.s3_region.clone().or(region);
-    let path_style = args.s3_path_style || path_style;
-    let client = auditship_sink_s3::connect(region.as_deref(), endpoint.as_deref(), path_style, None).await;
-    Ok(Box::new(auditship::ops::verify::S3Archive::new(
-        client,
-        bucket,
-        prefix,
-        tokio::runtime::Handle::current(),
-    )))
-}
-
-/// Without S3 support there is no S3 archive to read.
-#[cfg(not(feature = "s3"))]
-async fn s3_archive(
-    _args: &VerifyArgs,
-    _pipeline: Option<&PipelineConfig>,
-    _bucket: &str,
-    _prefix: &str,
-) -> Result<Box<dyn auditship::ops::verify::Archive + Send>, String> {
-    Err("this auditship was built without S3 support; rebuild it with the `s3` feature".into())
 }

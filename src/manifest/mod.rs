@@ -58,6 +58,7 @@ pub use cutter::{CutterError, DigestSettings};
 pub use digest::{DigestEntry, DigestProblem, SignedDigest, DIGEST_FORMAT_VERSION};
 pub use entry::{hex, sha256_hex, sign, Entry, SandboxSpan};
 pub(crate) use publish::{publisher_task, Publish};
+pub(crate) use read::Hashing;
 pub use read::{read_unit, sniff, Line, Summarizer, Summary};
 pub(crate) use seal::Sealer;
 pub use signing::{write_key_pair, DigestPublicKey, DigestSigningKey, KeyError};

@@ -8,10 +8,14 @@
 //!   the API, and shipping exactly what is missing.
 //! - [`verify`]: an archive checked against its manifests: every hash recomputed, the chains
 //!   walked, what was altered, removed, added, duplicated or is missing reported.
+//! - [`bundle`]: evidence bundles: a window of an archive with exactly the manifest entries,
+//!   signed digests and public key that prove it (`auditship export`), checked offline
+//!   (`auditship verify-export`).
 //! - [`positions`]: the saved positions of a pipeline exported and imported, one JSON object a
 //!   line (`auditship checkpoints --export/--import`).
 
 pub mod backfill;
+pub mod bundle;
 pub mod positions;
 pub mod reconcile;
 pub mod verify;

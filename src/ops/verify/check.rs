@@ -527,7 +527,7 @@ pub fn verify(archive: &dyn Archive, opts: &Options) -> std::io::Result<Report> 
 
 /// For a manifest (a file `auditship.manifest`, or an object under `auditship.manifest/`), the
 /// directory whose units it lists; `None` for anything else.
-pub(super) fn manifest_dir(rel: &str) -> Option<String> {
+pub(crate) fn manifest_dir(rel: &str) -> Option<String> {
     let parts: Vec<&str> = rel.split('/').collect();
     let at = parts.iter().position(|c| *c == MANIFEST_NAME)?;
     Some(parts[..at].join("/"))

@@ -53,8 +53,8 @@ impl Default for Horizon {
     }
 }
 
-/// Whether `rel` is under a digest directory.
-pub(super) fn is_digest(rel: &str) -> bool {
+/// Whether `rel` (an archive's object) is under a digest directory (`auditship.digest/`).
+pub fn is_digest(rel: &str) -> bool {
     rel.split('/').any(|c| c == auditship_sink::DIGEST_DIR)
 }
 

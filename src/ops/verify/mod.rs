@@ -42,7 +42,8 @@ mod events;
 mod report;
 
 pub use check::verify;
-pub use digests::{DigestChainReport, Horizon};
+pub use digests::{is_digest, DigestChainReport, Horizon};
+pub(crate) use check::manifest_dir;
 use events::EventIndex;
 
 /// What a finding is about.
@@ -110,7 +111,8 @@ pub enum Kind {
 }
 
 impl Kind {
-    fn label(self) -> &'static str {
+    /// The finding's name in a text report.
+    pub fn label(self) -> &'static str {
         match self {
             Kind::BadEntry => "BAD ENTRY",
             Kind::EntryAltered => "ENTRY ALTERED",
