@@ -79,7 +79,8 @@ impl S3Flags {
         let endpoint = self.s3_endpoint.clone().or(endpoint);
         let region = self.s3_region.clone().or(region);
         let path_style = self.s3_path_style || path_style;
-        let client = auditship_sink_s3::connect(region.as_deref(), endpoint.as_deref(), path_style, None).await;
+        let client =
+            auditship_sink_s3::connect(region.as_deref(), endpoint.as_deref(), path_style, None).await;
         Ok(Box::new(auditship::ops::verify::S3Archive::new(
             client,
             bucket,

@@ -7,8 +7,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use super::api::ListArgs;
 use super::backfill::BackfillArgs;
-use super::sim::SimArgs;
 use super::export::{ExportArgs, VerifyExportArgs};
+use super::sim::SimArgs;
 use super::verify::VerifyArgs;
 
 /// Ship Miosa sandbox egress-audit events to files, exactly once, with checkpoints.

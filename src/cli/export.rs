@@ -46,7 +46,9 @@ pub async fn export(args: ExportArgs) -> CommandResult {
     };
     let time = |flag: &str, t: &Option<String>| -> Result<Option<i64>, exit::Failure> {
         t.as_deref()
-            .map(|t| super::time::resolve_time(t).map_err(|e| exit::fail(Code::Fix, format!("--{flag} {t}: {e}"))))
+            .map(|t| {
+                super::time::resolve_time(t).map_err(|e| exit::fail(Code::Fix, format!("--{flag} {t}: {e}")))
+            })
             .transpose()
     };
     let selection = Selection {
@@ -57,7 +59,10 @@ pub async fn export(args: ExportArgs) -> CommandResult {
     if args.output.exists() {
         return fail(
             Code::Fix,
-            format!("{} exists; a bundle is never overwritten: name another file", args.output.display()),
+            format!(
+                "{} exists; a bundle is never overwritten: name another file",
+                args.output.display()
+            ),
         );
     }
     let archive = match args.s3.archive(&args.archive, None).await {
@@ -99,8 +104,12 @@ pub async fn export(args: ExportArgs) -> CommandResult {
             return fail(Code::retry_if(e.is_retryable()), e.to_string());
         }
     };
-    std::fs::rename(&partial, &args.output)
-        .map_err(|e| exit::fail(Code::Again, format!("renaming {} to {}: {e}", partial.display(), args.output.display())))?;
+    std::fs::rename(&partial, &args.output).map_err(|e| {
+        exit::fail(
+            Code::Again,
+            format!("renaming {} to {}: {e}", partial.display(), args.output.display()),
+        )
+    })?;
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
@@ -119,7 +128,11 @@ pub async fn export(args: ExportArgs) -> CommandResult {
             summary.left_out_unsigned
         )?;
     }
-    writeln!(out, "check it with: auditship verify-export {} --public-key KEY.pem", args.output.display())?;
+    writeln!(
+        out,
+        "check it with: auditship verify-export {} --public-key KEY.pem",
+        args.output.display()
+    )?;
     Ok(Code::Ok)
 }
 
@@ -141,15 +154,17 @@ pub struct VerifyExportArgs {
 pub async fn verify_export(args: VerifyExportArgs) -> CommandResult {
     let key = match &args.public_key {
         Some(path) => Some(
-            DigestPublicKey::from_file(path).map_err(|e| exit::fail(Code::Again, format!("--public-key: {e}")))?,
+            DigestPublicKey::from_file(path)
+                .map_err(|e| exit::fail(Code::Again, format!("--public-key: {e}")))?,
         ),
         None => None,
     };
     let file = std::fs::File::open(&args.bundle)
         .map_err(|e| exit::fail(Code::Again, format!("opening {}: {e}", args.bundle.display())))?;
-    let report = tokio::task::spawn_blocking(move || bundle::check(std::io::BufReader::new(file), key.as_ref()))
-        .await
-        .or_exit(Code::Again)?;
+    let report =
+        tokio::task::spawn_blocking(move || bundle::check(std::io::BufReader::new(file), key.as_ref()))
+            .await
+            .or_exit(Code::Again)?;
     match args.format {
         ReportFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
         ReportFormat::Text => print!("{}", report.to_text(&args.bundle.display().to_string())),

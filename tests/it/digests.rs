@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use auditship::manifest::{DigestPublicKey, DigestSigningKey, Entry, SignedDigest};
-use auditship::ops::verify::{self, DirArchive, Horizon, Kind, Options, Report};
+use auditship::ops::verify::{self, DirArchive, Finding, Horizon, Kind, Options, Report};
 use auditship::sim::SimConfig;
 use auditship_sink::{DIGEST_DIR, MANIFEST_NAME};
 
@@ -99,9 +99,8 @@ fn digests(root: &Path) -> Vec<(PathBuf, SignedDigest)> {
 }
 
 /// Whether a finding of `kind` names `object` (relative to the root), or any, with `None`.
-fn found(report: &Report, kind: Kind, object: Option<&str>) -> bool {
-    report
-        .findings
+fn found(findings: &[Finding], kind: Kind, object: Option<&str>) -> bool {
+    findings
         .iter()
         .any(|f| f.kind == kind && (object.is_none() || f.object.as_deref() == object))
 }
@@ -222,7 +221,7 @@ async fn a_signed_file_archive_verifies_offline_and_each_tampering_is_named() {
     std::fs::write(copy.path(&rel(&s.root, middle_path)), edited.to_json()).unwrap();
     let r = check(&copy.root, &s.public, until);
     assert!(
-        found(&r, Kind::DigestAltered, Some(&rel(&s.root, middle_path))),
+        found(&r.findings, Kind::DigestAltered, Some(&rel(&s.root, middle_path))),
         "{}",
         r.to_text()
     );
@@ -231,7 +230,7 @@ async fn a_signed_file_archive_verifies_offline_and_each_tampering_is_named() {
     let copy = Copy::of(&s.root);
     std::fs::remove_file(copy.path(&rel(&s.root, middle_path))).unwrap();
     let r = check(&copy.root, &s.public, until);
-    assert!(found(&r, Kind::MissingDigests, None), "{}", r.to_text());
+    assert!(found(&r.findings, Kind::MissingDigests, None), "{}", r.to_text());
 
     // The newest period's units, manifest lines and digests all removed: consistent without the
     // digests (verify without the key finds nothing), caught with them.
@@ -261,11 +260,11 @@ async fn a_signed_file_archive_verifies_offline_and_each_tampering_is_named() {
     std::fs::copy(middle_path, copy.path(&rel(&s.root, late_path))).unwrap();
     let r = check(&copy.root, &s.public, until);
     assert!(
-        found(&r, Kind::DigestMoved, Some(&rel(&s.root, late_path))),
+        found(&r.findings, Kind::DigestMoved, Some(&rel(&s.root, late_path))),
         "{}",
         r.to_text()
     );
-    assert!(found(&r, Kind::MissingDigests, None), "{}", r.to_text());
+    assert!(found(&r.findings, Kind::MissingDigests, None), "{}", r.to_text());
 
     // Another key's digest in the chain, and the whole archive checked with another key.
     let other = DigestSigningKey::generate().unwrap();
@@ -274,7 +273,7 @@ async fn a_signed_file_archive_verifies_offline_and_each_tampering_is_named() {
     std::fs::write(copy.path(&rel(&s.root, middle_path)), forged.to_json()).unwrap();
     let r = check(&copy.root, &s.public, until);
     assert!(
-        found(&r, Kind::WrongKey, Some(&rel(&s.root, middle_path))),
+        found(&r.findings, Kind::WrongKey, Some(&rel(&s.root, middle_path))),
         "{}",
         r.to_text()
     );
@@ -328,6 +327,176 @@ async fn a_signed_file_archive_verifies_offline_and_each_tampering_is_named() {
         );
     }
 }
+
+/// An export of a real run's window verifies offline and says which events it proves; any byte
+/// of the file changed fails it, and so does a bundle rebuilt with a stretch changed, a stretch
+/// left out, or the key inside swapped.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_export_of_a_signed_archive_verifies_and_any_change_to_it_fails() {
+    use auditship::ops::bundle;
+
+    let s = signed_run().await;
+    // The first sandbox, from a moment inside its events on.
+    let lines: Vec<serde_json::Value> =
+        s.ws.archive_lines()
+            .iter()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+    let cursor =
+        |v: &serde_json::Value| auditship::client::parse_time(v["inserted_at"].as_str().unwrap()).unwrap();
+    let mut times: Vec<i64> = lines
+        .iter()
+        .filter(|v| v["resource_id"] == "sb/d2")
+        .map(cursor)
+        .collect();
+    times.sort();
+    let since = times[times.len() / 3];
+    let expected = times.iter().filter(|t| **t >= since).count() as u64;
+    let out = s.ws.run(
+        "unused",
+        &[
+            "export",
+            "archive",
+            "--public-key",
+            "keys/sign.pub",
+            "--sandbox",
+            "sb/d2",
+            "--since",
+            &auditship::client::format_time(since),
+            "-o",
+            "evidence.tar.zst",
+        ],
+    );
+    assert_eq!(out.code, Some(0), "{}{}", out.stdout, out.stderr);
+    let out = s.ws.run(
+        "unused",
+        &[
+            "verify-export",
+            "evidence.tar.zst",
+            "--public-key",
+            "keys/sign.pub",
+            "--format",
+            "json",
+        ],
+    );
+    assert_eq!(out.code, Some(0), "{}{}", out.stdout, out.stderr);
+    let report: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(
+        report["selected"]["sb/d2"]["events"].as_u64(),
+        Some(expected),
+        "{report:#}"
+    );
+    assert_eq!(
+        report["selected"].as_object().unwrap().len(),
+        1,
+        "only the sandbox asked for: {report:#}"
+    );
+    // The bundle holds no more than it must: the run of digests that lists the selection.
+    let bytes = std::fs::read(s.ws.path().join("evidence.tar.zst")).unwrap();
+    let clean = bundle::check(&bytes[..], Some(&s.public));
+    assert!(clean.clean, "{}", clean.to_text("evidence"));
+    assert!(
+        clean.stretches > 1 && clean.stretches < clean.entries,
+        "{} of {}",
+        clean.stretches,
+        clean.entries
+    );
+
+    // Any byte changed: the bundle no longer checks.
+    let step = (bytes.len() / 97).max(1);
+    let mut positions: Vec<usize> = (0..bytes.len()).step_by(step).collect();
+    positions.push(bytes.len() - 1);
+    for at in positions {
+        let mut changed = bytes.clone();
+        changed[at] ^= 0x20;
+        let r = bundle::check(&changed[..], Some(&s.public));
+        assert!(
+            !r.clean,
+            "byte {at} of {} changed and the bundle still checks",
+            bytes.len()
+        );
+    }
+
+    // Rebuilt (valid tar and zstd) with one change each: the content checks catch it.
+    let rebuild = |edit: &Edit<'_>| -> Vec<u8> {
+        let mut tar = tar::Archive::new(zstd::Decoder::new(&bytes[..]).unwrap());
+        let mut out = tar::Builder::new(Vec::new());
+        for f in tar.entries().unwrap() {
+            let mut f = f.unwrap();
+            let path = f.path().unwrap().to_string_lossy().into_owned();
+            let mut data = Vec::new();
+            std::io::Read::read_to_end(&mut f, &mut data).unwrap();
+            if let Some(data) = edit(&path, data) {
+                let mut h = tar::Header::new_gnu();
+                h.set_size(data.len() as u64);
+                h.set_mode(0o644);
+                out.append_data(&mut h, &path, &data[..]).unwrap();
+            }
+        }
+        zstd::encode_all(&out.into_inner().unwrap()[..], 3).unwrap()
+    };
+    let same = rebuild(&|_, d| Some(d));
+    assert!(
+        bundle::check(&same[..], Some(&s.public)).clean,
+        "a faithful rebuild checks"
+    );
+    let first_stretch = std::sync::OnceLock::new();
+    let altered = rebuild(&|p, mut d| {
+        if p.starts_with("stretches/") && first_stretch.set(p.to_string()).is_ok() {
+            let at = d.len() / 2;
+            d[at] = if d[at] == b'7' { b'8' } else { b'7' };
+        }
+        Some(d)
+    });
+    let r = bundle::check(&altered[..], Some(&s.public));
+    assert!(
+        found(
+            &r.findings,
+            Kind::Altered,
+            first_stretch.get().map(String::as_str)
+        ),
+        "{}",
+        r.to_text("altered")
+    );
+    let dropped = rebuild(&|p, d| {
+        (!p.starts_with("stretches/") || Some(p) != first_stretch.get().map(String::as_str)).then_some(d)
+    });
+    let r = bundle::check(&dropped[..], Some(&s.public));
+    assert!(
+        found(
+            &r.findings,
+            Kind::Removed,
+            first_stretch.get().map(String::as_str)
+        ),
+        "{}",
+        r.to_text("dropped")
+    );
+    let other = DigestSigningKey::generate().unwrap();
+    let swapped = rebuild(&|p, d| {
+        Some(if p == "public-key.pem" {
+            other.public_pem().unwrap().into_bytes()
+        } else {
+            d
+        })
+    });
+    let r = bundle::check(&swapped[..], None);
+    assert!(
+        r.findings.iter().any(|f| f.kind == Kind::WrongKey),
+        "{}",
+        r.to_text("swapped")
+    );
+    let r = bundle::check(&swapped[..], Some(&s.public));
+    assert!(
+        r.findings
+            .iter()
+            .any(|f| f.kind == Kind::WrongKey && f.object.as_deref() == Some("public-key.pem")),
+        "{}",
+        r.to_text("swapped")
+    );
+}
+
+/// A change to one file of a bundle: its new bytes, or `None` to leave it out.
+type Edit<'a> = dyn Fn(&str, Vec<u8>) -> Option<Vec<u8>> + 'a;
 
 /// The same proof for an S3 archive (moto): a clean run verifies with the public key alone;
 /// an edited digest, the newest period's objects, manifest objects and digests all removed,
@@ -470,7 +639,11 @@ batch_timeout_ms = 400
     put(middle_key.clone(), edited.to_json().into_bytes()).await;
     let r = check(public.clone()).await;
     let rel = middle_key.strip_prefix("miosa/").unwrap();
-    assert!(found(&r, Kind::DigestAltered, Some(rel)), "{}", r.to_text());
+    assert!(
+        found(&r.findings, Kind::DigestAltered, Some(rel)),
+        "{}",
+        r.to_text()
+    );
     put(middle_key.clone(), middle.file().body.into_bytes()).await;
     assert!(check(public.clone()).await.clean, "restored");
 
@@ -482,7 +655,7 @@ batch_timeout_ms = 400
     put(data.key.clone(), bytes).await;
     let r = check(public.clone()).await;
     let rel = data.key.strip_prefix("miosa/").unwrap();
-    assert!(found(&r, Kind::Altered, Some(rel)), "{}", r.to_text());
+    assert!(found(&r.findings, Kind::Altered, Some(rel)), "{}", r.to_text());
     put(data.key.clone(), data.body.to_vec()).await;
 
     // The newest period's objects, their manifest objects and the digests all removed.

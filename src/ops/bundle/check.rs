@@ -66,7 +66,11 @@ pub fn check(bundle: impl Read, key: Option<&DigestPublicKey>) -> BundleReport {
         })
     };
     if let Err(e) = read(bundle, key, &mut r, &mut add) {
-        add(Kind::Altered, None, format!("the bundle cannot be read to its end: {e}; it was damaged or changed"));
+        add(
+            Kind::Altered,
+            None,
+            format!("the bundle cannot be read to its end: {e}; it was damaged or changed"),
+        );
     }
     r.findings = findings;
     r.clean = r.findings.is_empty();
@@ -101,7 +105,11 @@ fn read(
         let file = file?;
         let path = file.path()?.to_string_lossy().into_owned();
         if file.header().entry_type() != tar::EntryType::Regular {
-            add(Kind::Unlisted, Some(&path), "not a regular file; a bundle holds only files".into());
+            add(
+                Kind::Unlisted,
+                Some(&path),
+                "not a regular file; a bundle holds only files".into(),
+            );
             continue;
         }
         match path.as_str() {
@@ -145,6 +153,25 @@ fn read(
             _ => add(Kind::Unlisted, Some(&path), "not part of a bundle; it was added".into()),
         }
     }
+    // Read to the very end: the zstd checksum is checked only there, and nothing may follow
+    // the tar archive's end but its zero padding.
+    let mut rest = tar.into_inner();
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        let n = rest.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        if buf[..n].iter().any(|b| *b != 0) {
+            add(
+                Kind::Unlisted,
+                None,
+                "data after the end of the bundle's archive; it was added".into(),
+            );
+            std::io::copy(&mut rest, &mut std::io::sink())?;
+            break;
+        }
+    }
     finish(&seen, r, add);
     Ok(())
 }
@@ -157,7 +184,11 @@ fn digest(
     add: &mut impl FnMut(Kind, Option<&str>, String),
 ) {
     let Some(key) = &seen.key else {
-        add(Kind::NoDigest, Some(path), "comes before any public key (none given, none in the bundle)".into());
+        add(
+            Kind::NoDigest,
+            Some(path),
+            "comes before any public key (none given, none in the bundle)".into(),
+        );
         return;
     };
     let d: SignedDigest = match serde_json::from_str(text) {
@@ -173,7 +204,17 @@ fn digest(
         return add(kind, Some(path), problem.to_string());
     }
     if path != paths::digest(&d) {
-        return add(Kind::DigestMoved, Some(path), format!("holds digest {} of {}/{}, whose place is {}", d.seq, d.pipeline, d.sink, paths::digest(&d)));
+        return add(
+            Kind::DigestMoved,
+            Some(path),
+            format!(
+                "holds digest {} of {}/{}, whose place is {}",
+                d.seq,
+                d.pipeline,
+                d.sink,
+                paths::digest(&d)
+            ),
+        );
     }
     r.digests += 1;
     seen.digests
@@ -193,16 +234,38 @@ fn entries(
         let entry: Entry = match serde_json::from_str(line) {
             Ok(e) => e,
             Err(e) => {
-                add(Kind::BadEntry, Some(path), format!("line {} is not a manifest entry: {e}", i + 1));
+                add(
+                    Kind::BadEntry,
+                    Some(path),
+                    format!("line {} is not a manifest entry: {e}", i + 1),
+                );
                 continue;
             }
         };
         if entry.compute_hash() != entry.hash {
-            add(Kind::EntryAltered, Some(path), format!("line {} (entry {}): the entry does not match its own hash; it was edited", i + 1, entry.seq));
+            add(
+                Kind::EntryAltered,
+                Some(path),
+                format!(
+                    "line {} (entry {}): the entry does not match its own hash; it was edited",
+                    i + 1,
+                    entry.seq
+                ),
+            );
             continue;
         }
         if path != paths::manifest(&entry.pipeline, &entry.sink) {
-            add(Kind::Misplaced, Some(path), format!("line {} is entry {} of {}/{}, another chain's", i + 1, entry.seq, entry.pipeline, entry.sink));
+            add(
+                Kind::Misplaced,
+                Some(path),
+                format!(
+                    "line {} is entry {} of {}/{}, another chain's",
+                    i + 1,
+                    entry.seq,
+                    entry.pipeline,
+                    entry.sink
+                ),
+            );
             continue;
         }
         r.entries += 1;
@@ -228,10 +291,15 @@ fn stretch(
         .find(|e| paths::stretch(e) == path)
         .cloned();
     let Some(e) = entry else {
-        add(Kind::Unlisted, Some(path), "a stretch no manifest entry in the bundle describes".into());
+        add(
+            Kind::Unlisted,
+            Some(path),
+            "a stretch no manifest entry in the bundle describes".into(),
+        );
         return Ok(());
     };
-    let compression = auditship_sink::UnitCompression::parse(&e.compression).unwrap_or(auditship_sink::UnitCompression::None);
+    let compression = auditship_sink::UnitCompression::parse(&e.compression)
+        .unwrap_or(auditship_sink::UnitCompression::None);
     let selection = r.info.as_ref().map(|i| i.selection.clone()).unwrap_or_default();
     let mut summarizer = Summarizer::default();
     let mut selected: Vec<(String, String, Option<i64>)> = Vec::new();
@@ -242,20 +310,43 @@ fn stretch(
             }
         }
     };
-    let read = crate::manifest::read_unit(file, compression, |chunk: Bytes| summarizer.feed(chunk, &mut visit));
+    let read = crate::manifest::read_unit(file, compression, |chunk: Bytes| {
+        summarizer.feed(chunk, &mut visit)
+    });
     let summary = summarizer.finish_with(&mut visit);
     match read {
         Ok((sha256, length)) if sha256 == e.sha256 && length == e.length => {
             if summary.events != e.events {
-                add(Kind::EntryAltered, Some(path), format!("entry {} says {} events, the stretch holds {}", e.seq, e.events, summary.events));
+                add(
+                    Kind::EntryAltered,
+                    Some(path),
+                    format!(
+                        "entry {} says {} events, the stretch holds {}",
+                        e.seq, e.events, summary.events
+                    ),
+                );
             }
         }
         Ok(_) => {
-            add(Kind::Altered, Some(path), format!("does not match the SHA-256 and length of entry {}: the content was changed", e.seq));
+            add(
+                Kind::Altered,
+                Some(path),
+                format!(
+                    "does not match the SHA-256 and length of entry {}: the content was changed",
+                    e.seq
+                ),
+            );
             return Ok(());
         }
         Err(err) => {
-            add(Kind::Altered, Some(path), format!("cannot be decoded as {}: {err}; the content was changed", e.compression));
+            add(
+                Kind::Altered,
+                Some(path),
+                format!(
+                    "cannot be decoded as {}: {err}; the content was changed",
+                    e.compression
+                ),
+            );
             return Ok(());
         }
     }
@@ -283,7 +374,11 @@ fn finish(seen: &Seen, r: &mut BundleReport, add: &mut impl FnMut(Kind, Option<&
         add(Kind::Removed, Some(paths::README), "missing".into());
     }
     let Some(info) = r.info.clone() else {
-        add(Kind::Removed, Some(paths::INFO), "missing or unreadable: the bundle says nothing of what it holds".into());
+        add(
+            Kind::Removed,
+            Some(paths::INFO),
+            "missing or unreadable: the bundle says nothing of what it holds".into(),
+        );
         return;
     };
     r.key = seen.key.as_ref().map(|k| k.fingerprint()).unwrap_or_default();
@@ -316,22 +411,46 @@ fn finish(seen: &Seen, r: &mut BundleReport, add: &mut impl FnMut(Kind, Option<&
             for de in &d.entries {
                 listed.insert(de.seq);
                 match entries.get(&de.seq) {
-                    None => add(Kind::MissingEntries, Some(&paths::manifest(&chain.pipeline, &chain.sink)), format!("chain {name}: digest {} lists entry {} (unit {}), which the bundle lacks", d.seq, de.seq, de.unit)),
-                    Some(e) if e.hash != de.hash => add(Kind::NotAsDigested, Some(&paths::manifest(&chain.pipeline, &chain.sink)), format!("chain {name}: entry {} is not the entry digest {} signed", de.seq, d.seq)),
+                    None => add(
+                        Kind::MissingEntries,
+                        Some(&paths::manifest(&chain.pipeline, &chain.sink)),
+                        format!(
+                            "chain {name}: digest {} lists entry {} (unit {}), which the bundle lacks",
+                            d.seq, de.seq, de.unit
+                        ),
+                    ),
+                    Some(e) if e.hash != de.hash => add(
+                        Kind::NotAsDigested,
+                        Some(&paths::manifest(&chain.pipeline, &chain.sink)),
+                        format!(
+                            "chain {name}: entry {} is not the entry digest {} signed",
+                            de.seq, d.seq
+                        ),
+                    ),
                     Some(_) => {}
                 }
             }
             prev = Some(d);
         }
         if let Some(extra) = digests.and_then(|c| c.keys().find(|s| **s < first || **s > last)) {
-            add(Kind::Unlisted, None, format!("chain {name}: digest {extra} is outside the run {first}–{last} bundle.json names"));
+            add(
+                Kind::Unlisted,
+                None,
+                format!("chain {name}: digest {extra} is outside the run {first}–{last} bundle.json names"),
+            );
         }
         for (seq, e) in entries {
             if !listed.contains(seq) {
-                add(Kind::NotAsDigested, Some(&paths::manifest(&chain.pipeline, &chain.sink)), format!("chain {name}: entry {seq} is listed by no digest in the bundle; it was added"));
+                add(
+                    Kind::NotAsDigested,
+                    Some(&paths::manifest(&chain.pipeline, &chain.sink)),
+                    format!("chain {name}: entry {seq} is listed by no digest in the bundle; it was added"),
+                );
                 continue;
             }
-            let has = seen.stretches.contains(&(chain.pipeline.clone(), chain.sink.clone(), *seq));
+            let has = seen
+                .stretches
+                .contains(&(chain.pipeline.clone(), chain.sink.clone(), *seq));
             let wanted = chain.stretches.contains(seq);
             if info.selection.touches(&e.sandboxes) && !has {
                 add(Kind::Removed, Some(&paths::stretch(e)), format!("chain {name}: entry {seq} (unit {}) holds events of the selection, and its stretch is not in the bundle (or does not match)", e.unit));
@@ -340,13 +459,31 @@ fn finish(seen: &Seen, r: &mut BundleReport, add: &mut impl FnMut(Kind, Option<&
             }
         }
     }
-    let named: BTreeSet<(String, String)> = info.chains.iter().map(|c| (c.pipeline.clone(), c.sink.clone())).collect();
+    let named: BTreeSet<(String, String)> = info
+        .chains
+        .iter()
+        .map(|c| (c.pipeline.clone(), c.sink.clone()))
+        .collect();
     for chain in seen.digests.keys().chain(seen.entries.keys()) {
         if !named.contains(chain) {
-            add(Kind::Unlisted, None, format!("chain {}/{} is in the bundle but not in bundle.json", chain.0, chain.1));
+            add(
+                Kind::Unlisted,
+                None,
+                format!(
+                    "chain {}/{} is in the bundle but not in bundle.json",
+                    chain.0, chain.1
+                ),
+            );
         }
     }
     if info.key != r.key && !r.key.is_empty() {
-        add(Kind::WrongKey, Some(paths::INFO), format!("bundle.json names key {}, the digests were checked with {}", info.key, r.key));
+        add(
+            Kind::WrongKey,
+            Some(paths::INFO),
+            format!(
+                "bundle.json names key {}, the digests were checked with {}",
+                info.key, r.key
+            ),
+        );
     }
 }

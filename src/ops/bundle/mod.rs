@@ -95,9 +95,8 @@ impl Selection {
     /// Whether an event of `resource_id` at `cursor_us` is selected.
     pub fn takes(&self, resource_id: &str, cursor_us: Option<i64>) -> bool {
         (self.sandboxes.is_empty() || self.sandboxes.iter().any(|s| s == resource_id))
-            && cursor_us.is_none_or(|t| {
-                self.since_us.is_none_or(|s| t >= s) && self.until_us.is_none_or(|u| t < u)
-            })
+            && cursor_us
+                .is_none_or(|t| self.since_us.is_none_or(|s| t >= s) && self.until_us.is_none_or(|u| t < u))
     }
 
     /// Whether a stretch with these spans may hold selected events.
@@ -181,7 +180,11 @@ pub(crate) mod paths {
             Some(auditship_sink::UnitCompression::Zstd) => "ndjson.zst",
             _ => "ndjson",
         };
-        format!("{}/{:012}.{ext}", chain_dir("stretches", &e.pipeline, &e.sink), e.seq)
+        format!(
+            "{}/{:012}.{ext}",
+            chain_dir("stretches", &e.pipeline, &e.sink),
+            e.seq
+        )
     }
 }
 

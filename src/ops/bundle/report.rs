@@ -37,7 +37,11 @@ impl BundleReport {
             s,
             "  key {}{}; read {} digests, {} manifest entries, {} stretches ({} events)",
             self.key,
-            if self.key_from_bundle { " (from the bundle)" } else { "" },
+            if self.key_from_bundle {
+                " (from the bundle)"
+            } else {
+                ""
+            },
             self.digests,
             self.entries,
             self.stretches,

@@ -60,6 +60,14 @@ struct Found {
     unit_rel: String,
 }
 
+/// One chain's part of a bundle: what `bundle.json` says of it, its run of digests (with their
+/// text as published), the selection's entries.
+struct Planned<'a> {
+    chain: BundleChain,
+    run: Vec<&'a (SignedDigest, String)>,
+    selected: Vec<&'a Found>,
+}
+
 /// Write the bundle of `selection` from `archive` to `out`, its digests checked under `key`.
 /// Only what the digests prove goes in; a digest that does not verify, a hole in the run of
 /// digests, an entry missing or a stretch that does not match its hash stops the export.
@@ -70,7 +78,9 @@ pub fn export(
     out: impl Write,
 ) -> Result<ExportSummary, ExportError> {
     let io = |what: String| move |source| ExportError::Io { what, source };
-    let objects = archive.list().map_err(io(format!("listing {}", archive.root())))?;
+    let objects = archive
+        .list()
+        .map_err(io(format!("listing {}", archive.root())))?;
     // Every entry and digest, by chain.
     let mut entries: BTreeMap<(String, String), BTreeMap<u64, Found>> = BTreeMap::new();
     let mut digests: BTreeMap<(String, String), BTreeMap<u64, (SignedDigest, String)>> = BTreeMap::new();
@@ -79,24 +89,29 @@ pub fn export(
             if !rel.ends_with(".json") || rel.rsplit('/').next().is_some_and(|n| n.starts_with('.')) {
                 continue;
             }
-            let text = read_small(archive.open(rel).map_err(io(rel.clone()))?, 64 << 20)
-                .map_err(io(rel.clone()))?;
+            let text =
+                read_small(archive.open(rel).map_err(io(rel.clone()))?, 64 << 20).map_err(io(rel.clone()))?;
             let d: SignedDigest = serde_json::from_str(&text)
                 .map_err(|e| ExportError::Unproven(format!("{rel} is not a digest ({e})")))?;
-            d.check(key).map_err(|e| ExportError::Unproven(format!("{rel}: {e}")))?;
+            d.check(key)
+                .map_err(|e| ExportError::Unproven(format!("{rel}: {e}")))?;
             if !rel.ends_with(&d.file_name()) {
-                return Err(ExportError::Unproven(format!("{rel} holds digest {} of another name", d.seq)));
+                return Err(ExportError::Unproven(format!(
+                    "{rel} holds digest {} of another name",
+                    d.seq
+                )));
             }
             digests
                 .entry((d.pipeline.clone(), d.sink.clone()))
                 .or_default()
                 .insert(d.seq, (d, text));
         } else if let Some(dir) = crate::ops::verify::manifest_dir(rel) {
-            let text = read_small(archive.open(rel).map_err(io(rel.clone()))?, 1 << 30)
-                .map_err(io(rel.clone()))?;
+            let text =
+                read_small(archive.open(rel).map_err(io(rel.clone()))?, 1 << 30).map_err(io(rel.clone()))?;
             for line in text.lines().filter(|l| !l.trim().is_empty()) {
-                let entry: Entry = serde_json::from_str(line)
-                    .map_err(|e| ExportError::Unproven(format!("{rel} holds a line that is not an entry ({e})")))?;
+                let entry: Entry = serde_json::from_str(line).map_err(|e| {
+                    ExportError::Unproven(format!("{rel} holds a line that is not an entry ({e})"))
+                })?;
                 let name = entry.unit.rsplit('/').next().unwrap_or(&entry.unit);
                 let unit_rel = if dir.is_empty() {
                     name.to_string()
@@ -120,7 +135,7 @@ pub fn export(
 
     let mut summary = ExportSummary::default();
     // Per chain: the run of digests that lists the selection's entries.
-    let mut plan: Vec<(BundleChain, Vec<&(SignedDigest, String)>, Vec<&Found>)> = Vec::new();
+    let mut plan: Vec<Planned<'_>> = Vec::new();
     for (chain, found) in &entries {
         let Some(chain_digests) = digests.get(chain) else {
             continue;
@@ -133,8 +148,9 @@ pub fn export(
             .values()
             .filter(|f| selection.touches(&f.entry.sandboxes))
             .collect();
-        let (signed, unsigned): (Vec<&Found>, Vec<&Found>) =
-            selected.into_iter().partition(|f| listed_in.contains_key(&f.entry.seq));
+        let (signed, unsigned): (Vec<&Found>, Vec<&Found>) = selected
+            .into_iter()
+            .partition(|f| listed_in.contains_key(&f.entry.seq));
         summary.left_out_unsigned += unsigned.len();
         let (Some(first), Some(last)) = (
             signed.iter().map(|f| listed_in[&f.entry.seq]).min(),
@@ -148,7 +164,8 @@ pub fn export(
                 ExportError::Unproven(format!("digest {seq} of {}/{} is missing", chain.0, chain.1))
             })?;
             if let Some(prev) = run.last().map(|(p, _): &&(SignedDigest, String)| p) {
-                d.0.follows(Some(prev)).map_err(|e| ExportError::Unproven(e.to_string()))?;
+                d.0.follows(Some(prev))
+                    .map_err(|e| ExportError::Unproven(e.to_string()))?;
             }
             run.push(d);
         }
@@ -170,8 +187,8 @@ pub fn export(
                 listed += 1;
             }
         }
-        plan.push((
-            BundleChain {
+        plan.push(Planned {
+            chain: BundleChain {
                 pipeline: chain.0.clone(),
                 sink: chain.1.clone(),
                 digests: (first, last),
@@ -179,8 +196,8 @@ pub fn export(
                 stretches: signed.iter().map(|f| f.entry.seq).collect(),
             },
             run,
-            signed,
-        ));
+            selected: signed,
+        });
     }
     if plan.is_empty() {
         let why = if summary.left_out_unsigned > 0 {
@@ -189,7 +206,10 @@ pub fn export(
                 summary.left_out_unsigned
             )
         } else if digests.is_empty() {
-            format!(" (there is no signed digest under {}/: does the pipeline sign them?)", auditship_sink::DIGEST_DIR)
+            format!(
+                " (there is no signed digest under {}/: does the pipeline sign them?)",
+                auditship_sink::DIGEST_DIR
+            )
         } else {
             String::new()
         };
@@ -203,13 +223,14 @@ pub fn export(
         source: archive.root(),
         selection: selection.clone(),
         key: key.fingerprint(),
-        chains: plan.iter().map(|(c, _, _)| c.clone()).collect(),
+        chains: plan.iter().map(|p| p.chain.clone()).collect(),
     };
     let pem = key
         .pem()
         .map_err(|e| ExportError::Unproven(format!("the public key: {e}")))?;
     let mut zstd = zstd::Encoder::new(out, 3).map_err(io("starting the bundle".into()))?;
-    zstd.include_checksum(true).map_err(io("starting the bundle".into()))?;
+    zstd.include_checksum(true)
+        .map_err(io("starting the bundle".into()))?;
     let mut tar = tar::Builder::new(zstd);
     let mtime = u64::try_from(chrono::Utc::now().timestamp()).unwrap_or(0);
     let add = |tar: &mut tar::Builder<_>, path: &str, size: u64, data: &mut dyn Read| {
@@ -234,7 +255,7 @@ pub fn export(
     let info_json = serde_json::to_string_pretty(&info).unwrap_or_default() + "\n";
     small(&mut tar, paths::INFO, &info_json)?;
     small(&mut tar, paths::KEY, &pem)?;
-    for (chain, run, _) in &plan {
+    for Planned { chain, run, .. } in &plan {
         for (d, text) in run {
             small(&mut tar, &paths::digest(d), text)?;
             summary.digests += 1;
@@ -250,7 +271,7 @@ pub fn export(
         }
         small(&mut tar, &paths::manifest(&chain.pipeline, &chain.sink), &lines)?;
     }
-    for (_, _, selected) in &plan {
+    for Planned { selected, .. } in &plan {
         for f in selected {
             let e = &f.entry;
             let what = format!("reading {} (entry {})", f.unit_rel, e.seq);

@@ -41,9 +41,9 @@ mod digests;
 mod events;
 mod report;
 
+pub(crate) use check::manifest_dir;
 pub use check::verify;
 pub use digests::{is_digest, DigestChainReport, Horizon};
-pub(crate) use check::manifest_dir;
 use events::EventIndex;
 
 /// What a finding is about.
