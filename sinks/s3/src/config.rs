@@ -83,9 +83,17 @@ pub struct S3SinkConfig {
     /// Object Lock enabled).
     #[serde(default)]
     pub object_lock_mode: Option<LockMode>,
-    /// Object Lock retention, in days from the upload.
+    /// Object Lock retention, in days from the newest event an object holds (for a manifest
+    /// or digest object: the newest event its entry lists, or its period's end), and at least
+    /// a day from the upload (S3 takes only future dates). Objects uploaded again after a crash
+    /// count from the upload.
     #[serde(default)]
     pub object_lock_retain_days: Option<u32>,
+    /// Put every object (data, manifest, digest) under an Object Lock legal hold as well,
+    /// which keeps it until the hold is lifted, whatever its retention (the bucket must have
+    /// Object Lock enabled; lifting needs `s3:PutObjectLegalHold`).
+    #[serde(default)]
+    pub object_lock_legal_hold: bool,
     /// Bodies above this size are uploaded in parts.
     #[serde(default = "default_multipart_threshold_bytes")]
     pub multipart_threshold_bytes: u64,
@@ -250,11 +258,23 @@ impl S3SinkConfig {
 }
 
 impl S3SinkConfig {
-    /// The Object Lock retain-until date of an object written now.
-    pub(crate) fn retain_until(&self) -> Option<DateTime> {
+    /// The Object Lock retain-until date of an object whose newest event is at `newest_us`
+    /// (`None`: unknown, counted from now): the retention from then, and at least a day from
+    /// now, since S3 refuses dates in the past.
+    pub(crate) fn retain_until(&self, newest_us: Option<i64>) -> Option<DateTime> {
         let days = self.object_lock_retain_days?;
-        let until = chrono::Utc::now() + chrono::Duration::days(i64::from(days));
+        let now = chrono::Utc::now();
+        let from = newest_us
+            .and_then(chrono::DateTime::from_timestamp_micros)
+            .unwrap_or(now);
+        let until = (from + chrono::Duration::days(i64::from(days))).max(now + chrono::Duration::days(1));
         Some(DateTime::from_secs(until.timestamp()))
+    }
+
+    /// The legal hold status every object is written with.
+    pub(crate) fn legal_hold(&self) -> Option<aws_sdk_s3::types::ObjectLockLegalHoldStatus> {
+        self.object_lock_legal_hold
+            .then_some(aws_sdk_s3::types::ObjectLockLegalHoldStatus::On)
     }
 
     /// Server-side encryption and Object Lock mode for every object written.

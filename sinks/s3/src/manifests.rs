@@ -60,96 +60,137 @@ impl S3Manifests {
     }
 }
 
-#[async_trait]
-impl ManifestPublisher for S3Manifests {
-    async fn publish(&self, entries: &[ManifestLine]) -> Result<(), SinkError> {
+impl S3Manifests {
+    /// Put `body` under `key`, create-only (`If-None-Match: *`): an object already there with
+    /// the same bytes is this one, written before (a retry whose answer was lost, a crash
+    /// before the database recorded it); with other bytes it is an error, not retried, and the
+    /// object stays as it is.
+    async fn put_create_only(
+        &self,
+        key: &str,
+        body: bytes::Bytes,
+        content_type: &str,
+        newest_us: Option<i64>,
+    ) -> Result<(), SinkError> {
         let c = &self.config;
         let (sse, lock) = c.protection();
-        let retain = c.retain_until();
-        for e in entries {
-            let key = manifest_key(&e.unit, &self.pipeline, &self.sink, e.seq);
-            let body = bytes::Bytes::from(format!("{}\n", e.line));
-            self.client
-                .put_object()
-                .bucket(&c.bucket)
-                .key(&key)
-                .content_type("application/x-ndjson")
-                .checksum_algorithm(ChecksumAlgorithm::Sha256)
-                .checksum_sha256(sha256_b64(&body))
-                .body(ByteStream::from(body))
-                .set_server_side_encryption(sse.clone())
-                .set_ssekms_key_id(c.kms_key_id.clone())
-                .set_object_lock_mode(lock.clone())
-                .set_object_lock_retain_until_date(retain)
-                .send()
-                .await
-                .map_err(|err| SinkError::Remote {
-                    message: format!(
-                        "sinks.{}: writing manifest object {key} to bucket {:?}: {}",
-                        self.sink,
-                        c.bucket,
-                        DisplayErrorContext(&err)
-                    ),
-                    retryable: true,
-                })?;
-        }
-        Ok(())
-    }
-
-    async fn publish_digest(&self, digest: &DigestFile) -> Result<(), SinkError> {
-        let c = &self.config;
-        let key = digest_key(&self.prefix, &digest.name);
-        let (sse, lock) = c.protection();
-        let body = bytes::Bytes::from(digest.body.clone());
         let put = self
             .client
             .put_object()
             .bucket(&c.bucket)
-            .key(&key)
-            // Create-only: a digest is never replaced, not even by a buggy or second writer.
+            .key(key)
             .if_none_match("*")
-            .content_type("application/json")
+            .content_type(content_type)
             .checksum_algorithm(ChecksumAlgorithm::Sha256)
             .checksum_sha256(sha256_b64(&body))
-            .body(ByteStream::from(body))
+            .body(ByteStream::from(body.clone()))
             .set_server_side_encryption(sse)
             .set_ssekms_key_id(c.kms_key_id.clone())
             .set_object_lock_mode(lock)
-            .set_object_lock_retain_until_date(c.retain_until())
+            .set_object_lock_retain_until_date(c.retain_until(newest_us))
+            .set_object_lock_legal_hold_status(c.legal_hold())
             .send()
             .await;
         let err = match put {
             Ok(_) => return Ok(()),
             Err(err) => err,
         };
-        let status = err.raw_response().map(|r| r.status().as_u16());
-        // 412: there is one already (409: a concurrent write of it). The same bytes are this
-        // digest published before a crash; other bytes are not ours to replace.
-        if matches!(status, Some(412) | Some(409)) {
-            let there = self.client.get_object().bucket(&c.bucket).key(&key).send().await;
-            if let Ok(out) = there {
-                if let Ok(bytes) = out.body.collect().await {
-                    if bytes.into_bytes() == digest.body.as_bytes() {
-                        return Ok(());
-                    }
+        if precondition_failed(&err) {
+            match same_object(&self.client, &c.bucket, key, &body).await {
+                Ok(true) => return Ok(()),
+                Ok(false) => {
                     return Err(SinkError::Remote {
                         message: format!(
-                            "sinks.{}: digest object {key} in bucket {:?} already exists with other content; a digest is never replaced (if another pipeline writes this prefix, give each its own)",
+                            "sinks.{}: object {key} in bucket {:?} already exists with other content; auditship never replaces an object (if another pipeline writes this prefix, give each its own)",
                             self.sink, c.bucket
                         ),
                         retryable: false,
-                    });
+                    })
+                }
+                Err(e) => {
+                    return Err(SinkError::Remote {
+                        message: format!("sinks.{}: reading back {key} in bucket {:?}: {e}", self.sink, c.bucket),
+                        retryable: true,
+                    })
                 }
             }
         }
         Err(SinkError::Remote {
             message: format!(
-                "sinks.{}: writing digest object {key} to bucket {:?}: {}",
+                "sinks.{}: writing {key} to bucket {:?}: {}",
                 self.sink,
                 c.bucket,
                 DisplayErrorContext(&err)
             ),
             retryable: true,
         })
+    }
+}
+
+/// Whether a conditional write failed because an object is there (412 Precondition Failed).
+pub(crate) fn precondition_failed<E: ProvideErrorMetadata>(
+    err: &SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
+) -> bool {
+    err.raw_response().is_some_and(|r| r.status().as_u16() == 412)
+        || matches!(err, SdkError::ServiceError(s) if s.err().code() == Some("PreconditionFailed"))
+}
+
+/// Whether the object at `key` holds exactly `body`.
+pub(crate) async fn same_object(
+    client: &aws_sdk_s3::Client,
+    bucket: &str,
+    key: &str,
+    body: &[u8],
+) -> Result<bool, String> {
+    let got = client
+        .get_object()
+        .bucket(bucket)
+        .key(key)
+        .send()
+        .await
+        .map_err(|e| DisplayErrorContext(e).to_string())?;
+    let there = got.body.collect().await.map_err(|e| e.to_string())?.into_bytes();
+    Ok(there.as_ref() == body)
+}
+
+/// The newest time a manifest entry's line names (its sandboxes' last cursor times), in µs.
+fn newest_in_entry(line: &str) -> Option<i64> {
+    let v: serde_json::Value = serde_json::from_str(line).ok()?;
+    v.get("sandboxes")?
+        .as_array()?
+        .iter()
+        .filter_map(|s| s.get("last_cursor")?.as_str())
+        .filter_map(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        .map(|t| t.timestamp_micros())
+        .max()
+}
+
+#[async_trait]
+impl ManifestPublisher for S3Manifests {
+    async fn publish(&self, entries: &[ManifestLine]) -> Result<(), SinkError> {
+        for e in entries {
+            let key = manifest_key(&e.unit, &self.pipeline, &self.sink, e.seq);
+            let body = bytes::Bytes::from(format!("{}\n", e.line));
+            self.put_create_only(&key, body, "application/x-ndjson", newest_in_entry(&e.line))
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn publish_digest(&self, digest: &DigestFile) -> Result<(), SinkError> {
+        let key = digest_key(&self.prefix, &digest.name);
+        // Kept as long as the newest data it vouches for, counted from its period's end.
+        let end = serde_json::from_str::<serde_json::Value>(&digest.body)
+            .ok()
+            .and_then(|v| v.get("period_end")?.as_str().map(str::to_string))
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(&t).ok())
+            .map(|t| t.timestamp_micros());
+        self.put_create_only(
+            &key,
+            bytes::Bytes::from(digest.body.clone()),
+            "application/json",
+            end,
+        )
+        .await
     }
 }

@@ -55,6 +55,9 @@ pub(crate) const PENDING: &str = "pending:";
 pub(crate) enum Failure {
     Retry(String),
     Stop(String),
+    /// A create-only write found an object under the key (412): whether it is ours is
+    /// [`S3Sink::upload`]'s to find out.
+    Exists,
 }
 
 impl S3Sink {
@@ -191,7 +194,9 @@ impl S3Sink {
             let _ = std::fs::remove_file(&staging);
             return Err(e);
         }
-        self.upload_until_done(&key, body.clone(), &sha256).await?;
+        let newest_us = buffer.spans.spans.iter().filter_map(|s| s.last_cursor_us).max();
+        self.upload_until_done(&key, body.clone(), &sha256, newest_us)
+            .await?;
         // What the object holds is known: the manifest needs neither its bytes nor a read-back.
         let precomputed = Precomputed {
             start: 0,
@@ -222,19 +227,21 @@ impl S3Sink {
         Ok(())
     }
 
-    /// Upload `body` (whose SHA-256 is `sha256`) under `key`, retrying what can pass.
+    /// Upload `body` (whose SHA-256 is `sha256`, whose newest event is at `newest_us`) under
+    /// `key`, retrying what can pass.
     pub(crate) async fn upload_until_done(
         &self,
         key: &str,
         body: bytes::Bytes,
         sha256: &[u8; 32],
+        newest_us: Option<i64>,
     ) -> Result<(), SinkError> {
         let checksum = base64::engine::general_purpose::STANDARD.encode(sha256);
         let mut delay = Duration::from_millis(200);
         let mut warned: Option<Instant> = None;
         let mut failures = 0u32;
         loop {
-            match self.upload(key, &body, &checksum).await {
+            match self.upload(key, &body, &checksum, newest_us).await {
                 Ok(()) => {
                     if failures > 0 {
                         tracing::info!(sink = %self.ctx.sink, bucket = %self.config.bucket, failures, "S3 uploads work again");
@@ -244,6 +251,17 @@ impl S3Sink {
                 Err(Failure::Stop(m)) => {
                     return Err(SinkError::Remote {
                         message: m,
+                        retryable: false,
+                    })
+                }
+                // `upload` settles whether the object there is this one.
+                Err(Failure::Exists) => {
+                    return Err(SinkError::Remote {
+                        message: format!(
+                            "{}: object {key} is already in bucket {:?}",
+                            self.name(),
+                            self.config.bucket
+                        ),
                         retryable: false,
                     })
                 }
@@ -260,19 +278,50 @@ impl S3Sink {
         }
     }
 
-    pub(crate) fn retain_until(&self) -> Option<DateTime> {
-        self.config.retain_until()
+    /// Upload `body` under `key`, create-only (`If-None-Match: *`): an object already there
+    /// with the same bytes is this upload's earlier attempt (its answer lost); with other
+    /// bytes it is an error that stops the sink, and the object stays as it is.
+    pub(crate) async fn upload(
+        &self,
+        key: &str,
+        body: &bytes::Bytes,
+        checksum: &str,
+        newest_us: Option<i64>,
+    ) -> Result<(), Failure> {
+        match self.upload_once(key, body, checksum, newest_us).await {
+            Err(Failure::Exists) => {
+                let client = self.client().map_err(|e| Failure::Stop(e.to_string()))?;
+                match crate::manifests::same_object(client, &self.config.bucket, key, body).await {
+                    Ok(true) => Ok(()),
+                    Ok(false) => Err(Failure::Stop(format!(
+                        "{}: object {key} in bucket {:?} already exists with other content; auditship never replaces an object (does another pipeline write this prefix?)",
+                        self.name(),
+                        self.config.bucket
+                    ))),
+                    Err(e) => Err(Failure::Retry(format!("{}: reading back {key}: {e}", self.name()))),
+                }
+            }
+            other => other,
+        }
     }
 
-    pub(crate) async fn upload(&self, key: &str, body: &bytes::Bytes, checksum: &str) -> Result<(), Failure> {
+    async fn upload_once(
+        &self,
+        key: &str,
+        body: &bytes::Bytes,
+        checksum: &str,
+        newest_us: Option<i64>,
+    ) -> Result<(), Failure> {
         let client = self.client().map_err(|e| Failure::Stop(e.to_string()))?;
         let c = &self.config;
         let (sse, lock) = c.protection();
+        let retain = c.retain_until(newest_us);
         if (body.len() as u64) <= c.multipart_threshold_bytes {
             client
                 .put_object()
                 .bucket(&c.bucket)
                 .key(key)
+                .if_none_match("*")
                 .body(ByteStream::from(body.clone()))
                 .content_type(c.compression.content_type())
                 .checksum_algorithm(ChecksumAlgorithm::Sha256)
@@ -280,10 +329,11 @@ impl S3Sink {
                 .set_server_side_encryption(sse)
                 .set_ssekms_key_id(c.kms_key_id.clone())
                 .set_object_lock_mode(lock)
-                .set_object_lock_retain_until_date(self.retain_until())
+                .set_object_lock_retain_until_date(retain)
+                .set_object_lock_legal_hold_status(c.legal_hold())
                 .send()
                 .await
-                .map_err(|e| self.classify(e))?;
+                .map_err(|e| self.classify_put(e))?;
             return Ok(());
         }
         let created = client
@@ -295,7 +345,8 @@ impl S3Sink {
             .set_server_side_encryption(sse)
             .set_ssekms_key_id(c.kms_key_id.clone())
             .set_object_lock_mode(lock)
-            .set_object_lock_retain_until_date(self.retain_until())
+            .set_object_lock_retain_until_date(retain)
+            .set_object_lock_legal_hold_status(c.legal_hold())
             .send()
             .await
             .map_err(|e| self.classify(e))?;
@@ -335,10 +386,11 @@ impl S3Sink {
                 .bucket(&c.bucket)
                 .key(key)
                 .upload_id(&upload_id)
+                .if_none_match("*")
                 .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
                 .send()
                 .await
-                .map_err(|e| self.classify(e))?;
+                .map_err(|e| self.classify_put(e))?;
             Ok(())
         }
         .await;
@@ -352,6 +404,18 @@ impl S3Sink {
                 .await;
         }
         result
+    }
+
+    /// [`S3Sink::classify`] for a create-only write: an object already there is
+    /// [`Failure::Exists`].
+    fn classify_put<E: ProvideErrorMetadata + std::error::Error + 'static>(
+        &self,
+        e: SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
+    ) -> Failure {
+        if crate::manifests::precondition_failed(&e) {
+            return Failure::Exists;
+        }
+        self.classify(e)
     }
 
     /// Sort an SDK error into retry or stop, with a message that names the bucket and the fix.
@@ -427,7 +491,8 @@ impl S3Sink {
                     Ok(b) => {
                         tracing::info!(sink = %self.ctx.sink, key = %key, "uploading an object staged before a crash");
                         let sha256: [u8; 32] = Sha256::digest(&b).into();
-                        self.upload_until_done(&key, bytes::Bytes::from(b.clone()), &sha256)
+                        // Its events' times are in the body only: retention counts from now.
+                        self.upload_until_done(&key, bytes::Bytes::from(b.clone()), &sha256, None)
                             .await?;
                         b
                     }
@@ -481,6 +546,10 @@ impl S3Sink {
             Failure::Retry(m) => SinkError::Remote {
                 message: format!("{what}: {m}"),
                 retryable: true,
+            },
+            Failure::Exists => SinkError::Remote {
+                message: format!("{what}: an object is already there"),
+                retryable: false,
             },
         }
     }

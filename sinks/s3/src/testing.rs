@@ -170,6 +170,8 @@ pub struct Object {
     pub retain_until: Option<String>,
     /// Server-side encryption, when set.
     pub sse: Option<String>,
+    /// The Object Lock legal hold status (`ON`, `OFF`), when set.
+    pub legal_hold: Option<String>,
 }
 
 /// Every current data object of `bucket` (all pages), with body and attributes; manifest and
@@ -202,6 +204,9 @@ pub async fn read_all_objects(client: &aws_sdk_s3::Client, bucket: &str) -> Resu
         let lock_mode = got.object_lock_mode().map(|m| m.as_str().to_string());
         let retain_until = got.object_lock_retain_until_date().map(|d| d.to_string());
         let sse = got.server_side_encryption().map(|s| s.as_str().to_string());
+        let legal_hold = got
+            .object_lock_legal_hold_status()
+            .map(|s| s.as_str().to_string());
         let body = got
             .body
             .collect()
@@ -216,6 +221,7 @@ pub async fn read_all_objects(client: &aws_sdk_s3::Client, bucket: &str) -> Resu
             lock_mode,
             retain_until,
             sse,
+            legal_hold,
         });
     }
     Ok(out)

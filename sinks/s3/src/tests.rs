@@ -16,6 +16,7 @@ fn server() -> S3Server {
 
 fn config(endpoint: &str, bucket: &str) -> S3SinkConfig {
     S3SinkConfig {
+        object_lock_legal_hold: false,
         bucket: bucket.into(),
         region: Some("us-east-1".into()),
         endpoint: Some(endpoint.into()),
@@ -105,6 +106,7 @@ async fn objects_hold_exactly_the_events_with_checksum_sse_and_retention() {
     cfg.server_side_encryption = Some(Sse::Aes256);
     cfg.object_lock_mode = Some(LockMode::Compliance);
     cfg.object_lock_retain_days = Some(2555);
+    cfg.object_lock_legal_hold = true;
     let (ctx, registry, _) = context("cold", vec![]);
     let mut sink = S3Sink::open(cfg, ctx, staging.path().to_path_buf()).unwrap();
     sink.prepare().await.unwrap();
@@ -153,7 +155,15 @@ async fn objects_hold_exactly_the_events_with_checksum_sse_and_retention() {
             o.key
         );
         assert_eq!(o.lock_mode.as_deref(), Some("COMPLIANCE"));
-        assert!(o.retain_until.is_some());
+        // Retained 2555 days from the newest event the object holds (2025-11-25T10:00:00Z and
+        // some µs), not from the upload.
+        let until = o.retain_until.as_deref().unwrap_or_default();
+        assert!(
+            until.starts_with("2032-11-23T10:00:00"),
+            "{}: retained until {until}",
+            o.key
+        );
+        assert_eq!(o.legal_hold.as_deref(), Some("ON"), "{}", o.key);
         assert_eq!(o.sse.as_deref(), Some("AES256"));
         got.extend(lines(&o.key, &o.body).unwrap());
     }
@@ -318,4 +328,59 @@ async fn an_id_too_long_for_an_object_key_is_dead_lettered_not_retried() {
     assert!(dead[0].1.contains("S3's 1024 bytes"), "{}", dead[0].1);
     let got = all_lines(&c, "long").await;
     assert_eq!(got.len(), 2, "{got:?}");
+}
+
+/// Objects are written create-only (`If-None-Match: *`, which the test server enforces): the
+/// same bytes again (an attempt whose answer was lost) count as written; other bytes under the
+/// key are refused and the object stays as it was. Manifest and digest objects go the same way.
+#[tokio::test(flavor = "multi_thread")]
+async fn objects_are_written_create_only() {
+    let s = server();
+    let c = client(&s.endpoint()).await;
+    create_bucket(&c, "once", false).await.unwrap();
+    let staging = tempfile::tempdir().unwrap();
+    let (ctx, _, _) = context("cold", vec![]);
+    let mut sink = S3Sink::open(config(&s.endpoint(), "once"), ctx, staging.path().to_path_buf()).unwrap();
+    sink.prepare().await.unwrap();
+    let first = bytes::Bytes::from_static(b"{\"id\":\"a\"}\n");
+    let other = bytes::Bytes::from_static(b"{\"id\":\"b\"}\n");
+    let put = |body: &bytes::Bytes| (body.clone(), sha256_b64(body));
+    let (body, sum) = put(&first);
+    assert!(sink.upload("k/x.ndjson", &body, &sum, None).await.is_ok());
+    assert!(
+        sink.upload("k/x.ndjson", &body, &sum, None).await.is_ok(),
+        "the same bytes again"
+    );
+    let (body, sum) = put(&other);
+    match sink.upload("k/x.ndjson", &body, &sum, None).await {
+        Err(crate::sink::Failure::Stop(m)) => assert!(m.contains("already exists with other content"), "{m}"),
+        _ => panic!("other bytes under the key were not refused"),
+    }
+    let there = c
+        .get_object()
+        .bucket("once")
+        .key("k/x.ndjson")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(there.body.collect().await.unwrap().into_bytes(), first);
+
+    // Manifest lines: the same line again is written once; another under its key is refused.
+    let publisher = S3Manifests::new(c.clone(), config(&s.endpoint(), "once"), "p", "cold").unwrap();
+    let line = ManifestLine {
+        seq: 1,
+        unit: "k/x.ndjson".into(),
+        line: r#"{"seq":1}"#.into(),
+    };
+    publisher.publish(std::slice::from_ref(&line)).await.unwrap();
+    publisher.publish(std::slice::from_ref(&line)).await.unwrap();
+    let forged = ManifestLine {
+        line: r#"{"seq":1,"forged":true}"#.into(),
+        ..line
+    };
+    let e = publisher.publish(&[forged]).await.unwrap_err();
+    assert!(
+        !e.is_retryable() && e.to_string().contains("already exists"),
+        "{e}"
+    );
 }
