@@ -53,6 +53,12 @@ pub struct VerifyArgs {
     /// accepted with a note.
     #[arg(long, requires = "public_key")]
     until: Option<String>,
+    /// For s3:// archives: check each object by the SHA-256 S3 keeps for it
+    /// (GetObjectAttributes) instead of downloading it, where S3 keeps one for the whole
+    /// object (single-part uploads); others are read. Its events are then not read: no
+    /// repeat or gap checks for those objects. For very large archives.
+    #[arg(long)]
+    s3_checksums: bool,
     /// Where an s3:// archive is served.
     #[command(flatten)]
     s3: super::archive::S3Flags,
@@ -70,6 +76,7 @@ pub async fn verify(args: VerifyArgs) -> CommandResult {
     let fail = |m: String| -> CommandResult { Err(exit::fail(Code::Again, m)) };
     let mut opts = Options {
         allow_unsealed: args.allow_unsealed,
+        stored_checksums: args.s3_checksums,
         ..Default::default()
     };
     if let Some(gap) = &args.max_gap {

@@ -559,7 +559,7 @@ batch_timeout_ms = 400
     stop_when_all_committed(&ws, &sim, child).await;
     let public = DigestPublicKey::from_file(&ws.path().join("keys/sign.pub")).unwrap();
 
-    let check = |public: DigestPublicKey| {
+    let check_stored = |public: DigestPublicKey, stored_checksums: bool| {
         let c = c.clone();
         async move {
             let handle = tokio::runtime::Handle::current();
@@ -568,6 +568,7 @@ batch_timeout_ms = 400
                 let opts = Options {
                     public_key: Some(public),
                     horizon: Some(until),
+                    stored_checksums,
                     ..Options::default()
                 };
                 verify::verify(&archive, &opts).unwrap()
@@ -576,8 +577,21 @@ batch_timeout_ms = 400
             .unwrap()
         }
     };
+    let check = |public: DigestPublicKey| check_stored(public, false);
     let clean = check(public.clone()).await;
     assert!(clean.clean, "{}", clean.to_text());
+    // By the checksums S3 keeps, without downloading the data.
+    let by_attributes = check_stored(public.clone(), true).await;
+    assert!(by_attributes.clean, "{}", by_attributes.to_text());
+    let note = format!(
+        "{} units were checked by the SHA-256 the store keeps",
+        clean.units
+    );
+    assert!(
+        by_attributes.notes.iter().any(|n| n.starts_with(&note)),
+        "{note}: {:?}",
+        by_attributes.notes
+    );
     assert_eq!(clean.digest_chains.len(), 1, "{}", clean.to_text());
     assert_eq!(clean.digest_chains[0].entries_through as usize, clean.entries);
 
@@ -656,6 +670,24 @@ batch_timeout_ms = 400
     let r = check(public.clone()).await;
     let rel = data.key.strip_prefix("miosa/").unwrap();
     assert!(found(&r.findings, Kind::Altered, Some(rel)), "{}", r.to_text());
+    // Replaced (same length) with a SHA-256 S3 keeps: named by the stored checksum, unread.
+    let mut flipped = data.body.to_vec();
+    flipped[at] ^= 0x01;
+    c.put_object()
+        .bucket("signed")
+        .key(&data.key)
+        .checksum_algorithm(aws_sdk_s3::types::ChecksumAlgorithm::Sha256)
+        .body(aws_sdk_s3::primitives::ByteStream::from(flipped.clone()))
+        .send()
+        .await
+        .unwrap();
+    let r = check_stored(public.clone(), true).await;
+    assert!(found(&r.findings, Kind::Altered, Some(rel)), "{}", r.to_text());
+    assert!(
+        r.findings.iter().any(|f| f.detail.contains("stored SHA-256")),
+        "{}",
+        r.to_text()
+    );
     put(data.key.clone(), data.body.to_vec()).await;
 
     // The newest period's objects, their manifest objects and the digests all removed.

@@ -19,6 +19,14 @@ pub trait Archive {
     fn open(&self, rel: &str) -> io::Result<Box<dyn Read + '_>>;
     /// How to show the root in reports.
     fn root(&self) -> String;
+    /// The SHA-256 of the whole object as the store keeps it, without reading the body, when
+    /// the store keeps one for the whole object (S3's `ChecksumSHA256` of a single-part
+    /// upload); `None` when it cannot say (a directory, a multipart object's composite
+    /// checksum, an object uploaded without one).
+    fn stored_sha256(&self, rel: &str) -> io::Result<Option<[u8; 32]>> {
+        let _ = rel;
+        Ok(None)
+    }
 }
 
 /// An archive in a local directory.

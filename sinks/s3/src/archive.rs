@@ -69,6 +69,46 @@ impl Archive for S3Archive {
     fn root(&self) -> String {
         format!("s3://{}/{}", self.bucket, self.prefix)
     }
+
+    /// `GetObjectAttributes`: the stored `ChecksumSHA256` when it covers the whole object
+    /// (`FULL_OBJECT`, or no type and no parts); a multipart object's is a checksum of its
+    /// parts' checksums, which says nothing of the whole body's SHA-256.
+    fn stored_sha256(&self, rel: &str) -> std::io::Result<Option<[u8; 32]>> {
+        use aws_sdk_s3::types::{ChecksumType, ObjectAttributes};
+        use base64::Engine as _;
+        let key = format!("{}{rel}", self.prefix);
+        let got = self
+            .runtime
+            .block_on(
+                self.client
+                    .get_object_attributes()
+                    .bucket(&self.bucket)
+                    .key(&key)
+                    .object_attributes(ObjectAttributes::Checksum)
+                    .object_attributes(ObjectAttributes::ObjectParts)
+                    .send(),
+            )
+            .map_err(|e| std::io::Error::other(format!("attributes of {key}: {}", DisplayErrorContext(e))))?;
+        let Some(checksum) = got.checksum() else {
+            return Ok(None);
+        };
+        let whole = match checksum.checksum_type() {
+            Some(ChecksumType::FullObject) => true,
+            Some(_) => false,
+            None => {
+                got.object_parts()
+                    .and_then(|p| p.total_parts_count())
+                    .unwrap_or(0)
+                    <= 1
+            }
+        };
+        let Some(b64) = checksum.checksum_sha256().filter(|_| whole) else {
+            return Ok(None);
+        };
+        // A composite checksum reads `…-N`; only a plain one is the body's SHA-256.
+        let bytes = base64::engine::general_purpose::STANDARD.decode(b64).ok();
+        Ok(bytes.and_then(|b| <[u8; 32]>::try_from(b).ok()))
+    }
 }
 
 /// The NDJSON lines of an object body, decoded by its key's extension (the contract's

@@ -256,6 +256,9 @@ pub struct Options {
     pub anchor: Option<Anchor>,
     /// Most findings of one kind listed (the rest are counted). 0: 100.
     pub max_findings_per_kind: usize,
+    /// Check a unit that is one whole stretch by the SHA-256 its store keeps (S3's
+    /// `GetObjectAttributes`) instead of reading it, where the store keeps one.
+    pub stored_checksums: bool,
     /// Check the signed digests with this public key.
     pub public_key: Option<crate::manifest::DigestPublicKey>,
     /// How far the digests must reach (default: now minus two periods).
