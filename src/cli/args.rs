@@ -95,6 +95,21 @@ pub enum Command {
         /// Report only; ship nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Also write a completeness report here (JSON): per sandbox and hour, the API's
+        /// count, the ledger's, each file sink's, the gap and what was shipped again, signed
+        /// with the pipeline's [manifest] signing key (auditors check it with verify-report).
+        #[arg(long, value_name = "FILE")]
+        report: Option<PathBuf>,
+    },
+    /// Check a completeness report (`reconcile --report`) offline: its signature under the
+    /// public key; print its gaps. Exit codes: 0 it stands (its findings are printed), 1 it
+    /// was changed or signed by another key, 2 it cannot be read.
+    VerifyReport {
+        /// The report.
+        report: PathBuf,
+        /// The public key of the pipeline's signing key.
+        #[arg(long, value_name = "FILE")]
+        public_key: PathBuf,
     },
     /// List a sandbox's events (NDJSON on stdout), like the SDK's `list`.
     List(ListArgs),

@@ -87,7 +87,19 @@ async fn dispatch(command: Command) -> CommandResult {
             until,
             sandboxes,
             dry_run,
-        } => reconcile::reconcile(&pipeline, &since, until.as_deref(), &sandboxes, dry_run).await,
+            report,
+        } => {
+            reconcile::reconcile(
+                &pipeline,
+                &since,
+                until.as_deref(),
+                &sandboxes,
+                dry_run,
+                report.as_deref(),
+            )
+            .await
+        }
+        Command::VerifyReport { report, public_key } => reconcile::verify_report(&report, &public_key),
         Command::Transform {
             pipeline,
             input,

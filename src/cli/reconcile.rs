@@ -16,8 +16,22 @@ pub async fn reconcile(
     until: Option<&str>,
     sandboxes: &[String],
     dry_run: bool,
+    report_to: Option<&Path>,
 ) -> CommandResult {
     let p = config::load(path, LoadMode::Run)?;
+    // Before any work: a report needs the key that signs it.
+    let signing = match (report_to, &p.digests) {
+        (Some(_), None) => {
+            return Err(super::exit::fail(
+                Code::Fix,
+                format!("--report: {} has no signing key; the report is signed with [manifest] signing_key_file (write a pair with `auditship keygen`)", path.display()),
+            ))
+        }
+        (Some(to), Some(_)) if to.exists() => {
+            return Err(super::exit::fail(Code::Fix, format!("--report: {} exists; a report is never overwritten", to.display())));
+        }
+        (_, d) => d.as_ref().map(|d| d.key.clone()),
+    };
     let since_us = resolve_time(since)?;
     let until_us = match until {
         Some(u) => resolve_time(u)?,
@@ -65,6 +79,23 @@ pub async fn reconcile(
     for (sink, why) in &report.not_comparable {
         writeln!(out, "sink {sink} not compared by id: {why}")?;
     }
+    if let (Some(to), Some(key)) = (report_to, &signing) {
+        let signed = auditship::ops::completeness::CompletenessReport::of(
+            &p.name, since_us, until_us, dry_run, &report,
+        )
+        .seal(key);
+        let text = serde_json::to_string_pretty(&signed)? + "\n";
+        write_new(to, text.as_bytes()).map_err(|e| {
+            super::exit::fail(Code::Again, format!("--report: writing {}: {e}", to.display()))
+        })?;
+        writeln!(
+            out,
+            "completeness report written to {} ({} gap event(s), signed by {})",
+            to.display(),
+            signed.gaps,
+            signed.key
+        )?;
+    }
     if dry_run {
         writeln!(out, "dry run: nothing shipped")?;
         return Ok(Code::Ok);
@@ -74,5 +105,80 @@ pub async fn reconcile(
         return Ok(Code::Again);
     }
     writeln!(out, "{} event(s) shipped again", report.reshipped)?;
+    Ok(Code::Ok)
+}
+
+/// Write `bytes` to a new file `to` (never over one), durably: to a temporary name, fsync'd,
+/// renamed.
+fn write_new(to: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut tmp = to.as_os_str().to_owned();
+    tmp.push(".partial");
+    let tmp = std::path::PathBuf::from(tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    drop(f);
+    if to.exists() {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(std::io::Error::new(std::io::ErrorKind::AlreadyExists, "exists"));
+    }
+    std::fs::rename(&tmp, to)
+}
+
+/// `auditship verify-report`.
+pub fn verify_report(report: &Path, public_key: &Path) -> CommandResult {
+    use auditship::ops::completeness::CompletenessReport;
+    let fail = |code, m: String| -> CommandResult { Err(super::exit::fail(code, m)) };
+    let key = match auditship::manifest::DigestPublicKey::from_file(public_key) {
+        Ok(k) => k,
+        Err(e) => return fail(Code::Again, format!("--public-key: {e}")),
+    };
+    let text = match std::fs::read_to_string(report) {
+        Ok(t) => t,
+        Err(e) => return fail(Code::Again, format!("reading {}: {e}", report.display())),
+    };
+    let r: CompletenessReport = match serde_json::from_str(&text) {
+        Ok(r) => r,
+        Err(e) => {
+            return fail(
+                Code::Fix,
+                format!("{} is not a completeness report: {e}", report.display()),
+            )
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    if let Err(why) = r.check(&key) {
+        writeln!(
+            out,
+            "auditship verify-report {}: NOT VALID: {why}",
+            report.display()
+        )?;
+        return Ok(Code::Fix);
+    }
+    writeln!(
+        out,
+        "auditship verify-report {}: VALID (signed by {})\n  pipeline {}, {} to {}{}: {} sandbox-hours, {} events in the API, {} found missing, {} shipped again{}",
+        report.display(),
+        r.key,
+        r.pipeline,
+        r.since,
+        r.until,
+        if r.dry_run { " (dry run)" } else { "" },
+        r.hours.len(),
+        r.api_events,
+        r.gaps,
+        r.reshipped,
+        if r.complete { ", complete" } else { ", NOT complete" }
+    )?;
+    for h in r.hours.iter().filter(|h| h.gap > 0) {
+        writeln!(
+            out,
+            "  GAP {} {}: the API holds {}, {} missing, {} shipped again",
+            h.resource_id, h.hour, h.api, h.gap, h.reshipped
+        )?;
+    }
     Ok(Code::Ok)
 }

@@ -31,6 +31,7 @@
 //! # Ok::<(), auditship::manifest::KeyError>(())
 //! ```
 
+use super::signing::SealProblem;
 use super::*;
 
 /// The digest format version written in every digest.
@@ -199,10 +200,6 @@ impl SignedDigest {
         serde_json::to_vec(&bare).unwrap_or_default()
     }
 
-    fn hash_bytes(&self) -> [u8; 32] {
-        Sha256::digest(self.canonical()).into()
-    }
-
     /// Add the next entry of the period.
     pub fn push(&mut self, entry: DigestEntry) {
         self.through = entry.seq;
@@ -212,9 +209,7 @@ impl SignedDigest {
     /// Name the key, hash and sign.
     pub fn seal(mut self, key: &DigestSigningKey) -> SignedDigest {
         self.key = key.fingerprint();
-        let hash = self.hash_bytes();
-        self.hash = hex(&hash);
-        self.signature = hex(&key.sign(&hash));
+        (self.hash, self.signature) = key.seal_document(&self.canonical());
         self
     }
 
@@ -258,14 +253,10 @@ impl SignedDigest {
                 expected: key.fingerprint(),
             });
         }
-        let hash = self.hash_bytes();
-        if hex(&hash) != self.hash {
-            return Err(DigestProblem::Edited { sink, seq });
-        }
-        let signature: Option<[u8; 64]> = unhex(&self.signature).and_then(|s| s.try_into().ok());
-        match signature {
-            Some(s) if key.verify(&hash, &s) => Ok(()),
-            _ => Err(DigestProblem::BadSignature { sink, seq }),
+        match key.check_document(&self.canonical(), &self.hash, &self.signature) {
+            Ok(()) => Ok(()),
+            Err(SealProblem::Edited) => Err(DigestProblem::Edited { sink, seq }),
+            Err(SealProblem::BadSignature) => Err(DigestProblem::BadSignature { sink, seq }),
         }
     }
 
@@ -340,19 +331,9 @@ impl SignedDigest {
     }
 }
 
-/// Lowercase hex back to bytes.
-fn unhex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
+    use super::super::signing::unhex;
     use super::*;
 
     fn entry(seq: u64) -> DigestEntry {

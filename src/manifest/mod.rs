@@ -61,7 +61,7 @@ pub(crate) use publish::{publisher_task, Publish};
 pub(crate) use read::Hashing;
 pub use read::{read_unit, sniff, Line, Summarizer, Summary};
 pub(crate) use seal::Sealer;
-pub use signing::{write_key_pair, DigestPublicKey, DigestSigningKey, KeyError};
+pub use signing::{write_key_pair, DigestPublicKey, DigestSigningKey, KeyError, SealProblem};
 
 /// The manifest format version written in every entry.
 pub const FORMAT_VERSION: u32 = 1;

@@ -145,6 +145,33 @@ impl DigestSigningKey {
     pub fn sign(&self, message: &[u8]) -> [u8; 64] {
         self.0.sign(message).to_bytes()
     }
+
+    /// Seal a document: the SHA-256 of its canonical bytes and the signature of that hash,
+    /// both lowercase hex (how digests and completeness reports are signed).
+    pub fn seal_document(&self, canonical: &[u8]) -> (String, String) {
+        let hash: [u8; 32] = Sha256::digest(canonical).into();
+        (super::hex(&hash), super::hex(&self.sign(&hash)))
+    }
+}
+
+/// Why a sealed document does not stand (see [`DigestPublicKey::check_document`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SealProblem {
+    /// Its canonical bytes do not hash to its hash: it was edited.
+    Edited,
+    /// The signature is not the key's over the hash.
+    BadSignature,
+}
+
+/// Lowercase hex back to bytes.
+pub(crate) fn unhex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
 }
 
 /// The public key that checks digests.
@@ -193,6 +220,20 @@ impl DigestPublicKey {
     /// `SHA256:` and the hex SHA-256 of the key's 32 raw bytes.
     pub fn fingerprint(&self) -> String {
         format!("SHA256:{}", super::hex(&Sha256::digest(self.0.as_bytes())))
+    }
+
+    /// Check a document sealed by [`DigestSigningKey::seal_document`]: its canonical bytes
+    /// hash to `hash`, and `signature` is this key's over that hash.
+    pub fn check_document(&self, canonical: &[u8], hash: &str, signature: &str) -> Result<(), SealProblem> {
+        let computed: [u8; 32] = Sha256::digest(canonical).into();
+        if super::hex(&computed) != hash {
+            return Err(SealProblem::Edited);
+        }
+        let signature: Option<[u8; 64]> = unhex(signature).and_then(|s| s.try_into().ok());
+        match signature {
+            Some(s) if self.verify(&computed, &s) => Ok(()),
+            _ => Err(SealProblem::BadSignature),
+        }
     }
 
     /// Whether `signature` is this key's over `message` (strict: no malleable encodings).

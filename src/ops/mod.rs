@@ -11,11 +11,14 @@
 //! - [`bundle`]: evidence bundles: a window of an archive with exactly the manifest entries,
 //!   signed digests and public key that prove it (`auditship export`), checked offline
 //!   (`auditship verify-export`).
+//! - [`completeness`]: the signed completeness report of a reconciliation
+//!   (`auditship reconcile --report`), checked offline (`auditship verify-report`).
 //! - [`positions`]: the saved positions of a pipeline exported and imported, one JSON object a
 //!   line (`auditship checkpoints --export/--import`).
 
 pub mod backfill;
 pub mod bundle;
+pub mod completeness;
 pub mod positions;
 pub mod reconcile;
 pub mod verify;

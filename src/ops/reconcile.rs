@@ -41,11 +41,29 @@ pub struct HourDiff {
     pub missing: BTreeMap<String, u64>,
 }
 
+/// One sandbox-hour as compared, whether it adds up or not.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HourCount {
+    /// The sandbox.
+    pub resource_id: String,
+    /// The hour's start, µs since the Unix epoch.
+    pub hour_us: i64,
+    /// Events the API holds.
+    pub api: u64,
+    /// Events the ledger says were shipped.
+    pub ledger: u64,
+    /// Per file sink read back: events of the hour it should hold (after its transforms and
+    /// route), and how many of them its files hold.
+    pub archive: BTreeMap<String, (u64, u64)>,
+}
+
 /// What a reconciliation found and did.
 #[derive(Debug, Default)]
 pub struct Report {
     /// (sandbox, hour) pairs compared.
     pub hours_checked: usize,
+    /// Every sandbox-hour compared, in order.
+    pub hours: Vec<HourCount>,
     /// Events the API holds in the window.
     pub api_events: u64,
     /// Hours that differ.
@@ -120,6 +138,8 @@ pub async fn reconcile(
     // What each file sink holds, by id, and what it should hold.
     let wanted: HashSet<&str> = sandboxes.iter().map(String::as_str).collect();
     let mut archive_missing: BTreeMap<SandboxHour, BTreeMap<String, Vec<Arc<str>>>> = BTreeMap::new();
+    // Per sandbox-hour and file sink: the events it should hold.
+    let mut archive_expected: BTreeMap<SandboxHour, BTreeMap<String, u64>> = BTreeMap::new();
     for (name, cfg) in &p.sinks {
         // Archives read back by id: files. (S3 objects are compared through the ledger.)
         let Some(ArchiveLocation::Dir(base)) = cfg.config().ok().and_then(|c| c.archive()) else {
@@ -160,6 +180,11 @@ pub async fn reconcile(
                     shaped = true;
                     continue;
                 }
+                *archive_expected
+                    .entry((rid.clone(), a.hour_us))
+                    .or_default()
+                    .entry(name.clone())
+                    .or_default() += 1;
                 if !held.contains(&*a.event.id) {
                     archive_missing
                         .entry((rid.clone(), a.hour_us))
@@ -176,6 +201,9 @@ pub async fn reconcile(
                 "its transforms reshape events (no top-level `id` to compare); the ledger is used".into(),
             );
             archive_missing.values_mut().for_each(|m| {
+                m.remove(name);
+            });
+            archive_expected.values_mut().for_each(|m| {
                 m.remove(name);
             });
         }
@@ -211,6 +239,20 @@ pub async fn reconcile(
         let api_n = ids.len() as u64;
         let ledger_n = ledger.get(&key).copied().unwrap_or(0);
         let missing = archive_missing.remove(&key).unwrap_or_default();
+        let expected = archive_expected.remove(&key).unwrap_or_default();
+        report.hours.push(HourCount {
+            resource_id: key.0.clone(),
+            hour_us: key.1,
+            api: api_n,
+            ledger: ledger_n,
+            archive: expected
+                .iter()
+                .map(|(sink, n)| {
+                    let lacking = missing.get(sink).map_or(0, |m| m.len() as u64);
+                    (sink.clone(), (*n, n.saturating_sub(lacking)))
+                })
+                .collect(),
+        });
         if api_n == ledger_n && missing.values().all(Vec::is_empty) {
             continue;
         }

@@ -17,6 +17,9 @@ async fn reconcile_finds_and_fills_a_gap_punched_into_an_archive() {
     )
     .await;
     let sinks = r#"
+[manifest]
+signing_key_file = "{root}/keys/sign.key"
+
 [sinks.archive]
 type = "file"
 path = "{root}/archive/{resource_id}/{date}.ndjson"
@@ -28,6 +31,9 @@ when = { action = "reject" }
 "#;
     let ws = Workspace::with_sinks(&sim, &ids, "requests_per_minute = 100000", sinks);
     let key = sim.api_key().to_string();
+    std::fs::create_dir(ws.path().join("keys")).unwrap();
+    let out = ws.run(&key, &["keygen", "--out", "keys/sign"]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
     let out = ws.run(&key, &["backfill", "pipe.toml", "--since", "2d"]);
     assert_eq!(out.code, Some(0), "{}", out.stderr);
     assert_exactly_once(&ws.archive_lines(), &sim_lines(&sim, &ids));
@@ -74,8 +80,24 @@ when = { action = "reject" }
     );
     assert_eq!(ws.archive_lines().len(), 800 - 37, "a dry run ships nothing");
 
-    let fix = ws.run(&key, &["reconcile", "pipe.toml", "--since", "2d"]);
+    let fix = ws.run(
+        &key,
+        &[
+            "reconcile",
+            "pipe.toml",
+            "--since",
+            "2d",
+            "--report",
+            "report.json",
+        ],
+    );
     assert_eq!(fix.code, Some(0), "{}", fix.stderr);
+    assert!(
+        fix.stdout
+            .contains("completeness report written to report.json (37 gap event(s)"),
+        "{}",
+        fix.stdout
+    );
     assert!(fix.stdout.contains("event(s) shipped again"), "{}", fix.stdout);
     // Every event once again: the gap is filled with exactly what was missing.
     assert_exactly_once(&ws.archive_lines(), &sim_lines(&sim, &ids));
@@ -89,6 +111,76 @@ when = { action = "reject" }
     let again = ws.run(&key, &["reconcile", "pipe.toml", "--since", "2d"]);
     assert_eq!(again.code, Some(0), "{}", again.stderr);
     assert!(again.stdout.contains("0 hour(s) differ"), "{}", again.stdout);
+
+    // The signed completeness report: every sandbox-hour, the gap where it was, what was
+    // shipped again; checked with the public key alone; any change to it fails the check.
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(ws.path().join("report.json")).unwrap()).unwrap();
+    let hours = report["hours"].as_array().unwrap();
+    let api: u64 = hours.iter().map(|h| h["api"].as_u64().unwrap()).sum();
+    assert_eq!(api, 800, "{report:#}");
+    let gaps: Vec<&serde_json::Value> = hours.iter().filter(|h| h["gap"].as_u64() != Some(0)).collect();
+    assert!(
+        !gaps.is_empty() && gaps.iter().all(|h| h["resource_id"] == "sb-r1"),
+        "{report:#}"
+    );
+    assert_eq!(gaps.iter().map(|h| h["gap"].as_u64().unwrap()).sum::<u64>(), 37);
+    assert_eq!(
+        gaps.iter().map(|h| h["reshipped"].as_u64().unwrap()).sum::<u64>(),
+        37
+    );
+    // Each file sink's count, as [should hold, holds] when compared: 37 lacking in the
+    // archive sink, 3 in the rejects sink.
+    let lacking = |sink: &str| -> u64 {
+        hours
+            .iter()
+            .filter_map(|h| h["archive"][sink].as_array())
+            .map(|c| c[0].as_u64().unwrap() - c[1].as_u64().unwrap())
+            .sum()
+    };
+    assert_eq!((lacking("archive"), lacking("rejects")), (37, 3), "{report:#}");
+    assert_eq!(report["complete"], true);
+    let out = ws.run(
+        &key,
+        &["verify-report", "report.json", "--public-key", "keys/sign.pub"],
+    );
+    assert_eq!(out.code, Some(0), "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout.contains("VALID") && out.stdout.contains("37 found missing"),
+        "{}",
+        out.stdout
+    );
+    assert!(out.stdout.contains("GAP sb-r1"), "{}", out.stdout);
+    let text = std::fs::read_to_string(ws.path().join("report.json")).unwrap();
+    std::fs::write(
+        ws.path().join("edited.json"),
+        text.replacen("\"gap\": 0", "\"gap\": 1", 1),
+    )
+    .unwrap();
+    let out = ws.run(
+        &key,
+        &["verify-report", "edited.json", "--public-key", "keys/sign.pub"],
+    );
+    assert_eq!(out.code, Some(1), "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout.contains("NOT VALID: changed after it was signed"),
+        "{}",
+        out.stdout
+    );
+    // Never overwritten.
+    let out = ws.run(
+        &key,
+        &[
+            "reconcile",
+            "pipe.toml",
+            "--since",
+            "2d",
+            "--report",
+            "report.json",
+        ],
+    );
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert!(out.stderr.contains("never overwritten"), "{}", out.stderr);
 }
 
 #[tokio::test(flavor = "multi_thread")]
