@@ -11,8 +11,9 @@
 //! ```
 //! use auditship::manifest::{DigestPublicKey, DigestSigningKey};
 //! use auditship::ops::completeness::CompletenessReport;
+//! use auditship::ops::reconcile::Report;
 //! let key = DigestSigningKey::generate()?;
-//! let report = CompletenessReport::default().seal(&key);
+//! let report = CompletenessReport::of("pipe", 0, 3_600_000_000, true, &Report::default()).seal(&key);
 //! assert!(report.check(&DigestPublicKey::from_pem(&key.public_pem()?)?).is_ok());
 //! # Ok::<(), auditship::manifest::KeyError>(())
 //! ```

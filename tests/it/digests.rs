@@ -98,6 +98,21 @@ fn digests(root: &Path) -> Vec<(PathBuf, SignedDigest)> {
         .collect()
 }
 
+/// The private key's forms a leak would take: its PEM body, its 32 secret bytes raw, in hex
+/// and in base64.
+fn key_needles(ws: &Workspace) -> Vec<Vec<u8>> {
+    let pem = std::fs::read_to_string(ws.path().join("keys/sign.key")).unwrap();
+    let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    let der = data_encoding::BASE64.decode(body.as_bytes()).unwrap();
+    let seed = &der[der.len() - 32..];
+    vec![
+        body.clone().into_bytes(),
+        seed.to_vec(),
+        data_encoding::HEXLOWER.encode(seed).into_bytes(),
+        data_encoding::BASE64.encode(seed).into_bytes(),
+    ]
+}
+
 /// Whether a finding of `kind` names `object` (relative to the root), or any, with `None`.
 fn found(findings: &[Finding], kind: Kind, object: Option<&str>) -> bool {
     findings
@@ -294,16 +309,7 @@ async fn a_signed_file_archive_verifies_offline_and_each_tampering_is_named() {
 
     // The signing key is in its own file and nowhere else: not in the archive, the database,
     // the pipeline's log.
-    let pem = std::fs::read_to_string(s.ws.path().join("keys/sign.key")).unwrap();
-    let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
-    let der = data_encoding::BASE64.decode(body.as_bytes()).unwrap();
-    let seed = &der[der.len() - 32..];
-    let needles = [
-        body.clone().into_bytes(),
-        seed.to_vec(),
-        data_encoding::HEXLOWER.encode(seed).into_bytes(),
-        data_encoding::BASE64.encode(seed).into_bytes(),
-    ];
+    let needles = key_needles(&s.ws);
     let mut files = Vec::new();
     walk_all(s.ws.path(), &mut files);
     let mut searched = 0;
@@ -395,6 +401,14 @@ async fn an_export_of_a_signed_archive_verifies_and_any_change_to_it_fails() {
     let bytes = std::fs::read(s.ws.path().join("evidence.tar.zst")).unwrap();
     let clean = bundle::check(&bytes[..], Some(&s.public));
     assert!(clean.clean, "{}", clean.to_text("evidence"));
+    // The signing key is not in the bundle (decompressed), only the public one.
+    let inside = zstd::decode_all(&bytes[..]).unwrap();
+    for n in key_needles(&s.ws) {
+        assert!(
+            !inside.windows(n.len()).any(|w| w == n.as_slice()),
+            "the signing key is in the bundle"
+        );
+    }
     assert!(
         clean.stretches > 1 && clean.stretches < clean.entries,
         "{} of {}",
@@ -647,12 +661,41 @@ batch_timeout_ms = 400
         middle.file().body.as_bytes()
     );
 
+    // A digest removed, one replayed from an earlier period over a later one, one signed by
+    // another key: each named, then put back.
+    let rel = middle_key.strip_prefix("miosa/").unwrap();
+    c.delete_object()
+        .bucket("signed")
+        .key(&middle_key)
+        .send()
+        .await
+        .unwrap();
+    let r = check(public.clone()).await;
+    assert!(found(&r.findings, Kind::MissingDigests, None), "{}", r.to_text());
+    let (earlier_key, earlier) = &list[list.len() / 2 - 1];
+    put(middle_key.clone(), earlier.file().body.into_bytes()).await;
+    let r = check(public.clone()).await;
+    assert!(
+        found(&r.findings, Kind::DigestMoved, Some(rel)),
+        "{} (from {earlier_key})",
+        r.to_text()
+    );
+    let other_key = DigestSigningKey::generate().unwrap();
+    put(
+        middle_key.clone(),
+        middle.clone().seal(&other_key).file().body.into_bytes(),
+    )
+    .await;
+    let r = check(public.clone()).await;
+    assert!(found(&r.findings, Kind::WrongKey, Some(rel)), "{}", r.to_text());
+    put(middle_key.clone(), middle.file().body.into_bytes()).await;
+    assert!(check(public.clone()).await.clean, "restored");
+
     // A digest edited.
     let mut edited = middle.clone();
     edited.entries.clear();
     put(middle_key.clone(), edited.to_json().into_bytes()).await;
     let r = check(public.clone()).await;
-    let rel = middle_key.strip_prefix("miosa/").unwrap();
     assert!(
         found(&r.findings, Kind::DigestAltered, Some(rel)),
         "{}",
