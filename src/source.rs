@@ -97,6 +97,8 @@ pub struct DeadLetter {
 pub enum SourceKind {
     /// Live: the tail stream (socket first, polling fallback).
     Live(TailOptions),
+    /// Events given by the caller, sent on as they are; the source then ends.
+    Given(Vec<Event>),
     /// A window of the past through the list endpoint; the source ends when it is shipped.
     Window {
         /// Where to begin (a time, or a resume position).
@@ -138,6 +140,22 @@ pub struct SourceReport {
     pub events: u64,
 }
 
+/// Send events given by the caller on, and end.
+async fn given(resource_id: Arc<str>, events: Vec<Event>, tx: &mpsc::Sender<SourceMsg>) -> SourceReport {
+    let n = events.len() as u64;
+    let sent = events.is_empty() || tx.send(SourceMsg::Events(events)).await.is_ok();
+    SourceReport {
+        transport: None,
+        resource_id,
+        end: if sent {
+            SourceEnd::Finished
+        } else {
+            SourceEnd::Stopped
+        },
+        events: n,
+    }
+}
+
 /// Follow one sandbox until `shutdown`, the end of its window, or a fatal error.
 pub async fn run(
     client: Client,
@@ -148,6 +166,7 @@ pub async fn run(
 ) -> SourceReport {
     let audit = client.sandbox(&*resource_id).audit();
     let input = match kind {
+        SourceKind::Given(events) => return given(resource_id, events, &tx).await,
         SourceKind::Live(options) => Input::Live(audit.tail(options)),
         SourceKind::Window {
             start,

@@ -100,6 +100,10 @@ pub enum Command {
         /// with the pipeline's [manifest] signing key (auditors check it with verify-report).
         #[arg(long, value_name = "FILE")]
         report: Option<PathBuf>,
+        /// Also ship one OCSF Detection Finding (class 2004) per sandbox-hour with a gap into
+        /// this sink of the pipeline (a SIEM's), so the SIEM sees the hole in the audit trail.
+        #[arg(long, value_name = "SINK")]
+        gap_findings_to: Option<String>,
     },
     /// Check a completeness report (`reconcile --report`) offline: its signature under the
     /// public key; print its gaps. Exit codes: 0 it stands (its findings are printed), 1 it

@@ -88,16 +88,13 @@ async fn dispatch(command: Command) -> CommandResult {
             sandboxes,
             dry_run,
             report,
+            gap_findings_to,
         } => {
-            reconcile::reconcile(
-                &pipeline,
-                &since,
-                until.as_deref(),
-                &sandboxes,
-                dry_run,
-                report.as_deref(),
-            )
-            .await
+            let out = reconcile::Outputs {
+                report: report.as_deref(),
+                gap_findings_to: gap_findings_to.as_deref(),
+            };
+            reconcile::reconcile(&pipeline, &since, until.as_deref(), &sandboxes, dry_run, out).await
         }
         Command::VerifyReport { report, public_key } => reconcile::verify_report(&report, &public_key),
         Command::Transform {

@@ -9,6 +9,14 @@ use auditship::config::{self, LoadMode};
 use super::exit::{Code, CommandResult, OrRetry};
 use super::time::resolve_time;
 
+/// What `reconcile` writes besides its summary.
+pub struct Outputs<'a> {
+    /// `--report`: the signed completeness report.
+    pub report: Option<&'a Path>,
+    /// `--gap-findings-to`: the sink that gets a finding per gap.
+    pub gap_findings_to: Option<&'a str>,
+}
+
 /// `auditship reconcile`.
 pub async fn reconcile(
     path: &Path,
@@ -16,8 +24,9 @@ pub async fn reconcile(
     until: Option<&str>,
     sandboxes: &[String],
     dry_run: bool,
-    report_to: Option<&Path>,
+    outputs: Outputs<'_>,
 ) -> CommandResult {
+    let report_to = outputs.report;
     let p = config::load(path, LoadMode::Run)?;
     // Before any work: a report needs the key that signs it.
     let signing = match (report_to, &p.digests) {
@@ -79,11 +88,20 @@ pub async fn reconcile(
     for (sink, why) in &report.not_comparable {
         writeln!(out, "sink {sink} not compared by id: {why}")?;
     }
-    if let (Some(to), Some(key)) = (report_to, &signing) {
-        let signed = auditship::ops::completeness::CompletenessReport::of(
-            &p.name, since_us, until_us, dry_run, &report,
-        )
-        .seal(key);
+    let mut completeness =
+        auditship::ops::completeness::CompletenessReport::of(&p.name, since_us, until_us, dry_run, &report);
+    if let Some(key) = &signing {
+        completeness = completeness.seal(key);
+    }
+    if let Some(sink) = outputs.gap_findings_to {
+        let findings = auditship::ops::gap_findings::findings(&completeness);
+        let n = auditship::ops::gap_findings::send(&p, sink, findings)
+            .await
+            .or_retry(format!("gap findings into sink {sink}"))?;
+        writeln!(out, "{n} gap finding(s) shipped into sink {sink}")?;
+    }
+    if let (Some(to), Some(_)) = (report_to, &signing) {
+        let signed = &completeness;
         let text = serde_json::to_string_pretty(&signed)? + "\n";
         write_new(to, text.as_bytes()).map_err(|e| {
             super::exit::fail(Code::Again, format!("--report: writing {}: {e}", to.display()))

@@ -13,12 +13,15 @@
 //!   (`auditship verify-export`).
 //! - [`completeness`]: the signed completeness report of a reconciliation
 //!   (`auditship reconcile --report`), checked offline (`auditship verify-report`).
+//! - [`gap_findings`]: one OCSF Detection Finding per gap a reconciliation found, shipped into
+//!   a sink (`auditship reconcile --gap-findings-to SINK`).
 //! - [`positions`]: the saved positions of a pipeline exported and imported, one JSON object a
 //!   line (`auditship checkpoints --export/--import`).
 
 pub mod backfill;
 pub mod bundle;
 pub mod completeness;
+pub mod gap_findings;
 pub mod positions;
 pub mod reconcile;
 pub mod verify;

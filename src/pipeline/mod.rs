@@ -57,5 +57,5 @@ pub use client::client_for;
 pub use discovery::sandboxes_to_follow;
 pub use dry_run::{count_window, DryRun};
 pub use error::PipelineError;
-pub use options::{Mode, Progress, RunOptions, RunReport, Window};
+pub use options::{Given, Mode, Progress, RunOptions, RunReport, Window};
 pub use run::run;

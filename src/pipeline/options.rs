@@ -37,13 +37,29 @@ impl Window {
     }
 }
 
-/// Live or backfill.
+/// Events the caller gives, shipped once under a checkpoint stream of their own, and not
+/// fetched from the API (reconciliation's gap findings).
+#[derive(Clone, Debug)]
+pub struct Given {
+    /// The checkpoint stream they are committed under (a new one each time: nothing is
+    /// resumed from an earlier run).
+    pub stream: String,
+    /// The events, by the source id they are shipped under (its positions and ledger rows
+    /// are kept under that id: use one no sandbox has).
+    pub events: Arc<BTreeMap<String, Vec<auditship_sink::Event>>>,
+    /// The source ids, the keys of `events`.
+    pub sources: Vec<String>,
+}
+
+/// Live, backfill, or given events.
 #[derive(Clone, Debug)]
 pub enum Mode {
     /// Follow the sandboxes until stopped.
     Live,
     /// Ship a window and stop.
     Backfill(Window),
+    /// Ship the events given and stop.
+    Given(Given),
 }
 
 impl Mode {
@@ -53,6 +69,7 @@ impl Mode {
         match self {
             Mode::Live => "live".to_string(),
             Mode::Backfill(w) => w.stream_key(),
+            Mode::Given(g) => g.stream.clone(),
         }
     }
 
@@ -61,6 +78,7 @@ impl Mode {
         match self {
             Mode::Live => &[],
             Mode::Backfill(w) => &w.sandboxes,
+            Mode::Given(g) => &g.sources,
         }
     }
 }

@@ -148,7 +148,7 @@ pub async fn run(p: &PipelineConfig, opts: RunOptions) -> Result<RunReport, Pipe
     }
     let committed = store.load(&p.name, &stream_key).await?;
     count_shipped(&mut report, sources.followed(), &loaded, &committed, progress);
-    report.complete = matches!(opts.mode, Mode::Backfill(_))
+    report.complete = matches!(opts.mode, Mode::Backfill(_) | Mode::Given(_))
         && drained
         && report.stopped.is_empty()
         && all_ended

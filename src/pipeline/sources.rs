@@ -181,11 +181,15 @@ impl<'a> Sources<'a> {
     /// What a source of `rid` does in this mode, from where it stands.
     fn kind(&self, rid: &str) -> SourceKind {
         let p = self.p;
+        if let Mode::Given(g) = self.mode {
+            return SourceKind::Given(g.events.get(rid).cloned().unwrap_or_default());
+        }
         let start = start_for(
             self.loaded.get(rid),
             match self.mode {
                 Mode::Live => p.start.clone(),
                 Mode::Backfill(w) => StartAt::Time(w.since_us),
+                Mode::Given(_) => p.start.clone(),
             },
         );
         match self.mode {
@@ -208,6 +212,7 @@ impl<'a> Sources<'a> {
                 )),
                 page_limit: p.page_limit,
             },
+            Mode::Given(_) => SourceKind::Given(Vec::new()),
         }
     }
 }

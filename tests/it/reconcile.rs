@@ -28,6 +28,12 @@ path = "{root}/archive/{resource_id}/{date}.ndjson"
 type = "file"
 path = "{root}/rejects/{resource_id}.ndjson"
 when = { action = "reject" }
+
+# The SIEM's: no audit event reaches it, only gap findings.
+[sinks.siem]
+type = "file"
+path = "{root}/siem/findings.ndjson"
+when = { action = "none" }
 "#;
     let ws = Workspace::with_sinks(&sim, &ids, "requests_per_minute = 100000", sinks);
     let key = sim.api_key().to_string();
@@ -89,6 +95,8 @@ when = { action = "reject" }
             "2d",
             "--report",
             "report.json",
+            "--gap-findings-to",
+            "siem",
         ],
     );
     assert_eq!(fix.code, Some(0), "{}", fix.stderr);
@@ -167,6 +175,24 @@ when = { action = "reject" }
         "{}",
         out.stdout
     );
+    // One OCSF Detection Finding per gap hour went into the SIEM's sink, and nothing else.
+    let findings: Vec<serde_json::Value> = std::fs::read_to_string(ws.path().join("siem/findings.ndjson"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(findings.len(), gaps.len(), "{findings:#?}");
+    for (f, h) in findings.iter().zip(&gaps) {
+        assert_eq!(
+            (f["class_uid"].as_u64(), f["type_uid"].as_u64()),
+            (Some(2004), Some(200401))
+        );
+        assert_eq!(f["resources"][0]["uid"], h["resource_id"]);
+        assert_eq!(f["unmapped"]["hour"], h["hour"]);
+        assert_eq!(f["unmapped"]["missing_events"], h["gap"]);
+        assert_eq!(f["unmapped"]["report_hash"], report["hash"]);
+        assert_eq!(f["status"], "Resolved", "the gap was filled");
+    }
     // Never overwritten.
     let out = ws.run(
         &key,
