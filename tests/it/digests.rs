@@ -51,6 +51,22 @@ path = "{root}/archive/{resource_id}/{date}.ndjson"
 rotate_max_bytes = 20000
 "#;
     let ws = Workspace::with_tables(&sim, &ids, "", 500, tables);
+    let (stopping_us, out) = keygen_and_run(&ws, &sim).await;
+    assert_exactly_once(&ws.archive_lines(), &sim_lines(&sim, &ids));
+    let public = DigestPublicKey::from_file(&ws.path().join("keys/sign.pub")).unwrap();
+    Signed {
+        root: ws.path().join("archive"),
+        ws,
+        public,
+        stopping_us,
+        stderr: out.stderr,
+    }
+}
+
+/// `auditship keygen --out keys/sign`, then `auditship run` until every event is committed,
+/// then SIGTERM: a moment before the stop was asked for (the digests reach past it), and the
+/// run's output.
+async fn keygen_and_run(ws: &Workspace, sim: &auditship::sim::Simulator) -> (i64, crate::util::Output) {
     let key = sim.api_key().to_string();
     std::fs::create_dir(ws.path().join("keys")).unwrap();
     let out = ws.run(&key, &["keygen", "--out", "keys/sign"]);
@@ -63,16 +79,7 @@ rotate_max_bytes = 20000
     )
     .await;
     let stopping_us = chrono::Utc::now().timestamp_micros();
-    let out = stop_when_all_committed(&ws, &sim, child).await;
-    assert_exactly_once(&ws.archive_lines(), &sim_lines(&sim, &ids));
-    let public = DigestPublicKey::from_file(&ws.path().join("keys/sign.pub")).unwrap();
-    Signed {
-        root: ws.path().join("archive"),
-        ws,
-        public,
-        stopping_us,
-        stderr: out.stderr,
-    }
+    (stopping_us, stop_when_all_committed(ws, sim, child).await)
 }
 
 fn check(root: &Path, key: &DigestPublicKey, horizon: Horizon) -> Report {
@@ -558,19 +565,8 @@ batch_timeout_ms = 400
         server.endpoint()
     );
     let ws = Workspace::with_tables(&sim, &ids, "", 500, &tables);
-    let key = sim.api_key().to_string();
-    std::fs::create_dir(ws.path().join("keys")).unwrap();
-    let out = ws.run(&key, &["keygen", "--out", "keys/sign"]);
-    assert_eq!(out.code, Some(0), "{}", out.stderr);
-    let child = ws.spawn(&key, &["run", "pipe.toml"]);
-    crate::util::wait_for(
-        "every event to be committed",
-        std::time::Duration::from_secs(120),
-        || sim.live_done() && ws.committed_events() >= sim.total_events() as i64,
-    )
-    .await;
-    let until = Horizon::Until(chrono::Utc::now().timestamp_micros());
-    stop_when_all_committed(&ws, &sim, child).await;
+    let (stopping_us, _) = keygen_and_run(&ws, &sim).await;
+    let until = Horizon::Until(stopping_us);
     let public = DigestPublicKey::from_file(&ws.path().join("keys/sign.pub")).unwrap();
 
     let check_stored = |public: DigestPublicKey, stored_checksums: bool| {

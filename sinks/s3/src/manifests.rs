@@ -142,14 +142,7 @@ pub(crate) async fn same_object(
     key: &str,
     body: &[u8],
 ) -> Result<bool, String> {
-    let got = client
-        .get_object()
-        .bucket(bucket)
-        .key(key)
-        .send()
-        .await
-        .map_err(|e| DisplayErrorContext(e).to_string())?;
-    let there = got.body.collect().await.map_err(|e| e.to_string())?.into_bytes();
+    let there = crate::archive::get_object(client, bucket, key).await?;
     Ok(there.as_ref() == body)
 }
 
