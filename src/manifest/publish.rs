@@ -43,11 +43,17 @@ pub(crate) async fn publisher_task(
         }
     }
     match store.unpublished_digests(&pipeline, &sink).await {
-        Ok(rows) => queue.extend(rows.into_iter().filter_map(|r| {
-            // The store holds the digest as published; its name comes from its content.
-            let d: SignedDigest = serde_json::from_str(&r.body).ok()?;
-            Some(Publish::Digest(d.file()))
-        })),
+        Ok(rows) => {
+            for r in rows {
+                // The store holds the digest as published; its name comes from its content.
+                match serde_json::from_str::<SignedDigest>(&r.body) {
+                    Ok(d) => queue.push(Publish::Digest(d.file())),
+                    Err(e) => {
+                        tracing::error!(sink = %sink, seq = r.seq, error = %e, "a stored digest cannot be read, so it is not written out; the database was changed outside auditship (auditship verify --public-key names the hole)");
+                    }
+                }
+            }
+        }
         Err(e) => {
             tracing::error!(sink = %sink, error = %e, "cannot read unpublished digests; they are written at the next start");
         }

@@ -86,6 +86,9 @@ struct Seen {
     entries: Entries,
     /// Stretches checked, by chain and seq.
     stretches: BTreeSet<(String, String, u64)>,
+    /// Each entry's stretch path to the entry's chain and seq, built at the first stretch
+    /// (entries come before stretches), so finding a stretch's entry is one lookup.
+    stretch_paths: Option<std::collections::HashMap<String, (String, String, u64)>>,
 }
 
 fn read(
@@ -196,12 +199,7 @@ fn digest(
         Err(e) => return add(Kind::DigestAltered, Some(path), format!("is not a digest ({e})")),
     };
     if let Err(problem) = d.check(key) {
-        let kind = match problem {
-            crate::manifest::DigestProblem::OtherKey { .. } => Kind::WrongKey,
-            crate::manifest::DigestProblem::Edited { .. } => Kind::DigestAltered,
-            _ => Kind::BadDigestSignature,
-        };
-        return add(kind, Some(path), problem.to_string());
+        return add(Kind::from(&problem), Some(path), problem.to_string());
     }
     if path != paths::digest(&d) {
         return add(
@@ -284,11 +282,17 @@ fn stretch(
     add: &mut impl FnMut(Kind, Option<&str>, String),
 ) -> std::io::Result<()> {
     // Entries come before stretches: the one this stretch belongs to is known by its path.
-    let entry = seen
-        .entries
-        .values()
-        .flat_map(|c| c.values())
-        .find(|e| paths::stretch(e) == path)
+    let entries = &seen.entries;
+    let index = seen.stretch_paths.get_or_insert_with(|| {
+        entries
+            .values()
+            .flat_map(|c| c.values())
+            .map(|e| (paths::stretch(e), (e.pipeline.clone(), e.sink.clone(), e.seq)))
+            .collect()
+    });
+    let entry = index
+        .get(path)
+        .and_then(|(p, s, seq)| entries.get(&(p.clone(), s.clone()))?.get(seq))
         .cloned();
     let Some(e) = entry else {
         add(

@@ -86,7 +86,7 @@ pub fn export(
     let mut digests: BTreeMap<(String, String), BTreeMap<u64, (SignedDigest, String)>> = BTreeMap::new();
     for (rel, _) in &objects {
         if crate::ops::verify::is_digest(rel) {
-            if !rel.ends_with(".json") || rel.rsplit('/').next().is_some_and(|n| n.starts_with('.')) {
+            if !crate::ops::verify::is_digest_file(rel) {
                 continue;
             }
             let text =

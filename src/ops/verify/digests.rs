@@ -53,6 +53,25 @@ impl Default for Horizon {
     }
 }
 
+/// Whether `rel`, under a digest directory, is named as a digest is (`….json`, not hidden: a
+/// publisher's temporary file is neither).
+pub(crate) fn is_digest_file(rel: &str) -> bool {
+    rel.ends_with(".json") && !rel.rsplit('/').next().is_some_and(|n| n.starts_with('.'))
+}
+
+impl From<&crate::manifest::DigestProblem> for Kind {
+    /// The finding a digest's own problem is.
+    fn from(problem: &crate::manifest::DigestProblem) -> Kind {
+        use crate::manifest::DigestProblem;
+        match problem {
+            DigestProblem::OtherKey { .. } => Kind::WrongKey,
+            DigestProblem::Edited { .. } => Kind::DigestAltered,
+            DigestProblem::BadSignature { .. } => Kind::BadDigestSignature,
+            DigestProblem::Broken { .. } => Kind::DigestChainBroken,
+        }
+    }
+}
+
 /// Whether `rel` (an archive's object) is under a digest directory (`auditship.digest/`).
 pub fn is_digest(rel: &str) -> bool {
     rel.split('/').any(|c| c == auditship_sink::DIGEST_DIR)
@@ -86,7 +105,7 @@ pub(super) fn check_digests(
     };
     let mut chains: BTreeMap<(String, String), Chain> = BTreeMap::new();
     for (rel, _) in objects {
-        if !rel.ends_with(".json") || rel.rsplit('/').next().is_some_and(|n| n.starts_with('.')) {
+        if !is_digest_file(rel) {
             notes.push(format!(
                 "{rel}: not a digest (a digest's name ends in .json), not checked"
             ));
@@ -111,12 +130,7 @@ pub(super) fn check_digests(
         let chain = (d.pipeline.clone(), d.sink.clone());
         let verdict = d.check(key);
         if let Err(problem) = &verdict {
-            let kind = match problem {
-                crate::manifest::DigestProblem::OtherKey { .. } => Kind::WrongKey,
-                crate::manifest::DigestProblem::Edited { .. } => Kind::DigestAltered,
-                _ => Kind::BadDigestSignature,
-            };
-            f.add(kind, Some(rel), problem.to_string());
+            f.add(Kind::from(problem), Some(rel), problem.to_string());
         } else if !rel.ends_with(&d.file_name()) {
             // Signed and intact, but not where its seq and period put it.
             f.add(

@@ -43,6 +43,7 @@ mod report;
 
 pub(crate) use check::manifest_dir;
 pub use check::verify;
+pub(crate) use digests::is_digest_file;
 pub use digests::{is_digest, DigestChainReport, Horizon};
 use events::EventIndex;
 
