@@ -22,6 +22,7 @@ use super::{
     API_RESPONSES, API_RETRIES, FRAMES_RECEIVED, SOCKET_DROPS, TAILS_CONNECTING, TAILS_POLLING,
     TAILS_WEBSOCKET,
 };
+use crate::transform::ocsf::OcsfCounters;
 
 /// The registry `/metrics` encodes: one collector, [`Auditship`].
 static REGISTRY: LazyLock<Registry> = LazyLock::new(|| {
@@ -184,6 +185,35 @@ impl Collector for Auditship {
             "auditship_sink_retries_total",
             "Sink writes that failed and were retried.",
             per_sink(&|k| k.retries.get()),
+        )?;
+        // The `ocsf` transform, where one runs: `at` is `transforms` (the pipeline's list) or
+        // `sinks.NAME` (a sink's own list), as configuration errors name them.
+        let ocsf_places: Vec<(&str, String, &OcsfCounters)> = pipelines
+            .iter()
+            .map(|(p, s)| (p.as_str(), "transforms".to_string(), &*s.ocsf))
+            .chain(
+                sinks
+                    .iter()
+                    .map(|(p, k)| (*p, format!("sinks.{}", k.name), &*k.ocsf)),
+            )
+            .filter(|(_, _, c)| c.active.load(Ordering::Relaxed))
+            .collect();
+        counters(
+            &mut enc,
+            "auditship_ocsf_events_total",
+            "Events the ocsf transform mapped (outcome=\"mapped\") or could not map (outcome=\"failed\", dead-lettered with the reason).",
+            ocsf_places.iter().flat_map(|(p, at, c)| {
+                [("mapped", &c.mapped), ("failed", &c.failed)]
+                    .map(|(outcome, v)| ([("pipeline", *p), ("at", at.as_str()), ("outcome", outcome)], load(v)))
+            }),
+        )?;
+        counters(
+            &mut enc,
+            "auditship_ocsf_unmapped_fields_total",
+            "Source fields the ocsf transform placed under `unmapped` (summed over the events it mapped).",
+            ocsf_places
+                .iter()
+                .map(|(p, at, c)| ([("pipeline", *p), ("at", at.as_str())], load(&c.unmapped_fields))),
         )?;
         gauges(
             &mut enc,

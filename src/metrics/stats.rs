@@ -8,6 +8,8 @@ use std::sync::{Arc, Mutex};
 
 use prometheus_client::metrics::counter::Counter;
 
+use crate::transform::ocsf::OcsfCounters;
+
 /// What one sink has done.
 #[derive(Debug, Default)]
 pub struct SinkStats {
@@ -21,6 +23,8 @@ pub struct SinkStats {
     pub retries: Counter,
     /// Whether the sink is failing now (retrying).
     pub failing: AtomicBool,
+    /// What the sink's `ocsf` transform did.
+    pub ocsf: Arc<OcsfCounters>,
 }
 
 /// Counters of one pipeline run; a caller can watch them (the backfill progress bar does) and
@@ -39,6 +43,8 @@ pub struct PipelineStats {
     pub dead_refused: AtomicU64,
     /// Dead letters a transform failed on.
     pub dead_transform: AtomicU64,
+    /// What an `ocsf` step of the pipeline's `[[transforms]]` did.
+    pub ocsf: Arc<OcsfCounters>,
     /// Newest cursor time committed, µs since the Unix epoch (0: none yet).
     pub newest_committed_us: AtomicI64,
     /// When the last commit happened, µs since the Unix epoch (0: none yet).

@@ -56,7 +56,7 @@ impl Batcher {
     ) -> Self {
         Batcher {
             sinks,
-            transformer: p.transforms.start(),
+            transformer: p.transforms.start_counted(opts.progress.ocsf.clone()),
             dead_letters: links.dead_letters.clone(),
             fatal: links.fatal.clone(),
             ck: links.ck.clone(),

@@ -101,7 +101,7 @@ pub(super) fn spawn_all(
                 idx,
                 name,
                 sink,
-                transformer: route.transforms.start(),
+                transformer: route.transforms.start_counted(stats.ocsf.clone()),
                 dead_letters: links.dead_letters.clone(),
                 stats,
                 sealer,

@@ -330,9 +330,25 @@ impl Transforms {
         }
     }
 
+    /// Whether the list has an `ocsf` step.
+    pub fn has_ocsf(&self) -> bool {
+        self.steps.iter().any(|s| matches!(s.kind, Kind::Ocsf))
+    }
+
     /// A runnable list of transforms: a [`Transformer`].
     pub fn start(&self) -> Transformer {
+        self.start_counted(Arc::default())
+    }
+
+    /// [`Transforms::start`], counting what its `ocsf` steps do into `ocsf` (once per batch,
+    /// from [`Transformer::apply_batch`]).
+    pub fn start_counted(&self, ocsf: Arc<ocsf::OcsfCounters>) -> Transformer {
+        if self.has_ocsf() {
+            ocsf.active.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         Transformer {
+            ocsf,
+            tally: ocsf::Tally::default(),
             state: self
                 .steps
                 .iter()
@@ -612,6 +628,9 @@ impl Doc {
 pub struct Transformer {
     spec: Transforms,
     state: Vec<Option<Window>>,
+    /// What the `ocsf` steps did since the last batch ended.
+    tally: ocsf::Tally,
+    ocsf: Arc<ocsf::OcsfCounters>,
 }
 
 impl Transformer {
@@ -672,8 +691,15 @@ impl Transformer {
                     _ => ocsf::map(&doc.bytes, &event.resource_id),
                 };
                 match mapped {
-                    Ok(out) => doc.replace_bytes(Bytes::from(out)),
-                    Err(e) => return fail(&e),
+                    Ok(out) => {
+                        self.tally.mapped += 1;
+                        self.tally.unmapped_fields += out.unmapped_fields as u64;
+                        doc.replace_bytes(Bytes::from(out.json));
+                    }
+                    Err(e) => {
+                        self.tally.failed += 1;
+                        return fail(&e);
+                    }
                 }
                 continue;
             }
@@ -760,6 +786,7 @@ impl Transformer {
                 Outcome::Fail(reason) => failed.push((e.clone(), reason)),
             }
         }
+        self.tally.flush(&self.ocsf);
         Applied {
             batch: Arc::new(Batch {
                 number: batch.number,

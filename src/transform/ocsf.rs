@@ -1,6 +1,17 @@
-//! The `ocsf` transform: an egress-audit event as an OCSF 1.3.0 event of the Network Activity
+//! The `ocsf` transform: an egress-audit event as an OCSF 1.7.0 event of the Network Activity
 //! category: **HTTP Activity** (class 4002) when the event has an HTTP `method`, **Network
 //! Activity** (class 4001) otherwise (a raw connection).
+//!
+//! Why 1.7.0: it is the newest version the independent validator of our tests (PyPI
+//! `pydantic-ocsf`, which bundles the OCSF schemas) knows, HTTP Activity has a `Patch` activity
+//! and `PATCH` method there (1.3.0 had neither: a PATCH request, which sandboxes make, had no
+//! valid activity), and its base event carries the `security_control` and `host` profiles
+//! this mapping uses. Every output is checked by that validator in `tests/it/ocsf.rs`.
+//!
+//! `metadata.uid` is the Miosa event id, so a SIEM can drop repeats; a pipeline that redacts
+//! `id` with `mode = "hmac-sha256"` before this transform gets the keyed digest there instead
+//! (equal ids, equal digests). Nothing is dropped: every source field the table below does not
+//! place is copied, with its exact text, under `unmapped`.
 //!
 //! | Miosa field | OCSF attribute |
 //! |---|---|
@@ -24,6 +35,7 @@
 //! The mapping is deterministic (no "now"), so the same event always gives the same output.
 
 use std::borrow::Cow;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use serde_json::Value;
 
@@ -31,7 +43,52 @@ use super::raw::Fields;
 use crate::client::parse_time;
 
 /// The OCSF schema version the output follows (stated in `metadata.version`).
-pub const OCSF_VERSION: &str = "1.3.0";
+pub const OCSF_VERSION: &str = "1.7.0";
+
+/// One event mapped: its OCSF text, and how many of its fields went to `unmapped`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mapped {
+    /// The OCSF event, JSON text.
+    pub json: Vec<u8>,
+    /// Source fields the mapping did not place, copied under `unmapped`.
+    pub unmapped_fields: usize,
+}
+
+/// What the `ocsf` transform did in one place (the pipeline's `[[transforms]]`, or one sink's),
+/// for `/metrics`. Shared between the run's transformers and the metrics endpoint.
+#[derive(Debug, Default)]
+pub struct OcsfCounters {
+    /// Whether a transformer with an `ocsf` step counts here (only those places are reported).
+    pub active: AtomicBool,
+    /// Events mapped.
+    pub mapped: AtomicU64,
+    /// Source fields left in `unmapped`, summed over the events mapped.
+    pub unmapped_fields: AtomicU64,
+    /// Events the mapping could not produce (they go to the dead-letter file with the reason).
+    pub failed: AtomicU64,
+}
+
+/// A transformer's own tally, added to its [`OcsfCounters`] once per batch (the shared
+/// counters are not touched per event).
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct Tally {
+    pub(super) mapped: u64,
+    pub(super) unmapped_fields: u64,
+    pub(super) failed: u64,
+}
+
+impl Tally {
+    /// Add what was counted to `to`, and start again from zero.
+    pub(super) fn flush(&mut self, to: &OcsfCounters) {
+        if self.mapped + self.failed > 0 {
+            to.mapped.fetch_add(self.mapped, Ordering::Relaxed);
+            to.unmapped_fields
+                .fetch_add(self.unmapped_fields, Ordering::Relaxed);
+            to.failed.fetch_add(self.failed, Ordering::Relaxed);
+            *self = Tally::default();
+        }
+    }
+}
 
 /// What an `action` means, across the OCSF enums it feeds.
 struct Meaning {
@@ -178,7 +235,7 @@ impl<'o> Obj<'o> {
 /// Fails only when the text is not a JSON object or the event has no usable time (`time` is
 /// required by OCSF, and inventing one would mislead an investigation). Fields left unmapped
 /// keep their exact text under `unmapped`.
-pub fn map(raw: &[u8], sandbox: &str) -> Result<Vec<u8>, String> {
+pub fn map(raw: &[u8], sandbox: &str) -> Result<Mapped, String> {
     let src: Fields<'_> =
         serde_json::from_slice(raw).map_err(|e| format!("ocsf: the event is not a JSON object: {e}"))?;
     map_from(&src, sandbox, raw.len())
@@ -186,7 +243,7 @@ pub fn map(raw: &[u8], sandbox: &str) -> Result<Vec<u8>, String> {
 
 /// [`map`] for an event already parsed (a transform before this one changed it): no second
 /// parse. Unmapped fields are written from the tree.
-pub fn map_value(event: &Value, sandbox: &str) -> Result<Vec<u8>, String> {
+pub fn map_value(event: &Value, sandbox: &str) -> Result<Mapped, String> {
     let Value::Object(m) = event else {
         return Err("ocsf: the event is not a JSON object".into());
     };
@@ -250,7 +307,7 @@ impl Source for Vec<(&str, &Value)> {
     }
 }
 
-fn map_from<S: Source>(src: &S, sandbox: &str, size_hint: usize) -> Result<Vec<u8>, String> {
+fn map_from<S: Source>(src: &S, sandbox: &str, size_hint: usize) -> Result<Mapped, String> {
     let mut taken = vec![false; src.len()];
     let mut take_text = |k: &str| {
         let i = src.find(k)?;
@@ -358,7 +415,12 @@ fn map_from<S: Source>(src: &S, sandbox: &str, size_hint: usize) -> Result<Vec<u
         "product",
         r#"{"vendor_name":"Miosa","name":"Miosa Egress Proxy","feature":{"name":"egress-audit"}}"#,
     );
-    md.raw("profiles", r#"["security_control"]"#);
+    // `actor` comes from the host profile; the verdict fields from security_control.
+    if actor_id.is_some() {
+        md.raw("profiles", r#"["host","security_control"]"#);
+    } else {
+        md.raw("profiles", r#"["security_control"]"#);
+    }
     md.text("log_name", "egress-audit");
     if let Some(id) = &id {
         md.text("uid", id);
@@ -460,7 +522,8 @@ fn map_from<S: Source>(src: &S, sandbox: &str, size_hint: usize) -> Result<Vec<u
         rule.text("uid", r);
         rule.close();
     }
-    if taken.iter().any(|t| !t) {
+    let unmapped_fields = taken.iter().filter(|t| !**t).count();
+    if unmapped_fields > 0 {
         let mut u = o.object("unmapped");
         for (i, t) in taken.iter().enumerate() {
             if !t {
@@ -471,7 +534,10 @@ fn map_from<S: Source>(src: &S, sandbox: &str, size_hint: usize) -> Result<Vec<u
         u.close();
     }
     o.close();
-    Ok(out)
+    Ok(Mapped {
+        json: out,
+        unmapped_fields,
+    })
 }
 
 /// `host`, `host:port`, `1.2.3.4:443` or `[::1]:443` → (hostname, ip, port).
@@ -523,7 +589,7 @@ mod tests {
     use serde_json::{json, Value};
 
     fn mapped(e: Value) -> Result<Value, String> {
-        map(e.to_string().as_bytes(), "sb-1").map(|out| serde_json::from_slice(&out).unwrap())
+        map(e.to_string().as_bytes(), "sb-1").map(|out| serde_json::from_slice(&out.json).unwrap())
     }
 
     #[test]
@@ -538,7 +604,9 @@ mod tests {
     #[test]
     fn unmapped_fields_keep_their_exact_text_and_escaped_keys() {
         let raw = br#"{"id":"e\"1","timestamp":"2026-11-25T10:00:00Z","cost":1.50,"we\"ird":{"a":[1e3]},"id2":"caf\u00e9","id":"e2"}"#;
-        let text = String::from_utf8(map(raw, "sb").unwrap()).unwrap();
+        let mapped = map(raw, "sb").unwrap();
+        assert_eq!(mapped.unmapped_fields, 3, "cost, we\"ird, id2");
+        let text = String::from_utf8(mapped.json).unwrap();
         let out: Value = serde_json::from_str(&text).unwrap();
         assert_eq!(
             out["metadata"]["uid"],

@@ -322,13 +322,112 @@ type = "ocsf"
     );
 }
 
+#[test]
+fn the_ocsf_counters_count_mapped_unmapped_fields_and_failures_once_per_batch() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let spec = |text: &str| {
+        #[derive(serde::Deserialize)]
+        struct F {
+            transforms: Vec<TransformConfig>,
+        }
+        let f: F = toml::from_str(text).unwrap();
+        let (mut warnings, mut errors) = (Vec::new(), Vec::new());
+        let mut spec = Transforms::default();
+        spec.extend(
+            "transforms",
+            &f.transforms,
+            &mut Compile {
+                validate_only: false,
+                warnings: &mut warnings,
+                errors: &mut errors,
+            },
+        );
+        assert!(errors.is_empty(), "{errors:?}");
+        spec
+    };
+    let counters = Arc::new(ocsf::OcsfCounters::default());
+    let mut t = spec("[[transforms]]\ntype = \"ocsf\"\n").start_counted(counters.clone());
+    assert!(
+        counters.active.load(Relaxed),
+        "a place with an ocsf step is reported"
+    );
+    let batch = Arc::new(Batch {
+        number: 1,
+        events: vec![
+            event(
+                &json!({"id": "1", "action": "allow", "timestamp": "2026-11-25T10:00:00Z", "policy_id": "p", "x": 1}),
+            ),
+            event(&json!({"id": "2", "action": "reject", "timestamp": "2026-11-25T10:00:00Z"})),
+            event(&json!({"id": "3", "action": "reject"})),
+        ],
+    });
+    let first = t.apply(&batch.events[0]);
+    assert!(matches!(first, Outcome::Keep(_)));
+    assert_eq!(
+        counters.mapped.load(Relaxed),
+        0,
+        "an event alone is tallied, not yet added"
+    );
+    let applied = t.apply_batch(&batch);
+    assert_eq!(applied.failed.len(), 1);
+    assert_eq!(
+        counters.mapped.load(Relaxed),
+        3,
+        "2 in the batch and the one before it"
+    );
+    assert_eq!(
+        counters.unmapped_fields.load(Relaxed),
+        4,
+        "policy_id and x, twice"
+    );
+    assert_eq!(counters.failed.load(Relaxed), 1);
+
+    let idle = Arc::new(ocsf::OcsfCounters::default());
+    let _ = spec("[[transforms]]\ntype = \"remove\"\nfields = [\"x\"]\n").start_counted(idle.clone());
+    assert!(!idle.active.load(Relaxed), "no ocsf step, nothing reported");
+}
+
+#[test]
+fn a_redacted_id_is_the_ocsf_uid_as_its_keyed_digest() {
+    // The same key the other HMAC test sets (tests share the process environment).
+    std::env::set_var(HMAC_KEY_ENV, "a-test-key-of-32-bytes-0123456789");
+    let mut t = transformer(
+        r#"
+[[transforms]]
+type = "redact"
+fields = ["id"]
+mode = "hmac-sha256"
+
+[[transforms]]
+type = "ocsf"
+"#,
+    );
+    let mut out = |id: &str| {
+        kept(t.apply(&event(
+            &json!({"id": id, "action": "allow", "timestamp": "2026-11-25T10:00:00Z"}),
+        )))
+    };
+    let (a, b, c) = (out("evt_1"), out("evt_1"), out("evt_2"));
+    let uid = a["metadata"]["uid"].as_str().unwrap();
+    assert!(uid.starts_with("hmac-sha256:") && uid.len() == 12 + 64, "{uid}");
+    assert_eq!(
+        a["metadata"]["uid"], b["metadata"]["uid"],
+        "equal ids, equal digests"
+    );
+    assert_ne!(a["metadata"]["uid"], c["metadata"]["uid"]);
+    assert!(
+        !a.to_string().contains("evt_1"),
+        "the id is nowhere in clear: {a}"
+    );
+}
+
 // ---- OCSF golden files -------------------------------------------------------------------
 
 fn golden_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/ocsf")
 }
 
-/// The attributes OCSF 1.3.0 requires of every event of these classes, and the class
+/// The attributes OCSF requires of every event of these classes, and the class
 /// constraints (at least one of src/dst endpoint; HTTP: at least one of request/response).
 fn check_required(name: &str, v: &Value) {
     let must = |path: &str| {

@@ -18,6 +18,7 @@ mod keygen;
 mod layout;
 mod lossyfs;
 mod metrics;
+mod ocsf;
 mod process;
 mod reconcile;
 #[cfg(feature = "s3")]

@@ -62,7 +62,9 @@ async fn metrics_match_what_was_shipped_and_health_turns_ready() {
         },
     )
     .await;
-    let ws = Workspace::with_sinks(&sim, &ids, "", ARCHIVE_AND_REJECTS);
+    // The SIEM's copy is OCSF: the transform's counters are served too.
+    let sinks = format!("{ARCHIVE_AND_REJECTS}transforms = [\"ocsf\"]\n");
+    let ws = Workspace::with_sinks(&sim, &ids, "", &sinks);
     let port = auditship_sink::testing::free_port().unwrap();
     let addr = format!("127.0.0.1:{port}");
     let child = ws.spawn(key, &["run", "pipe.toml", "--metrics-addr", &addr]);
@@ -126,6 +128,20 @@ async fn metrics_match_what_was_shipped_and_health_turns_ready() {
     assert_eq!(
         at(r#"auditship_sink_filtered_total{pipeline="pipe",sink="siem"}"#),
         total - rejects
+    );
+    assert_eq!(
+        at(r#"auditship_ocsf_events_total{pipeline="pipe",at="sinks.siem",outcome="mapped"}"#),
+        rejects
+    );
+    assert_eq!(
+        at(r#"auditship_ocsf_events_total{pipeline="pipe",at="sinks.siem",outcome="failed"}"#),
+        0.0
+    );
+    // Every simulated event has fields the mapping does not place (effect, policy_id, ...).
+    assert!(at(r#"auditship_ocsf_unmapped_fields_total{pipeline="pipe",at="sinks.siem"}"#) >= rejects);
+    assert!(
+        !text.contains(r#"at="transforms""#) && !text.contains(r#"at="sinks.archive""#),
+        "only places with an ocsf step are reported"
     );
     assert_eq!(at(r#"auditship_events_committed_total{pipeline="pipe"}"#), total);
     assert_eq!(at(r#"auditship_events_received_total{pipeline="pipe"}"#), total);

@@ -182,6 +182,8 @@ when = { action = "none" }
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     assert_eq!(findings.len(), gaps.len(), "{findings:#?}");
+    // Valid OCSF, by the validator the transform's output passes too.
+    crate::ocsf::assert_valid_ocsf(&findings.iter().map(|f| f.to_string()).collect::<Vec<_>>());
     for (f, h) in findings.iter().zip(&gaps) {
         assert_eq!(
             (f["class_uid"].as_u64(), f["type_uid"].as_u64()),
