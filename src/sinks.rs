@@ -39,6 +39,12 @@ pub enum AnySink {
     /// An S3 sink in a build without S3 support: loading it fails and says how to get it.
     #[cfg(not(feature = "s3"))]
     S3(toml::Table),
+    /// A Security Lake custom source (OCSF Parquet).
+    #[cfg(feature = "security-lake")]
+    SecurityLake(auditship_sink_security_lake::SecurityLakeSinkConfig),
+    /// A Security Lake sink in a build without it: loading it fails and says how to get it.
+    #[cfg(not(feature = "security-lake"))]
+    SecurityLake(toml::Table),
 }
 
 /// A sink kind this build was compiled without.
@@ -69,6 +75,13 @@ const NO_KAFKA: NotBuilt = NotBuilt {
     feature: "kafka",
 };
 
+/// What a build without the `security-lake` feature lacks.
+#[cfg(not(feature = "security-lake"))]
+const NO_SECURITY_LAKE: NotBuilt = NotBuilt {
+    kind: "Security Lake",
+    feature: "security-lake",
+};
+
 /// What a build without the `s3` feature lacks.
 #[cfg(not(feature = "s3"))]
 const NO_S3: NotBuilt = NotBuilt {
@@ -78,7 +91,7 @@ const NO_S3: NotBuilt = NotBuilt {
 
 impl AnySink {
     /// The kinds, as `type` names them.
-    pub const KINDS: [&'static str; 3] = ["file", "kafka", "s3"];
+    pub const KINDS: [&'static str; 4] = ["file", "kafka", "s3", "security_lake"];
 
     /// A sink of kind `kind` from its options (its table without `type` and the routing keys).
     /// Read this way, not through an internally tagged enum, because serde buffers a tagged
@@ -91,6 +104,7 @@ impl AnySink {
             "file" => read(options).map(AnySink::File),
             "kafka" => read(options).map(AnySink::Kafka),
             "s3" => read(options).map(AnySink::S3),
+            "security_lake" => read(options).map(AnySink::SecurityLake),
             _ => return None,
         })
     }
@@ -107,6 +121,10 @@ impl AnySink {
             AnySink::Kafka(_) => Err(NO_KAFKA),
             #[cfg(not(feature = "s3"))]
             AnySink::S3(_) => Err(NO_S3),
+            #[cfg(feature = "security-lake")]
+            AnySink::SecurityLake(c) => Ok(c),
+            #[cfg(not(feature = "security-lake"))]
+            AnySink::SecurityLake(_) => Err(NO_SECURITY_LAKE),
         }
     }
 
@@ -122,6 +140,33 @@ impl AnySink {
             AnySink::Kafka(_) => Err(NO_KAFKA),
             #[cfg(not(feature = "s3"))]
             AnySink::S3(_) => Err(NO_S3),
+            #[cfg(feature = "security-lake")]
+            AnySink::SecurityLake(c) => Ok(c),
+            #[cfg(not(feature = "security-lake"))]
+            AnySink::SecurityLake(_) => Err(NO_SECURITY_LAKE),
         }
+    }
+}
+
+/// The Parquet schema a `security_lake` sink writes for OCSF class `class_uid`, as Parquet
+/// prints it.
+pub fn parquet_schema(class_uid: u32) -> Result<String, String> {
+    #[cfg(feature = "security-lake")]
+    {
+        auditship_sink_security_lake::schema::describe(class_uid).ok_or_else(|| {
+            format!(
+                "no Parquet schema for OCSF class {class_uid}; the security_lake sink writes {}",
+                auditship_sink_security_lake::schema::CLASSES
+                    .iter()
+                    .map(|(u, n)| format!("{u} ({n})"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        })
+    }
+    #[cfg(not(feature = "security-lake"))]
+    {
+        let _ = class_uid;
+        Err(NO_SECURITY_LAKE.to_string())
     }
 }

@@ -150,13 +150,18 @@ pub enum Command {
     /// dead-letter it).
     Transform {
         /// Pipeline file.
-        pipeline: PathBuf,
+        #[arg(required_unless_present = "parquet_schema")]
+        pipeline: Option<PathBuf>,
         /// NDJSON file of events (bare or wrapped in {"event": ...}). Default: stdin.
         #[arg(long)]
         input: Option<PathBuf>,
         /// Print only this sink's events, as plain NDJSON.
         #[arg(long)]
         sink: Option<String>,
+        /// Print the Parquet schema a security_lake sink writes for this OCSF class (4002, 4001,
+        /// 2004) and exit; no pipeline is read.
+        #[arg(long, value_name = "CLASS_UID", conflicts_with_all = ["input", "sink"])]
+        parquet_schema: Option<u32>,
     },
     /// Show each sandbox's checkpoint: last event, cursor time, lag. Also moves checkpoints
     /// between databases (resharding: export every shard, import every export into every new

@@ -101,7 +101,15 @@ async fn dispatch(command: Command) -> CommandResult {
             pipeline,
             input,
             sink,
-        } => transform::transform(&pipeline, input.as_deref(), sink.as_deref()),
+            parquet_schema,
+        } => match (parquet_schema, pipeline) {
+            (Some(class), _) => transform::parquet_schema(class),
+            (None, Some(pipeline)) => transform::transform(&pipeline, input.as_deref(), sink.as_deref()),
+            (None, None) => Err(exit::fail(
+                exit::Code::Fix,
+                "transform needs a pipeline file (or --parquet-schema CLASS_UID)".to_string(),
+            )),
+        },
         Command::Checkpoints {
             pipeline,
             export,

@@ -10,6 +10,14 @@ use auditship::transform::Outcome;
 
 use super::exit::{fail, Code, CommandResult};
 
+/// `auditship transform --parquet-schema CLASS`: the Parquet schema a security_lake sink
+/// writes for that OCSF class.
+pub fn parquet_schema(class_uid: u32) -> CommandResult {
+    let text = auditship::sinks::parquet_schema(class_uid).map_err(|e| fail(Code::Fix, e))?;
+    print!("{text}");
+    Ok(Code::Ok)
+}
+
 /// `auditship transform`: print what each sink would receive; [`Code::Again`] when an event
 /// failed a transform.
 pub fn transform(path: &Path, input: Option<&Path>, only: Option<&str>) -> CommandResult {

@@ -15,6 +15,8 @@ mod jobs;
 #[cfg(feature = "kafka")]
 mod kafka;
 mod keygen;
+#[cfg(feature = "security-lake")]
+mod lake;
 mod layout;
 mod lossyfs;
 mod metrics;

@@ -92,9 +92,12 @@ impl Archive for DirArchive {
 
 impl UnitCompression {
     /// A unit's compression by its name's extension: `.gz` gzip, `.zst` zstd, `.ndjson`,
-    /// `.jsonl`, `.json` and `.log` none. `None`: the name is no unit's (a manifest, say).
+    /// `.jsonl`, `.json` and `.log` none, `.parquet` Parquet. `None`: the name is no unit's (a
+    /// manifest, say).
     pub fn from_extension(name: &str) -> Option<Self> {
-        if name.ends_with(".gz") {
+        if name.ends_with(".parquet") {
+            Some(UnitCompression::Parquet)
+        } else if name.ends_with(".gz") {
             Some(UnitCompression::Gzip)
         } else if name.ends_with(".zst") {
             Some(UnitCompression::Zstd)
@@ -130,6 +133,12 @@ impl UnitCompression {
             UnitCompression::None => return Ok(Box::new(counted.inner)),
             UnitCompression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(counted)),
             UnitCompression::Zstd => Box::new(zstd::stream::read::Decoder::new(counted)?),
+            UnitCompression::Parquet => {
+                return Err(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    "a Parquet unit holds rows, not lines of JSON: it is checked by its hash",
+                ))
+            }
         };
         Ok(Box::new(Bounded {
             inner: decoded,

@@ -251,7 +251,9 @@ impl Spans {
     }
 }
 
-/// How an archive unit is encoded: NDJSON as is, or a series of gzip members / zstd frames.
+/// How an archive unit is encoded: NDJSON as is, or a series of gzip members / zstd frames, or
+/// a Parquet file (the Security Lake sink's), which readers of NDJSON do not decode: it is
+/// checked by its hash.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum UnitCompression {
     /// Plain NDJSON.
@@ -260,6 +262,8 @@ pub enum UnitCompression {
     Gzip,
     /// zstd frames.
     Zstd,
+    /// One Parquet file (rows, not lines: [`UnitCompression::decoder`] refuses it).
+    Parquet,
 }
 
 impl UnitCompression {
@@ -269,7 +273,13 @@ impl UnitCompression {
             UnitCompression::None => "none",
             UnitCompression::Gzip => "gzip",
             UnitCompression::Zstd => "zstd",
+            UnitCompression::Parquet => "parquet",
         }
+    }
+
+    /// Whether the unit is lines of JSON (plain or compressed), which readers can decode.
+    pub fn is_ndjson(self) -> bool {
+        !matches!(self, UnitCompression::Parquet)
     }
 
     /// Parse [`UnitCompression::as_str`]'s names.
@@ -278,6 +288,7 @@ impl UnitCompression {
             "none" => Some(UnitCompression::None),
             "gzip" => Some(UnitCompression::Gzip),
             "zstd" => Some(UnitCompression::Zstd),
+            "parquet" => Some(UnitCompression::Parquet),
             _ => None,
         }
     }
@@ -297,6 +308,12 @@ pub struct ManifestLine {
 /// The manifest file name: one per directory (file sink) or key prefix (S3 sink) that holds
 /// sealed units. It does not end in `.ndjson`, so globs over an archive's data skip it.
 pub const MANIFEST_NAME: &str = "auditship.manifest";
+
+/// A directory that mirrors an archive's directories for its manifests, where files beside the
+/// data would be read as data (a Security Lake source's partitions hold Parquet only): a
+/// manifest under `ROOT/_auditship/DIR/auditship.manifest/` lists the units in `ROOT/DIR/`.
+/// The leading `_` makes Hive, Glue and Athena take it as hidden.
+pub const MIRROR_DIR: &str = "_auditship";
 
 /// The directory (file sink) or key prefix (S3 sink) at the archive's root that holds its
 /// signed digests, one file or object per digest.

@@ -47,6 +47,8 @@ pub(crate) fn foreign_tail(
         UnitCompression::None => b"",
         UnitCompression::Gzip => &[0x1f, 0x8b],
         UnitCompression::Zstd => &[0x28, 0xb5, 0x2f, 0xfd],
+        // A file sink writes lines only: nothing after its sealed bytes is a Parquet file of its.
+        UnitCompression::Parquet => return Ok(Some("the file sink writes no Parquet".into())),
     };
     let head = raw.fill_buf()?;
     if head.is_empty() {
@@ -67,6 +69,7 @@ pub(crate) fn foreign_tail(
         UnitCompression::None => Box::new(raw),
         UnitCompression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(raw)),
         UnitCompression::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(raw)?),
+        UnitCompression::Parquet => return Ok(Some("the file sink writes no Parquet".into())),
     };
     lines_are_ours(decoded, &consumed, total)
 }

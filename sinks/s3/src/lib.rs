@@ -35,12 +35,15 @@
 //! # Layout
 //! - `config.rs`: [`S3SinkConfig`], its checks, the contract's `SinkConfig`, and [`connect`].
 //! - `sink.rs`: [`S3Sink`]: gathering, staging, uploading, recovery.
+//! - `layout.rs`: [`ObjectLayout`], what objects are (keys, bodies, where manifests go), and
+//!   [`NdjsonLayout`], this sink's; the Security Lake sink brings its own.
 //! - `object.rs`: an object's body and checksums; `manifests.rs`: [`S3Manifests`].
 //! - `archive.rs`: reading the archive back ([`S3Archive`]); `testing`: a throwaway moto server
 //!   for tests (not used by the sink itself).
 
 mod archive;
 mod config;
+mod layout;
 mod manifests;
 mod object;
 mod sink;
@@ -49,6 +52,7 @@ pub mod testing;
 
 pub use archive::{get_object, list_objects, S3Archive};
 pub use config::{connect, Compression, LockMode, S3SinkConfig, Sse};
+pub use layout::{NdjsonLayout, ObjectLayout};
 pub use manifests::{digest_key, manifest_key, S3Manifests};
 pub use object::sha256_base64;
 pub use sink::S3Sink;

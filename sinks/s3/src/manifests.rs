@@ -36,8 +36,8 @@ pub struct S3Manifests {
     pub(crate) config: S3SinkConfig,
     pub(crate) pipeline: String,
     pub(crate) sink: String,
-    /// The sink's key prefix template (digests go under its fixed start).
-    pub(crate) prefix: Template,
+    /// Where the sink's objects, manifest entries and digests go.
+    pub(crate) layout: Arc<dyn ObjectLayout>,
 }
 
 impl S3Manifests {
@@ -49,13 +49,13 @@ impl S3Manifests {
         pipeline: &str,
         sink: &str,
     ) -> Result<Self, SinkError> {
-        let prefix = crate::config::parse_prefix(&config.key_prefix).map_err(SinkError::Config)?;
+        let layout = NdjsonLayout::new(&config, pipeline).map_err(SinkError::Config)?;
         Ok(S3Manifests {
             client,
             config,
             pipeline: pipeline.to_string(),
             sink: sink.to_string(),
-            prefix,
+            layout: Arc::new(layout),
         })
     }
 }
@@ -162,7 +162,9 @@ fn newest_in_entry(line: &str) -> Option<i64> {
 impl ManifestPublisher for S3Manifests {
     async fn publish(&self, entries: &[ManifestLine]) -> Result<(), SinkError> {
         for e in entries {
-            let key = manifest_key(&e.unit, &self.pipeline, &self.sink, e.seq);
+            let key = self
+                .layout
+                .manifest_key(&e.unit, &self.pipeline, &self.sink, e.seq);
             let body = bytes::Bytes::from(format!("{}\n", e.line));
             self.put_create_only(&key, body, "application/x-ndjson", newest_in_entry(&e.line))
                 .await?;
@@ -171,7 +173,7 @@ impl ManifestPublisher for S3Manifests {
     }
 
     async fn publish_digest(&self, digest: &DigestFile) -> Result<(), SinkError> {
-        let key = digest_key(&self.prefix, &digest.name);
+        let key = self.layout.digest_key(&digest.name);
         // Kept as long as the newest data it vouches for, counted from its period's end.
         let end = serde_json::from_str::<serde_json::Value>(&digest.body)
             .ok()

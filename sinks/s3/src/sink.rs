@@ -32,7 +32,7 @@ pub(crate) struct Held {
 /// The S3 sink. See the crate documentation for its guarantees.
 pub struct S3Sink {
     pub(crate) config: S3SinkConfig,
-    pub(crate) prefix: Template,
+    pub(crate) layout: Arc<dyn ObjectLayout>,
     pub(crate) ctx: SinkContext,
     pub(crate) client: Option<aws_sdk_s3::Client>,
     pub(crate) staging: PathBuf,
@@ -64,10 +64,23 @@ impl S3Sink {
     /// Build the sink (no network traffic until [`Sink::prepare`]). `default_staging` is used
     /// when the configuration names no staging directory.
     pub fn open(config: S3SinkConfig, ctx: SinkContext, default_staging: PathBuf) -> Result<Self, SinkError> {
+        let layout = NdjsonLayout::new(&config, &ctx.pipeline)
+            .map_err(|m| SinkError::Config(format!("sinks.{}: {m}", ctx.sink)))?;
+        Self::with_layout(config, Arc::new(layout), ctx, default_staging)
+    }
+
+    /// [`S3Sink::open`] with objects laid out by `layout` instead of the configuration's
+    /// NDJSON (the Security Lake sink's Parquet); `config.key_prefix` and `config.compression`
+    /// are then unused.
+    pub fn with_layout(
+        config: S3SinkConfig,
+        layout: Arc<dyn ObjectLayout>,
+        ctx: SinkContext,
+        default_staging: PathBuf,
+    ) -> Result<Self, SinkError> {
         config
             .validate()
             .map_err(|m| SinkError::Config(format!("sinks.{}: {m}", ctx.sink)))?;
-        let prefix = parse_prefix(&config.key_prefix).map_err(SinkError::Config)?;
         let staging = config
             .staging_dir
             .as_ref()
@@ -85,7 +98,7 @@ impl S3Sink {
         let run_id = hex(&Sha256::digest(seed.as_bytes())[..4]);
         Ok(S3Sink {
             config,
-            prefix,
+            layout,
             ctx,
             client: None,
             staging,
@@ -124,24 +137,6 @@ impl S3Sink {
         );
     }
 
-    pub(crate) fn render_prefix(&self, resource_id: &str, time_us: Option<i64>) -> String {
-        let mut out = String::new();
-        self.prefix.render(&mut out, |p, out| match p {
-            Placeholder::ResourceId => encode_component(out, resource_id),
-            Placeholder::Pipeline => encode_component(out, &self.ctx.pipeline),
-            Placeholder::Date => {
-                let date = time_us
-                    .and_then(chrono::DateTime::from_timestamp_micros)
-                    .map(|d| d.format("%Y-%m-%d").to_string())
-                    .unwrap_or_else(|| "unknown-date".into());
-                encode_component(out, &date);
-            }
-            // `parse_prefix` refuses `{action}`: objects hold many actions.
-            Placeholder::Action => {}
-        });
-        out
-    }
-
     pub(crate) fn staging_path(&self, key: &str) -> PathBuf {
         self.staging
             .join(format!("{}.obj", hex(&Sha256::digest(key.as_bytes())[..16])))
@@ -163,22 +158,38 @@ impl S3Sink {
             "{prefix}{time}-{}-{:06}{}",
             self.run_id,
             self.counter,
-            self.config.compression.extension()
+            self.layout.extension()
         );
         let staging = self.staging_path(&key);
         // Compressing megabytes and fsync'ing them are blocking work: off the async workers.
-        let (compression, lines, size, path) = (
-            self.config.compression,
+        let (layout, lines, size, path) = (
+            self.layout.clone(),
             buffer.lines.clone(),
             buffer.bytes,
             staging.clone(),
         );
+        // A layout whose bodies do not hold the event ids keeps them beside the staged object,
+        // durably before the object is registered, for the recovery after a crash.
+        let ids_file = (!self.layout.ids_in_body()).then(|| ids_path(&staging));
+        let ids_text = ids_file.as_ref().map(|_| {
+            let mut t = String::with_capacity(buffer.ids.len() * 24);
+            for id in &buffer.ids {
+                t.push_str(id);
+                t.push('\n');
+            }
+            t
+        });
         let name = self.name();
         // The body's SHA-256 is taken once, here: the upload's checksum and the manifest use it.
         let (body, sha256) =
             tokio::task::spawn_blocking(move || -> Result<(bytes::Bytes, [u8; 32]), SinkError> {
-                let body = compress(compression, &lines, size)
-                    .map_err(|e| SinkError::io(format!("{name}: compressing an object"), e))?;
+                let body = layout
+                    .encode(&lines, size)
+                    .map_err(|e| SinkError::io(format!("{name}: encoding an object"), e))?;
+                if let (Some(f), Some(t)) = (&ids_file, &ids_text) {
+                    stage(f, t.as_bytes())
+                        .map_err(|e| SinkError::io(format!("{name}: writing {}", f.display()), e))?;
+                }
                 stage(&path, &body)
                     .map_err(|e| SinkError::io(format!("{name}: writing {}", path.display()), e))?;
                 let sha256: [u8; 32] = Sha256::digest(&body).into();
@@ -207,7 +218,7 @@ impl S3Sink {
         self.sealed.push(Sealed {
             unit: key.clone(),
             end: body.len() as u64,
-            compression: self.config.compression.unit(),
+            compression: self.layout.unit(),
             // Kept for the read-back the pipeline falls back to if the precomputed part does
             // not fit (it always starts at 0 for a new key).
             content: Some(body),
@@ -323,7 +334,7 @@ impl S3Sink {
                 .key(key)
                 .if_none_match("*")
                 .body(ByteStream::from(body.clone()))
-                .content_type(c.compression.content_type())
+                .content_type(self.layout.content_type())
                 .checksum_algorithm(ChecksumAlgorithm::Sha256)
                 .checksum_sha256(checksum)
                 .set_server_side_encryption(sse)
@@ -340,7 +351,7 @@ impl S3Sink {
             .create_multipart_upload()
             .bucket(&c.bucket)
             .key(key)
-            .content_type(c.compression.content_type())
+            .content_type(self.layout.content_type())
             .checksum_algorithm(ChecksumAlgorithm::Sha256)
             .set_server_side_encryption(sse)
             .set_ssekms_key_id(c.kms_key_id.clone())
@@ -507,12 +518,31 @@ impl S3Sink {
             }
             Err(e) => return Err(self.remote(format!("checking pending object {key}"), e)),
         };
-        let ids = event_ids(&key, &body)
-            .map_err(|m| SinkError::Config(format!("{}: pending object {key}: {m}", self.name())))?;
+        let kept = (!self.layout.ids_in_body())
+            .then(|| std::fs::read_to_string(ids_path(&staging)).ok())
+            .flatten();
+        let ids_from = if kept.is_some() {
+            "kept beside it"
+        } else {
+            "the object"
+        };
+        let ids = match kept {
+            Some(text) => Ok(text.lines().map(Arc::from).collect()),
+            None => {
+                if !self.layout.ids_in_body() {
+                    // Removed with its staged object when the checkpoint was about to pass it:
+                    // the ids in the body stand in (they differ from the events' when a
+                    // transform redacted them, and those events would then be written again).
+                    tracing::warn!(sink = %self.ctx.sink, key = %key, "the event ids of a pending object were not kept beside it; reading them from the object");
+                }
+                self.layout.event_ids(&key, &body)
+            }
+        }
+        .map_err(|m| SinkError::Config(format!("{}: pending object {key}: {m}", self.name())))?;
         self.sealed.push(Sealed {
             unit: key.clone(),
             end: body.len() as u64,
-            compression: self.config.compression.unit(),
+            compression: self.layout.unit(),
             content: Some(bytes::Bytes::from(body)),
             precomputed: None,
         });
@@ -523,7 +553,7 @@ impl S3Sink {
                 unseen += 1;
             }
         }
-        tracing::info!(sink = %self.ctx.sink, key = %key, events = unseen, "object from before a crash is in place; its events will not be written again");
+        tracing::info!(sink = %self.ctx.sink, key = %key, events = unseen, ids_from, "object from before a crash is in place; its events will not be written again");
         self.held.push(Held {
             key,
             unseen,
@@ -590,6 +620,7 @@ impl S3Sink {
                 self.released
                     .push(StateEntry::deleted(format!("{PENDING}{}", h.key)));
                 let _ = std::fs::remove_file(&h.staging);
+                let _ = std::fs::remove_file(ids_path(&h.staging));
             } else {
                 remap.insert(i, keep.len());
                 keep.push(h);
@@ -671,7 +702,9 @@ impl Sink for S3Sink {
         let mut referenced = std::collections::HashSet::new();
         for entry in &recovered {
             if let Some(key) = entry.key.strip_prefix(PENDING) {
-                referenced.insert(self.staging_path(key));
+                let staged = self.staging_path(key);
+                referenced.insert(ids_path(&staged));
+                referenced.insert(staged);
             }
             self.recover(entry).await?;
         }
@@ -700,7 +733,13 @@ impl Sink for S3Sink {
                 }
                 continue;
             }
-            let prefix = self.render_prefix(&e.resource_id, e.time_us.or(e.cursor_us));
+            let (prefix, kept) = match self.layout.admit(e) {
+                Ok(admitted) => admitted,
+                Err(why) => {
+                    self.ctx.dead_letters.reject(e, &why).await?;
+                    continue;
+                }
+            };
             // A key S3 refuses would fail every upload and stall the pipeline: the event is
             // dead-lettered with the reason instead.
             if prefix.len() > MAX_PREFIX_BYTES {
@@ -721,8 +760,8 @@ impl Sink for S3Sink {
                 first_time_us: e.cursor_us.or(e.time_us).unwrap_or(0),
                 opened_at: Instant::now(),
             });
-            b.lines.push(e.raw.clone());
-            b.bytes += e.raw.len() as u64 + 1;
+            b.bytes += kept.len() as u64 + 1;
+            b.lines.push(kept);
             b.ids.push(e.id.clone());
             b.spans.add(e);
             b.events += 1;
@@ -782,9 +821,14 @@ impl Sink for S3Sink {
             config: self.config.clone(),
             pipeline: self.ctx.pipeline.clone(),
             sink: self.ctx.sink.clone(),
-            prefix: self.prefix.clone(),
+            layout: self.layout.clone(),
         }))
     }
+}
+
+/// Where the event ids of a staged object are kept, when its body does not hold them.
+pub(crate) fn ids_path(staging: &Path) -> PathBuf {
+    staging.with_extension("ids")
 }
 
 /// S3's longest object key.

@@ -178,6 +178,7 @@ pub(crate) mod paths {
         let ext = match auditship_sink::UnitCompression::parse(&e.compression) {
             Some(auditship_sink::UnitCompression::Gzip) => "ndjson.gz",
             Some(auditship_sink::UnitCompression::Zstd) => "ndjson.zst",
+            Some(auditship_sink::UnitCompression::Parquet) => "parquet",
             _ => "ndjson",
         };
         format!(

@@ -1,0 +1,216 @@
+//! One fixed Arrow schema per OCSF class the shipper emits, so every object of a custom source
+//! has the same columns (a Glue crawler or Athena table sees one schema, not one per file).
+//!
+//! The columns are the attributes the `ocsf` transform (HTTP Activity 4002, Network Activity
+//! 4001) and `reconcile --gap-findings-to` (Detection Finding 2004) write, typed as OCSF types
+//! them: `integer_t` as Int32, `long_t` as Int64, `timestamp_t` (ms since the epoch) as a UTC
+//! timestamp in milliseconds (zone `+00:00`), objects as structs, arrays as lists. `unmapped` (OCSF `object`,
+//! any JSON) is a map of strings: a string value as it is, any other value as its JSON text,
+//! as Security Lake's own sources store it. An event with an attribute the schema lacks is
+//! refused with the attribute named (dead-lettered), never written with it dropped.
+
+use std::sync::Arc;
+
+use arrow_schema::{DataType, Field, Fields, Schema, SchemaRef, TimeUnit};
+
+fn utf8(name: &str) -> Field {
+    Field::new(name, DataType::Utf8, true)
+}
+
+fn int(name: &str) -> Field {
+    Field::new(name, DataType::Int32, true)
+}
+
+fn long(name: &str) -> Field {
+    Field::new(name, DataType::Int64, true)
+}
+
+fn time(name: &str) -> Field {
+    Field::new(
+        name,
+        DataType::Timestamp(TimeUnit::Millisecond, Some("+00:00".into())),
+        true,
+    )
+}
+
+fn object(name: &str, fields: Vec<Field>) -> Field {
+    Field::new(name, DataType::Struct(Fields::from(fields)), true)
+}
+
+fn list(name: &str, item: DataType) -> Field {
+    Field::new(
+        name,
+        DataType::List(Arc::new(Field::new("element", item, true))),
+        true,
+    )
+}
+
+/// `unmapped`: string keys to string values.
+fn unmapped() -> Field {
+    let entries = Field::new(
+        "key_value",
+        DataType::Struct(Fields::from(vec![
+            Field::new("key", DataType::Utf8, false),
+            Field::new("value", DataType::Utf8, true),
+        ])),
+        false,
+    );
+    Field::new("unmapped", DataType::Map(Arc::new(entries), false), true)
+}
+
+/// The base event's attributes and the security_control profile's, which every class here has.
+fn base(fields: &mut Vec<Field>) {
+    fields.extend([
+        int("activity_id"),
+        utf8("activity_name"),
+        int("category_uid"),
+        utf8("category_name"),
+        int("class_uid"),
+        utf8("class_name"),
+        long("type_uid"),
+        utf8("type_name"),
+        int("severity_id"),
+        utf8("severity"),
+        time("time"),
+        int("status_id"),
+        utf8("status"),
+        utf8("status_code"),
+        utf8("status_detail"),
+        utf8("message"),
+    ]);
+}
+
+fn endpoint(name: &str) -> Field {
+    object(name, vec![utf8("uid"), utf8("hostname"), utf8("ip"), int("port")])
+}
+
+/// The Network Activity category's classes (4001 Network Activity, 4002 HTTP Activity).
+fn network(class_uid: u32) -> Schema {
+    let mut f = Vec::new();
+    base(&mut f);
+    f.extend([
+        int("action_id"),
+        utf8("action"),
+        int("disposition_id"),
+        utf8("disposition"),
+        long("duration"),
+        object(
+            "metadata",
+            vec![
+                utf8("version"),
+                object(
+                    "product",
+                    vec![
+                        utf8("vendor_name"),
+                        utf8("name"),
+                        utf8("version"),
+                        object("feature", vec![utf8("name")]),
+                    ],
+                ),
+                list("profiles", DataType::Utf8),
+                utf8("log_name"),
+                utf8("uid"),
+                utf8("original_time"),
+                time("logged_time"),
+                utf8("tenant_uid"),
+            ],
+        ),
+        endpoint("src_endpoint"),
+        endpoint("dst_endpoint"),
+        object("connection_info", vec![int("direction_id"), utf8("direction")]),
+        object(
+            "traffic",
+            vec![long("bytes_in"), long("bytes_out"), long("bytes")],
+        ),
+        object("actor", vec![object("user", vec![utf8("uid"), utf8("name")])]),
+        object("firewall_rule", vec![utf8("uid"), utf8("name")]),
+    ]);
+    if class_uid == 4002 {
+        f.extend([
+            object(
+                "http_request",
+                vec![
+                    utf8("http_method"),
+                    object(
+                        "url",
+                        vec![
+                            utf8("hostname"),
+                            int("port"),
+                            utf8("path"),
+                            utf8("query_string"),
+                            utf8("url_string"),
+                        ],
+                    ),
+                ],
+            ),
+            object("http_response", vec![int("code")]),
+            int("http_status"),
+        ]);
+    }
+    f.push(unmapped());
+    Schema::new(f)
+}
+
+/// Detection Finding (2004), as `reconcile --gap-findings-to` writes it.
+fn detection_finding() -> Schema {
+    let mut f = Vec::new();
+    base(&mut f);
+    f.extend([
+        object(
+            "finding_info",
+            vec![
+                utf8("uid"),
+                utf8("title"),
+                utf8("desc"),
+                list("types", DataType::Utf8),
+                time("first_seen_time"),
+                time("last_seen_time"),
+            ],
+        ),
+        list(
+            "resources",
+            DataType::Struct(Fields::from(vec![utf8("uid"), utf8("type")])),
+        ),
+        object(
+            "metadata",
+            vec![
+                utf8("version"),
+                utf8("uid"),
+                object(
+                    "product",
+                    vec![utf8("name"), utf8("vendor_name"), utf8("version")],
+                ),
+            ],
+        ),
+        unmapped(),
+    ]);
+    Schema::new(f)
+}
+
+/// The OCSF classes this sink has a schema for: uid and name.
+pub const CLASSES: [(u32, &str); 3] = [
+    (4001, "Network Activity"),
+    (4002, "HTTP Activity"),
+    (2004, "Detection Finding"),
+];
+
+/// The Arrow schema of OCSF class `class_uid`, if this sink has one.
+pub fn schema_for(class_uid: u32) -> Option<SchemaRef> {
+    match class_uid {
+        4001 | 4002 => Some(Arc::new(network(class_uid))),
+        2004 => Some(Arc::new(detection_finding())),
+        _ => None,
+    }
+}
+
+/// The schema of `class_uid` as the Parquet files have it, one column per line (`auditship
+/// transform --parquet-schema CLASS` prints it).
+pub fn describe(class_uid: u32) -> Option<String> {
+    let schema = schema_for(class_uid)?;
+    let parquet = parquet::arrow::ArrowSchemaConverter::new()
+        .convert(&schema)
+        .ok()?;
+    let mut out = Vec::new();
+    parquet::schema::printer::print_schema(&mut out, parquet.root_schema());
+    String::from_utf8(out).ok()
+}
