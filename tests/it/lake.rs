@@ -324,3 +324,66 @@ async fn kill_9_leaves_the_lake_with_every_event_once_even_with_redacted_ids() {
         "no recovery used the kept ids: {stderr}"
     );
 }
+
+#[test]
+fn transform_prints_the_parquet_schema_of_a_class() {
+    let run = |class: &str| {
+        Command::new(env!("CARGO_BIN_EXE_auditship"))
+            .args(["transform", "--parquet-schema", class])
+            .output()
+            .unwrap()
+    };
+    let out = run("4002");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    for column in [
+        "OPTIONAL INT64 time (TIMESTAMP(MILLIS,true));",
+        "OPTIONAL group metadata {",
+        "OPTIONAL BYTE_ARRAY http_method (STRING);",
+        "OPTIONAL group unmapped (MAP) {",
+    ] {
+        assert!(text.contains(column), "{column} not in:\n{text}");
+    }
+    let out = run("3002");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no Parquet schema for OCSF class 3002"), "{err}");
+}
+
+/// Gap findings (class 2004) fit their source's schema and read back whole.
+#[test]
+fn gap_findings_become_detection_finding_parquet() {
+    use auditship::ops::completeness::{CompletenessReport, ReportHour};
+    use auditship_sink_s3::ObjectLayout;
+    let report = CompletenessReport {
+        pipeline: "pipe".into(),
+        hours: (0..3)
+            .map(|i| ReportHour {
+                resource_id: format!("sb-{i}"),
+                hour: "2026-11-25T10:00:00Z".into(),
+                api: 10,
+                ledger: 7,
+                gap: 3,
+                reshipped: 3,
+                ..Default::default()
+            })
+            .collect(),
+        hash: "ab".repeat(32),
+        ..Default::default()
+    };
+    let findings = auditship::ops::gap_findings::findings(&report);
+    let layout =
+        auditship_sink_security_lake::ParquetLayout::new(2004, "ext/gaps/", "us-east-1", "1", 3).unwrap();
+    let kept: Vec<bytes::Bytes> = findings
+        .iter()
+        .map(|e| layout.admit(e).unwrap_or_else(|why| panic!("{why}")).1)
+        .collect();
+    let body = layout.encode(&kept, 0).unwrap();
+    let uids: Vec<String> = auditship_sink_security_lake::uids(&body)
+        .unwrap()
+        .iter()
+        .map(|u| u.to_string())
+        .collect();
+    let expected: Vec<String> = findings.iter().map(|e| e.id.to_string()).collect();
+    assert_eq!(uids, expected);
+}

@@ -39,6 +39,14 @@ pub trait ObjectLayout: Send + Sync + fmt::Debug {
     /// crash.
     fn event_ids(&self, key: &str, body: &[u8]) -> Result<Vec<Arc<str>>, String>;
 
+    /// The id an event is stored under in a body, from the bytes [`ObjectLayout::admit`] kept
+    /// for it (what [`ObjectLayout::event_ids`] reads back), when that is not surely its own
+    /// id ([`ObjectLayout::ids_in_body`] is false): after a crash, events that come again are
+    /// also matched by it. `None`: not known.
+    fn stored_id(&self, _kept: &[u8]) -> Option<String> {
+        None
+    }
+
     /// The key of manifest entry `seq` of the chain `pipeline`/`sink`, which lists `unit`.
     fn manifest_key(&self, unit: &str, pipeline: &str, sink: &str, seq: u64) -> String {
         manifest_key(unit, pipeline, sink, seq)

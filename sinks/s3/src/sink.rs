@@ -41,8 +41,11 @@ pub struct S3Sink {
     pub(crate) buffers: HashMap<String, Buffer>,
     pub(crate) written_through: u64,
     pub(crate) held: Vec<Held>,
-    /// Event id → index in `held`, and whether it was seen in this run.
+    /// Event id → index in `held`, and whether it was seen in this run. Ids an object stores
+    /// in place of its events' (read from a recovered body) are keyed [`STORED`] + that id.
     pub(crate) known: HashMap<Arc<str>, (usize, bool)>,
+    /// Whether `known` holds stored ids (events are then also looked up by theirs).
+    pub(crate) stored_known: bool,
     /// Deletions waiting for the checkpoint to pass their objects.
     pub(crate) released: Vec<StateEntry>,
     /// Objects uploaded (or put in place after a crash) not yet handed to the manifest.
@@ -50,6 +53,9 @@ pub struct S3Sink {
 }
 
 pub(crate) const PENDING: &str = "pending:";
+
+/// The key prefix, in `known`, of an id as an object stores it (not an event id).
+pub(crate) const STORED: &str = "\u{0}stored:";
 
 /// What an upload failure means.
 pub(crate) enum Failure {
@@ -108,6 +114,7 @@ impl S3Sink {
             written_through: 0,
             held: Vec::new(),
             known: HashMap::new(),
+            stored_known: false,
             released: Vec::new(),
             sealed: Vec::new(),
         })
@@ -461,6 +468,22 @@ impl S3Sink {
         }
     }
 
+    /// Whether `id` is of an event already in an uploaded object (marking it seen, in batch
+    /// `batch`).
+    fn recognise(&mut self, id: &str, batch: u64) -> bool {
+        let Some((idx, seen)) = self.known.get_mut(id) else {
+            return false;
+        };
+        if let Some(h) = self.held.get_mut(*idx) {
+            if !*seen {
+                *seen = true;
+                h.unseen = h.unseen.saturating_sub(1);
+            }
+            h.last_batch = h.last_batch.max(batch);
+        }
+        true
+    }
+
     /// Put a pending object (from an earlier run) in place and remember its ids.
     pub(crate) async fn recover(&mut self, entry: &StateEntry) -> Result<(), SinkError> {
         let Some(key) = entry.key.strip_prefix(PENDING) else {
@@ -521,24 +544,34 @@ impl S3Sink {
         let kept = (!self.layout.ids_in_body())
             .then(|| std::fs::read_to_string(ids_path(&staging)).ok())
             .flatten();
+        // The ids kept beside a staged object are gone once the checkpoint was about to pass
+        // it (a crash before that commit leaves the entry pending): the ids the body stores
+        // then stand in, matched against what events that come again would be stored under.
+        let by_stored = kept.is_none() && !self.layout.ids_in_body();
         let ids_from = if kept.is_some() {
             "kept beside it"
+        } else if by_stored {
+            "the object's stored ids"
         } else {
             "the object"
         };
-        let ids = match kept {
+        let mut ids: Vec<Arc<str>> = match kept {
             Some(text) => Ok(text.lines().map(Arc::from).collect()),
-            None => {
-                if !self.layout.ids_in_body() {
-                    // Removed with its staged object when the checkpoint was about to pass it:
-                    // the ids in the body stand in (they differ from the events' when a
-                    // transform redacted them, and those events would then be written again).
-                    tracing::warn!(sink = %self.ctx.sink, key = %key, "the event ids of a pending object were not kept beside it; reading them from the object");
-                }
-                self.layout.event_ids(&key, &body)
-            }
+            None => self.layout.event_ids(&key, &body),
         }
         .map_err(|m| SinkError::Config(format!("{}: pending object {key}: {m}", self.name())))?;
+        if by_stored {
+            let distinct: std::collections::HashSet<&Arc<str>> = ids.iter().collect();
+            if distinct.len() == ids.len() {
+                ids = ids.iter().map(|u| Arc::from(format!("{STORED}{u}"))).collect();
+            } else {
+                // Stored ids that repeat (a transform masked them) cannot tell events apart:
+                // matching them could skip an event that is not in the object. Its events are
+                // written again instead.
+                tracing::warn!(sink = %self.ctx.sink, key = %key, "the ids stored in a pending object repeat; its events will be written again when they come");
+                ids.clear();
+            }
+        }
         self.sealed.push(Sealed {
             unit: key.clone(),
             end: body.len() as u64,
@@ -553,6 +586,7 @@ impl S3Sink {
                 unseen += 1;
             }
         }
+        self.stored_known |= by_stored && unseen > 0;
         tracing::info!(sink = %self.ctx.sink, key = %key, events = unseen, ids_from, "object from before a crash is in place; its events will not be written again");
         self.held.push(Held {
             key,
@@ -634,6 +668,7 @@ impl S3Sink {
             None => false,
         });
         self.held = keep;
+        self.stored_known = self.known.keys().any(|k| k.starts_with(STORED));
     }
 }
 
@@ -722,15 +757,8 @@ impl Sink for S3Sink {
 
     async fn write(&mut self, batch: Arc<Batch>) -> Result<(), SinkError> {
         for e in &batch.events {
-            if let Some((idx, seen)) = self.known.get_mut(&e.id) {
-                // Already in an uploaded object: written again after a reset or a crash.
-                if let Some(h) = self.held.get_mut(*idx) {
-                    if !*seen {
-                        *seen = true;
-                        h.unseen = h.unseen.saturating_sub(1);
-                    }
-                    h.last_batch = h.last_batch.max(batch.number);
-                }
+            // Already in an uploaded object: written again after a reset or a crash.
+            if self.recognise(&e.id, batch.number) {
                 continue;
             }
             let (prefix, kept) = match self.layout.admit(e) {
@@ -740,6 +768,13 @@ impl Sink for S3Sink {
                     continue;
                 }
             };
+            if self.stored_known {
+                if let Some(stored) = self.layout.stored_id(&kept) {
+                    if self.recognise(&format!("{STORED}{stored}"), batch.number) {
+                        continue;
+                    }
+                }
+            }
             // A key S3 refuses would fail every upload and stall the pipeline: the event is
             // dead-lettered with the reason instead.
             if prefix.len() > MAX_PREFIX_BYTES {

@@ -213,6 +213,18 @@ impl ObjectLayout for ParquetLayout {
         uids(body).map_err(|e| format!("{key}: {e}"))
     }
 
+    fn stored_id(&self, kept: &[u8]) -> Option<String> {
+        #[derive(serde::Deserialize)]
+        struct Stored {
+            metadata: Metadata,
+        }
+        #[derive(serde::Deserialize)]
+        struct Metadata {
+            uid: Option<String>,
+        }
+        serde_json::from_slice::<Stored>(kept).ok()?.metadata.uid
+    }
+
     fn manifest_key(&self, unit: &str, pipeline: &str, sink: &str, seq: u64) -> String {
         // Beside the unit, mirrored under OWN_DIR: `verify` maps it back.
         let rel = unit.strip_prefix(&self.root).unwrap_or(unit);
