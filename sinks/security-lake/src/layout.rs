@@ -1,14 +1,13 @@
 //! [`ParquetLayout`]: a Security Lake custom source's objects. Each event is checked against
-//! its class's schema when it arrives (so one event that does not fit is dead-lettered alone,
-//! and sealing an object cannot fail), kept as normalised JSON, and written with the rest of
-//! its object as one Parquet file (zstd) under
+//! its class's schema when it arrives ([`crate::schema::check`]; so one event that does not fit
+//! is dead-lettered alone, and sealing an object cannot fail), kept as JSON (`unmapped` values
+//! as text), and written with the rest of its object as one Parquet file (zstd) under
 //! `ext/SOURCE/region=REGION/accountId=ACCOUNT/eventDay=YYYYMMDD/`.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use arrow_array::cast::AsArray;
 use arrow_array::{Array, RecordBatch};
-use arrow_json::reader::Decoder;
 use arrow_json::ReaderBuilder;
 use arrow_schema::SchemaRef;
 use auditship_sink::{Event, UnitCompression};
@@ -37,9 +36,6 @@ pub struct ParquetLayout {
     /// `region=REGION/accountId=ACCOUNT/`.
     partition: String,
     zstd_level: i32,
-    /// A decoder to check single events with (reused: building one per event costs more
-    /// than decoding the event).
-    check: Mutex<Option<Decoder>>,
 }
 
 impl ParquetLayout {
@@ -72,36 +68,15 @@ impl ParquetLayout {
             root,
             partition: format!("region={region}/accountId={account_id}/"),
             zstd_level,
-            check: Mutex::new(None),
         })
     }
 
-    fn decoder(&self) -> Result<Decoder, String> {
+    fn decoder(&self) -> Result<arrow_json::reader::Decoder, String> {
         ReaderBuilder::new(self.schema.clone())
             .with_strict_mode(true)
             .with_batch_size(BATCH_ROWS)
             .build_decoder()
             .map_err(|e| e.to_string())
-    }
-
-    /// Decode `text` (one event) alone, strictly: an attribute the schema lacks, or a value of
-    /// another type, is an error naming it.
-    fn fits(&self, text: &[u8]) -> Result<(), String> {
-        let mut slot = self.check.lock().unwrap_or_else(|e| e.into_inner());
-        let mut d = match slot.take() {
-            Some(d) => d,
-            None => self.decoder()?,
-        };
-        let result = d
-            .decode(text)
-            .and_then(|_| d.flush())
-            .map(|_| ())
-            .map_err(|e| e.to_string());
-        // A decoder that failed midway may hold part of the event: only a clean one is reused.
-        if result.is_ok() {
-            *slot = Some(d);
-        }
-        result
     }
 
     /// The Parquet file of `events` (normalised JSON, each fitting the schema).
@@ -166,24 +141,20 @@ impl ObjectLayout for ParquetLayout {
             .and_then(chrono::DateTime::from_timestamp_millis)
             .map(|t| t.format("%Y%m%d").to_string())
             .ok_or("no `time` (ms since the epoch): OCSF requires one, and eventDay is its day")?;
-        if let Some(Value::Object(u)) = obj.get_mut("unmapped") {
-            for value in u.values_mut() {
-                if !(value.is_string() || value.is_null()) {
-                    *value = Value::String(value.to_string());
-                }
-            }
-        }
-        let text = serde_json::to_vec(&v).map_err(|err| err.to_string())?;
-        self.fits(&text).map_err(|why| {
+        let changed = unmapped_as_text(obj);
+        crate::schema::check(&self.schema, obj).map_err(|why| {
             format!(
-                "does not fit the Parquet schema of OCSF class {} ({why}); nothing of it was written",
+                "does not fit the Parquet schema of OCSF class {}: {why}; nothing of it was written",
                 self.class_uid
             )
         })?;
-        Ok((
-            format!("{}{}eventDay={day}/", self.root, self.partition),
-            bytes::Bytes::from(text),
-        ))
+        // The event's own text when nothing was rewritten: no second serialisation.
+        let text = if changed {
+            bytes::Bytes::from(serde_json::to_vec(&v).map_err(|err| err.to_string())?)
+        } else {
+            e.raw.clone()
+        };
+        Ok((format!("{}{}eventDay={day}/", self.root, self.partition), text))
     }
 
     fn encode(&self, kept: &[bytes::Bytes], _size: u64) -> std::io::Result<bytes::Bytes> {
@@ -235,6 +206,21 @@ impl ObjectLayout for ParquetLayout {
     fn digest_key(&self, name: &str) -> String {
         format!("{}{OWN_DIR}/{}/{name}", self.root, auditship_sink::DIGEST_DIR)
     }
+}
+
+/// `unmapped`'s values as the schema holds them: text as it is, anything else as its JSON text.
+/// Whether anything changed.
+pub(crate) fn unmapped_as_text(event: &mut serde_json::Map<String, Value>) -> bool {
+    let mut changed = false;
+    if let Some(Value::Object(u)) = event.get_mut("unmapped") {
+        for value in u.values_mut() {
+            if !(value.is_string() || value.is_null()) {
+                *value = Value::String(value.to_string());
+                changed = true;
+            }
+        }
+    }
+    changed
 }
 
 /// The `metadata.uid` of every row of a Parquet file this sink wrote.

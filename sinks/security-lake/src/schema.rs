@@ -214,3 +214,85 @@ pub fn describe(class_uid: u32) -> Option<String> {
     parquet::schema::printer::print_schema(&mut out, parquet.root_schema());
     String::from_utf8(out).ok()
 }
+
+/// Whether `event` fits `schema` as arrow-json's strict decoder reads it into these columns:
+/// every attribute a column, every value of the column's type (`null` fits any). An error
+/// names the attribute and what is wrong.
+///
+/// Hand-written, beside the crate, for speed: asking arrow-json (decoding the event alone and
+/// flushing a one-row batch) cost 33 µs per event, three times the rest of the sink's work
+/// (parsing the event, 11 µs; its share of the Parquet file, 9 µs), measured with the
+/// `timing_probe` test in release; this walk costs a few µs. `tests.rs` checks it against
+/// arrow-json on golden events and thousands of mutations of them: whatever it passes the
+/// decoder takes (so sealing an object cannot fail), whatever the decoder refuses it refuses;
+/// it is stricter only on numbers (a timestamp written as text, a fraction where OCSF has an
+/// integer, which the decoder would parse or truncate).
+pub fn check(schema: &Schema, event: &serde_json::Map<String, serde_json::Value>) -> Result<(), String> {
+    check_struct(event, schema.fields()).map_err(|e| e.to_string())
+}
+
+/// Where a value does not fit, innermost first (paths are built only on the way out).
+struct Misfit {
+    path: Vec<String>,
+    what: String,
+}
+
+impl std::fmt::Display for Misfit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let path: Vec<&str> = self.path.iter().rev().map(String::as_str).collect();
+        write!(f, "`{}` {}", path.join("."), self.what)
+    }
+}
+
+fn check_struct(obj: &serde_json::Map<String, serde_json::Value>, fields: &Fields) -> Result<(), Misfit> {
+    for (k, v) in obj {
+        let Some(field) = fields.iter().find(|f| f.name() == k) else {
+            return Err(Misfit {
+                path: vec![k.clone()],
+                what: "is not a column of the class's schema".into(),
+            });
+        };
+        check_value(v, field.data_type()).map_err(|mut m| {
+            m.path.push(k.clone());
+            m
+        })?;
+    }
+    Ok(())
+}
+
+fn check_value(v: &serde_json::Value, t: &DataType) -> Result<(), Misfit> {
+    use serde_json::Value;
+    let fits = match (t, v) {
+        (_, Value::Null) => true,
+        (DataType::Utf8, Value::String(_)) => true,
+        (DataType::Int32, Value::Number(n)) => n.as_i64().is_some_and(|n| i32::try_from(n).is_ok()),
+        (DataType::Int64 | DataType::Timestamp(..), Value::Number(n)) => n.as_i64().is_some(),
+        (DataType::Struct(fields), Value::Object(o)) => return check_struct(o, fields),
+        (DataType::List(item), Value::Array(a)) => {
+            for (i, x) in a.iter().enumerate() {
+                check_value(x, item.data_type()).map_err(|mut m| {
+                    m.path.push(format!("[{i}]"));
+                    m
+                })?;
+            }
+            return Ok(());
+        }
+        (DataType::Map(..), Value::Object(o)) => o.values().all(|x| x.is_string() || x.is_null()),
+        _ => false,
+    };
+    if fits {
+        return Ok(());
+    }
+    let got = match v {
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number out of range or not whole",
+        Value::String(_) => "text",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "an object",
+        Value::Null => "null",
+    };
+    Err(Misfit {
+        path: Vec::new(),
+        what: format!("is {got} where the schema has {t}"),
+    })
+}

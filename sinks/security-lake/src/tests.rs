@@ -225,3 +225,157 @@ fn locations_are_read_as_security_lake_shows_them() {
     bad.account_id = "a/b".into();
     assert!(bad.validate().unwrap_err().contains("account_id"));
 }
+
+#[test]
+#[ignore]
+fn timing_probe() {
+    let l = layout(4002);
+    let v = golden(GOLDEN_HTTP[0]);
+    let evs: Vec<Event> = (0..20_000)
+        .map(|i| {
+            let mut v = v.clone();
+            v["metadata"]["uid"] = json!(format!("e{i}"));
+            event(&v, "x")
+        })
+        .collect();
+    let t = std::time::Instant::now();
+    let kept: Vec<bytes::Bytes> = evs.iter().map(|e| l.admit(e).unwrap().1).collect();
+    let admit = t.elapsed();
+    let t = std::time::Instant::now();
+    let mut parsed = 0;
+    for e in &evs {
+        let v: Value = serde_json::from_slice(&e.raw).unwrap();
+        parsed += serde_json::to_vec(&v).unwrap().len();
+    }
+    let parse = t.elapsed();
+    let t = std::time::Instant::now();
+    let body = l.encode(&kept, 0).unwrap();
+    let enc = t.elapsed();
+    eprintln!(
+        "admit {:?}/ev, parse+write {:?}/ev ({parsed}), encode {:?}/ev, {} bytes",
+        admit / 20_000,
+        parse / 20_000,
+        enc / 20_000,
+        body.len()
+    );
+}
+
+/// arrow-json's strict decoder's verdict on one event: the reference `schema::check` stands in
+/// for.
+fn arrow_fits(schema: &arrow_schema::SchemaRef, text: &[u8]) -> Result<(), String> {
+    let mut d = arrow_json::ReaderBuilder::new(schema.clone())
+        .with_strict_mode(true)
+        .build_decoder()
+        .unwrap();
+    d.decode(text)
+        .and_then(|_| d.flush())
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+/// A small deterministic generator (xorshift): the same mutations every run.
+struct Gen(u64);
+
+impl Gen {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn pick<'a, T>(&mut self, xs: &'a [T]) -> &'a T {
+        &xs[(self.next() % xs.len() as u64) as usize]
+    }
+}
+
+/// Replace, add or remove something at a random place of `v`; whether a value was replaced by
+/// text or a fraction (what `check` refuses in a number column and arrow-json may read: a
+/// timestamp from text, an integer from 1.5).
+fn mutate(v: &mut Value, g: &mut Gen, pool: &[Value]) -> bool {
+    let Value::Object(obj) = v else { return false };
+    let keys: Vec<String> = obj.keys().cloned().collect();
+    if keys.is_empty() {
+        obj.insert("zz".into(), g.pick(pool).clone());
+        return false;
+    }
+    let key = g.pick(&keys).clone();
+    let descend =
+        matches!(obj.get(&key), Some(Value::Object(_))) && g.next().is_multiple_of(2) && key != "unmapped";
+    if descend {
+        return mutate(obj.get_mut(&key).unwrap(), g, pool);
+    }
+    let value = g.pick(pool).clone();
+    match g.next() % 3 {
+        0 => {
+            let lenient = value.is_string() || value.is_f64();
+            obj.insert(key, value);
+            lenient
+        }
+        1 => {
+            obj.insert(format!("zz_{}", g.next() % 3), value);
+            false
+        }
+        _ => {
+            obj.remove(&key);
+            false
+        }
+    }
+}
+
+#[test]
+fn the_schema_check_agrees_with_arrow_json() {
+    let pool = [
+        json!(null),
+        json!(true),
+        json!(0),
+        json!(-1),
+        json!(2_147_483_647),
+        json!(2_147_483_648i64),
+        json!(1_099_511_627_776i64),
+        json!(18_446_744_073_709_551_615u64),
+        json!(1.5),
+        json!("x"),
+        json!("2026-11-25T10:00:00Z"),
+        json!([]),
+        json!([1]),
+        json!(["a"]),
+        json!([{"uid": "x"}]),
+        json!({}),
+        json!({"uid": "x"}),
+        json!({"a": 1}),
+        json!({"name": "n"}),
+    ];
+    let mut g = Gen(0x9e37_79b9_7f4a_7c15);
+    let (mut agreed, mut refused, mut stricter) = (0, 0, 0);
+    for (class, texts) in [(4002u32, &GOLDEN_HTTP[..]), (4001, &GOLDEN_NETWORK[..])] {
+        let schema = schema_for(class).unwrap();
+        for i in 0..4000 {
+            let mut v = golden(texts[i % texts.len()]);
+            let mut lenient = false;
+            if i > 0 {
+                for _ in 0..=(g.next() % 3) {
+                    lenient |= mutate(&mut v, &mut g, &pool);
+                }
+            }
+            let obj = v.as_object_mut().unwrap();
+            crate::layout::unmapped_as_text(obj);
+            let ours = crate::schema::check(&schema, obj);
+            let theirs = arrow_fits(&schema, &serde_json::to_vec(&v).unwrap());
+            match (&ours, &theirs) {
+                (Ok(()), Ok(())) => agreed += 1,
+                (Err(_), Err(_)) => {
+                    agreed += 1;
+                    refused += 1;
+                }
+                (Err(_), Ok(())) if lenient => stricter += 1,
+                _ => panic!("check {ours:?}, arrow-json {theirs:?}, on {v}"),
+            }
+        }
+    }
+    // The mutations really reach both verdicts.
+    assert!(
+        refused > 1000 && agreed - refused > 1000,
+        "{agreed} agreed, {refused} refused"
+    );
+    eprintln!("{agreed} agreed ({refused} refused by both), {stricter} refused by check only");
+}
