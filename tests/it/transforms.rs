@@ -165,7 +165,7 @@ transforms = [{ type = "remove", fields = ["request_transforms"] }]
             assert!(v[field].is_number(), "{field} in {l}");
         }
         assert_eq!(v["class_uid"], 4002);
-        assert_eq!(v["metadata"]["version"], "1.3.0");
+        assert_eq!(v["metadata"]["version"], auditship::transform::ocsf::OCSF_VERSION);
         assert_eq!(v["action"], "Denied");
         if let Some(a) = v["unmapped"]["metadata"]["authorization"].as_str() {
             assert!(a.starts_with("hmac-sha256:"), "{a}");
