@@ -3,12 +3,17 @@
 //! - `decode`: a socket frame to an event (the validating scan, id, cursor and time), a list
 //!   page of 100 events, and a full `serde_json::Value` parse of the same frame for scale;
 //! - `encode`: NDJSON for a batch of 1,000 events, plain and as one zstd frame / gzip member;
-//! - `template`: rendering a file path template (the sink caches it per sandbox and day).
+//! - `template`: rendering a file path template (the sink caches it per sandbox and day);
+//! - `security_lake`: an OCSF event admitted by the Security Lake sink (parsed, checked against
+//!   its class's schema), the same check through arrow-json's decoder (the reference the
+//!   sink's check replaces), and Parquet for 1,000 events.
 //!
 //! Throughput is per event (criterion prints "elem/s").
 
 // criterion_group! defines an undocumented public function.
 #![allow(missing_docs)]
+// A benchmark that cannot set up has nothing to measure: it stops, saying why.
+#![allow(clippy::expect_used)]
 
 use std::hint::black_box;
 
@@ -106,5 +111,48 @@ fn template(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, decode, encode, template);
+#[cfg(feature = "security-lake")]
+fn security_lake(c: &mut Criterion) {
+    use auditship_sink_s3::ObjectLayout;
+    let layout = auditship_sink_security_lake::ParquetLayout::new(4002, "ext/b/", "us-east-1", "1", 3)
+        .expect("a class with a schema");
+    let schema = auditship_sink_security_lake::schema::schema_for(4002).expect("a class with a schema");
+    let events: Vec<auditship_sink::Event> = (0..1000)
+        .map(|n| {
+            let ocsf =
+                auditship::transform::ocsf::map(event(n).as_bytes(), "sb-1").expect("an event with a time");
+            auditship_sink::Event {
+                raw: bytes::Bytes::from(ocsf.json),
+                id: std::sync::Arc::from(format!("evt_{n}")),
+                resource_id: std::sync::Arc::from("sb-1"),
+                cursor_us: Some(1),
+                cursor_span: None,
+                time_us: None,
+                seq: n,
+            }
+        })
+        .collect();
+    let mut g = c.benchmark_group("security_lake");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("admit (parse, check, unmapped as text)", |b| {
+        b.iter(|| layout.admit(black_box(&events[7])).expect("fits"))
+    });
+    let kept = layout.admit(&events[7]).expect("fits").1;
+    g.bench_function("check by arrow-json (the reference)", |b| {
+        b.iter(|| {
+            auditship_sink_security_lake::schema::check_with_arrow(&schema, black_box(&kept)).expect("fits")
+        })
+    });
+    let all: Vec<bytes::Bytes> = events.iter().map(|e| layout.admit(e).expect("fits").1).collect();
+    g.throughput(Throughput::Elements(all.len() as u64));
+    g.bench_function("parquet of 1,000", |b| {
+        b.iter(|| layout.encode(black_box(&all), 0).expect("encodes"))
+    });
+    g.finish();
+}
+
+#[cfg(not(feature = "security-lake"))]
+fn security_lake(_: &mut Criterion) {}
+
+criterion_group!(benches, decode, encode, template, security_lake);
 criterion_main!(benches);

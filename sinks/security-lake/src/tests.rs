@@ -226,53 +226,6 @@ fn locations_are_read_as_security_lake_shows_them() {
     assert!(bad.validate().unwrap_err().contains("account_id"));
 }
 
-#[test]
-#[ignore]
-fn timing_probe() {
-    let l = layout(4002);
-    let v = golden(GOLDEN_HTTP[0]);
-    let evs: Vec<Event> = (0..20_000)
-        .map(|i| {
-            let mut v = v.clone();
-            v["metadata"]["uid"] = json!(format!("e{i}"));
-            event(&v, "x")
-        })
-        .collect();
-    let t = std::time::Instant::now();
-    let kept: Vec<bytes::Bytes> = evs.iter().map(|e| l.admit(e).unwrap().1).collect();
-    let admit = t.elapsed();
-    let t = std::time::Instant::now();
-    let mut parsed = 0;
-    for e in &evs {
-        let v: Value = serde_json::from_slice(&e.raw).unwrap();
-        parsed += serde_json::to_vec(&v).unwrap().len();
-    }
-    let parse = t.elapsed();
-    let t = std::time::Instant::now();
-    let body = l.encode(&kept, 0).unwrap();
-    let enc = t.elapsed();
-    eprintln!(
-        "admit {:?}/ev, parse+write {:?}/ev ({parsed}), encode {:?}/ev, {} bytes",
-        admit / 20_000,
-        parse / 20_000,
-        enc / 20_000,
-        body.len()
-    );
-}
-
-/// arrow-json's strict decoder's verdict on one event: the reference `schema::check` stands in
-/// for.
-fn arrow_fits(schema: &arrow_schema::SchemaRef, text: &[u8]) -> Result<(), String> {
-    let mut d = arrow_json::ReaderBuilder::new(schema.clone())
-        .with_strict_mode(true)
-        .build_decoder()
-        .unwrap();
-    d.decode(text)
-        .and_then(|_| d.flush())
-        .map(|_| ())
-        .map_err(|e| e.to_string())
-}
-
 /// A small deterministic generator (xorshift): the same mutations every run.
 struct Gen(u64);
 
@@ -360,7 +313,7 @@ fn the_schema_check_agrees_with_arrow_json() {
             let obj = v.as_object_mut().unwrap();
             crate::layout::unmapped_as_text(obj);
             let ours = crate::schema::check(&schema, obj);
-            let theirs = arrow_fits(&schema, &serde_json::to_vec(&v).unwrap());
+            let theirs = crate::schema::check_with_arrow(&schema, &serde_json::to_vec(&v).unwrap());
             match (&ours, &theirs) {
                 (Ok(()), Ok(())) => agreed += 1,
                 (Err(_), Err(_)) => {
