@@ -24,6 +24,11 @@ fn event(v: &Value) -> Event {
 
 /// Compile `[[transforms]]` from TOML text: the transformer, or every error.
 fn compile(toml_text: &str) -> Result<Transformer, Vec<String>> {
+    spec_of(toml_text).map(|spec| spec.start())
+}
+
+/// Compile `[[transforms]]` from TOML text: the list, or every error.
+fn spec_of(toml_text: &str) -> Result<Transforms, Vec<String>> {
     #[derive(serde::Deserialize)]
     struct F {
         transforms: Vec<TransformConfig>,
@@ -41,7 +46,7 @@ fn compile(toml_text: &str) -> Result<Transformer, Vec<String>> {
         },
     );
     if errors.is_empty() {
-        Ok(spec.start())
+        Ok(spec)
     } else {
         Err(errors)
     }
@@ -325,26 +330,7 @@ type = "ocsf"
 #[test]
 fn the_ocsf_counters_count_mapped_unmapped_fields_and_failures_once_per_batch() {
     use std::sync::atomic::Ordering::Relaxed;
-    let spec = |text: &str| {
-        #[derive(serde::Deserialize)]
-        struct F {
-            transforms: Vec<TransformConfig>,
-        }
-        let f: F = toml::from_str(text).unwrap();
-        let (mut warnings, mut errors) = (Vec::new(), Vec::new());
-        let mut spec = Transforms::default();
-        spec.extend(
-            "transforms",
-            &f.transforms,
-            &mut Compile {
-                validate_only: false,
-                warnings: &mut warnings,
-                errors: &mut errors,
-            },
-        );
-        assert!(errors.is_empty(), "{errors:?}");
-        spec
-    };
+    let spec = |text: &str| spec_of(text).unwrap();
     let counters = Arc::new(ocsf::OcsfCounters::default());
     let mut t = spec("[[transforms]]\ntype = \"ocsf\"\n").start_counted(counters.clone());
     assert!(

@@ -141,6 +141,44 @@ async fn an_s3_pipeline_ships_every_event_once_into_checksummed_locked_objects()
     assert!(named("duplicate_event", &copy_key), "{json}");
 }
 
+/// Run `pipe.toml` of `ws` and `kill -9` it six times at moments spread over 0.7–1.6 s after
+/// each start, every other time with the server `s` stalled first, so that an object seals (its
+/// age bound is 400 ms), is staged and registered, and its upload hangs: the kill is sure to land
+/// while it is pending and the next start must finish it. Then a last run ships everything.
+/// Returns every run's stderr; fails unless some start recovered a pending object.
+pub(crate) async fn kill_9_with_pending_objects(
+    s: &S3Server,
+    ws: &Workspace,
+    sim: &auditship::sim::Simulator,
+    key: &str,
+) -> String {
+    let mut stderr = String::new();
+    for round in 0..6u64 {
+        let child = ws.spawn(key, &["run", "pipe.toml"]);
+        tokio::time::sleep(Duration::from_millis(700 + (round * 337) % 900)).await;
+        if round % 2 == 1 {
+            s.pause();
+            tokio::time::sleep(Duration::from_millis(900)).await;
+        }
+        signal(&child, libc::SIGKILL);
+        s.resume();
+        let out = finish(child, Duration::from_secs(10));
+        assert_eq!(out.code, None, "killed by a signal");
+        stderr.push_str(&out.stderr);
+    }
+    let child = ws.spawn(key, &["run", "pipe.toml"]);
+    // The earlier runs may have shipped everything already: give this one time to start (and
+    // install its signal handlers) before asking it to stop.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let out = stop_when_all_committed(ws, sim, child).await;
+    stderr.push_str(&out.stderr);
+    assert!(
+        stderr.contains("object from before a crash is in place"),
+        "no kill landed while an object was pending; the recovery went untested"
+    );
+    stderr
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn kill_9_at_random_moments_leaves_no_event_in_two_objects() {
     let s = server();
@@ -159,39 +197,7 @@ async fn kill_9_at_random_moments_leaves_no_event_in_two_objects() {
     .await;
     let ws = Workspace::with_sinks(&sim, &ids, "", &s3_sink(&s, "crashes", ""));
     let key = sim.api_key().to_string();
-    let mut recovered = 0;
-    for round in 0..6u64 {
-        let child = ws.spawn(&key, &["run", "pipe.toml"]);
-        tokio::time::sleep(Duration::from_millis(700 + (round * 337) % 900)).await;
-        if round % 2 == 1 {
-            // Every other round, stall the server first: an object seals (its age bound is
-            // 400 ms), is staged and registered, and its upload hangs, so the kill is sure to
-            // land while it is pending and the next start must finish it.
-            s.pause();
-            tokio::time::sleep(Duration::from_millis(900)).await;
-        }
-        signal(&child, libc::SIGKILL);
-        s.resume();
-        let out = finish(child, Duration::from_secs(10));
-        assert_eq!(out.code, None, "killed by a signal");
-        recovered += out
-            .stderr
-            .matches("object from before a crash is in place")
-            .count();
-    }
-    let child = ws.spawn(&key, &["run", "pipe.toml"]);
-    // The earlier runs may have shipped everything already: give this one time to start (and
-    // install its signal handlers) before asking it to stop.
-    tokio::time::sleep(Duration::from_millis(1_500)).await;
-    let out = stop_when_all_committed(&ws, &sim, child).await;
-    recovered += out
-        .stderr
-        .matches("object from before a crash is in place")
-        .count();
-    assert!(
-        recovered > 0,
-        "no kill landed while an object was pending; the recovery went untested"
-    );
+    kill_9_with_pending_objects(&s, &ws, &sim, &key).await;
     let (got, _) = bucket_lines(&c, "crashes").await;
     assert_exactly_once(&got, &sim_lines(&sim, &ids));
     // Objects put in place after a crash are in the manifest too.

@@ -13,6 +13,11 @@ use crate::layout::ParquetLayout;
 
 /// Configuration of a `type = "security_lake"` sink: one Security Lake custom source, which
 /// takes one OCSF class.
+///
+/// The delivery settings (batching, encryption, Object Lock, multipart, staging, timeouts)
+/// repeat the S3 sink's field by field, since serde cannot flatten a shared struct into a table
+/// that refuses unknown keys; [`SecurityLakeSinkConfig::s3`] hands them over, and the S3 sink's
+/// `validate` checks them.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SecurityLakeSinkConfig {
