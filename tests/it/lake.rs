@@ -206,6 +206,30 @@ async fn the_lake_gets_every_event_as_ocsf_parquet_that_pyarrow_and_duckdb_read(
         "{}",
         out.stdout
     );
+    // An export bundle does not carry Parquet yet, and says so.
+    let keys = ws.run(&key, &["keygen", "--out", "sign"]);
+    assert_eq!(keys.code, Some(0), "{}", keys.stderr);
+    let out = ws.run(
+        &key,
+        &[
+            "export",
+            &format!("s3://lake/{SOURCE}"),
+            "--s3-endpoint",
+            &s.endpoint(),
+            "--s3-path-style",
+            "--public-key",
+            "sign.pub",
+            "-o",
+            "lake.tar.zst",
+        ],
+    );
+    assert_eq!(out.code, Some(1), "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.stderr.contains("lists parquet units") && out.stderr.contains("NDJSON archives only"),
+        "{}",
+        out.stderr
+    );
+    assert!(!ws.path().join("lake.tar.zst").exists());
     // And one changed object is named.
     let victim = read_all(&c, "lake").await.unwrap().remove(0);
     let mut changed = victim.body.clone();

@@ -26,6 +26,9 @@ pub enum ExportError {
     /// Nothing matches the selection.
     #[error("no sealed, digested stretch of the archive holds events of the selection{0}")]
     Empty(String),
+    /// The archive holds units a bundle cannot carry yet.
+    #[error("{0}")]
+    Unsupported(String),
 }
 
 impl ExportError {
@@ -112,6 +115,15 @@ pub fn export(
                 let entry: Entry = serde_json::from_str(line).map_err(|e| {
                     ExportError::Unproven(format!("{rel} holds a line that is not an entry ({e})"))
                 })?;
+                if auditship_sink::UnitCompression::parse(&entry.compression).is_some_and(|c| !c.is_ndjson())
+                {
+                    return Err(ExportError::Unsupported(format!(
+                        "{rel} lists {} units ({}): an export bundle carries NDJSON archives only, so far; check this archive with `auditship verify {} --public-key KEY`",
+                        entry.compression,
+                        entry.unit,
+                        archive.root()
+                    )));
+                }
                 let name = entry.unit.rsplit('/').next().unwrap_or(&entry.unit);
                 let unit_rel = if dir.is_empty() {
                     name.to_string()
