@@ -186,6 +186,12 @@ impl Collector for Auditship {
             "Sink writes that failed and were retried.",
             per_sink(&|k| k.retries.get()),
         )?;
+        counters(
+            &mut enc,
+            "auditship_sink_replays_skipped_total",
+            "Events a sink found already delivered past the last checkpoint (after a crash or a producer rebuild) and did not send again.",
+            per_sink(&|k| k.replays_skipped.load(Ordering::Relaxed)),
+        )?;
         // The `ocsf` transform, where one runs: `at` is `transforms` (the pipeline's list) or
         // `sinks.NAME` (a sink's own list), as configuration errors name them.
         let ocsf_places: Vec<(&str, String, &OcsfCounters)> = pipelines

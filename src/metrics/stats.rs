@@ -21,6 +21,9 @@ pub struct SinkStats {
     pub filtered: Counter,
     /// Write or flush failures that were retried.
     pub retries: Counter,
+    /// Events the sink found already delivered and did not send again
+    /// ([`auditship_sink::Sink::replays_skipped`]).
+    pub replays_skipped: AtomicU64,
     /// Whether the sink is failing now (retrying).
     pub failing: AtomicBool,
     /// What the sink's `ocsf` transform did.

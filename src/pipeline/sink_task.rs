@@ -218,6 +218,9 @@ async fn sink_task(
         held.extend(fresh);
         match result {
             Ok(state) => {
+                stats
+                    .replays_skipped
+                    .store(sink.replays_skipped(), Ordering::Relaxed);
                 let sealed = sink.take_sealed();
                 let sealed = match sealer.as_mut() {
                     Some(sealer) if !sealed.is_empty() => sealer.stretches(sealed).await,

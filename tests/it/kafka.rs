@@ -306,3 +306,73 @@ async fn validate_is_offline_and_a_run_names_the_unreachable_broker() {
     );
     assert!(out.stderr.contains("check `brokers`"), "{}", out.stderr);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_kafka_pipeline_killed_mid_run_ships_each_event_once_in_per_sandbox_order() {
+    let b = broker();
+    let ids = ["sb-x1", "sb-x2", "sb-x3", "sb-x4", "sb-x5"];
+    let sim = sim(
+        &ids,
+        SimConfig {
+            backlog_per_sandbox: 300,
+            live_rate_per_sec: 120.0,
+            live_events_per_sandbox: Some(900),
+            ties: 2,
+            ..SimConfig::default()
+        },
+    )
+    .await;
+    let ws = Workspace::with_sinks(&sim, &ids, "", &kafka_sink(&b, "audit.kills"));
+    let key = sim.api_key().to_string();
+    // Kill -9 while events flow, each time some way past the last checkpoint; count what the
+    // topic held beyond the checkpoint at each kill (what a restart would otherwise repeat).
+    let mut uncheckpointed = 0usize;
+    let mut log = String::new();
+    for _ in 0..3 {
+        let child = ws.spawn(&key, &["run", "pipe.toml"]);
+        let start = ws.committed_events();
+        wait_for(
+            "the run to commit another 500 events",
+            Duration::from_secs(60),
+            || ws.committed_events() >= start + 500,
+        )
+        .await;
+        signal(&child, libc::SIGKILL);
+        let out = finish(child, Duration::from_secs(10));
+        assert_eq!(out.code, None, "killed by a signal: {}", out.stderr);
+        log.push_str(&out.stderr);
+        let committed = ws.committed_events();
+        let mut held =
+            values(&read_topic(&b.address(), "audit.kills", usize::MAX, Duration::from_secs(1)).unwrap());
+        held.sort();
+        held.dedup();
+        uncheckpointed += held.len().saturating_sub(committed.max(0) as usize);
+    }
+    assert!(
+        uncheckpointed > 0,
+        "no kill left an event delivered past the checkpoint: the test tested nothing"
+    );
+    let child = ws.spawn(&key, &["run", "pipe.toml"]);
+    let out = stop_when_all_committed(&ws, &sim, child).await;
+    log.push_str(&out.stderr);
+    assert!(
+        log.contains("read the Kafka partitions past the last checkpoint"),
+        "each start reads past the checkpoint: {log}"
+    );
+
+    let expected = sim_lines(&sim, &ids);
+    let records = read_topic(
+        &b.address(),
+        "audit.kills",
+        expected.len() + 1,
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    assert_exactly_once(&values(&records), &expected);
+    assert_per_sandbox_order(&sim, &ids, &records);
+    let partitions: std::collections::HashSet<i32> = records.iter().map(|r| r.partition).collect();
+    assert!(
+        partitions.len() > 1,
+        "the sandboxes span several partitions: {partitions:?}"
+    );
+}

@@ -424,6 +424,14 @@ pub trait Sink: Send {
         Vec::new()
     }
 
+    /// Events this sink found already delivered and did not send again, since it was built: a
+    /// replay after a crash of what it had delivered past the last checkpoint, or messages a
+    /// rebuilt client found the destination holding. Served as
+    /// `auditship_sink_replays_skipped_total`. Default: 0 (sinks that roll back instead).
+    fn replays_skipped(&self) -> u64 {
+        0
+    }
+
     /// Where this sink's manifest entries are written; `None`: the sink keeps no manifest.
     fn manifest_publisher(&self) -> Option<Arc<dyn ManifestPublisher>> {
         None

@@ -251,6 +251,43 @@ impl KafkaSinkConfig {
         c
     }
 
+    /// The configuration of the consumer that reads the sink's partitions past the last
+    /// checkpoint: `options` (TLS and SASL apply to it as to the producer; producer settings
+    /// among them are ignored), assigned partitions only (no group is joined, no offset is
+    /// committed), and every message, committed in a transaction or not (the sink writes none).
+    /// Settings in `options` that the read depends on are overridden.
+    pub(crate) fn consumer_config(&self, sink: &str) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        for (k, v) in &self.options {
+            c.set(k, v.to_string());
+        }
+        let id: String = format!("auditship-replay-scan-{sink}")
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        c.set("bootstrap.servers", &self.brokers)
+            .set("client.id", &id)
+            .set("group.id", &id)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            // The end of a partition is where the read stops (see `replay::scan`).
+            .set("enable.partition.eof", "true")
+            // A recorded offset past a partition's end is an error to see, not a silent jump.
+            .set("auto.offset.reset", "error")
+            // At a partition's end the broker answers at once rather than waiting for data.
+            .set("fetch.wait.max.ms", "10")
+            .set("allow.auto.create.topics", "false")
+            .set("isolation.level", "read_uncommitted")
+            .set_log_level(RDKafkaLogLevel::Warning);
+        c
+    }
+
     /// Remove secret option values from a message (librdkafka may quote a bad value).
     pub(crate) fn scrub(&self, text: &str) -> String {
         let mut out = text.to_string();

@@ -21,25 +21,34 @@
 //! topic is not a valid topic name, goes to the pipeline's dead-letter file with the reason, and
 //! counts as handled.
 //!
-//! # After a crash
-//! Messages delivered after the last committed checkpoint are sent again on restart: the bound
-//! is what the pipeline wrote in one `commit_interval_ms` plus its queued batches. Each message
-//! carries the event id in its `event_id` header, so consumers can de-duplicate.
+//! # No duplicates after a crash or a producer rebuild
+//! Each checkpoint commits, per partition the sink wrote, the offset after its last delivered
+//! message. On start, the sink reads every partition from that offset to its end and collects
+//! the `event_id` headers there: what was delivered but not checkpointed. Events the sources
+//! replay whose ids are among them are not produced again (counted in
+//! `auditship_sink_replays_skipped_total`). A rebuilt producer, or one whose delivery failed,
+//! reads the same way before sending anything again, so messages the broker took without the
+//! old producer hearing of it are not repeated. See `replay.rs` for the details and for when a
+//! duplicate can still happen. Each message carries the event id in its `event_id` header, so
+//! consumers can still de-duplicate whatever got through.
 //!
 //! # Layout
 //! - `config.rs`: [`KafkaSinkConfig`], its checks and the contract's `SinkConfig`.
 //! - `sink.rs`: [`KafkaSink`]; `producer.rs`: delivery reports and librdkafka's logs.
+//! - `replay.rs`: the offsets recorded with each checkpoint, and the read past them that keeps
+//!   replayed events out of the topic.
 //! - `fields.rs`: the topic template and the message key; `testing`: a throwaway broker for
 //!   tests (not used by the sink itself).
 
 mod config;
 mod fields;
 mod producer;
+mod replay;
 mod sink;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -50,7 +59,7 @@ use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
-use rdkafka::ClientContext;
+use rdkafka::{ClientContext, Message};
 use serde::Deserialize;
 
 pub use config::{is_secret_option, Compression, KafkaSinkConfig, OptionValue};
@@ -58,6 +67,7 @@ pub use fields::{pick, Picked, TopicTemplate, MAX_TOPIC_LEN};
 pub use sink::KafkaSink;
 
 use producer::*;
+use replay::{Found, Guard, Offsets};
 
 #[cfg(test)]
 mod tests;

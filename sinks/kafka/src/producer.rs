@@ -22,6 +22,8 @@ pub(crate) enum Outcome {
 pub(crate) struct Track {
     pub(crate) generation: u64,
     pub(crate) outcomes: Vec<Outcome>,
+    /// Per slot, where the broker put the message (partition, offset), once delivered.
+    pub(crate) at: Vec<(i32, i64)>,
     pub(crate) unresolved: usize,
     pub(crate) last_report: Instant,
 }
@@ -98,9 +100,12 @@ impl ProducerContext for Ctx {
     type DeliveryOpaque = usize;
 
     fn delivery(&self, result: &DeliveryResult<'_>, slot: usize) {
-        let outcome = match result {
-            Ok(_) => Outcome::Delivered,
-            Err((e, _)) => Outcome::Failed(e.rdkafka_error_code().unwrap_or(RDKafkaErrorCode::Fail)),
+        let (outcome, at) = match result {
+            Ok(m) => (Outcome::Delivered, Some((m.partition(), m.offset()))),
+            Err((e, _)) => (
+                Outcome::Failed(e.rdkafka_error_code().unwrap_or(RDKafkaErrorCode::Fail)),
+                None,
+            ),
         };
         let mut t = self.shared.lock();
         if t.generation != self.generation {
@@ -110,6 +115,9 @@ impl ProducerContext for Ctx {
             if *o == Outcome::Pending {
                 *o = outcome;
                 t.unresolved = t.unresolved.saturating_sub(1);
+                if let (Some(at), Some(place)) = (at, t.at.get_mut(slot)) {
+                    *place = at;
+                }
             }
         }
         t.last_report = Instant::now();

@@ -20,6 +20,15 @@ pub struct KafkaSink {
     pub(crate) topics: HashMap<String, Arc<str>>,
     /// Interned `action` values.
     pub(crate) actions: HashMap<Box<str>, Arc<str>>,
+    /// Where the sink's messages end in each partition (see [`crate::replay`]).
+    pub(crate) offsets: Offsets,
+    /// Events found in the topic past the last checkpoint, not to be sent again.
+    pub(crate) guard: Guard,
+    /// Topics whose partitions were registered in this process.
+    pub(crate) seen: HashSet<Arc<str>>,
+    /// Messages handed to a producer may have reached the broker without a report (the producer
+    /// was rebuilt, or a delivery failed): read the topic before sending any of them again.
+    pub(crate) unsettled: bool,
 }
 
 impl KafkaSink {
@@ -36,6 +45,7 @@ impl KafkaSink {
             track: Mutex::new(Track {
                 generation: 0,
                 outcomes: Vec::new(),
+                at: Vec::new(),
                 unresolved: 0,
                 last_report: Instant::now(),
             }),
@@ -55,6 +65,10 @@ impl KafkaSink {
             batches: HashMap::new(),
             topics: HashMap::new(),
             actions: HashMap::new(),
+            offsets: Offsets::default(),
+            guard: Guard::default(),
+            seen: HashSet::new(),
+            unsettled: false,
         };
         sink.producer = Some(Arc::new(sink.new_producer()?));
         Ok(sink)
@@ -98,18 +112,21 @@ impl KafkaSink {
             if let Some(a) = self.topics.get(t) {
                 return Ok(a.clone());
             }
-            let a: Arc<str> = Arc::from(t);
-            self.topics.insert(t.to_string(), a.clone());
-            return Ok(a);
+            let t = t.to_string();
+            return Ok(self.intern_topic(&t));
         }
         let name = self.template.render(&e.resource_id, action, &self.ctx.pipeline)?;
-        if let Some(a) = self.topics.get(&name) {
-            return Ok(a.clone());
-        }
         // Interning keeps one allocation per topic; the map is bounded by the fleet's topics.
-        let a: Arc<str> = Arc::from(name.as_str());
-        self.topics.insert(name, a.clone());
-        Ok(a)
+        Ok(self.intern_topic(&name))
+    }
+
+    pub(crate) fn intern_topic(&mut self, name: &str) -> Arc<str> {
+        if let Some(a) = self.topics.get(name) {
+            return a.clone();
+        }
+        let a: Arc<str> = Arc::from(name);
+        self.topics.insert(name.to_string(), a.clone());
+        a
     }
 
     pub(crate) fn intern_action(&mut self, action: &str) -> Arc<str> {
@@ -221,12 +238,16 @@ impl KafkaSink {
             t.unresolved = 0;
             t.last_report = Instant::now();
         }
+        // The old producer may have delivered messages whose reports it never passed on.
+        self.unsettled = true;
         self.producer = Some(Arc::new(self.new_producer()?));
         Ok(())
     }
 
-    /// Send again every unsent slot, in slot order (which is per-sandbox order).
+    /// Send again every unsent slot, in slot order (which is per-sandbox order), but those the
+    /// topic turns out to hold already ([`KafkaSink::settle`]).
     pub(crate) async fn resend_unsent(&mut self) -> Result<(), SinkError> {
+        self.settle().await?;
         let unsent: Vec<usize> = {
             let t = self.shared.lock();
             t.outcomes
@@ -396,12 +417,14 @@ impl Sink for KafkaSink {
                 retryable,
             },
             other => other,
-        })
+        })?;
+        self.recover_offsets().await
     }
 
     async fn write(&mut self, batch: Arc<Batch>) -> Result<(), SinkError> {
         if let Some(&(first, len)) = self.batches.get(&batch.number) {
             // Written again after a reset: send only what did not reach the broker.
+            self.settle().await?;
             let again: Vec<usize> = {
                 let t = self.shared.lock();
                 (first..first + len)
@@ -419,11 +442,27 @@ impl Sink for KafkaSink {
             "" | "resource_id" => None,
             other => Some(other.to_string()),
         };
+        // Replays of events the topic holds already: (slot, where).
+        let mut found: Vec<(usize, Found)> = Vec::new();
+        let templated = self.template.fixed().is_none();
+        let mut new_topics: Vec<Arc<str>> = Vec::new();
         for e in &batch.events {
+            if let Some(f) = self.guard.take(&e.id) {
+                found.push((self.msgs.len(), f));
+            } else {
+                self.guard.moved_on(&e.resource_id);
+            }
             // One pass over the event for everything the message needs; a re-send reuses it.
             let picked = pick(&e.raw, key_field.as_deref()).unwrap_or_default();
             let action = picked.action.as_deref().map(|a| self.intern_action(a));
             let topic = self.topic_for(e, action.as_deref());
+            if templated {
+                if let Ok(t) = &topic {
+                    if !self.seen.contains(t) && !new_topics.contains(t) {
+                        new_topics.push(t.clone());
+                    }
+                }
+            }
             self.msgs.push(Msg {
                 event: e.clone(),
                 topic,
@@ -431,11 +470,28 @@ impl Sink for KafkaSink {
                 field_key: picked.key.map(|k| k.as_bytes().into()),
             });
         }
-        self.shared
-            .lock()
-            .outcomes
-            .resize(self.msgs.len(), Outcome::Unsent);
+        {
+            let mut t = self.shared.lock();
+            t.outcomes.resize(self.msgs.len(), Outcome::Unsent);
+            t.at.resize(self.msgs.len(), (-1, -1));
+            for (slot, f) in &found {
+                t.outcomes[*slot] = Outcome::Delivered;
+                t.at[*slot] = (f.partition.1, f.offset);
+            }
+        }
+        if !found.is_empty() && self.guard.found.is_empty() {
+            tracing::info!(sink = %self.ctx.sink, skipped = self.guard.skipped, "every event found in the topic past the last checkpoint has come back and was not sent again");
+        }
+        // Registered before anything is sent to them (durable: a crash before the first
+        // checkpoint must find what was sent).
+        self.register_topics(new_topics).await?;
+        let skip: Vec<usize> = found.iter().map(|(s, _)| *s).collect();
+        let mut next_skip = 0;
         for slot in first..self.msgs.len() {
+            if skip.get(next_skip) == Some(&slot) {
+                next_skip += 1;
+                continue;
+            }
             self.send(slot).await?;
         }
         Ok(())
@@ -494,6 +550,8 @@ impl Sink for KafkaSink {
                 }
             }
             if retry > 0 {
+                // A failed delivery may still have reached the broker: read before resending.
+                self.unsettled = true;
                 // A producer in a fatal state (its idempotence lost, say, to a broker that came
                 // back without its state: UnknownProducerId) fails every send from then on, so
                 // resending through it would stall the sink for good: rebuild it first.
@@ -507,14 +565,20 @@ impl Sink for KafkaSink {
                 self.resend_unsent().await?;
             }
         }
+        let state = self.offsets_after_flush().await?;
         self.msgs.clear();
         self.batches.clear();
         {
             let mut t = self.shared.lock();
             t.outcomes.clear();
+            t.at.clear();
             t.unresolved = 0;
         }
-        Ok(Vec::new())
+        Ok(state)
+    }
+
+    fn replays_skipped(&self) -> u64 {
+        self.guard.skipped
     }
 
     async fn reset(&mut self) -> Result<(), SinkError> {
@@ -528,6 +592,9 @@ impl Sink for KafkaSink {
     }
 
     async fn close(&mut self) -> Result<Vec<StateEntry>, SinkError> {
+        // The checkpoint of a clean stop holds everything written: found events that never came
+        // back (a sandbox's events filtered now, another pipeline's messages) need no pin.
+        self.guard.unpin_all();
         let state = self.flush().await?;
         if let Some(p) = self.producer.take() {
             let _ = tokio::task::spawn_blocking(move || drop(p)).await;

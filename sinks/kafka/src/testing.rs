@@ -5,8 +5,11 @@
 //! `./scripts/services install` fills, else on `PATH`; when there is none the error says how to
 //! get it. [`read_topic`] reads a topic back with `assign()` (consumer groups are slow to join).
 
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use auditship_sink::testing::{free_port, service_binary, wait_listening};
@@ -22,6 +25,8 @@ pub const TANSU_VERSION: &str = "0.6.0";
 pub struct Broker {
     child: Option<Child>,
     port: u16,
+    /// The port clients are told to connect to (the broker's, or a [`StallProxy`]'s).
+    advertised: u16,
     bin: PathBuf,
 }
 
@@ -54,24 +59,44 @@ pub fn tansu_binary() -> Result<PathBuf, String> {
 impl Broker {
     /// Start a broker on a free loopback port and wait until it accepts connections.
     pub fn start() -> Result<Broker, String> {
+        let port = free_port()?;
         let mut b = Broker {
             child: None,
-            port: free_port()?,
+            port,
+            advertised: port,
             bin: tansu_binary()?,
         };
         b.spawn()?;
         Ok(b)
     }
 
+    /// Start a broker that every client reaches through a [`StallProxy`] (it advertises the
+    /// proxy's address): connect to [`StallProxy::address`].
+    pub fn start_behind_proxy() -> Result<(Broker, StallProxy), String> {
+        let port = free_port()?;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| format!("proxy: {e}"))?;
+        let advertised = listener.local_addr().map_err(|e| e.to_string())?.port();
+        let mut b = Broker {
+            child: None,
+            port,
+            advertised,
+            bin: tansu_binary()?,
+        };
+        b.spawn()?;
+        let proxy = StallProxy::serve(listener, port)?;
+        Ok((b, proxy))
+    }
+
     fn spawn(&mut self) -> Result<(), String> {
         let url = format!("tcp://127.0.0.1:{}", self.port);
+        let advertised = format!("tcp://127.0.0.1:{}", self.advertised);
         let child = Command::new(&self.bin)
             .args([
                 "broker",
                 "--listener-url",
                 &url,
                 "--advertised-listener-url",
-                &url,
+                &advertised,
             ])
             .args(["--storage-engine", "memory://tansu/"])
             .stdin(Stdio::null())
@@ -107,6 +132,118 @@ impl Drop for Broker {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// A TCP proxy in front of a broker that can stall the way a broker does when it takes
+/// messages but its answers never arrive: after [`StallProxy::stall`], the answers to produce
+/// requests on the connections open then are withheld (the requests still reach the broker,
+/// which appends the messages); every other answer, and every later connection, goes through.
+/// A producer then hears nothing of messages the broker holds, so it stalls and is rebuilt.
+pub struct StallProxy {
+    port: u16,
+    /// Connections numbered below this have their produce answers withheld.
+    stalled_below: Arc<AtomicU64>,
+    next_conn: Arc<AtomicU64>,
+    withheld: Arc<AtomicU64>,
+}
+
+/// Kafka's API key of a produce request.
+const PRODUCE: i16 = 0;
+
+impl StallProxy {
+    fn serve(listener: std::net::TcpListener, upstream: u16) -> Result<StallProxy, String> {
+        let port = listener.local_addr().map_err(|e| e.to_string())?.port();
+        let proxy = StallProxy {
+            port,
+            stalled_below: Arc::new(AtomicU64::new(0)),
+            next_conn: Arc::new(AtomicU64::new(0)),
+            withheld: Arc::new(AtomicU64::new(0)),
+        };
+        let (stalled_below, next_conn, withheld) = (
+            proxy.stalled_below.clone(),
+            proxy.next_conn.clone(),
+            proxy.withheld.clone(),
+        );
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { return };
+                let Ok(broker) = std::net::TcpStream::connect(("127.0.0.1", upstream)) else {
+                    continue;
+                };
+                let id = next_conn.fetch_add(1, Ordering::SeqCst);
+                let produce: Arc<Mutex<HashSet<i32>>> = Arc::default();
+                let (c2, b2) = match (client.try_clone(), broker.try_clone()) {
+                    (Ok(c), Ok(b)) => (c, b),
+                    _ => continue,
+                };
+                let requests = produce.clone();
+                std::thread::spawn(move || {
+                    pump(client, broker, |frame| {
+                        // Request header: api key (i16), api version (i16), correlation id (i32).
+                        if frame.len() >= 8 && i16::from_be_bytes([frame[0], frame[1]]) == PRODUCE {
+                            let corr = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
+                            requests.lock().unwrap_or_else(|e| e.into_inner()).insert(corr);
+                        }
+                        true
+                    })
+                });
+                let (stalled_below, withheld) = (stalled_below.clone(), withheld.clone());
+                std::thread::spawn(move || {
+                    pump(b2, c2, |frame| {
+                        // Response header: correlation id (i32).
+                        if frame.len() < 4 || id >= stalled_below.load(Ordering::SeqCst) {
+                            return true;
+                        }
+                        let corr = i32::from_be_bytes([frame[0], frame[1], frame[2], frame[3]]);
+                        let is_produce = produce.lock().unwrap_or_else(|e| e.into_inner()).contains(&corr);
+                        if is_produce {
+                            withheld.fetch_add(1, Ordering::SeqCst);
+                        }
+                        !is_produce
+                    })
+                });
+            }
+        });
+        Ok(proxy)
+    }
+
+    /// `host:port` for `bootstrap.servers`.
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// From now on, withhold the answers to produce requests on every connection open now.
+    pub fn stall(&self) {
+        self.stalled_below
+            .store(self.next_conn.load(Ordering::SeqCst), Ordering::SeqCst);
+    }
+
+    /// Produce answers withheld so far.
+    pub fn withheld(&self) -> u64 {
+        self.withheld.load(Ordering::SeqCst)
+    }
+}
+
+/// Copy Kafka frames (a big-endian i32 length, then that many bytes) from `from` to `to`,
+/// dropping those `keep` refuses, until either side closes.
+fn pump(mut from: std::net::TcpStream, mut to: std::net::TcpStream, mut keep: impl FnMut(&[u8]) -> bool) {
+    use std::io::{Read, Write};
+    let mut len = [0u8; 4];
+    loop {
+        if from.read_exact(&mut len).is_err() {
+            break;
+        }
+        let n = i32::from_be_bytes(len).max(0) as usize;
+        let mut frame = vec![0u8; n];
+        if from.read_exact(&mut frame).is_err() {
+            break;
+        }
+        if keep(&frame) && (to.write_all(&len).is_err() || to.write_all(&frame).is_err()) {
+            break;
+        }
+    }
+    let _ = to.shutdown(std::net::Shutdown::Both);
+    let _ = from.shutdown(std::net::Shutdown::Both);
 }
 
 /// One message read back.

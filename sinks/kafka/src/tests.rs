@@ -1,8 +1,9 @@
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use auditship_sink::testing::context;
-use auditship_sink::{Batch, Event, Sink};
+use auditship_sink::{Batch, Event, Sink, StateEntry};
 
 use super::*;
 use crate::config::{default_key, default_stall_timeout_ms};
@@ -116,7 +117,11 @@ async fn every_event_once_in_order_with_headers_and_keys() {
         sent.extend(events.iter().cloned());
         sink.write(batch(n, events)).await.unwrap();
         if n % 2 == 1 {
-            assert!(sink.flush().await.unwrap().is_empty());
+            let state = sink.flush().await.unwrap();
+            assert!(
+                !state.is_empty() && state.iter().all(|e| e.key.starts_with("next_offset:")),
+                "a flush records where its partitions end: {state:?}"
+            );
         }
     }
     sink.close().await.unwrap();
@@ -236,4 +241,217 @@ async fn a_flush_waits_out_a_broker_restart_and_loses_nothing() {
     let ids: Vec<String> = got.iter().filter_map(|r| r.header("event_id")).collect();
     let want: Vec<String> = (20..40).map(|n| format!("sb-a-e{n}")).collect();
     assert_eq!(ids, want);
+}
+
+/// Each id in `records` once, and each sandbox's in the order sent.
+fn assert_once_in_order(records: &[crate::testing::Record], sent: &[Event]) {
+    let ids: Vec<String> = records.iter().filter_map(|r| r.header("event_id")).collect();
+    let mut distinct = ids.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(
+        distinct.len(),
+        ids.len(),
+        "{} messages repeat an event",
+        ids.len() - distinct.len()
+    );
+    let mut want: Vec<String> = sent.iter().map(|e| e.id.to_string()).collect();
+    want.sort();
+    want.dedup();
+    assert_eq!(distinct, want, "every event once");
+    let sandboxes: HashSet<&str> = sent.iter().map(|e| &*e.resource_id).collect();
+    for rid in sandboxes {
+        let got: Vec<String> = records
+            .iter()
+            .filter(|r| r.header("resource_id").as_deref() == Some(rid))
+            .filter_map(|r| r.header("event_id"))
+            .collect();
+        let mut order: Vec<String> = Vec::new();
+        for e in sent.iter().filter(|e| &*e.resource_id == rid) {
+            if !order.iter().any(|o| **o == *e.id) {
+                order.push(e.id.to_string());
+            }
+        }
+        assert_eq!(got, order, "{rid}: in the order sent");
+    }
+}
+
+fn events(rids: &[&str], from: u64, to: u64) -> Vec<Event> {
+    (from..to)
+        .flat_map(|n| rids.iter().map(move |r| event(r, n, 20)))
+        .collect()
+}
+
+/// The committed state after `entries` were committed over `base` (later keys win, deletions
+/// remove).
+fn commit(base: &[StateEntry], entries: &[StateEntry]) -> Vec<StateEntry> {
+    let mut out: Vec<StateEntry> = base.to_vec();
+    for e in entries {
+        out.retain(|o| o.key != e.key);
+        if !e.is_deletion() {
+            out.push(e.clone());
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn after_a_crash_what_the_topic_holds_past_the_checkpoint_is_not_sent_again() {
+    let b = broker();
+    let rids = ["sb-a", "sb-b", "sb-c", "sb-d"];
+    // First life: two flushes, the first committed with the checkpoint; then the process dies
+    // with batch 1 and 2 delivered but not checkpointed.
+    let (ctx, registry, _) = context("siem", vec![]);
+    let mut sink = KafkaSink::open(config(&b.address(), "audit.crash"), ctx).unwrap();
+    sink.prepare().await.unwrap();
+    let registered = registry.0.lock().unwrap().clone();
+    assert!(
+        !registered.is_empty(),
+        "the topic's partitions are registered before the first send"
+    );
+    let b0 = events(&rids, 0, 20);
+    sink.write(batch(0, b0.clone())).await.unwrap();
+    let s0 = sink.flush().await.unwrap();
+    assert!(s0.iter().all(|e| e.key.starts_with("next_offset:")), "{s0:?}");
+    assert!(!s0.is_empty());
+    let b1 = events(&rids, 20, 40);
+    sink.write(batch(1, b1.clone())).await.unwrap();
+    sink.flush().await.unwrap();
+    let b2 = events(&rids, 40, 50);
+    sink.write(batch(2, b2.clone())).await.unwrap();
+    sink.flush().await.unwrap();
+    drop(sink);
+    let committed = commit(&registered, &s0);
+
+    // Second life: the sources replay from the checkpoint (batches 1 and 2), then new events.
+    // Sandbox sb-a comes first and moves on before the others replay: a crash now must still
+    // find their old messages (pinned below sb-a's new ones).
+    let (ctx, _, _) = context("siem", committed.clone());
+    let mut sink = KafkaSink::open(config(&b.address(), "audit.crash"), ctx).unwrap();
+    sink.prepare().await.unwrap();
+    let replay_a: Vec<Event> = b1
+        .iter()
+        .chain(&b2)
+        .filter(|e| &*e.resource_id == "sb-a")
+        .cloned()
+        .collect();
+    let new_a = events(&["sb-a"], 50, 60);
+    sink.write(batch(0, replay_a.iter().chain(&new_a).cloned().collect()))
+        .await
+        .unwrap();
+    let s1 = sink.flush().await.unwrap();
+    assert_eq!(sink.replays_skipped(), replay_a.len() as u64);
+    drop(sink);
+    let committed = commit(&committed, &s1);
+
+    // Third life: everything replays from the new checkpoint; then new events for all.
+    let (ctx, _, _) = context("siem", committed);
+    let mut sink = KafkaSink::open(config(&b.address(), "audit.crash"), ctx).unwrap();
+    sink.prepare().await.unwrap();
+    let replay: Vec<Event> = b1
+        .iter()
+        .chain(&b2)
+        .filter(|e| &*e.resource_id != "sb-a")
+        .cloned()
+        .collect();
+    let tail = events(&rids, 60, 70);
+    sink.write(batch(0, replay.clone())).await.unwrap();
+    sink.write(batch(1, tail.clone())).await.unwrap();
+    sink.close().await.unwrap();
+    assert_eq!(sink.replays_skipped(), replay.len() as u64);
+
+    let mut sent: Vec<Event> = b0;
+    sent.extend(b1);
+    sent.extend(b2);
+    sent.extend(new_a);
+    sent.extend(tail);
+    let got = read_topic(
+        &b.address(),
+        "audit.crash",
+        sent.len() + 1,
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    assert_once_in_order(&got, &sent);
+    let partitions: HashSet<i32> = got.iter().map(|r| r.partition).collect();
+    assert!(
+        partitions.len() > 1,
+        "the test spans several partitions: {partitions:?}"
+    );
+}
+
+/// Before the read past the last flush, the rebuilt producer sent all 150 messages again; against
+/// tansu it then heard nothing back (what the broker held was sent again under a new producer
+/// id), was rebuilt every second, and the flush never ended.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_producer_rebuilt_after_a_stall_does_not_send_again_what_the_broker_took() {
+    let (b, proxy) = Broker::start_behind_proxy().unwrap_or_else(|e| panic!("{e}"));
+    let (ctx, _, _) = context("siem", vec![]);
+    let mut c = config(&proxy.address(), "audit.stall");
+    c.stall_timeout_ms = 1_000;
+    let mut sink = KafkaSink::open(c, ctx).unwrap();
+    sink.prepare().await.unwrap();
+    let rids = ["sb-a", "sb-b", "sb-c"];
+    let first = events(&rids, 0, 30);
+    sink.write(batch(0, first.clone())).await.unwrap();
+    sink.flush().await.unwrap();
+
+    // The broker takes what comes next, but its answers never reach the producer. Batches go
+    // out one request at a time: the first five per partition are in flight (the idempotent
+    // producer's limit), the rest wait in the producer and never reach the broker.
+    proxy.stall();
+    let mut second = Vec::new();
+    for n in 0..10u64 {
+        let part = events(&rids, 30 + n * 5, 35 + n * 5);
+        second.extend(part.iter().cloned());
+        sink.write(batch(1 + n, part)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    tokio::time::timeout(Duration::from_secs(60), sink.flush())
+        .await
+        .expect("the flush ends once the producer is rebuilt")
+        .unwrap();
+    assert!(
+        proxy.withheld() > 0,
+        "the stall withheld no answer: the test tested nothing"
+    );
+    assert!(sink.generation > 0, "the producer was rebuilt");
+    assert!(
+        sink.replays_skipped() > 0,
+        "the rebuilt producer found what the old one had delivered"
+    );
+    let third = events(&rids, 80, 90);
+    sink.write(batch(11, third.clone())).await.unwrap();
+    sink.close().await.unwrap();
+
+    let mut sent = first;
+    sent.extend(second);
+    sent.extend(third);
+    let got = read_topic(
+        &b.address(),
+        "audit.stall",
+        sent.len() + 1,
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    assert_once_in_order(&got, &sent);
+}
+
+#[test]
+fn offset_keys_read_back_and_foreign_keys_are_left_alone() {
+    use crate::replay::{parse_key, state_key, ALL_PARTITIONS};
+    assert_eq!(parse_key(&state_key("audit.one", 2)), Some(("audit.one", 2)));
+    assert_eq!(
+        parse_key(&state_key("a-b_c", ALL_PARTITIONS)),
+        Some(("a-b_c", ALL_PARTITIONS))
+    );
+    for foreign in [
+        "next_offset:x:t",
+        "next_offset:-2:t",
+        "next_offset:1:",
+        "file/a.ndjson",
+        "next_offset:1",
+    ] {
+        assert_eq!(parse_key(foreign), None, "{foreign}");
+    }
 }
