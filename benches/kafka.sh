@@ -6,13 +6,14 @@
 #
 #   ./scripts/services install          # once: puts tansu in the cache
 #   benches/kafka.sh                    # SANDBOXES=20 BACKLOG=25000 COMPRESSION=zstd by default
+#   AUDITSHIP_BIN=/tmp/old/auditship benches/kafka.sh   # another build, for a before/after pair
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SANDBOXES=${SANDBOXES:-20} BACKLOG=${BACKLOG:-25000} COMPRESSION=${COMPRESSION:-zstd}
 ./scripts/services install >/dev/null
 eval "$(./scripts/services env)"
 cargo build --release --quiet --bin auditship --example kafka_count
-bin=$PWD/target/release/auditship
+bin=${AUDITSHIP_BIN:-$PWD/target/release/auditship}
 count=$PWD/target/release/examples/kafka_count
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT

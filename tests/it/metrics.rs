@@ -165,6 +165,12 @@ async fn metrics_match_what_was_shipped_and_health_turns_ready() {
         at(r#"auditship_sink_failing{pipeline="pipe",sink="archive"}"#),
         0.0
     );
+    // A file sink rolls back instead of skipping replays (the Kafka sink's count is checked in
+    // its own tests).
+    assert_eq!(
+        at(r#"auditship_sink_replays_skipped_total{pipeline="pipe",sink="archive"}"#),
+        0.0
+    );
 
     signal(&child, libc::SIGTERM);
     let out = finish(child, Duration::from_secs(30));

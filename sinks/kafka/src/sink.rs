@@ -431,6 +431,16 @@ impl Sink for KafkaSink {
                     .filter(|s| matches!(t.outcomes.get(*s), Some(Outcome::Unsent | Outcome::Failed(_))))
                     .collect()
             };
+            // A topic whose registration failed the first time.
+            let mut unseen: Vec<Arc<str>> = Vec::new();
+            for slot in &again {
+                if let Ok(t) = &self.msgs[*slot].topic {
+                    if !self.seen.contains(t) && !unseen.contains(t) {
+                        unseen.push(t.clone());
+                    }
+                }
+            }
+            self.register_topics(unseen).await?;
             for slot in again {
                 self.send(slot).await?;
             }

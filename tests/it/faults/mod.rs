@@ -929,6 +929,65 @@ async fn kafka_down(p: Profile) -> Row {
     row
 }
 
+/// The broker takes messages but its answers to them never reach the producer (a proxy between
+/// them withholds them), long enough that the producer is rebuilt: the rebuilt producer must
+/// not send again what the broker took.
+#[cfg(feature = "kafka")]
+async fn kafka_stall(p: Profile) -> Row {
+    use auditship_sink_kafka::testing::{read_topic, Broker};
+    let started = Instant::now();
+    let (broker, proxy) = Broker::start_behind_proxy().unwrap_or_else(|e| panic!("{e}"));
+    let (sim, names) = outage_sim("kst", p).await;
+    let sink = format!(
+        "[sinks.siem]\ntype = \"kafka\"\nbrokers = \"{}\"\ntopic = \"stall\"\nkey = \"resource_id\"\nstall_timeout_ms = 1000\n",
+        proxy.address()
+    );
+    let ws = Workspace::with_sinks(&sim, &refs(&names), "", &sink);
+    let key = sim.api_key().to_string();
+    let child = ws.spawn(&key, &["run", "pipe.toml"]);
+    until_shipping(&ws, &sim).await;
+    proxy.stall();
+    let start = Instant::now();
+    while !child.stderr_text().contains("rebuilding the producer")
+        && start.elapsed() < Duration::from_secs(60)
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let rebuilt = child.stderr_text().contains("rebuilding the producer");
+    let out = drain(&ws, &sim, child, Duration::from_secs(240)).await;
+    keep_log("kafka-stall", &out);
+    let got: Vec<String> = read_topic(&broker.address(), "stall", usize::MAX, Duration::from_secs(3))
+        .unwrap()
+        .into_iter()
+        .map(|r| String::from_utf8_lossy(&r.value).into_owned())
+        .collect();
+    let expected = sim_lines(&sim, &refs(&names));
+    let withheld = proxy.withheld();
+    let mut row = sink_row(
+        "kafka-stall",
+        "the Kafka broker's answers to produce requests withheld (it takes the messages), until the producer is rebuilt".into(),
+        format!("{withheld} produce answers withheld"),
+        &expected,
+        &got,
+    );
+    let found = out.stderr.contains("were found in the topic");
+    row.note = match (rebuilt, withheld > 0, out.code == Some(0)) {
+        (true, true, true) if found => {
+            "the producer was rebuilt; what the broker had taken was found in the topic and not sent again"
+                .into()
+        }
+        (true, true, true) => {
+            "FAILED: the rebuilt producer found nothing the broker had taken, so it tested nothing".into()
+        }
+        (false, _, _) => "FAILED: the producer was never rebuilt".into(),
+        (_, false, _) => "FAILED: no answer was withheld, so it tested nothing".into(),
+        (_, _, false) => format!("FAILED: exit {:?}: {}", out.code, last_line(&out.stderr)),
+    };
+    row.leaks = key_leaks(sim.api_key(), &ws, &format!("{}{}", out.stdout, out.stderr), &got);
+    row.secs = started.elapsed().as_secs_f64();
+    row
+}
+
 type Case = std::pin::Pin<Box<dyn std::future::Future<Output = Row> + Send>>;
 
 async fn sink_cases(p: Profile) -> Vec<Row> {
@@ -954,6 +1013,10 @@ async fn sink_cases(p: Profile) -> Vec<Row> {
     #[cfg(feature = "kafka")]
     if want("kafka-down") {
         runs.push(Box::pin(kafka_down(p)));
+    }
+    #[cfg(feature = "kafka")]
+    if want("kafka-stall") {
+        runs.push(Box::pin(kafka_stall(p)));
     }
     futures_util::future::join_all(runs).await
 }
