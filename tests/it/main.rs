@@ -6,6 +6,7 @@
 
 mod client;
 mod config;
+mod deploy;
 mod digests;
 mod discovery;
 mod fallback;
