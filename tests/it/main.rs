@@ -12,6 +12,7 @@ mod discovery;
 mod fallback;
 mod faults;
 mod fuzz;
+mod image;
 mod jobs;
 #[cfg(feature = "kafka")]
 mod kafka;

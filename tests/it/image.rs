@@ -1,0 +1,192 @@
+//! The runtime image, assembled offline by `scripts/image` (debootstrap and buildah) from the
+//! test build's binary, then run inside its own root as its own user: the root read-only, the
+//! state directory a separate writable one, as a pod with `readOnlyRootFilesystem` has it.
+//! (No container runtime: these machines reach no image registry, and podman's crun refused
+//! cgroups here; the image's root is mounted with buildah and entered with chroot.)
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Something mounted for the test, unmounted (lazily, whatever happened) on drop.
+struct Mounted(PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// buildah with a store of the test's own, removed with it.
+struct Buildah {
+    store: PathBuf,
+}
+
+impl Buildah {
+    fn cmd(&self) -> Command {
+        let mut c = Command::new("buildah");
+        c.arg("--root")
+            .arg(self.store.join("root"))
+            .arg("--runroot")
+            .arg(self.store.join("run"))
+            .args(["--storage-driver", "vfs"]);
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> String {
+        let out = self
+            .cmd()
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("buildah: {e}: run ./scripts/services install"));
+        assert!(
+            out.status.success(),
+            "buildah {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+}
+
+impl Drop for Buildah {
+    fn drop(&mut self) {
+        let _ = self.cmd().args(["rm", "--all"]).output();
+    }
+}
+
+/// Run `args` inside `root` as uid/gid 10001 with a clean environment; status and output.
+fn inside(root: &Path, args: &[&str]) -> (bool, String) {
+    let out = Command::new("/usr/sbin/chroot")
+        .arg("--userspec=10001:10001")
+        .arg(root)
+        .args(args)
+        .env_clear()
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .env("HOME", "/var/lib/auditship")
+        .current_dir("/")
+        .output()
+        .unwrap_or_else(|e| panic!("chroot: {e}"));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+#[test]
+fn the_image_runs_its_binary_pipelines_and_demo_as_its_user_on_a_read_only_root() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for tool in ["debootstrap", "buildah"] {
+        let found = Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(found, "{tool} is not installed: run ./scripts/services install");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // The test build's binary, stripped (a debug build carries hundreds of MB of symbols).
+    let binary = dir.path().join("auditship");
+    std::fs::copy(env!("CARGO_BIN_EXE_auditship"), &binary).unwrap();
+    let stripped = Command::new("strip").arg(&binary).status();
+    assert!(stripped.is_ok_and(|s| s.success()), "strip (binutils) failed");
+    let archive = dir.path().join("auditship.oci.tar");
+    let out = Command::new(root.join("scripts/image"))
+        .arg("--binary")
+        .arg(&binary)
+        .arg("--out")
+        .arg(&archive)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "scripts/image: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The image as an OCI archive: its configuration is the Dockerfile's.
+    let b = Buildah {
+        store: dir.path().join("store"),
+    };
+    let oci = format!("oci-archive:{}", archive.display());
+    let ctr = b.run(&["from", "--quiet", &oci]);
+    let config: serde_json::Value =
+        serde_json::from_str(&b.run(&["inspect", "--type", "container", &ctr])).unwrap();
+    let c = &config["OCIv1"]["config"];
+    assert_eq!(c["User"], "10001:10001");
+    assert_eq!(c["Entrypoint"], serde_json::json!(["auditship"]));
+    assert!(c["Volumes"].get("/var/lib/auditship").is_some(), "{c}");
+    assert_eq!(
+        c["Labels"]["org.opencontainers.image.version"],
+        env!("CARGO_PKG_VERSION")
+    );
+    let dockerfile = std::fs::read_to_string(root.join("Dockerfile")).unwrap();
+    assert!(dockerfile.contains("USER 10001:10001") && dockerfile.contains("ENTRYPOINT [\"auditship\"]"));
+
+    // Its root, read-only, with the state directory a writable one of its own.
+    let mnt = PathBuf::from(b.run(&["mount", &ctr]));
+    let ro = dir.path().join("ro");
+    let state = dir.path().join("state");
+    std::fs::create_dir_all(&ro).unwrap();
+    std::fs::create_dir_all(&state).unwrap();
+    let mount = |args: &[&str], target: &Path| {
+        let ok = Command::new("mount")
+            .args(args)
+            .arg(target)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "mount {args:?} {} (the tests run as root)", target.display());
+    };
+    mount(&["--bind", mnt.to_str().unwrap()], &ro);
+    let _ro = Mounted(ro.clone());
+    mount(&["-o", "remount,bind,ro"], &ro);
+    let chowned = Command::new("chown")
+        .arg("10001:10001")
+        .arg(&state)
+        .status()
+        .unwrap()
+        .success();
+    assert!(chowned);
+    let state_in = ro.join("var/lib/auditship");
+    mount(&["--bind", state.to_str().unwrap()], &state_in);
+    let _state = Mounted(state_in);
+
+    let (ok, text) = inside(&ro, &["/usr/local/bin/auditship", "--version"]);
+    assert!(ok && text.contains(env!("CARGO_PKG_VERSION")), "{text}");
+    let (ok, text) = inside(&ro, &["id", "-u"]);
+    assert!(ok && text.trim() == "10001", "{text}");
+
+    let mut pipelines: Vec<String> = std::fs::read_dir(ro.join("etc/auditship/pipelines"))
+        .unwrap()
+        .map(|e| {
+            format!(
+                "/etc/auditship/pipelines/{}",
+                e.unwrap().file_name().to_string_lossy()
+            )
+        })
+        .collect();
+    pipelines.sort();
+    let shipped = std::fs::read_dir(root.join("pipelines")).unwrap().count();
+    assert_eq!(pipelines.len(), shipped, "every shipped pipeline is in the image");
+    let mut validate = vec!["/usr/local/bin/auditship", "validate"];
+    validate.extend(pipelines.iter().map(String::as_str));
+    let (ok, text) = inside(&ro, &validate);
+    assert!(ok, "validate in the image: {text}");
+
+    let (ok, text) = inside(
+        &ro,
+        &[
+            "/usr/local/bin/auditship",
+            "demo",
+            "--dir",
+            "/var/lib/auditship/demo",
+        ],
+    );
+    assert!(ok, "demo in the image: {text}");
+    assert!(text.contains("every event archived exactly once"), "{text}");
+    assert!(
+        state.join("demo/state/checkpoints.db").exists(),
+        "the demo wrote to the state volume"
+    );
+
+    // The root is read-only for the process: only the state directory takes writes.
+    let (ok, text) = inside(&ro, &["/bin/sh", "-c", "touch /etc/auditship/x"]);
+    assert!(!ok && text.contains("Read-only file system"), "{text}");
+}
