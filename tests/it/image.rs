@@ -1,8 +1,9 @@
 //! The runtime image, assembled offline by `scripts/image` (debootstrap and buildah) from the
-//! test build's binary, then run inside its own root as its own user: the root read-only, the
-//! state directory a separate writable one, as a pod with `readOnlyRootFilesystem` has it.
-//! (No container runtime: these machines reach no image registry, and podman's crun refused
-//! cgroups here; the image's root is mounted with buildah and entered with chroot.)
+//! test build's binary, then run as its own user with the root read-only and the state
+//! directory a separate writable one, as a pod with `readOnlyRootFilesystem` has it: first
+//! inside its root, mounted with buildah and entered with chroot; then as a container, with
+//! podman and runc (crun refuses this machine's cgroups v1 hierarchy, and raising rlimits is not
+//! allowed here, so the container keeps the machine's open-files limit).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -72,7 +73,7 @@ fn inside(root: &Path, args: &[&str]) -> (bool, String) {
 #[test]
 fn the_image_runs_its_binary_pipelines_and_demo_as_its_user_on_a_read_only_root() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    for tool in ["debootstrap", "buildah"] {
+    for tool in ["debootstrap", "buildah", "podman", "runc"] {
         let found = Command::new("sh")
             .args(["-c", &format!("command -v {tool}")])
             .status()
@@ -189,4 +190,117 @@ fn the_image_runs_its_binary_pipelines_and_demo_as_its_user_on_a_read_only_root(
     // The root is read-only for the process: only the state directory takes writes.
     let (ok, text) = inside(&ro, &["/bin/sh", "-c", "touch /etc/auditship/x"]);
     assert!(!ok && text.contains("Read-only file system"), "{text}");
+
+    // The same archive as a container.
+    drop(_state);
+    drop(_ro);
+    let podman = Podman {
+        store: dir.path().join("podman"),
+    };
+    let loaded = podman.run(&["load", "--quiet", "--input", archive.to_str().unwrap()]);
+    let image = loaded
+        .rsplit(':')
+        .next()
+        .map(str::trim)
+        .unwrap_or_else(|| panic!("podman load said {loaded}"))
+        .to_string();
+    let volume = dir.path().join("volume");
+    std::fs::create_dir_all(&volume).unwrap();
+    assert!(Command::new("chown")
+        .arg("10001:10001")
+        .arg(&volume)
+        .status()
+        .unwrap()
+        .success());
+    let bind = format!("{}:/var/lib/auditship", volume.display());
+    let text = podman.run(&[
+        "run",
+        "--rm",
+        "--read-only",
+        "--volume",
+        &bind,
+        &image,
+        "--version",
+    ]);
+    assert!(text.contains(env!("CARGO_PKG_VERSION")), "{text}");
+    let text = podman.run(&[
+        "run",
+        "--rm",
+        "--read-only",
+        "--volume",
+        &bind,
+        &image,
+        "demo",
+        "--dir",
+        "/var/lib/auditship/demo",
+    ]);
+    assert!(text.contains("every event archived exactly once"), "{text}");
+    assert!(volume.join("demo/state/checkpoints.db").exists());
+    let text = podman.run(&[
+        "run",
+        "--rm",
+        "--read-only",
+        "--entrypoint",
+        "/bin/sh",
+        &image,
+        "-c",
+        "id -u; touch /etc/x || echo refused",
+    ]);
+    assert!(text.contains("10001") && text.contains("refused"), "{text}");
+}
+
+/// podman with runc and a store of the test's own, removed with it.
+struct Podman {
+    store: PathBuf,
+}
+
+impl Podman {
+    fn run(&self, args: &[&str]) -> String {
+        let limit = Command::new("sh")
+            .args(["-c", "ulimit -Hn"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_else(|_| "1024".into());
+        let nofile = format!("nofile={limit}:{limit}");
+        let mut c = Command::new("podman");
+        c.arg("--root")
+            .arg(self.store.join("root"))
+            .arg("--runroot")
+            .arg(self.store.join("run"))
+            .args(["--storage-driver", "vfs", "--runtime", "runc"]);
+        let mut all: Vec<&str> = Vec::new();
+        if args.first() == Some(&"run") {
+            all.extend([
+                "run",
+                "--ulimit",
+                &nofile,
+                "--ulimit",
+                "nproc=4096:4096",
+                "--network",
+                "host",
+            ]);
+            all.extend(&args[1..]);
+        } else {
+            all.extend(args);
+        }
+        let out = c
+            .args(&all)
+            .output()
+            .unwrap_or_else(|e| panic!("podman: {e}: run ./scripts/services install"));
+        let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "podman {all:?}: {text}");
+        text
+    }
+}
+
+impl Drop for Podman {
+    fn drop(&mut self) {
+        let _ = Command::new("podman")
+            .arg("--root")
+            .arg(self.store.join("root"))
+            .arg("--runroot")
+            .arg(self.store.join("run"))
+            .args(["--storage-driver", "vfs", "rmi", "--all", "--force"])
+            .output();
+    }
 }
