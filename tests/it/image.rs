@@ -17,40 +17,100 @@ impl Drop for Mounted {
     }
 }
 
-/// buildah with a store of the test's own, removed with it.
-struct Buildah {
-    store: PathBuf,
+/// buildah or podman on a store of the test's own (vfs), emptied when dropped.
+struct Store {
+    program: &'static str,
+    dir: PathBuf,
+    /// Options after the store's: podman's runtime.
+    options: &'static [&'static str],
+    /// What empties the store.
+    cleanup: &'static [&'static str],
 }
 
-impl Buildah {
+impl Store {
+    fn buildah(dir: PathBuf) -> Store {
+        Store {
+            program: "buildah",
+            dir,
+            options: &[],
+            cleanup: &["rm", "--all"],
+        }
+    }
+
+    /// runc: crun refuses this machine's cgroups v1 hierarchy.
+    fn podman(dir: PathBuf) -> Store {
+        Store {
+            program: "podman",
+            dir,
+            options: &["--runtime", "runc"],
+            cleanup: &["rmi", "--all", "--force"],
+        }
+    }
+
     fn cmd(&self) -> Command {
-        let mut c = Command::new("buildah");
+        let mut c = Command::new(self.program);
         c.arg("--root")
-            .arg(self.store.join("root"))
+            .arg(self.dir.join("root"))
             .arg("--runroot")
-            .arg(self.store.join("run"))
-            .args(["--storage-driver", "vfs"]);
+            .arg(self.dir.join("run"))
+            .args(["--storage-driver", "vfs"])
+            .args(self.options);
         c
     }
 
-    fn run(&self, args: &[&str]) -> String {
+    /// Run `args`; its standard output and error. Fails the test if it fails.
+    fn output(&self, args: &[&str]) -> (String, String) {
         let out = self
             .cmd()
             .args(args)
             .output()
-            .unwrap_or_else(|e| panic!("buildah: {e}: run ./scripts/services install"));
+            .unwrap_or_else(|e| panic!("{}: {e}: run ./scripts/services install", self.program));
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        );
         assert!(
             out.status.success(),
-            "buildah {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
+            "{} {args:?}: {stdout}{stderr}",
+            self.program
         );
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
+        (stdout, stderr)
+    }
+
+    /// Run `args`; its standard output, trimmed.
+    fn run(&self, args: &[&str]) -> String {
+        self.output(args).0.trim().to_string()
+    }
+
+    /// `podman run` with what this machine allows: its own open-files limit (raising rlimits is
+    /// refused here) and the host's network.
+    fn run_container(&self, args: &[&str]) -> String {
+        let limit = Command::new("sh")
+            .args(["-c", "ulimit -Hn"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_else(|_| "1024".into());
+        let nofile = format!("nofile={limit}:{limit}");
+        let mut all = vec![
+            "run",
+            "--rm",
+            "--read-only",
+            "--ulimit",
+            &nofile,
+            "--ulimit",
+            "nproc=4096:4096",
+            "--network",
+            "host",
+        ];
+        all.extend(args);
+        let (stdout, stderr) = self.output(&all);
+        stdout + &stderr
     }
 }
 
-impl Drop for Buildah {
+impl Drop for Store {
     fn drop(&mut self) {
-        let _ = self.cmd().args(["rm", "--all"]).output();
+        let _ = self.cmd().args(self.cleanup).output();
     }
 }
 
@@ -102,9 +162,7 @@ fn the_image_runs_its_binary_pipelines_and_demo_as_its_user_on_a_read_only_root(
     );
 
     // The image as an OCI archive: its configuration is the Dockerfile's.
-    let b = Buildah {
-        store: dir.path().join("store"),
-    };
+    let b = Store::buildah(dir.path().join("buildah"));
     let oci = format!("oci-archive:{}", archive.display());
     let ctr = b.run(&["from", "--quiet", &oci]);
     let config: serde_json::Value =
@@ -194,9 +252,7 @@ fn the_image_runs_its_binary_pipelines_and_demo_as_its_user_on_a_read_only_root(
     // The same archive as a container.
     drop(_state);
     drop(_ro);
-    let podman = Podman {
-        store: dir.path().join("podman"),
-    };
+    let podman = Store::podman(dir.path().join("podman"));
     let loaded = podman.run(&["load", "--quiet", "--input", archive.to_str().unwrap()]);
     let image = loaded
         .rsplit(':')
@@ -213,20 +269,9 @@ fn the_image_runs_its_binary_pipelines_and_demo_as_its_user_on_a_read_only_root(
         .unwrap()
         .success());
     let bind = format!("{}:/var/lib/auditship", volume.display());
-    let text = podman.run(&[
-        "run",
-        "--rm",
-        "--read-only",
-        "--volume",
-        &bind,
-        &image,
-        "--version",
-    ]);
+    let text = podman.run_container(&["--volume", &bind, &image, "--version"]);
     assert!(text.contains(env!("CARGO_PKG_VERSION")), "{text}");
-    let text = podman.run(&[
-        "run",
-        "--rm",
-        "--read-only",
+    let text = podman.run_container(&[
         "--volume",
         &bind,
         &image,
@@ -236,10 +281,7 @@ fn the_image_runs_its_binary_pipelines_and_demo_as_its_user_on_a_read_only_root(
     ]);
     assert!(text.contains("every event archived exactly once"), "{text}");
     assert!(volume.join("demo/state/checkpoints.db").exists());
-    let text = podman.run(&[
-        "run",
-        "--rm",
-        "--read-only",
+    let text = podman.run_container(&[
         "--entrypoint",
         "/bin/sh",
         &image,
@@ -247,60 +289,4 @@ fn the_image_runs_its_binary_pipelines_and_demo_as_its_user_on_a_read_only_root(
         "id -u; touch /etc/x || echo refused",
     ]);
     assert!(text.contains("10001") && text.contains("refused"), "{text}");
-}
-
-/// podman with runc and a store of the test's own, removed with it.
-struct Podman {
-    store: PathBuf,
-}
-
-impl Podman {
-    fn run(&self, args: &[&str]) -> String {
-        let limit = Command::new("sh")
-            .args(["-c", "ulimit -Hn"])
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-            .unwrap_or_else(|_| "1024".into());
-        let nofile = format!("nofile={limit}:{limit}");
-        let mut c = Command::new("podman");
-        c.arg("--root")
-            .arg(self.store.join("root"))
-            .arg("--runroot")
-            .arg(self.store.join("run"))
-            .args(["--storage-driver", "vfs", "--runtime", "runc"]);
-        let mut all: Vec<&str> = Vec::new();
-        if args.first() == Some(&"run") {
-            all.extend([
-                "run",
-                "--ulimit",
-                &nofile,
-                "--ulimit",
-                "nproc=4096:4096",
-                "--network",
-                "host",
-            ]);
-            all.extend(&args[1..]);
-        } else {
-            all.extend(args);
-        }
-        let out = c
-            .args(&all)
-            .output()
-            .unwrap_or_else(|e| panic!("podman: {e}: run ./scripts/services install"));
-        let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success(), "podman {all:?}: {text}");
-        text
-    }
-}
-
-impl Drop for Podman {
-    fn drop(&mut self) {
-        let _ = Command::new("podman")
-            .arg("--root")
-            .arg(self.store.join("root"))
-            .arg("--runroot")
-            .arg(self.store.join("run"))
-            .args(["--storage-driver", "vfs", "rmi", "--all", "--force"])
-            .output();
-    }
 }

@@ -181,6 +181,19 @@ impl Compression {
     }
 }
 
+/// A `client.id` from `text`: characters brokers may refuse in one become `_`.
+pub(crate) fn client_id(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
 /// Settings the sink owns; setting them in `options` is refused, with what to use instead.
 pub(crate) const OWNED: &[(&str, &str)] = &[
     ("bootstrap.servers", "brokers"),
@@ -261,16 +274,7 @@ impl KafkaSinkConfig {
         for (k, v) in &self.options {
             c.set(k, v.to_string());
         }
-        let id: String = format!("auditship-replay-scan-{sink}")
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect();
+        let id = client_id(&format!("auditship-replay-scan-{sink}"));
         c.set("bootstrap.servers", &self.brokers)
             .set("client.id", &id)
             .set("group.id", &id)

@@ -66,6 +66,7 @@ pub use config::{is_secret_option, Compression, KafkaSinkConfig, OptionValue};
 pub use fields::{pick, Picked, TopicTemplate, MAX_TOPIC_LEN};
 pub use sink::KafkaSink;
 
+use config::client_id;
 use producer::*;
 use replay::{Found, Guard, Offsets};
 

@@ -235,13 +235,21 @@ pub(crate) struct Scanned {
     pub(crate) shorter: Vec<String>,
 }
 
-/// The consumer's context: librdkafka's warnings to `tracing`, but not its notes that a
-/// producer option in `options` means nothing to a consumer.
+/// The consumer's context: librdkafka's warnings and errors to `tracing`, but not its notes
+/// that a producer option in `options` means nothing to a consumer, nor the end-of-partition
+/// reports the read stops at.
 pub(crate) struct ScanCtx {
     pub(crate) sink: String,
 }
 
 impl ClientContext for ScanCtx {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if matches!(error.rdkafka_error_code(), Some(RDKafkaErrorCode::PartitionEOF)) {
+            return;
+        }
+        tracing::warn!(sink = %self.sink, "Kafka client (reading past the checkpoint): {error}: {reason}");
+    }
+
     fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
         if fac == "CONFWARN" {
             return;
@@ -563,7 +571,7 @@ impl KafkaSink {
                 ))
             })??;
         if !scanned.shorter.is_empty() {
-            tracing::warn!(sink = %self.ctx.sink, partitions = %scanned.shorter.join(", "), "Kafka partitions end before the offset the last checkpoint recorded: the topic was deleted and created again, or truncated; they are read from their start (events the old topic held cannot be told apart and are sent again)");
+            tracing::warn!(sink = %self.ctx.sink, partitions = %scanned.shorter.join(", "), "Kafka partitions end before the offset the last checkpoint recorded: the topic was deleted and created again or truncated, or the broker lost its log; they are read from their start (events the old topic held cannot be told apart and are sent again)");
         }
         tracing::info!(
             sink = %self.ctx.sink,

@@ -75,17 +75,7 @@ impl KafkaSink {
     }
 
     pub(crate) fn new_producer(&self) -> Result<ThreadedProducer<Ctx>, SinkError> {
-        let client_id = format!("auditship-{}-{}", self.ctx.pipeline, self.ctx.sink);
-        let client_id: String = client_id
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect();
+        let client_id = client_id(&format!("auditship-{}-{}", self.ctx.pipeline, self.ctx.sink));
         self.config
             .client_config(&client_id)
             .create_with_context(Ctx {
@@ -332,7 +322,7 @@ impl KafkaSink {
                 next_check = last_report + stall;
             }
             if let Some((code, reason)) = self.producer()?.client().fatal_error() {
-                tracing::warn!(sink = %self.ctx.sink, error = %format!("{code:?}: {reason}"), "Kafka producer hit a fatal error; rebuilding it and sending the undelivered events again");
+                tracing::warn!(sink = %self.ctx.sink, error = %format!("{code:?}: {reason}"), "Kafka producer hit a fatal error; rebuilding the producer and sending the undelivered events again");
                 self.rebuild().await?;
                 self.resend_unsent().await?;
                 continue;
@@ -566,7 +556,7 @@ impl Sink for KafkaSink {
                 // back without its state: UnknownProducerId) fails every send from then on, so
                 // resending through it would stall the sink for good: rebuild it first.
                 if let Some((code, reason)) = self.producer()?.client().fatal_error() {
-                    tracing::warn!(sink = %self.ctx.sink, error = %format!("{code:?}: {reason}"), "Kafka producer hit a fatal error; rebuilding it and sending the undelivered events again");
+                    tracing::warn!(sink = %self.ctx.sink, error = %format!("{code:?}: {reason}"), "Kafka producer hit a fatal error; rebuilding the producer and sending the undelivered events again");
                     self.rebuild().await?;
                 } else {
                     tokio::time::sleep(backoff).await;
