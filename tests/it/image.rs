@@ -82,15 +82,22 @@ impl Store {
         self.output(args).0.trim().to_string()
     }
 
-    /// `podman run` with what this machine allows: its own open-files limit (raising rlimits is
-    /// refused here) and the host's network.
+    /// `podman run` with what this machine allows: its own hard limits on open files and
+    /// processes (raising rlimits is refused here) and the host's network.
     fn run_container(&self, args: &[&str]) -> String {
-        let limit = Command::new("sh")
-            .args(["-c", "ulimit -Hn"])
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-            .unwrap_or_else(|_| "1024".into());
-        let nofile = format!("nofile={limit}:{limit}");
+        // podman's defaults raise them, which this machine refuses: keep its hard limits.
+        let hard = |flag: &str| {
+            Command::new("sh")
+                .args(["-c", &format!("ulimit -H{flag}")])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+                .ok()
+                .filter(|l| l.parse::<u64>().is_ok())
+                .unwrap_or_else(|| "1024".into())
+        };
+        let (files, procs) = (hard("n"), hard("u"));
+        let nofile = format!("nofile={files}:{files}");
+        let nproc = format!("nproc={procs}:{procs}");
         let mut all = vec![
             "run",
             "--rm",
@@ -98,7 +105,7 @@ impl Store {
             "--ulimit",
             &nofile,
             "--ulimit",
-            "nproc=4096:4096",
+            &nproc,
             "--network",
             "host",
         ];
