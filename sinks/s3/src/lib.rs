@@ -34,7 +34,9 @@
 //!
 //! # Layout
 //! - `config.rs`: [`S3SinkConfig`], its checks, the contract's `SinkConfig`, and [`connect`].
-//! - `sink.rs`: [`S3Sink`]: gathering, staging, uploading, recovery.
+//! - `sink.rs`: [`S3Sink`]: gathering events per object, staging, the sink contract;
+//!   `upload.rs`: create-only puts and multipart uploads, retried, S3 errors sorted;
+//!   `recover.rs`: staged objects put in place after a crash, replayed events recognised.
 //! - `layout.rs`: [`ObjectLayout`], what objects are (keys, bodies, where manifests go), and
 //!   [`NdjsonLayout`], this sink's; the Security Lake sink brings its own.
 //! - `object.rs`: an object's body and checksums; `manifests.rs`: [`S3Manifests`].
@@ -46,9 +48,11 @@ mod config;
 mod layout;
 mod manifests;
 mod object;
+mod recover;
 mod sink;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+mod upload;
 
 pub use archive::{get_object, list_objects, S3Archive};
 pub use config::{connect, Compression, LockMode, S3SinkConfig, Sse};
